@@ -1,0 +1,20 @@
+"""The Raft core: a deterministic, IO-free state machine (see node.py)."""
+
+from raftproc.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    Message,
+    NodeId,
+    RequestVote,
+    RequestVoteResponse,
+    describe,
+)
+from raftproc.core.node import CANDIDATE, FOLLOWER, LEADER, Config, NotLeader, RaftNode
+from raftproc.core.ready import HardState, Ready
+
+__all__ = [
+    "AppendEntries", "AppendEntriesResponse", "CANDIDATE", "Config", "Entry", "FOLLOWER",
+    "HardState", "LEADER", "Message", "NodeId", "NotLeader", "RaftNode", "Ready",
+    "RequestVote", "RequestVoteResponse", "describe",
+]

@@ -1,0 +1,117 @@
+"""The messages Raft servers exchange, and the entries they replicate.
+
+Every message is a frozen, slotted dataclass that names its sender (`src`) and
+receiver (`dst`), so the simulator and the TCP transport route them the same way.
+Field names follow the Raft paper (Figure 2). `describe()` gives the one compact
+text form used in logs, test failures and simulator traces.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+NodeId = int
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry. `command` is None for the no-op a new leader appends (§8)."""
+
+    term: int
+    index: int
+    command: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestVote:
+    src: NodeId
+    dst: NodeId
+    term: int
+    last_log_index: int
+    last_log_term: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RequestVoteResponse:
+    src: NodeId
+    dst: NodeId
+    term: int
+    vote_granted: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendEntries:
+    src: NodeId
+    dst: NodeId
+    term: int
+    prev_log_index: int
+    prev_log_term: int
+    entries: tuple[Entry, ...] = field(default=())
+    leader_commit: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppendEntriesResponse:
+    """A follower's answer to AppendEntries.
+
+    On success `match_index` is the index of the last entry the request carried
+    (prev_log_index + len(entries)): the follower's log matches the leader's up to it.
+
+    On rejection `rejected_index` repeats the request's prev_log_index so the leader
+    can ignore stale rejections, and the hint lets it skip a whole term per round trip:
+    `conflict_term` is the term the follower holds at prev_log_index and
+    `conflict_index` the first index it holds for that term; when the follower's log
+    is simply too short, `conflict_term` is None and `conflict_index` is its last
+    index + 1.
+    """
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    success: bool
+    match_index: int = 0
+    rejected_index: int = 0
+    conflict_term: int | None = None
+    conflict_index: int = 0
+
+
+Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+)
+
+
+def describe_entries(entries: tuple[Entry, ...]) -> str:
+    if not entries:
+        return "[]"
+    first, last = entries[0], entries[-1]
+    if len(entries) == 1:
+        return f"[{first.term}/{first.index}]"
+    return f"[{first.term}/{first.index}..{last.term}/{last.index}]"
+
+
+def describe(msg: Message) -> str:
+    """One line per message, e.g. `1->2 AppendEntries term=3 prev=3/7 entries=[3/8] commit=7`."""
+    head = f"{msg.src}->{msg.dst} {type(msg).__name__} term={msg.term}"
+    match msg:
+        case RequestVote():
+            return f"{head} last={msg.last_log_term}/{msg.last_log_index}"
+        case RequestVoteResponse():
+            return f"{head} granted={msg.vote_granted}"
+        case AppendEntries():
+            return (
+                f"{head} prev={msg.prev_log_term}/{msg.prev_log_index} "
+                f"entries={describe_entries(msg.entries)} commit={msg.leader_commit}"
+            )
+        case AppendEntriesResponse():
+            if msg.success:
+                return f"{head} ok match={msg.match_index}"
+            return (
+                f"{head} reject at={msg.rejected_index} "
+                f"hint={msg.conflict_term}/{msg.conflict_index}"
+            )
+    raise TypeError(f"not a raft message: {msg!r}")

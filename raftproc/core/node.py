@@ -1,0 +1,529 @@
+"""RaftNode: leader election and log replication as a deterministic state machine.
+
+Theory of operation
+-------------------
+Everything that happens to a node enters through three calls:
+
+- `tick()`     one unit of logical time passed (the host decides how long a tick is);
+- `step(msg)`  a message from a peer arrived;
+- `propose(c)` a client wants command `c` replicated (leader only).
+
+Everything the node wants done leaves through `ready()`, a `Ready` that the host
+carries out in the order written on it (persist, send, apply) before handing it
+back with `advance()`. The node never touches a socket, a file, a thread or the
+clock, and its only randomness is the injected `random.Random`, so a seed replays
+a run exactly. Rules are cited where they are enforced (§ numbers refer to the
+Raft paper, "In Search of an Understandable Consensus Algorithm").
+
+Per-role behaviour is a swapped method: `become_follower`, `become_candidate` and
+`become_leader` set `self._tick_role`, the way etcd's raft sets `r.step`.
+
+Invariants (checked from outside by raftproc.core.invariants after every step):
+- commit_index <= log.last_index, and commit_index never decreases while running.
+- current_term never decreases; voted_for and leader_id are set at most once a term.
+- a leader has voted for itself in its term.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from raftproc.core.log import LogInvariantError, RaftLog
+from raftproc.core.messages import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    Message,
+    NodeId,
+    RequestVote,
+    RequestVoteResponse,
+)
+from raftproc.core.progress import PROBE, REPLICATE, Progress
+from raftproc.core.quorum import has_quorum, majority, quorum_index
+from raftproc.core.ready import HardState, Ready
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+LogFn = Callable[..., None]
+
+
+def _no_log(event: str, **fields: object) -> None:
+    return None
+
+
+class NotLeader(Exception):
+    """propose() on a node that is not the leader. `leader_id` is who it follows, if anyone."""
+
+    def __init__(self, leader_id: NodeId | None) -> None:
+        super().__init__(f"not the leader; leader is {leader_id}")
+        self.leader_id = leader_id
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Timing in ticks. The defaults give 150-300 ms election timeouts and 50 ms
+    heartbeats at a 10 ms tick."""
+
+    election_timeout_min: int = 15
+    election_timeout_max: int = 30  # exclusive
+    heartbeat_interval: int = 5
+    max_entries_per_message: int = 1024
+    # REPLICATE mode stops sending new entries to a follower this far ahead of its match.
+    max_inflight_entries: int = 8192
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.election_timeout_min < self.election_timeout_max:
+            raise ValueError("need 1 <= election_timeout_min < election_timeout_max")
+        # Raft needs broadcastTime << electionTimeout (§5.6); a third keeps a lost
+        # heartbeat or two from starting an election.
+        if not 1 <= self.heartbeat_interval <= self.election_timeout_min // 3:
+            raise ValueError("heartbeat_interval must be between 1 and election_timeout_min / 3")
+        if self.max_entries_per_message < 1 or self.max_inflight_entries < 1:
+            raise ValueError("message and inflight limits must be positive")
+
+
+class RaftNode:
+    def __init__(
+        self,
+        node_id: NodeId,
+        voters: Iterable[NodeId],
+        *,
+        rng: random.Random,
+        config: Config | None = None,
+        hard_state: HardState | None = None,
+        entries: Iterable[Entry] = (),
+        applied: int = 0,
+        log: LogFn = _no_log,
+    ) -> None:
+        """Build a node, or rebuild one from what it persisted (`hard_state`, `entries`).
+
+        `applied` is how much of the log the host's state machine already holds;
+        committed entries after it are handed out again through ready().
+        """
+        self.id = node_id
+        self.voters: tuple[NodeId, ...] = tuple(sorted(set(voters)))
+        if node_id not in self.voters:
+            raise ValueError(f"node {node_id} is not among the voters {self.voters}")
+        self.peers: tuple[NodeId, ...] = tuple(v for v in self.voters if v != node_id)
+        self.config = config or Config()
+        self._rng = rng
+        self._log_fn = log
+
+        hs = hard_state or HardState()
+        self.log = RaftLog(entries)
+        self.current_term = hs.current_term
+        self.voted_for: NodeId | None = hs.voted_for
+        # A persisted commit index is only a hint; never trust it past the log we found.
+        self.commit_index = min(hs.commit_index, self.log.last_index)
+        self.applied = min(applied, self.commit_index)
+        self._persisted_hard_state = hs
+
+        self.role = FOLLOWER
+        self.leader_id: NodeId | None = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = 0
+        self.votes: dict[NodeId, bool] = {}
+        self.progress: dict[NodeId, Progress] = {}
+        self._outbox: list[Message] = []
+        self._broadcast_pending = False
+        self._in_ready = False
+        self._tick_role = self._tick_election
+        self._reset_election_timer()
+
+    # --- inputs ---------------------------------------------------------------
+
+    def tick(self) -> None:
+        self._check_not_in_ready()
+        self._tick_role()
+
+    def step(self, msg: Message) -> None:
+        self._check_not_in_ready()
+        if msg.dst != self.id or msg.src not in self.voters or msg.src == self.id:
+            self._log("message_ignored", reason="not for this cluster member", src=msg.src, dst=msg.dst)
+            return
+        if msg.term > self.current_term:
+            # §5.1: a higher term always wins. The sender of an AppendEntries in that
+            # term is its leader; anyone else is not known to lead yet.
+            leader = msg.src if isinstance(msg, AppendEntries) else None
+            self.become_follower(msg.term, leader)
+        elif msg.term < self.current_term:
+            self._answer_stale(msg)
+            return
+        match msg:
+            case RequestVote():
+                self._handle_request_vote(msg)
+            case RequestVoteResponse():
+                self._handle_vote_response(msg)
+            case AppendEntries():
+                self._handle_append_entries(msg)
+            case AppendEntriesResponse():
+                self._handle_append_response(msg)
+            case _:
+                raise TypeError(f"not a raft message: {msg!r}")
+
+    def propose(self, command: bytes) -> tuple[int, int]:
+        """Append `command` to the leader's log. Returns its (index, term): the command
+        took effect exactly when the entry applied at that index has that term."""
+        self._check_not_in_ready()
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if not isinstance(command, bytes):
+            raise TypeError("a command is bytes")
+        entry = Entry(self.current_term, self.log.last_index + 1, command)
+        self.log.append((entry,))
+        self._broadcast_pending = True
+        return entry.index, entry.term
+
+    def report_unreachable(self, peer: NodeId) -> None:
+        """The host lost its connection to `peer`, so what was in flight to it may be
+        gone. A leader probes it again from the last index known to match, as etcd's
+        raft does on MsgUnreachable; nothing else changes."""
+        pr = self.progress.get(peer) if self.role == LEADER else None
+        if pr is not None:
+            pr.next_index = pr.match_index + 1
+            pr.become_probe()
+
+    # --- output ---------------------------------------------------------------
+
+    def has_ready(self) -> bool:
+        self._flush_broadcast()
+        return bool(
+            self._outbox
+            or self.log.stable_index < self.log.last_index
+            or self._hard_state() != self._persisted_hard_state
+            or self.applied < self.commit_index
+        )
+
+    def ready(self) -> Ready:
+        self._check_not_in_ready()
+        self._flush_broadcast()
+        hs = self._hard_state()
+        rd = Ready(
+            hard_state=hs if hs != self._persisted_hard_state else None,
+            entries=self.log.unstable(),
+            messages=tuple(self._outbox),
+            committed_entries=self.log.slice(self.applied + 1, self.commit_index + 1),
+        )
+        self._outbox = []
+        self._in_ready = True
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The host has persisted, sent and applied everything in `rd`."""
+        self._in_ready = False
+        if rd.hard_state is not None:
+            self._persisted_hard_state = rd.hard_state
+        if rd.entries:
+            self.log.stable_index = max(self.log.stable_index, rd.entries[-1].index)
+        if rd.committed_entries:
+            self.applied = rd.committed_entries[-1].index
+        if self.role == LEADER:
+            # The leader counts itself toward a quorum only for entries now on its disk.
+            self._maybe_commit()
+
+    # --- role transitions --------------------------------------------------------
+
+    def become_follower(self, term: int, leader_id: NodeId | None) -> None:
+        was = self.role
+        if term > self.current_term:
+            self.current_term = term
+            self.voted_for = None
+            self.leader_id = None
+        self.role = FOLLOWER
+        if leader_id is not None:
+            self.leader_id = leader_id
+        self._tick_role = self._tick_election
+        self.progress = {}
+        self._reset_election_timer()
+        if was != FOLLOWER or leader_id is not None:
+            self._log("became_follower", leader=self.leader_id, previous_role=was)
+
+    def become_candidate(self) -> None:
+        if self.role == LEADER:
+            raise LogInvariantError("a leader does not become a candidate")
+        self.current_term += 1
+        self.voted_for = self.id  # §5.2: a candidate votes for itself
+        self.leader_id = None
+        self.role = CANDIDATE
+        self._tick_role = self._tick_election
+        self.votes = {self.id: True}
+        self._reset_election_timer()
+        self._log("election_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
+
+    def become_leader(self) -> None:
+        if self.role != CANDIDATE:
+            raise LogInvariantError("only a candidate becomes leader")
+        self.role = LEADER
+        self.leader_id = self.id
+        self._tick_role = self._tick_heartbeat
+        self.heartbeat_elapsed = 0
+        last = self.log.last_index
+        self.progress = {p: Progress(match_index=0, next_index=last + 1) for p in self.peers}
+        # §8: a no-op of the new term lets the leader commit, and so learn, everything
+        # committed before it (§5.4.2 forbids counting replicas of older terms).
+        self.log.append((Entry(self.current_term, last + 1, None),))
+        self._log("became_leader", last_log_index=last + 1)
+        self._broadcast_pending = True
+        self._maybe_commit()
+
+    # --- ticks -------------------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.randomized_election_timeout:
+            self._campaign()
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        if self.heartbeat_elapsed >= self.config.heartbeat_interval:
+            self.heartbeat_elapsed = 0
+            for peer in self.peers:
+                self._send_append(peer, heartbeat=True)
+
+    def _reset_election_timer(self) -> None:
+        self.election_elapsed = 0
+        cfg = self.config
+        self.randomized_election_timeout = self._rng.randrange(cfg.election_timeout_min, cfg.election_timeout_max)
+
+    def campaign(self) -> None:
+        """Start an election now, as an election timeout would (§5.2)."""
+        self._check_not_in_ready()
+        if self.role == LEADER:
+            return
+        self._campaign()
+
+    def _campaign(self) -> None:
+        # §5.2: on election timeout, start a new term and ask everyone for a vote.
+        self.become_candidate()
+        if has_quorum(self.votes.values(), len(self.voters)):
+            self.become_leader()
+            return
+        for peer in self.peers:
+            self._send(
+                RequestVote(
+                    src=self.id,
+                    dst=peer,
+                    term=self.current_term,
+                    last_log_index=self.log.last_index,
+                    last_log_term=self.log.last_term,
+                )
+            )
+
+    # --- votes -------------------------------------------------------------------
+
+    def _handle_request_vote(self, msg: RequestVote) -> None:
+        reason = self._vote_refusal(msg)
+        granted = reason is None
+        if granted:
+            self.voted_for = msg.src
+            # §5.2: granting a vote resets the election timer, so that voters do not
+            # race the candidate they just backed.
+            self._reset_election_timer()
+            self._log("vote_granted", candidate=msg.src)
+        else:
+            self._log("vote_rejected", candidate=msg.src, reason=reason)
+        self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=granted))
+
+    def _vote_refusal(self, msg: RequestVote) -> str | None:
+        """Why this node must not vote for msg.src in this term, or None to grant."""
+        if not self._may_vote_for(msg.src):
+            return f"already voted for {self.voted_for}"
+        if not self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
+            return "candidate log not up to date"
+        return None
+
+    def _may_vote_for(self, candidate: NodeId) -> bool:
+        # §5.2: at most one vote per term, first come first served.
+        return self.voted_for is None or self.voted_for == candidate
+
+    def _handle_vote_response(self, msg: RequestVoteResponse) -> None:
+        if self.role != CANDIDATE:
+            return
+        self.votes.setdefault(msg.src, msg.vote_granted)
+        if has_quorum(self.votes.values(), len(self.voters)):
+            self.become_leader()
+
+    # --- replication: follower side ---------------------------------------------
+
+    def _handle_append_entries(self, msg: AppendEntries) -> None:
+        # Same term: whoever sends AppendEntries is the term's one leader (§5.2).
+        if self.role != FOLLOWER or self.leader_id != msg.src:
+            self.become_follower(self.current_term, msg.src)
+        self._reset_election_timer()
+
+        prev = msg.prev_log_index
+        local_term = self.log.term_at(prev)
+        if local_term != msg.prev_log_term:
+            self._reject_append(msg, local_term)
+            return
+        last_new = self._append_from_leader(msg)
+        self._follower_commit(msg.leader_commit, last_new)
+        self._send(self._append_ok(msg.src, last_new))
+
+    def _append_from_leader(self, msg: AppendEntries) -> int:
+        """Store msg.entries after a matching prev_log_index; return the index of the
+        last entry the message carried.
+
+        Truncate only on a real conflict. A duplicated or reordered AppendEntries may
+        carry entries we hold already, followed in our log by later entries from the
+        same leader that we have acknowledged; cutting those would lose entries a
+        majority was counted on (§5.3: "if an existing entry conflicts with a new one").
+        """
+        for offset, entry in enumerate(msg.entries):
+            local_term = self.log.term_at(entry.index)
+            if local_term == entry.term:
+                continue
+            if local_term is not None:
+                if entry.index <= self.commit_index:
+                    raise LogInvariantError(f"leader {msg.src} conflicts with committed entry {entry.index}")
+                self._log("log_truncated", from_index=entry.index, leader=msg.src)
+                self.log.truncate_from(entry.index)
+            self.log.append(msg.entries[offset:])
+            break
+        return msg.prev_log_index + len(msg.entries)
+
+    def _follower_commit(self, leader_commit: int, last_new: int) -> None:
+        # Figure 2: commitIndex = min(leaderCommit, index of last new entry). Past
+        # last_new our log may still hold another leader's entries.
+        commit = min(leader_commit, last_new)
+        if commit > self.commit_index:
+            self.commit_index = commit
+            self._log("commit_advanced", commit_index=commit)
+
+    def _append_ok(self, leader: NodeId, match_index: int) -> AppendEntriesResponse:
+        return AppendEntriesResponse(
+            src=self.id, dst=leader, term=self.current_term, success=True, match_index=match_index
+        )
+
+    def _reject_append(self, msg: AppendEntries, local_term: int | None) -> None:
+        if local_term is None:
+            conflict_term, conflict_index = None, self.log.last_index + 1
+        else:
+            conflict_term, conflict_index = local_term, self.log.first_index_of_term(msg.prev_log_index)
+        self._log(
+            "append_rejected", leader=msg.src, prev_log_index=msg.prev_log_index,
+            prev_log_term=msg.prev_log_term, conflict_term=conflict_term, conflict_index=conflict_index,
+        )
+        self._send(
+            AppendEntriesResponse(
+                src=self.id, dst=msg.src, term=self.current_term, success=False,
+                rejected_index=msg.prev_log_index, conflict_term=conflict_term, conflict_index=conflict_index,
+            )
+        )
+
+    # --- replication: leader side -------------------------------------------------
+
+    def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
+        if self.role != LEADER:
+            return
+        pr = self.progress[msg.src]
+        if msg.success:
+            if pr.on_success(msg.match_index):
+                self._maybe_commit()
+            self._send_append(msg.src)
+            return
+        if msg.rejected_index <= pr.match_index or (pr.state == PROBE and msg.rejected_index != pr.next_index - 1):
+            return  # stale: an answer to something we sent before we learned more
+        pr.on_reject(min(self._next_index_after_reject(msg), msg.rejected_index))
+        self._send_append(msg.src)
+
+    def _next_index_after_reject(self, msg: AppendEntriesResponse) -> int:
+        """Skip a whole conflicting term per round trip (§5.3, the optimisation the
+        paper sketches): resume after our last entry of the follower's conflicting
+        term if we have that term, else at the first index the follower holds for it."""
+        if msg.conflict_term is None:
+            return msg.conflict_index
+        ours = self.log.last_index_of_term(msg.conflict_term)
+        if ours is not None:
+            return ours + 1
+        return msg.conflict_index
+
+    def _maybe_commit(self) -> bool:
+        matches = [self.log.stable_index] + [pr.match_index for pr in self.progress.values()]
+        index = quorum_index(matches, len(self.voters))
+        # §5.4.2: only an entry of the leader's own term is committed by counting
+        # replicas; earlier ones are committed indirectly by it (Figure 8).
+        if index > self.commit_index and self.log.term_at(index) == self.current_term:
+            self.commit_index = index
+            self._log("commit_advanced", commit_index=index)
+            return True
+        return False
+
+    def _flush_broadcast(self) -> None:
+        """Send everything proposed since the last Ready in one AppendEntries per
+        follower: proposals that arrive together travel together."""
+        if self._broadcast_pending and self.role == LEADER:
+            for peer in self.peers:
+                self._send_append(peer)
+        self._broadcast_pending = False
+
+    def _send_append(self, peer: NodeId, heartbeat: bool = False) -> None:
+        pr = self.progress[peer]
+        if heartbeat:
+            pr.probe_sent = False
+        if pr.state == PROBE and pr.probe_sent:
+            return
+        last = self.log.last_index
+        entries: tuple[Entry, ...] = ()
+        if pr.state == PROBE or pr.inflight() < self.config.max_inflight_entries:
+            hi = min(last + 1, pr.next_index + self.config.max_entries_per_message)
+            entries = self.log.slice(pr.next_index, hi)
+        if not entries and not heartbeat and pr.state == REPLICATE:
+            return
+        prev = pr.next_index - 1
+        prev_term = self.log.term_at(prev)
+        assert prev_term is not None, "Invariant: next_index <= last_index + 1"
+        self._send(
+            AppendEntries(
+                src=self.id, dst=peer, term=self.current_term, prev_log_index=prev,
+                prev_log_term=prev_term, entries=entries, leader_commit=self.commit_index,
+            )
+        )
+        if pr.state == REPLICATE and entries:
+            pr.next_index = entries[-1].index + 1
+        elif pr.state == PROBE:
+            pr.probe_sent = True
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _answer_stale(self, msg: Message) -> None:
+        """A message from an older term. Requests get an answer carrying our term so a
+        deposed leader or stale candidate steps down (§5.1); answers are dropped."""
+        match msg:
+            case RequestVote():
+                self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=False))
+            case AppendEntries():
+                self._send(
+                    AppendEntriesResponse(
+                        src=self.id, dst=msg.src, term=self.current_term, success=False,
+                        rejected_index=msg.prev_log_index,
+                    )
+                )
+
+    def _send(self, msg: Message) -> None:
+        self._outbox.append(msg)
+
+    def _hard_state(self) -> HardState:
+        return HardState(self.current_term, self.voted_for, self.commit_index)
+
+    def _check_not_in_ready(self) -> None:
+        if self._in_ready:
+            raise RuntimeError("advance() the last Ready before stepping the node again")
+
+    def _log(self, event: str, **fields: object) -> None:
+        self._log_fn(event, node=self.id, term=self.current_term, role=self.role, **fields)
+
+    def describe(self) -> str:
+        return (
+            f"node {self.id} {self.role} term={self.current_term} vote={self.voted_for} "
+            f"leader={self.leader_id} last={self.log.last_term}/{self.log.last_index} "
+            f"commit={self.commit_index} applied={self.applied}"
+        )
+
+    def quorum_size(self) -> int:
+        return majority(len(self.voters))

@@ -1,0 +1,58 @@
+"""What a leader knows about one follower's log.
+
+A follower is in one of two states, as in etcd's raft:
+
+- PROBE: the leader does not know where the logs match. It sends one AppendEntries
+  at a time and waits for the answer (or the next heartbeat) before sending another,
+  so a long mismatch is walked back once per round trip instead of flooding the peer.
+- REPLICATE: the last answer was a success. The leader streams entries, advancing
+  `next_index` optimistically as it sends, up to `max_inflight` entries beyond
+  `match_index`. A lost message shows up as a rejection (a gap at the follower),
+  which sends the follower back to PROBE.
+
+Invariant: match_index < next_index (entries up to match_index are known to match).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PROBE = "probe"
+REPLICATE = "replicate"
+
+
+@dataclass(slots=True)
+class Progress:
+    match_index: int = 0
+    next_index: int = 1
+    state: str = PROBE
+    # In PROBE: an AppendEntries is out and unanswered; cleared by an answer or a heartbeat.
+    probe_sent: bool = False
+
+    def become_probe(self) -> None:
+        self.state = PROBE
+        self.probe_sent = False
+
+    def become_replicate(self) -> None:
+        self.state = REPLICATE
+        self.probe_sent = False
+
+    def on_success(self, match_index: int) -> bool:
+        """Record that the follower matches up to `match_index`. Returns True when
+        this told the leader something new (the match moved forward)."""
+        advanced = match_index > self.match_index
+        if advanced:
+            self.match_index = match_index
+        if self.next_index <= match_index:
+            self.next_index = match_index + 1
+        if self.state == PROBE:
+            self.become_replicate()
+        return advanced
+
+    def on_reject(self, next_index: int) -> None:
+        """Fall back to probing from `next_index`, never behind what is known to match."""
+        self.next_index = max(next_index, self.match_index + 1)
+        self.become_probe()
+
+    def inflight(self) -> int:
+        return self.next_index - 1 - self.match_index

@@ -1,0 +1,49 @@
+"""Ready: what the host must do for a node, in order, before calling advance().
+
+The host handles a Ready in exactly this order:
+
+1. Persist `hard_state` (when not None) and `entries`, and fsync. Storage first drops
+   every entry it holds with index >= entries[0].index, then appends `entries`.
+2. Send `messages`. Only now: they may promise (a vote, an append acknowledgement)
+   what step 1 made durable. Raft paper, Figure 2: "respond to RPCs" comes after
+   "updated on stable storage before responding".
+3. Apply `committed_entries` to the state machine, in order.
+4. Call node.advance(ready).
+
+No step(), tick() or propose() may run between ready() and advance().
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from raftproc.core.messages import Entry, Message, NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """The state a node must find again after a crash.
+
+    `commit_index` is persisted only to let a restart re-apply its log without
+    waiting for a leader; losing it is harmless (it is never ahead of what a
+    majority stores).
+    """
+
+    current_term: int = 0
+    voted_for: NodeId | None = None
+    commit_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    # Persisted and fsynced BEFORE messages are sent. None: unchanged since last Ready.
+    hard_state: HardState | None = None
+    # Persisted and fsynced BEFORE messages are sent. Replaces stored entries from entries[0].index on.
+    entries: tuple[Entry, ...] = ()
+    # Sent only after hard_state and entries are durable.
+    messages: tuple[Message, ...] = ()
+    # Committed and durable on a majority; apply in order.
+    committed_entries: tuple[Entry, ...] = field(default=())
+
+    def is_empty(self) -> bool:
+        return not (self.hard_state or self.entries or self.messages or self.committed_entries)

@@ -1,0 +1,16 @@
+"""The deterministic cluster simulator (see cluster.py)."""
+
+from raftproc.sim.cluster import (
+    FaultConfig,
+    LivenessViolation,
+    SafetyViolation,
+    SimConfig,
+    Simulation,
+    SimStats,
+    replay_command,
+)
+
+__all__ = [
+    "FaultConfig", "LivenessViolation", "SafetyViolation", "SimConfig", "SimStats",
+    "Simulation", "replay_command",
+]

@@ -1,0 +1,548 @@
+"""A deterministic simulation of a Raft cluster under faults.
+
+Theory of operation
+-------------------
+Time is a step counter; one step is one tick of every running node. In each step:
+
+1. the nemesis may crash a node, restart one, or start or heal a partition;
+2. every message due at this step is delivered (unless its link is cut);
+3. every running node ticks;
+4. a client may propose a command to the leader;
+5. every property below is checked.
+
+After every input the node's Ready is handled exactly as a real host must: persist
+to the node's MemoryStorage, then send, then apply, then advance. Sending puts a
+message on the network with a random delay of at least one step (so messages
+reorder), and the network may drop or duplicate it. A crash throws away the
+RaftNode object: only its storage survives, and the restart rebuilds the node from
+it. One seed drives every choice (faults, delays, the nodes' election timers), so
+`python -m raftproc.sim --seed N` replays a run exactly.
+
+Properties checked after every step (Raft paper, Figure 3, plus durability):
+- Election Safety: at most one leader per term.
+- Log Matching: an (index, term) pair names one entry, with one predecessor term,
+  across every log ever persisted. By induction on the index, two logs holding the
+  same (index, term) hold the same prefix.
+- Leader Completeness: a leader holds every entry committed in its term or before.
+- State Machine Safety: no two nodes ever apply different entries at one index.
+- Durability: the newest committed entry is in the storage of a majority, so no
+  crash pattern can lose it.
+- Leader Completeness ahead of time: no node whose stored log lacks the newest
+  committed entry could collect a majority of votes (§5.4.1 compared against every
+  voter's stored log). This holds in every correct Raft state and fails at the moment
+  a bug commits something a future leader could overwrite (Figure 8), rather than
+  only in the rare runs where that future leader then appears.
+- Persist before promise: a vote, an append acknowledgement, or any message of a
+  term leaves a node only after its storage holds what the message promises.
+- Per-node invariants (raftproc.core.invariants) before and after each step.
+
+After the run, faults heal (partitions, loss, crashed nodes restart) and liveness is
+checked: a leader is elected and a fresh proposal is applied on every node within a
+bounded number of steps.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raftproc.core.invariants import InvariantViolation, NodeView, check_log, check_node, check_transition
+from raftproc.core.log import LogInvariantError
+from raftproc.core.messages import (
+    AppendEntriesResponse,
+    Entry,
+    Message,
+    NodeId,
+    RequestVoteResponse,
+    describe,
+)
+from raftproc.core.node import LEADER, Config, RaftNode
+from raftproc.core.quorum import majority
+from raftproc.core.ready import Ready
+from raftproc.sim.storage import MemoryStorage
+
+TraceFn = Callable[[str], None]
+NodeFactory = Callable[..., RaftNode]
+
+
+class SafetyViolation(AssertionError):
+    pass
+
+
+class LivenessViolation(AssertionError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class FaultConfig:
+    """Chances are per step."""
+
+    loss: float = 0.03
+    duplicate: float = 0.03
+    min_delay: int = 1
+    max_delay: int = 4
+    crash: float = 0.006
+    down_min: int = 3
+    down_max: int = 60
+    partition: float = 0.006
+    partition_min: int = 10
+    partition_max: int = 150
+    propose: float = 0.4
+
+
+def random_raft_config(rng: random.Random) -> Config:
+    """Short timeouts (elections happen often in 2,000 steps) and, drawn per run,
+    message and pipeline limits: small ones cut AppendEntries inside runs of
+    entries, where bugs in conflict handling and commitment show."""
+    return Config(
+        election_timeout_min=10,
+        election_timeout_max=20,
+        heartbeat_interval=rng.choice((2, 3)),
+        max_entries_per_message=rng.choice((1, 2, 3, 8, 32)),
+        max_inflight_entries=rng.choice((4, 16, 64, 256)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    nodes: int = 5
+    steps: int = 2000
+    raft: Config | None = None  # None: random_raft_config(seed)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    liveness_steps: int = 600
+    convergence_steps: int = 4000
+
+
+@dataclass(slots=True)
+class SimStats:
+    seed: int
+    nodes: int
+    steps: int = 0
+    leaders_elected: int = 0
+    max_term: int = 0
+    committed: int = 0
+    proposals: int = 0
+    crashes: int = 0
+    partitions: int = 0
+    messages_sent: int = 0
+    messages_dropped: int = 0
+
+
+class SimNode:
+    __slots__ = ("id", "node", "storage", "view", "applied_index", "down_until")
+
+    def __init__(self, node_id: NodeId) -> None:
+        self.id = node_id
+        self.node: RaftNode | None = None
+        self.storage = MemoryStorage()
+        self.view: NodeView | None = None
+        self.applied_index = 0
+        self.down_until = 0
+
+
+def replay_command(seed: int, cfg: SimConfig) -> str:
+    return f"python -m raftproc.sim --seed {seed} --nodes {cfg.nodes} --steps {cfg.steps}"
+
+
+class Simulation:
+    def __init__(
+        self,
+        seed: int,
+        cfg: SimConfig | None = None,
+        *,
+        trace: TraceFn | None = None,
+        node_factory: NodeFactory = RaftNode,
+    ) -> None:
+        self.seed = seed
+        self.cfg = cfg or SimConfig()
+        self.faults = self.cfg.faults
+        self.rng = random.Random(seed)
+        self.raft_config = self.cfg.raft or random_raft_config(self.rng)
+        self.trace = trace
+        self.node_factory = node_factory
+        self.ids: tuple[NodeId, ...] = tuple(range(1, self.cfg.nodes + 1))
+        self.quorum = majority(self.cfg.nodes)
+        self.nodes: dict[NodeId, SimNode] = {i: SimNode(i) for i in self.ids}
+        self.now = 0
+        self._seq = 0
+        self._in_flight: list[tuple[int, int, Message]] = []
+        self.blocked: set[tuple[NodeId, NodeId]] = set()
+        self.partition_until = 0
+        self.loss = self.faults.loss
+        self.duplicate = self.faults.duplicate
+        # What the cluster as a whole has committed: committed[i - 1] is entry i.
+        self.committed: list[Entry] = []
+        # commit_terms[i - 1]: the term of the first node seen applying entry i. A node
+        # learns of a commit only in the committing leader's term or later, so this is
+        # never below the term in which entry i was committed.
+        self.commit_terms: list[int] = []
+        # Log Matching: (index, term) -> (command, term of the entry before it).
+        self.entry_identity: dict[tuple[int, int], tuple[bytes | None, int]] = {}
+        self.leader_of_term: dict[int, NodeId] = {}
+        self.stats = SimStats(seed=seed, nodes=self.cfg.nodes)
+        self._next_command = 0
+        for sn in self.nodes.values():
+            self._start(sn)
+
+    # --- running ------------------------------------------------------------------
+
+    def run(self) -> SimStats:
+        try:
+            for _ in range(self.cfg.steps):
+                self.step(faults=True)
+            self.heal_all()
+            self._await_liveness()
+            for sn in self.nodes.values():
+                if sn.node is not None:
+                    check_log(sn.node)
+        except LivenessViolation:
+            raise
+        except (InvariantViolation, LogInvariantError, SafetyViolation) as e:
+            raise self._violation(SafetyViolation, str(e)) from e
+        except Exception as e:  # a crash of the core is a bug to replay like any other
+            raise self._violation(SafetyViolation, f"{type(e).__name__}: {e}") from e
+        self.stats.committed = len(self.committed)
+        self.stats.max_term = max(self.leader_of_term, default=0)
+        return self.stats
+
+    def step(self, *, faults: bool, clients: bool = True) -> None:
+        self.now += 1
+        self.stats.steps = self.now
+        if faults:
+            self._nemesis()
+        self._restart_due()
+        self._deliver_due()
+        for sn in self.nodes.values():
+            if sn.node is not None:
+                sn.node.tick()
+                self._handle_ready(sn)
+        if clients and self.rng.random() < self.faults.propose:
+            self._client_propose()
+        self._check()
+
+    def heal_all(self) -> None:
+        self._note("heal: partitions removed, no more loss or duplication, every node restarts")
+        self.blocked.clear()
+        self.partition_until = 0
+        self.loss = 0.0
+        self.duplicate = 0.0
+        for sn in self.nodes.values():
+            if sn.node is None:
+                sn.down_until = self.now
+
+    def _await_liveness(self) -> None:
+        """After healing, a leader must emerge and commit a new command within
+        `liveness_steps`; then every node must apply it within `convergence_steps`
+        (catching up a long log at small message sizes takes a while)."""
+        deadline = self.now + self.cfg.liveness_steps
+        probe: tuple[int, int] | None = None
+        while probe is None or not self._is_committed(probe):
+            if self.now >= deadline:
+                raise self._violation(LivenessViolation, f"no new command committed within {self.cfg.liveness_steps} steps of healing")
+            self.step(faults=False, clients=False)
+            leader = self.leader()
+            if leader is not None and (probe is None or leader.log.term_at(probe[0]) != probe[1]):
+                probe = leader.propose(self._new_command(b"probe"))
+                self._handle_ready(self.nodes[leader.id])
+        deadline = self.now + self.cfg.convergence_steps
+        while not all(sn.applied_index >= probe[0] for sn in self.nodes.values()):
+            if self.now >= deadline:
+                raise self._violation(LivenessViolation, f"command {probe} not applied on every node within {self.cfg.convergence_steps} steps")
+            self.step(faults=False, clients=False)
+
+    def _is_committed(self, entry: tuple[int, int]) -> bool:
+        index, term = entry
+        return len(self.committed) >= index and self.committed[index - 1].term == term
+
+    def leader(self) -> RaftNode | None:
+        """The leader of the newest term, if it is running and leads."""
+        best: RaftNode | None = None
+        for sn in self.nodes.values():
+            n = sn.node
+            if n is not None and n.role == LEADER and (best is None or n.current_term > best.current_term):
+                best = n
+        if best is None:
+            return None
+        newest = max(sn.node.current_term for sn in self.nodes.values() if sn.node is not None)
+        return best if best.current_term == newest else None
+
+    # --- nodes --------------------------------------------------------------------
+
+    def _start(self, sn: SimNode) -> None:
+        st = sn.storage
+        sn.node = self.node_factory(
+            sn.id,
+            self.ids,
+            rng=random.Random(self.rng.getrandbits(64)),
+            config=self.raft_config,
+            hard_state=st.hard_state,
+            entries=list(st.entries),
+            log=self._node_event if self.trace else _no_event,
+        )
+        sn.applied_index = 0
+        view = NodeView.of(sn.node)
+        if sn.view is not None:
+            check_transition(sn.view, view, restarted=True)
+        sn.view = view
+
+    def _crash(self, sn: SimNode) -> None:
+        assert sn.node is not None
+        self._note(f"crash node {sn.id} ({sn.node.role}, term {sn.node.current_term})")
+        sn.node = None
+        sn.down_until = self.now + self.rng.randint(self.faults.down_min, self.faults.down_max)
+        self.stats.crashes += 1
+
+    def _restart_due(self) -> None:
+        for sn in self.nodes.values():
+            if sn.node is None and sn.down_until <= self.now:
+                self._note(f"restart node {sn.id} from storage: term {sn.storage.hard_state.current_term}, {sn.storage.last_index} entries")
+                self._start(sn)
+
+    def _handle_ready(self, sn: SimNode) -> None:
+        """The host's side of the Ready contract (raftproc.core.ready)."""
+        node = sn.node
+        assert node is not None
+        while node.has_ready():
+            rd = node.ready()
+            self._persist(sn, rd)
+            self._send(sn, rd.messages)
+            self._apply(sn, rd.committed_entries)
+            node.advance(rd)
+
+    def _persist(self, sn: SimNode, rd: Ready) -> None:
+        if rd.entries:
+            first = rd.entries[0].index
+            prev_term = sn.storage.term_at(first - 1)
+            if prev_term is None:
+                raise SafetyViolation(f"node {sn.id} persists entry {first} after a gap (storage ends at {sn.storage.last_index})")
+            for e in rd.entries:
+                self._check_log_matching(sn.id, e, prev_term)
+                prev_term = e.term
+        sn.storage.persist(rd)
+
+    def _apply(self, sn: SimNode, entries: tuple[Entry, ...]) -> None:
+        for e in entries:
+            if e.index != sn.applied_index + 1:
+                raise SafetyViolation(f"node {sn.id} applies {e.index} after {sn.applied_index}")
+            sn.applied_index = e.index
+            if e.index <= len(self.committed):
+                known = self.committed[e.index - 1]
+                if known != e:
+                    raise SafetyViolation(
+                        f"State Machine Safety: node {sn.id} applies {e.term}/{e.index} {e.command!r} "
+                        f"where {known.term}/{known.index} {known.command!r} was applied"
+                    )
+            else:
+                self.committed.append(e)
+                self.commit_terms.append(sn.node.current_term if sn.node else 0)
+
+    # --- network ------------------------------------------------------------------
+
+    def _send(self, sn: SimNode, messages: tuple[Message, ...]) -> None:
+        for msg in messages:
+            self._check_promise(sn, msg)
+            self.stats.messages_sent += 1
+            if self.rng.random() < self.loss:
+                self.stats.messages_dropped += 1
+                continue
+            copies = 2 if self.rng.random() < self.duplicate else 1
+            for _ in range(copies):
+                self._seq += 1
+                at = self.now + self.rng.randint(self.faults.min_delay, self.faults.max_delay)
+                heapq.heappush(self._in_flight, (at, self._seq, msg))
+
+    def _deliver_due(self) -> None:
+        q = self._in_flight
+        while q and q[0][0] <= self.now:
+            _, _, msg = heapq.heappop(q)
+            sn = self.nodes[msg.dst]
+            if sn.node is None or (msg.src, msg.dst) in self.blocked:
+                self.stats.messages_dropped += 1
+                # A dead process or a cut link breaks the sender's connection, which
+                # its transport reports; a plain lost packet does not.
+                sender = self.nodes[msg.src].node
+                if sender is not None:
+                    sender.report_unreachable(msg.dst)
+                continue
+            if self.trace:
+                self.trace(f"t={self.now} {describe(msg)}")
+            sn.node.step(msg)
+            self._handle_ready(sn)
+
+    # --- faults -------------------------------------------------------------------
+
+    def _nemesis(self) -> None:
+        f = self.faults
+        rng = self.rng
+        if self.blocked and self.now >= self.partition_until:
+            self._note("partition healed")
+            self.blocked.clear()
+        if rng.random() < f.crash:
+            running = [sn for sn in self.nodes.values() if sn.node is not None]
+            if running:
+                self._crash(rng.choice(running))
+        if not self.blocked and rng.random() < f.partition:
+            self._partition()
+
+    def _partition(self) -> None:
+        rng = self.rng
+        kind = rng.choice(("isolate", "split", "asymmetric"))
+        ids = list(self.ids)
+        if kind == "isolate":
+            victim = rng.choice(ids)
+            self._cut({victim}, set(ids) - {victim}, both_ways=True)
+            what = f"isolate node {victim}"
+        elif kind == "split":
+            rng.shuffle(ids)
+            cut = rng.randint(1, len(ids) // 2)
+            minority, rest = set(ids[:cut]), set(ids[cut:])
+            self._cut(minority, rest, both_ways=True)
+            what = f"split {sorted(minority)} | {sorted(rest)}"
+        else:
+            links = [(a, b) for a in ids for b in ids if a != b]
+            chosen = rng.sample(links, rng.randint(1, len(links) // 2))
+            self.blocked.update(chosen)
+            what = "one-way cuts " + " ".join(f"{a}-x>{b}" for a, b in sorted(chosen))
+        self.partition_until = self.now + rng.randint(self.faults.partition_min, self.faults.partition_max)
+        self.stats.partitions += 1
+        self._note(f"partition: {what} until t={self.partition_until}")
+
+    def _cut(self, side_a: set[NodeId], side_b: set[NodeId], *, both_ways: bool) -> None:
+        for a in side_a:
+            for b in side_b:
+                self.blocked.add((a, b))
+                if both_ways:
+                    self.blocked.add((b, a))
+
+    # --- clients ------------------------------------------------------------------
+
+    def _client_propose(self) -> None:
+        running = [sn for sn in self.nodes.values() if sn.node is not None]
+        if not running:
+            return
+        node = self.rng.choice(running).node
+        assert node is not None
+        if node.role != LEADER and node.leader_id is not None:
+            target = self.nodes[node.leader_id].node
+            if target is not None:
+                node = target  # a redirect, as a real client would follow
+        if node.role != LEADER:
+            return
+        node.propose(self._new_command(b"c"))
+        self.stats.proposals += 1
+        self._handle_ready(self.nodes[node.id])
+
+    def _new_command(self, prefix: bytes) -> bytes:
+        self._next_command += 1
+        return prefix + str(self._next_command).encode()
+
+    # --- properties -----------------------------------------------------------------
+
+    def _check(self) -> None:
+        newest_committed = self.committed[-1] if self.committed else None
+        for sn in self.nodes.values():
+            node = sn.node
+            if node is None:
+                continue
+            check_node(node)
+            view = NodeView.of(node)
+            assert sn.view is not None
+            check_transition(sn.view, view)
+            sn.view = view
+            if node.role == LEADER:
+                self._check_leader(node)
+        if newest_committed is not None:
+            self._check_durable(newest_committed)
+
+    def _check_leader(self, node: RaftNode) -> None:
+        term = node.current_term
+        known = self.leader_of_term.get(term)
+        if known is None:
+            self.leader_of_term[term] = node.id
+            self.stats.leaders_elected += 1
+            self._note(f"node {node.id} leads term {term}")
+        elif known != node.id:
+            raise SafetyViolation(f"Election Safety: nodes {known} and {node.id} both lead term {term}")
+        # Leader Completeness (§5.4): the newest entry committed in this term or
+        # before is in the leader's log (by Log Matching, so is everything before it).
+        for i in range(len(self.committed) - 1, -1, -1):
+            if self.commit_terms[i] <= term:
+                e = self.committed[i]
+                if node.log.term_at(e.index) != e.term:
+                    raise SafetyViolation(
+                        f"Leader Completeness: leader {node.id} of term {term} lacks committed entry {e.term}/{e.index}"
+                    )
+                break
+
+    def _check_durable(self, e: Entry) -> None:
+        lacking = [sn.storage for sn in self.nodes.values() if sn.storage.term_at(e.index) != e.term]
+        holders = len(self.nodes) - len(lacking)
+        if holders < self.quorum:
+            raise SafetyViolation(
+                f"Durability: committed entry {e.term}/{e.index} is stored on {holders} nodes, fewer than a majority"
+            )
+        for st in lacking:
+            last_term = st.term_at(st.last_index)
+            if last_term is None or last_term < e.term:
+                continue  # every holder's log is more up-to-date than this one
+            electors = sum(1 for other in self.nodes.values() if _at_least_as_up_to_date(st, other.storage))
+            if electors >= self.quorum:
+                raise SafetyViolation(
+                    f"Leader Completeness: a node whose log ends at {last_term}/{st.last_index} lacks committed "
+                    f"entry {e.term}/{e.index} yet is up-to-date enough to win {electors} votes"
+                )
+
+    def _check_log_matching(self, node_id: NodeId, e: Entry, prev_term: int) -> None:
+        key = (e.index, e.term)
+        identity = (e.command, prev_term)
+        known = self.entry_identity.setdefault(key, identity)
+        if known != identity:
+            raise SafetyViolation(
+                f"Log Matching: node {node_id} stores {e.term}/{e.index} as {identity}, another node as {known}"
+            )
+
+    def _check_promise(self, sn: SimNode, msg: Message) -> None:
+        """Persist before you promise (Figure 2): what a message commits its sender to
+        must already be in the sender's storage."""
+        hs = sn.storage.hard_state
+        if msg.term > hs.current_term:
+            raise SafetyViolation(f"node {sn.id} sends term {msg.term} with term {hs.current_term} persisted: {describe(msg)}")
+        if isinstance(msg, RequestVoteResponse) and msg.vote_granted:
+            if hs.current_term != msg.term or hs.voted_for != msg.dst:
+                raise SafetyViolation(f"node {sn.id} grants a vote it has not persisted ({hs}): {describe(msg)}")
+        elif isinstance(msg, AppendEntriesResponse) and msg.success:
+            node = sn.node
+            assert node is not None
+            if sn.storage.term_at(msg.match_index) != node.log.term_at(msg.match_index):
+                raise SafetyViolation(f"node {sn.id} acknowledges entries it has not persisted: {describe(msg)}")
+
+    # --- reporting ------------------------------------------------------------------
+
+    def _violation(self, kind: type[AssertionError], what: str) -> AssertionError:
+        return kind(f"{what}\n  seed {self.seed}, step {self.now}; replay: {replay_command(self.seed, self.cfg)}")
+
+    def _note(self, text: str) -> None:
+        if self.trace:
+            self.trace(f"t={self.now} ** {text}")
+
+    def _node_event(self, event: str, **fields: object) -> None:
+        assert self.trace is not None
+        node = fields.pop("node")
+        term = fields.pop("term")
+        role = fields.pop("role")
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        self.trace(f"t={self.now}    node {node} [{role} t{term}] {event} {extra}".rstrip())
+
+
+def _at_least_as_up_to_date(candidate: MemoryStorage, voter: MemoryStorage) -> bool:
+    """§5.4.1 between two stored logs: would `voter` find `candidate` up to date?"""
+    c_term, v_term = candidate.term_at(candidate.last_index), voter.term_at(voter.last_index)
+    if c_term != v_term:
+        return c_term > v_term
+    return candidate.last_index >= voter.last_index
+
+
+def _no_event(event: str, **fields: object) -> None:
+    return None

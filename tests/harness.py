@@ -1,0 +1,108 @@
+"""A hand-driven cluster for scripted tests: the test decides which message goes
+where and when, so a scenario from the paper can be replayed step by step.
+
+It handles Ready exactly as a host must (persist, then send, then apply).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+
+from raftproc.core import LEADER, Config, Message, RaftNode
+from raftproc.sim.storage import MemoryStorage
+
+Pick = Callable[[Message], bool]
+
+SCRIPT_CONFIG = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3)
+
+
+def everything(msg: Message) -> bool:
+    return True
+
+
+class Cluster:
+    def __init__(self, n: int, *, node_cls: type[RaftNode] = RaftNode, config: Config = SCRIPT_CONFIG, seed: int = 0) -> None:
+        self.ids = tuple(range(1, n + 1))
+        self.node_cls = node_cls
+        self.config = config
+        self.rng = random.Random(seed)
+        self.storage = {i: MemoryStorage() for i in self.ids}
+        self.applied: dict[int, list[bytes | None]] = {i: [] for i in self.ids}
+        self.nodes: dict[int, RaftNode | None] = {}
+        self.queue: list[Message] = []
+        for i in self.ids:
+            self.start(i)
+
+    def start(self, i: int) -> RaftNode:
+        st = self.storage[i]
+        node = self.node_cls(
+            i, self.ids, rng=random.Random(self.rng.getrandbits(32)), config=self.config,
+            hard_state=st.hard_state, entries=list(st.entries),
+        )
+        self.nodes[i] = node
+        self.applied[i] = []
+        self.process(i)
+        return node
+
+    def crash(self, i: int) -> None:
+        self.nodes[i] = None
+        self.queue = [m for m in self.queue if m.dst != i and m.src != i]
+
+    def node(self, i: int) -> RaftNode:
+        node = self.nodes[i]
+        assert node is not None, f"node {i} is down"
+        return node
+
+    def process(self, i: int) -> None:
+        node = self.node(i)
+        while node.has_ready():
+            rd = node.ready()
+            self.storage[i].persist(rd)
+            self.queue.extend(rd.messages)
+            self.applied[i].extend(e.command for e in rd.committed_entries)
+            node.advance(rd)
+
+    def deliver(self, pick: Pick = everything, *, drop_rest: bool = False, rounds: int = 100) -> None:
+        """Deliver queued messages that `pick` selects, and whatever they cause that
+        `pick` also selects, until none is left. Others stay queued (or are dropped)."""
+        for _ in range(rounds):
+            chosen = [m for m in self.queue if pick(m)]
+            rest = [m for m in self.queue if not pick(m)]
+            self.queue = [] if drop_rest else rest
+            if not chosen:
+                return
+            for m in chosen:
+                if self.nodes.get(m.dst) is not None:
+                    self.node(m.dst).step(m)
+                    self.process(m.dst)
+        raise AssertionError("messages still flowing after the round limit")
+
+    def drop(self, pick: Pick = everything) -> None:
+        self.queue = [m for m in self.queue if not pick(m)]
+
+    def elect(self, i: int, voters: tuple[int, ...] | None = None) -> RaftNode:
+        """Make node i campaign; only `voters` (default: all) hear it. Returns it as leader."""
+        node = self.node(i)
+        node.campaign()
+        self.process(i)
+        allowed = set(voters if voters is not None else self.ids) | {i}
+        self.deliver(lambda m: m.src in allowed and m.dst in allowed and type(m).__name__.startswith("RequestVote"))
+        assert node.role == LEADER, node.describe()
+        return node
+
+    def propose(self, i: int, command: bytes) -> tuple[int, int]:
+        result = self.node(i).propose(command)
+        self.process(i)
+        return result
+
+    def tick(self, i: int, times: int = 1) -> None:
+        for _ in range(times):
+            self.node(i).tick()
+            self.process(i)
+
+
+def between(*ids: int) -> Pick:
+    """Messages whose sender and receiver are both among `ids`."""
+    allowed = set(ids)
+    return lambda m: m.src in allowed and m.dst in allowed

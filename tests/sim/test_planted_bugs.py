@@ -1,0 +1,157 @@
+"""The simulator must not be vacuous: each planted bug is caught within the seeds
+run here. Bugs live only in these test subclasses, never behind a flag in raftproc."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import Cluster, between
+from raftproc.core import Entry, RaftNode
+from raftproc.core.messages import AppendEntries, AppendEntriesResponse
+from raftproc.sim import LivenessViolation, SafetyViolation, SimConfig, Simulation
+from raftproc.sim.cluster import SimNode
+
+SEEDS_TO_TRY = 300
+STEPS = 2000
+
+
+class CommitsPreviousTermByCounting(RaftNode):
+    """Bug 1: Figure 8. Counts replicas for an entry of an earlier term."""
+
+    def _maybe_commit(self) -> bool:
+        matches = [self.log.stable_index] + [pr.match_index for pr in self.progress.values()]
+        index = sorted(matches, reverse=True)[self.quorum_size() - 1]
+        if index > self.commit_index:
+            self.commit_index = index
+            return True
+        return False
+
+
+class VotesWithoutUpToDateCheck(RaftNode):
+    """Bug 2: grants a vote to a candidate whose log is behind (§5.4.1 skipped)."""
+
+    def _vote_refusal(self, msg):
+        return None if self._may_vote_for(msg.src) else "already voted"
+
+
+class VotesTwicePerTerm(RaftNode):
+    """Bug 3: forgets that it already voted in this term."""
+
+    def _may_vote_for(self, candidate):
+        return self.voted_for != self.id or candidate == self.id
+
+
+class TruncatesOnPresentEntries(RaftNode):
+    """Bug 5: replaces everything after prev_log_index, even entries it already holds."""
+
+    def _append_from_leader(self, msg: AppendEntries) -> int:
+        if msg.entries and self.log.last_index > msg.prev_log_index:
+            self.log.truncate_from(msg.prev_log_index + 1)
+        if msg.entries:
+            self.log.append(msg.entries[self.log.last_index - msg.prev_log_index :])
+        return msg.prev_log_index + len(msg.entries)
+
+
+class CommitsLeaderCommitUnclamped(RaftNode):
+    """Bug 6: takes leader_commit as far as its own log reaches, without the min()
+    with the last entry this leader sent, so it may commit another leader's entries."""
+
+    def _follower_commit(self, leader_commit: int, last_new: int) -> None:
+        commit = min(leader_commit, self.log.last_index)
+        if commit > self.commit_index:
+            self.commit_index = commit
+
+
+class SendsBeforePersisting(Simulation):
+    """Bug 4, in the host: sends a Ready's messages (votes, acknowledgements) before
+    its hard state and entries reach storage."""
+
+    def _handle_ready(self, sn: SimNode) -> None:
+        node = sn.node
+        while node.has_ready():
+            rd = node.ready()
+            self._send(sn, rd.messages)
+            self._persist(sn, rd)
+            self._apply(sn, rd.committed_entries)
+            node.advance(rd)
+
+
+def first_caught(make_sim) -> tuple[int, str] | None:
+    for i in range(SEEDS_TO_TRY):
+        nodes = (3, 5, 7)[i % 3]
+        try:
+            make_sim(i, SimConfig(nodes=nodes, steps=STEPS)).run()
+        except (SafetyViolation, LivenessViolation) as e:
+            return i, str(e)
+    return None
+
+
+@pytest.mark.parametrize(
+    "node_cls",
+    [CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries, CommitsLeaderCommitUnclamped],
+)
+def test_sim_catches_planted_core_bug(node_cls):
+    caught = first_caught(lambda seed, cfg: Simulation(seed, cfg, node_factory=node_cls))
+    assert caught is not None, f"{node_cls.__name__}: no violation in {SEEDS_TO_TRY} seeds"
+    print(f"{node_cls.__name__} caught at seed {caught[0]}: {caught[1]}")
+
+
+def test_sim_catches_sending_before_persisting():
+    caught = first_caught(lambda seed, cfg: SendsBeforePersisting(seed, cfg))
+    assert caught is not None
+    assert "persisted" in caught[1] or "Durability" in caught[1] or "Election Safety" in caught[1]
+
+
+def test_correct_node_passes_the_seeds_that_catch_bugs():
+    """The same seeds with the real node: what the bug tests catch is the bug."""
+    for seed in range(30):
+        Simulation(seed, SimConfig(nodes=(3, 5, 7)[seed % 3], steps=STEPS)).run()
+
+
+def test_figure_8_previous_term_entry_is_not_committed_by_counting():
+    """The paper's Figure 8, scripted. Reference: §5.4.2"""
+    from raftproc.core import Config
+
+    cfg = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=1)
+    for node_cls, should_lose_commit in ((RaftNode, False), (CommitsPreviousTermByCounting, True)):
+        c = Cluster(5, node_cls=node_cls, config=cfg)
+        # (a) S1 leads term 1; the no-op commits everywhere; x reaches only S2.
+        c.elect(1)
+        c.deliver()
+        x_index, _ = c.propose(1, b"x")
+        c.deliver(between(1, 2), drop_rest=True)
+        # (b) S1 crashes; S5 wins term 2 with S3, S4 and appends entries nobody sees.
+        c.crash(1)
+        c.elect(5, voters=(3, 4, 5))
+        c.propose(5, b"y")
+        c.drop()
+        c.crash(5)
+        # (c) S1 restarts and wins term 3 (S2, S3, S4); x reaches S3 alone, the
+        # no-op of term 3 reaches S2 alone.
+        c.start(1)
+        leader = c.elect(1, voters=(1, 2, 3, 4))
+        c.drop()
+        c.tick(1, cfg.heartbeat_interval)
+        for _ in range(6):
+            c.deliver(lambda m: (m.src, m.dst) in {(1, 3), (3, 1)}, rounds=1)
+            c.deliver(lambda m: (m.src, m.dst) in {(1, 2), (2, 1)}, rounds=1)
+            c.drop(lambda m: m.dst in (4,) or m.src in (4,))
+            if c.node(3).log.last_index >= x_index and leader.progress[3].match_index >= x_index:
+                break
+        c.drop(lambda m: m.dst == 3 or m.src == 3)
+        assert c.node(3).log.entry(x_index).command == b"x"
+        assert c.node(3).log.last_index == x_index
+        assert (leader.commit_index >= x_index) is should_lose_commit
+        if should_lose_commit:
+            assert b"x" in c.applied[1]
+        # (d) S1 crashes; S5 wins term 4 with S3, S4 and overwrites index 2 there.
+        c.crash(1)
+        c.start(5)
+        c.elect(5, voters=(3, 4, 5))
+        c.deliver(between(3, 4, 5))
+        s5 = c.node(5)
+        assert s5.log.entry(x_index).command != b"x"
+        assert s5.commit_index >= x_index
+        # With the bug, x was applied at x_index on S1 and now something else is.
+        lost = c.applied[1][x_index - 1:x_index] == [b"x"] and c.applied[5][x_index - 1] != b"x"
+        assert lost is should_lose_commit
