@@ -17,11 +17,6 @@ class InvariantViolation(AssertionError):
     pass
 
 
-def expect(condition: bool, message: str) -> None:
-    if not condition:
-        raise InvariantViolation(message)
-
-
 @dataclass(frozen=True, slots=True)
 class NodeView:
     """What a step may change and the rules say how."""
@@ -40,17 +35,24 @@ class NodeView:
 def check_node(node: RaftNode) -> None:
     """Cheap, per-step checks of one node's state."""
     log = node.log
-    who = f"node {node.id}"
-    expect(node.commit_index <= log.last_index, f"{who}: commit_index {node.commit_index} > last index {log.last_index}")
-    expect(node.applied <= node.commit_index, f"{who}: applied {node.applied} > commit_index {node.commit_index}")
-    expect(0 <= log.stable_index <= log.last_index, f"{who}: stable_index {log.stable_index} outside the log")
-    expect(log.last_term <= node.current_term, f"{who}: log term {log.last_term} > current term {node.current_term}")
+    if not (node.commit_index <= log.last_index):
+        raise InvariantViolation(f"node {node.id}: commit_index {node.commit_index} > last index {log.last_index}")
+    if not (node.applied <= node.commit_index):
+        raise InvariantViolation(f"node {node.id}: applied {node.applied} > commit_index {node.commit_index}")
+    if not (0 <= log.stable_index <= log.last_index):
+        raise InvariantViolation(f"node {node.id}: stable_index {log.stable_index} outside the log")
+    if not (log.last_term <= node.current_term):
+        raise InvariantViolation(f"node {node.id}: log term {log.last_term} > current term {node.current_term}")
     if node.role == LEADER:
-        expect(node.voted_for == node.id, f"{who}: leader of term {node.current_term} voted for {node.voted_for}")
-        expect(node.leader_id == node.id, f"{who}: leader follows {node.leader_id}")
+        if not (node.voted_for == node.id):
+            raise InvariantViolation(f"node {node.id}: leader of term {node.current_term} voted for {node.voted_for}")
+        if not (node.leader_id == node.id):
+            raise InvariantViolation(f"node {node.id}: leader follows {node.leader_id}")
         for peer, pr in node.progress.items():
-            expect(pr.match_index < pr.next_index, f"{who}: peer {peer} match {pr.match_index} >= next {pr.next_index}")
-            expect(pr.next_index <= log.last_index + 1, f"{who}: peer {peer} next {pr.next_index} past the log")
+            if not (pr.match_index < pr.next_index):
+                raise InvariantViolation(f"node {node.id}: peer {peer} match {pr.match_index} >= next {pr.next_index}")
+            if not (pr.next_index <= log.last_index + 1):
+                raise InvariantViolation(f"node {node.id}: peer {peer} next {pr.next_index} past the log")
 
 
 def check_log(node: RaftNode) -> None:
@@ -58,21 +60,26 @@ def check_log(node: RaftNode) -> None:
     previous_term = 0
     for i in range(1, node.log.last_index + 1):
         e = node.log.entry(i)
-        expect(e.index == i, f"node {node.id}: entry at {i} says index {e.index}")
-        expect(e.term >= previous_term, f"node {node.id}: term goes down from {previous_term} to {e.term} at {i}")
+        if not (e.index == i):
+            raise InvariantViolation(f"node {node.id}: entry at {i} says index {e.index}")
+        if not (e.term >= previous_term):
+            raise InvariantViolation(f"node {node.id}: term goes down from {previous_term} to {e.term} at {i}")
         previous_term = e.term
 
 
 def check_transition(before: NodeView, after: NodeView, *, restarted: bool = False) -> None:
     """Rules across one step of a running node. A restart may lose the in-memory
     commit index and leader, but never the term or vote (they were persisted)."""
-    who = f"node {after.node_id}"
-    expect(after.current_term >= before.current_term, f"{who}: term went back {before.current_term} -> {after.current_term}")
+    if not (after.current_term >= before.current_term):
+        raise InvariantViolation(f"node {after.node_id}: term went back {before.current_term} -> {after.current_term}")
     same_term = after.current_term == before.current_term
     if same_term and before.voted_for is not None:
-        expect(after.voted_for == before.voted_for, f"{who}: voted for {before.voted_for} then {after.voted_for} in term {after.current_term}")
+        if not (after.voted_for == before.voted_for):
+            raise InvariantViolation(f"node {after.node_id}: voted for {before.voted_for} then {after.voted_for} in term {after.current_term}")
     if restarted:
         return
-    expect(after.commit_index >= before.commit_index, f"{who}: commit_index went back {before.commit_index} -> {after.commit_index}")
+    if not (after.commit_index >= before.commit_index):
+        raise InvariantViolation(f"node {after.node_id}: commit_index went back {before.commit_index} -> {after.commit_index}")
     if same_term and before.leader_id is not None:
-        expect(after.leader_id == before.leader_id, f"{who}: leader of term {after.current_term} changed {before.leader_id} -> {after.leader_id}")
+        if not (after.leader_id == before.leader_id):
+            raise InvariantViolation(f"node {after.node_id}: leader of term {after.current_term} changed {before.leader_id} -> {after.leader_id}")

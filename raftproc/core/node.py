@@ -195,16 +195,15 @@ class RaftNode:
         return bool(
             self._outbox
             or self.log.stable_index < self.log.last_index
-            or self._hard_state() != self._persisted_hard_state
+            or self._hard_state_changed()
             or self.applied < self.commit_index
         )
 
     def ready(self) -> Ready:
         self._check_not_in_ready()
         self._flush_broadcast()
-        hs = self._hard_state()
         rd = Ready(
-            hard_state=hs if hs != self._persisted_hard_state else None,
+            hard_state=self._hard_state() if self._hard_state_changed() else None,
             entries=self.log.unstable(),
             messages=tuple(self._outbox),
             committed_entries=self.log.slice(self.applied + 1, self.commit_index + 1),
@@ -507,6 +506,14 @@ class RaftNode:
 
     def _send(self, msg: Message) -> None:
         self._outbox.append(msg)
+
+    def _hard_state_changed(self) -> bool:
+        p = self._persisted_hard_state
+        return (
+            p.current_term != self.current_term
+            or p.voted_for != self.voted_for
+            or p.commit_index != self.commit_index
+        )
 
     def _hard_state(self) -> HardState:
         return HardState(self.current_term, self.voted_for, self.commit_index)

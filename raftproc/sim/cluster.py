@@ -83,7 +83,8 @@ class FaultConfig:
     duplicate: float = 0.03
     min_delay: int = 1
     max_delay: int = 4
-    crash: float = 0.006
+    crash: float = 0.012
+    crash_leader: float = 0.5  # of crashes, the share aimed at a current leader
     down_min: int = 3
     down_max: int = 60
     partition: float = 0.006
@@ -381,7 +382,10 @@ class Simulation:
             self.blocked.clear()
         if rng.random() < f.crash:
             running = [sn for sn in self.nodes.values() if sn.node is not None]
-            if running:
+            leaders = [sn for sn in running if sn.node.role == LEADER]
+            if leaders and rng.random() < f.crash_leader:
+                self._crash(rng.choice(leaders))
+            elif running:
                 self._crash(rng.choice(running))
         if not self.blocked and rng.random() < f.partition:
             self._partition()
