@@ -421,6 +421,10 @@ class RaftNode:
         if self.role != LEADER:
             return
         pr = self.progress[msg.src]
+        if msg.match_index > self.log.last_index:
+            # No follower can match entries this leader never had: a confused peer.
+            self._log("message_ignored", reason="match past the leader's log", src=msg.src, match_index=msg.match_index)
+            return
         if msg.success:
             if pr.on_success(msg.match_index):
                 self._maybe_commit()

@@ -1,0 +1,252 @@
+"""The raftproc client: a library and a command line.
+
+    python -m raftproc.client [--config PATH] set x 10 | get x | del x | cas x 10 11 | status
+
+`Client` connects to any node, follows redirects to the leader, and retries with
+backoff until its deadline. Each client has a random id and numbers its requests;
+a retry reuses the number, so the cluster applies a request at most once even when
+an answer was lost.
+
+Outcomes are definite or not:
+- a result: the operation was applied (a cas that found another value is applied
+  as a failed comparison: `result["ok"]` is False and `result["mismatch"]` True);
+- `Failed`: it certainly was not applied and never will be;
+- `Unknown`: the deadline passed while it might still have been applied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import struct
+import sys
+import time
+from typing import Any
+
+from raftproc.config import Address, ConfigError, load_config
+from raftproc.runtime import codec
+from raftproc.runtime.codec import RemoteProtocolError
+from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+
+
+class ClientError(Exception):
+    pass
+
+
+class Failed(ClientError):
+    """The operation certainly did not take effect."""
+
+
+class Unknown(ClientError):
+    """The operation may or may not have taken effect."""
+
+
+class _Conn:
+    def __init__(self, address: Address, timeout: float) -> None:
+        self.sock = socket.create_connection(address, timeout=timeout)
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.decoder = FrameDecoder()
+
+    def call(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self.sock.settimeout(timeout)
+        self.sock.sendall(encode_frame(codec.encode(body)))
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionError("node closed the connection")
+            for frame in self.decoder.feed(data):
+                answer = codec.decode_answer(frame)
+                if answer["id"] == body["id"]:
+                    return answer
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Client:
+    def __init__(
+        self,
+        addresses: dict[int, Address],
+        *,
+        timeout: float = 5.0,
+        attempt_timeout: float = 1.0,
+        client_id: int | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not addresses:
+            raise ValueError("no node addresses")
+        self.addresses = dict(addresses)
+        self.timeout = timeout
+        self.attempt_timeout = attempt_timeout
+        self.rng = rng or random.Random()
+        self.client_id = client_id or self.rng.getrandbits(62) + 1
+        self.seq = 0
+        self._request_id = 0
+        self._conns: dict[Address, _Conn] = {}
+        self._target: Address = self.rng.choice(list(self.addresses.values()))
+
+    # --- operations ---------------------------------------------------------------
+
+    def set(self, key: str, value: str) -> dict[str, Any]:
+        return self.request("set", key, value=value)
+
+    def get(self, key: str) -> str | None:
+        return self.request("get", key)["value"]
+
+    def delete(self, key: str) -> dict[str, Any]:
+        return self.request("del", key)
+
+    def cas(self, key: str, expect: str | None, new: str) -> dict[str, Any]:
+        return self.request("cas", key, value=new, expect=expect)
+
+    def request(self, op: str, key: str, *, value: str | None = None, expect: str | None = None) -> dict[str, Any]:
+        """Run one operation to a definite outcome within the deadline, or raise."""
+        self.seq += 1
+        body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": self.client_id, "seq": self.seq}
+        deadline = time.monotonic() + self.timeout
+        maybe_sent = False  # has any attempt possibly reached a leader's log?
+        delay = 0.01
+        last_error = "no attempt made"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                if maybe_sent:
+                    raise Unknown(f"{op} {key}: outcome unknown after {self.timeout}s ({last_error})")
+                raise Failed(f"{op} {key}: no leader accepted it within {self.timeout}s ({last_error})")
+            target = self._target
+            try:
+                answer = self._call(target, body, min(self.attempt_timeout, remaining))
+            except (OSError, FrameError, RemoteProtocolError) as e:
+                # The request may have reached the node before the connection broke.
+                maybe_sent = maybe_sent or not isinstance(e, ConnectionRefusedError)
+                last_error = f"node {target[0]}:{target[1]}: {e or type(e).__name__}"
+                self._drop(target)
+                self._target = self._other_node(target)
+            else:
+                status = answer.get("status")
+                if status == "ok":
+                    return answer["result"]
+                if status == "redirect":
+                    self._target = _parse_address(answer["leader_addr"]) or self._other_node(target)
+                    last_error = f"redirected to node {answer.get('leader')}"
+                    continue
+                if status == "error":
+                    raise Failed(f"{op} {key}: rejected: {answer.get('error')}")
+                if status == "unknown":
+                    maybe_sent = True
+                last_error = f"{status}: {answer.get('error', 'no leader known')}"
+                self._target = self._other_node(target) if status == "no_leader" else target
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))  # back off before retrying
+            delay = min(delay * 2, 0.2)
+
+    def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any]:
+        answer = self._call(self.addresses[node_id], {"t": "status"}, timeout)
+        return answer["result"]
+
+    def close(self) -> None:
+        for address in list(self._conns):
+            self._drop(address)
+
+    # --- plumbing -------------------------------------------------------------------
+
+    def _call(self, address: Address, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        self._request_id += 1
+        conn = self._conns.get(address)
+        if conn is None:
+            conn = self._conns[address] = _Conn(address, timeout)
+        return conn.call({**body, "id": self._request_id}, timeout)
+
+    def _drop(self, address: Address) -> None:
+        conn = self._conns.pop(address, None)
+        if conn is not None:
+            conn.close()
+
+    def _other_node(self, current: Address) -> Address:
+        others = [a for a in self.addresses.values() if a != current]
+        return self.rng.choice(others) if others else current
+
+
+def _parse_address(text: str | None) -> Address | None:
+    if not text or ":" not in text:
+        return None
+    host, _, port = text.rpartition(":")
+    return (host, int(port)) if port.isdigit() else None
+
+
+# --- command line -------------------------------------------------------------------
+
+
+def _print_status(client: Client) -> int:
+    cols = ("node", "role", "term", "leader", "commit_index", "last_applied", "log_digest")
+    print(f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7}  log digest")
+    for node_id in sorted(client.addresses):
+        try:
+            s = client.status(node_id)
+        except (OSError, ClientError, RemoteProtocolError, FrameError, struct.error) as e:
+            print(f"{node_id:>4} {'down':<9} ({e})")
+            continue
+        print(
+            f"{s['node']:>4} {s['role']:<9} {s['term']:>5} {str(s['leader']):>6} "
+            f"{s['commit_index']:>7} {s['last_applied']:>7}  {s['log_digest'][:12]}"
+        )
+    del cols
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m raftproc.client", description="Talk to a raftproc cluster.")
+    p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
+    p.add_argument("--timeout", type=float, default=5.0, help="seconds to reach a definite outcome")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("set", help="set KEY VALUE")
+    s.add_argument("key")
+    s.add_argument("value")
+    g = sub.add_parser("get", help="get KEY")
+    g.add_argument("key")
+    d = sub.add_parser("del", help="delete KEY")
+    d.add_argument("key")
+    c = sub.add_parser("cas", help="cas KEY EXPECTED NEW (EXPECTED '-' means absent)")
+    c.add_argument("key")
+    c.add_argument("expected")
+    c.add_argument("new")
+    sub.add_parser("status", help="each node's role, term, commit index, last applied, leader")
+    args = p.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        print(f"raftproc.client: {e}", file=sys.stderr)
+        return 2
+    client = Client(cfg.client_addresses(), timeout=args.timeout)
+    try:
+        if args.cmd == "status":
+            return _print_status(client)
+        if args.cmd == "set":
+            client.set(args.key, args.value)
+            print("OK")
+        elif args.cmd == "get":
+            value = client.get(args.key)
+            print("(absent)" if value is None else value)
+        elif args.cmd == "del":
+            result = client.delete(args.key)
+            print("OK" if result.get("existed") else "OK (was absent)")
+        elif args.cmd == "cas":
+            expected = None if args.expected == "-" else args.expected
+            result = client.cas(args.key, expected, args.new)
+            if not result.get("ok"):
+                print(f"MISMATCH: current value is {result.get('value')!r}")
+                return 1
+            print("OK")
+    except Unknown as e:
+        print(f"UNKNOWN: {e}", file=sys.stderr)
+        return 3
+    except Failed as e:
+        print(f"FAILED: {e}", file=sys.stderr)
+        return 1
+    finally:
+        client.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,173 @@
+"""Cluster configuration: built-in defaults for a local 5-node cluster, or a TOML file.
+
+With no file, node N (1..5) listens for peers on 127.0.0.1:710N and for clients on
+127.0.0.1:720N, keeps its WAL in data/node-N and its JSON log in logs/node-N.jsonl.
+
+A TOML file looks like this (every top-level key is optional):
+
+    data_dir = "data"          # node N uses <data_dir>/node-N
+    log_dir = "logs"           # node N writes <log_dir>/node-N.jsonl
+    log_level = "info"         # debug | info | warning | error
+    tick_ms = 10
+    election_timeout_min = 15  # in ticks
+    election_timeout_max = 30
+    heartbeat_interval = 5
+    max_frame = 16777216       # bytes; larger frames close the connection
+    peer_buffer = 67108864     # bytes queued per peer before messages are dropped
+
+    [[node]]
+    id = 1
+    peer = "127.0.0.1:7101"
+    client = "127.0.0.1:7201"
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from raftproc.core.node import Config as RaftConfig
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class ConfigError(Exception):
+    pass
+
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class NodeAddress:
+    id: int
+    peer: Address
+    client: Address
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    nodes: dict[int, NodeAddress]
+    data_dir: Path = Path("data")
+    log_dir: Path = Path("logs")
+    log_level: str = "info"
+    tick_ms: int = 10
+    election_timeout_min: int = 15
+    election_timeout_max: int = 30
+    heartbeat_interval: int = 5
+    max_frame: int = 16 * 1024 * 1024
+    peer_buffer: int = 64 * 1024 * 1024
+    source: str = field(default="built-in defaults", compare=False)
+
+    def raft(self) -> RaftConfig:
+        return RaftConfig(
+            election_timeout_min=self.election_timeout_min,
+            election_timeout_max=self.election_timeout_max,
+            heartbeat_interval=self.heartbeat_interval,
+        )
+
+    def node(self, node_id: int) -> NodeAddress:
+        if node_id not in self.nodes:
+            raise ConfigError(f"node id {node_id} is not in the cluster ({self.source}); known ids: {sorted(self.nodes)}")
+        return self.nodes[node_id]
+
+    def node_data_dir(self, node_id: int) -> Path:
+        return self.data_dir / f"node-{node_id}"
+
+    def node_log_file(self, node_id: int) -> Path:
+        return self.log_dir / f"node-{node_id}.jsonl"
+
+    def client_addresses(self) -> dict[int, Address]:
+        return {i: n.client for i, n in self.nodes.items()}
+
+
+def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 7200) -> ClusterConfig:
+    return ClusterConfig(
+        nodes={
+            i: NodeAddress(i, ("127.0.0.1", peer_base + i), ("127.0.0.1", client_base + i))
+            for i in range(1, nodes + 1)
+        }
+    )
+
+
+_INT_KEYS = ("tick_ms", "election_timeout_min", "election_timeout_max", "heartbeat_interval", "max_frame", "peer_buffer")
+
+
+def load_config(path: str | Path | None) -> ClusterConfig:
+    """The built-in defaults when `path` is None; otherwise the file, checked."""
+    if path is None:
+        return default_config()
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return parse_config(raw, source=str(path))
+
+
+def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
+    known = {"node", "data_dir", "log_dir", "log_level", *_INT_KEYS}
+    unknown = set(raw) - known
+    if unknown:
+        raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
+    nodes_raw = raw.get("node")
+    if not isinstance(nodes_raw, list) or not nodes_raw:
+        raise ConfigError(f"{source}: needs at least one [[node]] table")
+    nodes: dict[int, NodeAddress] = {}
+    for n in nodes_raw:
+        if not isinstance(n, dict) or set(n) != {"id", "peer", "client"}:
+            raise ConfigError(f"{source}: each [[node]] has exactly id, peer and client")
+        if not isinstance(n["id"], int) or n["id"] < 1:
+            raise ConfigError(f"{source}: node id must be a positive integer, got {n['id']!r}")
+        if n["id"] in nodes:
+            raise ConfigError(f"{source}: node id {n['id']} appears twice")
+        nodes[n["id"]] = NodeAddress(n["id"], _address(n["peer"], source), _address(n["client"], source))
+    cfg = ClusterConfig(nodes=nodes, source=source)
+    changes: dict = {}
+    for key in _INT_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1:
+                raise ConfigError(f"{source}: {key} must be a positive integer")
+            changes[key] = raw[key]
+    for key in ("data_dir", "log_dir"):
+        if key in raw:
+            if not isinstance(raw[key], str) or not raw[key]:
+                raise ConfigError(f"{source}: {key} must be a path")
+            changes[key] = Path(raw[key])
+    if "log_level" in raw:
+        if raw["log_level"] not in LOG_LEVELS:
+            raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")
+        changes["log_level"] = raw["log_level"]
+    cfg = replace(cfg, **changes)
+    try:
+        cfg.raft()
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _address(text: object, source: str) -> Address:
+    if not isinstance(text, str) or ":" not in text:
+        raise ConfigError(f"{source}: address {text!r} is not HOST:PORT")
+    host, _, port = text.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ConfigError(f"{source}: address {text!r} is not HOST:PORT")
+    return host, int(port)
+
+
+def to_toml(cfg: ClusterConfig) -> str:
+    """Write a config back out (the supervisor uses this for clusters it creates)."""
+    lines = [
+        f'data_dir = "{cfg.data_dir}"',
+        f'log_dir = "{cfg.log_dir}"',
+        f'log_level = "{cfg.log_level}"',
+    ]
+    lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS]
+    for n in cfg.nodes.values():
+        lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,84 @@
+"""One raftproc server: `python -m raftproc.node --id N [--config PATH]`.
+
+Wiring, in order: config -> logging -> WAL recovery -> RaftNode -> event loop
+(see raftproc.runtime.host). Every start-up problem is one clear line on stderr and
+a non-zero exit: an unknown id, a malformed config, a port in use, a data directory
+that cannot be written, a corrupt WAL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import signal
+import sys
+from pathlib import Path
+
+from raftproc.config import ConfigError, load_config
+from raftproc.runtime.logging import configure
+from raftproc.runtime.wal import WalCorruption
+
+EXIT_CONFIG = 2
+EXIT_STARTUP = 3
+EXIT_CORRUPT = 4
+
+
+def fail(code: int, message: str) -> int:
+    print(f"raftproc.node: {message}", file=sys.stderr)
+    return code
+
+
+def check_writable(path: Path, what: str) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create {what} {path}: {e.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{what} {path} is not writable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m raftproc.node", description="Run one raftproc server.")
+    p.add_argument("--id", type=int, required=True, help="this node's id in the cluster config")
+    p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
+    args = p.parse_args(argv)
+
+    try:
+        cfg = load_config(args.config)
+        cfg.node(args.id)
+        check_writable(cfg.node_data_dir(args.id), "data directory")
+        check_writable(cfg.log_dir, "log directory")
+    except ConfigError as e:
+        return fail(EXIT_CONFIG, str(e))
+
+    host = None
+    log = configure(
+        args.id, cfg.node_log_file(args.id), args.log_level or cfg.log_level,
+        state=lambda: (host.raft.current_term, host.raft.role) if host else (0, "starting"),
+    )
+    from raftproc.runtime.host import NodeHost  # after logging is configured
+
+    try:
+        host = NodeHost(cfg, args.id, log=log)
+    except WalCorruption as e:
+        log("wal_corrupt", level="error", error=str(e))
+        return fail(EXIT_CORRUPT, f"refusing to start: write-ahead log is corrupt: {e}")
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            return fail(EXIT_STARTUP, f"node {args.id}: address already in use ({e.strerror}); is another node running?")
+        return fail(EXIT_STARTUP, f"node {args.id}: cannot start: {e}")
+
+    def shutdown(signum: int, frame: object) -> None:
+        log("shutdown_requested", signal=signal.Signals(signum).name)
+        host.stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    host.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""NodeHost: one Raft node with its IO: peers, clients, the WAL and the key-value store.
+
+Each pass of the event loop ends in `_handle_ready`, which carries out the core's
+Ready in the order the contract demands (raftproc.core.ready):
+
+1. WAL append + fdatasync (one record, one sync for everything the pass produced);
+2. queue the messages to peers (flushed once per connection at the end of the pass);
+3. apply committed entries to the key-value store and answer the clients waiting;
+4. advance the core.
+
+Client answers are honest about what is known:
+- "ok": the command was applied (its result says how, e.g. a cas mismatch);
+- "redirect" / "no_leader" / "failed" / "error": it certainly was not applied and
+  will not be (it never reached a log, or another entry won its index);
+- "unknown": it reached a leader's log and may still commit. The client retries
+  with the same sequence number; the session table applies it at most once.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from raftproc.config import ClusterConfig
+from raftproc.core.messages import Entry
+from raftproc.core.node import LEADER, NotLeader, RaftNode
+from raftproc.kv.commands import Command
+from raftproc.kv.state_machine import KeyValueStore
+from raftproc.runtime import codec
+from raftproc.runtime.codec import RemoteProtocolError, decode_client_request, decode_message, encode_message
+from raftproc.runtime.logging import core_logger
+from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
+from raftproc.runtime.wal import WriteAheadLog
+
+Log = Callable[..., None]
+
+
+@dataclass(slots=True)
+class Waiting:
+    term: int
+    conn: Connection
+    request_id: int
+
+
+class PeerLink:
+    """The one outbound connection to a peer, redialled with backoff when it drops."""
+
+    def __init__(self, host: NodeHost, peer_id: int, address: tuple[str, int]) -> None:
+        self.host = host
+        self.peer_id = peer_id
+        self.address = address
+        self.backoff = Backoff(host.rng)
+        self.conn: Connection | None = None
+        self.connected = False
+        self._dial()
+
+    def send(self, body: bytes) -> None:
+        if self.conn is not None:
+            self.conn.send(body)
+
+    def _dial(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.connect(self.address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass  # reported through SO_ERROR when the socket turns writable
+        h = self.host
+        self.conn = Connection(
+            h.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close,
+            max_frame=h.cfg.max_frame, max_buffer=h.cfg.peer_buffer, log=h.log, connecting=True,
+            on_connected=self._on_connected,
+        )
+
+    def _on_connected(self, conn: Connection) -> None:
+        self.connected = True
+        self.backoff.reset()
+        self.host.log("peer_connected", peer=self.peer_id)
+
+    def _on_frame(self, conn: Connection, body: bytes) -> None:
+        self.host.log("frame_error", level="warning", conn=conn.name, error="unexpected frame on an outbound link")
+        conn.close("protocol error")
+
+    def _on_close(self, conn: Connection, reason: str) -> None:
+        self.conn = None
+        if self.connected:
+            self.connected = False
+            self.host.log("peer_disconnected", level="warning", peer=self.peer_id, reason=reason)
+            self.host.raft.report_unreachable(self.peer_id)
+        if self.host.running:
+            self.host.loop.call_later(self.backoff.next_delay(), self._dial)
+
+
+class NodeHost:
+    def __init__(self, cfg: ClusterConfig, node_id: int, *, log: Log) -> None:
+        self.cfg = cfg
+        self.id = node_id
+        self.log = log
+        self.rng = random.Random()
+        self.running = False
+        self.loop = EventLoop()
+        me = cfg.node(node_id)
+
+        started = time.monotonic()
+        self.wal, rec = WriteAheadLog.open(cfg.node_data_dir(node_id), warn=lambda event, **f: log(event, level="warning", **f))
+        self.raft = RaftNode(
+            node_id, cfg.nodes, rng=self.rng, config=cfg.raft(), hard_state=rec.hard_state,
+            entries=rec.entries, log=core_logger(log),
+        )
+        log(
+            "wal_recovered", term=rec.hard_state.current_term, role=self.raft.role, segments=rec.segments, records=rec.records, entries=len(rec.entries),
+            voted_for=rec.hard_state.voted_for, commit_index=rec.hard_state.commit_index,
+            torn_tail_bytes=rec.torn_tail_bytes, ms=round((time.monotonic() - started) * 1000, 1),
+        )
+        self.kv = KeyValueStore()
+        self.waiting: dict[int, Waiting] = {}
+        self.inbound: set[Connection] = set()
+        self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
+        self.client_listener = Listener(self.loop, me.client, self._accept_client)
+        self.running = True
+        self.peers = {p: PeerLink(self, p, cfg.nodes[p].peer) for p in cfg.nodes if p != node_id}
+        self.loop.after_pass.append(self._handle_ready)
+        self._tick_interval = cfg.tick_ms / 1000
+        self._next_tick = time.monotonic() + self._tick_interval
+        self.loop.call_at(self._next_tick, self._tick)
+        log("node_started", term=self.raft.current_term, role=self.raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}", pid=os.getpid())
+
+    # --- running ------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def close(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        self._fail_waiting("unknown", "node shutting down")
+        for conn in list(self.inbound):
+            conn.close("node shutting down")
+        for link in self.peers.values():
+            if link.conn is not None:
+                link.conn.close("node shutting down")
+        self.peer_listener.close()
+        self.client_listener.close()
+        self.wal.close()
+        self.loop.close()
+        self.log("node_stopped")
+
+    def _tick(self) -> None:
+        self.raft.tick()
+        now = time.monotonic()
+        # A late timer (a GC pause, SIGSTOP) ticks once, not a burst of catch-up ticks
+        # that would start an election the moment the process resumes.
+        self._next_tick = max(self._next_tick + self._tick_interval, now)
+        self.loop.call_at(self._next_tick, self._tick)
+
+    # --- the Ready contract ---------------------------------------------------------
+
+    def _handle_ready(self) -> None:
+        raft = self.raft
+        while raft.has_ready():
+            rd = raft.ready()
+            self.wal.append(rd)  # durable before any message below promises it
+            for msg in rd.messages:
+                self.peers[msg.dst].send(encode_message(msg))
+            for entry in rd.committed_entries:
+                self._apply(entry)
+            raft.advance(rd)
+        if raft.role != LEADER and self.waiting:
+            self._fail_waiting("unknown", "leadership lost before commit")
+
+    def _apply(self, entry: Entry) -> None:
+        result = self.kv.apply(entry.index, entry.command)
+        waiting = self.waiting.pop(entry.index, None)
+        if waiting is None:
+            return
+        if waiting.term == entry.term:
+            self._answer(waiting.conn, waiting.request_id, status="ok", result=result)
+        else:
+            # Another leader's entry holds this index: ours is gone for good.
+            self._answer(waiting.conn, waiting.request_id, status="failed", error="overwritten by a newer leader")
+
+    def _fail_waiting(self, status: str, why: str) -> None:
+        waiting, self.waiting = self.waiting, {}
+        for w in waiting.values():
+            self._answer(w.conn, w.request_id, status=status, error=why)
+
+    # --- peers ----------------------------------------------------------------------
+
+    def _accept_peer(self, sock: socket.socket, addr: tuple) -> None:
+        conn = Connection(
+            self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_peer_frame,
+            on_close=self._on_inbound_close, max_frame=self.cfg.max_frame, max_buffer=self.cfg.peer_buffer, log=self.log,
+        )
+        self.inbound.add(conn)
+
+    def _on_peer_frame(self, conn: Connection, body: bytes) -> None:
+        try:
+            msg = decode_message(body)
+        except RemoteProtocolError as e:
+            self.log("frame_error", level="warning", conn=conn.name, error=str(e))
+            conn.close("protocol error")
+            return
+        if msg.dst != self.id or msg.src not in self.peers:
+            self.log("frame_error", level="warning", conn=conn.name, error=f"message from {msg.src} for {msg.dst} on node {self.id}")
+            conn.close("protocol error")
+            return
+        self.raft.step(msg)
+
+    def _on_inbound_close(self, conn: Connection, reason: str) -> None:
+        self.inbound.discard(conn)
+
+    # --- clients --------------------------------------------------------------------
+
+    def _accept_client(self, sock: socket.socket, addr: tuple) -> None:
+        conn = Connection(
+            self.loop, sock, name=f"client-{addr[0]}:{addr[1]}", on_frame=self._on_client_frame,
+            on_close=self._on_inbound_close, max_frame=self.cfg.max_frame, max_buffer=self.cfg.peer_buffer, log=self.log,
+        )
+        self.inbound.add(conn)
+
+    def _on_client_frame(self, conn: Connection, body: bytes) -> None:
+        try:
+            req = decode_client_request(body)
+        except RemoteProtocolError as e:
+            self.log("frame_error", level="warning", conn=conn.name, error=str(e))
+            conn.close("protocol error")
+            return
+        if req["t"] == "status":
+            self._answer(conn, req["id"], status="ok", result=self.status())
+            return
+        raft = self.raft
+        if raft.role != LEADER:
+            self._redirect(conn, req["id"])
+            return
+        cmd = Command(req["op"], req["key"], req.get("value"), req.get("expect"), req["client"], req["seq"])
+        try:
+            index, term = raft.propose(cmd.encode())
+        except NotLeader:
+            self._redirect(conn, req["id"])
+            return
+        self.waiting[index] = Waiting(term, conn, req["id"])
+
+    def _redirect(self, conn: Connection, request_id: int) -> None:
+        leader = self.raft.leader_id
+        if leader is None or leader == self.id:
+            self._answer(conn, request_id, status="no_leader")
+            return
+        host, port = self.cfg.nodes[leader].client
+        self.log("client_redirected", level="debug", leader=leader)
+        self._answer(conn, request_id, status="redirect", leader=leader, leader_addr=f"{host}:{port}")
+
+    def _answer(self, conn: Connection, request_id: int, **fields: Any) -> None:
+        conn.send(codec.encode({"t": "resp", "id": request_id, **fields}))
+
+    def status(self) -> dict[str, Any]:
+        r = self.raft
+        return {
+            "node": self.id,
+            "pid": os.getpid(),
+            "role": r.role,
+            "term": r.current_term,
+            "leader": r.leader_id,
+            "commit_index": r.commit_index,
+            "last_applied": self.kv.last_applied,
+            "last_index": r.log.last_index,
+            "keys": len(self.kv.data),
+            "log_digest": self.kv.log_digest(),
+            "state_digest": self.kv.state_digest(),
+        }

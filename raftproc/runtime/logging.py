@@ -1,0 +1,73 @@
+"""Structured JSON logs, one file per node.
+
+Every line carries ts, node, term, role and event first (then the event's own
+fields), so `jq`, the supervisor's `logs` command and people can all read them.
+Events are snake_case facts: became_leader, wal_recovered, frame_error, ...
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+StateFn = Callable[[], tuple[int, str]]
+
+
+def configure(node_id: int, path: Path | None, level: str, state: StateFn) -> Callable[..., None]:
+    """Set up structlog for this process and return `log(event, level="info", **fields)`.
+
+    `state()` gives the node's current (term, role) for lines that do not carry them.
+    """
+    stream = sys.stderr if path is None else open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+
+    def lead_with_raft_state(logger: Any, method: str, event_dict: dict) -> dict:
+        term, role = state()
+        line = {
+            "ts": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "node": node_id,
+            "term": event_dict.pop("term", term),
+            "role": event_dict.pop("role", role),
+            "event": event_dict.pop("event"),
+            "level": method,
+        }
+        event_dict.pop("node", None)
+        line.update(event_dict)
+        return line
+
+    structlog.configure(
+        processors=[lead_with_raft_state, structlog.processors.JSONRenderer(default=str)],
+        wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
+        logger_factory=structlog.WriteLoggerFactory(stream),
+        cache_logger_on_first_use=True,
+    )
+    logger = structlog.get_logger()
+    methods = {name: getattr(logger, name) for name in LEVELS}
+
+    def log(event: str, level: str = "info", **fields: Any) -> None:
+        methods[level](event, **fields)
+
+    return log
+
+
+# The core reports every event through one callable; these deserve more or less
+# attention than the default info.
+CORE_EVENT_LEVELS = {
+    "commit_advanced": "debug",
+    "log_truncated": "warning",
+    "message_ignored": "warning",
+}
+
+
+def core_logger(log: Callable[..., None]) -> Callable[..., None]:
+    def core_log(event: str, **fields: Any) -> None:
+        log(event, level=CORE_EVENT_LEVELS.get(event, "info"), **fields)
+
+    return core_log

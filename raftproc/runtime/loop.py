@@ -1,0 +1,240 @@
+"""One thread, one selector: the event loop and the framed connections it drives.
+
+Each pass of the loop has three phases (after curio's kernel):
+
+1. poll sockets, with a timeout equal to the next timer's deadline;
+2. run every timer that is due;
+3. run the `after_pass` hooks (the node handles its Ready here), then flush every
+   connection that has bytes queued: one send() per connection per pass, so many
+   messages queued in one pass leave in one system call.
+
+Every socket is non-blocking. A connection registers EVENT_WRITE only while it has
+bytes the kernel would not take yet; `sendall` is never used. Deadlines come from
+time.monotonic().
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import random
+import selectors
+import socket
+import time
+from collections.abc import Callable
+
+from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+
+RECV_BYTES = 256 * 1024
+
+FrameHandler = Callable[["Connection", bytes], None]
+CloseHandler = Callable[["Connection", str], None]
+Log = Callable[..., None]
+
+
+class EventLoop:
+    def __init__(self) -> None:
+        self.sel = selectors.DefaultSelector()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = itertools.count()
+        self._dirty: set[Connection] = set()
+        self.after_pass: list[Callable[[], None]] = []
+        self.running = False
+
+    def call_at(self, deadline: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (deadline, next(self._seq), fn))
+
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        self.call_at(time.monotonic() + delay, fn)
+
+    def mark_dirty(self, conn: Connection) -> None:
+        self._dirty.add(conn)
+
+    def run(self) -> None:
+        self.running = True
+        while self.running:
+            self.run_once()
+
+    def stop(self) -> None:
+        self.running = False
+
+    def run_once(self, max_wait: float = 1.0) -> None:
+        timeout = max_wait
+        if self._timers:
+            timeout = min(max(self._timers[0][0] - time.monotonic(), 0.0), max_wait)
+        if self._dirty:
+            timeout = 0.0
+        # Phase 1: IO.
+        for key, mask in self.sel.select(timeout):
+            key.data(mask)
+        # Phase 2: timers due.
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn()
+        # Phase 3: work, then one flush per connection.
+        for hook in self.after_pass:
+            hook()
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush()
+
+    def close(self) -> None:
+        self.sel.close()
+
+
+class Connection:
+    """A framed, non-blocking TCP connection."""
+
+    def __init__(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        *,
+        name: str,
+        on_frame: FrameHandler,
+        on_close: CloseHandler,
+        max_frame: int,
+        max_buffer: int,
+        log: Log,
+        connecting: bool = False,
+        on_connected: Callable[[Connection], None] | None = None,
+    ) -> None:
+        self.loop = loop
+        self.sock = sock
+        self.name = name
+        self.on_frame = on_frame
+        self.on_close = on_close
+        self.decoder = FrameDecoder(max_frame)
+        self.max_buffer = max_buffer
+        self.log = log
+        self.out = bytearray()
+        self.closed = False
+        self.connecting = connecting
+        self._on_connected = on_connected
+        self._events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connecting else 0)
+        sock.setblocking(False)
+        loop.sel.register(sock, self._events, self._on_event)
+
+    def send(self, body: bytes) -> bool:
+        """Queue one frame. Returns False (and drops it) when the queue is full or
+        the connection is gone: Raft resends what matters."""
+        if self.closed or len(self.out) > self.max_buffer:
+            return False
+        self.out += encode_frame(body)
+        self.loop.mark_dirty(self)
+        return True
+
+    def flush(self) -> None:
+        if self.closed or self.connecting or not self.out:
+            return
+        try:
+            sent = self.sock.send(self.out)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as e:
+            self.close(f"send failed: {e}")
+            return
+        del self.out[:sent]
+        self._want_write(bool(self.out))
+
+    def close(self, reason: str) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.loop.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass
+        self.sock.close()
+        self.on_close(self, reason)
+
+    def _want_write(self, want: bool) -> None:
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+        if events != self._events and not self.closed:
+            self._events = events
+            self.loop.sel.modify(self.sock, events, self._on_event)
+
+    def _on_event(self, mask: int) -> None:
+        if self.connecting and mask & selectors.EVENT_WRITE:
+            err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if err:
+                self.close(f"connect failed: {errno.errorcode.get(err, err)}")
+                return
+            self.connecting = False
+            if self._on_connected:
+                self._on_connected(self)
+        if mask & selectors.EVENT_READ:
+            self._read()
+        if not self.closed and mask & selectors.EVENT_WRITE:
+            self.flush()
+
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(RECV_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            self.close(f"recv failed: {e}")
+            return
+        if not data:
+            if self.decoder.buffered:
+                self.log("frame_error", level="warning", conn=self.name, error=f"connection closed inside a frame ({self.decoder.buffered} bytes)")
+            self.close("closed by peer")
+            return
+        try:
+            bodies = self.decoder.feed(data)
+        except FrameError as e:
+            self.log("frame_error", level="warning", conn=self.name, error=str(e))
+            self.close("frame error")
+            return
+        for body in bodies:
+            if self.closed:
+                return
+            self.on_frame(self, body)
+
+
+class Listener:
+    """Accepts connections on one address and hands each socket to `on_accept`."""
+
+    def __init__(self, loop: EventLoop, address: tuple[str, int], on_accept: Callable[[socket.socket, tuple], None]) -> None:
+        self.loop = loop
+        self.sock = socket.create_server(address, reuse_port=False, backlog=128)
+        self.sock.setblocking(False)
+        self.on_accept = on_accept
+        loop.sel.register(self.sock, selectors.EVENT_READ, self._on_event)
+
+    def _on_event(self, mask: int) -> None:
+        for _ in range(64):
+            try:
+                sock, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.on_accept(sock, addr)
+
+    def close(self) -> None:
+        self.loop.sel.unregister(self.sock)
+        self.sock.close()
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (the AWS architecture blog's
+    "full jitter"): reconnect storms after a restart spread out."""
+
+    def __init__(self, rng: random.Random, base: float = 0.02, cap: float = 1.0) -> None:
+        self.rng = rng
+        self.base = base
+        self.cap = cap
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        delay = min(self.cap, self.base * (2 ** self.attempt))
+        self.attempt = min(self.attempt + 1, 16)
+        return self.rng.uniform(delay / 2, delay)
+
+    def reset(self) -> None:
+        self.attempt = 0

@@ -1,0 +1,227 @@
+"""The write-ahead log: where a node's term, vote and entries survive a crash.
+
+On-disk format
+--------------
+A data directory holds segment files `wal-00000001.log`, `wal-00000002.log`, ...
+Each segment is a sequence of records:
+
+    +----------------+----------------+---------------------------+
+    | length (4, BE) | crc32 (4, BE)  | body (length bytes, CBOR) |
+    +----------------+----------------+---------------------------+
+
+`crc32` covers the 4 length bytes and the body, so a torn or flipped length is caught
+too. The body is one CBOR map per Ready: {"hs": [term, vote, commit] or null,
+"e": [[term, index, command], ...]}. Replaying applies records in order: `hs`
+replaces the hard state; `e` replaces every entry from e[0].index on (the Ready
+contract, raftproc.core.ready). One Ready is one record, written with one write()
+and made durable with one fdatasync() (group commit): the hard state and entries it
+carries become durable together or not at all.
+
+A segment is closed once it passes `segment_bytes`; the next record starts a new one.
+Creating a segment fsyncs the directory, so the new name survives a crash.
+
+What a crash leaves behind
+--------------------------
+- Before write(): nothing of the Ready is on disk. Nothing was sent, so nothing of it
+  was promised.
+- During write() or before fdatasync() returns: the last segment may end in a partial
+  record, or in zeros where the file grew. That record was never acknowledged (the
+  host sends only after fdatasync returns). Recovery cuts it off and logs
+  `wal_torn_tail_truncated` with the segment and offset.
+- After fdatasync(): the record is durable; recovery replays it.
+- While creating a segment: an empty or partial new segment is the torn tail above;
+  the directory fsync makes a created segment's name durable before it is used.
+
+Anything else that fails its checksum (a complete record in the middle of a segment,
+or in any segment but the last) is corruption, not a torn write: recovery stops
+with WalCorruption naming the file and offset. It never silently drops entries
+that may have been acknowledged.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cbor2
+
+from raftproc.core.messages import Entry
+from raftproc.core.ready import HardState, Ready
+
+HEADER = struct.Struct(">II")
+SEGMENT_BYTES = 64 * 1024 * 1024
+MAX_RECORD = 1 << 30
+
+Warn = Callable[..., None]
+
+
+class WalCorruption(Exception):
+    """A record that was once complete fails its checksum: the node must not start."""
+
+
+@dataclass
+class Recovered:
+    hard_state: HardState = field(default_factory=HardState)
+    entries: list[Entry] = field(default_factory=list)
+    records: int = 0
+    segments: int = 0
+    torn_tail_bytes: int = 0
+
+
+def _segment_name(number: int) -> str:
+    return f"wal-{number:08d}.log"
+
+
+def encode_record(rd: Ready) -> bytes:
+    hs = rd.hard_state
+    body = cbor2.dumps(
+        {
+            "hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index],
+            "e": [[e.term, e.index, e.command] for e in rd.entries],
+        }
+    )
+    length = struct.pack(">I", len(body))
+    crc = zlib.crc32(body, zlib.crc32(length))
+    return length + struct.pack(">I", crc) + body
+
+
+class WriteAheadLog:
+    """Open with `WriteAheadLog.open(dir)`, which recovers; then `append(ready)`."""
+
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, sync: bool = True) -> None:
+        self.dir = directory
+        self.segment_bytes = segment_bytes
+        self.sync = sync
+        self._fd: int | None = None
+        self._segment = 0
+        self._size = 0
+
+    @classmethod
+    def open(cls, directory: str | os.PathLike, *, warn: Warn | None = None, **kw) -> tuple[WriteAheadLog, Recovered]:
+        wal = cls(Path(directory), **kw)
+        wal.dir.mkdir(parents=True, exist_ok=True)
+        recovered = wal._recover(warn or (lambda event, **f: None))
+        return wal, recovered
+
+    # --- writing ----------------------------------------------------------------
+
+    def append(self, rd: Ready) -> None:
+        """Make a Ready's hard state and entries durable. Returns after fdatasync."""
+        if rd.hard_state is None and not rd.entries:
+            return
+        record = encode_record(rd)
+        if self._fd is None or self._size >= self.segment_bytes:
+            self._start_segment(self._segment + 1)
+        assert self._fd is not None
+        _write_all(self._fd, record)
+        self._size += len(record)
+        if self.sync:
+            os.fdatasync(self._fd)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def _start_segment(self, number: int) -> None:
+        self.close()
+        path = self.dir / _segment_name(number)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segment = number
+        self._size = os.fstat(self._fd).st_size
+        if self.sync:
+            os.fsync(self._fd)
+            _fsync_dir(self.dir)
+
+    # --- recovery ---------------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        return sorted(self.dir.glob("wal-*.log"))
+
+    def _recover(self, warn: Warn) -> Recovered:
+        out = Recovered()
+        segs = self.segments()
+        for n, path in enumerate(segs):
+            is_last = n == len(segs) - 1
+            data = path.read_bytes()
+            good_end = self._replay_segment(path, data, is_last, out)
+            if good_end < len(data):
+                out.torn_tail_bytes = len(data) - good_end
+                warn("wal_torn_tail_truncated", segment=path.name, offset=good_end, dropped_bytes=len(data) - good_end)
+                with open(path, "r+b") as f:
+                    f.truncate(good_end)
+                    f.flush()
+                    os.fsync(f.fileno())
+        out.segments = len(segs)
+        if segs:
+            self._segment = int(segs[-1].name[4:12])
+            self._fd = os.open(segs[-1], os.O_WRONLY | os.O_APPEND)
+            self._size = os.fstat(self._fd).st_size
+        return out
+
+    def _replay_segment(self, path: Path, data: bytes, is_last: bool, out: Recovered) -> int:
+        """Apply every good record; return where the good records end."""
+        pos = 0
+        end = len(data)
+        while pos < end:
+            if end - pos < HEADER.size:
+                return self._torn_or_corrupt(path, pos, is_last, "partial record header")
+            length, crc = HEADER.unpack_from(data, pos)
+            body_start = pos + HEADER.size
+            if length == 0:
+                # A file that grew but whose data never landed reads back as zeros.
+                zero_tail = is_last and not any(data[pos:])
+                return self._torn_or_corrupt(path, pos, zero_tail, "zero-length record")
+            if length > MAX_RECORD:
+                return self._torn_or_corrupt(path, pos, False, f"impossible record length {length}")
+            if body_start + length > end:
+                return self._torn_or_corrupt(path, pos, is_last, "record runs past the end of the file")
+            body = data[body_start : body_start + length]
+            if zlib.crc32(body, zlib.crc32(data[pos : pos + 4])) != crc:
+                raise WalCorruption(f"{path}: checksum mismatch in the record at offset {pos}")
+            self._apply(path, pos, body, out)
+            pos = body_start + length
+        return pos
+
+    @staticmethod
+    def _torn_or_corrupt(path: Path, pos: int, torn_allowed: bool, what: str) -> int:
+        if torn_allowed:
+            return pos
+        raise WalCorruption(f"{path}: {what} at offset {pos}")
+
+    @staticmethod
+    def _apply(path: Path, pos: int, body: bytes, out: Recovered) -> None:
+        try:
+            rec = cbor2.loads(body)
+            hs = rec["hs"]
+            if hs is not None:
+                out.hard_state = HardState(hs[0], hs[1], hs[2])
+            entries = [Entry(t, i, c) for t, i, c in rec["e"]]
+        except Exception as e:
+            raise WalCorruption(f"{path}: undecodable record at offset {pos}: {e}") from None
+        if entries:
+            first = entries[0].index
+            if first > len(out.entries) + 1:
+                raise WalCorruption(f"{path}: record at offset {pos} starts at entry {first} after a gap")
+            del out.entries[first - 1 :]
+            out.entries.extend(entries)
+        out.records += 1
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
