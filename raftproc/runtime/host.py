@@ -56,6 +56,7 @@ class PeerLink:
         self.backoff = Backoff(host.rng)
         self.conn: Connection | None = None
         self.connected = False
+        self._generation = 0  # a redial scheduled under an older generation is void
         self._dial()
 
     def send(self, body: bytes) -> None:
@@ -88,6 +89,14 @@ class PeerLink:
         self.host.log("frame_error", level="warning", conn=conn.name, error="unexpected frame on an outbound link")
         conn.close("protocol error")
 
+    def redial_now(self) -> None:
+        """The peer just spoke to us, so it is up: stop waiting out the backoff. A
+        restarted node then hears its leader before its election timer fires."""
+        if self.conn is None and self.host.running:
+            self._generation += 1
+            self.backoff.reset()
+            self._dial()
+
     def _on_close(self, conn: Connection, reason: str) -> None:
         self.conn = None
         if self.connected:
@@ -95,7 +104,12 @@ class PeerLink:
             self.host.log("peer_disconnected", level="warning", peer=self.peer_id, reason=reason)
             self.host.raft.report_unreachable(self.peer_id)
         if self.host.running:
-            self.host.loop.call_later(self.backoff.next_delay(), self._dial)
+            generation = self._generation
+            self.host.loop.call_later(self.backoff.next_delay(), lambda: self._redial(generation))
+
+    def _redial(self, generation: int) -> None:
+        if generation == self._generation and self.conn is None and self.host.running:
+            self._dial()
 
 
 class NodeHost:
@@ -218,6 +232,9 @@ class NodeHost:
             self.log("frame_error", level="warning", conn=conn.name, error=f"message from {msg.src} for {msg.dst} on node {self.id}")
             conn.close("protocol error")
             return
+        link = self.peers[msg.src]
+        if link.conn is None:
+            link.redial_now()
         self.raft.step(msg)
 
     def _on_inbound_close(self, conn: Connection, reason: str) -> None:

@@ -127,16 +127,19 @@ class Connection:
         return True
 
     def flush(self) -> None:
-        if self.closed or self.connecting or not self.out:
+        if self.closed or self.connecting:
             return
-        try:
-            sent = self.sock.send(self.out)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as e:
-            self.close(f"send failed: {e}")
-            return
-        del self.out[:sent]
+        if self.out:
+            try:
+                sent = self.sock.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError as e:
+                self.close(f"send failed: {e}")
+                return
+            del self.out[:sent]
+        # Watch for writability only while bytes wait; an idle writable socket
+        # would wake the selector on every pass.
         self._want_write(bool(self.out))
 
     def close(self, reason: str) -> None:

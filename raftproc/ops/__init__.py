@@ -1,0 +1,1 @@
+"""Operating a cluster: process control, log tailing (used by scripts/)."""

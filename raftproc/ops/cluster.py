@@ -1,0 +1,304 @@
+"""Cluster control: spawn, signal and watch node processes through a run directory.
+
+A run directory (default `run/`) holds everything a later invocation needs to find
+the cluster again:
+
+    run/config.toml     the cluster's config (written by `up`)
+    run/node-N.pid      the pid of node N while it runs
+    run/node-N.out      node N's stdout and stderr (start-up errors land here)
+
+A pid file is trusted only if that pid is alive *and* is `raftproc.node --id N`:
+a dead node or a pid reused by another program reads as a stale pid file.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from raftproc.client import Client
+from raftproc.config import ClusterConfig, NodeAddress, load_config, to_toml
+
+
+class ClusterError(Exception):
+    pass
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out now; they stay free long enough for a test cluster
+    to bind them (the kernel does not reuse an ephemeral port at once)."""
+    socks, ports = [], []
+    for _ in range(count):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def local_config(
+    nodes: int, data_dir: Path, log_dir: Path, *, ports: list[int] | None = None, base_port: int | None = None, **overrides: Any
+) -> ClusterConfig:
+    """A cluster on 127.0.0.1. With `base_port` B, node N listens for peers on
+    B+100+N and for clients on B+200+N (B=7000 gives the documented defaults);
+    without, on free ports the kernel picks."""
+    if ports is None:
+        if base_port is None:
+            ports = free_ports(2 * nodes)
+        else:
+            ports = [base_port + 100 + i for i in range(1, nodes + 1)] + [base_port + 200 + i for i in range(1, nodes + 1)]
+    addrs = {
+        i: NodeAddress(i, ("127.0.0.1", ports[i - 1]), ("127.0.0.1", ports[nodes + i - 1]))
+        for i in range(1, nodes + 1)
+    }
+    return ClusterConfig(nodes=addrs, data_dir=data_dir.resolve(), log_dir=log_dir.resolve(), **overrides)
+
+
+@dataclass
+class NodeProcess:
+    node_id: int
+    pid: int | None
+    state: str  # running | paused | dead | stale-pid | stopped
+
+
+class Cluster:
+    def __init__(self, run_dir: str | Path = "run", *, launcher: list[str] | None = None) -> None:
+        """`launcher` is what runs a node before its `--id N --config PATH`
+        (default: this interpreter with -m raftproc.node)."""
+        self.run_dir = Path(run_dir).resolve()
+        self.config_path = self.run_dir / "config.toml"
+        self.launcher = launcher or [sys.executable, "-m", "raftproc.node"]
+
+    # --- set-up -------------------------------------------------------------------
+
+    def create(self, cfg: ClusterConfig) -> ClusterConfig:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        running = [p.node_id for p in self.processes() if p.state in ("running", "paused")] if self.config_path.exists() else []
+        if running:
+            raise ClusterError(f"a cluster is already running from {self.run_dir} (nodes {running}); run `down` first")
+        self.config_path.write_text(to_toml(cfg))
+        return cfg
+
+    @property
+    def config(self) -> ClusterConfig:
+        if not self.config_path.exists():
+            raise ClusterError(f"no cluster in {self.run_dir}: run `up` first")
+        return load_config(self.config_path)
+
+    def up(self, wait: float = 15.0) -> None:
+        for node_id in self.config.nodes:
+            self.start(node_id)
+        self.wait_for_leader(wait)
+
+    def down(self, timeout: float = 5.0) -> list[int]:
+        """SIGTERM every node at once (one by one would set off an election per
+        stop), then SIGKILL whatever has not exited by `timeout`."""
+        alive = [p for p in self.processes() if p.state in ("running", "paused")]
+        for p in alive:
+            if p.state == "paused":
+                self._signal(p.node_id, signal.SIGCONT)
+            self._signal(p.node_id, signal.SIGTERM)
+        for p in alive:
+            if not self._wait_gone(p.node_id, timeout):
+                self._signal(p.node_id, signal.SIGKILL)
+                self._wait_gone(p.node_id, timeout)
+        for p in self.processes():
+            self._pid_file(p.node_id).unlink(missing_ok=True)
+        return [p.node_id for p in alive]
+
+    # --- one node -------------------------------------------------------------------
+
+    def start(self, node_id: int) -> int:
+        cfg = self.config
+        cfg.node(node_id)
+        current = self.process(node_id)
+        if current.state in ("running", "paused"):
+            raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
+        out = open(self.run_dir / f"node-{node_id}.out", "ab")  # noqa: SIM115
+        env = dict(os.environ)
+        proc = subprocess.Popen(
+            [*self.launcher, "--id", str(node_id), "--config", str(self.config_path)],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            cwd=self.run_dir,
+        )
+        out.close()
+        self._pid_file(node_id).write_text(f"{proc.pid}\n")
+        # Until the child has exec'd, its command line is ours and it would read
+        # as a stale pid; callers expect a started node to show as running.
+        deadline = time.monotonic() + 5.0
+        while self.process(node_id).state == "stale-pid" and time.monotonic() < deadline:
+            time.sleep(0.005)  # poll interval of a wait-until loop
+        return proc.pid
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL. The pid file stays, so `status` shows the node as dead."""
+        self._signal(node_id, signal.SIGKILL)
+        self._wait_gone(node_id, 5.0)
+
+    def stop(self, node_id: int, timeout: float = 5.0) -> None:
+        p = self.process(node_id)
+        if p.state == "paused":
+            self._signal(node_id, signal.SIGCONT)
+        self._signal(node_id, signal.SIGTERM)
+        if not self._wait_gone(node_id, timeout):
+            self._signal(node_id, signal.SIGKILL)
+            self._wait_gone(node_id, timeout)
+        self._pid_file(node_id).unlink(missing_ok=True)
+
+    def restart(self, node_id: int) -> int:
+        if self.process(node_id).state in ("running", "paused"):
+            self.stop(node_id)
+        return self.start(node_id)
+
+    def pause(self, node_id: int) -> None:
+        self._signal(node_id, signal.SIGSTOP)
+
+    def resume(self, node_id: int) -> None:
+        self._signal(node_id, signal.SIGCONT)
+
+    # --- looking --------------------------------------------------------------------
+
+    def processes(self) -> list[NodeProcess]:
+        return [self.process(i) for i in sorted(self.config.nodes)]
+
+    def process(self, node_id: int) -> NodeProcess:
+        path = self._pid_file(node_id)
+        if not path.exists():
+            return NodeProcess(node_id, None, "stopped")
+        try:
+            pid = int(path.read_text().strip())
+        except ValueError:
+            return NodeProcess(node_id, None, "stale-pid")
+        try:
+            proc = psutil.Process(pid)
+            status = proc.status()
+            if status == psutil.STATUS_ZOMBIE:
+                return NodeProcess(node_id, pid, "dead")
+            ours = self._psutil(node_id, pid) is not None
+        except psutil.Error:
+            return NodeProcess(node_id, pid, "dead")
+        if not ours:
+            return NodeProcess(node_id, pid, "stale-pid")
+        return NodeProcess(node_id, pid, "paused" if status == psutil.STATUS_STOPPED else "running")
+
+    def client(self, **kw: Any) -> Client:
+        return Client(self.config.client_addresses(), **kw)
+
+    def node_status(self, node_id: int, timeout: float = 0.5) -> dict[str, Any] | None:
+        c = self.client()
+        try:
+            return c.status(node_id, timeout=timeout)
+        except Exception:
+            return None
+        finally:
+            c.close()
+
+    def status_table(self) -> list[dict[str, Any]]:
+        rows = []
+        for p in self.processes():
+            row: dict[str, Any] = {"node": p.node_id, "pid": p.pid, "state": p.state}
+            if p.state == "running":
+                s = self.node_status(p.node_id)
+                if s:
+                    row.update({k: s[k] for k in ("role", "term", "leader", "commit_index", "last_applied", "log_digest")})
+            if p.pid and p.state in ("running", "paused"):
+                proc = self._psutil(p.node_id, p.pid)
+                if proc is not None:
+                    try:
+                        row["rss_mb"] = round(proc.memory_info().rss / 2**20, 1)
+                        row["cpu_s"] = round(sum(proc.cpu_times()[:2]), 2)
+                    except psutil.Error:
+                        pass
+            rows.append(row)
+        return rows
+
+    def leader(self) -> int | None:
+        """The node that says it leads the highest term, if a majority agree on it."""
+        statuses = [s for s in (self.node_status(p.node_id) for p in self.processes() if p.state == "running") if s]
+        leaders = [s for s in statuses if s["role"] == "leader"]
+        if not leaders:
+            return None
+        best = max(leaders, key=lambda s: s["term"])
+        followers = sum(1 for s in statuses if s["leader"] == best["node"] and s["term"] == best["term"])
+        return best["node"] if followers >= len(self.config.nodes) // 2 + 1 else None
+
+    def wait_for_leader(self, timeout: float = 10.0, *, other_than: int | None = None) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            leader = self.leader()
+            if leader is not None and leader != other_than:
+                return leader
+            time.sleep(0.05)  # poll interval of a wait-until loop
+        dead = [p for p in self.processes() if p.state not in ("running", "paused")]
+        hint = "; ".join(f"node {p.node_id} {p.state}: {self.last_output(p.node_id)}" for p in dead)
+        raise ClusterError(f"no leader within {timeout}s" + (f" ({hint})" if hint else ""))
+
+    def wait_converged(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """Wait until every running node has applied the same log (same last_applied
+        and digest, at the leader's commit index); return their statuses."""
+        deadline = time.monotonic() + timeout
+        statuses: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            running = [p.node_id for p in self.processes() if p.state == "running"]
+            statuses = [s for s in (self.node_status(i) for i in running) if s]
+            if len(statuses) == len(running) and statuses:
+                leader = [s for s in statuses if s["role"] == "leader"]
+                digests = {(s["last_applied"], s["log_digest"]) for s in statuses}
+                if leader and len(digests) == 1 and statuses[0]["last_applied"] == leader[0]["commit_index"]:
+                    return statuses
+            time.sleep(0.05)  # poll interval of a wait-until loop
+        raise ClusterError(f"nodes did not converge within {timeout}s: " + ", ".join(
+            f"node {s['node']} applied {s['last_applied']} digest {s['log_digest'][:12]}" for s in statuses))
+
+    def last_output(self, node_id: int, lines: int = 3) -> str:
+        path = self.run_dir / f"node-{node_id}.out"
+        if not path.exists():
+            return ""
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+
+    # --- helpers --------------------------------------------------------------------
+
+    def _pid_file(self, node_id: int) -> Path:
+        return self.run_dir / f"node-{node_id}.pid"
+
+    def _psutil(self, node_id: int, pid: int) -> psutil.Process | None:
+        """The process, if it is node `node_id` of this cluster (pids get reused)."""
+        try:
+            proc = psutil.Process(pid)
+            cmd = proc.cmdline()
+        except psutil.Error:
+            return None
+        wanted = ["--id", str(node_id), "--config", str(self.config_path)]
+        if any(cmd[i : i + 4] == wanted for i in range(len(cmd))):
+            return proc
+        return None
+
+    def _signal(self, node_id: int, sig: signal.Signals) -> None:
+        p = self.process(node_id)
+        if p.state not in ("running", "paused") or p.pid is None:
+            raise ClusterError(f"node {node_id} is not running ({p.state})")
+        os.kill(p.pid, sig)
+
+    def _wait_gone(self, node_id: int, timeout: float) -> bool:
+        p = self.process(node_id)
+        if p.pid is None:
+            return True
+        try:
+            proc = psutil.Process(p.pid)
+            proc.wait(timeout)
+        except psutil.TimeoutExpired:
+            return False
+        except psutil.Error:
+            pass
+        return True

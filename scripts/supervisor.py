@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Run and watch a local raftproc cluster.
+
+    python scripts/supervisor.py up [-n 5]        start a cluster (default ports 7101.., 7201..)
+    python scripts/supervisor.py status           pid, role, term, commit, applied, RSS, CPU
+    python scripts/supervisor.py kill|stop|start|restart|pause|resume ID
+    python scripts/supervisor.py logs [-f] [--node N] [--event E]
+    python scripts/supervisor.py down
+
+State lives in a run directory (--run-dir, default run/), so any later invocation
+finds the cluster again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.logs import follow, format_line, matches, merged
+
+
+def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
+    cfg = local_config(args.nodes, Path(args.data_dir), Path(args.log_dir), base_port=args.base_port)
+    cluster.create(cfg)
+    cluster.up(wait=args.wait)
+    print(f"cluster of {args.nodes} up; leader is node {cluster.leader()}")
+    return cmd_status(cluster, args)
+
+
+def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
+    print(f"{'node':>4} {'pid':>7} {'state':<11} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7} {'rss MB':>7} {'cpu s':>6}  digest")
+    for r in cluster.status_table():
+        g = r.get
+        print(
+            f"{r['node']:>4} {str(g('pid') or '-'):>7} {r['state']:<11} {str(g('role', '-')):<9} {str(g('term', '-')):>5} "
+            f"{str(g('leader', '-')):>6} {str(g('commit_index', '-')):>7} {str(g('last_applied', '-')):>7} "
+            f"{str(g('rss_mb', '-')):>7} {str(g('cpu_s', '-')):>6}  {str(g('log_digest', '-'))[:12]}"
+        )
+    return 0
+
+
+def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
+    log_dir = cluster.config.log_dir
+    paths = sorted(log_dir.glob("node-*.jsonl"))
+    events = set(args.event) if args.event else None
+    for record in merged(paths):
+        if matches(record, args.node, events):
+            print(format_line(record))
+    if args.follow:
+        try:
+            for line in follow(paths, args.node, events):
+                print(line, flush=True)
+        except KeyboardInterrupt:
+            return 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run-dir", default="run")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    up = sub.add_parser("up")
+    up.add_argument("-n", "--nodes", type=int, default=5)
+    up.add_argument("--base-port", type=int, default=7000, help="peers on BASE+100+N, clients on BASE+200+N")
+    up.add_argument("--data-dir", default="data")
+    up.add_argument("--log-dir", default="logs")
+    up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
+    sub.add_parser("down")
+    sub.add_parser("status")
+    for name in ("kill", "stop", "start", "restart", "pause", "resume"):
+        sub.add_parser(name).add_argument("id", type=int)
+    logs = sub.add_parser("logs")
+    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("--node", type=int)
+    logs.add_argument("--event", action="append", help="only these events (repeatable)")
+    args = p.parse_args(argv)
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `logs | head` ends quietly
+
+    cluster = Cluster(args.run_dir)
+    try:
+        if args.cmd == "up":
+            return cmd_up(cluster, args)
+        if args.cmd == "down":
+            stopped = cluster.down()
+            print(f"stopped nodes {stopped}" if stopped else "no node was running")
+            return 0
+        if args.cmd == "status":
+            return cmd_status(cluster, args)
+        if args.cmd == "logs":
+            return cmd_logs(cluster, args)
+        action = getattr(cluster, args.cmd)
+        action(args.id)
+        print(f"{args.cmd} node {args.id}: done")
+        return 0
+    except ClusterError as e:
+        print(f"supervisor: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

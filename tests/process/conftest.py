@@ -1,0 +1,55 @@
+"""Real node processes on loopback, on ports the kernel picks, in a temporary run
+directory per test. Every wait is a condition polled against a deadline."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from raftproc.ops.cluster import Cluster, local_config
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)  # poll interval of this wait-until loop
+
+
+def make_cluster(tmp_path: Path, nodes: int, **overrides) -> Cluster:
+    run = tmp_path / "run"
+    cluster = Cluster(run)
+    cluster.create(local_config(nodes, run / "data", run / "logs", **overrides))
+    return cluster
+
+
+@pytest.fixture
+def cluster_factory(tmp_path: Path) -> Iterator[Callable[..., Cluster]]:
+    made: list[Cluster] = []
+
+    def factory(nodes: int = 3, *, start: bool = True, **overrides) -> Cluster:
+        c = make_cluster(tmp_path / f"c{len(made)}", nodes, **overrides)
+        made.append(c)
+        if start:
+            c.up(wait=20)
+        return c
+
+    yield factory
+    for c in made:
+        c.down(timeout=3)
+
+
+def log_events(cluster: Cluster, node_id: int) -> list[dict]:
+    import json
+
+    path = cluster.config.node_log_file(node_id)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,25 @@
+"""A node launcher for tests: a node that SIGKILLs itself right after the WAL
+fdatasync of any Ready whose entries contain RAFTPROC_TEST_CRASH_MARKER, before it
+sends or answers anything. Used by test_crash_points.py; never shipped."""
+
+import os
+import signal
+import sys
+
+from raftproc.runtime import wal
+
+MARKER = os.environ["RAFTPROC_TEST_CRASH_MARKER"].encode()
+_append = wal.WriteAheadLog.append
+
+
+def append_then_die(self, rd):
+    _append(self, rd)
+    if any(e.command and MARKER in e.command for e in rd.entries):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+wal.WriteAheadLog.append = append_then_die
+
+from raftproc.node import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,86 @@
+"""Clusters of real node processes: writes, reads, kill -9 of the leader, restart."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import log_events, wait_until
+
+pytestmark = pytest.mark.process
+
+
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_cluster_survives_leader_kill_and_converges(cluster_factory, nodes):
+    cluster = cluster_factory(nodes)
+    client = cluster.client(timeout=15)
+    acked = {}
+    for i in range(20):
+        client.set(f"k{i}", f"v{i}")
+        acked[f"k{i}"] = f"v{i}"
+    assert client.get("k7") == "v7"
+
+    old = cluster.wait_for_leader()
+    cluster.kill(old)
+    new = cluster.wait_for_leader(timeout=10, other_than=old)
+    assert new != old
+    for i in range(20, 30):
+        client.set(f"k{i}", f"v{i}")
+        acked[f"k{i}"] = f"v{i}"
+    client.delete("k0")
+    del acked["k0"]
+
+    cluster.start(old)
+    statuses = cluster.wait_converged(timeout=15)
+    assert len(statuses) == nodes
+    assert len({s["state_digest"] for s in statuses}) == 1
+    for key, value in acked.items():
+        assert client.get(key) == value
+    assert client.get("k0") is None
+    client.close()
+    events = {e["event"] for n in cluster.config.nodes for e in log_events(cluster, n)}
+    assert {"became_leader", "election_started", "vote_granted", "wal_recovered", "peer_connected"} <= events
+
+
+def test_every_log_line_carries_the_raft_fields(cluster_factory):
+    cluster = cluster_factory(3)
+    client = cluster.client(timeout=10)
+    client.set("a", "1")
+    client.close()
+    leader = cluster.wait_for_leader()
+    lines = log_events(cluster, leader)
+    assert lines
+    for line in lines:
+        assert {"ts", "node", "term", "role", "event"} <= set(line), line
+        assert line["event"].islower() and " " not in line["event"]
+    assert any(l["event"] == "became_leader" and l["role"] == "leader" for l in lines)
+
+
+def test_follower_redirects_and_client_status(cluster_factory):
+    from raftproc.client import Client
+
+    cluster = cluster_factory(3)
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.config.nodes if i != leader)
+    # A client that only knows the follower is redirected to the leader.
+    only = {follower: cluster.config.nodes[follower].client}
+    c = Client(only, timeout=10)
+    assert c.set("via-follower", "ok") == {"ok": True}
+    status = c.status(follower)
+    assert status["role"] == "follower" and status["leader"] == leader
+    c.close()
+
+
+def test_paused_leader_is_replaced_and_rejoins_as_follower(cluster_factory):
+    cluster = cluster_factory(3)
+    client = cluster.client(timeout=15)
+    client.set("before", "1")
+    old = cluster.wait_for_leader()
+    cluster.pause(old)
+    new = cluster.wait_for_leader(other_than=old, timeout=10)
+    client.set("during", "2")
+    cluster.resume(old)
+    wait_until(lambda: (cluster.node_status(old) or {}).get("role") == "follower", what="old leader steps down")
+    statuses = cluster.wait_converged(timeout=10)
+    assert len(statuses) == 3
+    assert client.get("during") == "2" and new != old
+    client.close()

@@ -1,0 +1,59 @@
+"""Crashes at the edges of the fsync: acknowledged writes survive."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import log_events
+from raftproc.ops.cluster import Cluster, local_config
+from raftproc.runtime.codec import encode
+from raftproc.runtime.framing import encode_frame
+
+pytestmark = pytest.mark.process
+
+LAUNCHER = [sys.executable, str(Path(__file__).with_name("crash_after_fsync.py"))]
+
+
+def test_leader_killed_after_fsync_before_replying_loses_no_acknowledged_write(tmp_path, monkeypatch):
+    monkeypatch.setenv("RAFTPROC_TEST_CRASH_MARKER", "CRASH-HERE")
+    cluster = Cluster(tmp_path / "run", launcher=LAUNCHER)
+    cluster.create(local_config(3, tmp_path / "run" / "data", tmp_path / "run" / "logs"))
+    try:
+        cluster.up(wait=20)
+        client = cluster.client(timeout=15)
+        acked = {f"a{i}": str(i) for i in range(20)}
+        for k, v in acked.items():
+            client.set(k, v)
+        leader = cluster.wait_for_leader()
+        before = cluster.node_status(leader)["last_index"]
+
+        # One raw request, never retried: the leader appends it, fsyncs, and dies
+        # before it replicates or answers.
+        with socket.create_connection(cluster.config.nodes[leader].client, timeout=5) as s:
+            s.sendall(encode_frame(encode({"t": "req", "id": 1, "client": 99, "seq": 1, "op": "set", "key": "m", "value": "CRASH-HERE", "expect": None})))
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+        new = cluster.wait_for_leader(other_than=leader, timeout=15)
+        for i in range(20, 30):
+            client.set(f"a{i}", str(i))
+            acked[f"a{i}"] = str(i)
+
+        monkeypatch.delenv("RAFTPROC_TEST_CRASH_MARKER")
+        monkeypatch.setenv("RAFTPROC_TEST_CRASH_MARKER", "never-matches")
+        cluster.start(leader)
+        statuses = cluster.wait_converged(timeout=20)
+        assert len(statuses) == 3 and new != leader, (cluster.processes(), cluster.last_output(leader))
+        for k, v in acked.items():
+            assert client.get(k) == v
+        client.close()
+        # The restarted node found the fsynced (never acknowledged) entry in its WAL.
+        recovered = [e for e in log_events(cluster, leader) if e["event"] == "wal_recovered"]
+        assert recovered[-1]["entries"] >= before + 1
+    finally:
+        cluster.down(timeout=3)

@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+import cbor2
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from raftproc.core import AppendEntries, AppendEntriesResponse, Entry, RequestVote, RequestVoteResponse
+from raftproc.runtime.codec import (
+    RemoteProtocolError,
+    decode_client_request,
+    decode_message,
+    encode,
+    encode_message,
+)
+from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+
+MESSAGES = [
+    RequestVote(src=1, dst=2, term=3, last_log_index=9, last_log_term=2),
+    RequestVoteResponse(src=2, dst=1, term=3, vote_granted=True),
+    AppendEntries(src=1, dst=3, term=4, prev_log_index=5, prev_log_term=3, entries=(Entry(4, 6, b"x"), Entry(4, 7, None)), leader_commit=5),
+    AppendEntriesResponse(src=3, dst=1, term=4, success=False, rejected_index=5, conflict_term=None, conflict_index=3),
+    AppendEntriesResponse(src=3, dst=1, term=4, success=True, match_index=7),
+]
+
+
+@given(st.lists(st.binary(max_size=300), max_size=20), st.data())
+def test_framing_survives_any_split_and_merge(bodies, data):
+    stream = b"".join(encode_frame(b) for b in bodies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=10)))
+    dec = FrameDecoder(max_frame=1000)
+    out, last = [], 0
+    for cut in cuts + [len(stream)]:
+        out += dec.feed(stream[last:cut])
+        last = cut
+    assert out == bodies and dec.buffered == 0
+
+
+def test_framing_refuses_oversized_frame_from_the_header_alone():
+    dec = FrameDecoder(max_frame=1024)
+    with pytest.raises(FrameError):
+        dec.feed(b"\xff\xff\xff\xff")
+
+
+@pytest.mark.parametrize("msg", MESSAGES)
+def test_codec_round_trip(msg):
+    assert decode_message(encode_message(msg)) == msg
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\x00garbage",
+        cbor2.dumps([1, 2, 3]),
+        cbor2.dumps({"v": 1, "t": "nope"}),
+        cbor2.dumps({"v": 2, "t": "rv", "src": 1, "dst": 2, "term": 1, "last_log_index": 0, "last_log_term": 0}),
+        cbor2.dumps({"v": 1, "t": "rv", "src": 1, "dst": 2, "term": 1}),
+        cbor2.dumps({"v": 1, "t": "rv", "src": 1, "dst": 2, "term": -1, "last_log_index": 0, "last_log_term": 0}),
+        cbor2.dumps({"v": 1, "t": "rvr", "src": 1, "dst": 2, "term": 1, "vote_granted": 1}),
+        cbor2.dumps({"v": 1, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 5, b"x"]], "leader_commit": 0}),
+        cbor2.dumps({"v": 1, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[9, 1, b"x"]], "leader_commit": 0}),
+        cbor2.dumps({"v": 1, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": "x", "leader_commit": 0}),
+    ],
+)
+def test_codec_rejects_malformed_bodies_with_remote_protocol_error(body):
+    with pytest.raises(RemoteProtocolError):
+        decode_message(body)
+
+
+@given(st.binary(max_size=200))
+def test_codec_never_raises_anything_but_remote_protocol_error(blob):
+    for decode in (decode_message, decode_client_request):
+        try:
+            decode(blob)
+        except RemoteProtocolError:
+            pass
+
+
+def test_client_request_validation():
+    ok = {"t": "req", "id": 1, "op": "cas", "key": "k", "value": "v", "expect": None, "client": 5, "seq": 1}
+    assert decode_client_request(encode(ok))["op"] == "cas"
+    for bad in ({**ok, "op": "drop"}, {**ok, "key": 3}, {**ok, "value": None}, {**ok, "client": "x"}, {**ok, "id": -1}):
+        with pytest.raises(RemoteProtocolError):
+            decode_client_request(encode(bad))

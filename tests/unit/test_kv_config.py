@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import pytest
+
+from raftproc.config import ConfigError, default_config, load_config, parse_config, to_toml
+from raftproc.kv.commands import Command
+from raftproc.kv.state_machine import KeyValueStore
+
+
+def apply_all(kv, *cmds):
+    return [kv.apply(kv.last_applied + 1, c.encode() if c else None) for c in cmds]
+
+
+def test_kv_operations():
+    kv = KeyValueStore()
+    r = apply_all(
+        kv,
+        None,
+        Command("set", "x", "1"),
+        Command("get", "x"),
+        Command("cas", "x", "2", expect="9"),
+        Command("cas", "x", "2", expect="1"),
+        Command("del", "x"),
+        Command("del", "x"),
+        Command("cas", "y", "new", expect=None),
+    )
+    assert r[0] is None
+    assert r[1:] == [
+        {"ok": True}, {"ok": True, "value": "1"}, {"ok": False, "mismatch": True, "value": "1"},
+        {"ok": True}, {"ok": True, "existed": True}, {"ok": True, "existed": False}, {"ok": True},
+    ]
+    assert kv.data == {"y": "new"}
+
+
+def test_kv_retry_with_same_sequence_number_applies_once():
+    kv = KeyValueStore()
+    first = apply_all(kv, Command("set", "k", "a", client=7, seq=1), Command("cas", "k", "b", expect="a", client=7, seq=2))
+    again = apply_all(kv, Command("cas", "k", "b", expect="a", client=7, seq=2))
+    assert first[1] == again[0] == {"ok": True}
+    assert kv.data["k"] == "b"
+    stale = apply_all(kv, Command("set", "k", "zzz", client=7, seq=1))
+    assert stale[0]["ok"] is False and kv.data["k"] == "b"
+
+
+def test_kv_digest_is_equal_exactly_for_equal_logs():
+    a, b = KeyValueStore(), KeyValueStore()
+    apply_all(a, Command("set", "x", "1"), Command("set", "y", "2"))
+    apply_all(b, Command("set", "y", "2"), Command("set", "x", "1"))
+    assert a.state_digest() == b.state_digest()
+    assert a.log_digest() != b.log_digest()
+
+
+def test_kv_applies_in_order_only():
+    kv = KeyValueStore()
+    with pytest.raises(ValueError):
+        kv.apply(2, None)
+
+
+def test_config_defaults_are_the_documented_local_cluster():
+    cfg = default_config()
+    assert sorted(cfg.nodes) == [1, 2, 3, 4, 5]
+    assert cfg.nodes[3].peer == ("127.0.0.1", 7103) and cfg.nodes[3].client == ("127.0.0.1", 7203)
+    assert str(cfg.node_data_dir(3)) == "data/node-3" and str(cfg.node_log_file(3)) == "logs/node-3.jsonl"
+    assert cfg.raft().election_timeout_min * cfg.tick_ms == 150
+
+
+def test_config_round_trips_through_toml(tmp_path):
+    cfg = default_config(3)
+    path = tmp_path / "c.toml"
+    path.write_text(to_toml(cfg))
+    assert load_config(path) == cfg
+
+
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("node = 3", "[[node]]"),
+        ("[[node]]\nid = 1\npeer = 'x'\nclient = '127.0.0.1:1'", "HOST:PORT"),
+        ("[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'\n[[node]]\nid = 1\npeer = '127.0.0.1:3'\nclient = '127.0.0.1:4'", "twice"),
+        ("tick_ms = 0\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "tick_ms"),
+        ("heartbeat_interval = 9\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "heartbeat"),
+        ("colour = 'red'\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "unknown keys"),
+        ("this is [not toml", "not valid TOML"),
+    ],
+)
+def test_config_errors_say_what_is_wrong(tmp_path, text, says):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert says in str(err.value)
+
+
+def test_config_unknown_node_id():
+    with pytest.raises(ConfigError) as err:
+        default_config().node(9)
+    assert "9" in str(err.value)
+    assert parse_config({"node": [{"id": 1, "peer": "h:1", "client": "h:2"}]}).nodes[1].peer == ("h", 1)
