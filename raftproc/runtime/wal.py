@@ -15,7 +15,9 @@ too. The body is one CBOR map per Ready: {"hs": [term, vote, commit] or null,
 replaces the hard state; `e` replaces every entry from e[0].index on (the Ready
 contract, raftproc.core.ready). One Ready is one record, written with one write()
 and made durable with one fdatasync() (group commit): the hard state and entries it
-carries become durable together or not at all.
+carries become durable together or not at all. A record that changes only the
+commit index is written but not synced: the commit index is a restart hint that is
+never ahead of what a majority stores, so losing it loses nothing.
 
 A segment is closed once it passes `segment_bytes`; the next record starts a new one.
 Creating a segment fsyncs the directory, so the new name survives a crash.
@@ -99,6 +101,9 @@ class WriteAheadLog:
         self._fd: int | None = None
         self._segment = 0
         self._size = 0
+        # A record that only moves commit_index promises nothing (the commit index is
+        # a hint, never ahead of a majority's logs), so it rides on the next sync.
+        self._synced_term_vote: tuple[int, int | None] = (0, None)
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, warn: Warn | None = None, **kw) -> tuple[WriteAheadLog, Recovered]:
@@ -119,8 +124,12 @@ class WriteAheadLog:
         assert self._fd is not None
         _write_all(self._fd, record)
         self._size += len(record)
-        if self.sync:
+        hs = rd.hard_state
+        promises = rd.entries or (hs is not None and (hs.current_term, hs.voted_for) != self._synced_term_vote)
+        if self.sync and promises:
             os.fdatasync(self._fd)
+        if hs is not None:
+            self._synced_term_vote = (hs.current_term, hs.voted_for)
 
     def close(self) -> None:
         if self._fd is not None:
@@ -157,6 +166,7 @@ class WriteAheadLog:
                     f.flush()
                     os.fsync(f.fileno())
         out.segments = len(segs)
+        self._synced_term_vote = (out.hard_state.current_term, out.hard_state.voted_for)
         if segs:
             self._segment = int(segs[-1].name[4:12])
             self._fd = os.open(segs[-1], os.O_WRONLY | os.O_APPEND)
