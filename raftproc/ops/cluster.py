@@ -73,12 +73,13 @@ class NodeProcess:
 
 
 class Cluster:
-    def __init__(self, run_dir: str | Path = "run", *, launcher: list[str] | None = None) -> None:
+    def __init__(self, run_dir: str | Path = "run", *, launcher: list[str] | None = None, env: dict[str, str] | None = None) -> None:
         """`launcher` is what runs a node before its `--id N --config PATH`
-        (default: this interpreter with -m raftproc.node)."""
+        (default: this interpreter with -m raftproc.node); "{id}" in it becomes N."""
         self.run_dir = Path(run_dir).resolve()
         self.config_path = self.run_dir / "config.toml"
         self.launcher = launcher or [sys.executable, "-m", "raftproc.node"]
+        self.env = env or {}  # extra environment for the nodes
 
     # --- set-up -------------------------------------------------------------------
 
@@ -126,9 +127,9 @@ class Cluster:
         if current.state in ("running", "paused"):
             raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
         out = open(self.run_dir / f"node-{node_id}.out", "ab")  # noqa: SIM115
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         proc = subprocess.Popen(
-            [*self.launcher, "--id", str(node_id), "--config", str(self.config_path)],
+            [*(part.format(id=node_id) for part in self.launcher), "--id", str(node_id), "--config", str(self.config_path)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
             cwd=self.run_dir,
         )

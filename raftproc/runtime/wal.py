@@ -34,6 +34,13 @@ What a crash leaves behind
 - While creating a segment: an empty or partial new segment is the torn tail above;
   the directory fsync makes a created segment's name durable before it is used.
 
+Power-loss mode (tests only)
+----------------------------
+With RAFTPROC_WAL_POWER_LOSS=1 in the environment, written bytes stay in this
+process until the next sync writes them out and fdatasyncs them, so SIGKILL loses
+exactly what a power cut would: everything written but not yet synced. It is off
+unless that variable is set; chaos tests set it to make `kill` a power cut.
+
 Anything else that fails its checksum (a complete record in the middle of a segment,
 or in any segment but the last) is corruption, not a torn write: recovery stops
 with WalCorruption naming the file and offset. It never silently drops entries
@@ -55,6 +62,7 @@ from raftproc.core.messages import Entry
 from raftproc.core.ready import HardState, Ready
 
 HEADER = struct.Struct(">II")
+POWER_LOSS_ENV = "RAFTPROC_WAL_POWER_LOSS"
 SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD = 1 << 30
 
@@ -94,10 +102,12 @@ def encode_record(rd: Ready) -> bytes:
 class WriteAheadLog:
     """Open with `WriteAheadLog.open(dir)`, which recovers; then `append(ready)`."""
 
-    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, sync: bool = True) -> None:
+    def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, sync: bool = True, power_loss: bool | None = None) -> None:
         self.dir = directory
         self.segment_bytes = segment_bytes
         self.sync = sync
+        self.power_loss = os.environ.get(POWER_LOSS_ENV) == "1" if power_loss is None else power_loss
+        self._unsynced = bytearray()  # power-loss mode: written, not yet on disk
         self._fd: int | None = None
         self._segment = 0
         self._size = 0
@@ -122,17 +132,32 @@ class WriteAheadLog:
         if self._fd is None or self._size >= self.segment_bytes:
             self._start_segment(self._segment + 1)
         assert self._fd is not None
-        _write_all(self._fd, record)
-        self._size += len(record)
+        self._write(record)
         hs = rd.hard_state
         promises = rd.entries or (hs is not None and (hs.current_term, hs.voted_for) != self._synced_term_vote)
-        if self.sync and promises:
-            os.fdatasync(self._fd)
+        if promises:
+            self._sync()
         if hs is not None:
             self._synced_term_vote = (hs.current_term, hs.voted_for)
 
+    def _write(self, record: bytes) -> None:
+        self._size += len(record)
+        if self.power_loss:
+            self._unsynced += record
+        else:
+            _write_all(self._fd, record)
+
+    def _sync(self) -> None:
+        """Everything written so far reaches the disk before this returns."""
+        if self._unsynced:
+            _write_all(self._fd, bytes(self._unsynced))
+            self._unsynced.clear()
+        if self.sync:
+            os.fdatasync(self._fd)
+
     def close(self) -> None:
         if self._fd is not None:
+            self._sync()
             os.close(self._fd)
             self._fd = None
 

@@ -106,3 +106,18 @@ def test_wal_torn_tail_in_an_earlier_segment_is_corruption(tmp_path):
     first.write_bytes(first.read_bytes()[:-5])
     with pytest.raises(WalCorruption):
         WriteAheadLog.open(tmp_path)
+
+
+def test_wal_power_loss_mode_keeps_unsynced_bytes_in_the_process(tmp_path):
+    wal, _ = WriteAheadLog.open(tmp_path, power_loss=True)
+    wal.append(ready(HardState(1, 1, 0), Entry(1, 1, b"a")))  # synced: on disk
+    wal.append(ready(HardState(1, 1, 1)))  # commit only: written, not synced
+    seg = next(tmp_path.glob("wal-*.log"))
+    synced_size = seg.stat().st_size
+    assert synced_size > 0
+    _, rec = WriteAheadLog.open(tmp_path)  # what a power cut now would leave
+    assert rec.hard_state == HardState(1, 1, 0) and len(rec.entries) == 1
+    wal.append(ready(None, Entry(1, 2, b"b")))
+    assert seg.stat().st_size > synced_size
+    _, rec = WriteAheadLog.open(tmp_path)
+    assert rec.hard_state == HardState(1, 1, 1) and len(rec.entries) == 2

@@ -1,0 +1,210 @@
+"""A chaos run: cluster up, concurrent clients recording every operation, faults
+from a seeded schedule, heal, then verdicts.
+
+Verdicts:
+- linearizable: the whole history, per key, with raftproc.checker (final reads of
+  every key after healing are part of it);
+- no acknowledged write lost: every final read returns a value some write produced
+  (or absent only where a delete may have run or nothing was acknowledged);
+- converged: after healing, every node applies the same log (digests) in time;
+- WAL replays cleanly: each node's WAL opens without corruption after shutdown.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable
+
+from raftproc.checker import check_history
+from raftproc.config import ClusterConfig, NodeAddress
+from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.logs import read_lines
+from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
+from raftproc.ops.netns import NetnsLab, available
+from raftproc.ops.report import write_report
+from raftproc.ops.workload import Workload
+from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption, WriteAheadLog
+
+
+@dataclass
+class ChaosOptions:
+    out: Path
+    nodes: int = 5
+    duration: float = 60.0
+    faults: list[str] = field(default_factory=lambda: list(ALL_FAULTS))
+    clients: int = 8
+    seed: int = 1
+    keys: int | None = None
+    launcher: list[str] | None = None  # tests plant bugs through this
+    op_timeout: float = 3.0
+
+
+@dataclass
+class ChaosResult:
+    verdicts: list[tuple[str, bool, str]]
+    summary: list[tuple[str, Any]]
+    notes: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.verdicts)
+
+
+def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosResult:
+    out = opts.out.resolve()
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    faults, notes = list(opts.faults), []
+    unknown = set(faults) - set(ALL_FAULTS)
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; choose from {ALL_FAULTS}")
+    lab = None
+    if {"partition", "slow"} & set(faults):
+        ok, why = available()
+        if ok:
+            lab = NetnsLab(opts.nodes)
+            lab.setup()
+        else:
+            faults = [f for f in faults if f not in ("partition", "slow")]
+            notes.append(f"partition and slow faults unavailable ({why}); running {faults}")
+            say(notes[-1])
+    env = {POWER_LOSS_ENV: "1"} if "power" in faults else {}
+    if lab is not None:
+        cfg = ClusterConfig(
+            nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200)) for i in range(1, opts.nodes + 1)},
+            data_dir=out / "data", log_dir=out / "logs",
+        )
+        in_namespace = lab.launcher()[:-3]  # ip netns exec <ns of node {id}>
+        launcher = in_namespace + (opts.launcher or [sys.executable, "-m", "raftproc.node"])
+    else:
+        cfg = local_config(opts.nodes, out / "data", out / "logs")
+        launcher = opts.launcher
+    cluster = Cluster(out / "run", launcher=launcher, env=env)
+    cluster.create(cfg)
+    wall0, mono0 = time.time(), time.monotonic()
+    try:
+        return _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0)
+    finally:
+        try:
+            cluster.down(timeout=3)
+        finally:
+            if lab is not None:
+                lab.teardown()
+
+
+def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResult:
+    out = opts.out.resolve()
+    cluster.up(wait=20)
+    keys = opts.keys or max(2, opts.clients // 2)
+    workload = Workload(cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout)
+    schedule = plan(opts.seed, faults, opts.duration)
+    nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"\r{_clock(mono0)} {m}" + " " * 20))
+    start = time.monotonic()
+    workload.start(until=start + opts.duration)
+
+    def progress() -> None:
+        c = workload.history.counts
+        sys.stdout.write(f"\r{_clock(mono0)} ops ok {c['ok']} failed {c['failed']} unknown {c['unknown']}   ")
+        sys.stdout.flush()
+
+    def wait_until(t: float) -> None:
+        while time.monotonic() < t:
+            progress()
+            time.sleep(min(0.5, max(t - time.monotonic(), 0)))  # progress-line interval
+
+    for fault in schedule:
+        wait_until(start + fault.at)
+        heal = nemesis.inject(fault)
+        wait_until(time.monotonic() + fault.hold)
+        heal()
+    wait_until(start + opts.duration)
+    workload.stop()
+    say(f"\r{_clock(mono0)} healing everything and checking")
+    nemesis.heal_all()
+
+    verdicts: list[tuple[str, bool, str]] = []
+    try:
+        cluster.wait_for_leader(timeout=20)
+        statuses = cluster.wait_converged(timeout=30)
+        verdicts.append(("converged", True, f"{len(statuses)} nodes applied the same log (index {statuses[0]['last_applied']}, digest {statuses[0]['log_digest'][:16]})"))
+    except ClusterError as e:
+        verdicts.append(("converged", False, str(e)))
+    workload.final_reads()
+    history = workload.history
+    history.write(out / "history.jsonl")
+    records = sorted(history.records, key=lambda r: r["call"])
+    result = check_history(records)
+    verdicts.append(("linearizable", result.ok, result.summary()))
+    lost = lost_writes(records, opts.clients)
+    verdicts.append(("no acknowledged write lost", not lost, "\n".join(lost) or "every final read returns a written value"))
+    cluster.down(timeout=5)
+    bad = []
+    for n in cfg.nodes:
+        try:
+            WriteAheadLog.open(cfg.node_data_dir(n))
+        except WalCorruption as e:
+            bad.append(str(e))
+    verdicts.append(("WAL replays cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} WALs recovered"))
+
+    events = []
+    for n in cfg.nodes:
+        path = cfg.node_log_file(n)
+        if path.exists():
+            for e in read_lines(path):
+                if e.get("event") in ("became_leader", "became_follower", "node_stopped", "wal_recovered") and "ts" in e:
+                    e["_t"] = mono0 + datetime.fromisoformat(e["ts"]).timestamp() - wall0
+                    events.append(e)
+    leader_changes = sum(1 for e in events if e["event"] == "became_leader")
+    c = history.counts
+    summary = [
+        ("seed", opts.seed), ("nodes", opts.nodes), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
+        ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
+        ("faults injected", len(nemesis.records)), ("leader changes", leader_changes),
+        ("faults", ", ".join(f"{r.kind}:{r.victims}" for r in nemesis.records) or "none"),
+    ]
+    fault_rows = [
+        {"kind": r.kind, "victims": r.victims, "nodes": r.nodes, "detail": r.detail,
+         "start": r.start_ns / 1e9, "end": None if r.end_ns is None else r.end_ns / 1e9}
+        for r in nemesis.records
+    ]
+    (out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
+    write_report(
+        out / "report.html", title=f"raftproc chaos, seed {opts.seed}", nodes=sorted(cfg.nodes), t0=mono0,
+        t1=time.monotonic(), faults=fault_rows, events=events, history=records, verdicts=verdicts, summary=summary,
+    )
+    return ChaosResult(verdicts, summary, notes)
+
+
+def lost_writes(records: list[dict[str, Any]], final_client: int) -> list[str]:
+    """Final reads (by the client numbered `final_client`) that name no write."""
+    written: dict[str, set[str]] = {}
+    acked: dict[str, bool] = {}
+    maybe_deleted: dict[str, bool] = {}
+    for r in records:
+        if r["op"] in ("put", "cas") and (r["ok"] or r["ok"] is None):
+            written.setdefault(r["key"], set()).add(r["value"])
+            acked[r["key"]] = acked.get(r["key"], False) or bool(r["ok"])
+        if r["op"] == "delete" and r["ok"] is not False:
+            maybe_deleted[r["key"]] = True
+    problems = []
+    for r in records:
+        if r["client"] != final_client or r["op"] != "get" or not r["ok"]:
+            continue
+        key, value = r["key"], r["output"]
+        if value is None and acked.get(key) and not maybe_deleted.get(key):
+            problems.append(f"key {key!r}: acknowledged writes, no delete, final read finds it absent")
+        elif value is not None and value not in written.get(key, set()):
+            problems.append(f"key {key!r}: final read returns {value!r}, which no write produced")
+    return problems
+
+
+def _clock(mono0: float) -> str:
+    return f"[{time.monotonic() - mono0:6.1f}s]"

@@ -1,0 +1,181 @@
+"""Faults on demand against unmodified node processes.
+
+A schedule is drawn from the seed before the run (so one seed, one schedule):
+when each fault starts, which kind, which victims (by role: the leader, a follower,
+a minority, a majority, everyone) and how long it holds. Victims are resolved
+against the cluster when the fault starts. Every start and heal is recorded with
+its time, for the report.
+
+Kinds:
+- kill:      SIGKILL, then restart.
+- power:     SIGKILL with the WAL in power-loss mode (the cluster runs with
+             RAFTPROC_WAL_POWER_LOSS=1): unsynced writes vanish, as in a power cut.
+             Sometimes the whole cluster loses power at once.
+- pause:     SIGSTOP, then SIGCONT.
+- stop:      SIGTERM (graceful), then start.
+- partition: (network namespaces) isolate a node, split majority/minority with the
+             leader on either side, or cut links one way only.
+- slow:      (network namespaces) netem delay, jitter and loss on some nodes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.netns import NetnsLab
+
+ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow")
+PROCESS_FAULTS = ("kill", "pause", "power", "stop")
+
+
+@dataclass
+class PlannedFault:
+    at: float  # seconds after the start
+    kind: str
+    victims: str  # leader | follower | minority | majority | all | split-leader-minority | ...
+    hold: float
+
+
+@dataclass
+class FaultRecord:
+    kind: str
+    victims: str
+    nodes: list[int]
+    start_ns: int
+    end_ns: int | None = None
+    detail: str = ""
+
+
+def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float, float] = (2.0, 5.0)) -> list[PlannedFault]:
+    rng = random.Random(seed)
+    out, t = [], rng.uniform(1.0, 2.0)
+    while kinds and t < duration - 2.0:
+        kind = rng.choice(kinds)
+        if kind == "partition":
+            victims = rng.choice(("isolate-leader", "isolate-follower", "split-leader-minority", "split-leader-majority", "one-way"))
+        elif kind == "power":
+            victims = rng.choice(("leader", "follower", "minority", "all"))
+        elif kind == "slow":
+            victims = rng.choice(("leader", "follower", "minority", "all"))
+        else:
+            victims = rng.choice(("leader", "leader", "follower", "minority", "majority"))
+        hold = rng.uniform(1.0, 3.0)
+        out.append(PlannedFault(round(t, 3), kind, victims, round(hold, 3)))
+        t += hold + rng.uniform(*interval)
+    return out
+
+
+@dataclass
+class Nemesis:
+    cluster: Cluster
+    rng: random.Random
+    lab: NetnsLab | None = None
+    log: Callable[[str], None] = print
+    records: list[FaultRecord] = field(default_factory=list)
+
+    def inject(self, fault: PlannedFault) -> Callable[[], None]:
+        """Start a fault; return what heals it."""
+        ids = sorted(self.cluster.config.nodes)
+        leader = self.cluster.leader()
+        followers = [i for i in ids if i != leader]
+        minority = len(ids) // 2
+
+        def pick(victims: str) -> list[int]:
+            if victims == "leader":
+                return [leader] if leader else [self.rng.choice(ids)]
+            if victims == "follower":
+                return [self.rng.choice(followers)]
+            if victims == "minority":
+                return self.rng.sample(ids, max(1, minority))
+            if victims == "majority":
+                return self.rng.sample(ids, minority + 1)
+            return list(ids)
+
+        record = FaultRecord(fault.kind, fault.victims, [], time.monotonic_ns())
+        if fault.kind in ("kill", "power", "stop", "pause"):
+            nodes = [n for n in pick(fault.victims) if self.cluster.process(n).state == "running"]
+            record.nodes = nodes
+            for n in nodes:
+                if fault.kind == "pause":
+                    self.cluster.pause(n)
+                elif fault.kind == "stop":
+                    self.cluster.stop(n)
+                else:
+                    self.cluster.kill(n)
+            heal = self._resume(nodes) if fault.kind == "pause" else self._restart(nodes)
+        elif fault.kind == "partition":
+            assert self.lab is not None
+            record.nodes, record.detail = self._partition(fault.victims, ids, leader)
+            heal = self.lab.heal_cuts
+        elif fault.kind == "slow":
+            assert self.lab is not None
+            nodes = pick(fault.victims)
+            record.nodes = nodes
+            record.detail = ",".join(sorted({self.lab.slow(n) for n in nodes}))
+            heal = self.lab.heal_slow
+        else:
+            raise ValueError(f"unknown fault {fault.kind!r}")
+        self.records.append(record)
+        self.log(f"fault {fault.kind} {fault.victims} nodes {record.nodes} {record.detail}".rstrip())
+
+        def heal_and_record() -> None:
+            heal()
+            record.end_ns = time.monotonic_ns()
+            self.log(f"healed {fault.kind} nodes {record.nodes}")
+
+        return heal_and_record
+
+    def _restart(self, nodes: list[int]) -> Callable[[], None]:
+        def heal() -> None:
+            for n in nodes:
+                if self.cluster.process(n).state not in ("running", "paused"):
+                    self.cluster.start(n)
+        return heal
+
+    def _resume(self, nodes: list[int]) -> Callable[[], None]:
+        def heal() -> None:
+            for n in nodes:
+                if self.cluster.process(n).state == "paused":
+                    self.cluster.resume(n)
+        return heal
+
+    def _partition(self, victims: str, ids: list[int], leader: int | None) -> tuple[list[int], str]:
+        lab = self.lab
+        assert lab is not None
+        leader = leader or self.rng.choice(ids)
+        others = [i for i in ids if i != leader]
+        if victims in ("isolate-leader", "isolate-follower"):
+            lone = leader if victims == "isolate-leader" else self.rng.choice(others)
+            side = [lone]
+        elif victims in ("split-leader-minority", "split-leader-majority"):
+            size = len(ids) // 2 if victims == "split-leader-minority" else len(ids) // 2 + 1
+            side = [leader] + self.rng.sample(others, size - 1)
+        else:  # one-way: some links carry traffic in one direction only
+            pairs = [(a, b) for a in ids for b in ids if a != b]
+            chosen = self.rng.sample(pairs, max(1, len(pairs) // 4))
+            for a, b in chosen:
+                lab.cut(a, b)
+            return sorted({a for a, _ in chosen}), "cuts " + " ".join(f"{a}-x>{b}" for a, b in chosen)
+        rest = [i for i in ids if i not in side]
+        for a in side:
+            for b in rest:
+                lab.cut(a, b)
+                lab.cut(b, a)
+        return sorted(side), f"{sorted(side)} | {sorted(rest)}"
+
+    def heal_all(self) -> None:
+        if self.lab is not None:
+            self.lab.heal_cuts()
+            self.lab.heal_slow()
+        for p in self.cluster.processes():
+            if p.state == "paused":
+                self.cluster.resume(p.node_id)
+            elif p.state not in ("running",):
+                self.cluster.start(p.node_id)
+        for r in self.records:
+            if r.end_ns is None:
+                r.end_ns = time.monotonic_ns()

@@ -1,0 +1,134 @@
+"""Concurrent clients issuing random SET/GET/DEL/CAS, every operation recorded.
+
+One JSON object per operation (history.jsonl), the format raftproc.checker reads:
+client, op ("put" | "get" | "delete" | "cas"), key, value (the value written, else
+null), expect (cas; null means absent), call and return (nanoseconds from one
+monotonic clock shared by all clients; return is null when the outcome is unknown),
+ok (true: happened; false: did not; null: unknown), output (the value read; null
+for absent), and for a cas that ran and found another value, ok false with
+"mismatch": true. Every written value is unique, so a read names its write. A
+request the client library retried is one operation.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from raftproc.client import Client, Failed, Unknown
+from raftproc.config import Address
+
+
+class History:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+
+    def add(self, record: dict[str, Any]) -> None:
+        with self.lock:
+            self.records.append(record)
+            if record["ok"] is None:
+                self.counts["unknown"] += 1
+            elif record["ok"] or record.get("mismatch"):
+                self.counts["ok"] += 1
+            else:
+                self.counts["failed"] += 1
+
+    def write(self, path: Path) -> None:
+        with self.lock, open(path, "w", encoding="utf-8") as f:
+            for r in sorted(self.records, key=lambda r: r["call"]):
+                f.write(json.dumps(r) + "\n")
+
+
+def run_one(
+    client: Client, history: History, client_no: int, op: str, key: str, value: str | None = None, expect: str | None = None
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"client": client_no, "op": op, "key": key, "value": value, "expect": expect, "call": time.monotonic_ns()}
+    try:
+        if op == "put":
+            client.set(key, value)  # type: ignore[arg-type]
+            record.update(ok=True, output=None)
+        elif op == "get":
+            record.update(ok=True, output=client.get(key))
+        elif op == "delete":
+            client.delete(key)
+            record.update(ok=True, output=None)
+        else:
+            result = client.cas(key, expect, value)  # type: ignore[arg-type]
+            if result.get("ok"):
+                record.update(ok=True, output=None)
+            else:
+                record.update(ok=False, mismatch=True, output=result.get("value"))
+        record["return"] = time.monotonic_ns()
+    except Failed:
+        record.update(ok=False, output=None, **{"return": time.monotonic_ns()})
+    except Unknown:
+        record.update(ok=None, output=None, **{"return": None})
+    history.add(record)
+    return record
+
+
+class Workload:
+    """`clients` threads, each with its own Client, until stop() or `until` passes."""
+
+    def __init__(self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0) -> None:
+        self.addresses = addresses
+        self.clients = clients
+        self.keys = [f"k{i}" for i in range(keys)]
+        self.seed = seed
+        self.op_timeout = op_timeout
+        self.history = History()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self, until: float) -> None:
+        for n in range(self.clients):
+            t = threading.Thread(target=self._client_loop, args=(n, until), name=f"client-{n}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.op_timeout + 5)
+
+    def _client_loop(self, n: int, until: float) -> None:
+        rng = random.Random(self.seed * 1000 + n)
+        client = Client(self.addresses, timeout=self.op_timeout, attempt_timeout=0.5, rng=rng)
+        seen: dict[str, str | None] = {}
+        counter = 0
+        try:
+            while not self._stop.is_set() and time.monotonic() < until:
+                key = rng.choice(self.keys)
+                kind = rng.choices(("put", "get", "delete", "cas"), weights=(35, 40, 10, 15))[0]
+                counter += 1
+                value = f"c{n}-{counter}"
+                if kind == "cas":
+                    expect = seen.get(key) if rng.random() < 0.7 else None
+                    run_one(client, self.history, n, "cas", key, value, expect)
+                elif kind == "get":
+                    read = run_one(client, self.history, n, "get", key)
+                    if read["ok"]:
+                        seen[key] = read["output"]
+                elif kind == "put":
+                    run_one(client, self.history, n, "put", key, value)
+                    seen[key] = value
+                else:
+                    run_one(client, self.history, n, "delete", key)
+        finally:
+            client.close()
+
+    def final_reads(self) -> None:
+        """After healing: read every key once, so a lost write shows in the history."""
+        client = Client(self.addresses, timeout=10, rng=random.Random(self.seed))
+        try:
+            for key in self.keys:
+                run_one(client, self.history, self.clients, "get", key)
+        finally:
+            client.close()
