@@ -23,7 +23,7 @@ from raftproc.ops.logs import follow, format_line, matches, merged
 
 
 def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
-    cfg = local_config(args.nodes, Path(args.data_dir), Path(args.log_dir), base_port=args.base_port)
+    cfg = local_config(args.nodes, Path(args.data_dir), Path(args.log_dir), base_port=args.base_port or None)
     cluster.create(cfg)
     cluster.up(wait=args.wait)
     print(f"cluster of {args.nodes} up; leader is node {cluster.leader()}")
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
     up.add_argument("-n", "--nodes", type=int, default=5)
-    up.add_argument("--base-port", type=int, default=7000, help="peers on BASE+100+N, clients on BASE+200+N")
+    up.add_argument("--base-port", type=int, default=7000, help="peers on BASE+100+N, clients on BASE+200+N; 0: free ports the kernel picks")
     up.add_argument("--data-dir", default="data")
     up.add_argument("--log-dir", default="logs")
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
