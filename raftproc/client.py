@@ -73,12 +73,14 @@ class Client:
         attempt_timeout: float = 1.0,
         client_id: int | None = None,
         rng: random.Random | None = None,
+        max_backoff: float = 0.2,
     ) -> None:
         if not addresses:
             raise ValueError("no node addresses")
         self.addresses = dict(addresses)
         self.timeout = timeout
         self.attempt_timeout = attempt_timeout
+        self.max_backoff = max_backoff
         self.rng = rng or random.Random()
         self.client_id = client_id or self.rng.getrandbits(62) + 1
         self.seq = 0
@@ -106,7 +108,7 @@ class Client:
         body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": self.client_id, "seq": self.seq}
         deadline = time.monotonic() + self.timeout
         maybe_sent = False  # has any attempt possibly reached a leader's log?
-        delay = 0.01
+        delay = min(0.01, self.max_backoff)
         last_error = "no attempt made"
         while True:
             remaining = deadline - time.monotonic()
@@ -138,7 +140,7 @@ class Client:
                 last_error = f"{status}: {answer.get('error', 'no leader known')}"
                 self._target = self._other_node(target) if status == "no_leader" else target
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))  # back off before retrying
-            delay = min(delay * 2, 0.2)
+            delay = min(delay * 2, self.max_backoff)
 
     def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any]:
         answer = self._call(self.addresses[node_id], {"t": "status"}, timeout)

@@ -7,6 +7,12 @@ The host handles a Ready in exactly this order:
 2. Send `messages`. Only now: they may promise (a vote, an append acknowledgement)
    what step 1 made durable. Raft paper, Figure 2: "respond to RPCs" comes after
    "updated on stable storage before responding".
+   The one exception: a leader's AppendEntries may be sent before step 1 (Raft
+   thesis §10.2.1), so the leader's fsync and its followers' run in parallel. They
+   promise nothing about the leader's storage: the leader was elected under a term
+   and vote persisted in an earlier Ready, and it counts itself toward a commit only
+   for entries its own storage holds (advance() reports them). `split_messages`
+   separates the two kinds.
 3. Apply `committed_entries` to the state machine, in order.
 4. Call node.advance(ready).
 
@@ -17,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftproc.core.messages import Entry, Message, NodeId
+from raftproc.core.messages import AppendEntries, Entry, Message, NodeId
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,3 +53,12 @@ class Ready:
 
     def is_empty(self) -> bool:
         return not (self.hard_state or self.entries or self.messages or self.committed_entries)
+
+
+def split_messages(rd: Ready) -> tuple[list[Message], list[Message]]:
+    """(may go before persisting, must wait until persisted): see step 2 above."""
+    early: list[Message] = []
+    after: list[Message] = []
+    for m in rd.messages:
+        (early if isinstance(m, AppendEntries) else after).append(m)
+    return early, after

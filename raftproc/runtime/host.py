@@ -28,6 +28,7 @@ from typing import Any, Callable
 from raftproc.config import ClusterConfig
 from raftproc.core.messages import Entry
 from raftproc.core.node import LEADER, NotLeader, RaftNode
+from raftproc.core.ready import split_messages
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime import codec
@@ -187,8 +188,13 @@ class NodeHost:
         raft = self.raft
         while raft.has_ready():
             rd = raft.ready()
+            early, after = split_messages(rd)
+            for msg in early:  # a leader's appends: followers fsync while we do
+                self.peers[msg.dst].send(encode_message(msg))
+            if early:
+                self.loop.flush_now()
             self.wal.append(rd)  # durable before any message below promises it
-            for msg in rd.messages:
+            for msg in after:
                 self.peers[msg.dst].send(encode_message(msg))
             for entry in rd.committed_entries:
                 self._apply(entry)
@@ -215,9 +221,12 @@ class NodeHost:
     # --- peers ----------------------------------------------------------------------
 
     def _accept_peer(self, sock: socket.socket, addr: tuple) -> None:
+        self._accept(sock, f"peer-in-{addr[0]}:{addr[1]}", self._on_peer_frame)
+
+    def _accept(self, sock: socket.socket, name: str, on_frame: Callable[[Connection, bytes], None]) -> None:
         conn = Connection(
-            self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_peer_frame,
-            on_close=self._on_inbound_close, max_frame=self.cfg.max_frame, max_buffer=self.cfg.peer_buffer, log=self.log,
+            self.loop, sock, name=name, on_frame=on_frame, on_close=self._on_inbound_close,
+            max_frame=self.cfg.max_frame, max_buffer=self.cfg.peer_buffer, log=self.log,
         )
         self.inbound.add(conn)
 
@@ -243,11 +252,7 @@ class NodeHost:
     # --- clients --------------------------------------------------------------------
 
     def _accept_client(self, sock: socket.socket, addr: tuple) -> None:
-        conn = Connection(
-            self.loop, sock, name=f"client-{addr[0]}:{addr[1]}", on_frame=self._on_client_frame,
-            on_close=self._on_inbound_close, max_frame=self.cfg.max_frame, max_buffer=self.cfg.peer_buffer, log=self.log,
-        )
-        self.inbound.add(conn)
+        self._accept(sock, f"client-{addr[0]}:{addr[1]}", self._on_client_frame)
 
     def _on_client_frame(self, conn: Connection, body: bytes) -> None:
         try:

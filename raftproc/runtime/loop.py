@@ -51,6 +51,12 @@ class EventLoop:
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty.add(conn)
 
+    def flush_now(self) -> None:
+        """Send what is queued at once, before a slow step (an fsync) in this pass."""
+        dirty, self._dirty = self._dirty, set()
+        for conn in dirty:
+            conn.flush()
+
     def run(self) -> None:
         self.running = True
         while self.running:
@@ -76,9 +82,7 @@ class EventLoop:
         # Phase 3: work, then one flush per connection.
         for hook in self.after_pass:
             hook()
-        dirty, self._dirty = self._dirty, set()
-        for conn in dirty:
-            conn.flush()
+        self.flush_now()
 
     def close(self) -> None:
         self.sel.close()

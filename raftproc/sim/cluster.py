@@ -60,7 +60,7 @@ from raftproc.core.messages import (
 )
 from raftproc.core.node import LEADER, Config, RaftNode
 from raftproc.core.quorum import majority
-from raftproc.core.ready import Ready
+from raftproc.core.ready import Ready, split_messages
 from raftproc.sim.storage import MemoryStorage
 
 TraceFn = Callable[[str], None]
@@ -85,6 +85,7 @@ class FaultConfig:
     max_delay: int = 4
     crash: float = 0.012
     crash_leader: float = 0.5  # of crashes, the share aimed at a current leader
+    crash_mid_ready: float = 0.002  # per Ready with early appends: die before persisting it
     down_min: int = 3
     down_max: int = 60
     partition: float = 0.006
@@ -173,6 +174,7 @@ class Simulation:
         self.partition_until = 0
         self.loss = self.faults.loss
         self.duplicate = self.faults.duplicate
+        self._crash_mid_ready = self.faults.crash_mid_ready
         # What the cluster as a whole has committed: committed[i - 1] is entry i.
         self.committed: list[Entry] = []
         # commit_terms[i - 1]: the term of the first node seen applying entry i. A node
@@ -229,6 +231,7 @@ class Simulation:
         self.partition_until = 0
         self.loss = 0.0
         self.duplicate = 0.0
+        self._crash_mid_ready = 0.0
         for sn in self.nodes.values():
             if sn.node is None:
                 sn.down_until = self.now
@@ -307,8 +310,15 @@ class Simulation:
         assert node is not None
         while node.has_ready():
             rd = node.ready()
+            early, after = split_messages(rd)
+            self._send(sn, early)
+            if early and self._crash_mid_ready > 0 and self.rng.random() < self._crash_mid_ready:
+                # The one window the contract leaves open: a leader's appends are out,
+                # its own write of them never happened.
+                self._crash(sn)
+                return
             self._persist(sn, rd)
-            self._send(sn, rd.messages)
+            self._send(sn, after)
             self._apply(sn, rd.committed_entries)
             node.advance(rd)
 

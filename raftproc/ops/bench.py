@@ -1,0 +1,284 @@
+"""Benchmark drivers: a raftproc cluster under load generators in separate processes.
+
+Each point (cluster size, requests in flight, value size) is measured `repeats`
+times over a fixed window after a warm-up; results keep every run so reports can
+quote medians with min-max. CPU seconds of every node and of the generators over
+the window are kept too, so a reader can see who was the bottleneck.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from raftproc.ops.cluster import Cluster, local_config
+
+
+@dataclass
+class Point:
+    system: str
+    nodes: int
+    inflight: int
+    value_size: int
+    keys: int
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    def median(self, key: str) -> float:
+        values = [r[key] for r in self.runs if r.get(key) == r.get(key)]  # drop NaN
+        return statistics.median(values) if values else float("nan")
+
+    def span(self, key: str) -> tuple[float, float]:
+        values = [r[key] for r in self.runs]
+        return (min(values), max(values)) if values else (float("nan"), float("nan"))
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["median"] = {k: self.median(k) for k in ("ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "loadgen_cpu_s", "leader_changes")}
+        return d
+
+
+def run_loadgens(
+    target: tuple[str, int], inflight: int, generators: int, warmup: float, window: float, value_size: int, keys: int,
+    protocol: str = "raftproc",
+) -> list[dict[str, Any]]:
+    gens = min(generators, inflight)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{target[0]}:{target[1]}",
+             "--inflight", str(max(1, inflight // gens)), "--connections", str(max(1, min(16, inflight // gens))),
+             "--warmup", str(warmup), "--window", str(window), "--value-size", str(value_size), "--keys", str(keys),
+             "--seed", str(g + 1), "--protocol", protocol],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for g in range(gens)
+    ]
+    out = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=warmup + window + 60)
+        if p.returncode != 0:
+            raise RuntimeError(f"load generator failed: {stderr.strip()[-500:]}")
+        out.append(json.loads(stdout.strip().splitlines()[-1]))
+    return out
+
+
+def combine(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Sum throughput; latency percentiles of the combined load are approximated by
+    the worst generator's (each generator sees the same server)."""
+    return {
+        "ops_per_s": sum(p["ops_per_s"] for p in parts),
+        "errors": sum(p["errors"] for p in parts),
+        "p50_ms": max(p["p50_ms"] for p in parts),
+        "p99_ms": max(p["p99_ms"] for p in parts),
+        "p999_ms": max(p["p999_ms"] for p in parts),
+        "loadgen_cpu_s": sum(p["cpu_s"] for p in parts),
+    }
+
+
+class RaftprocTarget:
+    """A raftproc cluster in a temporary directory."""
+
+    system = "raftproc"
+    protocol = "raftproc"
+
+    def __init__(self, nodes: int) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="raftproc-bench-"))
+        self.cluster = Cluster(self.tmp / "run")
+        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning"))
+        self.cluster.up(wait=20)
+
+    def leader_address(self) -> tuple[str, int]:
+        leader = self.cluster.wait_for_leader(timeout=20)
+        return self.cluster.config.nodes[leader].client
+
+    def node_pids(self) -> list[int]:
+        return [p.pid for p in self.cluster.processes() if p.pid and p.state == "running"]
+
+    def leader_changes_marker(self) -> int:
+        statuses = [self.cluster.node_status(p.node_id) for p in self.cluster.processes()]
+        return max((s["term"] for s in statuses if s), default=0)
+
+    def rss_mb(self) -> float:
+        return max((psutil.Process(pid).memory_info().rss / 2**20 for pid in self.node_pids()), default=0.0)
+
+    def close(self) -> None:
+        self.cluster.down(timeout=3)
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def measure(target: Any, point: Point, *, warmup: float, window: float, generators: int) -> None:
+    address = target.leader_address()
+    term_before = target.leader_changes_marker()
+    pids = target.node_pids()
+    cpu_before = cpu_seconds(pids)
+    parts = run_loadgens(address, point.inflight, generators, warmup, window, point.value_size, point.keys, target.protocol)
+    run = combine(parts)
+    run["node_cpu_s"] = (cpu_seconds(pids) - cpu_before) * window / (warmup + window)
+    run["leader_changes"] = target.leader_changes_marker() - term_before
+    run["rss_mb"] = target.rss_mb()
+    point.runs.append(run)
+
+
+def failover(target: RaftprocTarget, rounds: int) -> list[float]:
+    """Kill -9 the leader with a writer running; seconds until a write commits again."""
+    from raftproc.client import Client
+
+    cluster = target.cluster
+    times = []
+    for _ in range(rounds):
+        leader = cluster.wait_for_leader(timeout=20)
+        client = Client(cluster.config.client_addresses(), timeout=10, attempt_timeout=0.05, max_backoff=0.005)
+        client.set("failover", "before")
+        killed_at = time.monotonic()
+        cluster.kill(leader)
+        # The client retries until a new leader commits the write.
+        client.set("failover", "after")
+        times.append(time.monotonic() - killed_at)
+        client.close()
+        cluster.start(leader)
+        cluster.wait_converged(timeout=20)
+    return times
+
+
+def _wait(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)  # poll interval of a wait-until loop
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
+class ProcessTarget:
+    """A peer system: a few server processes we start, watch and stop."""
+
+    system = "?"
+    protocol = "raftproc"
+
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"{self.system}-bench-"))
+        self.procs: list[subprocess.Popen] = []
+
+    def spawn(self, args: list[str], name: str) -> None:
+        out = open(self.tmp / f"{name}.out", "wb")  # noqa: SIM115
+        self.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.tmp))
+
+    def node_pids(self) -> list[int]:
+        return [p.pid for p in self.procs if p.poll() is None]
+
+    def rss_mb(self) -> float:
+        return max((psutil.Process(pid).memory_info().rss / 2**20 for pid in self.node_pids()), default=0.0)
+
+    def leader_changes_marker(self) -> int:
+        return 0
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait(10)
+
+
+class EtcdTarget(ProcessTarget):
+    """Debian's etcd, one member per process on loopback, fsync before reply."""
+
+    system = "etcd"
+    protocol = "etcd"
+
+    def __init__(self, nodes: int, binary: str = "etcd") -> None:
+        super().__init__()
+        from raftproc.ops.cluster import free_ports
+
+        ports = free_ports(2 * nodes)
+        self.clients = [("127.0.0.1", ports[nodes + i]) for i in range(nodes)]
+        cluster = ",".join(f"n{i}=http://127.0.0.1:{ports[i]}" for i in range(nodes))
+        for i in range(nodes):
+            self.spawn(
+                [binary, "--name", f"n{i}", "--data-dir", str(self.tmp / f"n{i}"),
+                 "--listen-peer-urls", f"http://127.0.0.1:{ports[i]}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports[i]}",
+                 "--listen-client-urls", f"http://127.0.0.1:{ports[nodes + i]}", "--advertise-client-urls", f"http://127.0.0.1:{ports[nodes + i]}",
+                 "--initial-cluster", cluster, "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "error"],
+                f"n{i}",
+            )
+        self.leader_address()
+
+    def _status(self, address: tuple[str, int]) -> dict | None:
+        import http.client
+
+        try:
+            conn = http.client.HTTPConnection(*address, timeout=1)
+            conn.request("POST", "/v3/maintenance/status", body="{}", headers={"Content-Type": "application/json"})
+            data = json.loads(conn.getresponse().read())
+            conn.close()
+            return data
+        except (OSError, ValueError):
+            return None
+
+    def leader_address(self) -> tuple[str, int]:
+        def find():
+            for address in self.clients:
+                s = self._status(address)
+                if s and s.get("leader") and s["leader"] == s.get("header", {}).get("member_id"):
+                    return address
+            return None
+
+        return _wait(find, 30, "an etcd leader")
+
+    def leader_changes_marker(self) -> int:
+        terms = [int(s.get("raftTerm", 0)) for s in (self._status(a) for a in self.clients) if s]
+        return max(terms, default=0)
+
+
+class PySyncObjTarget(ProcessTarget):
+    """PySyncObj nodes (raftproc/ops/peers/pysyncobj_node.py) in their own venv."""
+
+    system = "pysyncobj"
+
+    def __init__(self, nodes: int, python: str) -> None:
+        super().__init__()
+        from raftproc.ops.cluster import free_ports
+
+        ports = free_ports(2 * nodes)
+        raft = [f"127.0.0.1:{ports[i]}" for i in range(nodes)]
+        self.clients = [("127.0.0.1", ports[nodes + i]) for i in range(nodes)]
+        script = str(Path(__file__).with_name("peers") / "pysyncobj_node.py")
+        for i in range(nodes):
+            others = [a for j, a in enumerate(raft) if j != i]
+            self.spawn([python, script, raft[i], str(ports[nodes + i]), str(self.tmp / f"journal-{i}"), *others], f"n{i}")
+        self.leader_address()
+
+    def leader_address(self) -> tuple[str, int]:
+        from raftproc.client import Client
+
+        def find():
+            for i, address in enumerate(self.clients):
+                try:
+                    c = Client({i: address})
+                    if c.status(i, timeout=1).get("is_leader"):
+                        return address
+                except Exception:
+                    pass
+                finally:
+                    c.close()
+            return None
+
+        return _wait(find, 30, "a PySyncObj leader")

@@ -1,0 +1,186 @@
+"""A load generator process: keeps N requests in flight against one node and
+reports throughput and latencies of a measured window as one JSON line.
+
+    python -m raftproc.ops.loadgen --target HOST:PORT --inflight 128 --warmup 2 --window 5
+
+Requests are pipelined: each connection carries up to `inflight / connections`
+requests at once, matched to answers by id. Every answer that is not "ok" counts as
+an error (and its request is not retried: the load shape stays fixed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import selectors
+import socket
+import sys
+import time
+
+from raftproc.runtime import codec
+from raftproc.runtime.framing import FrameDecoder, encode_frame
+
+
+def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: float) -> dict:
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] / 1e6 if latencies else float("nan")
+
+    return {
+        "ops": done, "errors": errors, "window": window, "ops_per_s": done / window,
+        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "cpu_s": cpu,
+    }
+
+
+def run(target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int, seed: int, protocol: str = "raftproc") -> dict:
+    if protocol == "etcd":
+        return run_etcd(target, inflight, warmup, window, value_size, keys, seed)
+    rng = random.Random(seed)
+    sel = selectors.DefaultSelector()
+    conns = []
+    per_conn = max(1, inflight // connections)
+    value = "v" * value_size
+    for c in range(min(connections, inflight)):
+        s = socket.create_connection(target, timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        state = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "client": rng.getrandbits(60) + 1, "seq": 0, "id": 0}
+        conns.append(state)
+        sel.register(s, selectors.EVENT_READ, state)
+
+    def send_one(st: dict) -> None:
+        st["seq"] += 1
+        st["id"] += 1
+        body = {"t": "req", "id": st["id"], "op": "set", "key": f"k{rng.randrange(keys)}", "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
+        st["out"] += encode_frame(codec.encode(body))
+        st["sent"][st["id"]] = time.perf_counter_ns()
+
+    for st in conns:
+        for _ in range(per_conn):
+            send_one(st)
+    start = time.perf_counter()
+    measure_from, measure_to = start + warmup, start + warmup + window
+    latencies: list[int] = []
+    done = errors = 0
+    cpu0 = None
+    while True:
+        now = time.perf_counter()
+        if now >= measure_to:
+            break
+        if cpu0 is None and now >= measure_from:
+            cpu0 = sum(os.times()[:2])
+        for st in conns:
+            if st["out"]:
+                try:
+                    n = st["sock"].send(st["out"])
+                    del st["out"][:n]
+                except BlockingIOError:
+                    pass
+        for key, _ in sel.select(0.05):
+            st = key.data
+            data = st["sock"].recv(1 << 20)
+            if not data:
+                raise ConnectionError("node closed the connection")
+            t = time.perf_counter_ns()
+            in_window = measure_from <= time.perf_counter() < measure_to
+            for frame in st["dec"].feed(data):
+                answer = codec.decode_answer(frame)
+                sent = st["sent"].pop(answer["id"])
+                if in_window:
+                    if answer.get("status") == "ok":
+                        done += 1
+                        latencies.append(t - sent)
+                    else:
+                        errors += 1
+                send_one(st)
+    for st in conns:
+        st["sock"].close()
+    return summarize(latencies, done, errors, window, sum(os.times()[:2]) - (cpu0 or 0))
+
+
+def run_etcd(target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, seed: int) -> dict:
+    """etcd's JSON gateway (POST /v3/kv/put), one request in flight per keep-alive
+    connection, `inflight` connections."""
+    import base64
+
+    rng = random.Random(seed)
+    value = base64.b64encode(b"v" * value_size).decode()
+    sel = selectors.DefaultSelector()
+    conns = []
+    for _ in range(inflight):
+        s = socket.create_connection(target, timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setblocking(False)
+        st = {"sock": s, "buf": bytearray(), "sent": 0}
+        conns.append(st)
+        sel.register(s, selectors.EVENT_READ, st)
+
+    def send_one(st: dict) -> None:
+        key = base64.b64encode(f"k{rng.randrange(keys)}".encode()).decode()
+        body = json.dumps({"key": key, "value": value}).encode()
+        head = f"POST /v3/kv/put HTTP/1.1\r\nHost: {target[0]}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        st["sent"] = time.perf_counter_ns()
+        st["sock"].sendall(head.encode() + body)
+
+    for st in conns:
+        send_one(st)
+    start = time.perf_counter()
+    measure_from, measure_to = start + warmup, start + warmup + window
+    latencies: list[int] = []
+    done = errors = 0
+    cpu0 = None
+    while time.perf_counter() < measure_to:
+        if cpu0 is None and time.perf_counter() >= measure_from:
+            cpu0 = sum(os.times()[:2])
+        for key, _ in sel.select(0.05):
+            st = key.data
+            data = st["sock"].recv(1 << 16)
+            if not data:
+                raise ConnectionError("etcd closed the connection")
+            st["buf"] += data
+            buf = st["buf"]
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                continue
+            head = bytes(buf[:end]).decode("latin-1").lower()
+            length = int(head.split("content-length:")[1].split("\r\n")[0]) if "content-length:" in head else 0
+            if len(buf) < end + 4 + length:
+                continue
+            ok = head.startswith("http/1.1 200")
+            del buf[: end + 4 + length]
+            t = time.perf_counter_ns()
+            if measure_from <= time.perf_counter() < measure_to:
+                if ok:
+                    done += 1
+                    latencies.append(t - st["sent"])
+                else:
+                    errors += 1
+            send_one(st)
+    for st in conns:
+        st["sock"].close()
+    return summarize(latencies, done, errors, window, sum(os.times()[:2]) - (cpu0 or 0))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--target", required=True)
+    p.add_argument("--inflight", type=int, default=1)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--window", type=float, default=3.0)
+    p.add_argument("--value-size", type=int, default=64)
+    p.add_argument("--keys", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--protocol", choices=("raftproc", "etcd"), default="raftproc")
+    a = p.parse_args()
+    host, _, port = a.target.rpartition(":")
+    result = run((host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""Benchmark raftproc, side by side with its peers, in one invocation.
+
+    python scripts/bench.py                                  # 3 nodes, 1/16/128/512 in flight
+    python scripts/bench.py --compare pysyncobj,etcd --repeats 3
+    python scripts/bench.py --failover 15                    # kill -9 of the leader, 15 rounds
+    python scripts/bench.py --nodes 3,5,7 --value-size 64,1024,16384
+    python scripts/bench.py --tiny                           # seconds; CI runs this so it cannot rot
+
+Each point is measured --repeats times (systems interleaved, so machine noise hits
+all alike) over --window seconds after --warmup; the table shows medians with
+min-max. Results go to --out (JSON) and --plot (SVG: throughput against p99 latency).
+PySyncObj is installed into its own virtualenv (.bench/pysyncobj), never into
+raftproc's; etcd is Debian's etcd-server, installed when running as root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from raftproc.ops.bench import EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, measure
+from raftproc.ops.benchplot import write_plot
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pysyncobj_python() -> str:
+    venv = ROOT / ".bench" / "pysyncobj"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        print("installing PySyncObj 0.3.17 into .bench/pysyncobj ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check", "pysyncobj==0.3.17", "cbor2"], check=True)
+    return str(python)
+
+
+def etcd_binary() -> str | None:
+    found = shutil.which("etcd")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        print("etcd skipped: not installed, and installing Debian's etcd-server needs root")
+        return None
+    print("installing Debian's etcd-server ...", flush=True)
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server"], env=env, check=False, capture_output=True)
+    return shutil.which("etcd")
+
+
+def make_targets(systems: list[str], nodes: int):
+    makers = {"raftproc": lambda: RaftprocTarget(nodes)}
+    if "pysyncobj" in systems:
+        python = pysyncobj_python()
+        makers["pysyncobj"] = lambda: PySyncObjTarget(nodes, python)
+    if "etcd" in systems:
+        binary = etcd_binary()
+        if binary:
+            makers["etcd"] = lambda: EtcdTarget(nodes, binary)
+    return makers
+
+
+def fmt(p: Point, key: str, digits: int = 1) -> str:
+    lo, hi = p.span(key)
+    return f"{p.median(key):.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a.add_argument("--nodes", default="3", help="cluster sizes, comma-separated")
+    a.add_argument("--inflight", default="1,16,128,512")
+    a.add_argument("--value-size", default="64")
+    a.add_argument("--keys", default="1000")
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--warmup", type=float, default=1.0)
+    a.add_argument("--window", type=float, default=3.0)
+    a.add_argument("--generators", type=int, default=2, help="load generator processes (1 when one request is in flight)")
+    a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd")
+    a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
+    a.add_argument("--tiny", action="store_true", help="one short point, for CI")
+    a.add_argument("--out", default="bench.json")
+    a.add_argument("--plot", default="bench.svg")
+    args = a.parse_args(argv)
+    ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    if args.tiny:
+        args.inflight, args.repeats, args.warmup, args.window = "16", 1, 0.3, 1.0
+    systems = ["raftproc"] + [s for s in args.compare.split(",") if s]
+    unknown = set(systems) - {"raftproc", "pysyncobj", "etcd"}
+    if unknown:
+        a.error(f"unknown systems {sorted(unknown)}")
+
+    results: list[Point] = []
+    failovers: list[float] = []
+    for nodes in ints(args.nodes):
+        makers = make_targets(systems, nodes)
+        points = {
+            (s, inflight, size, keys): Point(s, nodes, inflight, size, keys)
+            for s in makers for inflight in ints(args.inflight) for size in ints(args.value_size) for keys in ints(args.keys)
+        }
+        for _ in range(args.repeats):
+            for system, make in makers.items():
+                target = make()
+                try:
+                    for (s, inflight, size, keys), point in points.items():
+                        if s == system:
+                            gens = 1 if inflight == 1 else args.generators
+                            measure(target, point, warmup=args.warmup, window=args.window, generators=gens)
+                            print(f"  {system:<9} n={nodes} inflight={inflight:<4} value={size:<5} {point.runs[-1]['ops_per_s']:>9.0f} ops/s  p99 {point.runs[-1]['p99_ms']:.2f} ms", flush=True)
+                finally:
+                    target.close()
+        results += points.values()
+        if args.failover and nodes == ints(args.nodes)[0]:
+            target = RaftprocTarget(nodes)
+            try:
+                failovers = failover(target, args.failover)
+            finally:
+                target.close()
+
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"window {args.window}s after {args.warmup}s warm-up, {args.repeats} runs, median [min-max]")
+    print(f"{'system':<10}{'nodes':>5}{'inflight':>9}{'value':>7}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
+    for p in results:
+        print(f"{p.system:<10}{p.nodes:>5}{p.inflight:>9}{p.value_size:>7}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
+              f"{fmt(p, 'p999_ms', 2):<20}{p.median('node_cpu_s'):<12.2f}{p.median('loadgen_cpu_s'):<10.2f}{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}")
+    best = {s: max((p.median("ops_per_s") for p in results if p.system == s), default=0) for s in systems}
+    for s in systems[1:]:
+        if best.get(s):
+            print(f"peak throughput raftproc / {s}: {best['raftproc'] / best[s]:.2f}x ({best['raftproc']:.0f} vs {best[s]:.0f} ops/s)")
+    if failovers:
+        print(f"failover (kill -9 of the leader until a write commits), {len(failovers)} rounds: "
+              f"median {statistics.median(failovers) * 1000:.0f} ms, max {max(failovers) * 1000:.0f} ms")
+    Path(args.out).write_text(json.dumps({"points": [p.as_dict() for p in results], "failover_s": failovers, "command": " ".join(sys.argv)}, indent=1))
+    write_plot(Path(args.plot), results)
+    print(f"wrote {args.out} and {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
