@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--generators", type=int, default=2, help="load generator processes (1 when one request is in flight)")
     a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd")
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
+    a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
     a.add_argument("--out", default="bench.json")
     a.add_argument("--plot", default="bench.svg")
@@ -116,6 +117,17 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     target.close()
         results += points.values()
+        if args.half_load:
+            peak = max(p.median("ops_per_s") for p in points.values() if p.system == "raftproc")
+            half = Point("raftproc", nodes, 4096, ints(args.value_size)[0], ints(args.keys)[0], rate=round(peak / 2))
+            for _ in range(args.repeats):
+                target = RaftprocTarget(nodes)
+                try:
+                    measure(target, half, warmup=args.warmup, window=args.window, generators=args.generators)
+                finally:
+                    target.close()
+            print(f"  raftproc  n={nodes} open loop at half of peak ({half.rate:.0f} ops/s): p99 {half.median('p99_ms'):.2f} ms", flush=True)
+            results.append(half)
         if args.failover and nodes == ints(args.nodes)[0]:
             target = RaftprocTarget(nodes)
             try:
@@ -126,9 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"window {args.window}s after {args.warmup}s warm-up, {args.repeats} runs, median [min-max]")
-    print(f"{'system':<10}{'nodes':>5}{'inflight':>9}{'value':>7}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
+    print(f"{'system':<10}{'nodes':>5}{'load':>9}{'value':>7}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
     for p in results:
-        print(f"{p.system:<10}{p.nodes:>5}{p.inflight:>9}{p.value_size:>7}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
+        load = f"{p.rate:.0f}/s" if p.rate else str(p.inflight)
+        print(f"{p.system:<10}{p.nodes:>5}{load:>9}{p.value_size:>7}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
               f"{fmt(p, 'p999_ms', 2):<20}{p.median('node_cpu_s'):<12.2f}{p.median('loadgen_cpu_s'):<10.2f}{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}")
     best = {s: max((p.median("ops_per_s") for p in results if p.system == s), default=0) for s in systems}
     for s in systems[1:]:

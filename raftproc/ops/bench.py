@@ -30,6 +30,7 @@ class Point:
     inflight: int
     value_size: int
     keys: int
+    rate: float = 0.0  # open-loop ops/s in total; 0: closed loop with `inflight` outstanding
     runs: list[dict[str, Any]] = field(default_factory=list)
 
     def median(self, key: str) -> float:
@@ -48,7 +49,7 @@ class Point:
 
 def run_loadgens(
     target: tuple[str, int], inflight: int, generators: int, warmup: float, window: float, value_size: int, keys: int,
-    protocol: str = "raftproc",
+    protocol: str = "raftproc", rate: float = 0.0,
 ) -> list[dict[str, Any]]:
     gens = min(generators, inflight)
     procs = [
@@ -56,7 +57,7 @@ def run_loadgens(
             [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{target[0]}:{target[1]}",
              "--inflight", str(max(1, inflight // gens)), "--connections", str(max(1, min(16, inflight // gens))),
              "--warmup", str(warmup), "--window", str(window), "--value-size", str(value_size), "--keys", str(keys),
-             "--seed", str(g + 1), "--protocol", protocol],
+             "--seed", str(g + 1), "--protocol", protocol, "--rate", str(rate / gens)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for g in range(gens)
@@ -129,7 +130,7 @@ def measure(target: Any, point: Point, *, warmup: float, window: float, generato
     term_before = target.leader_changes_marker()
     pids = target.node_pids()
     cpu_before = cpu_seconds(pids)
-    parts = run_loadgens(address, point.inflight, generators, warmup, window, point.value_size, point.keys, target.protocol)
+    parts = run_loadgens(address, point.inflight, generators, warmup, window, point.value_size, point.keys, target.protocol, point.rate)
     run = combine(parts)
     run["node_cpu_s"] = (cpu_seconds(pids) - cpu_before) * window / (warmup + window)
     run["leader_changes"] = target.leader_changes_marker() - term_before

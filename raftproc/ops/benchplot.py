@@ -12,6 +12,8 @@ W, H, PAD = 720, 420, 60
 def write_plot(path: Path, points: list) -> None:
     series: dict[tuple[str, int, int], list[tuple[float, float, int]]] = {}
     for p in points:
+        if getattr(p, "rate", 0):
+            continue  # open-loop points are reported in the table, not on the curves
         x, y = p.median("ops_per_s"), p.median("p99_ms")
         if x == x and y == y and x > 0 and y > 0:
             series.setdefault((p.system, p.nodes, p.value_size), []).append((x, y, p.inflight))

@@ -35,7 +35,13 @@ def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: 
     }
 
 
-def run(target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int, seed: int, protocol: str = "raftproc") -> dict:
+def run(
+    target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int,
+    seed: int, protocol: str = "raftproc", rate: float = 0.0,
+) -> dict:
+    """Closed loop: `inflight` requests always outstanding. With `rate` > 0, open loop:
+    requests leave on a fixed schedule (up to `inflight` outstanding) and latency runs
+    from the scheduled moment, so a stall is not hidden by sending less during it."""
     if protocol == "etcd":
         return run_etcd(target, inflight, warmup, window, value_size, keys, seed)
     rng = random.Random(seed)
@@ -51,17 +57,21 @@ def run(target: tuple[str, int], inflight: int, warmup: float, window: float, va
         conns.append(state)
         sel.register(s, selectors.EVENT_READ, state)
 
-    def send_one(st: dict) -> None:
+    def send_one(st: dict, at: int | None = None) -> None:
         st["seq"] += 1
         st["id"] += 1
         body = {"t": "req", "id": st["id"], "op": "set", "key": f"k{rng.randrange(keys)}", "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
         st["out"] += encode_frame(codec.encode(body))
-        st["sent"][st["id"]] = time.perf_counter_ns()
+        st["sent"][st["id"]] = at or time.perf_counter_ns()
 
-    for st in conns:
-        for _ in range(per_conn):
-            send_one(st)
+    if not rate:
+        for st in conns:
+            for _ in range(per_conn):
+                send_one(st)
     start = time.perf_counter()
+    next_at_ns = time.perf_counter_ns()
+    interval_ns = int(1e9 / rate) if rate else 0
+    turn = 0
     measure_from, measure_to = start + warmup, start + warmup + window
     latencies: list[int] = []
     done = errors = 0
@@ -72,6 +82,12 @@ def run(target: tuple[str, int], inflight: int, warmup: float, window: float, va
             break
         if cpu0 is None and now >= measure_from:
             cpu0 = sum(os.times()[:2])
+        if rate:
+            now_ns = time.perf_counter_ns()
+            while next_at_ns <= now_ns and sum(len(st["sent"]) for st in conns) < inflight:
+                send_one(conns[turn % len(conns)], next_at_ns)
+                turn += 1
+                next_at_ns += interval_ns
         for st in conns:
             if st["out"]:
                 try:
@@ -79,7 +95,8 @@ def run(target: tuple[str, int], inflight: int, warmup: float, window: float, va
                     del st["out"][:n]
                 except BlockingIOError:
                     pass
-        for key, _ in sel.select(0.05):
+        wait = max(0.0, (next_at_ns - time.perf_counter_ns()) / 1e9) if rate else 0.05
+        for key, _ in sel.select(min(wait, 0.05)):
             st = key.data
             data = st["sock"].recv(1 << 20)
             if not data:
@@ -95,7 +112,8 @@ def run(target: tuple[str, int], inflight: int, warmup: float, window: float, va
                         latencies.append(t - sent)
                     else:
                         errors += 1
-                send_one(st)
+                if not rate:
+                    send_one(st)
     for st in conns:
         st["sock"].close()
     return summarize(latencies, done, errors, window, sum(os.times()[:2]) - (cpu0 or 0))
@@ -175,9 +193,10 @@ def main() -> int:
     p.add_argument("--keys", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--protocol", choices=("raftproc", "etcd"), default="raftproc")
+    p.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (0: closed loop)")
     a = p.parse_args()
     host, _, port = a.target.rpartition(":")
-    result = run((host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol)
+    result = run((host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate)
     print(json.dumps(result))
     return 0
 

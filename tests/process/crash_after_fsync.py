@@ -1,6 +1,8 @@
 """A node launcher for tests: a node that SIGKILLs itself right after the WAL
 fdatasync of any Ready whose entries contain RAFTPROC_TEST_CRASH_MARKER, before it
-sends or answers anything. Used by test_crash_points.py; never shipped."""
+answers anything, if its id is the one written in the file RAFTPROC_TEST_CRASH_FILE
+names (the test writes the leader's id there once it knows it). Used by
+test_crash_points.py; never shipped."""
 
 import os
 import signal
@@ -9,13 +11,17 @@ import sys
 from raftproc.runtime import wal
 
 MARKER = os.environ["RAFTPROC_TEST_CRASH_MARKER"].encode()
+WHO = os.environ["RAFTPROC_TEST_CRASH_FILE"]
+ME = sys.argv[sys.argv.index("--id") + 1]
 _append = wal.WriteAheadLog.append
 
 
 def append_then_die(self, rd):
     _append(self, rd)
     if any(e.command and MARKER in e.command for e in rd.entries):
-        os.kill(os.getpid(), signal.SIGKILL)
+        with open(WHO) as f:
+            if f.read().strip() == ME:
+                os.kill(os.getpid(), signal.SIGKILL)
 
 
 wal.WriteAheadLog.append = append_then_die

@@ -20,7 +20,7 @@ def test_bench_tiny_run_writes_results_and_plot(tmp_path):
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     (point,) = data["points"]
-    assert point["system"] == "raftproc" and point["runs"][0]["ops"] > 0 and point["runs"][0]["errors"] == 0
+    assert point["system"] == "raftproc" and point["runs"][0]["ops_per_s"] > 0 and point["runs"][0]["errors"] == 0
     assert {"ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "loadgen_cpu_s"} <= set(point["median"])
     assert plot.read_text().startswith("<svg") and "raftproc" in plot.read_text()
     assert "ops/s" in r.stdout
