@@ -14,6 +14,7 @@ A TOML file looks like this (every top-level key is optional):
     heartbeat_interval = 5
     max_frame = 16777216       # bytes; larger frames close the connection
     peer_buffer = 67108864     # bytes queued per peer before messages are dropped
+    background_sync = false    # fdatasync on a thread while the loop goes on
 
     [[node]]
     id = 1
@@ -58,6 +59,7 @@ class ClusterConfig:
     heartbeat_interval: int = 5
     max_frame: int = 16 * 1024 * 1024
     peer_buffer: int = 64 * 1024 * 1024
+    background_sync: bool = False
     source: str = field(default="built-in defaults", compare=False)
 
     def raft(self) -> RaftConfig:
@@ -111,7 +113,7 @@ def load_config(path: str | Path | None) -> ClusterConfig:
 
 
 def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
-    known = {"node", "data_dir", "log_dir", "log_level", *_INT_KEYS}
+    known = {"node", "data_dir", "log_dir", "log_level", "background_sync", *_INT_KEYS}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
@@ -139,6 +141,10 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
             if not isinstance(raw[key], str) or not raw[key]:
                 raise ConfigError(f"{source}: {key} must be a path")
             changes[key] = Path(raw[key])
+    if "background_sync" in raw:
+        if not isinstance(raw["background_sync"], bool):
+            raise ConfigError(f"{source}: background_sync must be true or false")
+        changes["background_sync"] = raw["background_sync"]
     if "log_level" in raw:
         if raw["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")
@@ -166,6 +172,7 @@ def to_toml(cfg: ClusterConfig) -> str:
         f'data_dir = "{cfg.data_dir}"',
         f'log_dir = "{cfg.log_dir}"',
         f'log_level = "{cfg.log_level}"',
+        f"background_sync = {'true' if cfg.background_sync else 'false'}",
     ]
     lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS]
     for n in cfg.nodes.values():

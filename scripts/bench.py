@@ -57,6 +57,8 @@ def etcd_binary() -> str | None:
 
 def make_targets(systems: list[str], nodes: int):
     makers = {"raftproc": lambda: RaftprocTarget(nodes)}
+    if "raftproc-bgsync" in systems:
+        makers["raftproc-bgsync"] = lambda: RaftprocTarget(nodes, background_sync=True)
     if "pysyncobj" in systems:
         python = pysyncobj_python()
         makers["pysyncobj"] = lambda: PySyncObjTarget(nodes, python)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--warmup", type=float, default=1.0)
     a.add_argument("--window", type=float, default=3.0)
     a.add_argument("--generators", type=int, default=2, help="load generator processes (1 when one request is in flight)")
-    a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd")
+    a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd (or raftproc-bgsync: fsync on a thread)")
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
     a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
@@ -93,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         args.inflight, args.repeats, args.warmup, args.window = "16", 1, 0.3, 1.0
     systems = ["raftproc"] + [s for s in args.compare.split(",") if s]
-    unknown = set(systems) - {"raftproc", "pysyncobj", "etcd"}
+    unknown = set(systems) - {"raftproc", "raftproc-bgsync", "pysyncobj", "etcd"}
     if unknown:
         a.error(f"unknown systems {sorted(unknown)}")
 

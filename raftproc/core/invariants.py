@@ -39,8 +39,8 @@ def check_node(node: RaftNode) -> None:
         raise InvariantViolation(f"node {node.id}: commit_index {node.commit_index} > last index {log.last_index}")
     if not (node.applied <= node.commit_index):
         raise InvariantViolation(f"node {node.id}: applied {node.applied} > commit_index {node.commit_index}")
-    if not (0 <= log.stable_index <= log.last_index):
-        raise InvariantViolation(f"node {node.id}: stable_index {log.stable_index} outside the log")
+    if not (0 <= log.stable_index <= log.written_index <= log.last_index):
+        raise InvariantViolation(f"node {node.id}: stable {log.stable_index} / written {log.written_index} outside the log")
     if not (log.last_term <= node.current_term):
         raise InvariantViolation(f"node {node.id}: log term {log.last_term} > current term {node.current_term}")
     if node.role == LEADER:

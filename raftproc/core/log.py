@@ -3,13 +3,15 @@
 Indexes start at 1; index 0 with term 0 is the empty prefix every log shares, so
 `term_at(0) == 0` and AppendEntries with prev_log_index 0 always matches.
 
-The log also tracks how much of itself is on stable storage (`stable_index`): the
-entries above it are what the next Ready hands to the host to persist. A truncation
-below `stable_index` pulls it down, because storage must then drop those entries
-too (the host replaces everything from the first entry it is given).
+The log also tracks how much of itself the host has been given to write
+(`written_index`: the entries above it are what the next Ready hands out) and how
+much is known to be durable (`stable_index`). With a synchronous host the two move
+together; a host that syncs in the background reports durability later, through
+RaftNode.persisted(). A truncation pulls both down, because storage must then drop
+those entries too (the host replaces everything from the first entry it is given).
 
 Invariant: terms never decrease along the log (enforced on every append).
-Invariant: 0 <= stable_index <= last_index.
+Invariant: 0 <= stable_index <= written_index <= last_index.
 """
 
 from __future__ import annotations
@@ -24,13 +26,14 @@ class LogInvariantError(AssertionError):
 
 
 class RaftLog:
-    __slots__ = ("_entries", "stable_index")
+    __slots__ = ("_entries", "stable_index", "written_index")
 
     def __init__(self, entries: Iterable[Entry] = ()) -> None:
         self._entries: list[Entry] = []
         self.stable_index = 0
+        self.written_index = 0
         self.append(list(entries))
-        self.stable_index = self.last_index
+        self.stable_index = self.written_index = self.last_index
 
     # --- reading -------------------------------------------------------------
 
@@ -59,7 +62,7 @@ class RaftLog:
         return tuple(self._entries[lo - 1 : hi - 1])
 
     def unstable(self) -> tuple[Entry, ...]:
-        return tuple(self._entries[self.stable_index :])
+        return tuple(self._entries[self.written_index :])
 
     def first_index_of_term(self, index: int) -> int:
         """The first index of the run of entries sharing the term at `index`."""
@@ -98,8 +101,8 @@ class RaftLog:
     def truncate_from(self, index: int) -> None:
         """Drop every entry with index >= `index`."""
         del self._entries[index - 1 :]
-        if self.stable_index >= index:
-            self.stable_index = index - 1
+        self.stable_index = min(self.stable_index, index - 1)
+        self.written_index = min(self.written_index, index - 1)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -194,7 +194,7 @@ class RaftNode:
         self._flush_broadcast()
         return bool(
             self._outbox
-            or self.log.stable_index < self.log.last_index
+            or self.log.written_index < self.log.last_index
             or self._hard_state_changed()
             or self.applied < self.commit_index
         )
@@ -212,18 +212,35 @@ class RaftNode:
         self._in_ready = True
         return rd
 
-    def advance(self, rd: Ready) -> None:
-        """The host has persisted, sent and applied everything in `rd`."""
+    def advance(self, rd: Ready, *, persisted: bool = True) -> None:
+        """The host has written, sent and applied everything in `rd`.
+
+        `persisted=False`: the host syncs in the background. Its writes are handed
+        over (the next Ready will not repeat them) but not yet durable: the host
+        holds back the messages that must wait (split_messages) and calls
+        persisted() once the sync is done.
+        """
         self._in_ready = False
         if rd.hard_state is not None:
             self._persisted_hard_state = rd.hard_state
         if rd.entries:
-            self.log.stable_index = max(self.log.stable_index, rd.entries[-1].index)
+            self.log.written_index = max(self.log.written_index, rd.entries[-1].index)
         if rd.committed_entries:
             self.applied = rd.committed_entries[-1].index
-        if self.role == LEADER:
-            # The leader counts itself toward a quorum only for entries now on its disk.
-            self._maybe_commit()
+        if persisted and rd.entries:
+            self.persisted(rd.entries[-1].index, rd.entries[-1].term)
+
+    def persisted(self, index: int, term: int) -> None:
+        """Entries up to `index`, whose entry there has `term`, are durable. A report
+        about entries a later truncation replaced (the term differs) is ignored: the
+        write of their replacements reports for them."""
+        if self.log.term_at(index) != term or index > self.log.written_index:
+            return
+        if index > self.log.stable_index:
+            self.log.stable_index = index
+            if self.role == LEADER:
+                # The leader counts itself toward a quorum only for entries on its disk.
+                self._maybe_commit()
 
     # --- role transitions --------------------------------------------------------
 

@@ -90,10 +90,12 @@ class RaftprocTarget:
     system = "raftproc"
     protocol = "raftproc"
 
-    def __init__(self, nodes: int) -> None:
+    def __init__(self, nodes: int, *, background_sync: bool = False) -> None:
+        if background_sync:
+            self.system = "raftproc-bgsync"
         self.tmp = Path(tempfile.mkdtemp(prefix="raftproc-bench-"))
         self.cluster = Cluster(self.tmp / "run")
-        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning"))
+        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning", background_sync=background_sync))
         self.cluster.up(wait=20)
 
     def leader_address(self) -> tuple[str, int]:

@@ -1,12 +1,17 @@
 """NodeHost: one Raft node with its IO: peers, clients, the WAL and the key-value store.
 
 Each pass of the event loop ends in `_handle_ready`, which carries out the core's
-Ready in the order the contract demands (raftproc.core.ready):
+Ready as the contract demands (raftproc.core.ready). By default the fdatasync runs
+inline; with `background_sync = true` it runs on a thread
+(raftproc.runtime.wal.BackgroundSync) and the steps are:
 
-1. WAL append + fdatasync (one record, one sync for everything the pass produced);
-2. queue the messages to peers (flushed once per connection at the end of the pass);
-3. apply committed entries to the key-value store and answer the clients waiting;
-4. advance the core.
+1. a leader's AppendEntries leave at once (Raft thesis §10.2.1);
+2. the Ready's WAL record is written (one record for everything the pass produced);
+3. committed entries are applied and the clients waiting are answered;
+4. the core advances with persisted=False;
+5. the messages that promise the record (votes, acknowledgements) wait until the
+   sync thread reports it durable; then they leave and the core hears persisted().
+One fdatasync covers every record written before it started (group commit).
 
 Client answers are honest about what is known:
 - "ok": the command was applied (its result says how, e.g. a cas mismatch);
@@ -22,6 +27,7 @@ import os
 import random
 import socket
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -35,7 +41,7 @@ from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError, decode_client_request, decode_message, encode_message
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
-from raftproc.runtime.wal import WriteAheadLog
+from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
 
 Log = Callable[..., None]
 
@@ -141,6 +147,12 @@ class NodeHost:
         self.client_listener = Listener(self.loop, me.client, self._accept_client)
         self.running = True
         self.peers = {p: PeerLink(self, p, cfg.nodes[p].peer) for p in cfg.nodes if p != node_id}
+        self._written = 0  # Ready records written so far
+        self._held: deque[tuple[int, list, tuple[int, int] | None]] = deque()
+        self.syncer: BackgroundSync | None = None
+        if cfg.background_sync:
+            wake = self.loop.make_waker(self._on_synced)
+            self.syncer = BackgroundSync(self.wal, lambda seq: wake())
         self.loop.after_pass.append(self._handle_ready)
         self._tick_interval = cfg.tick_ms / 1000
         self._next_tick = time.monotonic() + self._tick_interval
@@ -170,6 +182,8 @@ class NodeHost:
                 link.conn.close("node shutting down")
         self.peer_listener.close()
         self.client_listener.close()
+        if self.syncer is not None:
+            self.syncer.stop()
         self.wal.close()
         self.loop.close()
         self.log("node_stopped")
@@ -185,22 +199,55 @@ class NodeHost:
     # --- the Ready contract ---------------------------------------------------------
 
     def _handle_ready(self) -> None:
+        """The Ready contract. Inline (the default): each Ready's record is written
+        and fdatasynced before the messages that promise it. With background_sync: a
+        Ready's record is written now; the messages that promise it (votes, acknowledgements) wait in
+        `_held` until the sync thread reports it durable; a leader's appends leave at
+        once (thesis §10.2.1) and the leader counts itself only once persisted()."""
         raft = self.raft
         while raft.has_ready():
             rd = raft.ready()
             early, after = split_messages(rd)
-            for msg in early:  # a leader's appends: followers fsync while we do
+            for msg in early:
                 self.peers[msg.dst].send(encode_message(msg))
             if early:
                 self.loop.flush_now()
-            self.wal.append(rd)  # durable before any message below promises it
-            for msg in after:
-                self.peers[msg.dst].send(encode_message(msg))
+            if self.syncer is None:  # inline: durable before anything below promises it
+                self.wal.append(rd)
+                self._send_all(after)
+                for entry in rd.committed_entries:
+                    self._apply(entry)
+                raft.advance(rd)
+                continue
+            needs_sync = self.wal.write(rd)
+            self._written += 1
+            last = (rd.entries[-1].index, rd.entries[-1].term) if rd.entries else None
+            if needs_sync or self._held:
+                self._held.append((self._written, after, last))
+            else:
+                self._send_all(after)
             for entry in rd.committed_entries:
                 self._apply(entry)
-            raft.advance(rd)
+            raft.advance(rd, persisted=False)
+        if self._held:
+            self.syncer.request(self._written)
         if raft.role != LEADER and self.waiting:
             self._fail_waiting("unknown", "leadership lost before commit")
+
+    def _on_synced(self) -> None:
+        """On the loop thread, after the sync thread made records durable."""
+        assert self.syncer is not None
+        synced = self.syncer.synced
+        while self._held and self._held[0][0] <= synced:
+            _, after, last = self._held.popleft()
+            self._send_all(after)
+            if last is not None:
+                self.raft.persisted(*last)
+        self._handle_ready()
+
+    def _send_all(self, messages) -> None:
+        for msg in messages:
+            self.peers[msg.dst].send(encode_message(msg))
 
     def _apply(self, entry: Entry) -> None:
         result = self.kv.apply(entry.index, entry.command)

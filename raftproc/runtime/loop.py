@@ -41,6 +41,7 @@ class EventLoop:
         self._dirty: set[Connection] = set()
         self.after_pass: list[Callable[[], None]] = []
         self.running = False
+        self._wakers: list[tuple[socket.socket, socket.socket]] = []
 
     def call_at(self, deadline: float, fn: Callable[[], None]) -> None:
         heapq.heappush(self._timers, (deadline, next(self._seq), fn))
@@ -50,6 +51,32 @@ class EventLoop:
 
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty.add(conn)
+
+    def make_waker(self, handler: Callable[[], None]) -> Callable[[], None]:
+        """A function any thread may call to have `handler` run on the loop thread
+        (curio's trick: a socketpair the selector watches)."""
+        r, w = socket.socketpair()
+        r.setblocking(False)
+        w.setblocking(False)
+
+        def on_wake(mask: int) -> None:
+            try:
+                while r.recv(4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+            handler()
+
+        self.sel.register(r, selectors.EVENT_READ, on_wake)
+        self._wakers.append((r, w))
+
+        def wake() -> None:
+            try:
+                w.send(b"\0")
+            except (BlockingIOError, InterruptedError):
+                pass  # a wake-up is already pending
+
+        return wake
 
     def flush_now(self) -> None:
         """Send what is queued at once, before a slow step (an fsync) in this pass."""
@@ -85,6 +112,9 @@ class EventLoop:
         self.flush_now()
 
     def close(self) -> None:
+        for r, w in self._wakers:
+            r.close()
+            w.close()
         self.sel.close()
 
 

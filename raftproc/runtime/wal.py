@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -105,7 +106,9 @@ class WriteAheadLog:
     def __init__(self, directory: Path, *, segment_bytes: int = SEGMENT_BYTES, sync: bool = True, power_loss: bool | None = None) -> None:
         self.dir = directory
         self.segment_bytes = segment_bytes
-        self.sync = sync
+        self.sync_enabled = sync
+        self._io_lock = threading.Lock()
+        self._buffer_lock = threading.Lock()
         self.power_loss = os.environ.get(POWER_LOSS_ENV) == "1" if power_loss is None else power_loss
         self._unsynced = bytearray()  # power-loss mode: written, not yet on disk
         self._fd: int | None = None
@@ -113,7 +116,7 @@ class WriteAheadLog:
         self._size = 0
         # A record that only moves commit_index promises nothing (the commit index is
         # a hint, never ahead of a majority's logs), so it rides on the next sync.
-        self._synced_term_vote: tuple[int, int | None] = (0, None)
+        self._written_term_vote: tuple[int, int | None] = (0, None)
 
     @classmethod
     def open(cls, directory: str | os.PathLike, *, warn: Warn | None = None, **kw) -> tuple[WriteAheadLog, Recovered]:
@@ -126,48 +129,69 @@ class WriteAheadLog:
 
     def append(self, rd: Ready) -> None:
         """Make a Ready's hard state and entries durable. Returns after fdatasync."""
+        if self.write(rd):
+            self.sync()
+
+    def write(self, rd: Ready) -> bool:
+        """Write a Ready's record without waiting for the disk. Returns whether it
+        promises something (entries, a new term or vote) and so needs a sync before
+        the messages that depend on it leave."""
         if rd.hard_state is None and not rd.entries:
-            return
+            return False
         record = encode_record(rd)
         if self._fd is None or self._size >= self.segment_bytes:
-            self._start_segment(self._segment + 1)
+            with self._io_lock:  # a background sync must not see the fd change under it
+                self._sync_locked()
+                self._start_segment(self._segment + 1)
         assert self._fd is not None
         self._write(record)
         hs = rd.hard_state
-        promises = rd.entries or (hs is not None and (hs.current_term, hs.voted_for) != self._synced_term_vote)
-        if promises:
-            self._sync()
+        promises = bool(rd.entries) or (hs is not None and (hs.current_term, hs.voted_for) != self._written_term_vote)
         if hs is not None:
-            self._synced_term_vote = (hs.current_term, hs.voted_for)
+            self._written_term_vote = (hs.current_term, hs.voted_for)
+        return promises
 
     def _write(self, record: bytes) -> None:
         self._size += len(record)
         if self.power_loss:
-            self._unsynced += record
+            with self._buffer_lock:
+                self._unsynced += record
         else:
             _write_all(self._fd, record)
 
-    def _sync(self) -> None:
-        """Everything written so far reaches the disk before this returns."""
-        if self._unsynced:
-            _write_all(self._fd, bytes(self._unsynced))
-            self._unsynced.clear()
-        if self.sync:
+    def sync(self) -> None:
+        """Everything written so far reaches the disk before this returns. Safe to
+        call from one background thread while the loop thread keeps writing."""
+        with self._io_lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        if self._fd is None:
+            return
+        if self.power_loss:
+            with self._buffer_lock:
+                pending, self._unsynced = bytes(self._unsynced), bytearray()
+            if pending:
+                _write_all(self._fd, pending)
+        if self.sync_enabled:
             os.fdatasync(self._fd)
 
     def close(self) -> None:
         if self._fd is not None:
-            self._sync()
+            self.sync()
             os.close(self._fd)
             self._fd = None
 
     def _start_segment(self, number: int) -> None:
-        self.close()
+        """Called with _io_lock held and everything written so far synced."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         path = self.dir / _segment_name(number)
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._segment = number
         self._size = os.fstat(self._fd).st_size
-        if self.sync:
+        if self.sync_enabled:
             os.fsync(self._fd)
             _fsync_dir(self.dir)
 
@@ -191,7 +215,7 @@ class WriteAheadLog:
                     f.flush()
                     os.fsync(f.fileno())
         out.segments = len(segs)
-        self._synced_term_vote = (out.hard_state.current_term, out.hard_state.voted_for)
+        self._written_term_vote = (out.hard_state.current_term, out.hard_state.voted_for)
         if segs:
             self._segment = int(segs[-1].name[4:12])
             self._fd = os.open(segs[-1], os.O_WRONLY | os.O_APPEND)
@@ -260,3 +284,48 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+class BackgroundSync:
+    """One thread that runs fdatasync for the event loop, so a pass keeps reading,
+    proposing and batching while the disk works.
+
+    The loop calls request(seq) after writing record `seq`; the thread syncs
+    (covering every write made before it started) and calls done(seq) from its own
+    thread, where seq is the highest request it covered. `done` must only wake the
+    loop; the loop then releases what waited for that sync.
+    """
+
+    def __init__(self, wal: WriteAheadLog, done: Callable[[int], None]) -> None:
+        self.wal = wal
+        self.done = done
+        self.synced = 0
+        self._requested = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
+        self._thread.start()
+
+    def request(self, seq: int) -> None:
+        with self._cond:
+            if seq > self._requested:
+                self._requested = seq
+                self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._requested <= self.synced and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                target = self._requested
+            self.wal.sync()
+            self.synced = target
+            self.done(target)

@@ -133,10 +133,13 @@ class SimStats:
 
 
 class SimNode:
-    __slots__ = ("id", "node", "storage", "view", "applied_index", "down_until")
+    __slots__ = ("id", "node", "storage", "view", "applied_index", "down_until", "pending")
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
+        # Background-sync hosts: Readys written but not yet durable, with the messages
+        # that must wait for them. A crash loses them.
+        self.pending: list[tuple[Ready, list[Message], list[int | None]]] = []
         self.node: RaftNode | None = None
         self.storage = MemoryStorage()
         self.view: NodeView | None = None
@@ -162,6 +165,9 @@ class Simulation:
         self.faults = self.cfg.faults
         self.rng = random.Random(seed)
         self.raft_config = self.cfg.raft or random_raft_config(self.rng)
+        # Half the runs model a host that syncs in the background (advance(persisted=
+        # False), then persisted() one or more steps later), half one that syncs inline.
+        self.background_sync = self.rng.random() < 0.5
         self.trace = trace
         self.node_factory = node_factory
         self.ids: tuple[NodeId, ...] = tuple(range(1, self.cfg.nodes + 1))
@@ -216,6 +222,9 @@ class Simulation:
         if faults:
             self._nemesis()
         self._restart_due()
+        for sn in self.nodes.values():
+            if sn.pending and sn.node is not None and self.rng.random() < 0.7:
+                self._sync_pending(sn)
         self._deliver_due()
         for sn in self.nodes.values():
             if sn.node is not None:
@@ -295,6 +304,11 @@ class Simulation:
         assert sn.node is not None
         self._note(f"crash node {sn.id} ({sn.node.role}, term {sn.node.current_term})")
         sn.node = None
+        sn.pending = []  # written, never synced: gone with the process
+        # What survives is what was persisted; a term or vote still in memory (its
+        # messages held back) was never promised, so the restart is judged from disk.
+        hs = sn.storage.hard_state
+        sn.view = NodeView(sn.id, hs.current_term, hs.voted_for, None, hs.commit_index)
         sn.down_until = self.now + self.rng.randint(self.faults.down_min, self.faults.down_max)
         self.stats.crashes += 1
 
@@ -317,10 +331,27 @@ class Simulation:
                 # its own write of them never happened.
                 self._crash(sn)
                 return
+            promised = [self._promised_term(node, m) for m in after]
+            if self.background_sync:
+                sn.pending.append((rd, after, promised))
+                self._apply(sn, rd.committed_entries)
+                node.advance(rd, persisted=False)
+                continue
             self._persist(sn, rd)
-            self._send(sn, after)
+            self._send(sn, tuple(after), promised)
             self._apply(sn, rd.committed_entries)
             node.advance(rd)
+
+    def _sync_pending(self, sn: SimNode) -> None:
+        """A background sync completes: everything written so far is durable, the
+        messages that waited for it leave, and the node learns what is persisted."""
+        pending, sn.pending = sn.pending, []
+        for rd, after, promised in pending:
+            self._persist(sn, rd)
+            self._send(sn, tuple(after), promised)
+            if rd.entries and sn.node is not None:
+                sn.node.persisted(rd.entries[-1].index, rd.entries[-1].term)
+        self._handle_ready(sn)
 
     def _persist(self, sn: SimNode, rd: Ready) -> None:
         if rd.entries:
@@ -351,9 +382,9 @@ class Simulation:
 
     # --- network ------------------------------------------------------------------
 
-    def _send(self, sn: SimNode, messages: tuple[Message, ...]) -> None:
-        for msg in messages:
-            self._check_promise(sn, msg)
+    def _send(self, sn: SimNode, messages: tuple[Message, ...], promised: list[int | None] | None = None) -> None:
+        for i, msg in enumerate(messages):
+            self._check_promise(sn, msg, promised[i] if promised else None)
             self.stats.messages_sent += 1
             if self.rng.random() < self.loss:
                 self.stats.messages_dropped += 1
@@ -517,7 +548,15 @@ class Simulation:
                 f"Log Matching: node {node_id} stores {e.term}/{e.index} as {identity}, another node as {known}"
             )
 
-    def _check_promise(self, sn: SimNode, msg: Message) -> None:
+    @staticmethod
+    def _promised_term(node: RaftNode, msg: Message) -> int | None:
+        """For an append acknowledgement: the term of the entry at match_index when the
+        node decided to send it (by Log Matching, that names the whole prefix)."""
+        if isinstance(msg, AppendEntriesResponse) and msg.success:
+            return node.log.term_at(msg.match_index)
+        return None
+
+    def _check_promise(self, sn: SimNode, msg: Message, promised_term: int | None) -> None:
         """Persist before you promise (Figure 2): what a message commits its sender to
         must already be in the sender's storage."""
         hs = sn.storage.hard_state
@@ -527,9 +566,7 @@ class Simulation:
             if hs.current_term != msg.term or hs.voted_for != msg.dst:
                 raise SafetyViolation(f"node {sn.id} grants a vote it has not persisted ({hs}): {describe(msg)}")
         elif isinstance(msg, AppendEntriesResponse) and msg.success:
-            node = sn.node
-            assert node is not None
-            if sn.storage.term_at(msg.match_index) != node.log.term_at(msg.match_index):
+            if sn.storage.term_at(msg.match_index) != promised_term:
                 raise SafetyViolation(f"node {sn.id} acknowledges entries it has not persisted: {describe(msg)}")
 
     # --- reporting ------------------------------------------------------------------

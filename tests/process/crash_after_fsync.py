@@ -13,18 +13,29 @@ from raftproc.runtime import wal
 MARKER = os.environ["RAFTPROC_TEST_CRASH_MARKER"].encode()
 WHO = os.environ["RAFTPROC_TEST_CRASH_FILE"]
 ME = sys.argv[sys.argv.index("--id") + 1]
-_append = wal.WriteAheadLog.append
+_write = wal.WriteAheadLog.write
+_sync = wal.WriteAheadLog.sync
+marked = False
 
 
-def append_then_die(self, rd):
-    _append(self, rd)
+def write_and_remember(self, rd):
+    global marked
     if any(e.command and MARKER in e.command for e in rd.entries):
+        marked = True
+    return _write(self, rd)
+
+
+def sync_then_die(self):
+    covers_marker = marked  # the sync covers every write made before it starts
+    _sync(self)
+    if covers_marker:
         with open(WHO) as f:
             if f.read().strip() == ME:
                 os.kill(os.getpid(), signal.SIGKILL)
 
 
-wal.WriteAheadLog.append = append_then_die
+wal.WriteAheadLog.write = write_and_remember
+wal.WriteAheadLog.sync = sync_then_die
 
 from raftproc.node import main  # noqa: E402
 

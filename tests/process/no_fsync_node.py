@@ -5,7 +5,7 @@ import sys
 
 from raftproc.runtime import wal
 
-wal.WriteAheadLog._sync = lambda self: None
+wal.WriteAheadLog._sync_locked = lambda self: None
 
 from raftproc.node import main  # noqa: E402
 

@@ -50,11 +50,11 @@ def test_chaos_smoke_every_verdict_passes(tmp_path):
         assert any("unavailable" in n for n in result.notes)
 
 
-def power_cut_everything(tmp_path: Path, launcher):
+def power_cut_everything(tmp_path: Path, launcher, background_sync=False):
     """Acknowledged writes, then every node loses power at once, then restart."""
     run = tmp_path / "run"
     cluster = Cluster(run, launcher=launcher, env={POWER_LOSS_ENV: "1"})
-    cfg = cluster.create(local_config(3, run / "data", run / "logs"))
+    cfg = cluster.create(local_config(3, run / "data", run / "logs", background_sync=background_sync))
     history = History()
     try:
         cluster.up(wait=20)
@@ -76,8 +76,9 @@ def power_cut_everything(tmp_path: Path, launcher):
     return records, lost_writes(records, 1), check_history(records)
 
 
-def test_power_loss_of_the_whole_cluster_loses_nothing_acknowledged(tmp_path):
-    records, lost, verdict = power_cut_everything(tmp_path, None)
+@pytest.mark.parametrize("background_sync", [False, True])
+def test_power_loss_of_the_whole_cluster_loses_nothing_acknowledged(tmp_path, background_sync):
+    records, lost, verdict = power_cut_everything(tmp_path, None, background_sync)
     assert lost == [] and verdict.ok, (lost, verdict.summary())
 
 

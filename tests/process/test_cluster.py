@@ -9,9 +9,9 @@ from conftest import log_events, wait_until
 pytestmark = pytest.mark.process
 
 
-@pytest.mark.parametrize("nodes", [3, 5])
-def test_cluster_survives_leader_kill_and_converges(cluster_factory, nodes):
-    cluster = cluster_factory(nodes)
+@pytest.mark.parametrize("nodes, background_sync", [(3, False), (5, False), (3, True)])
+def test_cluster_survives_leader_kill_and_converges(cluster_factory, nodes, background_sync):
+    cluster = cluster_factory(nodes, background_sync=background_sync)
     client = cluster.client(timeout=15)
     acked = {}
     for i in range(20):

@@ -18,13 +18,14 @@ pytestmark = pytest.mark.process
 LAUNCHER = [sys.executable, str(Path(__file__).with_name("crash_after_fsync.py"))]
 
 
-def test_leader_killed_after_fsync_before_replying_loses_no_acknowledged_write(tmp_path, monkeypatch):
+@pytest.mark.parametrize("background_sync", [False, True])
+def test_leader_killed_after_fsync_before_replying_loses_no_acknowledged_write(tmp_path, monkeypatch, background_sync):
     monkeypatch.setenv("RAFTPROC_TEST_CRASH_MARKER", "CRASH-HERE")
     who = tmp_path / "crash-node"
     who.write_text("none")
     monkeypatch.setenv("RAFTPROC_TEST_CRASH_FILE", str(who))
     cluster = Cluster(tmp_path / "run", launcher=LAUNCHER)
-    cluster.create(local_config(3, tmp_path / "run" / "data", tmp_path / "run" / "logs"))
+    cluster.create(local_config(3, tmp_path / "run" / "data", tmp_path / "run" / "logs", background_sync=background_sync))
     try:
         cluster.up(wait=20)
         client = cluster.client(timeout=15)

@@ -62,6 +62,19 @@ class CommitsLeaderCommitUnclamped(RaftNode):
             self.commit_index = commit
 
 
+class LeaderCountsUnpersistedEntries(RaftNode):
+    """A seventh, for hosts that sync in the background: the leader counts its own
+    entries toward a commit before its storage holds them."""
+
+    def _maybe_commit(self) -> bool:
+        matches = [self.log.last_index] + [pr.match_index for pr in self.progress.values()]
+        index = sorted(matches, reverse=True)[self.quorum_size() - 1]
+        if index > self.commit_index and self.log.term_at(index) == self.current_term:
+            self.commit_index = index
+            return True
+        return False
+
+
 class SendsBeforePersisting(Simulation):
     """Bug 4, in the host: sends a Ready's messages (votes, acknowledgements) before
     its hard state and entries reach storage."""
@@ -70,7 +83,7 @@ class SendsBeforePersisting(Simulation):
         node = sn.node
         while node.has_ready():
             rd = node.ready()
-            self._send(sn, rd.messages)
+            self._send(sn, rd.messages, [self._promised_term(node, m) for m in rd.messages])
             self._persist(sn, rd)
             self._apply(sn, rd.committed_entries)
             node.advance(rd)
@@ -88,7 +101,10 @@ def first_caught(make_sim) -> tuple[int, str] | None:
 
 @pytest.mark.parametrize(
     "node_cls",
-    [CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries, CommitsLeaderCommitUnclamped],
+    [
+        CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries,
+        CommitsLeaderCommitUnclamped, LeaderCountsUnpersistedEntries,
+    ],
 )
 def test_sim_catches_planted_core_bug(node_cls):
     caught = first_caught(lambda seed, cfg: Simulation(seed, cfg, node_factory=node_cls))
