@@ -281,17 +281,20 @@ class NodeHost:
         try:
             msg = decode_message(body)
         except RemoteProtocolError as e:
-            self.log("frame_error", level="warning", conn=conn.name, error=str(e))
-            conn.close("protocol error")
+            self._reject_frame(conn, str(e))
             return
         if msg.dst != self.id or msg.src not in self.peers:
-            self.log("frame_error", level="warning", conn=conn.name, error=f"message from {msg.src} for {msg.dst} on node {self.id}")
-            conn.close("protocol error")
+            self._reject_frame(conn, f"message from {msg.src} for {msg.dst} on node {self.id}")
             return
         link = self.peers[msg.src]
         if link.conn is None:
             link.redial_now()
         self.raft.step(msg)
+
+    def _reject_frame(self, conn: Connection, error: str) -> None:
+        """A frame we cannot accept costs the sender its connection, nothing more."""
+        self.log("frame_error", level="warning", conn=conn.name, error=error)
+        conn.close("protocol error")
 
     def _on_inbound_close(self, conn: Connection, reason: str) -> None:
         self.inbound.discard(conn)
@@ -305,8 +308,7 @@ class NodeHost:
         try:
             req = decode_client_request(body)
         except RemoteProtocolError as e:
-            self.log("frame_error", level="warning", conn=conn.name, error=str(e))
-            conn.close("protocol error")
+            self._reject_frame(conn, str(e))
             return
         if req["t"] == "status":
             self._answer(conn, req["id"], status="ok", result=self.status())
