@@ -23,6 +23,7 @@ Client answers are honest about what is known:
 
 from __future__ import annotations
 
+import gc
 import os
 import random
 import socket
@@ -44,6 +45,7 @@ from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
 from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
 
 Log = Callable[..., None]
+GC_FREEZE_INTERVAL = 5.0  # seconds
 
 
 @dataclass(slots=True)
@@ -157,6 +159,7 @@ class NodeHost:
         self._tick_interval = cfg.tick_ms / 1000
         self._next_tick = time.monotonic() + self._tick_interval
         self.loop.call_at(self._next_tick, self._tick)
+        self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
         log("node_started", term=self.raft.current_term, role=self.raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}", pid=os.getpid())
 
     # --- running ------------------------------------------------------------------
@@ -187,6 +190,19 @@ class NodeHost:
         self.wal.close()
         self.loop.close()
         self.log("node_stopped")
+
+    def _freeze_heap(self) -> None:
+        """Move every object alive now out of the cyclic GC's reach (gc.freeze).
+
+        The log and the key-value store hold millions of long-lived objects; a full
+        collection walks them all and, measured in a 60-second run at peak load,
+        paused the leader long enough to lose an election. Frozen objects are never
+        scanned again, so pauses stay proportional to what is new. The cost: a
+        reference cycle among frozen objects is never collected (the loop creates
+        none on purpose; refcounting frees the rest).
+        """
+        gc.freeze()
+        self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
 
     def _tick(self) -> None:
         self.raft.tick()
