@@ -14,7 +14,8 @@ from raftproc.sim.storage import MemoryStorage
 
 Pick = Callable[[Message], bool]
 
-SCRIPT_CONFIG = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3)
+# The paper's Raft, without PreVote and CheckQuorum, so scripts replay its scenarios.
+SCRIPT_CONFIG = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False)
 
 
 def everything(msg: Message) -> bool:

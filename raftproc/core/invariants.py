@@ -69,7 +69,8 @@ def check_log(node: RaftNode) -> None:
 
 def check_transition(before: NodeView, after: NodeView, *, restarted: bool = False) -> None:
     """Rules across one step of a running node. A restart may lose the in-memory
-    commit index and leader, but never the term or vote (they were persisted)."""
+    commit index and leader, but never the term or vote (they were persisted). A node
+    may forget its term's leader (it presumes it dead), never switch to another."""
     if not (after.current_term >= before.current_term):
         raise InvariantViolation(f"node {after.node_id}: term went back {before.current_term} -> {after.current_term}")
     same_term = after.current_term == before.current_term
@@ -80,6 +81,6 @@ def check_transition(before: NodeView, after: NodeView, *, restarted: bool = Fal
         return
     if not (after.commit_index >= before.commit_index):
         raise InvariantViolation(f"node {after.node_id}: commit_index went back {before.commit_index} -> {after.commit_index}")
-    if same_term and before.leader_id is not None:
+    if same_term and before.leader_id is not None and after.leader_id is not None:
         if not (after.leader_id == before.leader_id):
             raise InvariantViolation(f"node {after.node_id}: leader of term {after.current_term} changed {before.leader_id} -> {after.leader_id}")

@@ -29,6 +29,9 @@ class RequestVote:
     term: int
     last_log_index: int
     last_log_term: int
+    # PreVote (Raft thesis §9.6): "would you vote for me in `term`?" Answering changes
+    # nothing on the voter; the sender has not moved to `term` either.
+    pre_vote: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -37,6 +40,7 @@ class RequestVoteResponse:
     dst: NodeId
     term: int
     vote_granted: bool
+    pre_vote: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,7 +100,10 @@ def describe_entries(entries: tuple[Entry, ...]) -> str:
 
 def describe(msg: Message) -> str:
     """One line per message, e.g. `1->2 AppendEntries term=3 prev=3/7 entries=[3/8] commit=7`."""
-    head = f"{msg.src}->{msg.dst} {type(msg).__name__} term={msg.term}"
+    name = type(msg).__name__
+    if isinstance(msg, (RequestVote, RequestVoteResponse)) and msg.pre_vote:
+        name = name.replace("RequestVote", "PreVote")
+    head = f"{msg.src}->{msg.dst} {name} term={msg.term}"
     match msg:
         case RequestVote():
             return f"{head} last={msg.last_log_term}/{msg.last_log_index}"

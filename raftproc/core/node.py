@@ -45,6 +45,7 @@ from raftproc.core.quorum import has_quorum, majority, quorum_index
 from raftproc.core.ready import HardState, Ready
 
 FOLLOWER = "follower"
+PRE_CANDIDATE = "pre_candidate"
 CANDIDATE = "candidate"
 LEADER = "leader"
 
@@ -74,6 +75,13 @@ class Config:
     max_entries_per_message: int = 1024
     # REPLICATE mode stops sending new entries to a follower this far ahead of its match.
     max_inflight_entries: int = 8192
+    # PreVote (thesis §9.6): ask before raising the term, so a node that was cut off
+    # cannot force an election when it comes back.
+    pre_vote: bool = True
+    # CheckQuorum (thesis §6.2): a leader that has not heard from a majority for an
+    # election timeout steps down; a node that heard from its leader within the
+    # minimum election timeout ignores requests to vote in a higher term.
+    check_quorum: bool = True
 
     def __post_init__(self) -> None:
         if not 1 <= self.election_timeout_min < self.election_timeout_max:
@@ -129,6 +137,7 @@ class RaftNode:
         self.randomized_election_timeout = 0
         self.votes: dict[NodeId, bool] = {}
         self.progress: dict[NodeId, Progress] = {}
+        self._recent_active: set[NodeId] = set()  # leader: peers heard since the last quorum check
         self._outbox: list[Message] = []
         self._broadcast_pending = False
         self._in_ready = False
@@ -147,13 +156,21 @@ class RaftNode:
             self._log("message_ignored", reason="not for this cluster member", src=msg.src, dst=msg.dst)
             return
         if msg.term > self.current_term:
-            # §5.1: a higher term always wins. The sender of an AppendEntries in that
-            # term is its leader; anyone else is not known to lead yet.
-            leader = msg.src if isinstance(msg, AppendEntries) else None
-            self.become_follower(msg.term, leader)
+            if isinstance(msg, RequestVote) and self._in_lease():
+                # §6 (disruptive servers): a live leader was heard within the minimum
+                # election timeout; a request to replace it is ignored, term and all.
+                self._log("vote_rejected", candidate=msg.src, reason="leader lease", pre_vote=msg.pre_vote)
+                return
+            if not self._is_pre_vote_traffic(msg):
+                # §5.1: a higher term always wins. The sender of an AppendEntries in
+                # that term is its leader; anyone else is not known to lead yet.
+                leader = msg.src if isinstance(msg, AppendEntries) else None
+                self.become_follower(msg.term, leader)
         elif msg.term < self.current_term:
             self._answer_stale(msg)
             return
+        if self.role == LEADER:
+            self._recent_active.add(msg.src)
         match msg:
             case RequestVote():
                 self._handle_request_vote(msg)
@@ -165,6 +182,22 @@ class RaftNode:
                 self._handle_append_response(msg)
             case _:
                 raise TypeError(f"not a raft message: {msg!r}")
+
+    def _in_lease(self) -> bool:
+        return (
+            self.config.check_quorum
+            and self.role in (FOLLOWER, LEADER)
+            and self.leader_id is not None
+            and self.election_elapsed < self.config.election_timeout_min
+        )
+
+    @staticmethod
+    def _is_pre_vote_traffic(msg: Message) -> bool:
+        """A pre-vote request, or a granted pre-vote, carries the term the candidate
+        would use; neither side has moved to it, so it must not move us."""
+        if isinstance(msg, RequestVote):
+            return msg.pre_vote
+        return isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.vote_granted
 
     def propose(self, command: bytes) -> tuple[int, int]:
         """Append `command` to the leader's log. Returns its (index, term): the command
@@ -259,6 +292,19 @@ class RaftNode:
         if was != FOLLOWER or leader_id is not None:
             self._log("became_follower", leader=self.leader_id, previous_role=was)
 
+    def become_pre_candidate(self) -> None:
+        """Ask for votes in term + 1 without taking it: the term, the vote and the
+        log stay as they are until a majority says it would vote for us."""
+        if self.role == LEADER:
+            raise LogInvariantError("a leader does not become a pre-candidate")
+        self.role = PRE_CANDIDATE
+        self.leader_id = None
+        self._tick_role = self._tick_election
+        self.votes = {self.id: True}
+        self._reset_election_timer()
+        self._log("pre_vote_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
+        self._request_votes(self.current_term + 1, pre_vote=True)
+
     def become_candidate(self) -> None:
         if self.role == LEADER:
             raise LogInvariantError("a leader does not become a candidate")
@@ -278,6 +324,8 @@ class RaftNode:
         self.leader_id = self.id
         self._tick_role = self._tick_heartbeat
         self.heartbeat_elapsed = 0
+        self.election_elapsed = 0
+        self._recent_active = set()
         last = self.log.last_index
         self.progress = {p: Progress(match_index=0, next_index=last + 1) for p in self.peers}
         # §8: a no-op of the new term lets the leader commit, and so learn, everything
@@ -292,9 +340,22 @@ class RaftNode:
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout:
-            self._campaign()
+            if self.config.pre_vote and self.peers:
+                self.become_pre_candidate()
+            else:
+                self._campaign()
 
     def _tick_heartbeat(self) -> None:
+        self.election_elapsed += 1
+        if self.config.check_quorum and self.election_elapsed >= self.config.election_timeout_min:
+            self.election_elapsed = 0
+            heard = len(self._recent_active) + 1
+            self._recent_active = set()
+            if heard < self.quorum_size():
+                self._log("leader_stepped_down", reason="no quorum heard within an election timeout", heard=heard)
+                self.leader_id = None
+                self.become_follower(self.current_term, None)
+                return
         self.heartbeat_elapsed += 1
         if self.heartbeat_elapsed >= self.config.heartbeat_interval:
             self.heartbeat_elapsed = 0
@@ -319,20 +380,23 @@ class RaftNode:
         if has_quorum(self.votes.values(), len(self.voters)):
             self.become_leader()
             return
+        self._request_votes(self.current_term, pre_vote=False)
+
+    def _request_votes(self, term: int, *, pre_vote: bool) -> None:
         for peer in self.peers:
             self._send(
                 RequestVote(
-                    src=self.id,
-                    dst=peer,
-                    term=self.current_term,
-                    last_log_index=self.log.last_index,
-                    last_log_term=self.log.last_term,
+                    src=self.id, dst=peer, term=term, last_log_index=self.log.last_index,
+                    last_log_term=self.log.last_term, pre_vote=pre_vote,
                 )
             )
 
     # --- votes -------------------------------------------------------------------
 
     def _handle_request_vote(self, msg: RequestVote) -> None:
+        if msg.pre_vote:
+            self._handle_pre_vote(msg)
+            return
         reason = self._vote_refusal(msg)
         granted = reason is None
         if granted:
@@ -357,7 +421,23 @@ class RaftNode:
         # §5.2: at most one vote per term, first come first served.
         return self.voted_for is None or self.voted_for == candidate
 
+    def _handle_pre_vote(self, msg: RequestVote) -> None:
+        """Would we vote for msg.src in msg.term? Nothing here changes our state."""
+        granted = msg.term > self.current_term and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
+        self._log("pre_vote_granted" if granted else "pre_vote_rejected", candidate=msg.src, for_term=msg.term)
+        # A grant names the term it is for; a refusal carries ours, so a candidate
+        # that is behind learns the newer term.
+        answer_term = msg.term if granted else self.current_term
+        self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=answer_term, vote_granted=granted, pre_vote=True))
+
     def _handle_vote_response(self, msg: RequestVoteResponse) -> None:
+        if msg.pre_vote:
+            if self.role != PRE_CANDIDATE or (msg.vote_granted and msg.term != self.current_term + 1):
+                return  # not asking now, or a grant from an earlier round
+            self.votes.setdefault(msg.src, msg.vote_granted)
+            if has_quorum(self.votes.values(), len(self.voters)):
+                self._campaign()
+            return
         if self.role != CANDIDATE:
             return
         self.votes.setdefault(msg.src, msg.vote_granted)
@@ -516,7 +596,7 @@ class RaftNode:
         deposed leader or stale candidate steps down (§5.1); answers are dropped."""
         match msg:
             case RequestVote():
-                self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=False))
+                self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=False, pre_vote=msg.pre_vote))
             case AppendEntries():
                 self._send(
                     AppendEntriesResponse(

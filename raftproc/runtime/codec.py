@@ -42,7 +42,7 @@ _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 # Field -> accepted Python types (bool is checked apart: it is a subclass of int).
 _INT_OR_NONE = ("conflict_term",)
-_BOOLS = ("vote_granted", "success")
+_BOOLS = ("vote_granted", "success", "pre_vote")
 
 
 def encode_message(msg: Message) -> bytes:

@@ -55,6 +55,7 @@ from raftproc.core.messages import (
     Entry,
     Message,
     NodeId,
+    RequestVote,
     RequestVoteResponse,
     describe,
 )
@@ -104,6 +105,8 @@ def random_raft_config(rng: random.Random) -> Config:
         heartbeat_interval=rng.choice((2, 3)),
         max_entries_per_message=rng.choice((1, 2, 3, 8, 32)),
         max_inflight_entries=rng.choice((4, 16, 64, 256)),
+        pre_vote=rng.random() < 0.5,
+        check_quorum=rng.random() < 0.5,
     )
 
 
@@ -560,9 +563,16 @@ class Simulation:
         """Persist before you promise (Figure 2): what a message commits its sender to
         must already be in the sender's storage."""
         hs = sn.storage.hard_state
-        if msg.term > hs.current_term:
+        # Pre-vote traffic names a term nobody has taken yet (thesis §9.6); it
+        # promises nothing, so only the pre-candidate's own next term is allowed.
+        allowed = hs.current_term
+        if isinstance(msg, RequestVote) and msg.pre_vote:
+            allowed = hs.current_term + 1
+        elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.vote_granted:
+            allowed = msg.term
+        if msg.term > allowed:
             raise SafetyViolation(f"node {sn.id} sends term {msg.term} with term {hs.current_term} persisted: {describe(msg)}")
-        if isinstance(msg, RequestVoteResponse) and msg.vote_granted:
+        if isinstance(msg, RequestVoteResponse) and msg.vote_granted and not msg.pre_vote:
             if hs.current_term != msg.term or hs.voted_for != msg.dst:
                 raise SafetyViolation(f"node {sn.id} grants a vote it has not persisted ({hs}): {describe(msg)}")
         elif isinstance(msg, AppendEntriesResponse) and msg.success:

@@ -128,7 +128,7 @@ def test_figure_8_previous_term_entry_is_not_committed_by_counting():
     """The paper's Figure 8, scripted. Reference: §5.4.2"""
     from raftproc.core import Config
 
-    cfg = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=1)
+    cfg = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=1, pre_vote=False, check_quorum=False)
     for node_cls, should_lose_commit in ((RaftNode, False), (CommitsPreviousTermByCounting, True)):
         c = Cluster(5, node_cls=node_cls, config=cfg)
         # (a) S1 leads term 1; the no-op commits everywhere; x reaches only S2.

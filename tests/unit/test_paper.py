@@ -287,7 +287,7 @@ def test_follower_commit_is_min_of_leader_commit_and_last_new_entry():
 def test_leader_skips_a_whole_conflicting_term_per_round_trip():
     """With the conflict hint the leader backs up one term per round trip, not one
     entry. Reference: §5.3 (the optimisation sketched at its end)"""
-    c = Cluster(3, config=Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=4))
+    c = Cluster(3, config=Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=4, pre_vote=False, check_quorum=False))
     # Node 3 holds 30 entries of an old term 1; the leader's log diverges at index 1.
     c.storage[3].entries = log_of(*[1] * 30)
     c.storage[3].hard_state = HardState(1, None, 0)
