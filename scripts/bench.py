@@ -140,10 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"window {args.window}s after {args.warmup}s warm-up, {args.repeats} runs, median [min-max]")
-    print(f"{'system':<10}{'nodes':>5}{'load':>9}{'value':>7}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
+    print(f"{'system':<10}{'nodes':>5}{'load':>9}{'value':>7}{'keys':>9}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
     for p in results:
         load = f"{p.rate:.0f}/s" if p.rate else str(p.inflight)
-        print(f"{p.system:<10}{p.nodes:>5}{load:>9}{p.value_size:>7}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
+        print(f"{p.system:<10}{p.nodes:>5}{load:>9}{p.value_size:>7}{p.keys:>9}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
               f"{fmt(p, 'p999_ms', 2):<20}{p.median('node_cpu_s'):<12.2f}{p.median('loadgen_cpu_s'):<10.2f}{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}")
     best = {s: max((p.median("ops_per_s") for p in results if p.system == s), default=0) for s in systems}
     for s in systems[1:]:
