@@ -16,9 +16,14 @@ Invariant: 0 <= stable_index <= written_index <= last_index.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
 from raftproc.core.messages import Entry
+
+
+def _term(entry: Entry) -> int:
+    return entry.term
 
 
 class LogInvariantError(AssertionError):
@@ -65,20 +70,17 @@ class RaftLog:
         return tuple(self._entries[self.written_index :])
 
     def first_index_of_term(self, index: int) -> int:
-        """The first index of the run of entries sharing the term at `index`."""
+        """The first index of the run of entries sharing the term at `index`.
+        Terms never decrease along the log, so a binary search finds it: a follower
+        rejecting an append must not walk back through a million-entry term."""
         term = self.term_at(index)
-        while index > 1 and self._entries[index - 2].term == term:
-            index -= 1
-        return index
+        return bisect_left(self._entries, term, hi=index, key=_term) + 1
 
     def last_index_of_term(self, term: int) -> int | None:
         """The last index holding `term`, or None when the log has no such entry."""
-        for i in range(len(self._entries) - 1, -1, -1):
-            t = self._entries[i].term
-            if t == term:
-                return i + 1
-            if t < term:
-                return None
+        i = bisect_right(self._entries, term, key=_term)
+        if i and self._entries[i - 1].term == term:
+            return i
         return None
 
     def is_up_to_date(self, last_log_index: int, last_log_term: int) -> bool:
