@@ -39,7 +39,7 @@ class Cluster:
         st = self.storage[i]
         node = self.node_cls(
             i, self.ids, rng=random.Random(self.rng.getrandbits(32)), config=self.config,
-            hard_state=st.hard_state, entries=list(st.entries),
+            hard_state=st.hard_state, entries=list(st.entries), snapshot=st.snapshot, applied=st.snapshot_index,
         )
         self.nodes[i] = node
         self.applied[i] = []

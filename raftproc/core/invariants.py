@@ -37,9 +37,9 @@ def check_node(node: RaftNode) -> None:
     log = node.log
     if not (node.commit_index <= log.last_index):
         raise InvariantViolation(f"node {node.id}: commit_index {node.commit_index} > last index {log.last_index}")
-    if not (node.applied <= node.commit_index):
+    if not (log.snapshot_index <= node.applied <= node.commit_index):
         raise InvariantViolation(f"node {node.id}: applied {node.applied} > commit_index {node.commit_index}")
-    if not (0 <= log.stable_index <= log.written_index <= log.last_index):
+    if not (log.snapshot_index <= log.stable_index <= log.written_index <= log.last_index):
         raise InvariantViolation(f"node {node.id}: stable {log.stable_index} / written {log.written_index} outside the log")
     if not (log.last_term <= node.current_term):
         raise InvariantViolation(f"node {node.id}: log term {log.last_term} > current term {node.current_term}")
@@ -57,8 +57,8 @@ def check_node(node: RaftNode) -> None:
 
 def check_log(node: RaftNode) -> None:
     """Full walk of the log: indexes dense, terms never decrease. O(log length)."""
-    previous_term = 0
-    for i in range(1, node.log.last_index + 1):
+    previous_term = node.log.snapshot_term
+    for i in range(node.log.first_index, node.log.last_index + 1):
         e = node.log.entry(i)
         if not (e.index == i):
             raise InvariantViolation(f"node {node.id}: entry at {i} says index {e.index}")

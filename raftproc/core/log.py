@@ -10,8 +10,14 @@ together; a host that syncs in the background reports durability later, through
 RaftNode.persisted(). A truncation pulls both down, because storage must then drop
 those entries too (the host replaces everything from the first entry it is given).
 
+After compaction the log starts at a snapshot: entries up to `snapshot_index` are
+gone from memory (a snapshot of the state machine holds their effect), and only
+the term of the last one, `snapshot_term`, is kept so that an AppendEntries whose
+prev_log_index is exactly there can still be checked. Everything up to
+snapshot_index is committed and applied, so no later leader disagrees with it.
+
 Invariant: terms never decrease along the log (enforced on every append).
-Invariant: 0 <= stable_index <= written_index <= last_index.
+Invariant: snapshot_index <= stable_index <= written_index <= last_index.
 """
 
 from __future__ import annotations
@@ -31,56 +37,77 @@ class LogInvariantError(AssertionError):
 
 
 class RaftLog:
-    __slots__ = ("_entries", "stable_index", "written_index")
+    __slots__ = ("_entries", "snapshot_index", "snapshot_term", "stable_index", "written_index")
 
-    def __init__(self, entries: Iterable[Entry] = ()) -> None:
+    def __init__(self, entries: Iterable[Entry] = (), *, snapshot_index: int = 0, snapshot_term: int = 0) -> None:
         self._entries: list[Entry] = []
-        self.stable_index = 0
-        self.written_index = 0
-        self.append(list(entries))
+        self.snapshot_index = snapshot_index
+        self.snapshot_term = snapshot_term
+        self.stable_index = self.written_index = snapshot_index
+        self.append([e for e in entries if e.index > snapshot_index])
         self.stable_index = self.written_index = self.last_index
 
     # --- reading -------------------------------------------------------------
 
     @property
+    def first_index(self) -> int:
+        """The first index still held as an entry."""
+        return self.snapshot_index + 1
+
+    @property
     def last_index(self) -> int:
-        return len(self._entries)
+        return self.snapshot_index + len(self._entries)
 
     @property
     def last_term(self) -> int:
-        return self._entries[-1].term if self._entries else 0
+        return self._entries[-1].term if self._entries else self.snapshot_term
 
     def term_at(self, index: int) -> int | None:
-        """The term of the entry at `index`; 0 for index 0; None past the end."""
+        """The term of the entry at `index`; 0 for index 0; the snapshot's term at
+        snapshot_index; None past the end or before the snapshot (compacted)."""
         if index == 0:
             return 0
-        if 0 < index <= len(self._entries):
-            return self._entries[index - 1].term
+        offset = index - self.snapshot_index
+        if offset == 0:
+            return self.snapshot_term
+        if 0 < offset <= len(self._entries):
+            return self._entries[offset - 1].term
         return None
 
+    def is_compacted(self, index: int) -> bool:
+        return index < self.snapshot_index
+
     def entry(self, index: int) -> Entry:
-        return self._entries[index - 1]
+        if index <= self.snapshot_index:
+            raise LogInvariantError(f"entry {index} is compacted into the snapshot at {self.snapshot_index}")
+        return self._entries[index - self.snapshot_index - 1]
 
     def slice(self, lo: int, hi: int) -> tuple[Entry, ...]:
-        """Entries with index in the half-open range [lo, hi)."""
+        """Entries with index in the half-open range [lo, hi); lo past the snapshot."""
         lo = max(lo, 1)
-        return tuple(self._entries[lo - 1 : hi - 1])
+        if lo <= self.snapshot_index and hi > lo:
+            raise LogInvariantError(f"slice from {lo} reaches into the snapshot at {self.snapshot_index}")
+        base = self.snapshot_index + 1
+        return tuple(self._entries[lo - base : max(hi - base, 0)])
 
     def unstable(self) -> tuple[Entry, ...]:
-        return tuple(self._entries[self.written_index :])
+        return tuple(self._entries[self.written_index - self.snapshot_index :])
 
     def first_index_of_term(self, index: int) -> int:
-        """The first index of the run of entries sharing the term at `index`.
-        Terms never decrease along the log, so a binary search finds it: a follower
-        rejecting an append must not walk back through a million-entry term."""
+        """The first index of the run of entries sharing the term at `index`, as far
+        as this log still holds it. Terms never decrease along the log, so a binary
+        search finds it: a follower rejecting an append must not walk back through a
+        million-entry term."""
         term = self.term_at(index)
-        return bisect_left(self._entries, term, hi=index, key=_term) + 1
+        return bisect_left(self._entries, term, hi=index - self.snapshot_index, key=_term) + self.snapshot_index + 1
 
     def last_index_of_term(self, term: int) -> int | None:
         """The last index holding `term`, or None when the log has no such entry."""
         i = bisect_right(self._entries, term, key=_term)
         if i and self._entries[i - 1].term == term:
-            return i
+            return i + self.snapshot_index
+        if not i and term == self.snapshot_term and self.snapshot_index:
+            return self.snapshot_index
         return None
 
     def is_up_to_date(self, last_log_index: int, last_log_term: int) -> bool:
@@ -94,7 +121,7 @@ class RaftLog:
 
     def append(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
         for e in entries:
-            if e.index != len(self._entries) + 1:
+            if e.index != self.last_index + 1:
                 raise LogInvariantError(f"append of index {e.index} to log ending at {self.last_index}")
             if e.term < self.last_term:
                 raise LogInvariantError(f"term {e.term} at {e.index} after term {self.last_term}")
@@ -102,9 +129,32 @@ class RaftLog:
 
     def truncate_from(self, index: int) -> None:
         """Drop every entry with index >= `index`."""
-        del self._entries[index - 1 :]
+        if index <= self.snapshot_index:
+            raise LogInvariantError(f"truncation from {index} into the snapshot at {self.snapshot_index}")
+        del self._entries[index - self.snapshot_index - 1 :]
         self.stable_index = min(self.stable_index, index - 1)
         self.written_index = min(self.written_index, index - 1)
 
+    def compact(self, index: int) -> None:
+        """Forget entries up to `index`: a durable snapshot now covers them."""
+        if index <= self.snapshot_index:
+            return
+        if index > self.last_index:
+            raise LogInvariantError(f"compaction to {index} past the log's end at {self.last_index}")
+        term = self.term_at(index)
+        assert term is not None
+        del self._entries[: index - self.snapshot_index]
+        self.snapshot_index, self.snapshot_term = index, term
+        # The snapshot holds these entries' effect durably, written or not.
+        self.written_index = max(self.written_index, index)
+        self.stable_index = max(self.stable_index, index)
+
+    def restore(self, index: int, term: int) -> None:
+        """Replace the whole log by a snapshot ending at (index, term)."""
+        self._entries = []
+        self.snapshot_index, self.snapshot_term = index, term
+        self.stable_index = self.written_index = index
+
     def __len__(self) -> int:
+        """Entries held in memory (not counting the snapshot)."""
         return len(self._entries)

@@ -22,6 +22,16 @@ class Entry:
     command: bytes | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """What a snapshot covers: every entry up to `index` (whose term is `term`),
+    applied, under the cluster configuration `voters`."""
+
+    index: int
+    term: int
+    voters: tuple[NodeId, ...]
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestVote:
     src: NodeId
@@ -79,13 +89,31 @@ class AppendEntriesResponse:
     conflict_index: int = 0
 
 
-Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InstallSnapshot:
+    """A leader's "your log must start from my snapshot" (paper Figure 13).
+
+    The core never sees snapshot bytes. On the leader, this message tells the host
+    to stream its newest snapshot (covering at least `snapshot.index`) to `dst`; on
+    the follower, the host steps it in once the whole file has arrived and been made
+    durable, with the metadata of the snapshot actually received. The follower
+    answers with an AppendEntriesResponse, as for an append.
+    """
+
+    src: NodeId
+    dst: NodeId
+    term: int
+    snapshot: SnapshotMeta
+
+
+Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | InstallSnapshot
 
 MESSAGE_TYPES: tuple[type, ...] = (
     RequestVote,
     RequestVoteResponse,
     AppendEntries,
     AppendEntriesResponse,
+    InstallSnapshot,
 )
 
 
@@ -114,6 +142,8 @@ def describe(msg: Message) -> str:
                 f"{head} prev={msg.prev_log_term}/{msg.prev_log_index} "
                 f"entries={describe_entries(msg.entries)} commit={msg.leader_commit}"
             )
+        case InstallSnapshot():
+            return f"{head} snapshot={msg.snapshot.term}/{msg.snapshot.index}"
         case AppendEntriesResponse():
             if msg.success:
                 return f"{head} ok match={msg.match_index}"

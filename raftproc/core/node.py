@@ -26,6 +26,7 @@ Invariants (checked from outside by raftproc.core.invariants after every step):
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -35,12 +36,14 @@ from raftproc.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
     Entry,
+    InstallSnapshot,
     Message,
     NodeId,
     RequestVote,
     RequestVoteResponse,
+    SnapshotMeta,
 )
-from raftproc.core.progress import PROBE, REPLICATE, Progress
+from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftproc.core.quorum import has_quorum, majority, quorum_index
 from raftproc.core.ready import HardState, Ready
 
@@ -104,13 +107,16 @@ class RaftNode:
         config: Config | None = None,
         hard_state: HardState | None = None,
         entries: Iterable[Entry] = (),
+        snapshot: SnapshotMeta | None = None,
         applied: int = 0,
         log: LogFn = _no_log,
     ) -> None:
-        """Build a node, or rebuild one from what it persisted (`hard_state`, `entries`).
+        """Build a node, or rebuild one from what it persisted (`hard_state`, the
+        newest `snapshot` and the `entries` after it).
 
-        `applied` is how much of the log the host's state machine already holds;
-        committed entries after it are handed out again through ready().
+        `applied` is how much of the log the host's state machine already holds (at
+        least the snapshot it restored); committed entries after it are handed out
+        again through ready().
         """
         self.id = node_id
         self.voters: tuple[NodeId, ...] = tuple(sorted(set(voters)))
@@ -122,12 +128,15 @@ class RaftNode:
         self._log_fn = log
 
         hs = hard_state or HardState()
-        self.log = RaftLog(entries)
+        snap = snapshot or SnapshotMeta(0, 0, self.voters)
+        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term)
         self.current_term = hs.current_term
         self.voted_for: NodeId | None = hs.voted_for
-        # A persisted commit index is only a hint; never trust it past the log we found.
-        self.commit_index = min(hs.commit_index, self.log.last_index)
-        self.applied = min(applied, self.commit_index)
+        # A persisted commit index is only a hint; never trust it past the log we
+        # found. A snapshot only ever holds committed entries.
+        self.commit_index = max(min(hs.commit_index, self.log.last_index), snap.index)
+        self.applied = max(min(applied, self.commit_index), snap.index)
+        self._pending_snapshot: SnapshotMeta | None = None
         self._persisted_hard_state = hs
 
         self.role = FOLLOWER
@@ -162,9 +171,10 @@ class RaftNode:
                 self._log("vote_rejected", candidate=msg.src, reason="leader lease", pre_vote=msg.pre_vote)
                 return
             if not self._is_pre_vote_traffic(msg):
-                # §5.1: a higher term always wins. The sender of an AppendEntries in
-                # that term is its leader; anyone else is not known to lead yet.
-                leader = msg.src if isinstance(msg, AppendEntries) else None
+                # §5.1: a higher term always wins. The sender of an AppendEntries or
+                # InstallSnapshot in that term is its leader; anyone else is not
+                # known to lead yet.
+                leader = msg.src if isinstance(msg, (AppendEntries, InstallSnapshot)) else None
                 self.become_follower(msg.term, leader)
         elif msg.term < self.current_term:
             self._answer_stale(msg)
@@ -180,6 +190,8 @@ class RaftNode:
                 self._handle_append_entries(msg)
             case AppendEntriesResponse():
                 self._handle_append_response(msg)
+            case InstallSnapshot():
+                self._handle_install_snapshot(msg)
             case _:
                 raise TypeError(f"not a raft message: {msg!r}")
 
@@ -217,9 +229,42 @@ class RaftNode:
         gone. A leader probes it again from the last index known to match, as etcd's
         raft does on MsgUnreachable; nothing else changes."""
         pr = self.progress.get(peer) if self.role == LEADER else None
-        if pr is not None:
+        if pr is not None and pr.state != SNAPSHOT:
             pr.next_index = pr.match_index + 1
             pr.become_probe()
+
+    def report_snapshot(self, peer: NodeId, *, success: bool) -> None:
+        """The host finished streaming a snapshot to `peer` (success: the follower
+        has the whole file) or gave up on it. Either way the leader probes again: on
+        success just past the snapshot, where the follower's answer to installing it
+        will meet it; on failure from the last known match, which leads back to a
+        fresh snapshot if the follower still needs one."""
+        self._check_not_in_ready()
+        pr = self.progress.get(peer) if self.role == LEADER else None
+        if pr is None or pr.state != SNAPSHOT:
+            return
+        pending = pr.pending_snapshot
+        pr.become_probe()
+        self._log("snapshot_reported", peer=peer, index=pending, success=success)
+        if success:
+            pr.next_index = max(pr.match_index, pending) + 1
+            self._send_append(peer)
+        else:
+            # Retry from the next heartbeat: a transport that fails at once (peer
+            # down) must not be handed a new snapshot in the same breath, forever.
+            pr.next_index = pr.match_index + 1
+            pr.probe_sent = True
+
+    def compact(self, index: int) -> None:
+        """The host holds a durable snapshot of the state machine through `index`:
+        the entries up to it leave memory. Only applied entries can be in a snapshot."""
+        self._check_not_in_ready()
+        if index > self.applied:
+            raise LogInvariantError(f"compaction to {index} past the applied index {self.applied}")
+        before = self.log.snapshot_index
+        self.log.compact(index)
+        if self.log.snapshot_index > before:
+            self._log("log_compacted", snapshot_index=index, entries_left=len(self.log))
 
     # --- output ---------------------------------------------------------------
 
@@ -227,6 +272,7 @@ class RaftNode:
         self._flush_broadcast()
         return bool(
             self._outbox
+            or self._pending_snapshot is not None
             or self.log.written_index < self.log.last_index
             or self._hard_state_changed()
             or self.applied < self.commit_index
@@ -236,12 +282,14 @@ class RaftNode:
         self._check_not_in_ready()
         self._flush_broadcast()
         rd = Ready(
+            snapshot=self._pending_snapshot,
             hard_state=self._hard_state() if self._hard_state_changed() else None,
             entries=self.log.unstable(),
             messages=tuple(self._outbox),
             committed_entries=self.log.slice(self.applied + 1, self.commit_index + 1),
         )
         self._outbox = []
+        self._pending_snapshot = None
         self._in_ready = True
         return rd
 
@@ -452,6 +500,10 @@ class RaftNode:
             self.become_follower(self.current_term, msg.src)
         self._reset_election_timer()
 
+        if msg.prev_log_index < self.log.snapshot_index:
+            msg = self._skip_compacted(msg)
+            if msg is None:
+                return
         prev = msg.prev_log_index
         local_term = self.log.term_at(prev)
         if local_term != msg.prev_log_term:
@@ -460,6 +512,44 @@ class RaftNode:
         last_new = self._append_from_leader(msg)
         self._follower_commit(msg.leader_commit, last_new)
         self._send(self._append_ok(msg.src, last_new))
+
+    def _skip_compacted(self, msg: AppendEntries) -> AppendEntries | None:
+        """An append that starts inside our snapshot. Everything the snapshot covers is
+        committed, so the leader's log agrees with it (Leader Completeness): keep only
+        the entries past it, as if the leader had sent those from the snapshot on. With
+        nothing past it, acknowledge what we know matches: our commit index."""
+        skip = self.log.snapshot_index - msg.prev_log_index
+        if len(msg.entries) <= skip:
+            self._send(self._append_ok(msg.src, self.commit_index))
+            return None
+        return dataclasses.replace(
+            msg, prev_log_index=self.log.snapshot_index, prev_log_term=self.log.snapshot_term, entries=msg.entries[skip:],
+        )
+
+    def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
+        if self.role != FOLLOWER or self.leader_id != msg.src:
+            self.become_follower(self.current_term, msg.src)
+        self._reset_election_timer()
+        snap = msg.snapshot
+        if snap.index <= self.commit_index:
+            self._log("snapshot_ignored", index=snap.index, reason="already committed", commit_index=self.commit_index)
+        elif self.log.term_at(snap.index) == snap.term:
+            # Figure 13 step 6: our log holds the snapshot's last entry, so by Log
+            # Matching everything before it; what follows may be entries we
+            # acknowledged and a majority counts on. Keep it all, and apply from the
+            # log as usual.
+            self._log("snapshot_ignored", index=snap.index, reason="log already holds it")
+            self._follower_commit(snap.index, snap.index)
+        else:
+            self._restore(snap)
+        self._send(self._append_ok(msg.src, self.commit_index))
+
+    def _restore(self, snap: SnapshotMeta) -> None:
+        """Figure 13 step 7: discard the whole log; the snapshot replaces it."""
+        self._log("snapshot_restored", index=snap.index, snapshot_term=snap.term, dropped_to=self.log.last_index)
+        self.log.restore(snap.index, snap.term)
+        self.commit_index = self.applied = snap.index
+        self._pending_snapshot = snap
 
     def _append_from_leader(self, msg: AppendEntries) -> int:
         """Store msg.entries after a matching prev_log_index; return the index of the
@@ -527,6 +617,8 @@ class RaftNode:
                 self._maybe_commit()
             self._send_append(msg.src)
             return
+        if pr.state == SNAPSHOT:
+            return  # a heartbeat's answer while the snapshot is on its way
         if msg.rejected_index <= pr.match_index or (pr.state == PROBE and msg.rejected_index != pr.next_index - 1):
             return  # stale: an answer to something we sent before we learned more
         pr.on_reject(min(self._next_index_after_reject(msg), msg.rejected_index))
@@ -564,9 +656,16 @@ class RaftNode:
 
     def _send_append(self, peer: NodeId, heartbeat: bool = False) -> None:
         pr = self.progress[peer]
+        if pr.state == SNAPSHOT:
+            if heartbeat:
+                self._send_snapshot_heartbeat(peer)
+            return
         if heartbeat:
             pr.probe_sent = False
         if pr.state == PROBE and pr.probe_sent:
+            return
+        if pr.next_index <= self.log.snapshot_index:
+            self._send_snapshot(peer, pr)
             return
         last = self.log.last_index
         entries: tuple[Entry, ...] = ()
@@ -589,6 +688,24 @@ class RaftNode:
         elif pr.state == PROBE:
             pr.probe_sent = True
 
+    def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
+        """The follower needs entries we compacted: the host streams it our snapshot."""
+        snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.voters)
+        pr.become_snapshot(snap.index)
+        self._log("snapshot_needed", peer=peer, index=snap.index, match_index=pr.match_index)
+        self._send(InstallSnapshot(src=self.id, dst=peer, term=self.current_term, snapshot=snap))
+
+    def _send_snapshot_heartbeat(self, peer: NodeId) -> None:
+        """Keep the follower's election timer quiet while its snapshot streams. The
+        append names our snapshot's last entry, which every log that installed a
+        snapshot of ours holds; its success ends the SNAPSHOT state."""
+        self._send(
+            AppendEntries(
+                src=self.id, dst=peer, term=self.current_term, prev_log_index=self.log.snapshot_index,
+                prev_log_term=self.log.snapshot_term, entries=(), leader_commit=self.commit_index,
+            )
+        )
+
     # --- helpers --------------------------------------------------------------------
 
     def _answer_stale(self, msg: Message) -> None:
@@ -602,6 +719,13 @@ class RaftNode:
                     AppendEntriesResponse(
                         src=self.id, dst=msg.src, term=self.current_term, success=False,
                         rejected_index=msg.prev_log_index,
+                    )
+                )
+            case InstallSnapshot():
+                self._send(
+                    AppendEntriesResponse(
+                        src=self.id, dst=msg.src, term=self.current_term, success=False,
+                        rejected_index=msg.snapshot.index,
                     )
                 )
 

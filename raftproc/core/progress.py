@@ -9,6 +9,10 @@ A follower is in one of two states, as in etcd's raft:
   `next_index` optimistically as it sends, up to `max_inflight` entries beyond
   `match_index`. A lost message shows up as a rejection (a gap at the follower),
   which sends the follower back to PROBE.
+- SNAPSHOT: the follower needs entries the leader has compacted. The host is
+  streaming it a snapshot covering `pending_snapshot`; nothing else is sent but
+  heartbeats until the follower acknowledges an index at or past it, or the host
+  reports that the transfer failed (then PROBE again).
 
 Invariant: match_index < next_index (entries up to match_index are known to match).
 """
@@ -19,6 +23,7 @@ from dataclasses import dataclass
 
 PROBE = "probe"
 REPLICATE = "replicate"
+SNAPSHOT = "snapshot"
 
 
 @dataclass(slots=True)
@@ -28,14 +33,23 @@ class Progress:
     state: str = PROBE
     # In PROBE: an AppendEntries is out and unanswered; cleared by an answer or a heartbeat.
     probe_sent: bool = False
+    # In SNAPSHOT: the index of the snapshot being sent.
+    pending_snapshot: int = 0
 
     def become_probe(self) -> None:
         self.state = PROBE
         self.probe_sent = False
+        self.pending_snapshot = 0
+
+    def become_snapshot(self, index: int) -> None:
+        self.state = SNAPSHOT
+        self.probe_sent = False
+        self.pending_snapshot = index
 
     def become_replicate(self) -> None:
         self.state = REPLICATE
         self.probe_sent = False
+        self.pending_snapshot = 0
 
     def on_success(self, match_index: int) -> bool:
         """Record that the follower matches up to `match_index`. Returns True when
@@ -45,7 +59,7 @@ class Progress:
             self.match_index = match_index
         if self.next_index <= match_index:
             self.next_index = match_index + 1
-        if self.state == PROBE:
+        if self.state == PROBE or (self.state == SNAPSHOT and self.match_index >= self.pending_snapshot):
             self.become_replicate()
         return advanced
 

@@ -2,8 +2,12 @@
 
 The host handles a Ready in exactly this order:
 
-1. Persist `hard_state` (when not None) and `entries`, and fsync. Storage first drops
-   every entry it holds with index >= entries[0].index, then appends `entries`.
+1. When `snapshot` is set: install the snapshot the host received for it (the
+   InstallSnapshot the host stepped in): it becomes the node's newest durable
+   snapshot, storage forgets every entry it holds (entries written before it must
+   never come back on a restart), and the state machine is restored from it.
+   Then persist `hard_state` (when not None) and `entries`, and fsync. Storage first
+   drops every entry it holds with index >= entries[0].index, then appends `entries`.
 2. Send `messages`. Only now: they may promise (a vote, an append acknowledgement)
    what step 1 made durable. Raft paper, Figure 2: "respond to RPCs" comes after
    "updated on stable storage before responding".
@@ -23,7 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftproc.core.messages import AppendEntries, Entry, Message, NodeId
+from raftproc.core.messages import AppendEntries, Entry, InstallSnapshot, Message, NodeId, SnapshotMeta
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +46,8 @@ class HardState:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
+    # Installed (and the log dropped) before anything else; None almost always.
+    snapshot: SnapshotMeta | None = None
     # Persisted and fsynced BEFORE messages are sent. None: unchanged since last Ready.
     hard_state: HardState | None = None
     # Persisted and fsynced BEFORE messages are sent. Replaces stored entries from entries[0].index on.
@@ -52,7 +58,7 @@ class Ready:
     committed_entries: tuple[Entry, ...] = field(default=())
 
     def is_empty(self) -> bool:
-        return not (self.hard_state or self.entries or self.messages or self.committed_entries)
+        return not (self.snapshot or self.hard_state or self.entries or self.messages or self.committed_entries)
 
 
 def split_messages(rd: Ready) -> tuple[list[Message], list[Message]]:
@@ -60,5 +66,6 @@ def split_messages(rd: Ready) -> tuple[list[Message], list[Message]]:
     early: list[Message] = []
     after: list[Message] = []
     for m in rd.messages:
-        (early if isinstance(m, AppendEntries) else after).append(m)
+        # An InstallSnapshot, like an append, promises nothing about the sender's disk.
+        (early if isinstance(m, (AppendEntries, InstallSnapshot)) else after).append(m)
     return early, after

@@ -11,7 +11,12 @@ Time is a step counter; one step is one tick of every running node. In each step
 5. every property below is checked.
 
 After every input the node's Ready is handled exactly as a real host must: persist
-to the node's MemoryStorage, then send, then apply, then advance. Sending puts a
+to the node's MemoryStorage, then send, then apply, then advance. Most runs also
+snapshot: a node whose applied index runs a drawn number of entries past its last
+snapshot saves one and compacts its log, so leaders must send InstallSnapshot to
+followers that fall behind. An InstallSnapshot carries the leader's stored snapshot
+as a whole (the chunked stream is the host's business, tested apart); if the
+network loses it the leader hears that the transfer failed, as a host would. Sending puts a
 message on the network with a random delay of at least one step (so messages
 reorder), and the network may drop or duplicate it. A crash throws away the
 RaftNode object: only its storage survives, and the restart rebuilds the node from
@@ -34,6 +39,9 @@ Properties checked after every step (Raft paper, Figure 3, plus durability):
   only in the rare runs where that future leader then appears.
 - Persist before promise: a vote, an append acknowledgement, or any message of a
   term leaves a node only after its storage holds what the message promises.
+- Committed entries stay: once a node's storage holds a committed entry (in its log
+  or its snapshot) it holds it forever. A truncation or a snapshot install that
+  drops one is a bug even when enough other copies survive to hide it.
 - Per-node invariants (raftproc.core.invariants) before and after each step.
 
 After the run, faults heal (partitions, loss, crashed nodes restart) and liveness is
@@ -53,10 +61,12 @@ from raftproc.core.log import LogInvariantError
 from raftproc.core.messages import (
     AppendEntriesResponse,
     Entry,
+    InstallSnapshot,
     Message,
     NodeId,
     RequestVote,
     RequestVoteResponse,
+    SnapshotMeta,
     describe,
 )
 from raftproc.core.node import LEADER, Config, RaftNode
@@ -93,6 +103,7 @@ class FaultConfig:
     partition_min: int = 10
     partition_max: int = 150
     propose: float = 0.4
+    snapshots: float = 0.75  # share of runs in which nodes snapshot and compact
 
 
 def random_raft_config(rng: random.Random) -> Config:
@@ -133,10 +144,12 @@ class SimStats:
     partitions: int = 0
     messages_sent: int = 0
     messages_dropped: int = 0
+    snapshots_taken: int = 0
+    snapshots_installed: int = 0
 
 
 class SimNode:
-    __slots__ = ("id", "node", "storage", "view", "applied_index", "down_until", "pending")
+    __slots__ = ("id", "node", "storage", "view", "applied_index", "down_until", "pending", "received", "durable_floor")
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
@@ -148,6 +161,11 @@ class SimNode:
         self.view: NodeView | None = None
         self.applied_index = 0
         self.down_until = 0
+        # Snapshots that arrived whole and were stepped in, waiting for the Ready
+        # that installs one: (index, term) -> data.
+        self.received: dict[tuple[int, int], tuple[Entry, ...]] = {}
+        # The highest committed index known to be in this node's storage: it must stay.
+        self.durable_floor = 0
 
 
 def replay_command(seed: int, cfg: SimConfig) -> str:
@@ -195,6 +213,10 @@ class Simulation:
         self.leader_of_term: dict[int, NodeId] = {}
         self.stats = SimStats(seed=seed, nodes=self.cfg.nodes)
         self._next_command = 0
+        # Entries a node applies past its last snapshot before it takes the next one.
+        self.snapshot_every = self.rng.choice((2, 5, 13, 40)) if self.rng.random() < self.faults.snapshots else 0
+        # Snapshot data travelling with an InstallSnapshot, by message sequence number.
+        self._snapshot_payload: dict[int, tuple[Entry, ...]] = {}
         for sn in self.nodes.values():
             self._start(sn)
 
@@ -295,9 +317,12 @@ class Simulation:
             config=self.raft_config,
             hard_state=st.hard_state,
             entries=list(st.entries),
+            snapshot=st.snapshot,
+            applied=st.snapshot_index,
             log=self._node_event if self.trace else _no_event,
         )
-        sn.applied_index = 0
+        sn.received = {}
+        sn.applied_index = st.snapshot_index
         view = NodeView.of(sn.node)
         if sn.view is not None:
             check_transition(sn.view, view, restarted=True)
@@ -327,6 +352,9 @@ class Simulation:
         assert node is not None
         while node.has_ready():
             rd = node.ready()
+            if rd.snapshot is not None:
+                self._handle_snapshot_ready(sn, rd)
+                continue
             early, after = split_messages(rd)
             self._send(sn, early)
             if early and self._crash_mid_ready > 0 and self.rng.random() < self._crash_mid_ready:
@@ -344,6 +372,37 @@ class Simulation:
             self._send(sn, tuple(after), promised)
             self._apply(sn, rd.committed_entries)
             node.advance(rd)
+        self._maybe_snapshot(sn)
+
+    def _handle_snapshot_ready(self, sn: SimNode, rd: Ready) -> None:
+        """Installing a snapshot is done inline, whatever the sync mode: writes still
+        pending are made durable first (their messages may leave), then the snapshot
+        replaces state machine and log."""
+        node = sn.node
+        assert node is not None and rd.snapshot is not None
+        pending, sn.pending = sn.pending, []
+        for prd, after, promised in pending:
+            self._persist(sn, prd)
+            self._send(sn, tuple(after), promised)
+        early, after = split_messages(rd)
+        promised = [self._promised_term(node, m) for m in after]
+        self._send(sn, early)
+        self._persist(sn, rd)
+        self._send(sn, tuple(after), promised)
+        self._apply(sn, rd.committed_entries)
+        node.advance(rd)
+
+    def _maybe_snapshot(self, sn: SimNode) -> None:
+        node = sn.node
+        st = sn.storage
+        if not self.snapshot_every or node is None or sn.applied_index - st.snapshot_index < self.snapshot_every:
+            return
+        index = sn.applied_index
+        term = node.log.term_at(index)
+        assert term is not None
+        st.save_snapshot(SnapshotMeta(index, term, node.voters), tuple(self.committed[:index]))
+        node.compact(index)
+        self.stats.snapshots_taken += 1
 
     def _sync_pending(self, sn: SimNode) -> None:
         """A background sync completes: everything written so far is durable, the
@@ -357,6 +416,15 @@ class Simulation:
         self._handle_ready(sn)
 
     def _persist(self, sn: SimNode, rd: Ready) -> None:
+        data = None
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            data = sn.received.pop((snap.index, snap.term))
+            sn.received.clear()
+            self._check_snapshot_data(sn.id, data)
+            sn.applied_index = snap.index
+            self.stats.snapshots_installed += 1
+            self._note(f"node {sn.id} installs snapshot {snap.term}/{snap.index}")
         if rd.entries:
             first = rd.entries[0].index
             prev_term = sn.storage.term_at(first - 1)
@@ -365,7 +433,12 @@ class Simulation:
             for e in rd.entries:
                 self._check_log_matching(sn.id, e, prev_term)
                 prev_term = e.term
-        sn.storage.persist(rd)
+        sn.storage.persist(rd, data)
+
+    def _check_snapshot_data(self, node_id: NodeId, data: tuple[Entry, ...]) -> None:
+        for e in data:
+            if e.index > len(self.committed) or self.committed[e.index - 1] != e:
+                raise SafetyViolation(f"State Machine Safety: node {node_id} installs a snapshot holding {e}, never committed there")
 
     def _apply(self, sn: SimNode, entries: tuple[Entry, ...]) -> None:
         for e in entries:
@@ -389,6 +462,9 @@ class Simulation:
         for i, msg in enumerate(messages):
             self._check_promise(sn, msg, promised[i] if promised else None)
             self.stats.messages_sent += 1
+            if isinstance(msg, InstallSnapshot):
+                self._send_snapshot(sn, msg)
+                continue
             if self.rng.random() < self.loss:
                 self.stats.messages_dropped += 1
                 continue
@@ -398,10 +474,42 @@ class Simulation:
                 at = self.now + self.rng.randint(self.faults.min_delay, self.faults.max_delay)
                 heapq.heappush(self._in_flight, (at, self._seq, msg))
 
+    def _send_snapshot(self, sn: SimNode, msg: InstallSnapshot) -> None:
+        """The host streams its newest stored snapshot, which covers at least what the
+        core asked for; it arrives whole or the sender hears that it failed."""
+        st = sn.storage
+        assert st.snapshot is not None and st.snapshot.index >= msg.snapshot.index
+        self._seq += 1
+        self._snapshot_payload[self._seq] = st.snapshot_data
+        at = self.now + self.rng.randint(self.faults.min_delay, self.faults.max_delay * 3)
+        heapq.heappush(self._in_flight, (at, self._seq, InstallSnapshot(src=msg.src, dst=msg.dst, term=msg.term, snapshot=st.snapshot)))
+
+    def _deliver_snapshot(self, seq: int, msg: InstallSnapshot) -> None:
+        data = self._snapshot_payload.pop(seq)
+        sn = self.nodes[msg.dst]
+        sender = self.nodes[msg.src].node
+        if sn.node is None or (msg.src, msg.dst) in self.blocked or self.rng.random() < self.loss:
+            self.stats.messages_dropped += 1
+            if sender is not None:
+                sender.report_snapshot(msg.dst, success=False)
+                self._handle_ready(self.nodes[msg.src])
+            return
+        if self.trace:
+            self.trace(f"t={self.now} {describe(msg)}")
+        sn.received[(msg.snapshot.index, msg.snapshot.term)] = data
+        sn.node.step(msg)
+        self._handle_ready(sn)
+        if sender is not None:
+            sender.report_snapshot(msg.dst, success=True)
+            self._handle_ready(self.nodes[msg.src])
+
     def _deliver_due(self) -> None:
         q = self._in_flight
         while q and q[0][0] <= self.now:
-            _, _, msg = heapq.heappop(q)
+            _, seq, msg = heapq.heappop(q)
+            if isinstance(msg, InstallSnapshot):
+                self._deliver_snapshot(seq, msg)
+                continue
             sn = self.nodes[msg.dst]
             if sn.node is None or (msg.src, msg.dst) in self.blocked:
                 self.stats.messages_dropped += 1
@@ -503,6 +611,20 @@ class Simulation:
                 self._check_leader(node)
         if newest_committed is not None:
             self._check_durable(newest_committed)
+        for sn in self.nodes.values():
+            self._check_committed_kept(sn)
+
+    def _check_committed_kept(self, sn: SimNode) -> None:
+        st, committed = sn.storage, self.committed
+        floor = sn.durable_floor
+        if floor and st.term_at(floor) != committed[floor - 1].term:
+            raise SafetyViolation(
+                f"node {sn.id} lost committed entry {committed[floor - 1].term}/{floor} from its storage "
+                f"(now {st.term_at(floor)}; snapshot at {st.snapshot_index}, last index {st.last_index})"
+            )
+        while floor < len(committed) and st.term_at(floor + 1) == committed[floor].term:
+            floor += 1
+        sn.durable_floor = floor
 
     def _check_leader(self, node: RaftNode) -> None:
         term = node.current_term

@@ -1,38 +1,62 @@
 """The simulator's stable storage: what survives a crash of a simulated node.
 
-It follows the same contract as the WAL (raftproc.core.ready): persisting a Ready
-stores its hard state and replaces stored entries from the first one given. In the
-simulator a write is durable the moment `persist` returns; a crash loses exactly what
-the node held in memory and had not yet handed to `persist`.
+It follows the same contract as the WAL and snapshot files (raftproc.core.ready):
+persisting a Ready first installs its snapshot (dropping every entry), then stores
+its hard state and replaces stored entries from the first one given. A snapshot's
+data here is the applied entries themselves, so the checks can still read the term
+of a compacted entry. In the simulator a write is durable the moment it returns; a
+crash loses exactly what the node held in memory and had not yet handed over.
 """
 
 from __future__ import annotations
 
-from raftproc.core.messages import Entry
+from raftproc.core.messages import Entry, SnapshotMeta
 from raftproc.core.ready import HardState, Ready
 
 
 class MemoryStorage:
-    __slots__ = ("hard_state", "entries")
+    __slots__ = ("hard_state", "entries", "snapshot", "snapshot_data")
 
     def __init__(self) -> None:
         self.hard_state = HardState()
-        self.entries: list[Entry] = []
+        self.snapshot: SnapshotMeta | None = None
+        self.snapshot_data: tuple[Entry, ...] = ()  # entries 1..snapshot.index
+        self.entries: list[Entry] = []  # entries after the snapshot
 
-    def persist(self, rd: Ready) -> None:
+    @property
+    def snapshot_index(self) -> int:
+        return self.snapshot.index if self.snapshot else 0
+
+    def persist(self, rd: Ready, snapshot_data: tuple[Entry, ...] | None = None) -> None:
+        if rd.snapshot is not None:
+            assert snapshot_data is not None and len(snapshot_data) == rd.snapshot.index
+            self.snapshot, self.snapshot_data = rd.snapshot, snapshot_data
+            self.entries = []
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
-        if rd.entries:
-            del self.entries[rd.entries[0].index - 1 :]
-            self.entries.extend(rd.entries)
+        # A background write may land after a snapshot already covers its first entries.
+        base = self.snapshot_index
+        entries = [e for e in rd.entries if e.index > base]
+        if entries:
+            del self.entries[entries[0].index - base - 1 :]
+            self.entries.extend(entries)
+
+    def save_snapshot(self, meta: SnapshotMeta, data: tuple[Entry, ...]) -> None:
+        """A local snapshot of applied state: entries it covers leave the log."""
+        drop = meta.index - self.snapshot_index
+        self.snapshot, self.snapshot_data = meta, data
+        del self.entries[:drop]
 
     def term_at(self, index: int) -> int | None:
         if index == 0:
             return 0
-        if index <= len(self.entries):
-            return self.entries[index - 1].term
+        base = self.snapshot_index
+        if index <= base:
+            return self.snapshot_data[index - 1].term
+        if index - base <= len(self.entries):
+            return self.entries[index - base - 1].term
         return None
 
     @property
     def last_index(self) -> int:
-        return len(self.entries)
+        return self.snapshot_index + len(self.entries)

@@ -75,6 +75,20 @@ class LeaderCountsUnpersistedEntries(RaftNode):
         return False
 
 
+class DiscardsLogOnEverySnapshot(RaftNode):
+    """An eighth, for snapshots: the follower drops its whole log on every
+    InstallSnapshot past its commit index, skipping Figure 13 step 6 (keep the
+    entries after the snapshot when the log already holds its last entry)."""
+
+    def _handle_install_snapshot(self, msg) -> None:
+        if self.role != "follower" or self.leader_id != msg.src:
+            self.become_follower(self.current_term, msg.src)
+        self._reset_election_timer()
+        if msg.snapshot.index > self.commit_index:
+            self._restore(msg.snapshot)
+        self._send(self._append_ok(msg.src, self.commit_index))
+
+
 class SendsBeforePersisting(Simulation):
     """Bug 4, in the host: sends a Ready's messages (votes, acknowledgements) before
     its hard state and entries reach storage."""
@@ -103,7 +117,7 @@ def first_caught(make_sim) -> tuple[int, str] | None:
     "node_cls",
     [
         CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries,
-        CommitsLeaderCommitUnclamped, LeaderCountsUnpersistedEntries,
+        CommitsLeaderCommitUnclamped, LeaderCountsUnpersistedEntries, DiscardsLogOnEverySnapshot,
     ],
 )
 def test_sim_catches_planted_core_bug(node_cls):
