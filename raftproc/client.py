@@ -180,8 +180,10 @@ def _parse_address(text: str | None) -> Address | None:
 
 
 def _print_status(client: Client) -> int:
-    cols = ("node", "role", "term", "leader", "commit_index", "last_applied", "log_digest")
-    print(f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7}  log digest")
+    print(
+        f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>8} {'applied':>8} {'snapshot':>8} "
+        f"{'log':>7} {'wal MiB':>8}  log digest"
+    )
     for node_id in sorted(client.addresses):
         try:
             s = client.status(node_id)
@@ -190,9 +192,9 @@ def _print_status(client: Client) -> int:
             continue
         print(
             f"{s['node']:>4} {s['role']:<9} {s['term']:>5} {str(s['leader']):>6} "
-            f"{s['commit_index']:>7} {s['last_applied']:>7}  {s['log_digest'][:12]}"
+            f"{s['commit_index']:>8} {s['last_applied']:>8} {s.get('snapshot_index', 0):>8} "
+            f"{s.get('log_entries', 0):>7} {s.get('wal_bytes', 0) / 2**20:>8.1f}  {s['log_digest'][:12]}"
         )
-    del cols
     return 0
 
 
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("key")
     c.add_argument("expected")
     c.add_argument("new")
-    sub.add_parser("status", help="each node's role, term, commit index, last applied, leader")
+    sub.add_parser("status", help="each node's role, term, leader, commit and applied index, snapshot index, log entries held, WAL size")
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)

@@ -15,6 +15,11 @@ A TOML file looks like this (every top-level key is optional):
     max_frame = 16777216       # bytes; larger frames close the connection
     peer_buffer = 67108864     # bytes queued per peer before messages are dropped
     background_sync = false    # fdatasync on a thread while the loop goes on
+    snapshot_entries = 10000   # snapshot once this many entries applied since the last, and
+                               # their commands make half the last snapshot's size
+    snapshot_bytes = 67108864  # ... or once those commands pass this size, in any case
+    snapshot_chunk_bytes = 524288  # InstallSnapshot streams in chunks of this size
+    segment_bytes = 16777216   # a WAL segment is closed past this size
 
     [[node]]
     id = 1
@@ -60,6 +65,10 @@ class ClusterConfig:
     max_frame: int = 16 * 1024 * 1024
     peer_buffer: int = 64 * 1024 * 1024
     background_sync: bool = False
+    snapshot_entries: int = 10_000
+    snapshot_bytes: int = 64 * 1024 * 1024
+    snapshot_chunk_bytes: int = 512 * 1024
+    segment_bytes: int = 16 * 1024 * 1024
     source: str = field(default="built-in defaults", compare=False)
 
     def raft(self) -> RaftConfig:
@@ -93,7 +102,10 @@ def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 
     )
 
 
-_INT_KEYS = ("tick_ms", "election_timeout_min", "election_timeout_max", "heartbeat_interval", "max_frame", "peer_buffer")
+_INT_KEYS = (
+    "tick_ms", "election_timeout_min", "election_timeout_max", "heartbeat_interval", "max_frame", "peer_buffer",
+    "snapshot_entries", "snapshot_bytes", "snapshot_chunk_bytes", "segment_bytes",
+)
 
 
 def load_config(path: str | Path | None) -> ClusterConfig:
@@ -150,6 +162,8 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
             raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")
         changes["log_level"] = raw["log_level"]
     cfg = replace(cfg, **changes)
+    if cfg.snapshot_chunk_bytes > cfg.max_frame - 4096:
+        raise ConfigError(f"{source}: snapshot_chunk_bytes must leave room for a frame header under max_frame")
     try:
         cfg.raft()
     except ValueError as e:

@@ -6,6 +6,8 @@
     python scripts/bench.py --failover 15                    # kill -9 of the leader, 15 rounds
     python scripts/bench.py --nodes 3,5,7 --value-size 64,1024,16384
     python scripts/bench.py --tiny                           # seconds; CI runs this so it cannot rot
+    python scripts/bench.py --snapshots                      # restart and InstallSnapshot catch-up
+                                                             # with 1M keys; disk after 5M writes
 
 Each point is measured --repeats times (systems interleaved, so machine noise hits
 all alike) over --window seconds after --warmup; the table shows medians with
@@ -26,7 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raftproc.ops.bench import EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, measure
+from raftproc.ops.bench import EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, measure, snapshot_bench
 from raftproc.ops.benchplot import write_plot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,6 +76,27 @@ def fmt(p: Point, key: str, digits: int = 1) -> str:
     return f"{p.median(key):.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
 
 
+def snapshot_figures(args) -> int:
+    repeats = 1 if args.tiny else args.repeats
+    result = snapshot_bench(
+        keys=args.snapshot_keys, churn_writes=args.churn_writes, churn_keys=args.churn_keys, repeats=repeats,
+        say=lambda m: print(m, flush=True),
+    )
+    med = lambda rows, key: statistics.median(r[key] for r in rows)  # noqa: E731
+    print()
+    print(f"  restart with {args.snapshot_keys:,} keys (median of {repeats}): answering {med(result['restart'], 'answering_s'):.2f} s, "
+          f"caught up {med(result['restart'], 'caught_up_s'):.2f} s, peak RSS {med(result['restart'], 'peak_rss_mb'):.0f} MB")
+    print(f"  catch-up after missing {args.snapshot_keys:,} writes (median of {repeats}): {med(result['catch_up'], 'caught_up_s'):.2f} s, "
+          f"peak RSS follower {med(result['catch_up'], 'peak_rss_mb'):.0f} MB, leader {med(result['catch_up'], 'leader_peak_rss_mb'):.0f} MB")
+    for row in result["disk"]:
+        print(f"  after {row['writes']:>10,} writes to {args.churn_keys:,} keys: {row['max_node_disk_mb']:7.1f} MB on disk per node, "
+              f"{row['max_log_entries']:>7,} log entries in memory, RSS {row['max_rss_mb']:.0f} MB, {row['ops_per_s']:,.0f} ops/s")
+    result["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()}
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(f"\n  results: {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--nodes", default="3", help="cluster sizes, comma-separated")
@@ -88,10 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
     a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
+    a.add_argument("--snapshots", action="store_true", help="only the snapshot figures: restart and catch-up with --snapshot-keys keys, disk after --churn-writes writes")
+    a.add_argument("--snapshot-keys", type=int, default=1_000_000)
+    a.add_argument("--churn-writes", type=int, default=5_000_000)
+    a.add_argument("--churn-keys", type=int, default=10_000)
     a.add_argument("--out", default="bench.json")
     a.add_argument("--plot", default="bench.svg")
     args = a.parse_args(argv)
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
+    if args.snapshots:
+        return snapshot_figures(args)
     if args.tiny:
         args.inflight, args.repeats, args.warmup, args.window = "16", 1, 0.3, 1.0
     systems = ["raftproc"] + [s for s in args.compare.split(",") if s]

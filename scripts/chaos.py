@@ -29,13 +29,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, help="default: clients / 2, so operations collide")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="default: runs/seed-N")
+    p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
+                   help="snapshot every N entries (default: the node default, 10000); ~100 makes snapshots and InstallSnapshot happen during faults")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
     bad = set(faults) - set(ALL_FAULTS)
     if bad:
         p.error(f"unknown faults {sorted(bad)}; choose from {', '.join(ALL_FAULTS)}")
     out = Path(args.out or f"runs/seed-{args.seed}")
-    result = run_chaos(ChaosOptions(out=out, nodes=args.nodes, duration=args.duration, faults=faults, clients=args.clients, seed=args.seed, keys=args.keys))
+    result = run_chaos(ChaosOptions(out=out, nodes=args.nodes, duration=args.duration, faults=faults, clients=args.clients, seed=args.seed, keys=args.keys,
+                                    snapshot_every=args.snapshot_every))
     print()
     for name, value in result.summary:
         print(f"  {name:<20} {value}")

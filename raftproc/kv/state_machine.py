@@ -7,7 +7,11 @@ clock, randomness or the disk.
 Exactly-once: each client numbers its requests. The state machine keeps, per
 client, the highest sequence number applied and its result. A retry of that
 request (same client, same seq), which may reach the log twice when the first
-answer was lost, is not applied again: it gets the first result back.
+answer was lost, is not applied again: it gets the first result back. The session
+table is part of every snapshot, so this holds across compaction and restarts.
+
+The log digest is a chain (d_i = H(d_{i-1}, i, command_i)) rather than one running
+hash, so it can be carried in a snapshot and continued on the node restoring it.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import hashlib
 from typing import Any
 
 from raftproc.kv.commands import Command
+from raftproc.runtime.snapshot import KvImage
 
 Result = dict[str, Any]
 
@@ -26,7 +31,20 @@ class KeyValueStore:
         # client id -> (last applied seq, its result)
         self.sessions: dict[int, tuple[int, Result]] = {}
         self.last_applied = 0
-        self._log_digest = hashlib.blake2b(digest_size=16)
+        self._log_digest = bytes(16)
+
+    def image(self) -> KvImage:
+        """A copy of the state to snapshot, taken now; the copy shares only
+        immutable keys and values, so the store can go on applying while it is
+        written out."""
+        return KvImage(self.data.copy(), self.sessions.copy(), self._log_digest.hex())
+
+    def restore(self, index: int, image: KvImage) -> None:
+        """Replace the whole state by a snapshot's, taken at applied index `index`."""
+        self.data = image.data
+        self.sessions = image.sessions
+        self._log_digest = bytes.fromhex(image.digest)
+        self.last_applied = index
 
     def apply(self, index: int, command: bytes | None) -> Result | None:
         """Apply the committed entry at `index`. No-ops (None) change nothing."""
@@ -35,7 +53,7 @@ class KeyValueStore:
         self.last_applied = index
         if command is None:
             return None
-        self._log_digest.update(index.to_bytes(8, "big") + command)
+        self._log_digest = hashlib.blake2b(self._log_digest + index.to_bytes(8, "big") + command, digest_size=16).digest()
         try:
             cmd = Command.decode(command)
         except Exception:
@@ -72,7 +90,7 @@ class KeyValueStore:
     def log_digest(self) -> str:
         """A digest of every command applied so far, in order: equal on two nodes
         exactly when they applied the same log."""
-        return self._log_digest.hexdigest()
+        return self._log_digest.hex()
 
     def state_digest(self) -> str:
         h = hashlib.blake2b(digest_size=16)

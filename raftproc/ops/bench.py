@@ -9,11 +9,14 @@ the window are kept too, so a reader can see who was the bottleneck.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,3 +288,155 @@ class PySyncObjTarget(ProcessTarget):
             return None
 
         return _wait(find, 30, "a PySyncObj leader")
+
+
+# --- snapshots: restart, catch-up, bounded disk ------------------------------------------
+
+
+class RssSampler:
+    """Peak resident memory of some processes, sampled every `interval` seconds on a
+    thread until stopped."""
+
+    def __init__(self, pids: Callable[[], list[int]], interval: float = 0.02) -> None:
+        self._pids = pids
+        self.peak_mb: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(interval,), daemon=True)
+        self._thread.start()
+
+    def _run(self, interval: float) -> None:
+        while not self._stop.wait(interval):
+            for pid in self._pids():
+                try:
+                    rss = psutil.Process(pid).memory_info().rss / 2**20
+                except psutil.Error:
+                    continue
+                self.peak_mb[pid] = max(self.peak_mb.get(pid, 0.0), rss)
+
+    def stop(self) -> dict[int, float]:
+        self._stop.set()
+        self._thread.join()
+        return self.peak_mb
+
+
+def write_load(cluster: Cluster, count: int, *, unique: bool, keys: int = 1000, generators: int = 4, inflight: int = 64, value_size: int = 16) -> float:
+    """`count` writes through `generators` closed-loop load generators; returns ops/s."""
+    leader = cluster.wait_for_leader(timeout=30)
+    host, port = cluster.config.nodes[leader].client
+    per = count // generators
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{host}:{port}", "--inflight", str(inflight),
+             "--connections", "8", "--count", str(per), "--window", "1800", "--value-size", str(value_size),
+             "--keys", str(keys), "--seed", str(g + 1)] + (["--unique"] if unique else []),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for g in range(generators)
+    ]
+    rates = []
+    for p in procs:
+        stdout, stderr = p.communicate(timeout=1900)
+        if p.returncode != 0:
+            raise RuntimeError(f"load generator failed: {stderr.strip()[-500:]}")
+        result = json.loads(stdout.strip().splitlines()[-1])
+        if result["ops"] + result["errors"] < per or result["errors"]:
+            raise RuntimeError(f"load generator finished {result['ops']} of {per} writes, {result['errors']} errors")
+        rates.append(result["ops_per_s"])
+    return sum(rates)
+
+
+def _running_pid(cluster: Cluster, node_id: int) -> list[int]:
+    return [p.pid for p in cluster.processes() if p.node_id == node_id and p.pid and p.state == "running"]
+
+
+def time_until_caught_up(cluster: Cluster, node_id: int, target_index: int, timeout: float = 600) -> dict[str, float]:
+    """Start `node_id` and time it: until it answers status, until it has applied
+    `target_index`; with its peak RSS over that time."""
+    started = time.monotonic()
+    sampler = RssSampler(lambda: _running_pid(cluster, node_id))
+    cluster.start(node_id)
+    answering = None
+    try:
+        while True:
+            status = cluster.node_status(node_id)
+            now = time.monotonic()
+            if status is not None and answering is None:
+                answering = now - started
+            if status is not None and status["last_applied"] >= target_index:
+                break
+            if now - started > timeout:
+                raise RuntimeError(f"node {node_id} did not catch up within {timeout}s")
+            time.sleep(0.01)  # poll interval of a wait-until loop
+    finally:
+        peaks = sampler.stop()
+    return {"answering_s": answering or 0.0, "caught_up_s": time.monotonic() - started, "peak_rss_mb": max(peaks.values(), default=0.0)}
+
+
+def snapshot_bench(*, keys: int, churn_writes: int, churn_keys: int, repeats: int, say: Callable[[str], None]) -> dict[str, Any]:
+    """The figures the snapshot issue asks for, each over `repeats` rounds."""
+    out: dict[str, Any] = {"keys": keys, "churn_writes": churn_writes, "churn_keys": churn_keys, "catch_up": [], "restart": []}
+    tmp = Path(tempfile.mkdtemp(prefix="raftproc-snapbench-"))
+    cluster = Cluster(tmp / "run")
+    cluster.create(local_config(3, tmp / "data", tmp / "logs", log_level="warning"))
+    try:
+        cluster.up(wait=20)
+        for r in range(repeats):
+            leader = cluster.wait_for_leader(timeout=30)
+            behind = next(i for i in cluster.config.nodes if i != leader)
+            cluster.kill(behind)
+            sampler = RssSampler(lambda: _running_pid(cluster, leader))
+            rate = write_load(cluster, keys, unique=True)  # the same key names each round: the store stays at `keys`
+            leader_peak_load = max(sampler.stop().values(), default=0.0)
+            status = cluster.node_status(leader)
+            say(f"round {r + 1}: {keys} writes at {rate:,.0f}/s with node {behind} down; leader snapshot at {status['snapshot_index']}")
+            sampler = RssSampler(lambda: _running_pid(cluster, leader))
+            catch = time_until_caught_up(cluster, behind, status["commit_index"])
+            catch["leader_peak_rss_mb"] = max(sampler.stop().values(), default=0.0)
+            catch["leader_peak_rss_mb_during_load"] = leader_peak_load
+            out["catch_up"].append(catch)
+            say(f"  catch-up of node {behind} through InstallSnapshot: {catch}")
+            cluster.wait_converged(timeout=120)
+            status = cluster.node_status(behind)
+            cluster.kill(behind)
+            restart = time_until_caught_up(cluster, behind, status["last_applied"])
+            restart["keys"] = status["keys"]
+            out["restart"].append(restart)
+            say(f"  restart of node {behind} with {status['keys']} keys: {restart}")
+        cluster.down(timeout=5)
+    finally:
+        cluster.down(timeout=3)
+        shutil.rmtree(tmp, ignore_errors=True)
+    out["disk"] = disk_bound(churn_writes, churn_keys, say)
+    return out
+
+
+def _dir_mb(path: Path) -> float:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20
+
+
+def disk_bound(writes: int, keys: int, say: Callable[[str], None], steps: int = 5) -> list[dict[str, float]]:
+    """Disk used per node after each fifth of `writes` writes to `keys` keys."""
+    tmp = Path(tempfile.mkdtemp(prefix="raftproc-diskbench-"))
+    cluster = Cluster(tmp / "run")
+    cluster.create(local_config(3, tmp / "data", tmp / "logs", log_level="warning"))
+    rows = []
+    try:
+        cluster.up(wait=20)
+        done = 0
+        for _ in range(steps):
+            rate = write_load(cluster, writes // steps, unique=False, keys=keys)
+            done += writes // steps
+            cluster.wait_converged(timeout=120)
+            disk = [_dir_mb(cluster.config.node_data_dir(n)) for n in cluster.config.nodes]
+            statuses = [cluster.node_status(n) for n in cluster.config.nodes]
+            row = {
+                "writes": done, "ops_per_s": rate, "max_node_disk_mb": max(disk),
+                "max_log_entries": max(s["log_entries"] for s in statuses if s),
+                "max_rss_mb": max(psutil.Process(pid).memory_info().rss / 2**20 for n in cluster.config.nodes for pid in _running_pid(cluster, n)),
+            }
+            rows.append(row)
+            say(f"  {done:,} writes to {keys:,} keys: {row}")
+    finally:
+        cluster.down(timeout=3)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows

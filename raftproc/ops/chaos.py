@@ -7,7 +7,8 @@ Verdicts:
 - no acknowledged write lost: every final read returns a value some write produced
   (or absent only where a delete may have run or nothing was acknowledged);
 - converged: after healing, every node applies the same log (digests) in time;
-- WAL replays cleanly: each node's WAL opens without corruption after shutdown.
+- storage recovers cleanly: each node's newest snapshot and the WAL after it open
+  without corruption after shutdown.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.workload import Workload
-from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption, WriteAheadLog
+from raftproc.runtime.storage import open_storage
+from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption
 
 
 @dataclass
@@ -44,6 +46,9 @@ class ChaosOptions:
     keys: int | None = None
     launcher: list[str] | None = None  # tests plant bugs through this
     op_timeout: float = 3.0
+    # Snapshot every this many entries (None: the node default). Small values make
+    # snapshots, compaction and InstallSnapshot happen during the faults.
+    snapshot_every: int | None = None
 
 
 @dataclass
@@ -77,15 +82,18 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
             notes.append(f"partition and slow faults unavailable ({why}); running {faults}")
             say(notes[-1])
     env = {POWER_LOSS_ENV: "1"} if "power" in faults else {}
+    storage: dict[str, Any] = {}
+    if opts.snapshot_every:
+        storage = dict(snapshot_entries=opts.snapshot_every, segment_bytes=max(4096, opts.snapshot_every * 100))
     if lab is not None:
         cfg = ClusterConfig(
             nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200)) for i in range(1, opts.nodes + 1)},
-            data_dir=out / "data", log_dir=out / "logs",
+            data_dir=out / "data", log_dir=out / "logs", **storage,
         )
         in_namespace = lab.launcher()[:-3]  # ip netns exec <ns of node {id}>
         launcher = in_namespace + (opts.launcher or [sys.executable, "-m", "raftproc.node"])
     else:
-        cfg = local_config(opts.nodes, out / "data", out / "logs")
+        cfg = local_config(opts.nodes, out / "data", out / "logs", **storage)
         launcher = opts.launcher
     cluster = Cluster(out / "run", launcher=launcher, env=env)
     cluster.create(cfg)
@@ -149,16 +157,19 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     bad = []
     for n in cfg.nodes:
         try:
-            WriteAheadLog.open(cfg.node_data_dir(n))
+            open_storage(cfg.node_data_dir(n), warn=lambda event, **f: None, segment_bytes=cfg.segment_bytes).wal.close()
         except WalCorruption as e:
             bad.append(str(e))
-    verdicts.append(("WAL replays cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} WALs recovered"))
+    verdicts.append(("storage recovers cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} nodes' snapshots and WALs recovered"))
 
     events = []
+    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0}
     for n in cfg.nodes:
         path = cfg.node_log_file(n)
         if path.exists():
             for e in read_lines(path):
+                if e.get("event") in snapshot_events:
+                    snapshot_events[e["event"]] += 1
                 if e.get("event") in ("became_leader", "became_follower", "node_stopped", "wal_recovered") and "ts" in e:
                     e["_t"] = mono0 + datetime.fromisoformat(e["ts"]).timestamp() - wall0
                     events.append(e)
@@ -168,6 +179,7 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
         ("seed", opts.seed), ("nodes", opts.nodes), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
         ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
         ("faults injected", len(nemesis.records)), ("leader changes", leader_changes),
+        ("snapshots taken", snapshot_events["snapshot_saved"]), ("snapshots installed", snapshot_events["snapshot_installed"]),
         ("faults", ", ".join(f"{r.kind}:{r.victims}" for r in nemesis.records) or "none"),
     ]
     fault_rows = [

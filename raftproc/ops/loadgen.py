@@ -37,11 +37,14 @@ def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: 
 
 def run(
     target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int,
-    seed: int, protocol: str = "raftproc", rate: float = 0.0,
+    seed: int, protocol: str = "raftproc", rate: float = 0.0, count: int = 0, unique: bool = False,
 ) -> dict:
     """Closed loop: `inflight` requests always outstanding. With `rate` > 0, open loop:
     requests leave on a fixed schedule (up to `inflight` outstanding) and latency runs
-    from the scheduled moment, so a stall is not hidden by sending less during it."""
+    from the scheduled moment, so a stall is not hidden by sending less during it.
+    With `count` > 0: exactly `count` writes, measured from the start; `window` caps
+    the time. With `unique`, each write goes to a key of its own (`u<seed>-<n>`), to
+    fill a store with that many keys."""
     if protocol == "etcd":
         return run_etcd(target, inflight, warmup, window, value_size, keys, seed)
     rng = random.Random(seed)
@@ -57,10 +60,17 @@ def run(
         conns.append(state)
         sel.register(s, selectors.EVENT_READ, state)
 
+    issued = 0
+
     def send_one(st: dict, at: int | None = None) -> None:
+        nonlocal issued
+        if count and issued >= count:
+            return
+        issued += 1
         st["seq"] += 1
         st["id"] += 1
-        body = {"t": "req", "id": st["id"], "op": "set", "key": f"k{rng.randrange(keys)}", "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
+        key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
+        body = {"t": "req", "id": st["id"], "op": "set", "key": key, "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
         st["out"] += encode_frame(codec.encode(body))
         st["sent"][st["id"]] = at or time.perf_counter_ns()
 
@@ -73,12 +83,14 @@ def run(
     interval_ns = int(1e9 / rate) if rate else 0
     turn = 0
     measure_from, measure_to = start + warmup, start + warmup + window
+    if count:
+        measure_from, measure_to = start, start + window
     latencies: list[int] = []
     done = errors = 0
     cpu0 = None
     while True:
         now = time.perf_counter()
-        if now >= measure_to:
+        if now >= measure_to or (count and done + errors >= count):
             break
         if cpu0 is None and now >= measure_from:
             cpu0 = sum(os.times()[:2])
@@ -116,7 +128,8 @@ def run(
                     send_one(st)
     for st in conns:
         st["sock"].close()
-    return summarize(latencies, done, errors, window, sum(os.times()[:2]) - (cpu0 or 0))
+    elapsed = time.perf_counter() - start if count else window
+    return summarize(latencies, done, errors, elapsed, sum(os.times()[:2]) - (cpu0 or 0))
 
 
 def run_etcd(target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, seed: int) -> dict:
@@ -194,9 +207,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--protocol", choices=("raftproc", "etcd"), default="raftproc")
     p.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (0: closed loop)")
+    p.add_argument("--count", type=int, default=0, help="exactly this many writes; --window caps the time")
+    p.add_argument("--unique", action="store_true", help="each write to a key of its own")
     a = p.parse_args()
     host, _, port = a.target.rpartition(":")
-    result = run((host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate)
+    result = run((host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate, a.count, a.unique)
     print(json.dumps(result))
     return 0
 

@@ -22,8 +22,10 @@ from raftproc.core.messages import (
     RequestVote,
     RequestVoteResponse,
 )
+from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
 PROTOCOL_VERSION = 1
+PeerFrame = Message | SnapshotChunk | SnapshotAck
 
 
 class RemoteProtocolError(Exception):
@@ -37,15 +39,19 @@ _TAGS: dict[type, str] = {
     RequestVoteResponse: "rvr",
     AppendEntries: "ae",
     AppendEntriesResponse: "aer",
+    # InstallSnapshot travels as a stream of chunks (raftproc.runtime.transfer).
+    SnapshotChunk: "sc",
+    SnapshotAck: "sa",
 }
 _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 # Field -> accepted Python types (bool is checked apart: it is a subclass of int).
 _INT_OR_NONE = ("conflict_term",)
-_BOOLS = ("vote_granted", "success", "pre_vote")
+_BOOLS = ("vote_granted", "success", "pre_vote", "ok")
+_BYTES = ("data",)
 
 
-def encode_message(msg: Message) -> bytes:
+def encode_message(msg: PeerFrame) -> bytes:
     cls = type(msg)
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": _TAGS[cls]}
     for name in _FIELDS[cls]:
@@ -56,7 +62,7 @@ def encode_message(msg: Message) -> bytes:
     return cbor2.dumps(body)
 
 
-def decode_message(data: bytes) -> Message:
+def decode_message(data: bytes) -> PeerFrame:
     body = _load_map(data)
     cls = _CLASSES.get(body.get("t"))  # type: ignore[arg-type]
     if cls is None:
@@ -71,6 +77,9 @@ def decode_message(data: bytes) -> Message:
         elif name in _BOOLS:
             if not isinstance(value, bool):
                 raise RemoteProtocolError(f"{cls.__name__}.{name} is not a bool")
+        elif name in _BYTES:
+            if not isinstance(value, bytes):
+                raise RemoteProtocolError(f"{cls.__name__}.{name} is not bytes")
         elif name in _INT_OR_NONE and value is None:
             pass
         elif not _is_count(value):

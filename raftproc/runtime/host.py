@@ -13,6 +13,17 @@ inline; with `background_sync = true` it runs on a thread
    sync thread reports it durable; then they leave and the core hears persisted().
 One fdatasync covers every record written before it started (group commit).
 
+Snapshots: once `snapshot_entries` entries were applied since the last snapshot and
+their commands add up to half the last snapshot's size (or to `snapshot_bytes`,
+whatever the state's size), the store is copied and written out on a thread
+(raftproc.runtime.snapshot) while the loop goes on. When the file is durable the
+core compacts its log, and WAL segments the previous snapshot covers are deleted
+(one older snapshot and the log behind it stay, so a corrupt newest snapshot can
+be survived). A leader streams its snapshot to a follower that needs compacted
+entries (raftproc.runtime.transfer); the follower installs it when the core's
+Ready says so: cut a new WAL segment, rename the file into place naming that
+segment as its floor, restore the store, delete what the snapshot replaces.
+
 Client answers are honest about what is known:
 - "ok": the command was applied (its result says how, e.g. a cas mismatch);
 - "redirect" / "no_leader" / "failed" / "error": it certainly was not applied and
@@ -27,25 +38,31 @@ import gc
 import os
 import random
 import socket
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from raftproc.config import ClusterConfig
-from raftproc.core.messages import Entry
+from raftproc.core.messages import Entry, InstallSnapshot, SnapshotMeta
 from raftproc.core.node import LEADER, NotLeader, RaftNode
 from raftproc.core.ready import split_messages
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
-from raftproc.runtime import codec
+from raftproc.runtime import codec, snapshot
 from raftproc.runtime.codec import RemoteProtocolError, decode_client_request, decode_message, encode_message
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
-from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
+from raftproc.runtime.snapshot import SnapshotFile
+from raftproc.runtime.storage import open_storage
+from raftproc.runtime.transfer import Received, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotSender
+from raftproc.runtime.wal import BackgroundSync, WriteAheadLog, fsync_dir
 
 Log = Callable[..., None]
 GC_FREEZE_INTERVAL = 5.0  # seconds
+SNAPSHOT_STALL_TIMEOUT = 10.0  # seconds without an acknowledged chunk before a transfer is given up
+SNAPSHOT_WINDOW_CHUNKS = 8  # chunks in flight per transfer
 
 
 @dataclass(slots=True)
@@ -68,9 +85,9 @@ class PeerLink:
         self._generation = 0  # a redial scheduled under an older generation is void
         self._dial()
 
-    def send(self, body: bytes) -> None:
-        if self.conn is not None:
-            self.conn.send(body)
+    def send(self, body: bytes) -> bool:
+        """Queue a frame; False when it was dropped (no connection, or its buffer full)."""
+        return self.conn is not None and self.conn.send(body)
 
     def _dial(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -112,6 +129,9 @@ class PeerLink:
             self.connected = False
             self.host.log("peer_disconnected", level="warning", peer=self.peer_id, reason=reason)
             self.host.raft.report_unreachable(self.peer_id)
+            sender = self.host.senders.get(self.peer_id)
+            if sender is not None:
+                sender.finish(False)  # chunks queued on the dead connection are gone
         if self.host.running:
             generation = self._generation
             self.host.loop.call_later(self.backoff.next_delay(), lambda: self._redial(generation))
@@ -131,18 +151,7 @@ class NodeHost:
         self.loop = EventLoop()
         me = cfg.node(node_id)
 
-        started = time.monotonic()
-        self.wal, rec = WriteAheadLog.open(cfg.node_data_dir(node_id), warn=lambda event, **f: log(event, level="warning", **f))
-        self.raft = RaftNode(
-            node_id, cfg.nodes, rng=self.rng, config=cfg.raft(), hard_state=rec.hard_state,
-            entries=rec.entries, log=core_logger(log),
-        )
-        log(
-            "wal_recovered", term=rec.hard_state.current_term, role=self.raft.role, segments=rec.segments, records=rec.records, entries=len(rec.entries),
-            voted_for=rec.hard_state.voted_for, commit_index=rec.hard_state.commit_index,
-            torn_tail_bytes=rec.torn_tail_bytes, ms=round((time.monotonic() - started) * 1000, 1),
-        )
-        self.kv = KeyValueStore()
+        self._recover()
         self.waiting: dict[int, Waiting] = {}
         self.inbound: set[Connection] = set()
         self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
@@ -160,7 +169,37 @@ class NodeHost:
         self._next_tick = time.monotonic() + self._tick_interval
         self.loop.call_at(self._next_tick, self._tick)
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
+        self.senders: dict[int, SnapshotSender] = {}
+        self.receiver = SnapshotReceiver(self.data_dir, node_id, sync=self.wal.sync_enabled)
+        self.incoming: Received | None = None  # received whole, waiting for the core's Ready
+        self._snapshot_job: threading.Thread | None = None
+        self._snapshot_result: SnapshotFile | BaseException | None = None
+        self._snapshot_started = 0.0
+        self._snapshot_done = self.loop.make_waker(self._on_snapshot_written)
         log("node_started", term=self.raft.current_term, role=self.raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}", pid=os.getpid())
+
+    def _recover(self) -> None:
+        """Newest valid snapshot, then the WAL after it, then the core on top."""
+        cfg, log = self.cfg, self.log
+        started = time.monotonic()
+        self.data_dir = cfg.node_data_dir(self.id)
+        st = open_storage(self.data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
+        self.wal, rec, self.snapshot, self.floor = st.wal, st.log, st.snapshot, st.floor
+        self.kv = KeyValueStore()
+        meta = st.meta
+        if meta is not None and st.image is not None:
+            self.kv.restore(meta.index, st.image)
+        self._bytes_since_snapshot = 0
+        self.raft = RaftNode(
+            self.id, cfg.nodes, rng=self.rng, config=cfg.raft(), hard_state=rec.hard_state,
+            entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
+        )
+        log(
+            "wal_recovered", term=rec.hard_state.current_term, role=self.raft.role, segments=rec.segments, records=rec.records, entries=len(rec.entries),
+            voted_for=rec.hard_state.voted_for, commit_index=rec.hard_state.commit_index,
+            snapshot_index=meta.index if meta else 0, keys=len(self.kv.data), wal_floor=self.floor,
+            torn_tail_bytes=rec.torn_tail_bytes, ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
     # --- running ------------------------------------------------------------------
 
@@ -187,6 +226,11 @@ class NodeHost:
         self.client_listener.close()
         if self.syncer is not None:
             self.syncer.stop()
+        for sender in self.senders.values():
+            sender.finish(False)
+        self.receiver.abort()
+        if self._snapshot_job is not None:
+            self._snapshot_job.join()
         self.wal.close()
         self.loop.close()
         self.log("node_stopped")
@@ -221,11 +265,15 @@ class NodeHost:
         `_held` until the sync thread reports it durable; a leader's appends leave at
         once (thesis §10.2.1) and the leader counts itself only once persisted()."""
         raft = self.raft
+        if self.senders:
+            self._settle_transfers()
         while raft.has_ready():
             rd = raft.ready()
+            if rd.snapshot is not None:
+                self._install_snapshot(rd.snapshot)
             early, after = split_messages(rd)
             for msg in early:
-                self.peers[msg.dst].send(encode_message(msg))
+                self._send_peer(msg)
             if early:
                 self.loop.flush_now()
             if self.syncer is None:  # inline: durable before anything below promises it
@@ -249,6 +297,11 @@ class NodeHost:
             self.syncer.request(self._written)
         if raft.role != LEADER and self.waiting:
             self._fail_waiting("unknown", "leadership lost before commit")
+        if self.incoming is not None:
+            # The core did not want it (its log already held the snapshot's end).
+            self.incoming.path.unlink(missing_ok=True)
+            self.incoming = None
+        self._maybe_snapshot()
 
     def _on_synced(self) -> None:
         """On the loop thread, after the sync thread made records durable."""
@@ -263,10 +316,18 @@ class NodeHost:
 
     def _send_all(self, messages) -> None:
         for msg in messages:
+            self._send_peer(msg)
+
+    def _send_peer(self, msg) -> None:
+        if isinstance(msg, InstallSnapshot):
+            self._start_transfer(msg)
+        else:
             self.peers[msg.dst].send(encode_message(msg))
 
     def _apply(self, entry: Entry) -> None:
         result = self.kv.apply(entry.index, entry.command)
+        if entry.command is not None:
+            self._bytes_since_snapshot += len(entry.command)
         waiting = self.waiting.pop(entry.index, None)
         if waiting is None:
             return
@@ -280,6 +341,154 @@ class NodeHost:
         waiting, self.waiting = self.waiting, {}
         for w in waiting.values():
             self._answer(w.conn, w.request_id, status=status, error=why)
+
+    # --- snapshots --------------------------------------------------------------------
+
+    def _maybe_snapshot(self) -> None:
+        if self._snapshot_job is not None:
+            return
+        index = self.kv.last_applied
+        since = index - (self.snapshot.index if self.snapshot else 0)
+        if since <= 0 or not self._snapshot_due(since):
+            return
+        term = self.raft.log.term_at(index)
+        assert term is not None, "Invariant: applied entries past the snapshot are in the log"
+        meta = SnapshotMeta(index, term, self.raft.voters)
+        image = self.kv.image()  # a copy: the store goes on applying while the thread writes
+        self._bytes_since_snapshot = 0
+        self._snapshot_started = time.monotonic()
+        floor, sync = self.floor, self.wal.sync_enabled
+
+        def write() -> None:
+            try:
+                self._snapshot_result = snapshot.write_snapshot(self.data_dir, meta, image, floor=floor, sync=sync)
+            except BaseException as e:  # reported on the loop thread
+                self._snapshot_result = e
+            self._snapshot_done()
+
+        self._snapshot_job = threading.Thread(target=write, name="snapshot", daemon=True)
+        self._snapshot_job.start()
+
+    def _snapshot_due(self, entries_since: int) -> bool:
+        """Enough entries, and a log at least half as large as the last snapshot, so
+        that rewriting a large state stays a fraction of the cost of logging (a
+        million keys are not rewritten every 10,000 writes); or a log past
+        snapshot_bytes, whatever the state's size."""
+        written = self._bytes_since_snapshot
+        if written >= self.cfg.snapshot_bytes:
+            return True
+        last_size = self.snapshot.size if self.snapshot else 0
+        return entries_since >= self.cfg.snapshot_entries and written >= last_size // 2
+
+    def _on_snapshot_written(self) -> None:
+        """On the loop thread: the snapshot is durable (or failed). Compact the core's
+        log and delete what the previous snapshot makes useless."""
+        job, result = self._snapshot_job, self._snapshot_result
+        if job is None or result is None:
+            return
+        job.join()
+        self._snapshot_job, self._snapshot_result = None, None
+        ms = round((time.monotonic() - self._snapshot_started) * 1000, 1)
+        if isinstance(result, BaseException):
+            self.log("snapshot_failed", level="error", error=f"{type(result).__name__}: {result}", ms=ms)
+            return
+        previous = self.snapshot
+        if previous is not None and result.index <= previous.index:
+            result.path.unlink(missing_ok=True)  # an installed snapshot overtook it
+            return
+        self.snapshot = result
+        keep = self.cfg.snapshot_entries // 2  # entries a follower a little behind can still get by append
+        self.raft.compact(max(result.index - keep, self.raft.log.snapshot_index))
+        # One older snapshot and the log behind it stay, so a newest snapshot found
+        # corrupt on restart can be survived.
+        removed = self.wal.remove_covered(previous.index if previous else 0, self.floor)
+        keep_files = [result.path] + ([previous.path] if previous else [])
+        old = snapshot.remove_older(self.data_dir, keep_files)
+        snapshot.failpoint("wal_compacted")
+        self.log(
+            "snapshot_saved", index=result.index, snapshot_term=result.term, bytes=result.size, keys=len(self.kv.data), ms=ms,
+            log_entries=len(self.raft.log), wal_segments_removed=len(removed), snapshots_removed=len(old),
+        )
+
+    def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        """Ready.snapshot: replace state machine and log by the snapshot received."""
+        inc = self.incoming
+        if inc is None or (inc.meta.index, inc.meta.term) != (meta.index, meta.term):
+            raise RuntimeError(f"the core installs snapshot {meta.term}/{meta.index}, which this host never received")
+        self.incoming = None
+        started = time.monotonic()
+        if self._held:  # background sync: what was written before becomes durable first
+            self.wal.sync()
+            while self._held:
+                self._send_all(self._held.popleft()[1])
+        # A new segment as the floor: entries written before it belong to the log
+        # the install drops, and must not come back on a restart.
+        floor = self.wal.cut()
+        final = self.data_dir / snapshot.snapshot_name(meta.index, meta.term, floor)
+        os.rename(inc.path, final)
+        if self.wal.sync_enabled:
+            fsync_dir(self.data_dir)
+        snapshot.failpoint("snapshot_install_renamed")
+        _, image = snapshot.read_snapshot(final)
+        self.kv.restore(meta.index, image)
+        self.floor = floor
+        self.snapshot = SnapshotFile(final, meta.index, meta.term, floor, final.stat().st_size)
+        self._bytes_since_snapshot = 0
+        removed = self.wal.remove_covered(meta.index, floor)
+        old = snapshot.remove_older(self.data_dir, [final])
+        self.log(
+            "snapshot_installed", index=meta.index, snapshot_term=meta.term, leader=inc.leader, bytes=self.snapshot.size,
+            keys=len(self.kv.data), wal_segments_removed=len(removed), snapshots_removed=len(old),
+            ms=round((time.monotonic() - started) * 1000, 1),
+        )
+
+    def _start_transfer(self, msg: InstallSnapshot) -> None:
+        peer = msg.dst
+        if peer in self.senders:
+            return  # one stream per follower; the core waits in its SNAPSHOT state
+        snap = self.snapshot
+        if snap is None or snap.index < msg.snapshot.index:
+            raise RuntimeError(f"the core asks to send snapshot {msg.snapshot.index}, the newest on disk is {snap}")
+        link = self.peers[peer]
+        self.senders[peer] = sender = SnapshotSender(
+            me=self.id, peer=peer, term=msg.term, snap=snap, chunk_bytes=self.cfg.snapshot_chunk_bytes,
+            window=SNAPSHOT_WINDOW_CHUNKS * self.cfg.snapshot_chunk_bytes,
+            send=lambda chunk: link.send(encode_message(chunk)), now=time.monotonic(),
+        )
+        self.log("snapshot_send_started", peer=peer, index=snap.index, snapshot_term=snap.term, bytes=sender.total)
+        sender.pump()
+
+    def _settle_transfers(self) -> None:
+        """Report finished, failed and stalled transfers to the core (outside a Ready)."""
+        now = time.monotonic()
+        for peer, sender in list(self.senders.items()):
+            if sender.outcome is None and (self.raft.role != LEADER or self.raft.current_term != sender.term):
+                sender.finish(False)
+            elif sender.stalled(now, SNAPSHOT_STALL_TIMEOUT):
+                self.log("snapshot_send_stalled", level="warning", peer=peer, acked=sender.acked, total=sender.total)
+                sender.finish(False)
+            if sender.outcome is None:
+                continue
+            del self.senders[peer]
+            self.log(
+                "snapshot_send_finished", level="info" if sender.outcome else "warning", peer=peer, index=sender.snap.index,
+                success=sender.outcome, bytes=sender.acked, ms=round((now - sender.started) * 1000, 1),
+            )
+            self.raft.report_snapshot(peer, success=sender.outcome)
+
+    def _on_snapshot_chunk(self, chunk: SnapshotChunk) -> None:
+        ack, done, refused = self.receiver.on_chunk(chunk, self.raft.current_term)
+        if refused is not None:
+            self.log("snapshot_chunk_refused", level="warning", leader=chunk.src, offset=chunk.offset, reason=refused)
+        elif chunk.offset == 0:
+            self.log("snapshot_receive_started", leader=chunk.src, index=chunk.index, bytes=chunk.total)
+        self.peers[chunk.src].send(encode_message(ack))
+        if done is not None:
+            if self.incoming is not None:
+                self.incoming.path.unlink(missing_ok=True)
+            self.incoming = done
+            self.log("snapshot_received", leader=done.leader, index=done.meta.index, snapshot_term=done.meta.term)
+            self.raft.step(InstallSnapshot(src=done.leader, dst=self.id, term=done.term, snapshot=done.meta))
 
     # --- peers ----------------------------------------------------------------------
 
@@ -305,7 +514,14 @@ class NodeHost:
         link = self.peers[msg.src]
         if link.conn is None:
             link.redial_now()
-        self.raft.step(msg)
+        if isinstance(msg, SnapshotChunk):
+            self._on_snapshot_chunk(msg)
+        elif isinstance(msg, SnapshotAck):
+            sender = self.senders.get(msg.src)
+            if sender is not None:
+                sender.on_ack(msg, time.monotonic())
+        else:
+            self.raft.step(msg)
 
     def _reject_frame(self, conn: Connection, error: str) -> None:
         """A frame we cannot accept costs the sender its connection, nothing more."""
@@ -364,6 +580,11 @@ class NodeHost:
             "commit_index": r.commit_index,
             "last_applied": self.kv.last_applied,
             "last_index": r.log.last_index,
+            "snapshot_index": self.snapshot.index if self.snapshot else 0,
+            "snapshot_bytes": self.snapshot.size if self.snapshot else 0,
+            "log_entries": len(r.log),
+            "wal_bytes": self.wal.disk_bytes(),
+            "snapshots_sending": {p: [s.acked, s.total] for p, s in self.senders.items()},
             "keys": len(self.kv.data),
             "log_digest": self.kv.log_digest(),
             "state_digest": self.kv.state_digest(),

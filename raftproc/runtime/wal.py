@@ -20,7 +20,20 @@ commit index is written but not synced: the commit index is a restart hint that 
 never ahead of what a majority stores, so losing it loses nothing.
 
 A segment is closed once it passes `segment_bytes`; the next record starts a new one.
-Creating a segment fsyncs the directory, so the new name survives a crash.
+Every segment begins with a record of the current hard state, fsynced with the file
+and the directory when the segment is created, so deleting older segments never
+loses the term or vote.
+
+Snapshots and compaction
+------------------------
+Recovery starts from a snapshot (raftproc.runtime.snapshot) at index `base`:
+entries up to it are skipped, and a record whose first entry lies at or below it
+still truncates what follows it (its entries replaced everything from there on).
+Segments numbered below the snapshot's `floor` contribute their hard state only:
+they hold the log a follower dropped when it installed a leader's snapshot.
+`remove_covered(index, floor)` deletes, oldest first, segments that are below the
+floor or whose entries all lie at or below a durable snapshot's index; the
+segment being written is never deleted.
 
 What a crash leaves behind
 --------------------------
@@ -77,7 +90,8 @@ class WalCorruption(Exception):
 @dataclass
 class Recovered:
     hard_state: HardState = field(default_factory=HardState)
-    entries: list[Entry] = field(default_factory=list)
+    entries: list[Entry] = field(default_factory=list)  # after `base`
+    base: int = 0
     records: int = 0
     segments: int = 0
     torn_tail_bytes: int = 0
@@ -87,17 +101,26 @@ def _segment_name(number: int) -> str:
     return f"wal-{number:08d}.log"
 
 
-def encode_record(rd: Ready) -> bytes:
-    hs = rd.hard_state
-    body = cbor2.dumps(
-        {
-            "hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index],
-            "e": [[e.term, e.index, e.command] for e in rd.entries],
-        }
-    )
+def _segment_number(path: Path) -> int:
+    return int(path.name[4:12])
+
+
+def frame_record(body: bytes) -> bytes:
     length = struct.pack(">I", len(body))
     crc = zlib.crc32(body, zlib.crc32(length))
     return length + struct.pack(">I", crc) + body
+
+
+def encode_record(rd: Ready) -> bytes:
+    hs = rd.hard_state
+    return frame_record(
+        cbor2.dumps(
+            {
+                "hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index],
+                "e": [[e.term, e.index, e.command] for e in rd.entries],
+            }
+        )
+    )
 
 
 class WriteAheadLog:
@@ -114,15 +137,22 @@ class WriteAheadLog:
         self._fd: int | None = None
         self._segment = 0
         self._size = 0
+        self._hard_state = HardState()  # the newest written, to open each new segment with
+        # segment number -> highest entry index written to it (0: none)
+        self.segment_last_index: dict[int, int] = {}
         # A record that only moves commit_index promises nothing (the commit index is
         # a hint, never ahead of a majority's logs), so it rides on the next sync.
         self._written_term_vote: tuple[int, int | None] = (0, None)
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, *, warn: Warn | None = None, **kw) -> tuple[WriteAheadLog, Recovered]:
+    def open(
+        cls, directory: str | os.PathLike, *, warn: Warn | None = None, base: int = 0, floor: int = 0, **kw
+    ) -> tuple[WriteAheadLog, Recovered]:
+        """Recover from the segments in `directory`, on top of a snapshot at `base`
+        whose entries count from segment `floor` on (0, 0: no snapshot)."""
         wal = cls(Path(directory), **kw)
         wal.dir.mkdir(parents=True, exist_ok=True)
-        recovered = wal._recover(warn or (lambda event, **f: None))
+        recovered = wal._recover(warn or (lambda event, **f: None), base, floor)
         return wal, recovered
 
     # --- writing ----------------------------------------------------------------
@@ -140,16 +170,47 @@ class WriteAheadLog:
             return False
         record = encode_record(rd)
         if self._fd is None or self._size >= self.segment_bytes:
-            with self._io_lock:  # a background sync must not see the fd change under it
-                self._sync_locked()
-                self._start_segment(self._segment + 1)
+            self.cut()
         assert self._fd is not None
         self._write(record)
         hs = rd.hard_state
         promises = bool(rd.entries) or (hs is not None and (hs.current_term, hs.voted_for) != self._written_term_vote)
         if hs is not None:
             self._written_term_vote = (hs.current_term, hs.voted_for)
+            self._hard_state = hs
+        if rd.entries:
+            last = rd.entries[-1].index
+            if last > self.segment_last_index.get(self._segment, 0):
+                self.segment_last_index[self._segment] = last
         return promises
+
+    def cut(self) -> int:
+        """Sync what was written, then start a new segment (opened by the current
+        hard state, durable before this returns). Returns its number."""
+        with self._io_lock:  # a background sync must not see the fd change under it
+            self._sync_locked()
+            self._start_segment(self._segment + 1)
+        return self._segment
+
+    def remove_covered(self, index: int, floor: int = 0) -> list[str]:
+        """Delete the oldest segments a durable snapshot at `index` (whose entries
+        count from segment `floor`) makes useless. Never the segment in use."""
+        removed = []
+        for path in self.segments():
+            number = _segment_number(path)
+            if number >= self._segment:
+                break
+            if number >= floor and self.segment_last_index.get(number, 0) > index:
+                break
+            path.unlink()
+            self.segment_last_index.pop(number, None)
+            removed.append(path.name)
+        if removed and self.sync_enabled:
+            fsync_dir(self.dir)
+        return removed
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.segments())
 
     def _write(self, record: bytes) -> None:
         self._size += len(record)
@@ -191,22 +252,30 @@ class WriteAheadLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._segment = number
         self._size = os.fstat(self._fd).st_size
+        self.segment_last_index[number] = 0
+        # Written straight to the file (even in power-loss mode) and synced now: older
+        # segments may be deleted as soon as this one exists.
+        opening = encode_record(Ready(hard_state=self._hard_state))
+        _write_all(self._fd, opening)
+        self._size += len(opening)
         if self.sync_enabled:
             os.fsync(self._fd)
-            _fsync_dir(self.dir)
+            fsync_dir(self.dir)
 
     # --- recovery ---------------------------------------------------------------
 
     def segments(self) -> list[Path]:
         return sorted(self.dir.glob("wal-*.log"))
 
-    def _recover(self, warn: Warn) -> Recovered:
-        out = Recovered()
+    def _recover(self, warn: Warn, base: int, floor: int) -> Recovered:
+        out = Recovered(base=base)
         segs = self.segments()
         for n, path in enumerate(segs):
             is_last = n == len(segs) - 1
             data = path.read_bytes()
-            good_end = self._replay_segment(path, data, is_last, out)
+            number = _segment_number(path)
+            self.segment_last_index[number] = 0
+            good_end = self._replay_segment(path, data, is_last, out, number >= floor)
             if good_end < len(data):
                 out.torn_tail_bytes = len(data) - good_end
                 warn("wal_torn_tail_truncated", segment=path.name, offset=good_end, dropped_bytes=len(data) - good_end)
@@ -216,13 +285,14 @@ class WriteAheadLog:
                     os.fsync(f.fileno())
         out.segments = len(segs)
         self._written_term_vote = (out.hard_state.current_term, out.hard_state.voted_for)
+        self._hard_state = out.hard_state
         if segs:
-            self._segment = int(segs[-1].name[4:12])
+            self._segment = _segment_number(segs[-1])
             self._fd = os.open(segs[-1], os.O_WRONLY | os.O_APPEND)
             self._size = os.fstat(self._fd).st_size
         return out
 
-    def _replay_segment(self, path: Path, data: bytes, is_last: bool, out: Recovered) -> int:
+    def _replay_segment(self, path: Path, data: bytes, is_last: bool, out: Recovered, with_entries: bool) -> int:
         """Apply every good record; return where the good records end."""
         pos = 0
         end = len(data)
@@ -242,7 +312,10 @@ class WriteAheadLog:
             body = data[body_start : body_start + length]
             if zlib.crc32(body, zlib.crc32(data[pos : pos + 4])) != crc:
                 raise WalCorruption(f"{path}: checksum mismatch in the record at offset {pos}")
-            self._apply(path, pos, body, out)
+            last = self._apply(path, pos, body, out, with_entries)
+            number = _segment_number(path)
+            if last > self.segment_last_index.get(number, 0):
+                self.segment_last_index[number] = last
             pos = body_start + length
         return pos
 
@@ -253,7 +326,8 @@ class WriteAheadLog:
         raise WalCorruption(f"{path}: {what} at offset {pos}")
 
     @staticmethod
-    def _apply(path: Path, pos: int, body: bytes, out: Recovered) -> None:
+    def _apply(path: Path, pos: int, body: bytes, out: Recovered, with_entries: bool) -> int:
+        """Replay one record; return the highest entry index it carries (0: none)."""
         try:
             rec = cbor2.loads(body)
             hs = rec["hs"]
@@ -262,13 +336,23 @@ class WriteAheadLog:
             entries = [Entry(t, i, c) for t, i, c in rec["e"]]
         except Exception as e:
             raise WalCorruption(f"{path}: undecodable record at offset {pos}: {e}") from None
-        if entries:
-            first = entries[0].index
-            if first > len(out.entries) + 1:
-                raise WalCorruption(f"{path}: record at offset {pos} starts at entry {first} after a gap")
-            del out.entries[first - 1 :]
-            out.entries.extend(entries)
         out.records += 1
+        if not entries or not with_entries:
+            return entries[-1].index if entries else 0
+        base = out.base
+        first = entries[0].index
+        held_last = base + len(out.entries)
+        if first > held_last + 1:
+            what = "the snapshot it follows" if not out.entries else "a gap"
+            raise WalCorruption(
+                f"{path}: record at offset {pos} starts at entry {first}, after {what} (log held up to {held_last}); "
+                "the entries between are missing"
+            )
+        # The record replaced everything from `first` on, including entries past
+        # the snapshot even when `first` itself is inside it.
+        del out.entries[max(first - base - 1, 0) :]
+        out.entries.extend(e for e in entries if e.index > base)
+        return entries[-1].index
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -278,7 +362,7 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)

@@ -25,7 +25,7 @@ def test_wal_round_trip_replays_hard_state_and_replaced_entries(tmp_path):
     _, rec = WriteAheadLog.open(tmp_path)
     assert rec.hard_state == HardState(2, None, 2)
     assert [(e.term, e.index, e.command) for e in rec.entries] == [(1, 1, None), (1, 2, b"a"), (2, 3, b"c"), (2, 4, b"d")]
-    assert rec.records == 3 and rec.torn_tail_bytes == 0
+    assert rec.records == 4 and rec.torn_tail_bytes == 0  # three Readys after the opening hard state
 
 
 def test_wal_torn_last_record_at_every_offset_keeps_everything_before(tmp_path):

@@ -1,0 +1,33 @@
+"""A node launcher for tests: the first node process to reach the snapshot step
+named by RAFTPROC_TEST_FAILPOINT SIGKILLs itself there, after writing its id to
+the file RAFTPROC_TEST_FAILPOINT_FIRED (which also keeps it from firing twice).
+Used by test_snapshots.py; never shipped."""
+
+import os
+import signal
+import sys
+
+from raftproc.runtime import snapshot
+
+STEP = os.environ["RAFTPROC_TEST_FAILPOINT"]
+FIRED = os.environ["RAFTPROC_TEST_FAILPOINT_FIRED"]
+ME = sys.argv[sys.argv.index("--id") + 1]
+
+
+def die_at(step: str) -> None:
+    if step != STEP:
+        return
+    try:
+        fd = os.open(FIRED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return
+    os.write(fd, ME.encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+snapshot.failpoint = die_at
+
+from raftproc.node import main  # noqa: E402
+
+sys.exit(main())

@@ -1,0 +1,209 @@
+"""Snapshot files, the WAL around them, and the chunked transfer, without processes."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+
+from raftproc.core.messages import Entry, SnapshotMeta
+from raftproc.core.ready import HardState, Ready
+from raftproc.kv.commands import Command
+from raftproc.kv.state_machine import KeyValueStore
+from raftproc.runtime.snapshot import SnapshotCorrupt, load_newest, read_meta, read_snapshot, write_snapshot
+from raftproc.runtime.transfer import SnapshotReceiver, SnapshotSender
+from raftproc.runtime.wal import WalCorruption, WriteAheadLog
+
+META = (1, 2, 3)
+
+
+def store_with(n: int, *, client: int = 7) -> KeyValueStore:
+    kv = KeyValueStore()
+    for i in range(1, n + 1):
+        kv.apply(i, Command("set", f"key{i % 50}", f"v{i}", None, client, i).encode())
+    return kv
+
+
+def test_round_trip_keeps_data_sessions_and_digest(tmp_path):
+    kv = store_with(300)
+    snap = write_snapshot(tmp_path, SnapshotMeta(300, 4, META), kv.image(), floor=0)
+    meta, image = read_snapshot(snap.path)
+    assert meta == SnapshotMeta(300, 4, META)
+    restored = KeyValueStore()
+    restored.restore(300, image)
+    assert restored.data == kv.data and restored.state_digest() == kv.state_digest()
+    assert restored.log_digest() == kv.log_digest()
+    # Exactly-once survives: the retry of the last request gets its first answer back,
+    # an older one is refused, and the digests keep agreeing as both go on.
+    retry = Command("set", "key0", "other", None, 7, 300).encode()
+    assert restored.apply(301, retry) == kv.apply(301, retry) == {"ok": True}
+    assert restored.data["key0"] == kv.data["key0"] == "v300"
+    assert restored.log_digest() == kv.log_digest()
+
+
+def test_every_flipped_byte_is_detected(tmp_path):
+    snap = write_snapshot(tmp_path, SnapshotMeta(10, 1, META), store_with(10).image(), floor=0)
+    good = snap.path.read_bytes()
+    rng = random.Random(3)
+    for pos in rng.sample(range(len(good)), 40) + [len(good) - 1]:
+        bad = bytearray(good)
+        bad[pos] ^= 0x41
+        snap.path.write_bytes(bytes(bad))
+        with pytest.raises(SnapshotCorrupt):
+            read_snapshot(snap.path)
+        with pytest.raises(SnapshotCorrupt):
+            read_meta(snap.path)
+    snap.path.write_bytes(good[: len(good) - 5])  # torn: no end record
+    with pytest.raises(SnapshotCorrupt):
+        read_meta(snap.path)
+
+
+def test_corrupt_newest_falls_back_to_the_older_snapshot(tmp_path):
+    old = write_snapshot(tmp_path, SnapshotMeta(10, 1, META), store_with(10).image(), floor=0)
+    new = write_snapshot(tmp_path, SnapshotMeta(20, 1, META), store_with(20).image(), floor=0)
+    data = bytearray(new.path.read_bytes())
+    data[len(data) // 2] ^= 1
+    new.path.write_bytes(bytes(data))
+    warnings = []
+    chosen, meta, _ = load_newest(tmp_path, lambda event, **f: warnings.append((event, f)))
+    assert chosen.path == old.path and meta.index == 10
+    assert warnings[0][0] == "snapshot_corrupt" and Path(tmp_path / warnings[0][1]["moved_to"]).exists()
+
+
+def entries(lo: int, hi: int, term: int) -> tuple[Entry, ...]:
+    return tuple(Entry(term, i, b"c%d" % i) for i in range(lo, hi + 1))
+
+
+def test_wal_replays_only_what_follows_the_snapshot_and_respects_truncations(tmp_path):
+    wal, _ = WriteAheadLog.open(tmp_path, segment_bytes=10**9)
+    wal.append(Ready(hard_state=HardState(1, 1, 0), entries=entries(1, 10, 1)))
+    wal.append(Ready(hard_state=HardState(2, 2, 0), entries=entries(5, 6, 2)))  # replaces 5..10
+    wal.append(Ready(entries=entries(7, 8, 2)))
+    wal.close()
+    # A snapshot at 7 covers 1..7; entry 8 (term 2) follows, and the stale 9, 10 of
+    # term 1 that the truncation at 5 removed must not come back.
+    _, rec = WriteAheadLog.open(tmp_path, base=7)
+    assert [(e.index, e.term) for e in rec.entries] == [(8, 2)]
+    assert rec.hard_state == HardState(2, 2, 0)
+    # A snapshot at 20, past everything: the WAL adds nothing, yet keeps its hard state.
+    _, rec = WriteAheadLog.open(tmp_path, base=20)
+    assert rec.entries == [] and rec.hard_state.current_term == 2
+
+
+def test_segments_below_the_floor_give_hard_state_but_no_entries(tmp_path):
+    wal, _ = WriteAheadLog.open(tmp_path, segment_bytes=10**9)
+    wal.append(Ready(hard_state=HardState(3, 1, 0), entries=entries(1, 30, 1)))
+    floor = wal.cut()  # a follower installing a snapshot at 12 of another history
+    wal.append(Ready(hard_state=HardState(4, None, 12), entries=entries(13, 14, 4)))
+    wal.close()
+    _, rec = WriteAheadLog.open(tmp_path, base=12, floor=floor)
+    assert [(e.index, e.term) for e in rec.entries] == [(13, 4), (14, 4)]
+    assert rec.hard_state == HardState(4, None, 12)
+    # Falling back to an older snapshot behind the floor cannot work: it says so.
+    with pytest.raises(WalCorruption, match="missing"):
+        WriteAheadLog.open(tmp_path, base=5, floor=floor)
+
+
+def test_remove_covered_deletes_old_segments_but_keeps_term_and_vote(tmp_path):
+    wal, _ = WriteAheadLog.open(tmp_path, segment_bytes=200)
+    wal.append(Ready(hard_state=HardState(5, 2, 0)))
+    for i in range(1, 41):
+        wal.append(Ready(entries=(Entry(5, i, b"x" * 40),)))
+    assert len(wal.segments()) > 5
+    removed = wal.remove_covered(30)
+    assert removed and len(wal.segments()) >= 1
+    wal.close()
+    _, rec = WriteAheadLog.open(tmp_path, base=30)
+    assert rec.hard_state.current_term == 5 and rec.hard_state.voted_for == 2
+    assert [e.index for e in rec.entries] == list(range(31, 41))
+
+
+def snapshot_file(tmp_path: Path, n: int = 2000):
+    src = tmp_path / "leader"
+    src.mkdir()
+    return write_snapshot(src, SnapshotMeta(n, 3, META), store_with(n).image(), floor=0)
+
+
+def run_transfer(snap, dest: Path, *, rng: random.Random, loss: float, dup: float, reorder: float):
+    """Carry chunks and acks over a faulty link until the sender finishes. Returns
+    (sender outcome, what the receiver completed)."""
+    receiver = SnapshotReceiver(dest, 2, sync=False)
+    wire: list = []
+    sender = SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=700, window=2800, send=lambda c: wire.append(c) or True, now=0.0)
+    sender.pump()
+    done = None
+    steps = 0
+    while sender.outcome is None and steps < 10_000:
+        steps += 1
+        if not wire:
+            break  # everything lost: the host's stall timer would fail the transfer
+        if len(wire) > 1 and rng.random() < reorder:
+            i = rng.randrange(1, len(wire))
+            wire[0], wire[i] = wire[i], wire[0]
+        chunk = wire.pop(0)
+        if rng.random() < loss:
+            continue
+        copies = 2 if rng.random() < dup else 1
+        for _ in range(copies):
+            ack, completed, _ = receiver.on_chunk(chunk, current_term=5)
+            done = completed or done
+            sender.on_ack(ack, now=float(steps))
+    if sender.outcome is None:
+        sender.finish(False)
+    return sender.outcome, done
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_chunk_loss_duplication_and_reordering_never_yield_a_wrong_file(tmp_path, seed):
+    snap = snapshot_file(tmp_path)
+    dest = tmp_path / "follower"
+    dest.mkdir()
+    rng = random.Random(seed)
+    faults = dict(loss=0.05 * (seed % 3), dup=0.2 * (seed % 2), reorder=0.15 * (seed % 4 > 1))
+    outcome, done = run_transfer(snap, dest, rng=rng, **faults)
+    if outcome:
+        assert done is not None and done.path.read_bytes() == snap.path.read_bytes()
+    else:
+        assert done is None
+        # The leader starts over; on a clean link the fresh transfer completes.
+        outcome, done = run_transfer(snap, dest, rng=rng, loss=0, dup=0, reorder=0)
+        assert outcome and done.path.read_bytes() == snap.path.read_bytes()
+    assert not list(dest.glob("incoming-*")) or done.path.exists()
+    if seed == 0:
+        assert faults == dict(loss=0, dup=0, reorder=0) and outcome  # the clean case completes first time
+
+
+def test_receiver_refuses_stale_terms_and_unknown_transfers(tmp_path):
+    snap = snapshot_file(tmp_path, 50)
+    dest = tmp_path / "follower"
+    dest.mkdir()
+    receiver = SnapshotReceiver(dest, 2, sync=False)
+    chunks: list = []
+    sender = SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=300, window=10**6, send=lambda c: chunks.append(c) or True, now=0)
+    sender.pump()
+    ack, done, why = receiver.on_chunk(chunks[1], current_term=5)  # a follower restarted mid-transfer
+    assert not ack.ok and done is None and "not in progress" in why
+    ack, done, why = receiver.on_chunk(chunks[0], current_term=6)  # from a deposed leader
+    assert not ack.ok and "term" in why
+    for c in chunks:
+        ack, done, why = receiver.on_chunk(c, current_term=5)
+        assert ack.ok and why is None
+    assert done is not None and done.meta.index == 50
+    sender.finish(True)
+
+
+def test_a_transfer_that_arrives_corrupted_is_refused(tmp_path):
+    snap = snapshot_file(tmp_path, 50)
+    dest = tmp_path / "follower"
+    dest.mkdir()
+    receiver = SnapshotReceiver(dest, 2, sync=False)
+    chunks: list = []
+    SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=300, window=10**6, send=lambda c: chunks.append(c) or True, now=0).pump()
+    from dataclasses import replace
+
+    chunks[2] = replace(chunks[2], data=bytes(b ^ 1 for b in chunks[2].data))
+    results = [receiver.on_chunk(c, current_term=5) for c in chunks]
+    ack, done, why = results[-1]
+    assert not ack.ok and done is None and "does not verify" in why
+    assert not list(dest.glob("incoming-*"))
