@@ -59,6 +59,12 @@ def _no_log(event: str, **fields: object) -> None:
     return None
 
 
+def _worth_logging(attempt: int) -> bool:
+    """1, 2, 10, 100, 1000, ...: a retry that repeats every heartbeat is logged
+    sparsely, and still shows it goes on."""
+    return attempt <= 2 or str(attempt).rstrip("0") == "1"
+
+
 class NotLeader(Exception):
     """propose() on a node that is not the leader. `leader_id` is who it follows, if anyone."""
 
@@ -245,7 +251,8 @@ class RaftNode:
             return
         pending = pr.pending_snapshot
         pr.become_probe()
-        self._log("snapshot_reported", peer=peer, index=pending, success=success)
+        if success or _worth_logging(pr.snapshot_attempts):
+            self._log("snapshot_reported", peer=peer, index=pending, success=success, attempts=pr.snapshot_attempts)
         if success:
             pr.next_index = max(pr.match_index, pending) + 1
             self._send_append(peer)
@@ -692,7 +699,8 @@ class RaftNode:
         """The follower needs entries we compacted: the host streams it our snapshot."""
         snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.voters)
         pr.become_snapshot(snap.index)
-        self._log("snapshot_needed", peer=peer, index=snap.index, match_index=pr.match_index)
+        if _worth_logging(pr.snapshot_attempts):
+            self._log("snapshot_needed", peer=peer, index=snap.index, match_index=pr.match_index, attempts=pr.snapshot_attempts)
         self._send(InstallSnapshot(src=self.id, dst=peer, term=self.current_term, snapshot=snap))
 
     def _send_snapshot_heartbeat(self, peer: NodeId) -> None:

@@ -35,6 +35,9 @@ class Progress:
     probe_sent: bool = False
     # In SNAPSHOT: the index of the snapshot being sent.
     pending_snapshot: int = 0
+    # Snapshot transfers started since the follower last accepted an append: a
+    # follower that is down fails one per heartbeat, and logs say so only sparsely.
+    snapshot_attempts: int = 0
 
     def become_probe(self) -> None:
         self.state = PROBE
@@ -45,11 +48,13 @@ class Progress:
         self.state = SNAPSHOT
         self.probe_sent = False
         self.pending_snapshot = index
+        self.snapshot_attempts += 1
 
     def become_replicate(self) -> None:
         self.state = REPLICATE
         self.probe_sent = False
         self.pending_snapshot = 0
+        self.snapshot_attempts = 0
 
     def on_success(self, match_index: int) -> bool:
         """Record that the follower matches up to `match_index`. Returns True when

@@ -170,6 +170,7 @@ class NodeHost:
         self.loop.call_at(self._next_tick, self._tick)
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
         self.senders: dict[int, SnapshotSender] = {}
+        self._unreachable_snapshots: set[int] = set()
         self.receiver = SnapshotReceiver(self.data_dir, node_id, sync=self.wal.sync_enabled)
         self.incoming: Received | None = None  # received whole, waiting for the core's Ready
         self._snapshot_job: threading.Thread | None = None
@@ -265,7 +266,7 @@ class NodeHost:
         `_held` until the sync thread reports it durable; a leader's appends leave at
         once (thesis §10.2.1) and the leader counts itself only once persisted()."""
         raft = self.raft
-        if self.senders:
+        if self.senders or self._unreachable_snapshots:
             self._settle_transfers()
         while raft.has_ready():
             rd = raft.ready()
@@ -450,6 +451,10 @@ class NodeHost:
         if snap is None or snap.index < msg.snapshot.index:
             raise RuntimeError(f"the core asks to send snapshot {msg.snapshot.index}, the newest on disk is {snap}")
         link = self.peers[peer]
+        if not link.connected:
+            # Nothing to stream to; the core retries from a later heartbeat.
+            self._unreachable_snapshots.add(peer)
+            return
         self.senders[peer] = sender = SnapshotSender(
             me=self.id, peer=peer, term=msg.term, snap=snap, chunk_bytes=self.cfg.snapshot_chunk_bytes,
             window=SNAPSHOT_WINDOW_CHUNKS * self.cfg.snapshot_chunk_bytes,
@@ -460,6 +465,9 @@ class NodeHost:
 
     def _settle_transfers(self) -> None:
         """Report finished, failed and stalled transfers to the core (outside a Ready)."""
+        for peer in self._unreachable_snapshots:
+            self.raft.report_snapshot(peer, success=False)
+        self._unreachable_snapshots.clear()
         now = time.monotonic()
         for peer, sender in list(self.senders.items()):
             if sender.outcome is None and (self.raft.role != LEADER or self.raft.current_term != sender.term):

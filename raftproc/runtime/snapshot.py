@@ -77,7 +77,8 @@ class KvImage:
 
     data: dict[str, str]
     sessions: dict[int, tuple[int, Any]]
-    digest: str
+    digest: str  # the log digest at the snapshot's index
+    state_sum: int = 0  # the state digest's running sum (raftproc.kv.state_machine)
 
 
 def snapshot_name(index: int, term: int, floor: int) -> str:
@@ -180,7 +181,8 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     sessions = [[client, seq, result] for client, (seq, result) in image.sessions.items()]
     yield frame_record(cbor2.dumps({"sessions": sessions}))
     records += 1
-    yield frame_record(cbor2.dumps({"end": {"records": records, "keys": len(image.data), "digest": image.digest}}))
+    end = {"records": records, "keys": len(image.data), "digest": image.digest, "state_sum": image.state_sum}
+    yield frame_record(cbor2.dumps({"end": end}))
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -212,7 +214,7 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
             end = body["end"]
             if end.get("records") != records - 1 or end.get("keys") != len(data):
                 raise SnapshotCorrupt(f"{path}: end record counts {end} do not match what precedes it")
-            return meta, KvImage(data, sessions, end.get("digest", ""))
+            return meta, KvImage(data, sessions, end.get("digest", ""), end.get("state_sum", 0))
         else:
             raise SnapshotCorrupt(f"{path}: unknown record {sorted(body)}")
     raise SnapshotCorrupt(f"{path}: no end record (incomplete file)")

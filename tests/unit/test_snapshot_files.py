@@ -207,3 +207,18 @@ def test_a_transfer_that_arrives_corrupted_is_refused(tmp_path):
     ack, done, why = results[-1]
     assert not ack.ok and done is None and "does not verify" in why
     assert not list(dest.glob("incoming-*"))
+
+
+def test_state_digest_is_kept_incrementally_and_ignores_history():
+    a, b = KeyValueStore(), KeyValueStore()
+    ops_a = [("set", "x", "1"), ("set", "y", "2"), ("del", "x", None), ("set", "x", "3")]
+    ops_b = [("set", "y", "0"), ("set", "x", "3"), ("set", "y", "2")]
+    for i, (op, k, v) in enumerate(ops_a, start=1):
+        a.apply(i, Command(op, k, v, None, 0, 0).encode())
+    for i, (op, k, v) in enumerate(ops_b, start=1):
+        b.apply(i, Command(op, k, v, None, 0, 0).encode())
+    assert a.data == b.data and a.state_digest() == b.state_digest()
+    b.apply(4, Command("set", "y", "9", None, 0, 0).encode())
+    assert a.state_digest() != b.state_digest()
+    b.apply(5, Command("cas", "y", "2", "9", 0, 0).encode())
+    assert a.state_digest() == b.state_digest()
