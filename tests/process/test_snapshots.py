@@ -138,3 +138,29 @@ def test_kill_at_each_snapshot_step_loses_nothing(tmp_path, monkeypatch, step):
         assert events(cluster, victim, "wal_recovered")[-1]["keys"] >= 0
     finally:
         cluster.down(timeout=3)
+
+
+def test_corrupt_newest_snapshot_is_reported_and_the_older_one_used(cluster_factory):
+    cluster = cluster_factory(3, **SNAPSHOTTING)
+    client = cluster.client(timeout=15)
+    acked: dict[str, str] = {}
+    write_keys(client, "k", 600, acked)
+    leader = cluster.wait_for_leader()
+    victim = next(i for i in cluster.config.nodes if i != leader)
+    cluster.wait_converged(timeout=20)
+    data_dir = cluster.config.node_data_dir(victim)
+    wait_until(lambda: len(list(data_dir.glob("snap-*.snap"))) == 2, 10, "two snapshots on the victim")
+    cluster.stop(victim)
+    newest = max(data_dir.glob("snap-*.snap"))
+    raw = bytearray(newest.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    newest.write_bytes(bytes(raw))
+    write_keys(client, "after", 20, acked)
+    cluster.start(victim)
+    statuses = cluster.wait_converged(timeout=20)
+    assert len(statuses) == 3 and len({s["state_digest"] for s in statuses}) == 1
+    corrupt = events(cluster, victim, "snapshot_corrupt")
+    assert corrupt and corrupt[-1]["file"] == newest.name
+    assert events(cluster, victim, "wal_recovered")[-1]["snapshot_index"] < int(newest.name.split("-")[1])
+    check_acked(client, acked)
+    client.close()
