@@ -64,6 +64,9 @@ class _Conn:
         self.sock.close()
 
 
+READ_MODES = ("index", "log", "lease")
+
+
 class Client:
     def __init__(
         self,
@@ -74,7 +77,16 @@ class Client:
         client_id: int | None = None,
         rng: random.Random | None = None,
         max_backoff: float = 0.2,
+        read_mode: str = "index",
     ) -> None:
+        """`read_mode` picks how get() reads: "index" (default) is ReadIndex, one
+        heartbeat round and no log write; "log" commits the read as a log entry;
+        "lease" skips the round while the leader holds a lease (it assumes the
+        nodes' clocks tick at the same rate; see raftproc.core.node). All three are
+        linearizable under that assumption; "index" and "log" without it."""
+        if read_mode not in READ_MODES:
+            raise ValueError(f"read_mode must be one of {READ_MODES}")
+        self.read_mode = read_mode
         if not addresses:
             raise ValueError("no node addresses")
         self.addresses = dict(addresses)
@@ -93,8 +105,8 @@ class Client:
     def set(self, key: str, value: str) -> dict[str, Any]:
         return self.request("set", key, value=value)
 
-    def get(self, key: str) -> str | None:
-        return self.request("get", key)["value"]
+    def get(self, key: str, *, read: str | None = None) -> str | None:
+        return self.request("get", key, read=read or self.read_mode)["value"]
 
     def delete(self, key: str) -> dict[str, Any]:
         return self.request("del", key)
@@ -102,10 +114,14 @@ class Client:
     def cas(self, key: str, expect: str | None, new: str) -> dict[str, Any]:
         return self.request("cas", key, value=new, expect=expect)
 
-    def request(self, op: str, key: str, *, value: str | None = None, expect: str | None = None) -> dict[str, Any]:
+    def request(
+        self, op: str, key: str, *, value: str | None = None, expect: str | None = None, read: str = "log"
+    ) -> dict[str, Any]:
         """Run one operation to a definite outcome within the deadline, or raise."""
         self.seq += 1
         body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": self.client_id, "seq": self.seq}
+        if op == "get" and read != "log":
+            body["read"] = read
         deadline = time.monotonic() + self.timeout
         maybe_sent = False  # has any attempt possibly reached a leader's log?
         delay = min(0.01, self.max_backoff)

@@ -30,6 +30,7 @@ class Cluster:
         self.rng = random.Random(seed)
         self.storage = {i: MemoryStorage() for i in self.ids}
         self.applied: dict[int, list[bytes | None]] = {i: [] for i in self.ids}
+        self.reads: dict[int, list] = {i: [] for i in self.ids}  # ReadStates each node handed out
         self.nodes: dict[int, RaftNode | None] = {}
         self.queue: list[Message] = []
         for i in self.ids:
@@ -62,6 +63,7 @@ class Cluster:
             self.storage[i].persist(rd)
             self.queue.extend(rd.messages)
             self.applied[i].extend(e.command for e in rd.committed_entries)
+            self.reads[i].extend(rd.read_states)
             node.advance(rd)
 
     def deliver(self, pick: Pick = everything, *, drop_rest: bool = False, rounds: int | None = None) -> None:

@@ -62,6 +62,10 @@ class AppendEntries:
     prev_log_term: int
     entries: tuple[Entry, ...] = field(default=())
     leader_commit: int
+    # The leader's read round when it sent this (ReadIndex, raftproc.core.node):
+    # echoed in the answer, it proves the follower still took this node for its
+    # leader after every read of that round or earlier arrived.
+    context: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,6 +91,7 @@ class AppendEntriesResponse:
     rejected_index: int = 0
     conflict_term: int | None = None
     conflict_index: int = 0
+    context: int = 0  # the request's context, echoed
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

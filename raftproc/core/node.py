@@ -18,6 +18,26 @@ Raft paper, "In Search of an Understandable Consensus Algorithm").
 Per-role behaviour is a swapped method: `become_follower`, `become_candidate` and
 `become_leader` set `self._tick_role`, the way etcd's raft sets `r.step`.
 
+Linearizable reads without a log write (Raft thesis §6.4)
+--------------------------------------------------------
+`read_index(request)` on the leader records its commit index for the read and
+confirms it is still the leader with a round of heartbeats that starts after the
+read arrived; once a majority answered that round the read comes out in
+Ready.read_states and the host serves it when its state machine has applied the
+index. Rounds number the leader's AppendEntries (`context`, echoed in answers), so
+every read arriving between two broadcasts shares one round, and ordinary
+replication traffic confirms them as well as heartbeats do. A leader answers
+reads only after committing an entry of its own term: before that its commit
+index may lag what its predecessors committed.
+
+`read_index(request, lease=True)` (opt-in, needs check_quorum) skips the round
+while the leader holds a lease: a majority acknowledged, within the last
+`election_timeout_min - LEASE_MARGIN_TICKS` ticks, messages sent after a known
+tick, and each of them refuses to vote for anyone else for election_timeout_min
+ticks after hearing from its leader. The assumption: ticks on different nodes
+run at the same rate, within the margin. Leadership transfer would break it (the
+new leader is elected without waiting) and must end the lease first.
+
 Invariants (checked from outside by raftproc.core.invariants after every step):
 - commit_index <= log.last_index, and commit_index never decreases while running.
 - current_term never decreases; voted_for and leader_id are set at most once a term.
@@ -45,7 +65,7 @@ from raftproc.core.messages import (
 )
 from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftproc.core.quorum import has_quorum, majority, quorum_index
-from raftproc.core.ready import HardState, Ready
+from raftproc.core.ready import HardState, Ready, ReadState
 
 FOLLOWER = "follower"
 PRE_CANDIDATE = "pre_candidate"
@@ -53,6 +73,9 @@ CANDIDATE = "candidate"
 LEADER = "leader"
 
 LogFn = Callable[..., None]
+# Ticks cut off a read lease before followers' vote-refusal window ends, to cover
+# clocks (tick rates) that do not run exactly alike.
+LEASE_MARGIN_TICKS = 2
 
 
 def _no_log(event: str, **fields: object) -> None:
@@ -155,14 +178,29 @@ class RaftNode:
         self._recent_active: set[NodeId] = set()  # leader: peers heard since the last quorum check
         self._outbox: list[Message] = []
         self._broadcast_pending = False
+        self._heartbeat_pending = False
+        self._ticks = 0  # ticks since start: the clock of read leases
+        self._restarted = hs.current_term > 0
+        # Leader, ReadIndex (see the module doc).
+        self._read_round = 0
+        self._round_fresh = False  # no message of the current round has been sent yet
+        self._round_started: dict[int, int] = {}  # round -> tick it started (recent rounds)
+        self._acked_round: dict[NodeId, int] = {}
+        self._pending_reads: list[tuple[int, int, int]] = []  # (round, request, index)
+        self._reads_before_commit: list[tuple[int, bool]] = []  # (request, lease) until a commit in our term
+        self._read_states: list[ReadState] = []
         self._in_ready = False
         self._tick_role = self._tick_election
         self._reset_election_timer()
 
     # --- inputs ---------------------------------------------------------------
 
-    def tick(self) -> None:
+    def tick(self, elapsed: int = 1) -> None:
+        """One tick of the role's timers. `elapsed` (>= 1) is how many tick
+        intervals really passed: a host that was paused says so, and the read
+        lease, which must never outlive real time, counts them all."""
         self._check_not_in_ready()
+        self._ticks += max(1, elapsed)
         self._tick_role()
 
     def step(self, msg: Message) -> None:
@@ -202,9 +240,14 @@ class RaftNode:
                 raise TypeError(f"not a raft message: {msg!r}")
 
     def _in_lease(self) -> bool:
+        if not self.config.check_quorum:
+            return False
+        if self._restarted and self._ticks < self.config.election_timeout_min:
+            # Just restarted: a leader may count on our refusal from before the
+            # crash for its read lease, so honour it for one minimum timeout.
+            return True
         return (
-            self.config.check_quorum
-            and self.role in (FOLLOWER, LEADER)
+            self.role in (FOLLOWER, LEADER)
             and self.leader_id is not None
             and self.election_elapsed < self.config.election_timeout_min
         )
@@ -229,6 +272,66 @@ class RaftNode:
         self.log.append((entry,))
         self._broadcast_pending = True
         return entry.index, entry.term
+
+    def read_index(self, request: int, *, lease: bool = False) -> None:
+        """Ask for a linearizable read, named `request` by the host; it comes back in
+        Ready.read_states with the index to wait for (see the module doc)."""
+        self._check_not_in_ready()
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if self.log.term_at(self.commit_index) != self.current_term:
+            self._reads_before_commit.append((request, lease))
+            return
+        self._start_read(request, lease)
+
+    def _start_read(self, request: int, lease: bool) -> None:
+        if not self.peers or (lease and self._lease_valid()):
+            self._read_states.append(ReadState(request, self.commit_index))
+            return
+        if not self._round_fresh:
+            self._new_round()
+        self._pending_reads.append((self._read_round, request, self.commit_index))
+        self._broadcast_pending = True
+        self._heartbeat_pending = True
+
+    def _new_round(self) -> None:
+        self._read_round += 1
+        self._round_fresh = True
+        self._round_started[self._read_round] = self._ticks
+        horizon = self._ticks - self.config.election_timeout_max
+        while self._round_started and next(iter(self._round_started.values())) < horizon:
+            del self._round_started[next(iter(self._round_started))]
+
+    def _confirmed_round(self) -> int:
+        """The newest read round a majority (this leader included) has answered."""
+        rounds = [self._read_round] + [self._acked_round.get(p, 0) for p in self.peers]
+        return quorum_index(rounds, len(self.voters))
+
+    def _lease_valid(self) -> bool:
+        """A majority answered messages sent recently enough that none of them will
+        vote for another leader yet (check_quorum's vote refusal)."""
+        if not self.config.check_quorum:
+            return False
+        starts = [self._ticks] + [self._round_started.get(self._acked_round.get(p, 0), -(10**9)) for p in self.peers]
+        since = quorum_index(starts, len(self.voters))
+        return self._ticks < since + self.config.election_timeout_min - LEASE_MARGIN_TICKS
+
+    def _release_reads(self) -> None:
+        confirmed = self._confirmed_round()
+        pending = self._pending_reads
+        done = 0
+        while done < len(pending) and pending[done][0] <= confirmed:
+            _, request, index = pending[done]
+            self._read_states.append(ReadState(request, index))
+            done += 1
+        if done:
+            del pending[:done]
+
+    def _drop_reads(self) -> None:
+        """Leadership is gone: the host fails every read not yet handed out."""
+        self._pending_reads = []
+        self._reads_before_commit = []
+        self._acked_round = {}
 
     def report_unreachable(self, peer: NodeId) -> None:
         """The host lost its connection to `peer`, so what was in flight to it may be
@@ -279,6 +382,7 @@ class RaftNode:
         self._flush_broadcast()
         return bool(
             self._outbox
+            or self._read_states
             or self._pending_snapshot is not None
             or self.log.written_index < self.log.last_index
             or self._hard_state_changed()
@@ -294,8 +398,10 @@ class RaftNode:
             entries=self.log.unstable(),
             messages=tuple(self._outbox),
             committed_entries=self.log.slice(self.applied + 1, self.commit_index + 1),
+            read_states=tuple(self._read_states),
         )
         self._outbox = []
+        self._read_states = []
         self._pending_snapshot = None
         self._in_ready = True
         return rd
@@ -334,6 +440,8 @@ class RaftNode:
 
     def become_follower(self, term: int, leader_id: NodeId | None) -> None:
         was = self.role
+        if was == LEADER:
+            self._drop_reads()
         if term > self.current_term:
             self.current_term = term
             self.voted_for = None
@@ -381,6 +489,8 @@ class RaftNode:
         self.heartbeat_elapsed = 0
         self.election_elapsed = 0
         self._recent_active = set()
+        self._drop_reads()
+        self._new_round()
         last = self.log.last_index
         self.progress = {p: Progress(match_index=0, next_index=last + 1) for p in self.peers}
         # §8: a no-op of the new term lets the leader commit, and so learn, everything
@@ -414,8 +524,13 @@ class RaftNode:
         self.heartbeat_elapsed += 1
         if self.heartbeat_elapsed >= self.config.heartbeat_interval:
             self.heartbeat_elapsed = 0
-            for peer in self.peers:
-                self._send_append(peer, heartbeat=True)
+            self._new_round()  # heartbeats renew the read lease
+            self._heartbeat_all()
+
+    def _heartbeat_all(self) -> None:
+        self._heartbeat_pending = False
+        for peer in self.peers:
+            self._send_append(peer, heartbeat=True)
 
     def _reset_election_timer(self) -> None:
         self.election_elapsed = 0
@@ -518,7 +633,7 @@ class RaftNode:
             return
         last_new = self._append_from_leader(msg)
         self._follower_commit(msg.leader_commit, last_new)
-        self._send(self._append_ok(msg.src, last_new))
+        self._send(self._append_ok(msg.src, last_new, msg.context))
 
     def _skip_compacted(self, msg: AppendEntries) -> AppendEntries | None:
         """An append that starts inside our snapshot. Everything the snapshot covers is
@@ -527,7 +642,7 @@ class RaftNode:
         nothing past it, acknowledge what we know matches: our commit index."""
         skip = self.log.snapshot_index - msg.prev_log_index
         if len(msg.entries) <= skip:
-            self._send(self._append_ok(msg.src, self.commit_index))
+            self._send(self._append_ok(msg.src, self.commit_index, msg.context))
             return None
         return dataclasses.replace(
             msg, prev_log_index=self.log.snapshot_index, prev_log_term=self.log.snapshot_term, entries=msg.entries[skip:],
@@ -588,9 +703,9 @@ class RaftNode:
             self.commit_index = commit
             self._log("commit_advanced", commit_index=commit)
 
-    def _append_ok(self, leader: NodeId, match_index: int) -> AppendEntriesResponse:
+    def _append_ok(self, leader: NodeId, match_index: int, context: int = 0) -> AppendEntriesResponse:
         return AppendEntriesResponse(
-            src=self.id, dst=leader, term=self.current_term, success=True, match_index=match_index
+            src=self.id, dst=leader, term=self.current_term, success=True, match_index=match_index, context=context,
         )
 
     def _reject_append(self, msg: AppendEntries, local_term: int | None) -> None:
@@ -606,6 +721,7 @@ class RaftNode:
             AppendEntriesResponse(
                 src=self.id, dst=msg.src, term=self.current_term, success=False,
                 rejected_index=msg.prev_log_index, conflict_term=conflict_term, conflict_index=conflict_index,
+                context=msg.context,
             )
         )
 
@@ -614,6 +730,11 @@ class RaftNode:
     def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
         if self.role != LEADER:
             return
+        if msg.context > self._acked_round.get(msg.src, 0) and msg.context <= self._read_round:
+            # Any answer in our term, success or not, says the peer still follows us.
+            self._acked_round[msg.src] = msg.context
+            if self._pending_reads:
+                self._release_reads()
         pr = self.progress[msg.src]
         if msg.match_index > self.log.last_index:
             # No follower can match entries this leader never had: a confused peer.
@@ -650,6 +771,10 @@ class RaftNode:
         if index > self.commit_index and self.log.term_at(index) == self.current_term:
             self.commit_index = index
             self._log("commit_advanced", commit_index=index)
+            if self._reads_before_commit:
+                waiting, self._reads_before_commit = self._reads_before_commit, []
+                for request, lease in waiting:
+                    self._start_read(request, lease)
             return True
         return False
 
@@ -657,8 +782,11 @@ class RaftNode:
         """Send everything proposed since the last Ready in one AppendEntries per
         follower: proposals that arrive together travel together."""
         if self._broadcast_pending and self.role == LEADER:
-            for peer in self.peers:
-                self._send_append(peer)
+            if self._heartbeat_pending:
+                self._heartbeat_all()  # a read round: every follower must answer
+            else:
+                for peer in self.peers:
+                    self._send_append(peer)
         self._broadcast_pending = False
 
     def _send_append(self, peer: NodeId, heartbeat: bool = False) -> None:
@@ -688,8 +816,10 @@ class RaftNode:
             AppendEntries(
                 src=self.id, dst=peer, term=self.current_term, prev_log_index=prev,
                 prev_log_term=prev_term, entries=entries, leader_commit=self.commit_index,
+                context=self._read_round,
             )
         )
+        self._round_fresh = False
         if pr.state == REPLICATE and entries:
             pr.next_index = entries[-1].index + 1
         elif pr.state == PROBE:
@@ -711,8 +841,10 @@ class RaftNode:
             AppendEntries(
                 src=self.id, dst=peer, term=self.current_term, prev_log_index=self.log.snapshot_index,
                 prev_log_term=self.log.snapshot_term, entries=(), leader_commit=self.commit_index,
+                context=self._read_round,
             )
         )
+        self._round_fresh = False
 
     # --- helpers --------------------------------------------------------------------
 

@@ -45,6 +45,15 @@ class HardState:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read the leader confirmed: answer read `request` once the state machine has
+    applied `index` (it then reflects every write committed before the read arrived)."""
+
+    request: int
+    index: int
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     # Installed (and the log dropped) before anything else; None almost always.
     snapshot: SnapshotMeta | None = None
@@ -56,9 +65,11 @@ class Ready:
     messages: tuple[Message, ...] = ()
     # Committed and durable on a majority; apply in order.
     committed_entries: tuple[Entry, ...] = field(default=())
+    # Reads confirmed by ReadIndex (or a lease): serve each once `index` is applied.
+    read_states: tuple[ReadState, ...] = field(default=())
 
     def is_empty(self) -> bool:
-        return not (self.snapshot or self.hard_state or self.entries or self.messages or self.committed_entries)
+        return not (self.snapshot or self.hard_state or self.entries or self.messages or self.committed_entries or self.read_states)
 
 
 def split_messages(rd: Ready) -> tuple[list[Message], list[Message]]:

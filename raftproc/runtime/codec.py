@@ -151,6 +151,8 @@ def decode_client_request(data: bytes) -> dict[str, Any]:
         raise RemoteProtocolError(f"{op} needs a string value")
     if op == "cas" and not (body.get("expect") is None or isinstance(body.get("expect"), str)):
         raise RemoteProtocolError("cas expect must be a string or null (absent)")
+    if body.get("read", "log") not in ("log", "index", "lease") or ("read" in body and op != "get"):
+        raise RemoteProtocolError("read must be log, index or lease, and only on get")
     return body
 
 

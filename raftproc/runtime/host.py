@@ -35,6 +35,7 @@ Client answers are honest about what is known:
 from __future__ import annotations
 
 import gc
+import heapq
 import os
 import random
 import socket
@@ -153,6 +154,11 @@ class NodeHost:
 
         self._recover()
         self.waiting: dict[int, Waiting] = {}
+        # Reads: asked of the core (token -> conn, request id, key), and confirmed
+        # ones waiting for their index to be applied (a heap by index).
+        self._read_token = 0
+        self._reads_asked: dict[int, tuple[Connection, int, str]] = {}
+        self._reads_confirmed: list[tuple[int, int, tuple[Connection, int, str]]] = []
         self.inbound: set[Connection] = set()
         self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
         self.client_listener = Listener(self.loop, me.client, self._accept_client)
@@ -167,6 +173,7 @@ class NodeHost:
         self.loop.after_pass.append(self._handle_ready)
         self._tick_interval = cfg.tick_ms / 1000
         self._next_tick = time.monotonic() + self._tick_interval
+        self._last_tick_at = time.monotonic()
         self.loop.call_at(self._next_tick, self._tick)
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
         self.senders: dict[int, SnapshotSender] = {}
@@ -250,10 +257,13 @@ class NodeHost:
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
 
     def _tick(self) -> None:
-        self.raft.tick()
         now = time.monotonic()
-        # A late timer (a GC pause, SIGSTOP) ticks once, not a burst of catch-up ticks
-        # that would start an election the moment the process resumes.
+        # A late timer (a GC pause, SIGSTOP) ticks the node once, not a burst of
+        # catch-up ticks that would start an election the moment the process
+        # resumes; but the read lease's clock hears the whole time that passed.
+        elapsed = max(1, round((now - self._last_tick_at) / self._tick_interval))
+        self._last_tick_at = now
+        self.raft.tick(elapsed)
         self._next_tick = max(self._next_tick + self._tick_interval, now)
         self.loop.call_at(self._next_tick, self._tick)
 
@@ -282,6 +292,8 @@ class NodeHost:
                 self._send_all(after)
                 for entry in rd.committed_entries:
                     self._apply(entry)
+                if rd.read_states or self._reads_confirmed:
+                    self._serve_reads(rd.read_states)
                 raft.advance(rd)
                 continue
             needs_sync = self.wal.write(rd)
@@ -293,11 +305,19 @@ class NodeHost:
                 self._send_all(after)
             for entry in rd.committed_entries:
                 self._apply(entry)
+            if rd.read_states or self._reads_confirmed:
+                self._serve_reads(rd.read_states)
             raft.advance(rd, persisted=False)
         if self._held:
             self.syncer.request(self._written)
         if raft.role != LEADER and self.waiting:
             self._fail_waiting("unknown", "leadership lost before commit")
+        if raft.role != LEADER and self._reads_asked:
+            # Reads the core had not confirmed died with the leadership; a read
+            # changes nothing, so the client may simply ask the new leader.
+            asked, self._reads_asked = self._reads_asked, {}
+            for conn, request_id, _ in asked.values():
+                self._redirect(conn, request_id)
         if self.incoming is not None:
             # The core did not want it (its log already held the snapshot's end).
             self.incoming.path.unlink(missing_ok=True)
@@ -557,6 +577,9 @@ class NodeHost:
         if raft.role != LEADER:
             self._redirect(conn, req["id"])
             return
+        if req.get("read", "log") != "log":
+            self._read(conn, req)
+            return
         cmd = Command(req["op"], req["key"], req.get("value"), req.get("expect"), req["client"], req["seq"])
         try:
             index, term = raft.propose(cmd.encode())
@@ -564,6 +587,28 @@ class NodeHost:
             self._redirect(conn, req["id"])
             return
         self.waiting[index] = Waiting(term, conn, req["id"])
+
+    def _read(self, conn: Connection, req: dict[str, Any]) -> None:
+        """A linearizable read without a log entry (ReadIndex or lease, in the core)."""
+        self._read_token += 1
+        token = self._read_token
+        try:
+            self.raft.read_index(token, lease=req["read"] == "lease")
+        except NotLeader:
+            self._redirect(conn, req["id"])
+            return
+        self._reads_asked[token] = (conn, req["id"], req["key"])
+
+    def _serve_reads(self, read_states) -> None:
+        """Confirmed reads wait until the store has applied their index."""
+        for rs in read_states:
+            asked = self._reads_asked.pop(rs.request, None)
+            if asked is not None:
+                heapq.heappush(self._reads_confirmed, (rs.index, rs.request, asked))
+        confirmed, applied = self._reads_confirmed, self.kv.last_applied
+        while confirmed and confirmed[0][0] <= applied:
+            _, _, (conn, request_id, key) = heapq.heappop(confirmed)
+            self._answer(conn, request_id, status="ok", result={"ok": True, "value": self.kv.data.get(key)})
 
     def _redirect(self, conn: Connection, request_id: int) -> None:
         leader = self.raft.leader_id

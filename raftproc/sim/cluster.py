@@ -39,6 +39,9 @@ Properties checked after every step (Raft paper, Figure 3, plus durability):
   only in the rare runs where that future leader then appears.
 - Persist before promise: a vote, an append acknowledgement, or any message of a
   term leaves a node only after its storage holds what the message promises.
+- Reads are linearizable: a read that any node taking itself for leader accepted
+  (ReadIndex, or a lease in half of them) and later confirmed must be served at an
+  index covering every entry committed anywhere before the read was asked.
 - Committed entries stay: once a node's storage holds a committed entry (in its log
   or its snapshot) it holds it forever. A truncation or a snapshot install that
   drops one is a bug even when enough other copies survive to hide it.
@@ -103,6 +106,7 @@ class FaultConfig:
     partition_min: int = 10
     partition_max: int = 150
     propose: float = 0.4
+    read: float = 0.3
     snapshots: float = 0.75  # share of runs in which nodes snapshot and compact
 
 
@@ -146,6 +150,7 @@ class SimStats:
     messages_dropped: int = 0
     snapshots_taken: int = 0
     snapshots_installed: int = 0
+    reads_served: int = 0
 
 
 class SimNode:
@@ -217,6 +222,9 @@ class Simulation:
         self.snapshot_every = self.rng.choice((2, 5, 13, 40)) if self.rng.random() < self.faults.snapshots else 0
         # Snapshot data travelling with an InstallSnapshot, by message sequence number.
         self._snapshot_payload: dict[int, tuple[Entry, ...]] = {}
+        # Reads asked and not yet served: request -> entries committed when it was asked.
+        self._reads: dict[int, int] = {}
+        self._next_read = 0
         for sn in self.nodes.values():
             self._start(sn)
 
@@ -257,6 +265,8 @@ class Simulation:
                 self._handle_ready(sn)
         if clients and self.rng.random() < self.faults.propose:
             self._client_propose()
+        if clients and self.rng.random() < self.faults.read:
+            self._client_read()
         self._check()
 
     def heal_all(self) -> None:
@@ -352,6 +362,7 @@ class Simulation:
         assert node is not None
         while node.has_ready():
             rd = node.ready()
+            self._serve_reads(sn, rd)
             if rd.snapshot is not None:
                 self._handle_snapshot_ready(sn, rd)
                 continue
@@ -589,6 +600,27 @@ class Simulation:
         node.propose(self._new_command(b"c"))
         self.stats.proposals += 1
         self._handle_ready(self.nodes[node.id])
+
+    def _client_read(self) -> None:
+        """A read sent to any node that takes itself for leader, stale or not."""
+        leaders = [sn for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
+        if not leaders:
+            return
+        sn = self.rng.choice(leaders)
+        self._next_read += 1
+        self._reads[self._next_read] = len(self.committed)
+        sn.node.read_index(self._next_read, lease=self.rng.random() < 0.5)
+        self._handle_ready(sn)
+
+    def _serve_reads(self, sn: SimNode, rd: Ready) -> None:
+        for rs in rd.read_states:
+            committed_before = self._reads.pop(rs.request)
+            if rs.index < committed_before:
+                raise SafetyViolation(
+                    f"stale read: node {sn.id} serves read {rs.request} at index {rs.index}, but {committed_before} "
+                    "entries were committed before it was asked"
+                )
+            self.stats.reads_served += 1
 
     def _new_command(self, prefix: bytes) -> bytes:
         self._next_command += 1

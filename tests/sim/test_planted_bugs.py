@@ -8,6 +8,7 @@ import pytest
 from harness import Cluster, between
 from raftproc.core import Entry, RaftNode
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse
+from raftproc.core.ready import ReadState
 from raftproc.sim import LivenessViolation, SafetyViolation, SimConfig, Simulation
 from raftproc.sim.cluster import SimNode
 
@@ -89,6 +90,22 @@ class DiscardsLogOnEverySnapshot(RaftNode):
         self._send(self._append_ok(msg.src, self.commit_index))
 
 
+class ReadsWithoutHeartbeatRound(RaftNode):
+    """A ninth, for ReadIndex: answers a read at its commit index without a round of
+    heartbeats to confirm it still leads (a deposed leader serves stale reads)."""
+
+    def _start_read(self, request: int, lease: bool) -> None:
+        self._read_states.append(ReadState(request, self.commit_index))
+
+
+class LeaseNeverExpires(RaftNode):
+    """A tenth, for lease reads: keeps serving reads from its lease after it lost
+    its majority."""
+
+    def _lease_valid(self) -> bool:
+        return True
+
+
 class SendsBeforePersisting(Simulation):
     """Bug 4, in the host: sends a Ready's messages (votes, acknowledgements) before
     its hard state and entries reach storage."""
@@ -118,6 +135,7 @@ def first_caught(make_sim) -> tuple[int, str] | None:
     [
         CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries,
         CommitsLeaderCommitUnclamped, LeaderCountsUnpersistedEntries, DiscardsLogOnEverySnapshot,
+        ReadsWithoutHeartbeatRound, LeaseNeverExpires,
     ],
 )
 def test_sim_catches_planted_core_bug(node_cls):
