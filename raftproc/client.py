@@ -1,6 +1,6 @@
 """The raftproc client: a library and a command line.
 
-    python -m raftproc.client [--config PATH] set x 10 | get x | del x | cas x 10 11 | status
+    python -m raftproc.client [--config PATH] set x 10 | get x | del x | cas x 10 11 | status | transfer [ID]
 
 `Client` connects to any node, follows redirects to the leader, and retries with
 backoff until its deadline. Each client has a random id and numbers its requests;
@@ -158,6 +158,51 @@ class Client:
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))  # back off before retrying
             delay = min(delay * 2, self.max_backoff)
 
+    def transfer(self, target: int | None = None, *, ask: int | None = None) -> int:
+        """Ask the leader (`ask`: try this node first) to hand leadership to
+        `target` (None: its most up-to-date follower) and wait until another node
+        leads. Returns the new leader's id."""
+        if ask is not None:
+            self._target = self.addresses[ask]
+        deadline = time.monotonic() + self.timeout
+        old = None
+        chosen = None
+        while chosen is None:
+            if time.monotonic() > deadline:
+                raise Failed(f"no leader accepted the transfer within {self.timeout}s")
+            node_target = self._target
+            try:
+                answer = self._call(node_target, {"t": "transfer", "target": target}, self.attempt_timeout)
+            except (OSError, FrameError, RemoteProtocolError):
+                self._drop(node_target)
+                self._target = self._other_node(node_target)
+                continue
+            status = answer.get("status")
+            if status == "ok":
+                chosen = answer["result"]["target"]
+                old = next((i for i, a in self.addresses.items() if a == node_target), None)
+            elif status == "redirect":
+                self._target = _parse_address(answer.get("leader_addr")) or self._other_node(node_target)
+            elif status == "error":
+                raise Failed(f"transfer refused: {answer.get('error')}")
+            else:
+                self._target = self._other_node(node_target)
+                time.sleep(0.05)  # no leader yet: back off before asking again
+        while time.monotonic() < deadline:
+            leader = self._leader_seen_by(chosen)
+            if leader is not None and leader != old:
+                self._target = self.addresses[leader]
+                return leader
+            time.sleep(0.01)  # poll interval of a wait-until loop
+        raise Unknown(f"leadership handed to node {chosen} did not show within {self.timeout}s")
+
+    def _leader_seen_by(self, node_id: int) -> int | None:
+        try:
+            s = self.status(node_id, timeout=self.attempt_timeout)
+        except (OSError, FrameError, RemoteProtocolError, ClientError):
+            return None
+        return s.get("leader")
+
     def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any]:
         answer = self._call(self.addresses[node_id], {"t": "status"}, timeout)
         return answer["result"]
@@ -230,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("key")
     c.add_argument("expected")
     c.add_argument("new")
+    sub.add_parser("transfer", help="hand leadership to node ID (default: the most up-to-date follower)").add_argument(
+        "id", type=int, nargs="?", default=None)
     sub.add_parser("status", help="each node's role, term, leader, commit and applied index, snapshot index, log entries held, WAL size")
     args = p.parse_args(argv)
     try:
@@ -241,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "status":
             return _print_status(client)
+        if args.cmd == "transfer":
+            leader = client.transfer(args.id)
+            print(f"node {leader} leads")
+            return 0
         if args.cmd == "set":
             client.set(args.key, args.value)
             print("OK")

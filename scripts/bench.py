@@ -6,6 +6,7 @@
     python scripts/bench.py --failover 15                    # kill -9 of the leader, 15 rounds
     python scripts/bench.py --nodes 3,5,7 --value-size 64,1024,16384
     python scripts/bench.py --tiny                           # seconds; CI runs this so it cannot rot
+    python scripts/bench.py --reads                          # gets: through the log, ReadIndex, lease
     python scripts/bench.py --snapshots                      # restart and InstallSnapshot catch-up
                                                              # with 1M keys; disk after 5M writes
 
@@ -28,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from raftproc.ops.bench import EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, measure, snapshot_bench
+from raftproc.ops.bench import EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, measure, read_bench, snapshot_bench
 from raftproc.ops.benchplot import write_plot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +98,25 @@ def snapshot_figures(args) -> int:
     return 0
 
 
+def read_figures(args, inflights: list[int]) -> int:
+    rows = read_bench(
+        inflights=inflights, repeats=args.repeats, warmup=args.warmup, window=args.window, generators=args.generators,
+        say=lambda m: print(m, flush=True),
+    )
+    print()
+    print(f"  {'read':<6} {'in flight':>9} {'ops/s':>9} {'p50 ms':>7} {'p99 ms':>7}   (median of {args.repeats})")
+    by = {(r["read"], r["inflight"]): r["median"] for r in rows}
+    for inflight in inflights:
+        for mode in ("log", "index", "lease"):
+            m = by[(mode, inflight)]
+            print(f"  {mode:<6} {inflight:>9} {m['ops_per_s']:>9.0f} {m['p50_ms']:>7.2f} {m['p99_ms']:>7.2f}")
+        ratio = by[("index", inflight)]["ops_per_s"] / by[("log", inflight)]["ops_per_s"]
+        print(f"  ReadIndex / log at {inflight} in flight: {ratio:.2f}x")
+    Path(args.out).write_text(json.dumps({"reads": rows, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}, indent=1))
+    print(f"\n  results: {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     a = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a.add_argument("--nodes", default="3", help="cluster sizes, comma-separated")
@@ -111,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
     a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
+    a.add_argument("--reads", action="store_true", help="only reads: log vs ReadIndex vs lease, at each --inflight")
     a.add_argument("--snapshots", action="store_true", help="only the snapshot figures: restart and catch-up with --snapshot-keys keys, disk after --churn-writes writes")
     a.add_argument("--snapshot-keys", type=int, default=1_000_000)
     a.add_argument("--churn-writes", type=int, default=5_000_000)
@@ -121,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     ints = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     if args.snapshots:
         return snapshot_figures(args)
+    if args.reads:
+        return read_figures(args, ints(args.inflight))
     if args.tiny:
         args.inflight, args.repeats, args.warmup, args.window = "16", 1, 0.3, 1.0
     systems = ["raftproc"] + [s for s in args.compare.split(",") if s]

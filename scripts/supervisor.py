@@ -4,6 +4,8 @@
     python scripts/supervisor.py up [-n 5]        start a cluster (default ports 7101.., 7201..)
     python scripts/supervisor.py status           pid, role, term, commit, applied, RSS, CPU
     python scripts/supervisor.py kill|stop|start|restart|pause|resume ID
+                                                  (stop: a leader hands over leadership first)
+    python scripts/supervisor.py rolling-restart  every node in turn, leader last, while serving
     python scripts/supervisor.py logs [-f] [--node N] [--event E]
     python scripts/supervisor.py down
 
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
     sub.add_parser("down")
     sub.add_parser("status")
+    sub.add_parser("rolling-restart")
     for name in ("kill", "stop", "start", "restart", "pause", "resume"):
         sub.add_parser(name).add_argument("id", type=int)
     logs = sub.add_parser("logs")
@@ -91,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(cluster, args)
         if args.cmd == "logs":
             return cmd_logs(cluster, args)
+        if args.cmd == "rolling-restart":
+            result = cluster.rolling_restart(say=print)
+            gaps = ", ".join(f"{g * 1000:.1f} ms" for g in result["handover_gaps_s"]) or "none logged"
+            print(f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
+                  f"leaderless time at each handover (TimeoutNow to new leader): {gaps}")
+            return 0
+        if args.cmd == "stop":
+            new_leader = cluster.graceful_stop(args.id)
+            print(f"stop node {args.id}: done" + (f" (node {new_leader} leads now)" if new_leader else ""))
+            return 0
         action = getattr(cluster, args.cmd)
         action(args.id)
         print(f"{args.cmd} node {args.id}: done")

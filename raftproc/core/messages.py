@@ -42,6 +42,9 @@ class RequestVote:
     # PreVote (Raft thesis §9.6): "would you vote for me in `term`?" Answering changes
     # nothing on the voter; the sender has not moved to `term` either.
     pre_vote: bool = False
+    # The leader asked the candidate to take over (TimeoutNow): voters answer even
+    # though they heard that leader recently (thesis §3.10).
+    transfer: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,7 +114,17 @@ class InstallSnapshot:
     snapshot: SnapshotMeta
 
 
-Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | InstallSnapshot
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TimeoutNow:
+    """Leadership transfer (thesis §3.10): the leader, having brought `dst` up to
+    date, tells it to start an election now."""
+
+    src: NodeId
+    dst: NodeId
+    term: int
+
+
+Message = RequestVote | RequestVoteResponse | AppendEntries | AppendEntriesResponse | InstallSnapshot | TimeoutNow
 
 MESSAGE_TYPES: tuple[type, ...] = (
     RequestVote,
@@ -119,6 +132,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     AppendEntries,
     AppendEntriesResponse,
     InstallSnapshot,
+    TimeoutNow,
 )
 
 
@@ -149,6 +163,8 @@ def describe(msg: Message) -> str:
             )
         case InstallSnapshot():
             return f"{head} snapshot={msg.snapshot.term}/{msg.snapshot.index}"
+        case TimeoutNow():
+            return head
         case AppendEntriesResponse():
             if msg.success:
                 return f"{head} ok match={msg.match_index}"

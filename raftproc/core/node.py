@@ -35,8 +35,16 @@ while the leader holds a lease: a majority acknowledged, within the last
 `election_timeout_min - LEASE_MARGIN_TICKS` ticks, messages sent after a known
 tick, and each of them refuses to vote for anyone else for election_timeout_min
 ticks after hearing from its leader. The assumption: ticks on different nodes
-run at the same rate, within the margin. Leadership transfer would break it (the
-new leader is elected without waiting) and must end the lease first.
+run at the same rate, within the margin. A leadership transfer elects the new
+leader without that wait, so a leader stops using its lease for the rest of its
+term once it sends TimeoutNow.
+
+Leadership transfer (thesis §3.10)
+----------------------------------
+`transfer_leadership(target)` stops new proposals, brings the target's log up to
+date, then sends it TimeoutNow; the target campaigns at once (no PreVote) and
+voters grant it even within a leader's lease. If the target has not taken over
+within an election timeout, the transfer is abandoned and proposals resume.
 
 Invariants (checked from outside by raftproc.core.invariants after every step):
 - commit_index <= log.last_index, and commit_index never decreases while running.
@@ -62,6 +70,7 @@ from raftproc.core.messages import (
     RequestVote,
     RequestVoteResponse,
     SnapshotMeta,
+    TimeoutNow,
 )
 from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftproc.core.quorum import has_quorum, majority, quorum_index
@@ -86,6 +95,10 @@ def _worth_logging(attempt: int) -> bool:
     """1, 2, 10, 100, 1000, ...: a retry that repeats every heartbeat is logged
     sparsely, and still shows it goes on."""
     return attempt <= 2 or str(attempt).rstrip("0") == "1"
+
+
+class TransferInProgress(Exception):
+    """propose() while the leader hands leadership to another node."""
 
 
 class NotLeader(Exception):
@@ -189,6 +202,10 @@ class RaftNode:
         self._pending_reads: list[tuple[int, int, int]] = []  # (round, request, index)
         self._reads_before_commit: list[tuple[int, bool]] = []  # (request, lease) until a commit in our term
         self._read_states: list[ReadState] = []
+        # Leader: leadership transfer in progress to this node, for this many ticks.
+        self.transferee: NodeId | None = None
+        self._transfer_elapsed = 0
+        self._lease_given_up = False
         self._in_ready = False
         self._tick_role = self._tick_election
         self._reset_election_timer()
@@ -209,7 +226,7 @@ class RaftNode:
             self._log("message_ignored", reason="not for this cluster member", src=msg.src, dst=msg.dst)
             return
         if msg.term > self.current_term:
-            if isinstance(msg, RequestVote) and self._in_lease():
+            if isinstance(msg, RequestVote) and not msg.transfer and self._in_lease():
                 # §6 (disruptive servers): a live leader was heard within the minimum
                 # election timeout; a request to replace it is ignored, term and all.
                 self._log("vote_rejected", candidate=msg.src, reason="leader lease", pre_vote=msg.pre_vote)
@@ -236,6 +253,8 @@ class RaftNode:
                 self._handle_append_response(msg)
             case InstallSnapshot():
                 self._handle_install_snapshot(msg)
+            case TimeoutNow():
+                self._handle_timeout_now(msg)
             case _:
                 raise TypeError(f"not a raft message: {msg!r}")
 
@@ -266,6 +285,8 @@ class RaftNode:
         self._check_not_in_ready()
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
+        if self.transferee is not None:
+            raise TransferInProgress(f"leadership is being handed to node {self.transferee}")
         if not isinstance(command, bytes):
             raise TypeError("a command is bytes")
         entry = Entry(self.current_term, self.log.last_index + 1, command)
@@ -310,7 +331,7 @@ class RaftNode:
     def _lease_valid(self) -> bool:
         """A majority answered messages sent recently enough that none of them will
         vote for another leader yet (check_quorum's vote refusal)."""
-        if not self.config.check_quorum:
+        if not self.config.check_quorum or self._lease_given_up:
             return False
         starts = [self._ticks] + [self._round_started.get(self._acked_round.get(p, 0), -(10**9)) for p in self.peers]
         since = quorum_index(starts, len(self.voters))
@@ -332,6 +353,44 @@ class RaftNode:
         self._pending_reads = []
         self._reads_before_commit = []
         self._acked_round = {}
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to `target` (see the module doc). Raises NotLeader on a
+        follower, ValueError for a target that is not another voter."""
+        self._check_not_in_ready()
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if target == self.id or target not in self.peers:
+            raise ValueError(f"node {target} is not another voter of this cluster")
+        self.transferee = target
+        self._transfer_elapsed = 0
+        self._log("leadership_transfer_started", target=target, match_index=self.progress[target].match_index)
+        if self.progress[target].match_index == self.log.last_index:
+            self._send_timeout_now(target)
+        else:
+            self._send_append(target)
+
+    def _send_timeout_now(self, target: NodeId) -> None:
+        # The target may win without waiting out our followers' vote refusal, so
+        # our lease is worth nothing from here on.
+        self._lease_given_up = True
+        self._log("timeout_now_sent", target=target)
+        self._send(TimeoutNow(src=self.id, dst=target, term=self.current_term))
+
+    def _abort_transfer(self, why: str) -> None:
+        if self.transferee is not None:
+            self._log("leadership_transfer_aborted", target=self.transferee, reason=why)
+        self.transferee = None
+
+    def _handle_timeout_now(self, msg: TimeoutNow) -> None:
+        if self.role == LEADER:
+            return
+        self._log("leadership_transfer_received", leader=msg.src)
+        self.become_candidate()
+        if has_quorum(self.votes.values(), len(self.voters)):
+            self.become_leader()
+            return
+        self._request_votes(self.current_term, pre_vote=False, transfer=True)
 
     def report_unreachable(self, peer: NodeId) -> None:
         """The host lost its connection to `peer`, so what was in flight to it may be
@@ -442,6 +501,7 @@ class RaftNode:
         was = self.role
         if was == LEADER:
             self._drop_reads()
+            self.transferee = None
         if term > self.current_term:
             self.current_term = term
             self.voted_for = None
@@ -491,6 +551,8 @@ class RaftNode:
         self._recent_active = set()
         self._drop_reads()
         self._new_round()
+        self.transferee = None
+        self._lease_given_up = False
         last = self.log.last_index
         self.progress = {p: Progress(match_index=0, next_index=last + 1) for p in self.peers}
         # §8: a no-op of the new term lets the leader commit, and so learn, everything
@@ -512,6 +574,10 @@ class RaftNode:
 
     def _tick_heartbeat(self) -> None:
         self.election_elapsed += 1
+        if self.transferee is not None:
+            self._transfer_elapsed += 1
+            if self._transfer_elapsed >= self.config.election_timeout_max:
+                self._abort_transfer("target did not take over within an election timeout")
         if self.config.check_quorum and self.election_elapsed >= self.config.election_timeout_min:
             self.election_elapsed = 0
             heard = len(self._recent_active) + 1
@@ -552,12 +618,12 @@ class RaftNode:
             return
         self._request_votes(self.current_term, pre_vote=False)
 
-    def _request_votes(self, term: int, *, pre_vote: bool) -> None:
+    def _request_votes(self, term: int, *, pre_vote: bool, transfer: bool = False) -> None:
         for peer in self.peers:
             self._send(
                 RequestVote(
                     src=self.id, dst=peer, term=term, last_log_index=self.log.last_index,
-                    last_log_term=self.log.last_term, pre_vote=pre_vote,
+                    last_log_term=self.log.last_term, pre_vote=pre_vote, transfer=transfer,
                 )
             )
 
@@ -743,6 +809,8 @@ class RaftNode:
         if msg.success:
             if pr.on_success(msg.match_index):
                 self._maybe_commit()
+            if msg.src == self.transferee and pr.match_index == self.log.last_index:
+                self._send_timeout_now(msg.src)
             self._send_append(msg.src)
             return
         if pr.state == SNAPSHOT:

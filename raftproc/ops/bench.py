@@ -52,7 +52,7 @@ class Point:
 
 def run_loadgens(
     target: tuple[str, int], inflight: int, generators: int, warmup: float, window: float, value_size: int, keys: int,
-    protocol: str = "raftproc", rate: float = 0.0,
+    protocol: str = "raftproc", rate: float = 0.0, read: str = "",
 ) -> list[dict[str, Any]]:
     gens = min(generators, inflight)
     procs = [
@@ -60,7 +60,7 @@ def run_loadgens(
             [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{target[0]}:{target[1]}",
              "--inflight", str(max(1, inflight // gens)), "--connections", str(max(1, min(16, inflight // gens))),
              "--warmup", str(warmup), "--window", str(window), "--value-size", str(value_size), "--keys", str(keys),
-             "--seed", str(g + 1), "--protocol", protocol, "--rate", str(rate / gens)],
+             "--seed", str(g + 1), "--protocol", protocol, "--rate", str(rate / gens)] + (["--read", read] if read else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for g in range(gens)
@@ -440,3 +440,28 @@ def disk_bound(writes: int, keys: int, say: Callable[[str], None], steps: int = 
         cluster.down(timeout=3)
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
+
+
+def read_bench(*, inflights: list[int], repeats: int, warmup: float, window: float, generators: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Gets through the log, by ReadIndex and by lease, interleaved on one cluster."""
+    target = RaftprocTarget(3)
+    rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    try:
+        write_load(target.cluster, 2000, unique=False, keys=1000)
+        for _ in range(repeats):
+            for inflight in inflights:
+                for mode in ("log", "index", "lease"):
+                    address = target.leader_address()
+                    gens = 1 if inflight == 1 else generators
+                    run = combine(run_loadgens(address, inflight, gens, warmup, window, 64, 1000, read=mode))
+                    rows.setdefault((mode, inflight), []).append(run)
+                    say(f"  read={mode:<5} inflight={inflight:<4} {run['ops_per_s']:>9.0f} ops/s  p50 {run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms")
+    finally:
+        target.close()
+    out = []
+    for (mode, inflight), runs in rows.items():
+        out.append({
+            "read": mode, "inflight": inflight, "runs": runs,
+            "median": {k: statistics.median(r[k] for r in runs) for k in ("ops_per_s", "p50_ms", "p99_ms")},
+        })
+    return out

@@ -19,14 +19,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from raftproc.client import Client
+from raftproc.client import Client, ClientError
 from raftproc.config import ClusterConfig, NodeAddress, load_config, to_toml
+from raftproc.ops.logs import merged
 
 
 class ClusterError(Exception):
@@ -157,6 +160,66 @@ class Cluster:
             self._wait_gone(node_id, timeout)
         self._pid_file(node_id).unlink(missing_ok=True)
 
+    def graceful_stop(self, node_id: int, timeout: float = 10.0) -> int | None:
+        """Stop a node; a leader first hands leadership to its most up-to-date
+        follower, so clients see no election timeout. Returns the new leader, if any."""
+        status = self.node_status(node_id)
+        new_leader = None
+        running = [p.node_id for p in self.processes() if p.state == "running" and p.node_id != node_id]
+        if status is not None and status["role"] == "leader" and running:
+            client = self.client(timeout=timeout)
+            try:
+                new_leader = client.transfer(ask=node_id)
+            except ClientError as e:
+                raise ClusterError(f"node {node_id} could not hand over leadership: {e}") from None
+            finally:
+                client.close()
+        self.stop(node_id)
+        return new_leader
+
+    def rolling_restart(self, timeout: float = 30.0, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+        """Restart every node in turn, followers first and the leader last (handing
+        over leadership first), each back and caught up before the next goes.
+        Reports how long each handover left the cluster without a leader, from the
+        nodes' logs: TimeoutNow sent by the old leader to `became_leader` of the new."""
+        started = time.monotonic()
+        since = datetime.now(timezone.utc).isoformat()
+        leader = self.wait_for_leader(timeout=timeout)
+        order = [i for i in sorted(self.config.nodes) if i != leader] + [leader]
+        for node_id in order:
+            handed_to = self.graceful_stop(node_id)
+            self.start(node_id)
+            target = self.node_status(self.wait_for_leader(timeout=timeout), timeout=2.0)
+            commit = target["commit_index"] if target else 0
+            deadline = time.monotonic() + timeout
+            while True:
+                s = self.node_status(node_id)
+                if s is not None and s["last_applied"] >= commit:
+                    break
+                if time.monotonic() > deadline:
+                    raise ClusterError(f"node {node_id} did not catch up within {timeout}s after its restart")
+                time.sleep(0.02)  # poll interval of a wait-until loop
+            say(f"node {node_id} restarted" + (f" (handed leadership to node {handed_to})" if handed_to else ""))
+        return {"order": order, "seconds": time.monotonic() - started, "handover_gaps_s": self.handover_gaps(since)}
+
+    def handover_gaps(self, since: str) -> list[float]:
+        """Seconds from each TimeoutNow (logged after `since`) to the next leader."""
+        paths = sorted(self.config.log_dir.glob("node-*.jsonl"))
+        sent: list[tuple[datetime, int]] = []
+        elected: list[tuple[datetime, int]] = []
+        for record in merged(paths):
+            ts = str(record.get("ts", ""))
+            if ts < since or record.get("event") not in ("timeout_now_sent", "became_leader"):
+                continue
+            at = datetime.fromisoformat(ts)
+            (sent if record["event"] == "timeout_now_sent" else elected).append((at, record["term"]))
+        gaps = []
+        for at, term in sent:
+            after = [t for t, leader_term in elected if leader_term > term and t >= at]
+            if after:
+                gaps.append((min(after) - at).total_seconds())
+        return gaps
+
     def restart(self, node_id: int) -> int:
         if self.process(node_id).state in ("running", "paused"):
             self.stop(node_id)
@@ -195,6 +258,15 @@ class Cluster:
 
     def client(self, **kw: Any) -> Client:
         return Client(self.config.client_addresses(), **kw)
+
+    def any_leader(self) -> int | None:
+        """A node that says it leads right now, if any (no waiting)."""
+        for p in self.processes():
+            if p.state == "running":
+                s = self.node_status(p.node_id, timeout=0.2)
+                if s is not None and s["role"] == "leader":
+                    return p.node_id
+        return None
 
     def node_status(self, node_id: int, timeout: float = 0.5) -> dict[str, Any] | None:
         c = self.client()
@@ -303,3 +375,4 @@ class Cluster:
         except psutil.Error:
             pass
         return True
+

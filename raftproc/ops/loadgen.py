@@ -37,14 +37,15 @@ def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: 
 
 def run(
     target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int,
-    seed: int, protocol: str = "raftproc", rate: float = 0.0, count: int = 0, unique: bool = False,
+    seed: int, protocol: str = "raftproc", rate: float = 0.0, count: int = 0, unique: bool = False, read: str = "",
 ) -> dict:
     """Closed loop: `inflight` requests always outstanding. With `rate` > 0, open loop:
     requests leave on a fixed schedule (up to `inflight` outstanding) and latency runs
     from the scheduled moment, so a stall is not hidden by sending less during it.
     With `count` > 0: exactly `count` writes, measured from the start; `window` caps
     the time. With `unique`, each write goes to a key of its own (`u<seed>-<n>`), to
-    fill a store with that many keys."""
+    fill a store with that many keys. With `read` (log, index or lease): gets with
+    that read mode instead of sets."""
     if protocol == "etcd":
         return run_etcd(target, inflight, warmup, window, value_size, keys, seed)
     rng = random.Random(seed)
@@ -71,6 +72,10 @@ def run(
         st["id"] += 1
         key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
         body = {"t": "req", "id": st["id"], "op": "set", "key": key, "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
+        if read:
+            body.update(op="get", value=None)
+            if read != "log":
+                body["read"] = read
         st["out"] += encode_frame(codec.encode(body))
         st["sent"][st["id"]] = at or time.perf_counter_ns()
 
@@ -209,9 +214,13 @@ def main() -> int:
     p.add_argument("--rate", type=float, default=0.0, help="open loop: requests per second (0: closed loop)")
     p.add_argument("--count", type=int, default=0, help="exactly this many writes; --window caps the time")
     p.add_argument("--unique", action="store_true", help="each write to a key of its own")
+    p.add_argument("--read", choices=("", "log", "index", "lease"), default="", help="gets with this read mode instead of sets")
     a = p.parse_args()
     host, _, port = a.target.rpartition(":")
-    result = run((host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate, a.count, a.unique)
+    result = run(
+        (host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate,
+        a.count, a.unique, a.read,
+    )
     print(json.dumps(result))
     return 0
 

@@ -16,6 +16,8 @@ Kinds:
 - partition: (network namespaces) isolate a node, split majority/minority with the
              leader on either side, or cut links one way only.
 - slow:      (network namespaces) netem delay, jitter and loss on some nodes.
+- transfer:  the leader hands leadership to a random node (TimeoutNow), while
+             clients keep writing and reading.
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from dataclasses import dataclass, field
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.netns import NetnsLab
 
-ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow")
-PROCESS_FAULTS = ("kill", "pause", "power", "stop")
+ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer")
+PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer")
 
 
 @dataclass
@@ -61,6 +63,8 @@ def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float,
             victims = rng.choice(("leader", "follower", "minority", "all"))
         elif kind == "slow":
             victims = rng.choice(("leader", "follower", "minority", "all"))
+        elif kind == "transfer":
+            victims = "leader"
         else:
             victims = rng.choice(("leader", "leader", "follower", "minority", "majority"))
         hold = rng.uniform(1.0, 3.0)
@@ -111,6 +115,9 @@ class Nemesis:
             assert self.lab is not None
             record.nodes, record.detail = self._partition(fault.victims, ids, leader)
             heal = self.lab.heal_cuts
+        elif fault.kind == "transfer":
+            record.nodes, record.detail = self._transfer(leader, followers)
+            heal = lambda: None  # noqa: E731 - a handover needs no healing
         elif fault.kind == "slow":
             assert self.lab is not None
             nodes = pick(fault.victims)
@@ -128,6 +135,19 @@ class Nemesis:
             self.log(f"healed {fault.kind} nodes {record.nodes}")
 
         return heal_and_record
+
+    def _transfer(self, leader: int | None, followers: list[int]) -> tuple[list[int], str]:
+        if leader is None or not followers:
+            return [], "no leader to hand over from"
+        target = self.rng.choice(followers)
+        client = self.cluster.client(timeout=3)
+        try:
+            new = client.transfer(target, ask=leader)
+            return [leader, target], f"node {new} leads"
+        except Exception as e:  # a transfer may fail under other faults; that is data, not an error
+            return [leader, target], f"not completed: {e}"
+        finally:
+            client.close()
 
     def _restart(self, nodes: list[int]) -> Callable[[], None]:
         def heal() -> None:

@@ -21,6 +21,7 @@ from raftproc.core.messages import (
     Message,
     RequestVote,
     RequestVoteResponse,
+    TimeoutNow,
 )
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
@@ -39,6 +40,7 @@ _TAGS: dict[type, str] = {
     RequestVoteResponse: "rvr",
     AppendEntries: "ae",
     AppendEntriesResponse: "aer",
+    TimeoutNow: "tn",
     # InstallSnapshot travels as a stream of chunks (raftproc.runtime.transfer).
     SnapshotChunk: "sc",
     SnapshotAck: "sa",
@@ -47,7 +49,7 @@ _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 # Field -> accepted Python types (bool is checked apart: it is a subclass of int).
 _INT_OR_NONE = ("conflict_term",)
-_BOOLS = ("vote_granted", "success", "pre_vote", "ok")
+_BOOLS = ("vote_granted", "success", "pre_vote", "ok", "transfer")
 _BYTES = ("data",)
 
 
@@ -137,6 +139,10 @@ def decode_client_request(data: bytes) -> dict[str, Any]:
     if not _is_count(body.get("id")):
         raise RemoteProtocolError("request without a numeric id")
     if t == "status":
+        return body
+    if t == "transfer":
+        if not (body.get("target") is None or _is_count(body.get("target"))):
+            raise RemoteProtocolError("transfer target must be a node id or null (the most up-to-date follower)")
         return body
     if t != "req":
         raise RemoteProtocolError(f"unknown request type {t!r}")

@@ -47,7 +47,7 @@ from typing import Any, Callable
 
 from raftproc.config import ClusterConfig
 from raftproc.core.messages import Entry, InstallSnapshot, SnapshotMeta
-from raftproc.core.node import LEADER, NotLeader, RaftNode
+from raftproc.core.node import LEADER, NotLeader, RaftNode, TransferInProgress
 from raftproc.core.ready import split_messages
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
@@ -573,6 +573,9 @@ class NodeHost:
         if req["t"] == "status":
             self._answer(conn, req["id"], status="ok", result=self.status())
             return
+        if req["t"] == "transfer":
+            self._transfer(conn, req)
+            return
         raft = self.raft
         if raft.role != LEADER:
             self._redirect(conn, req["id"])
@@ -585,6 +588,10 @@ class NodeHost:
             index, term = raft.propose(cmd.encode())
         except NotLeader:
             self._redirect(conn, req["id"])
+            return
+        except TransferInProgress as e:
+            # Never reached the log: the client retries and finds the new leader.
+            self._answer(conn, req["id"], status="no_leader", error=str(e))
             return
         self.waiting[index] = Waiting(term, conn, req["id"])
 
@@ -609,6 +616,25 @@ class NodeHost:
         while confirmed and confirmed[0][0] <= applied:
             _, _, (conn, request_id, key) = heapq.heappop(confirmed)
             self._answer(conn, request_id, status="ok", result={"ok": True, "value": self.kv.data.get(key)})
+
+    def _transfer(self, conn: Connection, req: dict[str, Any]) -> None:
+        """Start handing leadership over; the client watches for the new leader."""
+        raft = self.raft
+        if raft.role != LEADER:
+            self._redirect(conn, req["id"])
+            return
+        target = req.get("target")
+        if target is None:  # the follower with the longest log, among those connected
+            live = [p for p in raft.peers if self.peers[p].connected] or list(raft.peers)
+            target = max(live, key=lambda p: raft.progress[p].match_index) if live else None
+        try:
+            if target is None:
+                raise ValueError("a single-node cluster has nobody to hand leadership to")
+            raft.transfer_leadership(target)
+        except ValueError as e:
+            self._answer(conn, req["id"], status="error", error=str(e))
+            return
+        self._answer(conn, req["id"], status="ok", result={"target": target})
 
     def _redirect(self, conn: Connection, request_id: int) -> None:
         leader = self.raft.leader_id
@@ -638,6 +664,7 @@ class NodeHost:
             "log_entries": len(r.log),
             "wal_bytes": self.wal.disk_bytes(),
             "snapshots_sending": {p: [s.acked, s.total] for p, s in self.senders.items()},
+            "transferring_to": r.transferee,
             "keys": len(self.kv.data),
             "log_digest": self.kv.log_digest(),
             "state_digest": self.kv.state_digest(),

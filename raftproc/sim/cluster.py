@@ -72,7 +72,7 @@ from raftproc.core.messages import (
     SnapshotMeta,
     describe,
 )
-from raftproc.core.node import LEADER, Config, RaftNode
+from raftproc.core.node import LEADER, Config, RaftNode, TransferInProgress
 from raftproc.core.quorum import majority
 from raftproc.core.ready import Ready, split_messages
 from raftproc.sim.storage import MemoryStorage
@@ -107,6 +107,7 @@ class FaultConfig:
     partition_max: int = 150
     propose: float = 0.4
     read: float = 0.3
+    transfer: float = 0.004  # a leader is asked to hand over to a random peer
     snapshots: float = 0.75  # share of runs in which nodes snapshot and compact
 
 
@@ -291,7 +292,7 @@ class Simulation:
                 raise self._violation(LivenessViolation, f"no new command committed within {self.cfg.liveness_steps} steps of healing")
             self.step(faults=False, clients=False)
             leader = self.leader()
-            if leader is not None and (probe is None or leader.log.term_at(probe[0]) != probe[1]):
+            if leader is not None and leader.transferee is None and (probe is None or leader.log.term_at(probe[0]) != probe[1]):
                 probe = leader.propose(self._new_command(b"probe"))
                 self._handle_ready(self.nodes[leader.id])
         deadline = self.now + self.cfg.convergence_steps
@@ -552,6 +553,20 @@ class Simulation:
                 self._crash(rng.choice(running))
         if not self.blocked and rng.random() < f.partition:
             self._partition()
+        if rng.random() < f.transfer:
+            self._transfer()
+
+    def _transfer(self) -> None:
+        leaders = [sn for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
+        if not leaders:
+            return
+        sn = self.rng.choice(leaders)
+        target = self.rng.choice(sn.node.peers) if sn.node.peers else None
+        if target is None:
+            return
+        self._note(f"node {sn.id} asked to transfer leadership to node {target}")
+        sn.node.transfer_leadership(target)
+        self._handle_ready(sn)
 
     def _partition(self) -> None:
         rng = self.rng
@@ -597,7 +612,10 @@ class Simulation:
                 node = target  # a redirect, as a real client would follow
         if node.role != LEADER:
             return
-        node.propose(self._new_command(b"c"))
+        try:
+            node.propose(self._new_command(b"c"))
+        except TransferInProgress:
+            return  # the client is told to retry, as the host does
         self.stats.proposals += 1
         self._handle_ready(self.nodes[node.id])
 

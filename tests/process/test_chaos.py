@@ -30,7 +30,7 @@ def test_chaos_same_seed_same_schedule():
 
 
 def test_chaos_smoke_every_verdict_passes(tmp_path):
-    faults = ["kill", "pause", "power", "stop"]
+    faults = ["kill", "pause", "power", "stop", "transfer"]
     root_ok, why = available()
     if root_ok:
         faults += ["partition", "slow"]

@@ -84,3 +84,20 @@ def test_paused_leader_is_replaced_and_rejoins_as_follower(cluster_factory):
     assert len(statuses) == 3
     assert client.get("during") == "2" and new != old
     client.close()
+
+
+def test_transfer_hands_leadership_to_the_chosen_node_without_an_election_timeout(cluster_factory):
+    cluster = cluster_factory(3)
+    client = cluster.client(timeout=15)
+    client.set("a", "1")
+    old = cluster.wait_for_leader()
+    target = next(i for i in cluster.config.nodes if i != old)
+    assert client.transfer(target) == target
+    assert cluster.wait_for_leader() == target
+    client.set("b", "2")
+    assert client.get("a") == "1" and client.get("b") == "2"
+    # Without a target the leader picks its most up-to-date follower.
+    assert client.transfer() != target
+    events = [e["event"] for e in log_events(cluster, target)]
+    assert "leadership_transfer_received" in events
+    client.close()
