@@ -1,0 +1,68 @@
+"""Leadership transfer (Raft thesis §3.10), scripted, with PreVote and CheckQuorum on."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness import Cluster, between
+from raftproc.core import FOLLOWER, LEADER, Config
+from raftproc.core.messages import TimeoutNow
+from raftproc.core.node import TransferInProgress
+
+PREVOTE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
+
+
+def running(config: Config = PREVOTE) -> tuple[Cluster, object]:
+    c = Cluster(3, config=config)
+    leader = c.elect(1)
+    c.deliver()
+    c.propose(1, b"x")
+    c.deliver()
+    return c, leader
+
+
+def test_transfer_under_prevote_and_lease_elects_the_target_at_once():
+    c, leader = running()
+    term = leader.current_term
+    # Node 3 heard the leader just now: it would refuse an ordinary candidate.
+    leader.transfer_leadership(2)
+    c.process(1)
+    c.deliver()
+    assert c.node(2).role == LEADER and c.node(2).current_term == term + 1
+    assert leader.role == FOLLOWER and c.node(3).leader_id == 2
+
+
+def test_a_lagging_target_is_caught_up_before_timeout_now():
+    c, leader = running()
+    c.drop()
+    for k in range(5):  # node 2 misses these
+        c.propose(1, b"m%d" % k)
+    c.deliver(between(1, 3))
+    leader.transfer_leadership(2)
+    c.process(1)
+    assert not any(isinstance(m, TimeoutNow) for m in c.queue)  # appends first
+    with pytest.raises(TransferInProgress):
+        leader.propose(b"refused while handing over")
+    c.deliver()
+    assert c.node(2).role == LEADER
+    assert c.node(2).log.last_index >= 7  # it took every entry the old leader had
+
+
+def test_a_transfer_to_an_unreachable_target_is_abandoned():
+    c, leader = running()
+    c.crash(2)
+    leader.transfer_leadership(2)
+    for _ in range(PREVOTE.election_timeout_max + 1):
+        c.tick(1)
+        c.tick(3)
+        c.deliver(between(1, 3), drop_rest=True)
+    assert leader.role == LEADER and leader.transferee is None
+    leader.propose(b"accepted again")
+
+
+def test_transfer_rejects_itself_and_strangers():
+    c, leader = running()
+    with pytest.raises(ValueError):
+        leader.transfer_leadership(1)
+    with pytest.raises(ValueError):
+        leader.transfer_leadership(9)
