@@ -15,6 +15,8 @@ A TOML file looks like this (every top-level key is optional):
     max_frame = 16777216       # bytes; larger frames close the connection
     peer_buffer = 67108864     # bytes queued per peer before messages are dropped
     background_sync = false    # fdatasync on a thread while the loop goes on
+    pre_vote = true            # ask before raising the term (Raft thesis 9.6)
+    check_quorum = true        # a leader that hears no majority steps down (6.2); needed by lease reads
     snapshot_entries = 10000   # snapshot once this many entries applied since the last, and
                                # their commands make half the last snapshot's size
     snapshot_bytes = 67108864  # ... or once those commands pass this size, in any case
@@ -65,6 +67,8 @@ class ClusterConfig:
     max_frame: int = 16 * 1024 * 1024
     peer_buffer: int = 64 * 1024 * 1024
     background_sync: bool = False
+    pre_vote: bool = True
+    check_quorum: bool = True
     snapshot_entries: int = 10_000
     snapshot_bytes: int = 64 * 1024 * 1024
     snapshot_chunk_bytes: int = 512 * 1024
@@ -76,6 +80,8 @@ class ClusterConfig:
             election_timeout_min=self.election_timeout_min,
             election_timeout_max=self.election_timeout_max,
             heartbeat_interval=self.heartbeat_interval,
+            pre_vote=self.pre_vote,
+            check_quorum=self.check_quorum,
         )
 
     def node(self, node_id: int) -> NodeAddress:
@@ -108,6 +114,9 @@ _INT_KEYS = (
 )
 
 
+_BOOL_KEYS = ("background_sync", "pre_vote", "check_quorum")
+
+
 def load_config(path: str | Path | None) -> ClusterConfig:
     """The built-in defaults when `path` is None; otherwise the file, checked."""
     if path is None:
@@ -125,7 +134,7 @@ def load_config(path: str | Path | None) -> ClusterConfig:
 
 
 def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
-    known = {"node", "data_dir", "log_dir", "log_level", "background_sync", *_INT_KEYS}
+    known = {"node", "data_dir", "log_dir", "log_level", *_BOOL_KEYS, *_INT_KEYS}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
@@ -153,10 +162,11 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
             if not isinstance(raw[key], str) or not raw[key]:
                 raise ConfigError(f"{source}: {key} must be a path")
             changes[key] = Path(raw[key])
-    if "background_sync" in raw:
-        if not isinstance(raw["background_sync"], bool):
-            raise ConfigError(f"{source}: background_sync must be true or false")
-        changes["background_sync"] = raw["background_sync"]
+    for key in _BOOL_KEYS:
+        if key in raw:
+            if not isinstance(raw[key], bool):
+                raise ConfigError(f"{source}: {key} must be true or false")
+            changes[key] = raw[key]
     if "log_level" in raw:
         if raw["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")
@@ -186,7 +196,7 @@ def to_toml(cfg: ClusterConfig) -> str:
         f'data_dir = "{cfg.data_dir}"',
         f'log_dir = "{cfg.log_dir}"',
         f'log_level = "{cfg.log_level}"',
-        f"background_sync = {'true' if cfg.background_sync else 'false'}",
+        *(f"{k} = {'true' if getattr(cfg, k) else 'false'}" for k in _BOOL_KEYS),
     ]
     lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS]
     for n in cfg.nodes.values():

@@ -450,6 +450,8 @@ class NodeHost:
         if self.wal.sync_enabled:
             fsync_dir(self.data_dir)
         snapshot.failpoint("snapshot_install_renamed")
+        # The old store goes before the new one loads: one copy in memory, not two.
+        self.kv = KeyValueStore()
         _, image = snapshot.read_snapshot(final)
         self.kv.restore(meta.index, image)
         self.floor = floor
