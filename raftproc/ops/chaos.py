@@ -49,6 +49,7 @@ class ChaosOptions:
     # Snapshot every this many entries (None: the node default). Small values make
     # snapshots, compaction and InstallSnapshot happen during the faults.
     snapshot_every: int | None = None
+    read_mode: str = "index"  # how the clients' gets read: index (ReadIndex), log or lease
 
 
 @dataclass
@@ -112,7 +113,9 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     out = opts.out.resolve()
     cluster.up(wait=20)
     keys = opts.keys or max(2, opts.clients // 2)
-    workload = Workload(cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout)
+    workload = Workload(
+        cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout, read_mode=opts.read_mode,
+    )
     schedule = plan(opts.seed, faults, opts.duration)
     nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"\r{_clock(mono0)} {m}" + " " * 20))
     start = time.monotonic()
@@ -176,7 +179,7 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     leader_changes = sum(1 for e in events if e["event"] == "became_leader")
     c = history.counts
     summary = [
-        ("seed", opts.seed), ("nodes", opts.nodes), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
+        ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
         ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
         ("faults injected", len(nemesis.records)), ("leader changes", leader_changes),
         ("snapshots taken", snapshot_events["snapshot_saved"]), ("snapshots installed", snapshot_events["snapshot_installed"]),

@@ -77,8 +77,11 @@ def run_one(
 class Workload:
     """`clients` threads, each with its own Client, until stop() or `until` passes."""
 
-    def __init__(self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0) -> None:
+    def __init__(
+        self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0, read_mode: str = "index",
+    ) -> None:
         self.addresses = addresses
+        self.read_mode = read_mode
         self.clients = clients
         self.keys = [f"k{i}" for i in range(keys)]
         self.seed = seed
@@ -100,7 +103,7 @@ class Workload:
 
     def _client_loop(self, n: int, until: float) -> None:
         rng = random.Random(self.seed * 1000 + n)
-        client = Client(self.addresses, timeout=self.op_timeout, attempt_timeout=0.5, rng=rng)
+        client = Client(self.addresses, timeout=self.op_timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode)
         seen: dict[str, str | None] = {}
         counter = 0
         try:
