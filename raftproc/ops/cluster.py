@@ -185,7 +185,11 @@ class Cluster:
         started = time.monotonic()
         since = datetime.now(timezone.utc).isoformat()
         leader = self.wait_for_leader(timeout=timeout)
-        order = [i for i in sorted(self.config.nodes) if i != leader] + [leader]
+        running = [p.node_id for p in self.processes() if p.state == "running"]
+        skipped = [i for i in sorted(self.config.nodes) if i not in running]
+        if skipped:
+            say(f"nodes {skipped} are not running; they are left as they are")
+        order = [i for i in running if i != leader] + [leader]
         for node_id in order:
             handed_to = self.graceful_stop(node_id)
             self.start(node_id)
