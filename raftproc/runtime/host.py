@@ -183,6 +183,7 @@ class NodeHost:
         self._snapshot_job: threading.Thread | None = None
         self._snapshot_result: SnapshotFile | BaseException | None = None
         self._snapshot_started = 0.0
+        self._snapshot_copy_ms = 0.0  # how long the loop stood still copying the store
         self._snapshot_done = self.loop.make_waker(self._on_snapshot_written)
         log("node_started", term=self.raft.current_term, role=self.raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}", pid=os.getpid())
 
@@ -375,9 +376,10 @@ class NodeHost:
         term = self.raft.log.term_at(index)
         assert term is not None, "Invariant: applied entries past the snapshot are in the log"
         meta = SnapshotMeta(index, term, self.raft.voters)
-        image = self.kv.image()  # a copy: the store goes on applying while the thread writes
-        self._bytes_since_snapshot = 0
         self._snapshot_started = time.monotonic()
+        image = self.kv.image()  # a copy: the store goes on applying while the thread writes
+        self._snapshot_copy_ms = round((time.monotonic() - self._snapshot_started) * 1000, 1)
+        self._bytes_since_snapshot = 0
         floor, sync = self.floor, self.wal.sync_enabled
 
         def write() -> None:
@@ -428,6 +430,7 @@ class NodeHost:
         snapshot.failpoint("wal_compacted")
         self.log(
             "snapshot_saved", index=result.index, snapshot_term=result.term, bytes=result.size, keys=len(self.kv.data), ms=ms,
+            copy_ms=self._snapshot_copy_ms,
             log_entries=len(self.raft.log), wal_segments_removed=len(removed), snapshots_removed=len(old),
         )
 

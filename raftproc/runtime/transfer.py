@@ -9,7 +9,10 @@ ahead of the follower's last SnapshotAck(next_offset). Every chunk names its
 transfer: the leader's term and the snapshot's index and term.
 
 The receiver keeps one transfer at a time:
-- a chunk at offset 0 starts (or restarts) a transfer, dropping any partial one;
+- a chunk at offset 0 starts a transfer, dropping any partial one of another
+  snapshot; for the same snapshot from the same leader in the same term (the
+  leader retrying after a broken connection) it is acknowledged with the offset
+  already received, and the sender resumes from there;
 - a chunk at the offset it expects is written; one below it is a duplicate and only
   re-acknowledged; one above it (a gap: chunks lost with a broken connection) or
   for a transfer it does not know (it restarted mid-transfer) is refused with
@@ -103,6 +106,8 @@ class SnapshotSender:
         if ack.next_offset > self.acked:
             self.acked = min(ack.next_offset, self.total)
             self.last_progress = now
+        if self.acked > self.sent:
+            self.sent = self.acked  # the follower kept a partial copy: resume there
         if self.acked >= self.total:
             self.finish(True)
             return
@@ -156,7 +161,11 @@ class SnapshotReceiver:
         if chunk.offset + len(chunk.data) > chunk.total or not chunk.data:
             self.abort()
             return self._ack(chunk, 0, False), None, "chunk outside the snapshot's size"
-        if chunk.offset == 0:
+        cur = self._cur
+        same = cur is not None and (cur.leader, cur.term, cur.index, cur.snap_term, cur.total) == (
+            chunk.src, chunk.term, chunk.index, chunk.snap_term, chunk.total
+        )
+        if chunk.offset == 0 and not same:
             self._start(chunk)
         cur = self._cur
         if cur is None or (cur.leader, cur.term, cur.index, cur.snap_term, cur.total) != (

@@ -222,3 +222,31 @@ def test_state_digest_is_kept_incrementally_and_ignores_history():
     assert a.state_digest() != b.state_digest()
     b.apply(5, Command("cas", "y", "2", "9", 0, 0).encode())
     assert a.state_digest() == b.state_digest()
+
+
+def test_a_retried_transfer_resumes_where_the_follower_stopped(tmp_path):
+    snap = snapshot_file(tmp_path)
+    dest = tmp_path / "follower"
+    dest.mkdir()
+    receiver = SnapshotReceiver(dest, 2, sync=False)
+    first: list = []
+    sender = SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=40, window=10**6, send=lambda c: first.append(c) or True, now=0)
+    sender.pump()
+    for chunk in first[:10]:  # 400 bytes arrive, then the connection breaks
+        receiver.on_chunk(chunk, current_term=5)
+    sender.finish(False)
+    sent: list = []
+    retry = SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=40, window=80, send=lambda c: sent.append(c) or True, now=1)
+    retry.pump()
+    done = None
+    delivered: list[int] = []
+    while sent and retry.outcome is None:
+        chunk = sent.pop(0)
+        delivered.append(chunk.offset)
+        ack, completed, why = receiver.on_chunk(chunk, current_term=5)
+        assert why is None
+        done = completed or done
+        retry.on_ack(ack, now=2)
+    assert retry.outcome is True and done.path.read_bytes() == snap.path.read_bytes()
+    # Only its first window went out again; then it jumped to where the follower was.
+    assert sorted(o for o in delivered if o < 400) == [0, 40]
