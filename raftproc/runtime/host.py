@@ -34,6 +34,7 @@ Client answers are honest about what is known:
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import heapq
 import os
@@ -55,7 +56,7 @@ from raftproc.runtime import codec, snapshot
 from raftproc.runtime.codec import RemoteProtocolError, decode_client_request, decode_message, encode_message
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
-from raftproc.runtime.snapshot import SnapshotFile
+from raftproc.runtime.snapshot import KvImage, SnapshotFile
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.transfer import Received, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotSender
 from raftproc.runtime.wal import BackgroundSync, WriteAheadLog, fsync_dir
@@ -179,7 +180,11 @@ class NodeHost:
         self.senders: dict[int, SnapshotSender] = {}
         self._unreachable_snapshots: set[int] = set()
         self.receiver = SnapshotReceiver(self.data_dir, node_id, sync=self.wal.sync_enabled)
-        self.incoming: Received | None = None  # received whole, waiting for the core's Ready
+        self.incoming: Received | None = None  # received whole and loaded, waiting for the core's Ready
+        self._incoming_image: KvImage | None = None
+        self._loader: threading.Thread | None = None  # decodes a received snapshot off the loop
+        self._loaded: tuple[Received, SnapshotAck, KvImage | BaseException] | None = None
+        self._snapshot_loaded = self.loop.make_waker(self._on_snapshot_loaded)
         self._snapshot_job: threading.Thread | None = None
         self._snapshot_result: SnapshotFile | BaseException | None = None
         self._snapshot_started = 0.0
@@ -240,6 +245,8 @@ class NodeHost:
         self.receiver.abort()
         if self._snapshot_job is not None:
             self._snapshot_job.join()
+        if self._loader is not None:
+            self._loader.join()
         self.wal.close()
         self.loop.close()
         self.log("node_stopped")
@@ -322,7 +329,7 @@ class NodeHost:
         if self.incoming is not None:
             # The core did not want it (its log already held the snapshot's end).
             self.incoming.path.unlink(missing_ok=True)
-            self.incoming = None
+            self.incoming, self._incoming_image = None, None
         self._maybe_snapshot()
 
     def _on_synced(self) -> None:
@@ -453,9 +460,9 @@ class NodeHost:
         if self.wal.sync_enabled:
             fsync_dir(self.data_dir)
         snapshot.failpoint("snapshot_install_renamed")
-        # The old store goes before the new one loads: one copy in memory, not two.
+        image, self._incoming_image = self._incoming_image, None
+        assert image is not None
         self.kv = KeyValueStore()
-        _, image = snapshot.read_snapshot(final)
         self.kv.restore(meta.index, image)
         self.floor = floor
         self.snapshot = SnapshotFile(final, meta.index, meta.term, floor, final.stat().st_size)
@@ -515,13 +522,47 @@ class NodeHost:
             self.log("snapshot_chunk_refused", level="warning", leader=chunk.src, offset=chunk.offset, reason=refused)
         elif chunk.offset == 0:
             self.log("snapshot_receive_started", leader=chunk.src, index=chunk.index, bytes=chunk.total)
-        self.peers[chunk.src].send(encode_message(ack))
-        if done is not None:
-            if self.incoming is not None:
-                self.incoming.path.unlink(missing_ok=True)
-            self.incoming = done
-            self.log("snapshot_received", leader=done.leader, index=done.meta.index, snapshot_term=done.meta.term)
-            self.raft.step(InstallSnapshot(src=done.leader, dst=self.id, term=done.term, snapshot=done.meta))
+        if done is None:
+            self.peers[chunk.src].send(encode_message(ack))
+            return
+        self.log("snapshot_received", leader=done.leader, index=done.meta.index, snapshot_term=done.meta.term)
+        if self._loader is not None:  # still loading another one: let the leader retry later
+            done.path.unlink(missing_ok=True)
+            self.peers[chunk.src].send(encode_message(dataclasses.replace(ack, ok=False, next_offset=0)))
+            return
+        # Decoding a large snapshot takes a second or more: a thread does it while the
+        # loop keeps answering heartbeats (else a leader that needs this follower for
+        # its quorum steps down). The last chunk's ack waits for it, so the leader
+        # does not probe past a snapshot the core has not been given yet.
+
+        def load() -> None:
+            try:
+                result: KvImage | BaseException = snapshot.read_snapshot(done.path)[1]
+            except BaseException as e:  # reported on the loop thread
+                result = e
+            self._loaded = (done, ack, result)
+            self._snapshot_loaded()
+
+        self._loader = threading.Thread(target=load, name="snapshot-load", daemon=True)
+        self._loader.start()
+
+    def _on_snapshot_loaded(self) -> None:
+        loader, loaded = self._loader, self._loaded
+        if loader is None or loaded is None:
+            return
+        loader.join()
+        self._loader, self._loaded = None, None
+        done, ack, result = loaded
+        if isinstance(result, BaseException):
+            self.log("snapshot_load_failed", level="error", index=done.meta.index, error=f"{type(result).__name__}: {result}")
+            done.path.unlink(missing_ok=True)
+            self.peers[done.leader].send(encode_message(dataclasses.replace(ack, ok=False, next_offset=0)))
+            return
+        if self.incoming is not None:
+            self.incoming.path.unlink(missing_ok=True)
+        self.incoming, self._incoming_image = done, result
+        self.raft.step(InstallSnapshot(src=done.leader, dst=self.id, term=done.term, snapshot=done.meta))
+        self.peers[done.leader].send(encode_message(ack))
 
     # --- peers ----------------------------------------------------------------------
 
