@@ -59,8 +59,9 @@ def test_snapshots_bound_the_log_and_a_restart_loads_them(cluster_factory):
     client.close()
 
 
-def test_follower_catches_up_by_install_snapshot_while_writes_continue(cluster_factory):
-    cluster = cluster_factory(3, **SNAPSHOTTING)
+@pytest.mark.parametrize("background_sync", [False, True])
+def test_follower_catches_up_by_install_snapshot_while_writes_continue(cluster_factory, background_sync):
+    cluster = cluster_factory(3, background_sync=background_sync, **SNAPSHOTTING)
     client = cluster.client(timeout=15)
     acked: dict[str, str] = {}
     write_keys(client, "a", 20, acked)
