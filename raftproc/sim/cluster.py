@@ -567,6 +567,16 @@ class Simulation:
         self._note(f"node {sn.id} asked to transfer leadership to node {target}")
         sn.node.transfer_leadership(target)
         self._handle_ready(sn)
+        if not self.blocked and self.rng.random() < 0.3:
+            # The old leader goes deaf right after handing over: it hears neither the
+            # new leader nor its followers' answers, so nothing tells it that it was
+            # replaced, while what it sends still arrives. Whatever it serves from
+            # here on (a read lease, say) must not outlive its leadership.
+            others = set(self.ids) - {sn.id}
+            self.blocked.update((o, sn.id) for o in others)
+            self.partition_until = self.now + self.rng.randint(self.faults.partition_min, self.faults.partition_max)
+            self.stats.partitions += 1
+            self._note(f"partition: node {sn.id} hears nobody until t={self.partition_until}")
 
     def _partition(self) -> None:
         rng = self.rng

@@ -66,3 +66,25 @@ def test_transfer_rejects_itself_and_strangers():
         leader.transfer_leadership(1)
     with pytest.raises(ValueError):
         leader.transfer_leadership(9)
+
+
+LEASE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=True)
+
+
+def test_a_leader_that_sent_timeout_now_no_longer_trusts_its_lease():
+    """The target may win at once (voters answer a transfer inside a lease), so the
+    old leader, deaf to the news, must not serve a lease read afterwards."""
+    c, leader = running(LEASE)
+    leader.read_index(1, lease=True)
+    c.process(1)
+    assert [r.request for r in c.reads[1]] == [1]  # the lease holds before the handover
+    c.reads[1] = []
+    leader.transfer_leadership(2)
+    c.process(1)
+    c.deliver(lambda m: isinstance(m, TimeoutNow), drop_rest=True, rounds=1)
+    c.deliver(between(2, 3))  # node 2 wins with node 3 and commits; node 1 hears nothing
+    assert c.node(2).role == LEADER and c.node(2).commit_index > leader.commit_index
+    assert leader.role == LEADER  # deaf: it still thinks it leads
+    leader.read_index(2, lease=True)
+    c.process(1)
+    assert c.reads[1] == []  # no lease read; the round it started can never be confirmed
