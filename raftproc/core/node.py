@@ -205,6 +205,7 @@ class RaftNode:
         # Leader: leadership transfer in progress to this node, for this many ticks.
         self.transferee: NodeId | None = None
         self._transfer_elapsed = 0
+        self._timeout_now_sent = False
         self._lease_given_up = False
         self._in_ready = False
         self._tick_role = self._tick_election
@@ -364,6 +365,7 @@ class RaftNode:
             raise ValueError(f"node {target} is not another voter of this cluster")
         self.transferee = target
         self._transfer_elapsed = 0
+        self._timeout_now_sent = False
         self._log("leadership_transfer_started", target=target, match_index=self.progress[target].match_index)
         if self.progress[target].match_index == self.log.last_index:
             self._send_timeout_now(target)
@@ -374,6 +376,7 @@ class RaftNode:
         # The target may win without waiting out our followers' vote refusal, so
         # our lease is worth nothing from here on.
         self._lease_given_up = True
+        self._timeout_now_sent = True  # once per transfer; later acks need no second one
         self._log("timeout_now_sent", target=target)
         self._send(TimeoutNow(src=self.id, dst=target, term=self.current_term))
 
@@ -809,7 +812,7 @@ class RaftNode:
         if msg.success:
             if pr.on_success(msg.match_index):
                 self._maybe_commit()
-            if msg.src == self.transferee and pr.match_index == self.log.last_index:
+            if msg.src == self.transferee and pr.match_index == self.log.last_index and not self._timeout_now_sent:
                 self._send_timeout_now(msg.src)
             self._send_append(msg.src)
             return

@@ -700,7 +700,8 @@ class Simulation:
         for i in range(len(self.committed) - 1, -1, -1):
             if self.commit_terms[i] <= term:
                 e = self.committed[i]
-                if node.log.term_at(e.index) != e.term:
+                # Compacted entries were applied here (State Machine Safety checks them).
+                if e.index > node.log.snapshot_index and node.log.term_at(e.index) != e.term:
                     raise SafetyViolation(
                         f"Leader Completeness: leader {node.id} of term {term} lacks committed entry {e.term}/{e.index}"
                     )
