@@ -43,7 +43,7 @@ from typing import Any
 import cbor2
 
 from raftproc.core.messages import SnapshotMeta
-from raftproc.runtime.wal import HEADER, MAX_RECORD, fsync_dir, frame_record
+from raftproc.runtime.wal import HEADER, MAX_RECORD, frame_record, fsync_dir, write_all
 
 MAGIC = b"RAFTPROC-SNAPSHOT-1\n"
 KV_BATCH = 4096  # pairs per record: small enough that encoding one never stalls the loop thread
@@ -148,7 +148,7 @@ def write_snapshot(directory: Path, meta: SnapshotMeta, image: KvImage, *, floor
     try:
         size = 0
         for chunk in _encode(meta, image):
-            _write_all(fd, chunk)
+            write_all(fd, chunk)
             size += len(chunk)
         failpoint("snapshot_written")
         if sync:
@@ -183,13 +183,6 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     records += 1
     end = {"records": records, "keys": len(image.data), "digest": image.digest, "state_sum": image.state_sum}
     yield frame_record(cbor2.dumps({"end": end}))
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
 
 
 # --- reading -------------------------------------------------------------------------

@@ -218,7 +218,7 @@ class WriteAheadLog:
             with self._buffer_lock:
                 self._unsynced += record
         else:
-            _write_all(self._fd, record)
+            write_all(self._fd, record)
 
     def sync(self) -> None:
         """Everything written so far reaches the disk before this returns. Safe to
@@ -233,7 +233,7 @@ class WriteAheadLog:
             with self._buffer_lock:
                 pending, self._unsynced = bytes(self._unsynced), bytearray()
             if pending:
-                _write_all(self._fd, pending)
+                write_all(self._fd, pending)
         if self.sync_enabled:
             os.fdatasync(self._fd)
 
@@ -256,7 +256,7 @@ class WriteAheadLog:
         # Written straight to the file (even in power-loss mode) and synced now: older
         # segments may be deleted as soon as this one exists.
         opening = encode_record(Ready(hard_state=self._hard_state))
-        _write_all(self._fd, opening)
+        write_all(self._fd, opening)
         self._size += len(opening)
         if self.sync_enabled:
             os.fsync(self._fd)
@@ -355,7 +355,7 @@ class WriteAheadLog:
         return entries[-1].index
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)

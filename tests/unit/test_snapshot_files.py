@@ -174,14 +174,19 @@ def test_chunk_loss_duplication_and_reordering_never_yield_a_wrong_file(tmp_path
         assert faults == dict(loss=0, dup=0, reorder=0) and outcome  # the clean case completes first time
 
 
-def test_receiver_refuses_stale_terms_and_unknown_transfers(tmp_path):
+def whole_transfer(tmp_path: Path):
+    """A small snapshot, a follower's receiver, and every chunk a sender sends for it."""
     snap = snapshot_file(tmp_path, 50)
     dest = tmp_path / "follower"
     dest.mkdir()
-    receiver = SnapshotReceiver(dest, 2, sync=False)
     chunks: list = []
     sender = SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=300, window=10**6, send=lambda c: chunks.append(c) or True, now=0)
     sender.pump()
+    return dest, SnapshotReceiver(dest, 2, sync=False), sender, chunks
+
+
+def test_receiver_refuses_stale_terms_and_unknown_transfers(tmp_path):
+    _, receiver, sender, chunks = whole_transfer(tmp_path)
     ack, done, why = receiver.on_chunk(chunks[1], current_term=5)  # a follower restarted mid-transfer
     assert not ack.ok and done is None and "not in progress" in why
     ack, done, why = receiver.on_chunk(chunks[0], current_term=6)  # from a deposed leader
@@ -194,12 +199,8 @@ def test_receiver_refuses_stale_terms_and_unknown_transfers(tmp_path):
 
 
 def test_a_transfer_that_arrives_corrupted_is_refused(tmp_path):
-    snap = snapshot_file(tmp_path, 50)
-    dest = tmp_path / "follower"
-    dest.mkdir()
-    receiver = SnapshotReceiver(dest, 2, sync=False)
-    chunks: list = []
-    SnapshotSender(me=1, peer=2, term=5, snap=snap, chunk_bytes=300, window=10**6, send=lambda c: chunks.append(c) or True, now=0).pump()
+    dest, receiver, sender, chunks = whole_transfer(tmp_path)
+    sender.finish(False)
     from dataclasses import replace
 
     chunks[2] = replace(chunks[2], data=bytes(b ^ 1 for b in chunks[2].data))
