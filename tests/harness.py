@@ -23,14 +23,19 @@ def everything(msg: Message) -> bool:
 
 
 class Cluster:
-    def __init__(self, n: int, *, node_cls: type[RaftNode] = RaftNode, config: Config = SCRIPT_CONFIG, seed: int = 0) -> None:
+    def __init__(
+        self, n: int, *, node_cls: type[RaftNode] = RaftNode, config: Config = SCRIPT_CONFIG, seed: int = 0, spares: int = 0,
+    ) -> None:
+        """Nodes 1..n bootstrap the cluster; `spares` more ids (n+1, ...) have storage
+        but are not started: start(i) brings one up to join."""
         self.ids = tuple(range(1, n + 1))
+        all_ids = range(1, n + spares + 1)
         self.node_cls = node_cls
         self.config = config
         self.rng = random.Random(seed)
-        self.storage = {i: MemoryStorage() for i in self.ids}
-        self.applied: dict[int, list[bytes | None]] = {i: [] for i in self.ids}
-        self.reads: dict[int, list] = {i: [] for i in self.ids}  # ReadStates each node handed out
+        self.storage = {i: MemoryStorage() for i in all_ids}
+        self.applied: dict[int, list[bytes | None]] = {i: [] for i in all_ids}
+        self.reads: dict[int, list] = {i: [] for i in all_ids}  # ReadStates each node handed out
         self.nodes: dict[int, RaftNode | None] = {}
         self.queue: list[Message] = []
         for i in self.ids:

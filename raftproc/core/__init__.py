@@ -10,11 +10,12 @@ from raftproc.core.messages import (
     RequestVoteResponse,
     describe,
 )
-from raftproc.core.node import CANDIDATE, FOLLOWER, LEADER, Config, NotLeader, RaftNode
+from raftproc.core.membership import Membership
+from raftproc.core.node import CANDIDATE, FOLLOWER, LEADER, Config, ConfigChangeRefused, NotLeader, RaftNode
 from raftproc.core.ready import HardState, Ready
 
 __all__ = [
-    "AppendEntries", "AppendEntriesResponse", "CANDIDATE", "Config", "Entry", "FOLLOWER",
-    "HardState", "LEADER", "Message", "NodeId", "NotLeader", "RaftNode", "Ready",
+    "AppendEntries", "AppendEntriesResponse", "CANDIDATE", "Config", "ConfigChangeRefused", "Entry", "FOLLOWER",
+    "HardState", "LEADER", "Membership", "Message", "NodeId", "NotLeader", "RaftNode", "Ready",
     "RequestVote", "RequestVoteResponse", "describe",
 ]

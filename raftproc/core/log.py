@@ -16,6 +16,12 @@ the term of the last one, `snapshot_term`, is kept so that an AppendEntries whos
 prev_log_index is exactly there can still be checked. Everything up to
 snapshot_index is committed and applied, so no later leader disagrees with it.
 
+The log also knows the cluster configuration at every index it holds
+(raftproc.core.membership): the newest configuration entry at or before it, or
+the configuration the snapshot was taken under (the bootstrap one for a log that
+never changed it). Truncating a configuration entry away brings the previous one
+back, as §6 requires of a node whose uncommitted change is overwritten.
+
 Invariant: terms never decrease along the log (enforced on every append).
 Invariant: snapshot_index <= stable_index <= written_index <= last_index.
 """
@@ -25,6 +31,7 @@ from __future__ import annotations
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
+from raftproc.core.membership import EMPTY, Membership
 from raftproc.core.messages import Entry
 
 
@@ -37,12 +44,24 @@ class LogInvariantError(AssertionError):
 
 
 class RaftLog:
-    __slots__ = ("_entries", "snapshot_index", "snapshot_term", "stable_index", "written_index")
+    __slots__ = (
+        "_configs", "_entries", "snapshot_index", "snapshot_membership", "snapshot_term", "stable_index", "written_index",
+    )
 
-    def __init__(self, entries: Iterable[Entry] = (), *, snapshot_index: int = 0, snapshot_term: int = 0) -> None:
+    def __init__(
+        self,
+        entries: Iterable[Entry] = (),
+        *,
+        snapshot_index: int = 0,
+        snapshot_term: int = 0,
+        membership: Membership = EMPTY,
+    ) -> None:
+        """`membership`: the configuration in force at snapshot_index."""
         self._entries: list[Entry] = []
+        self._configs: list[tuple[int, Membership]] = []  # (index, config) of config entries held
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
+        self.snapshot_membership = membership
         self.stable_index = self.written_index = snapshot_index
         self.append([e for e in entries if e.index > snapshot_index])
         self.stable_index = self.written_index = self.last_index
@@ -110,6 +129,24 @@ class RaftLog:
             return self.snapshot_index
         return None
 
+    @property
+    def membership(self) -> Membership:
+        """The configuration in force: the newest one the log holds."""
+        return self._configs[-1][1] if self._configs else self.snapshot_membership
+
+    @property
+    def config_index(self) -> int:
+        """The index of the newest configuration entry held; 0 when there is none
+        past the snapshot."""
+        return self._configs[-1][0] if self._configs else 0
+
+    def membership_at(self, index: int) -> Membership:
+        """The configuration in force once entries up to `index` are applied."""
+        for at, config in reversed(self._configs):
+            if at <= index:
+                return config
+        return self.snapshot_membership
+
     def is_up_to_date(self, last_log_index: int, last_log_term: int) -> bool:
         """§5.4.1: is a log ending at (last_log_term, last_log_index) at least as
         up-to-date as this one? Compare last terms first, then lengths."""
@@ -126,12 +163,16 @@ class RaftLog:
             if e.term < self.last_term:
                 raise LogInvariantError(f"term {e.term} at {e.index} after term {self.last_term}")
             self._entries.append(e)
+            if e.config is not None:
+                self._configs.append((e.index, e.config))
 
     def truncate_from(self, index: int) -> None:
         """Drop every entry with index >= `index`."""
         if index <= self.snapshot_index:
             raise LogInvariantError(f"truncation from {index} into the snapshot at {self.snapshot_index}")
         del self._entries[index - self.snapshot_index - 1 :]
+        while self._configs and self._configs[-1][0] >= index:
+            self._configs.pop()
         self.stable_index = min(self.stable_index, index - 1)
         self.written_index = min(self.written_index, index - 1)
 
@@ -143,15 +184,19 @@ class RaftLog:
             raise LogInvariantError(f"compaction to {index} past the log's end at {self.last_index}")
         term = self.term_at(index)
         assert term is not None
+        self.snapshot_membership = self.membership_at(index)
+        self._configs = [(at, c) for at, c in self._configs if at > index]
         del self._entries[: index - self.snapshot_index]
         self.snapshot_index, self.snapshot_term = index, term
         # The snapshot holds these entries' effect durably, written or not.
         self.written_index = max(self.written_index, index)
         self.stable_index = max(self.stable_index, index)
 
-    def restore(self, index: int, term: int) -> None:
+    def restore(self, index: int, term: int, membership: Membership) -> None:
         """Replace the whole log by a snapshot ending at (index, term)."""
         self._entries = []
+        self._configs = []
+        self.snapshot_membership = membership
         self.snapshot_index, self.snapshot_term = index, term
         self.stable_index = self.written_index = index
 

@@ -10,26 +10,34 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-NodeId = int
+from raftproc.core.membership import Membership, NodeId
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """One log entry. `command` is None for the no-op a new leader appends (§8)."""
+    """One log entry. `command` is None for the no-op a new leader appends (§8).
+
+    A configuration entry (raftproc.core.membership) carries the new `config`; its
+    `command` is then the host's own description of it (addresses, say), opaque to
+    the core and never applied to the state machine.
+    """
 
     term: int
     index: int
     command: bytes | None = None
+    config: Membership | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
     """What a snapshot covers: every entry up to `index` (whose term is `term`),
-    applied, under the cluster configuration `voters`."""
+    applied, under the cluster configuration `membership` (the newest one in those
+    entries), which the host described with `context`, as in its entry."""
 
     index: int
     term: int
-    voters: tuple[NodeId, ...]
+    membership: Membership
+    context: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

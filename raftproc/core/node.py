@@ -46,6 +46,18 @@ date, then sends it TimeoutNow; the target campaigns at once (no PreVote) and
 voters grant it even within a leader's lease. If the target has not taken over
 within an election timeout, the transfer is abandoned and proposals resume.
 
+Membership changes (§6, raftproc.core.membership)
+--------------------------------------------------
+`propose_config(voters, learners)` appends the next configuration; every node
+uses the newest one its log holds. Voters change through a joint configuration
+that the leader leaves by itself once it commits. One change at a time: none is
+accepted while the newest configuration entry is uncommitted or joint, nor before
+the leader has committed an entry of its own term. New voters must have joined as
+learners and caught up to within `promote_lag_entries`. A leader the committed
+configuration leaves out hands over with TimeoutNow and steps down; a node that is
+not a voter in its configuration never campaigns. Lease reads are off while a
+change is in flight.
+
 Invariants (checked from outside by raftproc.core.invariants after every step):
 - commit_index <= log.last_index, and commit_index never decreases while running.
 - current_term never decreases; voted_for and leader_id are set at most once a term.
@@ -60,6 +72,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from raftproc.core.log import LogInvariantError, RaftLog
+from raftproc.core.membership import Membership
 from raftproc.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -73,7 +86,6 @@ from raftproc.core.messages import (
     TimeoutNow,
 )
 from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
-from raftproc.core.quorum import has_quorum, majority, quorum_index
 from raftproc.core.ready import HardState, Ready, ReadState
 
 FOLLOWER = "follower"
@@ -101,6 +113,15 @@ class TransferInProgress(Exception):
     """propose() while the leader hands leadership to another node."""
 
 
+class ConfigChangeRefused(Exception):
+    """propose_config() that the leader does not accept, with the reason."""
+
+
+class ConfigChangeBusy(ConfigChangeRefused):
+    """A change the leader accepts later: one is in flight, the leader has not
+    committed in its term yet, or the learner to promote is still catching up."""
+
+
 class NotLeader(Exception):
     """propose() on a node that is not the leader. `leader_id` is who it follows, if anyone."""
 
@@ -123,6 +144,9 @@ class Config:
     # PreVote (thesis §9.6): ask before raising the term, so a node that was cut off
     # cannot force an election when it comes back.
     pre_vote: bool = True
+    # A learner becomes a voter only with at most this many entries still to get,
+    # so the change does not leave commits waiting on its catch-up.
+    promote_lag_entries: int = 1000
     # CheckQuorum (thesis §6.2): a leader that has not heard from a majority for an
     # election timeout steps down; a node that heard from its leader within the
     # minimum election timeout ignores requests to vote in a higher term.
@@ -143,7 +167,7 @@ class RaftNode:
     def __init__(
         self,
         node_id: NodeId,
-        voters: Iterable[NodeId],
+        voters: Iterable[NodeId] | Membership,
         *,
         rng: random.Random,
         config: Config | None = None,
@@ -156,22 +180,24 @@ class RaftNode:
         """Build a node, or rebuild one from what it persisted (`hard_state`, the
         newest `snapshot` and the `entries` after it).
 
+        `voters` is the configuration the cluster was bootstrapped with, in force
+        until the log or the snapshot holds another (raftproc.core.membership). A
+        node that is not a voter in its configuration (a learner, a node joining
+        with an empty log, a removed one) never starts an election.
+
         `applied` is how much of the log the host's state machine already holds (at
         least the snapshot it restored); committed entries after it are handed out
         again through ready().
         """
         self.id = node_id
-        self.voters: tuple[NodeId, ...] = tuple(sorted(set(voters)))
-        if node_id not in self.voters:
-            raise ValueError(f"node {node_id} is not among the voters {self.voters}")
-        self.peers: tuple[NodeId, ...] = tuple(v for v in self.voters if v != node_id)
         self.config = config or Config()
         self._rng = rng
         self._log_fn = log
 
         hs = hard_state or HardState()
-        snap = snapshot or SnapshotMeta(0, 0, self.voters)
-        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term)
+        bootstrap = voters if isinstance(voters, Membership) else Membership(tuple(voters))
+        snap = snapshot or SnapshotMeta(0, 0, bootstrap)
+        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term, membership=snap.membership)
         self.current_term = hs.current_term
         self.voted_for: NodeId | None = hs.voted_for
         # A persisted commit index is only a hint; never trust it past the log we
@@ -211,6 +237,23 @@ class RaftNode:
         self._tick_role = self._tick_election
         self._reset_election_timer()
 
+    @property
+    def membership(self) -> Membership:
+        return self.log.membership
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        """Every node whose vote counts now (both halves of a joint configuration)."""
+        return self.log.membership.all_voters
+
+    @property
+    def peers(self) -> tuple[NodeId, ...]:
+        """Every other member, learners included: whom a leader replicates to."""
+        return tuple(m for m in self.log.membership.members if m != self.id)
+
+    def is_voter(self) -> bool:
+        return self.log.membership.is_voter(self.id)
+
     # --- inputs ---------------------------------------------------------------
 
     def tick(self, elapsed: int = 1) -> None:
@@ -223,8 +266,11 @@ class RaftNode:
 
     def step(self, msg: Message) -> None:
         self._check_not_in_ready()
-        if msg.dst != self.id or msg.src not in self.voters or msg.src == self.id:
-            self._log("message_ignored", reason="not for this cluster member", src=msg.src, dst=msg.dst)
+        # Any sender is heard, member or not: a node's configuration may lag the
+        # leader's (a joining node knows no one yet). Votes count only from voters,
+        # and a leader answers only the members it tracks.
+        if msg.dst != self.id or msg.src == self.id:
+            self._log("message_ignored", reason="not for this node", src=msg.src, dst=msg.dst)
             return
         if msg.term > self.current_term:
             if isinstance(msg, RequestVote) and not msg.transfer and self._in_lease():
@@ -295,6 +341,112 @@ class RaftNode:
         self._broadcast_pending = True
         return entry.index, entry.term
 
+    def propose_config(
+        self, voters: Iterable[NodeId], learners: Iterable[NodeId] = (), context: bytes | None = None,
+    ) -> tuple[int, int]:
+        """Move the cluster to the configuration `voters` + `learners` (see the
+        module doc and raftproc.core.membership). Returns the (index, term) of the
+        entry appended now: the whole change if only learners change, else the
+        joint configuration, after which this leader appends the final one by
+        itself. `context` travels in the entry for the host (addresses, say).
+        Raises ConfigChangeRefused with the reason when the change must wait or
+        is not allowed."""
+        self._check_not_in_ready()
+        if self.role != LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transferee is not None:
+            raise TransferInProgress(f"leadership is being handed to node {self.transferee}")
+        new_voters, new_learners = set(voters), set(learners)
+        refusal = self._config_change_refusal(new_voters, new_learners)
+        if refusal is not None:
+            raise refusal
+        current = self.membership
+        outgoing = () if new_voters == set(current.voters) else current.voters
+        return self._append_config(Membership(tuple(new_voters), outgoing, tuple(new_learners)), context)
+
+    def _config_change_refusal(self, voters: set[NodeId], learners: set[NodeId]) -> ConfigChangeRefused | None:
+        current = self.membership
+        if self.log.term_at(self.commit_index) != self.current_term:
+            # The single-server change bug (Ongaro, raft-dev, 2015): until it commits
+            # in its own term, a new leader may hold a configuration that an earlier
+            # leader's uncommitted change, elsewhere, is about to replace.
+            return ConfigChangeBusy("the leader has not committed an entry of its term yet; retry shortly")
+        if self._config_change_pending():
+            return ConfigChangeBusy(f"a configuration change is still in progress ({current.describe()}, entry {self.log.config_index})")
+        if not voters:
+            return ConfigChangeRefused("a cluster needs at least one voter")
+        if voters & learners:
+            return ConfigChangeRefused(f"nodes {sorted(voters & learners)} cannot be voters and learners at once")
+        if learners & set(current.voters):
+            return ConfigChangeRefused(f"nodes {sorted(learners & set(current.voters))} must stop voting (be removed) before they rejoin as learners")
+        strangers = voters - set(current.voters) - set(current.learners)
+        if strangers:
+            return ConfigChangeRefused(f"nodes {sorted(strangers)} must join as learners and catch up before they vote")
+        for node in sorted(voters - set(current.voters)):
+            pr = self.progress[node]
+            behind = self.log.last_index - pr.match_index
+            if pr.state != REPLICATE or behind > self.config.promote_lag_entries:
+                # REPLICATE: it has accepted an append from this leader, so its log
+                # really matches ours up to match_index (a silent node matches nothing).
+                return ConfigChangeBusy(f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.config.promote_lag_entries}")
+        if voters == set(current.voters) and learners == set(current.learners):
+            return ConfigChangeRefused(f"the cluster already has that configuration ({current.describe()})")
+        return None
+
+    def _append_config(self, target: Membership, context: bytes | None) -> tuple[int, int]:
+        entry = Entry(self.current_term, self.log.last_index + 1, context, target)
+        self.log.append((entry,))  # in force from here on, committed or not (§6)
+        self._log("config_change_appended", index=entry.index, membership=target.describe())
+        self._sync_progress()
+        if self.transferee is not None and self.transferee not in target.voters:
+            self._abort_transfer("the target is no longer a voter")
+        self._broadcast_pending = True
+        return entry.index, entry.term
+
+    def _replication_targets(self) -> set[NodeId]:
+        """Every member, and while the newest configuration is uncommitted the members
+        of the one before it too: a node being removed then receives the entry that
+        removes it, and as a non-voter stays quiet instead of campaigning (§6's
+        disruptive servers) when PreVote and CheckQuorum are off."""
+        targets = set(self.membership.members)
+        if self.log.config_index > self.commit_index:
+            targets |= set(self.log.membership_at(self.log.config_index - 1).members)
+        targets.discard(self.id)
+        return targets
+
+    def _sync_progress(self) -> None:
+        targets = self._replication_targets()
+        for peer in sorted(targets - set(self.progress)):
+            self.progress[peer] = Progress(match_index=0, next_index=self.log.last_index + 1)
+        for gone in set(self.progress) - targets:
+            del self.progress[gone]
+            self._acked_round.pop(gone, None)
+
+    def _advance_config_change(self) -> None:
+        """After a commit: a committed joint configuration is left for the new one;
+        a leader that the committed configuration leaves out steps down (§6)."""
+        if self.role != LEADER or self.log.config_index > self.commit_index:
+            return
+        self._sync_progress()  # nodes removed for good leave the replication set
+        m = self.membership
+        if m.is_joint:
+            self._log("joint_config_committed", index=self.log.config_index, membership=m.describe())
+            self._append_config(Membership(m.voters, (), m.learners), None)
+        elif self.id not in m.voters:
+            self._step_down_removed()
+
+    def _step_down_removed(self) -> None:
+        """This leader is not in the committed configuration. It hands over to a
+        voter that holds its whole log, if one does (no election timeout of
+        unavailability), then follows; as a non-voter it never campaigns again."""
+        ready = [p for p in self.membership.voters if p in self.progress and self.progress[p].match_index == self.log.last_index]
+        target = ready[0] if ready else None
+        if target is not None:
+            self._send_timeout_now(target)
+        self._log("leader_removed", handed_to=target, membership=self.membership.describe())
+        self.leader_id = None
+        self.become_follower(self.current_term, None)
+
     def read_index(self, request: int, *, lease: bool = False) -> None:
         """Ask for a linearizable read, named `request` by the host; it comes back in
         Ready.read_states with the index to wait for (see the module doc)."""
@@ -307,7 +459,7 @@ class RaftNode:
         self._start_read(request, lease)
 
     def _start_read(self, request: int, lease: bool) -> None:
-        if not self.peers or (lease and self._lease_valid()):
+        if self.membership.has_quorum((self.id,)) or (lease and self._lease_valid()):
             self._read_states.append(ReadState(request, self.commit_index))
             return
         if not self._round_fresh:
@@ -326,17 +478,25 @@ class RaftNode:
 
     def _confirmed_round(self) -> int:
         """The newest read round a majority (this leader included) has answered."""
-        rounds = [self._read_round] + [self._acked_round.get(p, 0) for p in self.peers]
-        return quorum_index(rounds, len(self.voters))
+        rounds = dict(self._acked_round)
+        rounds[self.id] = self._read_round
+        return self.membership.committed_index(rounds)
 
     def _lease_valid(self) -> bool:
         """A majority answered messages sent recently enough that none of them will
         vote for another leader yet (check_quorum's vote refusal)."""
-        if not self.config.check_quorum or self._lease_given_up:
+        if not self.config.check_quorum or self._lease_given_up or self._config_change_pending():
+            # While the configuration changes, the majority whose vote refusal the
+            # lease counts on may not be the one that elects the next leader.
             return False
-        starts = [self._ticks] + [self._round_started.get(self._acked_round.get(p, 0), -(10**9)) for p in self.peers]
-        since = quorum_index(starts, len(self.voters))
+        never = -(10**9)
+        starts = {p: self._round_started.get(r, never) for p, r in self._acked_round.items()}
+        starts[self.id] = self._ticks
+        since = self.membership.committed_index(starts, default=never)
         return self._ticks < since + self.config.election_timeout_min - LEASE_MARGIN_TICKS
+
+    def _config_change_pending(self) -> bool:
+        return self.membership.is_joint or self.log.config_index > self.commit_index
 
     def _release_reads(self) -> None:
         confirmed = self._confirmed_round()
@@ -361,7 +521,7 @@ class RaftNode:
         self._check_not_in_ready()
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
-        if target == self.id or target not in self.peers:
+        if target == self.id or target not in self.membership.voters:
             raise ValueError(f"node {target} is not another voter of this cluster")
         self.transferee = target
         self._transfer_elapsed = 0
@@ -386,11 +546,11 @@ class RaftNode:
         self.transferee = None
 
     def _handle_timeout_now(self, msg: TimeoutNow) -> None:
-        if self.role == LEADER:
+        if self.role == LEADER or not self.is_voter():
             return
         self._log("leadership_transfer_received", leader=msg.src)
         self.become_candidate()
-        if has_quorum(self.votes.values(), len(self.voters)):
+        if self.membership.vote_won(self.votes):
             self.become_leader()
             return
         self._request_votes(self.current_term, pre_vote=False, transfer=True)
@@ -557,7 +717,9 @@ class RaftNode:
         self.transferee = None
         self._lease_given_up = False
         last = self.log.last_index
-        self.progress = {p: Progress(match_index=0, next_index=last + 1) for p in self.peers}
+        self.progress = {}
+        self._acked_round = {}
+        self._sync_progress()
         # §8: a no-op of the new term lets the leader commit, and so learn, everything
         # committed before it (§5.4.2 forbids counting replicas of older terms).
         self.log.append((Entry(self.current_term, last + 1, None),))
@@ -570,7 +732,11 @@ class RaftNode:
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout:
-            if self.config.pre_vote and self.peers:
+            if not self.is_voter():
+                # A learner, a joining node or a removed one waits to be told.
+                self._reset_election_timer()
+                return
+            if self.config.pre_vote and len(self.voters) > 1:
                 self.become_pre_candidate()
             else:
                 self._campaign()
@@ -583,10 +749,10 @@ class RaftNode:
                 self._abort_transfer("target did not take over within an election timeout")
         if self.config.check_quorum and self.election_elapsed >= self.config.election_timeout_min:
             self.election_elapsed = 0
-            heard = len(self._recent_active) + 1
+            heard = self._recent_active | {self.id}
             self._recent_active = set()
-            if heard < self.quorum_size():
-                self._log("leader_stepped_down", reason="no quorum heard within an election timeout", heard=heard)
+            if not self.membership.has_quorum(heard):
+                self._log("leader_stepped_down", reason="no quorum heard within an election timeout", heard=len(heard))
                 self.leader_id = None
                 self.become_follower(self.current_term, None)
                 return
@@ -598,7 +764,7 @@ class RaftNode:
 
     def _heartbeat_all(self) -> None:
         self._heartbeat_pending = False
-        for peer in self.peers:
+        for peer in self.progress:
             self._send_append(peer, heartbeat=True)
 
     def _reset_election_timer(self) -> None:
@@ -609,20 +775,22 @@ class RaftNode:
     def campaign(self) -> None:
         """Start an election now, as an election timeout would (§5.2)."""
         self._check_not_in_ready()
-        if self.role == LEADER:
+        if self.role == LEADER or not self.is_voter():
             return
         self._campaign()
 
     def _campaign(self) -> None:
         # §5.2: on election timeout, start a new term and ask everyone for a vote.
         self.become_candidate()
-        if has_quorum(self.votes.values(), len(self.voters)):
+        if self.membership.vote_won(self.votes):
             self.become_leader()
             return
         self._request_votes(self.current_term, pre_vote=False)
 
     def _request_votes(self, term: int, *, pre_vote: bool, transfer: bool = False) -> None:
-        for peer in self.peers:
+        for peer in self.voters:
+            if peer == self.id:
+                continue
             self._send(
                 RequestVote(
                     src=self.id, dst=peer, term=term, last_log_index=self.log.last_index,
@@ -674,13 +842,13 @@ class RaftNode:
             if self.role != PRE_CANDIDATE or (msg.vote_granted and msg.term != self.current_term + 1):
                 return  # not asking now, or a grant from an earlier round
             self.votes.setdefault(msg.src, msg.vote_granted)
-            if has_quorum(self.votes.values(), len(self.voters)):
+            if self.membership.vote_won(self.votes):
                 self._campaign()
             return
         if self.role != CANDIDATE:
             return
         self.votes.setdefault(msg.src, msg.vote_granted)
-        if has_quorum(self.votes.values(), len(self.voters)):
+        if self.membership.vote_won(self.votes):
             self.become_leader()
 
     # --- replication: follower side ---------------------------------------------
@@ -738,7 +906,7 @@ class RaftNode:
     def _restore(self, snap: SnapshotMeta) -> None:
         """Figure 13 step 7: discard the whole log; the snapshot replaces it."""
         self._log("snapshot_restored", index=snap.index, snapshot_term=snap.term, dropped_to=self.log.last_index)
-        self.log.restore(snap.index, snap.term)
+        self.log.restore(snap.index, snap.term, snap.membership)
         self.commit_index = self.applied = snap.index
         self._pending_snapshot = snap
 
@@ -804,7 +972,9 @@ class RaftNode:
             self._acked_round[msg.src] = msg.context
             if self._pending_reads:
                 self._release_reads()
-        pr = self.progress[msg.src]
+        pr = self.progress.get(msg.src)
+        if pr is None:
+            return  # not (or no longer) a member we replicate to
         if msg.match_index > self.log.last_index:
             # No follower can match entries this leader never had: a confused peer.
             self._log("message_ignored", reason="match past the leader's log", src=msg.src, match_index=msg.match_index)
@@ -835,8 +1005,9 @@ class RaftNode:
         return msg.conflict_index
 
     def _maybe_commit(self) -> bool:
-        matches = [self.log.stable_index] + [pr.match_index for pr in self.progress.values()]
-        index = quorum_index(matches, len(self.voters))
+        matches = {p: pr.match_index for p, pr in self.progress.items()}
+        matches[self.id] = self.log.stable_index
+        index = self.membership.committed_index(matches)
         # §5.4.2: only an entry of the leader's own term is committed by counting
         # replicas; earlier ones are committed indirectly by it (Figure 8).
         if index > self.commit_index and self.log.term_at(index) == self.current_term:
@@ -846,6 +1017,7 @@ class RaftNode:
                 waiting, self._reads_before_commit = self._reads_before_commit, []
                 for request, lease in waiting:
                     self._start_read(request, lease)
+            self._advance_config_change()
             return True
         return False
 
@@ -856,12 +1028,14 @@ class RaftNode:
             if self._heartbeat_pending:
                 self._heartbeat_all()  # a read round: every follower must answer
             else:
-                for peer in self.peers:
+                for peer in self.progress:
                     self._send_append(peer)
         self._broadcast_pending = False
 
     def _send_append(self, peer: NodeId, heartbeat: bool = False) -> None:
-        pr = self.progress[peer]
+        pr = self.progress.get(peer)
+        if pr is None:
+            return  # removed by the commit this answer just caused, or no longer leading
         if pr.state == SNAPSHOT:
             if heartbeat:
                 self._send_snapshot_heartbeat(peer)
@@ -898,7 +1072,7 @@ class RaftNode:
 
     def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
         """The follower needs entries we compacted: the host streams it our snapshot."""
-        snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.voters)
+        snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.log.snapshot_membership)
         pr.become_snapshot(snap.index)
         if _worth_logging(pr.snapshot_attempts):
             self._log("snapshot_needed", peer=peer, index=snap.index, match_index=pr.match_index, attempts=pr.snapshot_attempts)
@@ -968,5 +1142,4 @@ class RaftNode:
             f"commit={self.commit_index} applied={self.applied}"
         )
 
-    def quorum_size(self) -> int:
-        return majority(len(self.voters))
+

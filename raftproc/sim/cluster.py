@@ -31,12 +31,14 @@ Properties checked after every step (Raft paper, Figure 3, plus durability):
 - Leader Completeness: a leader holds every entry committed in its term or before.
 - State Machine Safety: no two nodes ever apply different entries at one index.
 - Durability: the newest committed entry is in the storage of a majority, so no
-  crash pattern can lose it.
+  crash pattern can lose it (in runs whose membership never changed).
 - Leader Completeness ahead of time: no node whose stored log lacks the newest
-  committed entry could collect a majority of votes (§5.4.1 compared against every
-  voter's stored log). This holds in every correct Raft state and fails at the moment
-  a bug commits something a future leader could overwrite (Figure 8), rather than
-  only in the rare runs where that future leader then appears.
+  committed entry could collect the votes it needs: a quorum of the configuration
+  its own stored log holds (joint or not), among voters whose stored logs would
+  find it up to date (§5.4.1). This holds in every correct Raft state and fails at
+  the moment a bug commits something a future leader could overwrite (Figure 8, or
+  two configuration changes in flight), rather than only in the rare runs where
+  that future leader then appears.
 - Persist before promise: a vote, an append acknowledgement, or any message of a
   term leaves a node only after its storage holds what the message promises.
 - Reads are linearizable: a read that any node taking itself for leader accepted
@@ -47,9 +49,15 @@ Properties checked after every step (Raft paper, Figure 3, plus durability):
   drops one is a bug even when enough other copies survive to hide it.
 - Per-node invariants (raftproc.core.invariants) before and after each step.
 
+Half the runs change membership (raftproc.core.membership): the leader is asked to
+add a spare or removed node as a learner, promote a learner, remove a voter (the
+leader included), replace a voter by a learner in one joint change, or drop a
+learner. A node whose removal the leader's committed configuration records is shut
+down for good, as an operator would, until it is added again with its storage.
+
 After the run, faults heal (partitions, loss, crashed nodes restart) and liveness is
-checked: a leader is elected and a fresh proposal is applied on every node within a
-bounded number of steps.
+checked: a leader is elected and a fresh proposal is applied on every member within
+a bounded number of steps.
 """
 
 from __future__ import annotations
@@ -72,7 +80,8 @@ from raftproc.core.messages import (
     SnapshotMeta,
     describe,
 )
-from raftproc.core.node import LEADER, Config, RaftNode, TransferInProgress
+from raftproc.core.membership import Membership
+from raftproc.core.node import LEADER, Config, ConfigChangeRefused, RaftNode, TransferInProgress
 from raftproc.core.quorum import majority
 from raftproc.core.ready import Ready, split_messages
 from raftproc.sim.storage import MemoryStorage
@@ -109,6 +118,9 @@ class FaultConfig:
     read: float = 0.3
     transfer: float = 0.004  # a leader is asked to hand over to a random peer
     snapshots: float = 0.75  # share of runs in which nodes snapshot and compact
+    membership: float = 0.5  # share of runs that change membership
+    member_change: float = 0.03  # in those runs: the leader is asked for a change
+    spares: int = 2  # nodes outside the first configuration, ready to join
 
 
 def random_raft_config(rng: random.Random) -> Config:
@@ -123,6 +135,7 @@ def random_raft_config(rng: random.Random) -> Config:
         max_inflight_entries=rng.choice((4, 16, 64, 256)),
         pre_vote=rng.random() < 0.5,
         check_quorum=rng.random() < 0.5,
+        promote_lag_entries=rng.choice((0, 4, 32)),
     )
 
 
@@ -152,10 +165,13 @@ class SimStats:
     snapshots_taken: int = 0
     snapshots_installed: int = 0
     reads_served: int = 0
+    config_changes: int = 0
 
 
 class SimNode:
-    __slots__ = ("id", "node", "storage", "view", "applied_index", "down_until", "pending", "received", "durable_floor")
+    __slots__ = (
+        "id", "node", "storage", "view", "applied_index", "down_until", "pending", "received", "durable_floor", "retired",
+    )
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
@@ -172,6 +188,8 @@ class SimNode:
         self.received: dict[tuple[int, int], tuple[Entry, ...]] = {}
         # The highest committed index known to be in this node's storage: it must stay.
         self.durable_floor = 0
+        # Not a member (a spare, or removed): shut down until it is added again.
+        self.retired = False
 
 
 def replay_command(seed: int, cfg: SimConfig) -> str:
@@ -198,6 +216,7 @@ class Simulation:
         self.trace = trace
         self.node_factory = node_factory
         self.ids: tuple[NodeId, ...] = tuple(range(1, self.cfg.nodes + 1))
+        self.bootstrap = Membership(self.ids)
         self.quorum = majority(self.cfg.nodes)
         self.nodes: dict[NodeId, SimNode] = {i: SimNode(i) for i in self.ids}
         self.now = 0
@@ -226,8 +245,14 @@ class Simulation:
         # Reads asked and not yet served: request -> entries committed when it was asked.
         self._reads: dict[int, int] = {}
         self._next_read = 0
+        self.changes_membership = self.rng.random() < self.faults.membership
+        if self.changes_membership:
+            for i in range(self.cfg.nodes + 1, self.cfg.nodes + 1 + self.faults.spares):
+                self.nodes[i] = SimNode(i)
+                self.nodes[i].retired = True
         for sn in self.nodes.values():
-            self._start(sn)
+            if not sn.retired:
+                self._start(sn)
 
     # --- running ------------------------------------------------------------------
 
@@ -268,6 +293,7 @@ class Simulation:
             self._client_propose()
         if clients and self.rng.random() < self.faults.read:
             self._client_read()
+        self._retire_removed()
         self._check()
 
     def heal_all(self) -> None:
@@ -278,7 +304,7 @@ class Simulation:
         self.duplicate = 0.0
         self._crash_mid_ready = 0.0
         for sn in self.nodes.values():
-            if sn.node is None:
+            if sn.node is None and not sn.retired:
                 sn.down_until = self.now
 
     def _await_liveness(self) -> None:
@@ -296,7 +322,7 @@ class Simulation:
                 probe = leader.propose(self._new_command(b"probe"))
                 self._handle_ready(self.nodes[leader.id])
         deadline = self.now + self.cfg.convergence_steps
-        while not all(sn.applied_index >= probe[0] for sn in self.nodes.values()):
+        while not all(sn.applied_index >= probe[0] for sn in self.nodes.values() if not sn.retired):
             if self.now >= deadline:
                 raise self._violation(LivenessViolation, f"command {probe} not applied on every node within {self.cfg.convergence_steps} steps")
             self.step(faults=False, clients=False)
@@ -323,7 +349,7 @@ class Simulation:
         st = sn.storage
         sn.node = self.node_factory(
             sn.id,
-            self.ids,
+            self.bootstrap,
             rng=random.Random(self.rng.getrandbits(64)),
             config=self.raft_config,
             hard_state=st.hard_state,
@@ -339,9 +365,10 @@ class Simulation:
             check_transition(sn.view, view, restarted=True)
         sn.view = view
 
-    def _crash(self, sn: SimNode) -> None:
+    def _crash(self, sn: SimNode, *, retire: bool = False) -> None:
         assert sn.node is not None
-        self._note(f"crash node {sn.id} ({sn.node.role}, term {sn.node.current_term})")
+        self._note(f"{'retire' if retire else 'crash'} node {sn.id} ({sn.node.role}, term {sn.node.current_term})")
+        sn.retired = retire
         sn.node = None
         sn.pending = []  # written, never synced: gone with the process
         # What survives is what was persisted; a term or vote still in memory (its
@@ -353,7 +380,7 @@ class Simulation:
 
     def _restart_due(self) -> None:
         for sn in self.nodes.values():
-            if sn.node is None and sn.down_until <= self.now:
+            if sn.node is None and not sn.retired and sn.down_until <= self.now:
                 self._note(f"restart node {sn.id} from storage: term {sn.storage.hard_state.current_term}, {sn.storage.last_index} entries")
                 self._start(sn)
 
@@ -412,7 +439,7 @@ class Simulation:
         index = sn.applied_index
         term = node.log.term_at(index)
         assert term is not None
-        st.save_snapshot(SnapshotMeta(index, term, node.voters), tuple(self.committed[:index]))
+        st.save_snapshot(SnapshotMeta(index, term, node.log.membership_at(index)), tuple(self.committed[:index]))
         node.compact(index)
         self.stats.snapshots_taken += 1
 
@@ -555,15 +582,18 @@ class Simulation:
             self._partition()
         if rng.random() < f.transfer:
             self._transfer()
+        if self.changes_membership and rng.random() < f.member_change:
+            self._change_membership()
 
     def _transfer(self) -> None:
         leaders = [sn for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
         if not leaders:
             return
         sn = self.rng.choice(leaders)
-        target = self.rng.choice(sn.node.peers) if sn.node.peers else None
-        if target is None:
+        voters = [v for v in sn.node.membership.voters if v != sn.id]
+        if not voters:
             return
+        target = self.rng.choice(voters)
         self._note(f"node {sn.id} asked to transfer leadership to node {target}")
         sn.node.transfer_leadership(target)
         self._handle_ready(sn)
@@ -572,16 +602,88 @@ class Simulation:
             # new leader nor its followers' answers, so nothing tells it that it was
             # replaced, while what it sends still arrives. Whatever it serves from
             # here on (a read lease, say) must not outlive its leadership.
-            others = set(self.ids) - {sn.id}
+            others = set(self.nodes) - {sn.id}
             self.blocked.update((o, sn.id) for o in others)
             self.partition_until = self.now + self.rng.randint(self.faults.partition_min, self.faults.partition_max)
             self.stats.partitions += 1
             self._note(f"partition: node {sn.id} hears nobody until t={self.partition_until}")
 
+    def _change_membership(self, *, again: bool = True) -> None:
+        """Ask the leader for one configuration change; it may refuse (one in flight,
+        a learner still behind, no commit in its term yet), as it would a client."""
+        leader = self.leader()
+        if leader is None:
+            return
+        rng = self.rng
+        m = leader.membership
+        voters, learners = set(m.voters), set(m.learners)
+        outsiders = sorted(sn.id for sn in self.nodes.values() if sn.retired)
+        moves = []
+        if outsiders:
+            moves.append("add learner")
+        if learners:
+            moves += ["promote", "drop learner", "replace"]
+        if len(voters) > 3:
+            moves.append("remove voter")
+        if not moves:
+            return
+        move = rng.choice(moves)
+        joining = None
+        if move == "add learner":
+            joining = rng.choice(outsiders)
+            learners.add(joining)
+        elif move == "promote":
+            node = rng.choice(sorted(learners))
+            learners.discard(node)
+            voters.add(node)
+        elif move == "drop learner":
+            learners.discard(rng.choice(sorted(learners)))
+        elif move == "remove voter":
+            voters.discard(rng.choice(sorted(voters)))
+        else:  # one joint change: a learner in, a voter (maybe the leader) out
+            node = rng.choice(sorted(learners))
+            learners.discard(node)
+            voters.discard(rng.choice(sorted(voters)))
+            voters.add(node)
+        try:
+            leader.propose_config(voters, learners)
+        except (ConfigChangeRefused, TransferInProgress) as e:
+            self._note(f"node {leader.id} refuses to {move}: {e}")
+            return
+        self.stats.config_changes += 1
+        self._note(f"node {leader.id} asked to {move}: voters={sorted(voters)} learners={sorted(learners)}")
+        self._handle_ready(self.nodes[leader.id])
+        if joining is not None:
+            sn = self.nodes[joining]
+            sn.retired = False
+            sn.down_until = self.now + 1  # started, from the storage it kept, next step
+        if again and rng.random() < 0.5:
+            # An impatient operator: the next change at once, which the leader must
+            # refuse while this one is in flight.
+            self._change_membership(again=False)
+
+    def _retire_removed(self) -> None:
+        """Shut down nodes the leader's committed configuration no longer has. The
+        leader of the highest term decides: a removed node may hold a higher term
+        (it campaigns until shut down), so there may be no leader of the newest one."""
+        if not self.changes_membership:
+            return
+        leaders = [sn.node for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
+        leader = max(leaders, key=lambda n: n.current_term, default=None)
+        if leader is None or leader.membership.is_joint or leader.log.config_index > leader.commit_index:
+            return
+        members = leader.membership.members
+        for sn in self.nodes.values():
+            if sn.id not in members and not sn.retired:
+                if sn.node is not None:
+                    self._crash(sn, retire=True)
+                else:
+                    sn.retired = True
+
     def _partition(self) -> None:
         rng = self.rng
         kind = rng.choice(("isolate", "split", "asymmetric"))
-        ids = list(self.ids)
+        ids = list(self.nodes)
         if kind == "isolate":
             victim = rng.choice(ids)
             self._cut({victim}, set(ids) - {victim}, both_ways=True)
@@ -708,21 +810,26 @@ class Simulation:
                 break
 
     def _check_durable(self, e: Entry) -> None:
-        lacking = [sn.storage for sn in self.nodes.values() if sn.storage.term_at(e.index) != e.term]
+        lacking = [sn for sn in self.nodes.values() if sn.storage.term_at(e.index) != e.term]
         holders = len(self.nodes) - len(lacking)
-        if holders < self.quorum:
+        if not self.stats.config_changes and holders < self.quorum:
             raise SafetyViolation(
                 f"Durability: committed entry {e.term}/{e.index} is stored on {holders} nodes, fewer than a majority"
             )
-        for st in lacking:
+        for sn in lacking:
+            st = sn.storage
             last_term = st.term_at(st.last_index)
             if last_term is None or last_term < e.term:
                 continue  # every holder's log is more up-to-date than this one
-            electors = sum(1 for other in self.nodes.values() if _at_least_as_up_to_date(st, other.storage))
-            if electors >= self.quorum:
+            config = st.membership(self.bootstrap)
+            if not config.is_voter(sn.id):
+                continue  # it would never campaign
+            electors = [other.id for other in self.nodes.values() if _at_least_as_up_to_date(st, other.storage)]
+            if config.has_quorum(electors):
                 raise SafetyViolation(
-                    f"Leader Completeness: a node whose log ends at {last_term}/{st.last_index} lacks committed "
-                    f"entry {e.term}/{e.index} yet is up-to-date enough to win {electors} votes"
+                    f"Leader Completeness: node {sn.id}, whose log ends at {last_term}/{st.last_index}, lacks "
+                    f"committed entry {e.term}/{e.index} yet could win the votes of {sorted(electors)} "
+                    f"under its configuration {config.describe()}"
                 )
 
     def _check_log_matching(self, node_id: NodeId, e: Entry, prev_term: int) -> None:

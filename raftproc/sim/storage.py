@@ -10,7 +10,7 @@ crash loses exactly what the node held in memory and had not yet handed over.
 
 from __future__ import annotations
 
-from raftproc.core.messages import Entry, SnapshotMeta
+from raftproc.core.messages import Entry, Membership, SnapshotMeta
 from raftproc.core.ready import HardState, Ready
 
 
@@ -56,6 +56,13 @@ class MemoryStorage:
         if index - base <= len(self.entries):
             return self.entries[index - base - 1].term
         return None
+
+    def membership(self, bootstrap: Membership) -> Membership:
+        """The configuration a node restarted from this storage would use."""
+        for e in reversed(self.entries):
+            if e.config is not None:
+                return e.config
+        return self.snapshot.membership if self.snapshot else bootstrap
 
     @property
     def last_index(self) -> int:

@@ -20,8 +20,9 @@ class CommitsPreviousTermByCounting(RaftNode):
     """Bug 1: Figure 8. Counts replicas for an entry of an earlier term."""
 
     def _maybe_commit(self) -> bool:
-        matches = [self.log.stable_index] + [pr.match_index for pr in self.progress.values()]
-        index = sorted(matches, reverse=True)[self.quorum_size() - 1]
+        matches = {p: pr.match_index for p, pr in self.progress.items()}
+        matches[self.id] = self.log.stable_index
+        index = self.membership.committed_index(matches)
         if index > self.commit_index:
             self.commit_index = index
             return True
@@ -68,8 +69,9 @@ class LeaderCountsUnpersistedEntries(RaftNode):
     entries toward a commit before its storage holds them."""
 
     def _maybe_commit(self) -> bool:
-        matches = [self.log.last_index] + [pr.match_index for pr in self.progress.values()]
-        index = sorted(matches, reverse=True)[self.quorum_size() - 1]
+        matches = {p: pr.match_index for p, pr in self.progress.items()}
+        matches[self.id] = self.log.last_index
+        index = self.membership.committed_index(matches)
         if index > self.commit_index and self.log.term_at(index) == self.current_term:
             self.commit_index = index
             return True
@@ -106,6 +108,15 @@ class LeaseNeverExpires(RaftNode):
         return True
 
 
+class TwoConfigChangesInFlight(RaftNode):
+    """An eleventh, for membership changes: accepts a new configuration while the
+    last one is uncommitted or joint, so a change can start from a configuration
+    that never took hold and skip the majority of the one before it."""
+
+    def _config_change_pending(self) -> bool:
+        return False
+
+
 class SendsBeforePersisting(Simulation):
     """Bug 4, in the host: sends a Ready's messages (votes, acknowledgements) before
     its hard state and entries reach storage."""
@@ -135,7 +146,7 @@ def first_caught(make_sim) -> tuple[int, str] | None:
     [
         CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries,
         CommitsLeaderCommitUnclamped, LeaderCountsUnpersistedEntries, DiscardsLogOnEverySnapshot,
-        ReadsWithoutHeartbeatRound, LeaseNeverExpires,
+        ReadsWithoutHeartbeatRound, LeaseNeverExpires, TwoConfigChangesInFlight,
     ],
 )
 def test_sim_catches_planted_core_bug(node_cls):

@@ -9,7 +9,7 @@ import pytest
 from harness import Cluster
 from raftproc.core import Entry, RaftNode
 from raftproc.core.log import LogInvariantError, RaftLog
-from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, SnapshotMeta
+from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Membership, SnapshotMeta
 from raftproc.core.progress import REPLICATE, SNAPSHOT
 
 
@@ -31,7 +31,7 @@ def test_compacted_log_keeps_indexes_and_the_snapshot_term():
         log.slice(2, 5)
     with pytest.raises(LogInvariantError):
         log.truncate_from(3)
-    log.restore(10, 4)
+    log.restore(10, 4, Membership((1, 2, 3)))
     assert (log.last_index, log.last_term, log.stable_index, log.written_index) == (10, 4, 10, 10)
 
 
@@ -71,9 +71,9 @@ def test_leader_sends_install_snapshot_to_a_follower_behind_its_snapshot():
 
 def test_follower_restores_from_a_snapshot_its_log_does_not_hold():
     follower = RaftNode(2, (1, 2, 3), rng=__import__("random").Random(1), entries=[Entry(1, 1), Entry(1, 2), Entry(2, 3)])
-    follower.step(InstallSnapshot(src=1, dst=2, term=5, snapshot=SnapshotMeta(10, 4, (1, 2, 3))))
+    follower.step(InstallSnapshot(src=1, dst=2, term=5, snapshot=SnapshotMeta(10, 4, Membership((1, 2, 3)))))
     rd = follower.ready()
-    assert rd.snapshot == SnapshotMeta(10, 4, (1, 2, 3))
+    assert rd.snapshot == SnapshotMeta(10, 4, Membership((1, 2, 3)))
     assert rd.entries == () and rd.committed_entries == ()
     assert rd.hard_state is not None and rd.hard_state.commit_index == 10
     ack = [m for m in rd.messages if isinstance(m, AppendEntriesResponse)]
@@ -88,7 +88,7 @@ def test_follower_keeps_entries_after_a_snapshot_its_log_already_holds():
     the entries after it; the state machine catches up from the log."""
     entries = [Entry(1, i, b"e%d" % i) for i in range(1, 8)]
     follower = RaftNode(2, (1, 2, 3), rng=__import__("random").Random(1), entries=entries)
-    follower.step(InstallSnapshot(src=1, dst=2, term=1, snapshot=SnapshotMeta(5, 1, (1, 2, 3))))
+    follower.step(InstallSnapshot(src=1, dst=2, term=1, snapshot=SnapshotMeta(5, 1, Membership((1, 2, 3)))))
     rd = follower.ready()
     assert rd.snapshot is None
     assert [e.index for e in rd.committed_entries] == [1, 2, 3, 4, 5]
@@ -97,7 +97,7 @@ def test_follower_keeps_entries_after_a_snapshot_its_log_already_holds():
 
 
 def test_append_starting_inside_the_snapshot_keeps_only_what_follows_it():
-    follower = RaftNode(2, (1, 2, 3), rng=__import__("random").Random(1), snapshot=SnapshotMeta(5, 1, (1, 2, 3)), applied=5)
+    follower = RaftNode(2, (1, 2, 3), rng=__import__("random").Random(1), snapshot=SnapshotMeta(5, 1, Membership((1, 2, 3))), applied=5)
     msg = AppendEntries(src=1, dst=2, term=1, prev_log_index=3, prev_log_term=1, entries=tuple(Entry(1, i) for i in range(4, 9)), leader_commit=8)
     follower.step(msg)
     rd = follower.ready()
