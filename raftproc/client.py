@@ -1,6 +1,7 @@
 """The raftproc client: a library and a command line.
 
     python -m raftproc.client [--config PATH] set x 10 | get x | del x | cas x 10 11 | status | transfer [ID]
+    python -m raftproc.client member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID
 
 `Client` connects to any node, follows redirects to the leader, and retries with
 backoff until its deadline. Each client has a random id and numbers its requests;
@@ -196,6 +197,43 @@ class Client:
             time.sleep(0.01)  # poll interval of a wait-until loop
         raise Unknown(f"leadership handed to node {chosen} did not show within {self.timeout}s")
 
+    def member(self, op: str, node: int | None = None, peer: str | None = None, client: str | None = None) -> dict[str, Any]:
+        """`list` the configuration, or `add` / `remove` a node, on the leader. An add
+        returns once the node votes (it joins as a learner and catches up first);
+        an answer of "unknown" (leadership moved mid-way) is retried with the same
+        command, which goes on from where the change stands."""
+        body: dict[str, Any] = {"t": "member", "op": op}
+        if node is not None:
+            body["node"] = node
+        if op == "add":
+            body["addresses"] = [peer, client]
+        deadline = time.monotonic() + self.timeout
+        last_error = "no attempt made"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise Unknown(f"member {op}: no definite answer within {self.timeout}s ({last_error})")
+            target = self._target
+            try:
+                answer = self._call(target, body, remaining)
+            except (OSError, FrameError, RemoteProtocolError) as e:
+                last_error = f"node {target[0]}:{target[1]}: {e or type(e).__name__}"
+                self._drop(target)
+                self._target = self._other_node(target)
+                continue
+            status = answer.get("status")
+            if status == "ok":
+                return answer["result"]
+            if status == "error":
+                raise Failed(f"member {op} refused: {answer.get('error')}")
+            if status == "redirect":
+                self._target = _parse_address(answer.get("leader_addr")) or self._other_node(target)
+                continue
+            last_error = f"{status}: {answer.get('error', 'no leader known')}"
+            if status == "no_leader":
+                self._target = self._other_node(target)
+            time.sleep(0.05)  # back off before asking again
+
     def _leader_seen_by(self, node_id: int) -> int | None:
         try:
             s = self.status(node_id, timeout=self.attempt_timeout)
@@ -259,6 +297,27 @@ def _print_status(client: Client) -> int:
     return 0
 
 
+def _member(client: Client, args: argparse.Namespace) -> int:
+    if args.member_cmd == "list":
+        r = client.member("list")
+        print(f"leader {r['leader']}, term {r['term']}, last index {r['last_index']}")
+        for node, info in sorted(r["nodes"].items()):
+            print(f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}")
+        if r["outgoing"]:
+            print(f"  changing from voters {r['outgoing']} (joint consensus)")
+        return 0
+    if args.member_cmd == "add":
+        for text in (args.peer, args.client):
+            if _parse_address(text) is None:
+                print(f"raftproc.client: {text!r} is not HOST:PORT", file=sys.stderr)
+                return 2
+        r = client.member("add", args.id, args.peer, args.client)
+    else:
+        r = client.member("remove", args.id)
+    print(f"OK: voters {r['membership']['voters']}, learners {r['membership']['learners']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftproc.client", description="Talk to a raftproc cluster.")
     p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
@@ -277,6 +336,14 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("new")
     sub.add_parser("transfer", help="hand leadership to node ID (default: the most up-to-date follower)").add_argument(
         "id", type=int, nargs="?", default=None)
+    m = sub.add_parser("member", help="member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID")
+    msub = m.add_subparsers(dest="member_cmd", required=True)
+    msub.add_parser("list", help="voters, learners and each member's addresses and match index")
+    ma = msub.add_parser("add", help="add node ID: it joins as a learner, catches up, then votes")
+    ma.add_argument("id", type=int)
+    ma.add_argument("peer", help="HOST:PORT where the node listens for peers")
+    ma.add_argument("client", help="HOST:PORT where the node listens for clients")
+    msub.add_parser("remove", help="remove node ID (the leader too: it hands over first)").add_argument("id", type=int)
     sub.add_parser("status", help="each node's role, term, leader, commit and applied index, snapshot index, log entries held, WAL size")
     args = p.parse_args(argv)
     try:
@@ -292,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
             leader = client.transfer(args.id)
             print(f"node {leader} leads")
             return 0
+        if args.cmd == "member":
+            return _member(client, args)
         if args.cmd == "set":
             client.set(args.key, args.value)
             print("OK")

@@ -27,6 +27,12 @@ A TOML file looks like this (every top-level key is optional):
     id = 1
     peer = "127.0.0.1:7101"
     client = "127.0.0.1:7201"
+    # join = true              # not in the first configuration: the node starts as a
+                               # non-voter and waits for `client member add` (README)
+
+The [[node]] tables without `join` are the cluster's first configuration. After
+that, membership lives in the log (`python -m raftproc.client member ...`), and the
+addresses of nodes added there travel with it, so this file need not list them.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class NodeAddress:
     id: int
     peer: Address
     client: Address
+    join: bool = False  # not in the first configuration
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,10 @@ class ClusterConfig:
 
     def node_log_file(self, node_id: int) -> Path:
         return self.log_dir / f"node-{node_id}.jsonl"
+
+    def bootstrap_voters(self) -> tuple[int, ...]:
+        """The first configuration: every node not marked `join`."""
+        return tuple(sorted(i for i, n in self.nodes.items() if not n.join))
 
     def client_addresses(self) -> dict[int, Address]:
         return {i: n.client for i, n in self.nodes.items()}
@@ -143,13 +154,17 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
         raise ConfigError(f"{source}: needs at least one [[node]] table")
     nodes: dict[int, NodeAddress] = {}
     for n in nodes_raw:
-        if not isinstance(n, dict) or set(n) != {"id", "peer", "client"}:
-            raise ConfigError(f"{source}: each [[node]] has exactly id, peer and client")
+        if not isinstance(n, dict) or not {"id", "peer", "client"} <= set(n) <= {"id", "peer", "client", "join"}:
+            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join")
+        if not isinstance(n.get("join", False), bool):
+            raise ConfigError(f"{source}: join must be true or false")
         if not isinstance(n["id"], int) or n["id"] < 1:
             raise ConfigError(f"{source}: node id must be a positive integer, got {n['id']!r}")
         if n["id"] in nodes:
             raise ConfigError(f"{source}: node id {n['id']} appears twice")
-        nodes[n["id"]] = NodeAddress(n["id"], _address(n["peer"], source), _address(n["client"], source))
+        nodes[n["id"]] = NodeAddress(n["id"], _address(n["peer"], source), _address(n["client"], source), n.get("join", False))
+    if all(n.join for n in nodes.values()):
+        raise ConfigError(f"{source}: every node is marked join; the first configuration needs at least one")
     cfg = ClusterConfig(nodes=nodes, source=source)
     changes: dict = {}
     for key in _INT_KEYS:
@@ -181,6 +196,14 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
     return cfg
 
 
+def parse_address(text: str) -> Address:
+    """HOST:PORT, or ValueError."""
+    try:
+        return _address(text, "address")
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
+
+
 def _address(text: object, source: str) -> Address:
     if not isinstance(text, str) or ":" not in text:
         raise ConfigError(f"{source}: address {text!r} is not HOST:PORT")
@@ -201,4 +224,6 @@ def to_toml(cfg: ClusterConfig) -> str:
     lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS]
     for n in cfg.nodes.values():
         lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
+        if n.join:
+            lines.append("join = true")
     return "\n".join(lines) + "\n"

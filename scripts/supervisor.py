@@ -6,6 +6,9 @@
     python scripts/supervisor.py kill|stop|start|restart|pause|resume ID
                                                   (stop: a leader hands over leadership first)
     python scripts/supervisor.py rolling-restart  every node in turn, leader last, while serving
+    python scripts/supervisor.py join             start a new node and add it (learner, then voter)
+    python scripts/supervisor.py add|remove ID    add a node the config lists / remove one and stop it
+    python scripts/supervisor.py members          voters, learners, addresses, match indexes
     python scripts/supervisor.py logs [-f] [--node N] [--event E]
     python scripts/supervisor.py down
 
@@ -20,6 +23,7 @@ import signal
 import sys
 from pathlib import Path
 
+from raftproc.client import ClientError
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
 from raftproc.ops.logs import follow, format_line, matches, merged
 
@@ -73,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("rolling-restart")
-    for name in ("kill", "stop", "start", "restart", "pause", "resume"):
+    sub.add_parser("join")
+    sub.add_parser("members")
+    for name in ("kill", "stop", "start", "restart", "pause", "resume", "add", "remove"):
         sub.add_parser(name).add_argument("id", type=int)
     logs = sub.add_parser("logs")
     logs.add_argument("-f", "--follow", action="store_true")
@@ -100,6 +106,20 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
                   f"leaderless time at each handover (TimeoutNow to new leader): {gaps}")
             return 0
+        if args.cmd == "join":
+            node = cluster.join()
+            print(f"node {node} joined: voters {cluster.members()['voters']}")
+            return 0
+        if args.cmd == "members":
+            m = cluster.members()
+            print(f"leader {m['leader']} (term {m['term']}), voters {m['voters']}, learners {m['learners']}")
+            for node, info in sorted(m["nodes"].items()):
+                print(f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}")
+            return 0
+        if args.cmd in ("add", "remove"):
+            result = getattr(cluster, args.cmd)(args.id)
+            print(f"{args.cmd} node {args.id}: done; voters {result['membership']['voters']}")
+            return 0
         if args.cmd == "stop":
             new_leader = cluster.graceful_stop(args.id)
             print(f"stop node {args.id}: done" + (f" (node {new_leader} leads now)" if new_leader else ""))
@@ -108,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         action(args.id)
         print(f"{args.cmd} node {args.id}: done")
         return 0
-    except ClusterError as e:
+    except (ClusterError, ClientError) as e:
         print(f"supervisor: {e}", file=sys.stderr)
         return 1
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -101,8 +101,10 @@ class Cluster:
         return load_config(self.config_path)
 
     def up(self, wait: float = 15.0) -> None:
+        removed = self.removed()
         for node_id in self.config.nodes:
-            self.start(node_id)
+            if node_id not in removed:
+                self.start(node_id)
         self.wait_for_leader(wait)
 
     def down(self, timeout: float = 5.0) -> list[int]:
@@ -144,6 +146,59 @@ class Cluster:
         while self.process(node_id).state == "stale-pid" and time.monotonic() < deadline:
             time.sleep(0.005)  # poll interval of a wait-until loop
         return proc.pid
+
+    # --- membership -------------------------------------------------------------------
+
+    def removed(self) -> set[int]:
+        """Nodes removed from the cluster: `up` leaves them stopped. They stay in the
+        config file (its first configuration must never change)."""
+        path = self.run_dir / "removed"
+        return {int(x) for x in path.read_text().split()} if path.exists() else set()
+
+    def _set_removed(self, ids: set[int]) -> None:
+        (self.run_dir / "removed").write_text("".join(f"{i}\n" for i in sorted(ids)))
+
+    def join(self, timeout: float = 60.0) -> int:
+        """Start a new node (the next free id, on free ports) and add it: it joins
+        as a learner, catches up, then votes. Returns its id."""
+        cfg = self.config
+        node_id = max(cfg.nodes) + 1
+        peer, client = free_ports(2)
+        address = NodeAddress(node_id, ("127.0.0.1", peer), ("127.0.0.1", client), join=True)
+        self.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))
+        self.start(node_id)
+        self.add(node_id, timeout)
+        return node_id
+
+    def add(self, node_id: int, timeout: float = 60.0) -> dict[str, Any]:
+        """Add a node the config file lists (a removed one comes back with its data)."""
+        a = self.config.node(node_id)
+        if self.process(node_id).state != "running":
+            self.start(node_id)
+        self._set_removed(self.removed() - {node_id})
+        c = self.client(timeout=timeout)
+        try:
+            return c.member("add", node_id, f"{a.peer[0]}:{a.peer[1]}", f"{a.client[0]}:{a.client[1]}")
+        finally:
+            c.close()
+
+    def remove(self, node_id: int, timeout: float = 30.0) -> dict[str, Any]:
+        """Remove a node from the configuration (a leader hands over first), then stop it."""
+        c = self.client(timeout=timeout)
+        try:
+            result = c.member("remove", node_id)
+        finally:
+            c.close()
+        self._set_removed(self.removed() | {node_id})
+        self.stop(node_id)
+        return result
+
+    def members(self) -> dict[str, Any]:
+        c = self.client()
+        try:
+            return c.member("list")
+        finally:
+            c.close()
 
     def kill(self, node_id: int) -> None:
         """SIGKILL. The pid file stays, so `status` shows the node as dead."""
@@ -307,8 +362,9 @@ class Cluster:
         if not leaders:
             return None
         best = max(leaders, key=lambda s: s["term"])
-        followers = sum(1 for s in statuses if s["leader"] == best["node"] and s["term"] == best["term"])
-        return best["node"] if followers >= len(self.config.nodes) // 2 + 1 else None
+        voters = set(best["membership"]["voters"])
+        followers = sum(1 for s in statuses if s["leader"] == best["node"] and s["term"] == best["term"] and s["node"] in voters)
+        return best["node"] if followers >= len(voters) // 2 + 1 else None
 
     def wait_for_leader(self, timeout: float = 10.0, *, other_than: int | None = None) -> int:
         deadline = time.monotonic() + timeout

@@ -14,6 +14,7 @@ from typing import Any
 
 import cbor2
 
+from raftproc.config import parse_address
 from raftproc.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -23,9 +24,11 @@ from raftproc.core.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
+from raftproc.runtime.entries import decode_entry, encode_entry
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
-PROTOCOL_VERSION = 1
+# 2: configuration entries (membership changes); 1 had command entries only.
+PROTOCOL_VERSION = 2
 PeerFrame = Message | SnapshotChunk | SnapshotAck
 
 
@@ -59,7 +62,7 @@ def encode_message(msg: PeerFrame) -> bytes:
     for name in _FIELDS[cls]:
         value = getattr(msg, name)
         if name == "entries":
-            value = [[e.term, e.index, e.command] for e in value]
+            value = [encode_entry(e) for e in value]
         body[name] = value
     return cbor2.dumps(body)
 
@@ -108,18 +111,10 @@ def _check_append_shape(msg: AppendEntries) -> None:
 def _decode_entries(value: Any) -> tuple[Entry, ...]:
     if not isinstance(value, list):
         raise RemoteProtocolError("entries is not a list")
-    out = []
-    for item in value:
-        if (
-            not isinstance(item, list)
-            or len(item) != 3
-            or not _is_count(item[0])
-            or not _is_count(item[1])
-            or not (item[2] is None or isinstance(item[2], bytes))
-        ):
-            raise RemoteProtocolError("malformed entry")
-        out.append(Entry(item[0], item[1], item[2]))
-    return tuple(out)
+    try:
+        return tuple(decode_entry(item) for item in value)
+    except ValueError as e:
+        raise RemoteProtocolError(str(e)) from None
 
 
 # --- clients ---------------------------------------------------------------------
@@ -144,6 +139,8 @@ def decode_client_request(data: bytes) -> dict[str, Any]:
         if not (body.get("target") is None or _is_count(body.get("target"))):
             raise RemoteProtocolError("transfer target must be a node id or null (the most up-to-date follower)")
         return body
+    if t == "member":
+        return _member_request(body)
     if t != "req":
         raise RemoteProtocolError(f"unknown request type {t!r}")
     op = body.get("op")
@@ -159,6 +156,25 @@ def decode_client_request(data: bytes) -> dict[str, Any]:
         raise RemoteProtocolError("cas expect must be a string or null (absent)")
     if body.get("read", "log") not in ("log", "index", "lease") or ("read" in body and op != "get"):
         raise RemoteProtocolError("read must be log, index or lease, and only on get")
+    return body
+
+
+def _member_request(body: dict[str, Any]) -> dict[str, Any]:
+    op = body.get("op")
+    if op not in ("list", "add", "remove"):
+        raise RemoteProtocolError("member op must be list, add or remove")
+    if op == "list":
+        return body
+    if not _is_count(body.get("node")) or body["node"] < 1:
+        raise RemoteProtocolError(f"member {op} needs a positive node id")
+    if op == "add":
+        addresses = body.get("addresses")
+        if not isinstance(addresses, list) or len(addresses) != 2 or not all(isinstance(a, str) for a in addresses):
+            raise RemoteProtocolError("member add needs the node's peer and client addresses, HOST:PORT each")
+        try:
+            body["addresses"] = tuple(parse_address(a) for a in addresses)
+        except ValueError as e:
+            raise RemoteProtocolError(str(e)) from None
     return body
 
 

@@ -24,6 +24,12 @@ entries (raftproc.runtime.transfer); the follower installs it when the core's
 Ready says so: cut a new WAL segment, rename the file into place naming that
 segment as its floor, restore the store, delete what the snapshot replaces.
 
+Membership: the first configuration is the config file's nodes not marked `join`;
+after that the log says (raftproc.core.membership). Each configuration entry
+carries the address book of its members, so every node learns how to reach a node
+added with `client member add`; the host keeps one outbound link per member (and
+per node it must answer), and closes links to nodes that left.
+
 Client answers are honest about what is known:
 - "ok": the command was applied (its result says how, e.g. a cas mismatch);
 - "redirect" / "no_leader" / "failed" / "error": it certainly was not applied and
@@ -46,7 +52,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from raftproc.config import ClusterConfig
+from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.core.messages import Entry, InstallSnapshot, SnapshotMeta
 from raftproc.core.node import LEADER, NotLeader, RaftNode, TransferInProgress
 from raftproc.core.ready import split_messages
@@ -54,8 +60,10 @@ from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime import codec, snapshot
 from raftproc.runtime.codec import RemoteProtocolError, decode_client_request, decode_message, encode_message
+from raftproc.runtime.entries import decode_addresses, encode_addresses
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
+from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.snapshot import KvImage, SnapshotFile
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.transfer import Received, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotSender
@@ -65,6 +73,7 @@ Log = Callable[..., None]
 GC_FREEZE_INTERVAL = 5.0  # seconds
 SNAPSHOT_STALL_TIMEOUT = 10.0  # seconds without an acknowledged chunk before a transfer is given up
 SNAPSHOT_WINDOW_CHUNKS = 8  # chunks in flight per transfer
+MEMBER_CHANGE_TIMEOUT = 60.0  # seconds a `member add` may take (the learner's catch-up included)
 
 
 @dataclass(slots=True)
@@ -84,8 +93,15 @@ class PeerLink:
         self.backoff = Backoff(host.rng)
         self.conn: Connection | None = None
         self.connected = False
+        self.closed = False  # the peer left the cluster: no more redials
         self._generation = 0  # a redial scheduled under an older generation is void
         self._dial()
+
+    def close(self) -> None:
+        self.closed = True
+        self._generation += 1
+        if self.conn is not None:
+            self.conn.close("peer left the cluster")
 
     def send(self, body: bytes) -> bool:
         """Queue a frame; False when it was dropped (no connection, or its buffer full)."""
@@ -120,7 +136,7 @@ class PeerLink:
     def redial_now(self) -> None:
         """The peer just spoke to us, so it is up: stop waiting out the backoff. A
         restarted node then hears its leader before its election timer fires."""
-        if self.conn is None and self.host.running:
+        if self.conn is None and self.host.running and not self.closed:
             self._generation += 1
             self.backoff.reset()
             self._dial()
@@ -134,12 +150,12 @@ class PeerLink:
             sender = self.host.senders.get(self.peer_id)
             if sender is not None:
                 sender.finish(False)  # chunks queued on the dead connection are gone
-        if self.host.running:
+        if self.host.running and not self.closed:
             generation = self._generation
             self.host.loop.call_later(self.backoff.next_delay(), lambda: self._redial(generation))
 
     def _redial(self, generation: int) -> None:
-        if generation == self._generation and self.conn is None and self.host.running:
+        if generation == self._generation and self.conn is None and self.host.running and not self.closed:
             self._dial()
 
 
@@ -152,7 +168,9 @@ class NodeHost:
         self.running = False
         self.loop = EventLoop()
         me = cfg.node(node_id)
-
+        # Every node's addresses known so far: the file's, then those that
+        # configuration entries and snapshots carry (newest wins).
+        self.book: dict[int, NodeAddress] = dict(cfg.nodes)
         self._recover()
         self.waiting: dict[int, Waiting] = {}
         # Reads: asked of the core (token -> conn, request id, key), and confirmed
@@ -164,7 +182,10 @@ class NodeHost:
         self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
         self.client_listener = Listener(self.loop, me.client, self._accept_client)
         self.running = True
-        self.peers = {p: PeerLink(self, p, cfg.nodes[p].peer) for p in cfg.nodes if p != node_id}
+        self.peers: dict[int, PeerLink] = {}
+        self._linked_membership = None
+        self._reconcile_links()
+        self.member_change: MemberChange | None = None
         self._written = 0  # Ready records written so far
         self._held: deque[tuple[int, list, tuple[int, int] | None]] = deque()
         self.syncer: BackgroundSync | None = None
@@ -205,9 +226,14 @@ class NodeHost:
             self.kv.restore(meta.index, st.image)
         self._bytes_since_snapshot = 0
         self.raft = RaftNode(
-            self.id, cfg.nodes, rng=self.rng, config=cfg.raft(), hard_state=rec.hard_state,
+            self.id, cfg.bootstrap_voters(), rng=self.rng, config=cfg.raft(), hard_state=rec.hard_state,
             entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
         )
+        if meta is not None:
+            self._learn_addresses(meta.context)
+        for entry in rec.entries:
+            if entry.config is not None:
+                self._learn_addresses(entry.command)
         log(
             "wal_recovered", term=rec.hard_state.current_term, role=self.raft.role, segments=rec.segments, records=rec.records, entries=len(rec.entries),
             voted_for=rec.hard_state.voted_for, commit_index=rec.hard_state.commit_index,
@@ -286,10 +312,15 @@ class NodeHost:
         raft = self.raft
         if self.senders or self._unreachable_snapshots:
             self._settle_transfers()
+        if self.member_change is not None and self.member_change.poll(raft, time.monotonic(), self._address_context):
+            self.member_change = None
         while raft.has_ready():
             rd = raft.ready()
             if rd.snapshot is not None:
                 self._install_snapshot(rd.snapshot)
+            for entry in rd.entries:
+                if entry.config is not None:
+                    self._learn_addresses(entry.command)
             early, after = split_messages(rd)
             for msg in early:
                 self._send_peer(msg)
@@ -330,6 +361,8 @@ class NodeHost:
             # The core did not want it (its log already held the snapshot's end).
             self.incoming.path.unlink(missing_ok=True)
             self.incoming, self._incoming_image = None, None
+        if raft.membership is not self._linked_membership:
+            self._reconcile_links()
         self._maybe_snapshot()
 
     def _on_synced(self) -> None:
@@ -350,10 +383,63 @@ class NodeHost:
     def _send_peer(self, msg) -> None:
         if isinstance(msg, InstallSnapshot):
             self._start_transfer(msg)
-        else:
-            self.peers[msg.dst].send(encode_message(msg))
+            return
+        link = self._link(msg.dst)
+        if link is not None:
+            link.send(encode_message(msg))
+
+    # --- members and their addresses ---------------------------------------------------
+
+    def _learn_addresses(self, context: bytes | None) -> None:
+        if context is None:
+            return
+        try:
+            book = decode_addresses(context)
+        except ValueError as e:
+            self.log("address_book_invalid", level="warning", error=str(e))
+            return
+        for node, (peer, client) in book.items():
+            known = self.book.get(node)
+            if known is None or (known.peer, known.client) != (peer, client):
+                self.book[node] = NodeAddress(node, peer, client, join=True)
+                self.log("peer_address_learned", peer_id=node, peer=f"{peer[0]}:{peer[1]}", client=f"{client[0]}:{client[1]}")
+                link = self.peers.pop(node, None)
+                if link is not None:
+                    link.close()
+
+    def _address_context(self, extra: int | None = None, members=None) -> bytes:
+        """The address book a configuration entry (or snapshot) carries: its members'."""
+        ids = set(members if members is not None else self.raft.membership.members) | ({extra} if extra else set())
+        return encode_addresses({i: (self.book[i].peer, self.book[i].client) for i in ids if i in self.book})
+
+    def _link(self, peer: int) -> PeerLink | None:
+        link = self.peers.get(peer)
+        if link is None:
+            address = self.book.get(peer)
+            if address is None or not self.running:
+                self.log("message_dropped", level="warning", peer_id=peer, reason="no address known for this node")
+                return None
+            link = self.peers[peer] = PeerLink(self, peer, address.peer)
+        return link
+
+    def _reconcile_links(self) -> None:
+        """One link per member (and per node the leader still replicates to); links to
+        nodes that left are closed."""
+        raft = self.raft
+        self._linked_membership = raft.membership
+        wanted = set(raft.peers) | set(raft.progress)
+        for peer in sorted(wanted - set(self.peers)):
+            self._link(peer)
+        for peer in set(self.peers) - wanted:
+            self.peers.pop(peer).close()
+            self.log("peer_link_closed", peer_id=peer, reason="not a member")
 
     def _apply(self, entry: Entry) -> None:
+        if entry.config is not None:
+            # The configuration took effect when it was appended; to the store it is a no-op.
+            self.kv.apply(entry.index, None)
+            self.log("config_applied", index=entry.index, membership=entry.config.describe())
+            return
         result = self.kv.apply(entry.index, entry.command)
         if entry.command is not None:
             self._bytes_since_snapshot += len(entry.command)
@@ -382,7 +468,8 @@ class NodeHost:
             return
         term = self.raft.log.term_at(index)
         assert term is not None, "Invariant: applied entries past the snapshot are in the log"
-        meta = SnapshotMeta(index, term, self.raft.voters)
+        membership = self.raft.log.membership_at(index)
+        meta = SnapshotMeta(index, term, membership, self._address_context(members=membership.members))
         self._snapshot_started = time.monotonic()
         image = self.kv.image()  # a copy: the store goes on applying while the thread writes
         self._snapshot_copy_ms = round((time.monotonic() - self._snapshot_started) * 1000, 1)
@@ -464,6 +551,7 @@ class NodeHost:
         assert image is not None
         self.kv = KeyValueStore()
         self.kv.restore(meta.index, image)
+        self._learn_addresses(meta.context)
         self.floor = floor
         self.snapshot = SnapshotFile(final, meta.index, meta.term, floor, final.stat().st_size)
         self._bytes_since_snapshot = 0
@@ -482,8 +570,8 @@ class NodeHost:
         snap = self.snapshot
         if snap is None or snap.index < msg.snapshot.index:
             raise RuntimeError(f"the core asks to send snapshot {msg.snapshot.index}, the newest on disk is {snap}")
-        link = self.peers[peer]
-        if not link.connected:
+        link = self._link(peer)
+        if link is None or not link.connected:
             # Nothing to stream to; the core retries from a later heartbeat.
             self._unreachable_snapshots.add(peer)
             return
@@ -523,12 +611,12 @@ class NodeHost:
         elif chunk.offset == 0:
             self.log("snapshot_receive_started", leader=chunk.src, index=chunk.index, bytes=chunk.total)
         if done is None:
-            self.peers[chunk.src].send(encode_message(ack))
+            self._send_frame(chunk.src, ack)
             return
         self.log("snapshot_received", leader=done.leader, index=done.meta.index, snapshot_term=done.meta.term)
         if self._loader is not None:  # still loading another one: let the leader retry later
             done.path.unlink(missing_ok=True)
-            self.peers[chunk.src].send(encode_message(dataclasses.replace(ack, ok=False, next_offset=0)))
+            self._send_frame(chunk.src, dataclasses.replace(ack, ok=False, next_offset=0))
             return
         # Decoding a large snapshot takes a second or more: a thread does it while the
         # loop keeps answering heartbeats (else a leader that needs this follower for
@@ -556,13 +644,18 @@ class NodeHost:
         if isinstance(result, BaseException):
             self.log("snapshot_load_failed", level="error", index=done.meta.index, error=f"{type(result).__name__}: {result}")
             done.path.unlink(missing_ok=True)
-            self.peers[done.leader].send(encode_message(dataclasses.replace(ack, ok=False, next_offset=0)))
+            self._send_frame(done.leader, dataclasses.replace(ack, ok=False, next_offset=0))
             return
         if self.incoming is not None:
             self.incoming.path.unlink(missing_ok=True)
         self.incoming, self._incoming_image = done, result
         self.raft.step(InstallSnapshot(src=done.leader, dst=self.id, term=done.term, snapshot=done.meta))
-        self.peers[done.leader].send(encode_message(ack))
+        self._send_frame(done.leader, ack)
+
+    def _send_frame(self, peer: int, frame) -> None:
+        link = self._link(peer)
+        if link is not None:
+            link.send(encode_message(frame))
 
     # --- peers ----------------------------------------------------------------------
 
@@ -582,11 +675,11 @@ class NodeHost:
         except RemoteProtocolError as e:
             self._reject_frame(conn, str(e))
             return
-        if msg.dst != self.id or msg.src not in self.peers:
+        if msg.dst != self.id or msg.src not in self.book or msg.src == self.id:
             self._reject_frame(conn, f"message from {msg.src} for {msg.dst} on node {self.id}")
             return
-        link = self.peers[msg.src]
-        if link.conn is None:
+        link = self.peers.get(msg.src)
+        if link is not None and link.conn is None:
             link.redial_now()
         if isinstance(msg, SnapshotChunk):
             self._on_snapshot_chunk(msg)
@@ -621,6 +714,9 @@ class NodeHost:
             return
         if req["t"] == "transfer":
             self._transfer(conn, req)
+            return
+        if req["t"] == "member":
+            self._member(conn, req)
             return
         raft = self.raft
         if raft.role != LEADER:
@@ -670,8 +766,9 @@ class NodeHost:
             self._redirect(conn, req["id"])
             return
         target = req.get("target")
-        if target is None:  # the follower with the longest log, among those connected
-            live = [p for p in raft.peers if self.peers[p].connected] or list(raft.peers)
+        if target is None:  # the voter with the longest log, among those connected
+            voters = [p for p in raft.membership.voters if p != self.id]
+            live = [p for p in voters if p in self.peers and self.peers[p].connected] or voters
             target = max(live, key=lambda p: raft.progress[p].match_index) if live else None
         try:
             if target is None:
@@ -682,12 +779,58 @@ class NodeHost:
             return
         self._answer(conn, req["id"], status="ok", result={"target": target})
 
+    def _member(self, conn: Connection, req: dict[str, Any]) -> None:
+        """`member list | add | remove` (raftproc.runtime.members), on the leader."""
+        raft = self.raft
+        if raft.role != LEADER:
+            self._redirect(conn, req["id"])
+            return
+        if req["op"] == "list":
+            self._answer(conn, req["id"], status="ok", result=self._member_list())
+            return
+        if self.member_change is not None:
+            self._answer(conn, req["id"], status="error", error=f"node {self.id} is already running a membership change")
+            return
+        node = req["node"]
+        if req["op"] == "add":
+            peer, client = req["addresses"]
+            known = self.book.get(node)
+            if node in raft.membership.members and known is not None and (known.peer, known.client) != (peer, client):
+                self._answer(conn, req["id"], status="error", error=f"node {node} is a member at another address ({known.peer})")
+                return
+            if node not in raft.membership.members:
+                self.book[node] = NodeAddress(node, peer, client, join=True)
+        request_id = req["id"]
+        self.member_change = MemberChange(
+            req["op"], node, time.monotonic() + MEMBER_CHANGE_TIMEOUT,
+            answer=lambda **fields: self._answer(conn, request_id, **fields),
+        )
+        self.log("member_change_started", op=req["op"], peer_id=node)
+
+    def _member_list(self) -> dict[str, Any]:
+        raft = self.raft
+        nodes = {}
+        for node in raft.membership.members:
+            a = self.book.get(node)
+            role = "voter" if raft.membership.is_voter(node) else "learner"
+            pr = raft.progress.get(node)
+            nodes[node] = {
+                "role": role,
+                "peer": f"{a.peer[0]}:{a.peer[1]}" if a else None,
+                "client": f"{a.client[0]}:{a.client[1]}" if a else None,
+                "match_index": raft.log.last_index if node == self.id else (pr.match_index if pr else 0),
+            }
+        return {"leader": self.id, "term": raft.current_term, "last_index": raft.log.last_index, **describe(raft.membership), "nodes": nodes}
+
     def _redirect(self, conn: Connection, request_id: int) -> None:
         leader = self.raft.leader_id
         if leader is None or leader == self.id:
             self._answer(conn, request_id, status="no_leader")
             return
-        host, port = self.cfg.nodes[leader].client
+        if leader not in self.book:
+            self._answer(conn, request_id, status="no_leader")
+            return
+        host, port = self.book[leader].client
         self.log("client_redirected", level="debug", leader=leader)
         self._answer(conn, request_id, status="redirect", leader=leader, leader_addr=f"{host}:{port}")
 
@@ -711,6 +854,7 @@ class NodeHost:
             "wal_bytes": self.wal.disk_bytes(),
             "snapshots_sending": {p: [s.acked, s.total] for p, s in self.senders.items()},
             "transferring_to": r.transferee,
+            "membership": describe(r.membership),
             "keys": len(self.kv.data),
             "log_digest": self.kv.log_digest(),
             "state_digest": self.kv.state_digest(),

@@ -43,6 +43,7 @@ from typing import Any
 import cbor2
 
 from raftproc.core.messages import SnapshotMeta
+from raftproc.runtime.entries import decode_membership, encode_membership
 from raftproc.runtime.wal import HEADER, MAX_RECORD, frame_record, fsync_dir, write_all
 
 MAGIC = b"RAFTPROC-SNAPSHOT-1\n"
@@ -166,7 +167,9 @@ def write_snapshot(directory: Path, meta: SnapshotMeta, image: KvImage, *, floor
 
 def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     yield MAGIC
-    yield frame_record(cbor2.dumps({"meta": {"index": meta.index, "term": meta.term, "voters": list(meta.voters)}}))
+    yield frame_record(cbor2.dumps({"meta": {
+        "index": meta.index, "term": meta.term, "membership": encode_membership(meta.membership), "context": meta.context,
+    }}))
     records = 1
     batch: list[list[str]] = []
     for key, value in image.data.items():
@@ -235,7 +238,10 @@ def read_meta(path: Path) -> SnapshotMeta:
 def _meta(path: Path, body: dict) -> SnapshotMeta:
     try:
         m = body["meta"]
-        meta = SnapshotMeta(int(m["index"]), int(m["term"]), tuple(int(v) for v in m["voters"]))
+        context = m["context"]
+        if context is not None and not isinstance(context, bytes):
+            raise ValueError("context is not bytes")
+        meta = SnapshotMeta(int(m["index"]), int(m["term"]), decode_membership(m["membership"]), context)
     except (KeyError, TypeError, ValueError):
         raise SnapshotCorrupt(f"{path}: first record is not snapshot metadata") from None
     if meta.index < 1 or meta.term < 1:

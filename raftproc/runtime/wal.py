@@ -11,7 +11,7 @@ Each segment is a sequence of records:
 
 `crc32` covers the 4 length bytes and the body, so a torn or flipped length is caught
 too. The body is one CBOR map per Ready: {"hs": [term, vote, commit] or null,
-"e": [[term, index, command], ...]}. Replaying applies records in order: `hs`
+"e": [entry, ...]} (raftproc.runtime.entries). Replaying applies records in order: `hs`
 replaces the hard state; `e` replaces every entry from e[0].index on (the Ready
 contract, raftproc.core.ready). One Ready is one record, written with one write()
 and made durable with one fdatasync() (group commit): the hard state and entries it
@@ -73,6 +73,7 @@ from pathlib import Path
 import cbor2
 
 from raftproc.core.messages import Entry
+from raftproc.runtime.entries import decode_entry, encode_entry
 from raftproc.core.ready import HardState, Ready
 
 HEADER = struct.Struct(">II")
@@ -117,7 +118,8 @@ def encode_record(rd: Ready) -> bytes:
         cbor2.dumps(
             {
                 "hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index],
-                "e": [[e.term, e.index, e.command] for e in rd.entries],
+                # The plain shape inline: this runs for every entry written.
+                "e": [[e.term, e.index, e.command] if e.config is None else encode_entry(e) for e in rd.entries],
             }
         )
     )
@@ -333,7 +335,7 @@ class WriteAheadLog:
             hs = rec["hs"]
             if hs is not None:
                 out.hard_state = HardState(hs[0], hs[1], hs[2])
-            entries = [Entry(t, i, c) for t, i, c in rec["e"]]
+            entries = [Entry(*item) if len(item) == 3 else decode_entry(item) for item in rec["e"]]
         except Exception as e:
             raise WalCorruption(f"{path}: undecodable record at offset {pos}: {e}") from None
         out.records += 1

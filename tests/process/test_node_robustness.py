@@ -22,7 +22,7 @@ GARBAGE = {
     "random_bytes": bytes(range(256)) * 4,
     "huge_length_prefix": struct.pack(">I", 0xFFFFFFF0) + b"abc",
     "invalid_cbor": encode_frame(b"\xff\xfe\xfd\x1f"),
-    "cbor_wrong_shape": encode_frame(cbor2.dumps({"v": 1, "t": "ae", "src": 1})),
+    "cbor_wrong_shape": encode_frame(cbor2.dumps({"v": 2, "t": "ae", "src": 1})),
     "cbor_not_a_map": encode_frame(cbor2.dumps([1, 2, 3])),
     "half_a_frame": struct.pack(">I", 1000) + b"x" * 10,
 }

@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftproc.core import AppendEntries, AppendEntriesResponse, Entry, RequestVote, RequestVoteResponse
+from raftproc.core import AppendEntries, AppendEntriesResponse, Entry, Membership, RequestVote, RequestVoteResponse
 from raftproc.runtime.codec import (
     RemoteProtocolError,
     decode_client_request,
@@ -21,6 +21,10 @@ MESSAGES = [
     AppendEntries(src=1, dst=3, term=4, prev_log_index=5, prev_log_term=3, entries=(Entry(4, 6, b"x"), Entry(4, 7, None)), leader_commit=5),
     AppendEntriesResponse(src=3, dst=1, term=4, success=False, rejected_index=5, conflict_term=None, conflict_index=3),
     AppendEntriesResponse(src=3, dst=1, term=4, success=True, match_index=7),
+    AppendEntries(
+        src=1, dst=3, term=4, prev_log_index=5, prev_log_term=3, leader_commit=5,
+        entries=(Entry(4, 6, b"addresses", Membership((1, 2, 4), outgoing=(1, 2, 3), learners=(5,))), Entry(4, 7, None, Membership((1, 2)))),
+    ),
 ]
 
 
@@ -52,14 +56,20 @@ def test_codec_round_trip(msg):
     [
         b"\xff\x00garbage",
         cbor2.dumps([1, 2, 3]),
-        cbor2.dumps({"v": 1, "t": "nope"}),
-        cbor2.dumps({"v": 2, "t": "rv", "src": 1, "dst": 2, "term": 1, "last_log_index": 0, "last_log_term": 0}),
-        cbor2.dumps({"v": 1, "t": "rv", "src": 1, "dst": 2, "term": 1}),
-        cbor2.dumps({"v": 1, "t": "rv", "src": 1, "dst": 2, "term": -1, "last_log_index": 0, "last_log_term": 0}),
-        cbor2.dumps({"v": 1, "t": "rvr", "src": 1, "dst": 2, "term": 1, "vote_granted": 1}),
-        cbor2.dumps({"v": 1, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 5, b"x"]], "leader_commit": 0}),
-        cbor2.dumps({"v": 1, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[9, 1, b"x"]], "leader_commit": 0}),
-        cbor2.dumps({"v": 1, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": "x", "leader_commit": 0}),
+        cbor2.dumps({"v": 2, "t": "nope"}),
+        cbor2.dumps({"v": 99, "t": "rv", "src": 1, "dst": 2, "term": 1, "last_log_index": 0, "last_log_term": 0}),
+        cbor2.dumps({"v": 2, "t": "rv", "src": 1, "dst": 2, "term": 1}),
+        cbor2.dumps({"v": 2, "t": "rv", "src": 1, "dst": 2, "term": -1, "last_log_index": 0, "last_log_term": 0}),
+        cbor2.dumps({"v": 2, "t": "rvr", "src": 1, "dst": 2, "term": 1, "vote_granted": 1}),
+        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 5, b"x"]], "leader_commit": 0}),
+        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[9, 1, b"x"]], "leader_commit": 0}),
+        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": "x", "leader_commit": 0}),
+        # configuration entries: a voter that is also a learner, node id 0, not a configuration
+        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 1, None, [[1], [], [1]]]], "leader_commit": 0}),
+        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 1, None, [[0], [], []]]], "leader_commit": 0}),
+        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 1, None, "x"]], "leader_commit": 0}),
+        # the version before configuration entries
+        cbor2.dumps({"v": 1, "t": "rv", "src": 1, "dst": 2, "term": 1, "last_log_index": 0, "last_log_term": 0}),
     ],
 )
 def test_codec_rejects_malformed_bodies_with_remote_protocol_error(body):
@@ -80,5 +90,17 @@ def test_client_request_validation():
     ok = {"t": "req", "id": 1, "op": "cas", "key": "k", "value": "v", "expect": None, "client": 5, "seq": 1}
     assert decode_client_request(encode(ok))["op"] == "cas"
     for bad in ({**ok, "op": "drop"}, {**ok, "key": 3}, {**ok, "value": None}, {**ok, "client": "x"}, {**ok, "id": -1}):
+        with pytest.raises(RemoteProtocolError):
+            decode_client_request(encode(bad))
+
+
+def test_member_request_validation():
+    add = {"t": "member", "id": 1, "op": "add", "node": 6, "addresses": ["127.0.0.1:7106", "127.0.0.1:7206"]}
+    assert decode_client_request(encode(add))["addresses"] == (("127.0.0.1", 7106), ("127.0.0.1", 7206))
+    assert decode_client_request(encode({"t": "member", "id": 2, "op": "list"}))["op"] == "list"
+    for bad in (
+        {**add, "op": "grow"}, {**add, "node": 0}, {**add, "node": "6"}, {**add, "addresses": ["127.0.0.1:7106"]},
+        {**add, "addresses": ["127.0.0.1:7106", "nowhere"]}, {"t": "member", "id": 3, "op": "remove"},
+    ):
         with pytest.raises(RemoteProtocolError):
             decode_client_request(encode(bad))

@@ -2,7 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from raftproc.config import ConfigError, default_config, load_config, parse_config, to_toml
+from dataclasses import replace
+
+from raftproc.config import ConfigError, NodeAddress, default_config, load_config, parse_config, to_toml
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
 
@@ -66,6 +68,8 @@ def test_config_defaults_are_the_documented_local_cluster():
 
 def test_config_round_trips_through_toml(tmp_path):
     cfg = default_config(3)
+    cfg = replace(cfg, nodes={**cfg.nodes, 4: NodeAddress(4, ("127.0.0.1", 7104), ("127.0.0.1", 7204), join=True)})
+    assert cfg.bootstrap_voters() == (1, 2, 3)  # a joining node is not in the first configuration
     path = tmp_path / "c.toml"
     path.write_text(to_toml(cfg))
     assert load_config(path) == cfg
@@ -81,6 +85,8 @@ def test_config_round_trips_through_toml(tmp_path):
         ("heartbeat_interval = 9\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "heartbeat"),
         ("colour = 'red'\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "unknown keys"),
         ("this is [not toml", "not valid TOML"),
+        ("[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'\njoin = 'yes'", "join must be true or false"),
+        ("[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'\njoin = true", "first configuration needs"),
     ],
 )
 def test_config_errors_say_what_is_wrong(tmp_path, text, says):

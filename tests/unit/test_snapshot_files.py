@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from raftproc.core.messages import Entry, SnapshotMeta
+from raftproc.core.messages import Entry, Membership, SnapshotMeta
 from raftproc.core.ready import HardState, Ready
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
@@ -15,7 +15,7 @@ from raftproc.runtime.snapshot import SnapshotCorrupt, load_newest, read_meta, r
 from raftproc.runtime.transfer import SnapshotReceiver, SnapshotSender
 from raftproc.runtime.wal import WalCorruption, WriteAheadLog
 
-META = (1, 2, 3)
+META = Membership((1, 2, 3), learners=(4,))
 
 
 def store_with(n: int, *, client: int = 7) -> KeyValueStore:

@@ -54,7 +54,7 @@ def main():
     buffers = {}
 
     def answer(conn, request_id, status):
-        body = cbor2.dumps({"v": 1, "t": "resp", "id": request_id, "status": status, "result": {"ok": status == "ok"}})
+        body = cbor2.dumps({"v": 2, "t": "resp", "id": request_id, "status": status, "result": {"ok": status == "ok"}})
         try:
             conn.sendall(HEADER.pack(len(body)) + body)
         except OSError:
@@ -90,7 +90,7 @@ def main():
                     req = cbor2.loads(bytes(buf[4 : 4 + size]))
                     del buf[: 4 + size]
                     if req.get("t") == "status":
-                        body = cbor2.dumps({"v": 1, "t": "resp", "id": req["id"], "status": "ok", "result": {"is_leader": kv._isLeader()}})
+                        body = cbor2.dumps({"v": 2, "t": "resp", "id": req["id"], "status": "ok", "result": {"is_leader": kv._isLeader()}})
                         conn.sendall(HEADER.pack(len(body)) + body)
                         continue
 
