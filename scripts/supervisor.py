@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Run and watch a local raftproc cluster.
 
-    python scripts/supervisor.py up [-n 5]        start a cluster (default ports 7101.., 7201..)
+    python scripts/supervisor.py up [-n 5]        start a cluster (default ports 7101.., 7201..); once
+                                                  the run directory holds one, `up` starts it again,
+                                                  with the members it has now (--fresh: a new one)
     python scripts/supervisor.py status           pid, role, term, commit, applied, RSS, CPU
     python scripts/supervisor.py kill|stop|start|restart|pause|resume ID
                                                   (stop: a leader hands over leadership first)
@@ -29,6 +31,16 @@ from raftproc.ops.logs import follow, format_line, matches, merged
 
 
 def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
+    if cluster.config_path.exists() and not args.fresh:
+        # Its data says who the members are; a new config over it would contradict that.
+        running = [p.node_id for p in cluster.processes() if p.state in ("running", "paused")]
+        if running:
+            raise ClusterError(f"a cluster is already running from {cluster.run_dir} (nodes {running}); run `down` first")
+        cluster.up(wait=args.wait)
+        removed = sorted(cluster.removed())
+        print(f"cluster from {cluster.config_path} up again; leader is node {cluster.leader()}"
+              + (f"; removed nodes {removed} stay stopped" if removed else "") + " (`up --fresh` makes a new cluster)")
+        return cmd_status(cluster, args)
     cfg = local_config(args.nodes, Path(args.data_dir), Path(args.log_dir), base_port=args.base_port or None)
     cluster.create(cfg)
     cluster.up(wait=args.wait)
@@ -74,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--data-dir", default="data")
     up.add_argument("--log-dir", default="logs")
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
+    up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "
+                    "(the data directory should be empty: its logs name their own members)")
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("rolling-restart")

@@ -28,7 +28,7 @@ from typing import Any
 import psutil
 
 from raftproc.client import Client, ClientError
-from raftproc.config import ClusterConfig, NodeAddress, load_config, to_toml
+from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to_toml
 from raftproc.ops.logs import merged
 
 
@@ -92,6 +92,7 @@ class Cluster:
         if running:
             raise ClusterError(f"a cluster is already running from {self.run_dir} (nodes {running}); run `down` first")
         self.config_path.write_text(to_toml(cfg))
+        (self.run_dir / "removed").unlink(missing_ok=True)  # a new cluster: nobody removed yet
         return cfg
 
     @property
@@ -158,13 +159,18 @@ class Cluster:
     def _set_removed(self, ids: set[int]) -> None:
         (self.run_dir / "removed").write_text("".join(f"{i}\n" for i in sorted(ids)))
 
-    def join(self, timeout: float = 60.0) -> int:
-        """Start a new node (the next free id, on free ports) and add it: it joins
-        as a learner, catches up, then votes. Returns its id."""
+    def join(self, timeout: float = 60.0, *, place: Callable[[int], tuple[Address, Address]] | None = None) -> int:
+        """Start a new node (the next free id; `place(id)` gives its peer and client
+        addresses, free loopback ports by default) and add it: it joins as a
+        learner, catches up, then votes. Returns its id."""
         cfg = self.config
         node_id = max(cfg.nodes) + 1
-        peer, client = free_ports(2)
-        address = NodeAddress(node_id, ("127.0.0.1", peer), ("127.0.0.1", client), join=True)
+        if place is None:
+            peer_port, client_port = free_ports(2)
+            peer, client = ("127.0.0.1", peer_port), ("127.0.0.1", client_port)
+        else:
+            peer, client = place(node_id)
+        address = NodeAddress(node_id, peer, client, join=True)
         self.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))
         self.start(node_id)
         self.add(node_id, timeout)

@@ -171,6 +171,7 @@ class NodeHost:
         # Every node's addresses known so far: the file's, then those that
         # configuration entries and snapshots carry (newest wins).
         self.book: dict[int, NodeAddress] = dict(cfg.nodes)
+        self.peers: dict[int, PeerLink] = {}  # before recovery: learning an address closes a stale link
         self._recover()
         self.waiting: dict[int, Waiting] = {}
         # Reads: asked of the core (token -> conn, request id, key), and confirmed
@@ -182,7 +183,6 @@ class NodeHost:
         self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
         self.client_listener = Listener(self.loop, me.client, self._accept_client)
         self.running = True
-        self.peers: dict[int, PeerLink] = {}
         self._linked_membership = None
         self._reconcile_links()
         self.member_change: MemberChange | None = None

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import replace
 
 import pytest
 
 from conftest import log_events, wait_until
 from raftproc.client import ClientError
+from raftproc.config import to_toml
 
 pytestmark = pytest.mark.process
 
@@ -102,3 +104,29 @@ def test_member_commands_answer_clearly(cluster_factory):
         assert client.member("remove", 9)["membership"]["voters"] == [1, 2, 3]
     finally:
         client.close()
+
+
+def test_restarted_node_reaches_an_added_node_its_config_file_does_not_list(cluster_factory):
+    """The addresses of added nodes travel in configuration entries, so an operator's
+    config file may list only the first members: a node restarted with such a file
+    learns the new node's address from its own WAL."""
+    cluster = cluster_factory(3)
+    new = cluster.join()
+    client = cluster.client(timeout=10)
+    client.set("before", "1")
+    full = cluster.config_path.read_text()
+    cfg = cluster.config
+    try:
+        cluster.config_path.write_text(to_toml(replace(cfg, nodes={i: a for i, a in cfg.nodes.items() if i != new})))
+        follower = next(i for i in (1, 2, 3) if i != cluster.wait_for_leader())
+        cluster.restart(follower)
+        wait_until(lambda: (cluster.node_status(follower) or {}).get("membership", {}).get("voters") == [1, 2, 3, new],
+                   20, "restarted node back with the 4-voter configuration")
+        learned = [e for e in log_events(cluster, follower) if e["event"] == "peer_address_learned"]
+        assert learned and learned[-1]["peer_id"] == new
+        client.set("after", "2")
+        wait_until(lambda: (cluster.node_status(follower) or {}).get("last_applied", 0) >= (cluster.node_status(new) or {}).get("commit_index", 1),
+                   20, "restarted node applies what the cluster commits")
+    finally:
+        client.close()
+        cluster.config_path.write_text(full)  # so teardown stops node 4 too

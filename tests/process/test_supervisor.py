@@ -63,3 +63,35 @@ def test_supervisor_lifecycle(tmp_path):
     finally:
         sup(run, "down", check=False)
     assert all(p.state in ("stopped",) for p in Cluster(run).processes())
+
+
+def test_supervisor_membership_survives_down_and_up(tmp_path):
+    """join, remove, then `down` and `up`: the cluster comes back with the members it
+    has now (the joined node restarts from a log holding configuration entries; the
+    removed node stays stopped)."""
+    run = tmp_path / "run"
+    try:
+        sup(run, "up", "-n", "3", "--base-port", "0", "--data-dir", str(tmp_path / "data"), "--log-dir", str(tmp_path / "logs"))
+        cluster = Cluster(run)
+        assert "node 4 joined: voters [1, 2, 3, 4]" in sup(run, "join").stdout
+        assert "voters [2, 3, 4]" in sup(run, "remove", "1").stdout
+        client = cluster.client(timeout=10)
+        client.set("after-changes", "1")
+        client.close()
+        sup(run, "down")
+        up = sup(run, "up").stdout
+        assert "up again" in up and "removed nodes [1] stay stopped" in up
+        assert [p.node_id for p in cluster.processes() if p.state == "running"] == [2, 3, 4]
+        members = sup(run, "members").stdout
+        assert "voters [2, 3, 4], learners []" in members
+        client = cluster.client(timeout=10)
+        assert client.get("after-changes") == "1"
+        client.set("after-restart", "2")
+        client.close()
+        assert {s["node"] for s in cluster.wait_converged(20)} == {2, 3, 4}
+        # `up --fresh` is a new cluster: nobody removed.
+        sup(run, "down")
+        sup(run, "up", "--fresh", "-n", "3", "--base-port", "0", "--data-dir", str(tmp_path / "data2"), "--log-dir", str(tmp_path / "logs2"))
+        assert [p.node_id for p in cluster.processes() if p.state == "running"] == [1, 2, 3]
+    finally:
+        sup(run, "down", check=False)
