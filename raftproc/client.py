@@ -147,7 +147,7 @@ class Client:
                 if status == "ok":
                     return answer["result"]
                 if status == "redirect":
-                    self._target = _parse_address(answer["leader_addr"]) or self._other_node(target)
+                    self._target = self._redirected(answer, target)
                     last_error = f"redirected to node {answer.get('leader')}"
                     continue
                 if status == "error":
@@ -183,7 +183,7 @@ class Client:
                 chosen = answer["result"]["target"]
                 old = next((i for i, a in self.addresses.items() if a == node_target), None)
             elif status == "redirect":
-                self._target = _parse_address(answer.get("leader_addr")) or self._other_node(node_target)
+                self._target = self._redirected(answer, node_target)
             elif status == "error":
                 raise Failed(f"transfer refused: {answer.get('error')}")
             else:
@@ -227,7 +227,7 @@ class Client:
             if status == "error":
                 raise Failed(f"member {op} refused: {answer.get('error')}")
             if status == "redirect":
-                self._target = _parse_address(answer.get("leader_addr")) or self._other_node(target)
+                self._target = self._redirected(answer, target)
                 continue
             last_error = f"{status}: {answer.get('error', 'no leader known')}"
             if status == "no_leader":
@@ -262,6 +262,18 @@ class Client:
         conn = self._conns.pop(address, None)
         if conn is not None:
             conn.close()
+
+    def _redirected(self, answer: dict[str, Any], current: Address) -> Address:
+        """Where a redirect points. A leader this client was not told about (a node
+        that joined later) is remembered, so it is still reachable when every
+        node the client started with has been removed."""
+        address = _parse_address(answer.get("leader_addr"))
+        if address is None:
+            return self._other_node(current)
+        leader = answer.get("leader")
+        if isinstance(leader, int) and leader not in self.addresses:
+            self.addresses[leader] = address
+        return address
 
     def _other_node(self, current: Address) -> Address:
         others = [a for a in self.addresses.values() if a != current]
@@ -321,7 +333,8 @@ def _member(client: Client, args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftproc.client", description="Talk to a raftproc cluster.")
     p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to reach a definite outcome")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to reach a definite outcome (default 5; 60 for member add and remove, which wait for a catch-up)")
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("set", help="set KEY VALUE")
     s.add_argument("key")
@@ -351,7 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"raftproc.client: {e}", file=sys.stderr)
         return 2
-    client = Client(cfg.client_addresses(), timeout=args.timeout)
+    changes_members = args.cmd == "member" and args.member_cmd != "list"
+    timeout = args.timeout if args.timeout is not None else 60.0 if changes_members else 5.0
+    client = Client(cfg.client_addresses(), timeout=timeout)
     try:
         if args.cmd == "status":
             return _print_status(client)

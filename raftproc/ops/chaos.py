@@ -7,6 +7,9 @@ Verdicts:
 - no acknowledged write lost: every final read returns a value some write produced
   (or absent only where a delete may have run or nothing was acknowledged);
 - converged: after healing, every node applies the same log (digests) in time;
+- one settled configuration: every running node holds the same configuration,
+  not joint, without learners, whose voters are exactly the nodes the run meant
+  to keep (member faults add, remove and replace nodes);
 - storage recovers cleanly: each node's newest snapshot and the WAL after it open
   without corruption after shutdown.
 """
@@ -28,6 +31,10 @@ from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
 from raftproc.ops.logs import read_lines
 from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
+
+# Network namespaces made beyond the cluster's first nodes, for nodes that join
+# during a run with member faults (a replace when none is left removes and re-adds).
+SPARE_SLOTS = 4
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.workload import Workload
@@ -76,7 +83,7 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
     if {"partition", "slow"} & set(faults):
         ok, why = available()
         if ok:
-            lab = NetnsLab(opts.nodes)
+            lab = NetnsLab(opts.nodes + (SPARE_SLOTS if "member" in faults else 0))
             lab.setup()
         else:
             faults = [f for f in faults if f not in ("partition", "slow")]
@@ -118,6 +125,9 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     )
     schedule = plan(opts.seed, faults, opts.duration)
     nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"\r{_clock(mono0)} {m}" + " " * 20))
+    if lab is not None:
+        nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
+        nemesis.max_node_id = len(lab.nodes)
     start = time.monotonic()
     workload.start(until=start + opts.duration)
 
@@ -146,6 +156,7 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
         cluster.wait_for_leader(timeout=20)
         statuses = cluster.wait_converged(timeout=30)
         verdicts.append(("converged", True, f"{len(statuses)} nodes applied the same log (index {statuses[0]['last_applied']}, digest {statuses[0]['log_digest'][:16]})"))
+        verdicts.append(settled_configuration(statuses, nemesis.members()))
     except ClusterError as e:
         verdicts.append(("converged", False, str(e)))
     workload.final_reads()
@@ -157,6 +168,7 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     lost = lost_writes(records, opts.clients)
     verdicts.append(("no acknowledged write lost", not lost, "\n".join(lost) or "every final read returns a written value"))
     cluster.down(timeout=5)
+    cfg = cluster.config  # with the nodes that joined during the run
     bad = []
     for n in cfg.nodes:
         try:
@@ -223,3 +235,23 @@ def lost_writes(records: list[dict[str, Any]], final_client: int) -> list[str]:
 
 def _clock(mono0: float) -> str:
     return f"[{time.monotonic() - mono0:6.1f}s]"
+
+
+def settled_configuration(statuses: list[dict[str, Any]], members: list[int]) -> tuple[str, bool, str]:
+    """Every running node holds one configuration: not joint, no learners left,
+    voters exactly `members`."""
+    seen = {json.dumps(s["membership"], sort_keys=True) for s in statuses}
+    m = statuses[0]["membership"]
+    problems = []
+    if len(seen) > 1:
+        problems.append("nodes hold different configurations: " + "; ".join(sorted(seen)))
+    if m["outgoing"]:
+        problems.append(f"still joint (outgoing {m['outgoing']})")
+    if m["learners"]:
+        problems.append(f"learners left: {m['learners']}")
+    if sorted(m["voters"]) != members:
+        problems.append(f"voters {sorted(m['voters'])}, expected {members}")
+    running = sorted(s["node"] for s in statuses)
+    if running != members:
+        problems.append(f"running nodes {running}, expected {members}")
+    return "one settled configuration", not problems, "; ".join(problems) or f"voters {members} on every node"

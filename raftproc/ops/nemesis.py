@@ -18,6 +18,12 @@ Kinds:
 - slow:      (network namespaces) netem delay, jitter and loss on some nodes.
 - transfer:  the leader hands leadership to a random node (TimeoutNow), while
              clients keep writing and reading.
+- member:    membership changes while clients write: remove a node (the leader
+             or a follower) and add it back with its data at the heal; or
+             replace one: a new, empty node joins (learner, catch-up, vote), then
+             the old one is removed and stays stopped. A change that does not
+             finish is run again at the heal, so the run ends with one settled
+             configuration that the chaos verdicts check.
 """
 
 from __future__ import annotations
@@ -27,11 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raftproc.config import Address
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.netns import NetnsLab
 
-ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer")
-PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer")
+ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member")
+PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member")
+MEMBER_FAULTS = ("remove-leader", "remove-follower", "replace-leader", "replace-follower")
 
 
 @dataclass
@@ -65,6 +73,8 @@ def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float,
             victims = rng.choice(("leader", "follower", "minority", "all"))
         elif kind == "transfer":
             victims = "leader"
+        elif kind == "member":
+            victims = rng.choice(MEMBER_FAULTS)
         else:
             victims = rng.choice(("leader", "leader", "follower", "minority", "majority"))
         hold = rng.uniform(1.0, 3.0)
@@ -80,10 +90,22 @@ class Nemesis:
     lab: NetnsLab | None = None
     log: Callable[[str], None] = print
     records: list[FaultRecord] = field(default_factory=list)
+    # Where a node that joins lives (None: free loopback ports), and the highest id
+    # there is room for (network namespaces are made before the run).
+    place: Callable[[int], tuple[Address, Address]] | None = None
+    max_node_id: int | None = None
+    member_timeout: float = 20.0
+    want_in: set[int] = field(default_factory=set)  # nodes to (re-)add at the heal
+
+    def members(self) -> list[int]:
+        """The nodes of the configuration the nemesis aims for (removed nodes stay
+        stopped)."""
+        removed = self.cluster.removed()
+        return sorted(n for n in self.cluster.config.nodes if n not in removed)
 
     def inject(self, fault: PlannedFault) -> Callable[[], None]:
         """Start a fault; return what heals it."""
-        ids = sorted(self.cluster.config.nodes)
+        ids = self.members()
         leader = self.cluster.leader()
         followers = [i for i in ids if i != leader]
         minority = len(ids) // 2
@@ -118,6 +140,9 @@ class Nemesis:
         elif fault.kind == "transfer":
             record.nodes, record.detail = self._transfer(leader, followers)
             heal = lambda: None  # noqa: E731 - a handover needs no healing
+        elif fault.kind == "member":
+            record.nodes, record.detail = self._member(fault.victims, leader, followers)
+            heal = self.settle_members
         elif fault.kind == "slow":
             assert self.lab is not None
             nodes = pick(fault.victims)
@@ -148,6 +173,41 @@ class Nemesis:
             return [leader, target], f"not completed: {e}"
         finally:
             client.close()
+
+    def _member(self, victims: str, leader: int | None, followers: list[int]) -> tuple[list[int], str]:
+        if leader is None or not followers:
+            return [], "no leader to change the configuration"
+        victim = leader if victims.endswith("leader") else self.rng.choice(followers)
+        if victims.startswith("replace"):
+            new = max(self.cluster.config.nodes) + 1
+            if self.max_node_id is not None and new > self.max_node_id:
+                victims = "remove"  # no room for another node: remove and re-add instead
+            else:
+                try:
+                    self.cluster.join(self.member_timeout, place=self.place)
+                except Exception as e:  # noqa: BLE001 - an unfinished change is data; the heal finishes it
+                    self.want_in.add(new)
+                    return [new], f"node {new} did not join yet: {e}"
+        try:
+            self.cluster.remove(victim, self.member_timeout)
+        except Exception as e:  # noqa: BLE001 - as above; whether it happened is unknown, so add it back
+            self.want_in.add(victim)
+            return [victim], f"node {victim} not removed yet: {e}"
+        if victims.startswith("replace"):
+            return [victim, new], f"node {new} replaced node {victim}"
+        self.want_in.add(victim)
+        return [victim], f"node {victim} removed"
+
+    def settle_members(self) -> None:
+        """Add back every node a member fault left out (re-running an add goes on
+        from wherever the change stands)."""
+        for n in sorted(self.want_in):
+            try:
+                self.cluster.add(n, self.member_timeout)
+                self.want_in.discard(n)
+                self.log(f"node {n} is a voter again")
+            except Exception as e:  # noqa: BLE001 - tried again at the final heal; the verdicts judge the end state
+                self.log(f"node {n} not added back yet: {e}")
 
     def _restart(self, nodes: list[int]) -> Callable[[], None]:
         def heal() -> None:
@@ -191,11 +251,13 @@ class Nemesis:
         if self.lab is not None:
             self.lab.heal_cuts()
             self.lab.heal_slow()
+        removed = self.cluster.removed()
         for p in self.cluster.processes():
             if p.state == "paused":
                 self.cluster.resume(p.node_id)
-            elif p.state not in ("running",):
+            elif p.state not in ("running",) and p.node_id not in removed:
                 self.cluster.start(p.node_id)
+        self.settle_members()
         for r in self.records:
             if r.end_ns is None:
                 r.end_ns = time.monotonic_ns()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from raftproc.checker import check_history
-from raftproc.ops.chaos import ChaosOptions, lost_writes, run_chaos
+from raftproc.ops.chaos import ChaosOptions, lost_writes, run_chaos, settled_configuration
 from raftproc.ops.cluster import Cluster, local_config
 from raftproc.ops.nemesis import plan
 from raftproc.ops.netns import available
@@ -42,7 +42,7 @@ def test_chaos_smoke_every_verdict_passes(tmp_path):
     )
     assert result.ok, result.verdicts
     names = {name for name, _, _ in result.verdicts}
-    assert names == {"converged", "linearizable", "no acknowledged write lost", "storage recovers cleanly"}
+    assert names == {"converged", "one settled configuration", "linearizable", "no acknowledged write lost", "storage recovers cleanly"}
     summary = dict(result.summary)
     assert summary["operations ok"] > 100 and summary["faults injected"] >= 3
     assert summary["snapshots taken"] >= 3 * 3, summary
@@ -53,6 +53,38 @@ def test_chaos_smoke_every_verdict_passes(tmp_path):
     assert (out / "logs" / "node-1.jsonl").exists()
     if not root_ok:
         assert any("unavailable" in n for n in result.notes)
+
+
+def test_chaos_member_faults_every_verdict_passes(tmp_path):
+    """Nodes removed (the leader too) and added back with their data, a node
+    replaced by a new one, with a kill in between, while clients write and read."""
+    out = tmp_path / "run"
+    faults = ["member", "kill"]
+    kinds = [(f.kind, f.victims) for f in plan(2, faults, 20)]
+    assert ("member", "remove-leader") in kinds and ("member", "replace-follower") in kinds
+    result = run_chaos(ChaosOptions(out=out, nodes=3, duration=20, faults=faults, clients=4, seed=2, snapshot_every=100), say=lambda m: None)
+    assert result.ok, result.verdicts
+    assert dict(result.summary)["operations failed"] == 0
+    details = [f["detail"] for f in json.loads((out / "faults.json").read_text()) if f["kind"] == "member"]
+    assert any(d.endswith("removed") for d in details) and any("replaced node" in d for d in details), details
+    # The new node (4) took part to the end; the replaced one stayed stopped.
+    settled = next(d for name, _, d in result.verdicts if name == "one settled configuration")
+    assert "4" in settled and (out / "logs" / "node-4.jsonl").exists()
+
+
+def test_settled_configuration_verdict_can_fail():
+    def status(node, voters, learners=(), outgoing=()):
+        return {"node": node, "membership": {"voters": list(voters), "learners": list(learners), "outgoing": list(outgoing)}}
+
+    good = [status(n, [1, 2, 3]) for n in (1, 2, 3)]
+    assert settled_configuration(good, [1, 2, 3])[1]
+    joint = [status(n, [1, 2, 4], outgoing=[1, 2, 3]) for n in (1, 2, 3, 4)]
+    assert not settled_configuration(joint, [1, 2, 4])[1]
+    learner_left = [status(n, [1, 2, 3], learners=[4]) for n in (1, 2, 3)]
+    assert "learners left" in settled_configuration(learner_left, [1, 2, 3])[2]
+    differ = good[:2] + [status(3, [1, 2, 3, 4])]
+    assert "different configurations" in settled_configuration(differ, [1, 2, 3])[2]
+    assert "running nodes" in settled_configuration(good + [status(4, [1, 2, 3])], [1, 2, 3])[2]
 
 
 def power_cut_everything(tmp_path: Path, launcher, background_sync=False):

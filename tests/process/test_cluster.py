@@ -65,6 +65,9 @@ def test_follower_redirects_and_client_status(cluster_factory):
     only = {follower: cluster.config.nodes[follower].client}
     c = Client(only, timeout=10)
     assert c.set("via-follower", "ok") == {"ok": True}
+    # ... and remembers where the leader is, so it reaches it after its only
+    # known node is gone (as after that node was removed from the cluster).
+    assert c.addresses[leader] == cluster.config.nodes[leader].client
     status = c.status(follower)
     assert status["role"] == "follower" and status["leader"] == leader
     c.close()
