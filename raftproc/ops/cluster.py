@@ -247,7 +247,7 @@ class Cluster:
         since = datetime.now(timezone.utc).isoformat()
         leader = self.wait_for_leader(timeout=timeout)
         running = [p.node_id for p in self.processes() if p.state == "running"]
-        skipped = [i for i in sorted(self.config.nodes) if i not in running]
+        skipped = [i for i in sorted(self.config.nodes) if i not in running and i not in self.removed()]
         if skipped:
             say(f"nodes {skipped} are not running; they are left as they are")
         order = [i for i in running if i != leader] + [leader]
