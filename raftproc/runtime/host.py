@@ -796,7 +796,7 @@ class NodeHost:
             peer, client = req["addresses"]
             known = self.book.get(node)
             if node in raft.membership.members and known is not None and (known.peer, known.client) != (peer, client):
-                self._answer(conn, req["id"], status="error", error=f"node {node} is a member at another address ({known.peer})")
+                self._answer(conn, req["id"], status="error", error=f"node {node} is a member at another address (peer {known.peer[0]}:{known.peer[1]})")
                 return
             if node not in raft.membership.members:
                 self.book[node] = NodeAddress(node, peer, client, join=True)
