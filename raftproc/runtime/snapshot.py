@@ -6,7 +6,8 @@ A snapshot is one file, `snap-<index>-<term>-w<floor>.snap` (zero-padded, so nam
 sort by index), holding a magic line and then records framed exactly like WAL
 records (4-byte length, CRC32 over length and body, CBOR body):
 
-    {"meta": {"index": I, "term": T, "voters": [...]}}
+    {"meta": {"index": I, "term": T, "membership": [voters, outgoing, learners],
+              "context": bytes | None}}   (older files: "voters": [...], still read)
     {"kv": [[key, value], ...]}                      (any number, bounded size)
     {"sessions": [[client, seq, result], ...]}
     {"end": {"records": N, "keys": K, "digest": D}}
@@ -238,10 +239,14 @@ def read_meta(path: Path) -> SnapshotMeta:
 def _meta(path: Path, body: dict) -> SnapshotMeta:
     try:
         m = body["meta"]
-        context = m["context"]
+        context = m.get("context")
         if context is not None and not isinstance(context, bytes):
             raise ValueError("context is not bytes")
-        meta = SnapshotMeta(int(m["index"]), int(m["term"]), decode_membership(m["membership"]), context)
+        if "membership" in m:
+            membership = decode_membership(m["membership"])
+        else:  # written before membership changes: the voters alone
+            membership = decode_membership([m["voters"], [], []])
+        meta = SnapshotMeta(int(m["index"]), int(m["term"]), membership, context)
     except (KeyError, TypeError, ValueError):
         raise SnapshotCorrupt(f"{path}: first record is not snapshot metadata") from None
     if meta.index < 1 or meta.term < 1:

@@ -5,15 +5,16 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import cbor2
 import pytest
 
 from raftproc.core.messages import Entry, Membership, SnapshotMeta
 from raftproc.core.ready import HardState, Ready
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
-from raftproc.runtime.snapshot import SnapshotCorrupt, load_newest, read_meta, read_snapshot, write_snapshot
+from raftproc.runtime.snapshot import MAGIC, SnapshotCorrupt, load_newest, read_meta, read_snapshot, write_snapshot
 from raftproc.runtime.transfer import SnapshotReceiver, SnapshotSender
-from raftproc.runtime.wal import WalCorruption, WriteAheadLog
+from raftproc.runtime.wal import HEADER, WalCorruption, WriteAheadLog, frame_record
 
 META = Membership((1, 2, 3), learners=(4,))
 
@@ -40,6 +41,22 @@ def test_round_trip_keeps_data_sessions_and_digest(tmp_path):
     assert restored.apply(301, retry) == kv.apply(301, retry) == {"ok": True}
     assert restored.data["key0"] == kv.data["key0"] == "v300"
     assert restored.log_digest() == kv.log_digest()
+
+
+def test_snapshot_written_before_membership_changes_still_reads(tmp_path):
+    """Older files hold only the voters in their metadata; a node upgraded over
+    such a data directory must restore them, not call them corrupt."""
+    kv = store_with(20)
+    snap = write_snapshot(tmp_path, SnapshotMeta(20, 2, Membership((1, 2, 3))), kv.image(), floor=0)
+    data = snap.path.read_bytes()
+    first = len(MAGIC) + HEADER.size + HEADER.unpack_from(data, len(MAGIC))[0]
+    old_meta = frame_record(cbor2.dumps({"meta": {"index": 20, "term": 2, "voters": [1, 2, 3]}}))
+    snap.path.write_bytes(data[: len(MAGIC)] + old_meta + data[first:])
+    meta, image = read_snapshot(snap.path)
+    assert meta == SnapshotMeta(20, 2, Membership((1, 2, 3)))
+    restored = KeyValueStore()
+    restored.restore(20, image)
+    assert restored.data == kv.data
 
 
 def test_every_flipped_byte_is_detected(tmp_path):
