@@ -24,6 +24,8 @@ Kinds:
              the old one is removed and stays stopped. A change that does not
              finish is run again at the heal, so the run ends with one settled
              configuration that the chaos verdicts check.
+- rolling:   a rolling restart of every node through the supervisor (followers
+             first, the leader last after handing over), as an upgrade does.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from raftproc.config import Address
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.netns import NetnsLab
 
-ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member")
-PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member")
+ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member", "rolling")
+PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member", "rolling")
 MEMBER_FAULTS = ("remove-leader", "remove-follower", "replace-leader", "replace-follower")
 
 
@@ -75,6 +77,8 @@ def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float,
             victims = "leader"
         elif kind == "member":
             victims = rng.choice(MEMBER_FAULTS)
+        elif kind == "rolling":
+            victims = "all"
         else:
             victims = rng.choice(("leader", "leader", "follower", "minority", "majority"))
         hold = rng.uniform(1.0, 3.0)
@@ -143,6 +147,9 @@ class Nemesis:
         elif fault.kind == "member":
             record.nodes, record.detail = self._member(fault.victims, leader, followers)
             heal = self.settle_members
+        elif fault.kind == "rolling":
+            record.nodes, record.detail = self._rolling()
+            heal = lambda: None  # noqa: E731 - every node is back when it returns
         elif fault.kind == "slow":
             assert self.lab is not None
             nodes = pick(fault.victims)
@@ -173,6 +180,14 @@ class Nemesis:
             return [leader, target], f"not completed: {e}"
         finally:
             client.close()
+
+    def _rolling(self) -> tuple[list[int], str]:
+        try:
+            result = self.cluster.rolling_restart(timeout=20)
+        except Exception as e:  # noqa: BLE001 - a restart that stalls is data; the heal starts what is down
+            return [], f"not completed: {e}"
+        gaps = ", ".join(f"{g * 1000:.1f}" for g in result["handover_gaps_s"]) or "none logged"
+        return result["order"], f"{len(result['order'])} nodes in {result['seconds']:.1f} s, leaderless at handover (ms): {gaps}"
 
     def _member(self, victims: str, leader: int | None, followers: list[int]) -> tuple[list[int], str]:
         if leader is None or not followers:

@@ -72,6 +72,20 @@ def test_chaos_member_faults_every_verdict_passes(tmp_path):
     assert "4" in settled and (out / "logs" / "node-4.jsonl").exists()
 
 
+def test_chaos_rolling_restart_of_five_nodes_every_verdict_passes(tmp_path):
+    """Rolling restarts (followers first, the leader last after handing over) while
+    clients write and read: linearizable, nothing lost, and not one operation fails."""
+    out = tmp_path / "run"
+    assert [f.kind for f in plan(1, ["rolling"], 12)].count("rolling") >= 2
+    result = run_chaos(ChaosOptions(out=out, nodes=5, duration=12, faults=["rolling"], clients=4, seed=1), say=lambda m: None)
+    assert result.ok, result.verdicts
+    summary = dict(result.summary)
+    assert summary["operations failed"] == 0 and summary["operations unknown"] == 0, summary
+    rolls = json.loads((out / "faults.json").read_text())
+    assert len(rolls) >= 2 and all(sorted(r["nodes"]) == [1, 2, 3, 4, 5] for r in rolls), rolls
+    assert all("leaderless at handover (ms): " in r["detail"] and "none" not in r["detail"] for r in rolls), rolls
+
+
 def test_settled_configuration_verdict_can_fail():
     def status(node, voters, learners=(), outgoing=()):
         return {"node": node, "membership": {"voters": list(voters), "learners": list(learners), "outgoing": list(outgoing)}}
