@@ -3,7 +3,7 @@
 Wiring, in order: config -> logging -> WAL recovery -> RaftNode -> event loop
 (see raftproc.runtime.host). Every start-up problem is one clear line on stderr and
 a non-zero exit: an unknown id, a malformed config, a port in use, a data directory
-that cannot be written, a corrupt WAL.
+that cannot be written or holds another node's data, a corrupt WAL.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 
 from raftproc.config import ConfigError, load_config
 from raftproc.runtime.logging import configure
+from raftproc.runtime.identity import IdentityError
 from raftproc.runtime.wal import WalCorruption
 
 EXIT_CONFIG = 2
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     except WalCorruption as e:
         log("wal_corrupt", level="error", error=str(e))
         return fail(EXIT_CORRUPT, f"refusing to start: write-ahead log is corrupt: {e}")
+    except IdentityError as e:
+        log("identity_refused", level="error", error=str(e))
+        return fail(EXIT_CORRUPT, f"refusing to start: {e}")
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             return fail(EXIT_STARTUP, f"node {args.id}: address already in use ({e.strerror}); is another node running?")

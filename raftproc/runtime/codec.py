@@ -25,11 +25,13 @@ from raftproc.core.messages import (
     TimeoutNow,
 )
 from raftproc.runtime.entries import decode_entry, encode_entry
+from raftproc.runtime.identity import PeerHello
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
-# 2: configuration entries (membership changes); 1 had command entries only.
+# 2: configuration entries (membership changes) and the peer hello; 1 had
+# command entries only.
 PROTOCOL_VERSION = 2
-PeerFrame = Message | SnapshotChunk | SnapshotAck
+PeerFrame = Message | SnapshotChunk | SnapshotAck | PeerHello
 
 
 class RemoteProtocolError(Exception):
@@ -47,6 +49,8 @@ _TAGS: dict[type, str] = {
     # InstallSnapshot travels as a stream of chunks (raftproc.runtime.transfer).
     SnapshotChunk: "sc",
     SnapshotAck: "sa",
+    # Opens every peer connection (raftproc.runtime.identity).
+    PeerHello: "hi",
 }
 _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}

@@ -65,6 +65,7 @@ from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
 from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.snapshot import KvImage, SnapshotFile
+from raftproc.runtime.identity import KnownPeers, PeerHello, load_identity
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.transfer import Received, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotSender
 from raftproc.runtime.wal import BackgroundSync, WriteAheadLog, fsync_dir
@@ -123,6 +124,8 @@ class PeerLink:
             max_frame=h.cfg.max_frame, max_buffer=h.cfg.peer_buffer, log=h.log, connecting=True,
             on_connected=self._on_connected,
         )
+        # Queued ahead of anything else, so it is the connection's first frame.
+        self.conn.send(encode_message(PeerHello(h.id, self.peer_id, h.incarnation)))
 
     def _on_connected(self, conn: Connection) -> None:
         self.connected = True
@@ -180,6 +183,8 @@ class NodeHost:
         self._reads_asked: dict[int, tuple[Connection, int, str]] = {}
         self._reads_confirmed: list[tuple[int, int, tuple[Connection, int, str]]] = []
         self.inbound: set[Connection] = set()
+        self._greeted: dict[Connection, int] = {}  # inbound peer connection -> the node that said hello
+        self._refused_logged: dict[int, int] = {}
         self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
         self.client_listener = Listener(self.loop, me.client, self._accept_client)
         self.running = True
@@ -220,6 +225,8 @@ class NodeHost:
         self.data_dir = cfg.node_data_dir(self.id)
         st = open_storage(self.data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
         self.wal, rec, self.snapshot, self.floor = st.wal, st.log, st.snapshot, st.floor
+        self.incarnation = load_identity(self.data_dir, self.id, sync=self.wal.sync_enabled)
+        self.known_peers = KnownPeers(self.data_dir, sync=self.wal.sync_enabled)
         self.kv = KeyValueStore()
         meta = st.meta
         if meta is not None and st.image is not None:
@@ -678,6 +685,16 @@ class NodeHost:
         if msg.dst != self.id or msg.src not in self.book or msg.src == self.id:
             self._reject_frame(conn, f"message from {msg.src} for {msg.dst} on node {self.id}")
             return
+        speaker = self._greeted.get(conn)
+        if speaker is None:
+            if isinstance(msg, PeerHello):
+                self._on_hello(conn, msg)
+            else:
+                self._reject_frame(conn, f"{type(msg).__name__} from {msg.src} before its hello")
+            return
+        if isinstance(msg, PeerHello) or msg.src != speaker:
+            self._reject_frame(conn, f"{type(msg).__name__} from {msg.src} on node {speaker}'s connection")
+            return
         link = self.peers.get(msg.src)
         if link is not None and link.conn is None:
             link.redial_now()
@@ -695,8 +712,26 @@ class NodeHost:
         self.log("frame_error", level="warning", conn=conn.name, error=error)
         conn.close("protocol error")
 
+    def _on_hello(self, conn: Connection, hello: PeerHello) -> None:
+        """Admit the connection if the peer still has the data it had when first heard
+        (raftproc.runtime.identity); its frames count only then."""
+        try:
+            refusal = self.known_peers.admit(hello.src, hello.incarnation)
+        except OSError as e:
+            self.log("peer_record_failed", level="error", peer_id=hello.src, error=str(e))
+            conn.close("cannot record the peer's incarnation")
+            return
+        if refusal is not None:
+            if self._refused_logged.get(hello.src) != hello.incarnation:  # once, not at every redial
+                self._refused_logged[hello.src] = hello.incarnation
+                self.log("peer_refused", level="error", peer_id=hello.src, reason=refusal)
+            conn.close("peer refused")
+            return
+        self._greeted[conn] = hello.src
+
     def _on_inbound_close(self, conn: Connection, reason: str) -> None:
         self.inbound.discard(conn)
+        self._greeted.pop(conn, None)
 
     # --- clients --------------------------------------------------------------------
 

@@ -141,3 +141,30 @@ def test_corrupt_wal_refuses_to_start(cluster_factory):
     r = run_node(["--id", str(victim), "--config", str(cluster.config_path)], cluster.run_dir)
     assert r.returncode == 4
     assert "corrupt" in r.stderr and seg.name in r.stderr and "offset" in r.stderr
+
+
+def test_peer_frames_count_only_after_a_hello_with_the_known_incarnation(cluster_factory):
+    from raftproc.core.messages import RequestVote
+    from raftproc.runtime.codec import encode_message
+    from raftproc.runtime.identity import PeerHello
+
+    cluster = cluster_factory(3)
+    target = cluster.wait_for_leader()
+    other = next(n for n in (1, 2, 3) if n != target)
+    address = cluster.config.nodes[target].peer
+    vote = encode_frame(encode_message(RequestVote(src=other, dst=target, term=99, last_log_index=0, last_log_term=0)))
+    impostor = encode_frame(encode_message(PeerHello(other, target, 12345)))
+
+    def events(name):
+        return [e for e in log_events(cluster, target) if e["event"] == name]
+
+    for blob, event, text in ((vote, "frame_error", "before its hello"), (impostor, "peer_refused", "came back with other data")):
+        with socket.create_connection(address, timeout=5) as s:
+            s.sendall(blob)
+            try:
+                assert s.recv(100) == b""  # the node closes this connection
+            except ConnectionResetError:
+                pass
+        wait_until(lambda: any(text in (e.get("error") or e.get("reason") or "") for e in events(event)), what=f"{event} logged")
+    # The vote request never reached the core (it would have moved the node to term 99).
+    assert cluster.node_status(target)["term"] < 99

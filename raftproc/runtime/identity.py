@@ -1,0 +1,118 @@
+"""Who a data directory belongs to, and which data each peer was last seen with.
+
+Raft's safety rests on every voter keeping what it promised: its vote and the
+entries it acknowledged. A node restarted on an empty (wiped, replaced) data
+directory under its old id has forgotten both, and its vote could then elect a
+leader that lacks committed entries. So:
+
+- `identity` in the data directory names the node and a random incarnation,
+  written once when the directory is first used. A directory used under another
+  id refuses to start.
+- Each outbound peer connection opens with a hello carrying the sender's
+  incarnation. The receiver records every peer's incarnation the first time it
+  hears it (`peers` in its data directory, fsynced before the connection is
+  accepted) and refuses, from then on, a hello from that id with another one:
+  that node lost its data, and nothing it says may count. The operator removes
+  it and adds it back under a new id (README, Membership changes).
+
+Both files are small CBOR maps, replaced atomically (write, fsync, rename,
+directory fsync).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import cbor2
+
+from raftproc.runtime.wal import fsync_dir, write_all
+
+IDENTITY_FILE = "identity"
+PEERS_FILE = "peers"
+
+
+class IdentityError(Exception):
+    """The data directory belongs to another node, or its identity is unreadable."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerHello:
+    """The first frame on every peer connection: who dials, whom, with which data."""
+
+    src: int
+    dst: int
+    incarnation: int
+
+
+def load_identity(data_dir: Path, node_id: int, *, sync: bool = True, rng: random.Random | None = None) -> int:
+    """This node's incarnation, made (and made durable) on first use of the directory."""
+    path = data_dir / IDENTITY_FILE
+    if path.exists():
+        body = _read_map(path)
+        node, incarnation = body.get("node"), body.get("incarnation")
+        if not _is_id(node) or not _is_id(incarnation):
+            raise IdentityError(f"{path}: not a node identity")
+        if node != node_id:
+            raise IdentityError(f"{data_dir} holds node {node}'s data, not node {node_id}'s")
+        return incarnation
+    incarnation = (rng or random.SystemRandom()).getrandbits(62) + 1
+    _replace(path, {"node": node_id, "incarnation": incarnation}, sync)
+    return incarnation
+
+
+class KnownPeers:
+    """Each peer's incarnation as first heard, kept across restarts."""
+
+    def __init__(self, data_dir: Path, *, sync: bool = True) -> None:
+        self.path = data_dir / PEERS_FILE
+        self.sync = sync
+        self.seen: dict[int, int] = {}
+        if self.path.exists():
+            body = _read_map(self.path)
+            if not all(_is_id(k) and _is_id(v) for k, v in body.items()):
+                raise IdentityError(f"{self.path}: not a table of peer incarnations")
+            self.seen = dict(body)
+
+    def admit(self, peer: int, incarnation: int) -> str | None:
+        """None when `peer` may speak with this incarnation (recording it, durably,
+        the first time); otherwise why not."""
+        known = self.seen.get(peer)
+        if known == incarnation:
+            return None
+        if known is not None:
+            return (f"node {peer} came back with other data (incarnation {incarnation}, known as {known}): "
+                    f"it lost what it promised; remove it and add it back under a new id")
+        _replace(self.path, {**self.seen, peer: incarnation}, self.sync)
+        self.seen[peer] = incarnation
+        return None
+
+
+def _read_map(path: Path) -> dict:
+    try:
+        body = cbor2.loads(path.read_bytes())
+    except (OSError, ValueError, cbor2.CBORDecodeError) as e:
+        raise IdentityError(f"{path}: unreadable: {e}") from None
+    if not isinstance(body, dict):
+        raise IdentityError(f"{path}: not a CBOR map")
+    return body
+
+
+def _replace(path: Path, body: dict, sync: bool) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        write_all(fd, cbor2.dumps(body))
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+    if sync:
+        fsync_dir(path.parent)
+
+
+def _is_id(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,77 @@
+"""A node restarted on a wiped data directory under its old id has forgotten its
+votes and the entries it acknowledged. Its peers know it by the incarnation it
+first said hello with and refuse it, so its vote cannot elect a leader that
+lacks a committed write (raftproc.runtime.identity)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import log_events, wait_until
+
+pytestmark = pytest.mark.process
+
+
+def count(cluster, node: int, event: str) -> int:
+    return sum(1 for e in log_events(cluster, node) if e["event"] == event)
+
+
+def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(cluster_factory):
+    cluster = cluster_factory(5)
+    leader = cluster.wait_for_leader()
+    followers = [n for n in range(1, 6) if n != leader]
+    behind, (wiped, other) = followers[:2], followers[2:]
+    client = cluster.client(timeout=10)
+    try:
+        client.set("warm", "up")  # every node has said hello to every other by now
+        cluster.wait_converged(10)
+        for n in behind:
+            cluster.kill(n)  # down, not paused: a paused node still gets the bytes sent to it
+        # Committed on the leader, `wiped` and `other` only: a majority of five.
+        client.set("x", "committed")
+        cluster.kill(wiped)
+        shutil.rmtree(cluster.config.node_data_dir(wiped))
+        cluster.kill(leader)
+        cluster.kill(other)
+        # Left: the wiped node (empty log) and two that never got x. Without the
+        # check, the wiped node's vote makes one of those two leader, and x is lost.
+        survivors = (wiped, *behind)
+        leaders_before = {n: count(cluster, n, "became_leader") for n in survivors}
+        rounds_before = sum(count(cluster, n, "pre_vote_started") for n in behind)
+        cluster.start(wiped)
+        for n in behind:
+            cluster.start(n)
+
+        def elected() -> bool:
+            return {n: count(cluster, n, "became_leader") for n in survivors} != leaders_before
+
+        wait_until(lambda: elected() or sum(count(cluster, n, "pre_vote_started") for n in behind) >= rounds_before + 6, 20,
+                   "several election rounds among the wiped node and the two behind")
+        assert not elected(), "a leader was elected with the wiped node's vote"
+        # The nodes that hold x come back; x is still there.
+        cluster.start(leader)
+        cluster.start(other)
+        assert cluster.wait_for_leader(20) in (leader, other)
+        assert client.get("x") == "committed"
+    finally:
+        client.close()
+    refusal = next(e for e in log_events(cluster, behind[0]) if e["event"] == "peer_refused" and e["peer_id"] == wiped)
+    assert "came back with other data" in refusal["reason"] and "new id" in refusal["reason"]
+
+
+def test_data_directory_of_another_node_refuses_to_start(cluster_factory):
+    cluster = cluster_factory(3)
+    cluster.down()
+    one, two = cluster.config.node_data_dir(1), cluster.config.node_data_dir(2)
+    shutil.rmtree(two)
+    shutil.copytree(one, two)
+    r = subprocess.run(
+        [sys.executable, "-m", "raftproc.node", "--id", "2", "--config", str(cluster.config_path)],
+        capture_output=True, text=True, timeout=30,
+    )
+    assert r.returncode != 0
+    assert "holds node 1's data, not node 2's" in r.stderr
