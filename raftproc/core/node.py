@@ -388,6 +388,8 @@ class RaftNode:
             if pr.state != REPLICATE or behind > self.config.promote_lag_entries:
                 # REPLICATE: it has accepted an append from this leader, so its log
                 # really matches ours up to match_index (a silent node matches nothing).
+                if pr.match_index == 0 and pr.state != REPLICATE:
+                    return ConfigChangeBusy(f"learner {node} has not answered this leader yet (is it running, and reachable at the address given?)")
                 return ConfigChangeBusy(f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.config.promote_lag_entries}")
         if voters == set(current.voters) and learners == set(current.learners):
             return ConfigChangeRefused(f"the cluster already has that configuration ({current.describe()})")

@@ -91,6 +91,10 @@ def test_a_learner_far_behind_is_not_promoted():
     c.start(4)
     change(c, leader, (1, 2, 3), (4,))
     c.deliver(lambda m: 4 not in (m.src, m.dst), drop_rest=True)  # the learner hears nothing
+    with pytest.raises(ConfigChangeRefused, match="learner 4 has not answered this leader yet"):
+        leader.propose_config((1, 2, 3, 4))
+    c.tick(1, CONFIG.heartbeat_interval)
+    c.deliver()  # it answers, then falls behind again
     for k in range(CONFIG.promote_lag_entries + 1):
         leader.propose(b"w%d" % k)
     c.process(1)
