@@ -25,13 +25,13 @@ from raftproc.core.messages import (
     TimeoutNow,
 )
 from raftproc.runtime.entries import decode_entry, encode_entry
-from raftproc.runtime.identity import PeerHello
+from raftproc.runtime.identity import PeerHello, PeerRefused
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
 # 2: configuration entries (membership changes) and the peer hello; 1 had
 # command entries only.
 PROTOCOL_VERSION = 2
-PeerFrame = Message | SnapshotChunk | SnapshotAck | PeerHello
+PeerFrame = Message | SnapshotChunk | SnapshotAck | PeerHello | PeerRefused
 
 
 class RemoteProtocolError(Exception):
@@ -51,6 +51,7 @@ _TAGS: dict[type, str] = {
     SnapshotAck: "sa",
     # Opens every peer connection (raftproc.runtime.identity).
     PeerHello: "hi",
+    PeerRefused: "no",
 }
 _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
@@ -58,6 +59,7 @@ _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 _INT_OR_NONE = ("conflict_term",)
 _BOOLS = ("vote_granted", "success", "pre_vote", "ok", "transfer")
 _BYTES = ("data",)
+_STRS = ("reason",)
 
 
 def encode_message(msg: PeerFrame) -> bytes:
@@ -89,6 +91,9 @@ def decode_message(data: bytes) -> PeerFrame:
         elif name in _BYTES:
             if not isinstance(value, bytes):
                 raise RemoteProtocolError(f"{cls.__name__}.{name} is not bytes")
+        elif name in _STRS:
+            if not isinstance(value, str):
+                raise RemoteProtocolError(f"{cls.__name__}.{name} is not text")
         elif name in _INT_OR_NONE and value is None:
             pass
         elif not _is_count(value):

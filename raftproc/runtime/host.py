@@ -65,7 +65,7 @@ from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
 from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.snapshot import KvImage, SnapshotFile
-from raftproc.runtime.identity import KnownPeers, PeerHello, load_identity
+from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused, load_identity
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.transfer import Received, SnapshotAck, SnapshotChunk, SnapshotReceiver, SnapshotSender
 from raftproc.runtime.wal import BackgroundSync, WriteAheadLog, fsync_dir
@@ -133,6 +133,14 @@ class PeerLink:
         self.host.log("peer_connected", peer=self.peer_id)
 
     def _on_frame(self, conn: Connection, body: bytes) -> None:
+        try:
+            msg = decode_message(body)
+        except RemoteProtocolError:
+            msg = None
+        if isinstance(msg, PeerRefused) and msg.src == self.peer_id and msg.dst == self.host.id:
+            self.host.on_refused(self.peer_id, msg.reason)
+            conn.close("refused by the peer")
+            return
         self.host.log("frame_error", level="warning", conn=conn.name, error="unexpected frame on an outbound link")
         conn.close("protocol error")
 
@@ -184,7 +192,8 @@ class NodeHost:
         self._reads_confirmed: list[tuple[int, int, tuple[Connection, int, str]]] = []
         self.inbound: set[Connection] = set()
         self._greeted: dict[Connection, int] = {}  # inbound peer connection -> the node that said hello
-        self._refused_logged: dict[int, int] = {}
+        self._refused_logged: dict[int, str] = {}  # peer -> why we refused it (logged once)
+        self._refused_by: dict[int, str] = {}  # peer -> why it refused us (logged once)
         self.peer_listener = Listener(self.loop, me.peer, self._accept_peer)
         self.client_listener = Listener(self.loop, me.client, self._accept_client)
         self.running = True
@@ -692,7 +701,7 @@ class NodeHost:
             else:
                 self._reject_frame(conn, f"{type(msg).__name__} from {msg.src} before its hello")
             return
-        if isinstance(msg, PeerHello) or msg.src != speaker:
+        if isinstance(msg, (PeerHello, PeerRefused)) or msg.src != speaker:
             self._reject_frame(conn, f"{type(msg).__name__} from {msg.src} on node {speaker}'s connection")
             return
         link = self.peers.get(msg.src)
@@ -722,12 +731,19 @@ class NodeHost:
             conn.close("cannot record the peer's incarnation")
             return
         if refusal is not None:
-            if self._refused_logged.get(hello.src) != hello.incarnation:  # once, not at every redial
-                self._refused_logged[hello.src] = hello.incarnation
+            if self._refused_logged.get(hello.src) != refusal:  # once, not at every redial
+                self._refused_logged[hello.src] = refusal
                 self.log("peer_refused", level="error", peer_id=hello.src, reason=refusal)
+            conn.send(encode_message(PeerRefused(self.id, hello.src, refusal)))
+            conn.flush()  # a best effort: the close below drops what is still queued
             conn.close("peer refused")
             return
         self._greeted[conn] = hello.src
+
+    def on_refused(self, peer: int, reason: str) -> None:
+        if self._refused_by.get(peer) != reason:  # once, not at every redial
+            self._refused_by[peer] = reason
+            self.log("refused_by_peer", level="error", peer_id=peer, reason=reason)
 
     def _on_inbound_close(self, conn: Connection, reason: str) -> None:
         self.inbound.discard(conn)

@@ -12,8 +12,9 @@ leader that lacks committed entries. So:
   incarnation. The receiver records every peer's incarnation the first time it
   hears it (`peers` in its data directory, fsynced before the connection is
   accepted) and refuses, from then on, a hello from that id with another one:
-  that node lost its data, and nothing it says may count. The operator removes
-  it and adds it back under a new id (README, Membership changes).
+  that node lost its data, and nothing it says may count (it is told why, and
+  logs `refused_by_peer`). The operator removes it and adds it back under a new
+  id (README, Membership changes).
 
 Both files are small CBOR maps, replaced atomically (write, fsync, rename,
 directory fsync).
@@ -45,6 +46,16 @@ class PeerHello:
     src: int
     dst: int
     incarnation: int
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRefused:
+    """The answer to a hello that is refused, sent before the connection closes, so
+    the refused node's own log says why."""
+
+    src: int
+    dst: int
+    reason: str
 
 
 def load_identity(data_dir: Path, node_id: int, *, sync: bool = True, rng: random.Random | None = None) -> int:

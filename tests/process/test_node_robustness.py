@@ -145,8 +145,8 @@ def test_corrupt_wal_refuses_to_start(cluster_factory):
 
 def test_peer_frames_count_only_after_a_hello_with_the_known_incarnation(cluster_factory):
     from raftproc.core.messages import RequestVote
-    from raftproc.runtime.codec import encode_message
-    from raftproc.runtime.identity import PeerHello
+    from raftproc.runtime.codec import decode_message, encode_message
+    from raftproc.runtime.identity import PeerHello, PeerRefused
 
     cluster = cluster_factory(3)
     target = cluster.wait_for_leader()
@@ -158,13 +158,23 @@ def test_peer_frames_count_only_after_a_hello_with_the_known_incarnation(cluster
     def events(name):
         return [e for e in log_events(cluster, target) if e["event"] == name]
 
-    for blob, event, text in ((vote, "frame_error", "before its hello"), (impostor, "peer_refused", "came back with other data")):
+    def answers(blob) -> list:
+        """What the node sends back before it closes the connection."""
+        frames, dec = [], FrameDecoder()
         with socket.create_connection(address, timeout=5) as s:
             s.sendall(blob)
             try:
-                assert s.recv(100) == b""  # the node closes this connection
+                while chunk := s.recv(65536):
+                    frames += dec.feed(chunk)
             except ConnectionResetError:
                 pass
-        wait_until(lambda: any(text in (e.get("error") or e.get("reason") or "") for e in events(event)), what=f"{event} logged")
+        return [decode_message(f) for f in frames]
+
+    assert answers(vote) == []
+    wait_until(lambda: any("before its hello" in e["error"] for e in events("frame_error")), what="frame_error logged")
+    refused = answers(impostor)
+    assert len(refused) == 1 and isinstance(refused[0], PeerRefused) and refused[0].dst == other
+    assert "came back with other data" in refused[0].reason
+    wait_until(lambda: events("peer_refused"), what="peer_refused logged")
     # The vote request never reached the core (it would have moved the node to term 99).
     assert cluster.node_status(target)["term"] < 99

@@ -61,6 +61,9 @@ def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(clu
         client.close()
     refusal = next(e for e in log_events(cluster, behind[0]) if e["event"] == "peer_refused" and e["peer_id"] == wiped)
     assert "came back with other data" in refusal["reason"] and "new id" in refusal["reason"]
+    # The wiped node was told why, and says so in its own log.
+    told = [e for e in log_events(cluster, wiped) if e["event"] == "refused_by_peer"]
+    assert {e["peer_id"] for e in told} >= set(behind) and all("new id" in e["reason"] for e in told)
 
 
 def test_data_directory_of_another_node_refuses_to_start(cluster_factory):

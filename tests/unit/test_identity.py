@@ -9,7 +9,7 @@ import pytest
 
 from raftproc.core.messages import RequestVote
 from raftproc.runtime.codec import RemoteProtocolError, decode_message, encode_message
-from raftproc.runtime.identity import IdentityError, KnownPeers, PeerHello, load_identity
+from raftproc.runtime.identity import IdentityError, KnownPeers, PeerHello, PeerRefused, load_identity
 
 
 def test_identity_is_made_once_and_kept(tmp_path):
@@ -61,3 +61,10 @@ def test_hello_round_trips_and_is_checked():
     with pytest.raises(RemoteProtocolError):
         decode_message(cbor2.dumps({"v": 2, "t": "hi", "src": 1, "dst": 2}))
     assert isinstance(decode_message(encode_message(RequestVote(src=1, dst=2, term=3, last_log_index=4, last_log_term=5))), RequestVote)
+
+
+def test_refusal_round_trips_and_its_reason_must_be_text():
+    refused = PeerRefused(2, 3, "node 3 came back with other data")
+    assert decode_message(encode_message(refused)) == refused
+    with pytest.raises(RemoteProtocolError, match="not text"):
+        decode_message(cbor2.dumps({"v": 2, "t": "no", "src": 2, "dst": 3, "reason": b"bytes"}))
