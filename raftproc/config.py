@@ -32,7 +32,9 @@ A TOML file looks like this (every top-level key is optional):
 
 The [[node]] tables without `join` are the cluster's first configuration. After
 that, membership lives in the log (`python -m raftproc.client member ...`), and the
-addresses of nodes added there travel with it, so this file need not list them.
+addresses of nodes added there travel with it, so the other nodes' files need not
+list them. A joining node's own file must list the current members: it answers the
+leader at the address it finds there.
 """
 
 from __future__ import annotations
