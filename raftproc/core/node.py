@@ -559,12 +559,17 @@ class RaftNode:
 
     def report_unreachable(self, peer: NodeId) -> None:
         """The host lost its connection to `peer`, so what was in flight to it may be
-        gone. A leader probes it again from the last index known to match, as etcd's
-        raft does on MsgUnreachable; nothing else changes."""
+        gone. A leader that was streaming entries (REPLICATE) probes again from the
+        last index known to match, as etcd's raft does on MsgUnreachable. A peer
+        being probed had one probe in flight, which the next heartbeat resends from
+        the same place: falling back to match + 1 there would restart a new
+        leader's probe (match 0) from index 1 and resend the whole log."""
         pr = self.progress.get(peer) if self.role == LEADER else None
-        if pr is not None and pr.state != SNAPSHOT:
+        if pr is not None and pr.state == REPLICATE:
             pr.next_index = pr.match_index + 1
             pr.become_probe()
+        elif pr is not None and pr.state == PROBE:
+            pr.probe_sent = False
 
     def report_snapshot(self, peer: NodeId, *, success: bool) -> None:
         """The host finished streaming a snapshot to `peer` (success: the follower

@@ -10,7 +10,7 @@ from harness import Cluster
 from raftproc.core import Entry, RaftNode
 from raftproc.core.log import LogInvariantError, RaftLog
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Membership, SnapshotMeta
-from raftproc.core.progress import REPLICATE, SNAPSHOT
+from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT
 
 
 def log_of(*terms: int) -> RaftLog:
@@ -136,3 +136,24 @@ def test_compaction_past_applied_is_refused():
     leader = elect_and_fill(c, 2)
     with pytest.raises(LogInvariantError):
         leader.compact(leader.applied + 1)
+
+
+def test_unreachable_peer_is_probed_again_from_where_the_probe_stood():
+    """A new leader has matched nothing yet (match 0). Losing the connection to a peer
+    it probes must not send the probe back to index 1 (the whole log again, a few
+    entries per message); a peer it streamed to restarts from its known match."""
+    c = Cluster(3)
+    elect_and_fill(c, 20)
+    new = c.elect(2)
+    probe_at = new.progress[3].next_index
+    assert new.progress[3].state == PROBE and new.progress[3].match_index == 0 and probe_at > 20
+    new.report_unreachable(3)
+    assert new.progress[3].next_index == probe_at and new.progress[3].state == PROBE
+    c.process(2)
+    c.deliver()  # the probe matches: 3 is streamed to from here on
+    assert new.progress[3].state == REPLICATE
+    match = new.progress[3].match_index
+    new.propose(b"more")
+    c.process(2)  # in flight, then the connection drops
+    new.report_unreachable(3)
+    assert new.progress[3].next_index == match + 1 and new.progress[3].state == PROBE
