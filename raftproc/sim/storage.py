@@ -34,12 +34,13 @@ class MemoryStorage:
             self.entries = []
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
-        # A background write may land after a snapshot already covers its first entries.
-        base = self.snapshot_index
-        entries = [e for e in rd.entries if e.index > base]
-        if entries:
-            del self.entries[entries[0].index - base - 1 :]
-            self.entries.extend(entries)
+        if rd.entries:
+            # The entries replace everything from the first on, past the snapshot too:
+            # a background write may land after a local snapshot already covers them
+            # (as the WAL's replay does, raftproc.runtime.wal).
+            base = self.snapshot_index
+            del self.entries[max(rd.entries[0].index - base - 1, 0) :]
+            self.entries.extend(e for e in rd.entries if e.index > base)
 
     def save_snapshot(self, meta: SnapshotMeta, data: tuple[Entry, ...]) -> None:
         """A local snapshot of applied state: entries it covers leave the log."""
