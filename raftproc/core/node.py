@@ -596,10 +596,16 @@ class RaftNode:
 
     def compact(self, index: int) -> None:
         """The host holds a durable snapshot of the state machine through `index`:
-        the entries up to it leave memory. Only applied entries can be in a snapshot."""
+        the entries up to it leave memory. Only applied entries can be in a snapshot,
+        and only durable ones (`log.stable_index`): with background syncing a
+        committed entry may be applied before the write that put it in the log (and
+        truncated a stale tail after it) is durable; a snapshot past that write
+        would come back after a power cut followed by the stale tail."""
         self._check_not_in_ready()
         if index > self.applied:
             raise LogInvariantError(f"compaction to {index} past the applied index {self.applied}")
+        if index > self.log.stable_index:
+            raise LogInvariantError(f"compaction to {index} past the durable index {self.log.stable_index}")
         before = self.log.snapshot_index
         self.log.compact(index)
         if self.log.snapshot_index > before:

@@ -482,6 +482,11 @@ class NodeHost:
         since = index - (self.snapshot.index if self.snapshot else 0)
         if since <= 0 or not self._snapshot_due(since):
             return
+        if index > self.raft.log.stable_index:
+            # Background sync: the WAL write that put this entry in the log (and cut any
+            # stale tail after it) is not durable yet; a snapshot past it would come
+            # back after a power cut followed by that tail. A later pass takes it.
+            return
         term = self.raft.log.term_at(index)
         assert term is not None, "Invariant: applied entries past the snapshot are in the log"
         membership = self.raft.log.membership_at(index)

@@ -437,6 +437,8 @@ class Simulation:
         if not self.snapshot_every or node is None or sn.applied_index - st.snapshot_index < self.snapshot_every:
             return
         index = sn.applied_index
+        if index > node.log.stable_index:
+            return  # a background write is still on its way: snapshot later (RaftNode.compact)
         term = node.log.term_at(index)
         assert term is not None
         st.save_snapshot(SnapshotMeta(index, term, node.log.membership_at(index)), tuple(self.committed[:index]))

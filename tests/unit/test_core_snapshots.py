@@ -157,3 +157,22 @@ def test_unreachable_peer_is_probed_again_from_where_the_probe_stood():
     c.process(2)  # in flight, then the connection drops
     new.report_unreachable(3)
     assert new.progress[3].next_index == match + 1 and new.progress[3].state == PROBE
+
+
+def test_no_compaction_past_what_is_durable_in_the_log():
+    """Background sync: a follower applies a committed entry whose write (which cut a
+    stale tail) is not durable yet. A snapshot there could come back after a power
+    cut followed by the stale tail, so compaction waits for persisted()."""
+    import random
+
+    follower = RaftNode(2, (1, 2, 3), rng=random.Random(1), entries=[Entry(1, 1), Entry(1, 2), Entry(2, 3), Entry(2, 4)])
+    follower.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=2, prev_log_term=1, entries=(Entry(3, 3),), leader_commit=3))
+    rd = follower.ready()
+    assert [(e.index, e.term) for e in rd.entries] == [(3, 3)] and rd.committed_entries[-1].index == 3
+    follower.advance(rd, persisted=False)  # written and applied, the sync still running
+    assert follower.applied == 3 and follower.log.stable_index == 2
+    with pytest.raises(LogInvariantError, match="past the durable index 2"):
+        follower.compact(3)
+    follower.persisted(3, 3)
+    follower.compact(3)
+    assert follower.log.snapshot_index == 3
