@@ -25,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-from raftproc.config import Address, ConfigError, load_config
+from raftproc.config import Address, ConfigError, load_config, parse_address
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
@@ -281,10 +281,10 @@ class Client:
 
 
 def _parse_address(text: str | None) -> Address | None:
-    if not text or ":" not in text:
+    try:
+        return parse_address(text) if text else None
+    except ValueError:
         return None
-    host, _, port = text.rpartition(":")
-    return (host, int(port)) if port.isdigit() else None
 
 
 # --- command line -------------------------------------------------------------------

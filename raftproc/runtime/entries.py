@@ -10,6 +10,7 @@ from typing import Any
 
 import cbor2
 
+from raftproc.config import parse_address
 from raftproc.core.messages import Entry, Membership
 
 
@@ -65,12 +66,5 @@ def decode_addresses(data: bytes) -> dict[int, tuple[tuple[str, int], tuple[str,
     for node, pair in raw.items():
         if not (_is_count(node) and isinstance(pair, list) and len(pair) == 2 and all(isinstance(a, str) for a in pair)):
             raise ValueError("malformed address book entry")
-        book[node] = (_split(pair[0]), _split(pair[1]))
+        book[node] = (parse_address(pair[0]), parse_address(pair[1]))
     return book
-
-
-def _split(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"address {text!r} is not HOST:PORT")
-    return host, int(port)
