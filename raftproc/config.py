@@ -43,16 +43,14 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from raftproc.core.node import Config as RaftConfig
+from raftproc.core.config import Config as RaftConfig
+from raftproc.runtime.addresses import Address, parse_address
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 class ConfigError(Exception):
     pass
-
-
-Address = tuple[str, int]
 
 
 @dataclass(frozen=True)
@@ -198,21 +196,11 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
     return cfg
 
 
-def parse_address(text: str) -> Address:
-    """HOST:PORT, or ValueError."""
-    try:
-        return _address(text, "address")
-    except ConfigError as e:
-        raise ValueError(str(e)) from None
-
-
 def _address(text: object, source: str) -> Address:
-    if not isinstance(text, str) or ":" not in text:
-        raise ConfigError(f"{source}: address {text!r} is not HOST:PORT")
-    host, _, port = text.rpartition(":")
-    if not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise ConfigError(f"{source}: address {text!r} is not HOST:PORT")
-    return host, int(port)
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def to_toml(cfg: ClusterConfig) -> str:

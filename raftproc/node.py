@@ -1,7 +1,7 @@
 """One raftproc server: `python -m raftproc.node --id N [--config PATH]`.
 
 Wiring, in order: config -> logging -> WAL recovery -> RaftNode -> event loop
-(see raftproc.runtime.host). Every start-up problem is one clear line on stderr and
+(see raftproc.server.host). Every start-up problem is one clear line on stderr and
 a non-zero exit: an unknown id, a malformed config, a port in use, a data directory
 that cannot be written or holds another node's data, a corrupt WAL.
 """
@@ -59,10 +59,10 @@ def main(argv: list[str] | None = None) -> int:
         args.id, cfg.node_log_file(args.id), args.log_level or cfg.log_level,
         state=lambda: (host.raft.current_term, host.raft.role) if host else (0, "starting"),
     )
-    from raftproc.runtime.host import NodeHost  # after logging is configured
+    from raftproc.server.host import open_host  # after logging is configured
 
     try:
-        host = NodeHost(cfg, args.id, log=log)
+        host = open_host(cfg, args.id, log=log)
     except WalCorruption as e:
         log("wal_corrupt", level="error", error=str(e))
         return fail(EXIT_CORRUPT, f"refusing to start: write-ahead log is corrupt: {e}")

@@ -1,7 +1,9 @@
 """A hand-driven cluster for scripted tests: the test decides which message goes
 where and when, so a scenario from the paper can be replayed step by step.
 
-It handles Ready exactly as a host must (persist, then send, then apply).
+Each node's Ready is carried out by the Ready driver the node runs
+(raftproc.server.driver), with the simulator's MemoryStorage and a transport that
+queues messages for the test to deliver.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import random
 from collections.abc import Callable
 
 from raftproc.core import LEADER, Config, Message, RaftNode
+from raftproc.server.driver import Driver
 from raftproc.sim.storage import MemoryStorage
 
 Pick = Callable[[Message], bool]
@@ -37,6 +40,7 @@ class Cluster:
         self.applied: dict[int, list[bytes | None]] = {i: [] for i in all_ids}
         self.reads: dict[int, list] = {i: [] for i in all_ids}  # ReadStates each node handed out
         self.nodes: dict[int, RaftNode | None] = {}
+        self.drivers: dict[int, Driver] = {}
         self.queue: list[Message] = []
         for i in self.ids:
             self.start(i)
@@ -49,11 +53,14 @@ class Cluster:
         )
         self.nodes[i] = node
         self.applied[i] = []
+        host = _ScriptHost(self, i)
+        self.drivers[i] = Driver(node, storage=st, transport=host, state_machine=host, installer=host)
         self.process(i)
         return node
 
     def crash(self, i: int) -> None:
         self.nodes[i] = None
+        self.storage[i].lose_unsynced()
         self.queue = [m for m in self.queue if m.dst != i and m.src != i]
 
     def node(self, i: int) -> RaftNode:
@@ -62,14 +69,8 @@ class Cluster:
         return node
 
     def process(self, i: int) -> None:
-        node = self.node(i)
-        while node.has_ready():
-            rd = node.ready()
-            self.storage[i].persist(rd)
-            self.queue.extend(rd.messages)
-            self.applied[i].extend(e.command for e in rd.committed_entries)
-            self.reads[i].extend(rd.read_states)
-            node.advance(rd)
+        self.node(i)
+        self.drivers[i].handle_ready()
 
     def deliver(self, pick: Pick = everything, *, drop_rest: bool = False, rounds: int | None = None) -> None:
         """Deliver queued messages that `pick` selects, and whatever they cause that
@@ -112,6 +113,29 @@ class Cluster:
         for _ in range(times):
             self.node(i).tick()
             self.process(i)
+
+
+class _ScriptHost:
+    """One node's transport and state machine: messages queue for the test."""
+
+    def __init__(self, cluster: Cluster, i: int) -> None:
+        self.cluster = cluster
+        self.i = i
+
+    def send(self, messages) -> None:
+        self.cluster.queue.extend(messages)
+
+    def flush(self) -> None:
+        pass
+
+    def apply(self, entries) -> None:
+        self.cluster.applied[self.i].extend(e.command for e in entries)
+
+    def serve_reads(self, read_states) -> None:
+        self.cluster.reads[self.i].extend(read_states)
+
+    def install(self, meta) -> None:
+        raise AssertionError("scripted clusters exchange no snapshots")
 
 
 def between(*ids: int) -> Pick:

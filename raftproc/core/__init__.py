@@ -1,5 +1,14 @@
 """The Raft core: a deterministic, IO-free state machine (see node.py)."""
 
+from raftproc.core.config import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    Config,
+    ConfigChangeRefused,
+    NotLeader,
+)
+from raftproc.core.membership import Membership
 from raftproc.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -10,8 +19,7 @@ from raftproc.core.messages import (
     RequestVoteResponse,
     describe,
 )
-from raftproc.core.membership import Membership
-from raftproc.core.node import CANDIDATE, FOLLOWER, LEADER, Config, ConfigChangeRefused, NotLeader, RaftNode
+from raftproc.core.node import RaftNode
 from raftproc.core.ready import HardState, Ready
 
 __all__ = [

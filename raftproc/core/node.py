@@ -20,24 +20,8 @@ Per-role behaviour is a swapped method: `become_follower`, `become_candidate` an
 
 Linearizable reads without a log write (Raft thesis §6.4)
 --------------------------------------------------------
-`read_index(request)` on the leader records its commit index for the read and
-confirms it is still the leader with a round of heartbeats that starts after the
-read arrived; once a majority answered that round the read comes out in
-Ready.read_states and the host serves it when its state machine has applied the
-index. Rounds number the leader's AppendEntries (`context`, echoed in answers), so
-every read arriving between two broadcasts shares one round, and ordinary
-replication traffic confirms them as well as heartbeats do. A leader answers
-reads only after committing an entry of its own term: before that its commit
-index may lag what its predecessors committed.
-
-`read_index(request, lease=True)` (opt-in, needs check_quorum) skips the round
-while the leader holds a lease: a majority acknowledged, within the last
-`election_timeout_min - LEASE_MARGIN_TICKS` ticks, messages sent after a known
-tick, and each of them refuses to vote for anyone else for election_timeout_min
-ticks after hearing from its leader. The assumption: ticks on different nodes
-run at the same rate, within the margin. A leadership transfer elects the new
-leader without that wait, so a leader stops using its lease for the rest of its
-term once it sends TimeoutNow.
+ReadIndex and the opt-in read lease: raftproc.core.reads, whose state a leader
+keeps in `self.reads`.
 
 Leadership transfer (thesis §3.10)
 ----------------------------------
@@ -46,17 +30,7 @@ date, then sends it TimeoutNow; the target campaigns at once (no PreVote) and
 voters grant it even within a leader's lease. If the target has not taken over
 within an election timeout, the transfer is abandoned and proposals resume.
 
-Membership changes (§6, raftproc.core.membership)
---------------------------------------------------
-`propose_config(voters, learners)` appends the next configuration; every node
-uses the newest one its log holds. Voters change through a joint configuration
-that the leader leaves by itself once it commits. One change at a time: none is
-accepted while the newest configuration entry is uncommitted or joint, nor before
-the leader has committed an entry of its own term. New voters must have joined as
-learners and caught up to within `promote_lag_entries`. A leader the committed
-configuration leaves out hands over with TimeoutNow and steps down; a node that is
-not a voter in its configuration never campaigns. Lease reads are off while a
-change is in flight.
+Membership changes (§6): raftproc.core.changes, a part of RaftNode.
 
 Invariants (checked from outside by raftproc.core.invariants after every step):
 - commit_index <= log.last_index, and commit_index never decreases while running.
@@ -69,8 +43,18 @@ from __future__ import annotations
 import dataclasses
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
+from raftproc.core.changes import ConfigChanges
+from raftproc.core.config import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    PRE_CANDIDATE,
+    Config,
+    NotLeader,
+    Role,
+    TransferInProgress,
+)
 from raftproc.core.log import LogInvariantError, RaftLog
 from raftproc.core.membership import Membership
 from raftproc.core.messages import (
@@ -86,17 +70,10 @@ from raftproc.core.messages import (
     TimeoutNow,
 )
 from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
-from raftproc.core.ready import HardState, Ready, ReadState
-
-FOLLOWER = "follower"
-PRE_CANDIDATE = "pre_candidate"
-CANDIDATE = "candidate"
-LEADER = "leader"
+from raftproc.core.reads import LEASE_MARGIN_TICKS, LeaderReads
+from raftproc.core.ready import HardState, ReadState, Ready
 
 LogFn = Callable[..., None]
-# Ticks cut off a read lease before followers' vote-refusal window ends, to cover
-# clocks (tick rates) that do not run exactly alike.
-LEASE_MARGIN_TICKS = 2
 
 
 def _no_log(event: str, **fields: object) -> None:
@@ -109,61 +86,7 @@ def _worth_logging(attempt: int) -> bool:
     return attempt <= 2 or str(attempt).rstrip("0") == "1"
 
 
-class TransferInProgress(Exception):
-    """propose() while the leader hands leadership to another node."""
-
-
-class ConfigChangeRefused(Exception):
-    """propose_config() that the leader does not accept, with the reason."""
-
-
-class ConfigChangeBusy(ConfigChangeRefused):
-    """A change the leader accepts later: one is in flight, the leader has not
-    committed in its term yet, or the learner to promote is still catching up."""
-
-
-class NotLeader(Exception):
-    """propose() on a node that is not the leader. `leader_id` is who it follows, if anyone."""
-
-    def __init__(self, leader_id: NodeId | None) -> None:
-        super().__init__(f"not the leader; leader is {leader_id}")
-        self.leader_id = leader_id
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Timing in ticks. The defaults give 150-300 ms election timeouts and 50 ms
-    heartbeats at a 10 ms tick."""
-
-    election_timeout_min: int = 15
-    election_timeout_max: int = 30  # exclusive
-    heartbeat_interval: int = 5
-    max_entries_per_message: int = 1024
-    # REPLICATE mode stops sending new entries to a follower this far ahead of its match.
-    max_inflight_entries: int = 8192
-    # PreVote (thesis §9.6): ask before raising the term, so a node that was cut off
-    # cannot force an election when it comes back.
-    pre_vote: bool = True
-    # A learner becomes a voter only with at most this many entries still to get,
-    # so the change does not leave commits waiting on its catch-up.
-    promote_lag_entries: int = 1000
-    # CheckQuorum (thesis §6.2): a leader that has not heard from a majority for an
-    # election timeout steps down; a node that heard from its leader within the
-    # minimum election timeout ignores requests to vote in a higher term.
-    check_quorum: bool = True
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.election_timeout_min < self.election_timeout_max:
-            raise ValueError("need 1 <= election_timeout_min < election_timeout_max")
-        # Raft needs broadcastTime << electionTimeout (§5.6); a third keeps a lost
-        # heartbeat or two from starting an election.
-        if not 1 <= self.heartbeat_interval <= self.election_timeout_min // 3:
-            raise ValueError("heartbeat_interval must be between 1 and election_timeout_min / 3")
-        if self.max_entries_per_message < 1 or self.max_inflight_entries < 1:
-            raise ValueError("message and inflight limits must be positive")
-
-
-class RaftNode:
+class RaftNode(ConfigChanges):
     def __init__(
         self,
         node_id: NodeId,
@@ -207,7 +130,7 @@ class RaftNode:
         self._pending_snapshot: SnapshotMeta | None = None
         self._persisted_hard_state = hs
 
-        self.role = FOLLOWER
+        self.role: Role = FOLLOWER
         self.leader_id: NodeId | None = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
@@ -220,19 +143,11 @@ class RaftNode:
         self._heartbeat_pending = False
         self._ticks = 0  # ticks since start: the clock of read leases
         self._restarted = hs.current_term > 0
-        # Leader, ReadIndex (see the module doc).
-        self._read_round = 0
-        self._round_fresh = False  # no message of the current round has been sent yet
-        self._round_started: dict[int, int] = {}  # round -> tick it started (recent rounds)
-        self._acked_round: dict[NodeId, int] = {}
-        self._pending_reads: list[tuple[int, int, int]] = []  # (round, request, index)
-        self._reads_before_commit: list[tuple[int, bool]] = []  # (request, lease) until a commit in our term
-        self._read_states: list[ReadState] = []
+        self.reads = LeaderReads()  # leader: ReadIndex rounds and the lease (raftproc.core.reads)
         # Leader: leadership transfer in progress to this node, for this many ticks.
         self.transferee: NodeId | None = None
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
-        self._lease_given_up = False
         self._in_ready = False
         self._tick_role = self._tick_election
         self._reset_election_timer()
@@ -341,114 +256,6 @@ class RaftNode:
         self._broadcast_pending = True
         return entry.index, entry.term
 
-    def propose_config(
-        self, voters: Iterable[NodeId], learners: Iterable[NodeId] = (), context: bytes | None = None,
-    ) -> tuple[int, int]:
-        """Move the cluster to the configuration `voters` + `learners` (see the
-        module doc and raftproc.core.membership). Returns the (index, term) of the
-        entry appended now: the whole change if only learners change, else the
-        joint configuration, after which this leader appends the final one by
-        itself. `context` travels in the entry for the host (addresses, say).
-        Raises ConfigChangeRefused with the reason when the change must wait or
-        is not allowed."""
-        self._check_not_in_ready()
-        if self.role != LEADER:
-            raise NotLeader(self.leader_id)
-        if self.transferee is not None:
-            raise TransferInProgress(f"leadership is being handed to node {self.transferee}")
-        new_voters, new_learners = set(voters), set(learners)
-        refusal = self._config_change_refusal(new_voters, new_learners)
-        if refusal is not None:
-            raise refusal
-        current = self.membership
-        outgoing = () if new_voters == set(current.voters) else current.voters
-        return self._append_config(Membership(tuple(new_voters), outgoing, tuple(new_learners)), context)
-
-    def _config_change_refusal(self, voters: set[NodeId], learners: set[NodeId]) -> ConfigChangeRefused | None:
-        current = self.membership
-        if self.log.term_at(self.commit_index) != self.current_term:
-            # The single-server change bug (Ongaro, raft-dev, 2015): until it commits
-            # in its own term, a new leader may hold a configuration that an earlier
-            # leader's uncommitted change, elsewhere, is about to replace.
-            return ConfigChangeBusy("the leader has not committed an entry of its term yet; retry shortly")
-        if self._config_change_pending():
-            return ConfigChangeBusy(f"a configuration change is still in progress ({current.describe()}, entry {self.log.config_index})")
-        if not voters:
-            return ConfigChangeRefused("a cluster needs at least one voter")
-        if voters & learners:
-            return ConfigChangeRefused(f"nodes {sorted(voters & learners)} cannot be voters and learners at once")
-        if learners & set(current.voters):
-            return ConfigChangeRefused(f"nodes {sorted(learners & set(current.voters))} must stop voting (be removed) before they rejoin as learners")
-        strangers = voters - set(current.voters) - set(current.learners)
-        if strangers:
-            return ConfigChangeRefused(f"nodes {sorted(strangers)} must join as learners and catch up before they vote")
-        for node in sorted(voters - set(current.voters)):
-            pr = self.progress[node]
-            behind = self.log.last_index - pr.match_index
-            if pr.state != REPLICATE or behind > self.config.promote_lag_entries:
-                # REPLICATE: it has accepted an append from this leader, so its log
-                # really matches ours up to match_index (a silent node matches nothing).
-                if pr.match_index == 0 and pr.state != REPLICATE:
-                    return ConfigChangeBusy(f"learner {node} has not answered this leader yet (is it running, and reachable at the address given?)")
-                return ConfigChangeBusy(f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.config.promote_lag_entries}")
-        if voters == set(current.voters) and learners == set(current.learners):
-            return ConfigChangeRefused(f"the cluster already has that configuration ({current.describe()})")
-        return None
-
-    def _append_config(self, target: Membership, context: bytes | None) -> tuple[int, int]:
-        entry = Entry(self.current_term, self.log.last_index + 1, context, target)
-        self.log.append((entry,))  # in force from here on, committed or not (§6)
-        self._log("config_change_appended", index=entry.index, membership=target.describe())
-        self._sync_progress()
-        if self.transferee is not None and self.transferee not in target.voters:
-            self._abort_transfer("the target is no longer a voter")
-        self._broadcast_pending = True
-        return entry.index, entry.term
-
-    def _replication_targets(self) -> set[NodeId]:
-        """Every member, and while the newest configuration is uncommitted the members
-        of the one before it too: a node being removed then receives the entry that
-        removes it, and as a non-voter stays quiet instead of campaigning (§6's
-        disruptive servers) when PreVote and CheckQuorum are off."""
-        targets = set(self.membership.members)
-        if self.log.config_index > self.commit_index:
-            targets |= set(self.log.membership_at(self.log.config_index - 1).members)
-        targets.discard(self.id)
-        return targets
-
-    def _sync_progress(self) -> None:
-        targets = self._replication_targets()
-        for peer in sorted(targets - set(self.progress)):
-            self.progress[peer] = Progress(match_index=0, next_index=self.log.last_index + 1)
-        for gone in set(self.progress) - targets:
-            del self.progress[gone]
-            self._acked_round.pop(gone, None)
-
-    def _advance_config_change(self) -> None:
-        """After a commit: a committed joint configuration is left for the new one;
-        a leader that the committed configuration leaves out steps down (§6)."""
-        if self.role != LEADER or self.log.config_index > self.commit_index:
-            return
-        self._sync_progress()  # nodes removed for good leave the replication set
-        m = self.membership
-        if m.is_joint:
-            self._log("joint_config_committed", index=self.log.config_index, membership=m.describe())
-            self._append_config(Membership(m.voters, (), m.learners), None)
-        elif self.id not in m.voters:
-            self._step_down_removed()
-
-    def _step_down_removed(self) -> None:
-        """This leader is not in the committed configuration. It hands over to a
-        voter that holds its whole log, if one does (no election timeout of
-        unavailability), then follows; as a non-voter it never campaigns again."""
-        ready = [p for p in self.membership.voters if p in self.progress and self.progress[p].match_index == self.log.last_index]
-        target = ready[0] if ready else None
-        if target is not None:
-            self._send_timeout_now(target)
-        self._log("leader_removed", handed_to=target, membership=self.membership.describe())
-        self.leader_id = None
-        self.become_follower(self.current_term, None)
-
     def read_index(self, request: int, *, lease: bool = False) -> None:
         """Ask for a linearizable read, named `request` by the host; it comes back in
         Ready.read_states with the index to wait for (see the module doc)."""
@@ -456,66 +263,29 @@ class RaftNode:
         if self.role != LEADER:
             raise NotLeader(self.leader_id)
         if self.log.term_at(self.commit_index) != self.current_term:
-            self._reads_before_commit.append((request, lease))
+            self.reads.before_commit.append((request, lease))
             return
         self._start_read(request, lease)
 
     def _start_read(self, request: int, lease: bool) -> None:
         if self.membership.has_quorum((self.id,)) or (lease and self._lease_valid()):
-            self._read_states.append(ReadState(request, self.commit_index))
+            self.reads.states.append(ReadState(request, self.commit_index))
             return
-        if not self._round_fresh:
-            self._new_round()
-        self._pending_reads.append((self._read_round, request, self.commit_index))
+        self.reads.ask(request, self.commit_index, self._ticks, self.config.election_timeout_max)
         self._broadcast_pending = True
         self._heartbeat_pending = True
 
     def _new_round(self) -> None:
-        self._read_round += 1
-        self._round_fresh = True
-        self._round_started[self._read_round] = self._ticks
-        horizon = self._ticks - self.config.election_timeout_max
-        while self._round_started and next(iter(self._round_started.values())) < horizon:
-            del self._round_started[next(iter(self._round_started))]
-
-    def _confirmed_round(self) -> int:
-        """The newest read round a majority (this leader included) has answered."""
-        rounds = dict(self._acked_round)
-        rounds[self.id] = self._read_round
-        return self.membership.committed_index(rounds)
+        self.reads.new_round(self._ticks, self.config.election_timeout_max)
 
     def _lease_valid(self) -> bool:
         """A majority answered messages sent recently enough that none of them will
         vote for another leader yet (check_quorum's vote refusal)."""
-        if not self.config.check_quorum or self._lease_given_up or self._config_change_pending():
+        if not self.config.check_quorum or self.reads.lease_given_up or self._config_change_pending():
             # While the configuration changes, the majority whose vote refusal the
             # lease counts on may not be the one that elects the next leader.
             return False
-        never = -(10**9)
-        starts = {p: self._round_started.get(r, never) for p, r in self._acked_round.items()}
-        starts[self.id] = self._ticks
-        since = self.membership.committed_index(starts, default=never)
-        return self._ticks < since + self.config.election_timeout_min - LEASE_MARGIN_TICKS
-
-    def _config_change_pending(self) -> bool:
-        return self.membership.is_joint or self.log.config_index > self.commit_index
-
-    def _release_reads(self) -> None:
-        confirmed = self._confirmed_round()
-        pending = self._pending_reads
-        done = 0
-        while done < len(pending) and pending[done][0] <= confirmed:
-            _, request, index = pending[done]
-            self._read_states.append(ReadState(request, index))
-            done += 1
-        if done:
-            del pending[:done]
-
-    def _drop_reads(self) -> None:
-        """Leadership is gone: the host fails every read not yet handed out."""
-        self._pending_reads = []
-        self._reads_before_commit = []
-        self._acked_round = {}
+        return self.reads.lease_holds(self.membership, self.id, self._ticks, self.config.election_timeout_min - LEASE_MARGIN_TICKS)
 
     def transfer_leadership(self, target: NodeId) -> None:
         """Hand leadership to `target` (see the module doc). Raises NotLeader on a
@@ -537,7 +307,7 @@ class RaftNode:
     def _send_timeout_now(self, target: NodeId) -> None:
         # The target may win without waiting out our followers' vote refusal, so
         # our lease is worth nothing from here on.
-        self._lease_given_up = True
+        self.reads.lease_given_up = True
         self._timeout_now_sent = True  # once per transfer; later acks need no second one
         self._log("timeout_now_sent", target=target)
         self._send(TimeoutNow(src=self.id, dst=target, term=self.current_term))
@@ -614,10 +384,12 @@ class RaftNode:
     # --- output ---------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        self._flush_broadcast()
+        """Whether ready() has anything to hand out. A question: it changes nothing
+        (a broadcast still to flush counts; ready() flushes it)."""
         return bool(
             self._outbox
-            or self._read_states
+            or (self._broadcast_pending and self.role == LEADER)
+            or self.reads.states
             or self._pending_snapshot is not None
             or self.log.written_index < self.log.last_index
             or self._hard_state_changed()
@@ -633,10 +405,9 @@ class RaftNode:
             entries=self.log.unstable(),
             messages=tuple(self._outbox),
             committed_entries=self.log.slice(self.applied + 1, self.commit_index + 1),
-            read_states=tuple(self._read_states),
+            read_states=self.reads.take_states(),
         )
         self._outbox = []
-        self._read_states = []
         self._pending_snapshot = None
         self._in_ready = True
         return rd
@@ -676,7 +447,7 @@ class RaftNode:
     def become_follower(self, term: int, leader_id: NodeId | None) -> None:
         was = self.role
         if was == LEADER:
-            self._drop_reads()
+            self.reads.drop()
             self.transferee = None
         if term > self.current_term:
             self.current_term = term
@@ -725,13 +496,12 @@ class RaftNode:
         self.heartbeat_elapsed = 0
         self.election_elapsed = 0
         self._recent_active = set()
-        self._drop_reads()
+        self.reads.drop()
+        self.reads.lease_given_up = False
         self._new_round()
         self.transferee = None
-        self._lease_given_up = False
         last = self.log.last_index
         self.progress = {}
-        self._acked_round = {}
         self._sync_progress()
         # §8: a no-op of the new term lets the leader commit, and so learn, everything
         # committed before it (§5.4.2 forbids counting replicas of older terms).
@@ -980,11 +750,7 @@ class RaftNode:
     def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
         if self.role != LEADER:
             return
-        if msg.context > self._acked_round.get(msg.src, 0) and msg.context <= self._read_round:
-            # Any answer in our term, success or not, says the peer still follows us.
-            self._acked_round[msg.src] = msg.context
-            if self._pending_reads:
-                self._release_reads()
+        self.reads.on_ack(msg.src, msg.context, self.membership, self.id)
         pr = self.progress.get(msg.src)
         if pr is None:
             return  # not (or no longer) a member we replicate to
@@ -1026,8 +792,8 @@ class RaftNode:
         if index > self.commit_index and self.log.term_at(index) == self.current_term:
             self.commit_index = index
             self._log("commit_advanced", commit_index=index)
-            if self._reads_before_commit:
-                waiting, self._reads_before_commit = self._reads_before_commit, []
+            if self.reads.before_commit:
+                waiting, self.reads.before_commit = self.reads.before_commit, []
                 for request, lease in waiting:
                     self._start_read(request, lease)
             self._advance_config_change()
@@ -1074,10 +840,10 @@ class RaftNode:
             AppendEntries(
                 src=self.id, dst=peer, term=self.current_term, prev_log_index=prev,
                 prev_log_term=prev_term, entries=entries, leader_commit=self.commit_index,
-                context=self._read_round,
+                context=self.reads.round,
             )
         )
-        self._round_fresh = False
+        self.reads.round_fresh = False
         if pr.state == REPLICATE and entries:
             pr.next_index = entries[-1].index + 1
         elif pr.state == PROBE:
@@ -1099,10 +865,10 @@ class RaftNode:
             AppendEntries(
                 src=self.id, dst=peer, term=self.current_term, prev_log_index=self.log.snapshot_index,
                 prev_log_term=self.log.snapshot_term, entries=(), leader_commit=self.commit_index,
-                context=self._read_round,
+                context=self.reads.round,
             )
         )
-        self._round_fresh = False
+        self.reads.round_fresh = False
 
     # --- helpers --------------------------------------------------------------------
 

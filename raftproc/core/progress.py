@@ -1,6 +1,6 @@
 """What a leader knows about one follower's log.
 
-A follower is in one of two states, as in etcd's raft:
+A follower is in one of three states, as in etcd's raft:
 
 - PROBE: the leader does not know where the logs match. It sends one AppendEntries
   at a time and waits for the answer (or the next heartbeat) before sending another,
@@ -20,17 +20,25 @@ Invariant: match_index < next_index (entries up to match_index are known to matc
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
-PROBE = "probe"
-REPLICATE = "replicate"
-SNAPSHOT = "snapshot"
+
+class ProgressState(StrEnum):
+    PROBE = "probe"
+    REPLICATE = "replicate"
+    SNAPSHOT = "snapshot"
+
+
+PROBE = ProgressState.PROBE
+REPLICATE = ProgressState.REPLICATE
+SNAPSHOT = ProgressState.SNAPSHOT
 
 
 @dataclass(slots=True)
 class Progress:
     match_index: int = 0
     next_index: int = 1
-    state: str = PROBE
+    state: ProgressState = PROBE
     # In PROBE: an AppendEntries is out and unanswered; cleared by an answer or a heartbeat.
     probe_sent: bool = False
     # In SNAPSHOT: the index of the snapshot being sent.

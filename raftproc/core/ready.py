@@ -27,7 +27,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftproc.core.messages import AppendEntries, Entry, InstallSnapshot, Message, NodeId, SnapshotMeta
+from raftproc.core.messages import (
+    AppendEntries,
+    Entry,
+    InstallSnapshot,
+    Message,
+    NodeId,
+    SnapshotMeta,
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,12 +20,22 @@ the event loop (that once stalled a leader long enough to lose an election).
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 from raftproc.kv.commands import Command
-from raftproc.runtime.snapshot import KvImage
 
 Result = dict[str, Any]
+
+
+@dataclass(slots=True)
+class KvImage:
+    """Everything the key-value store needs to continue from a snapshot."""
+
+    data: dict[str, str]
+    sessions: dict[int, tuple[int, Any]]
+    digest: str  # the log digest at the snapshot's index
+    state_sum: int = 0  # the state digest's running sum (see state_digest)
 
 
 class KeyValueStore:

@@ -14,7 +14,6 @@ from typing import Any
 
 import cbor2
 
-from raftproc.config import parse_address
 from raftproc.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -74,10 +73,11 @@ def encode_message(msg: PeerFrame) -> bytes:
 
 
 def decode_message(data: bytes) -> PeerFrame:
-    body = _load_map(data)
-    cls = _CLASSES.get(body.get("t"))  # type: ignore[arg-type]
+    body = load_map(data)
+    t = body.get("t")
+    cls = _CLASSES.get(t) if isinstance(t, str) else None
     if cls is None:
-        raise RemoteProtocolError(f"unknown message type {body.get('t')!r}")
+        raise RemoteProtocolError("unknown message type")
     kwargs: dict[str, Any] = {}
     for name in _FIELDS[cls]:
         if name not in body:
@@ -96,7 +96,7 @@ def decode_message(data: bytes) -> PeerFrame:
                 raise RemoteProtocolError(f"{cls.__name__}.{name} is not text")
         elif name in _INT_OR_NONE and value is None:
             pass
-        elif not _is_count(value):
+        elif not is_count(value):
             raise RemoteProtocolError(f"{cls.__name__}.{name} is not a non-negative integer")
         kwargs[name] = value
     msg = cls(**kwargs)
@@ -128,68 +128,14 @@ def _decode_entries(value: Any) -> tuple[Entry, ...]:
 
 # --- clients ---------------------------------------------------------------------
 
-OPS = ("set", "get", "del", "cas")
-
-
 def encode(body: dict[str, Any]) -> bytes:
     """A client-protocol body (request or answer), version stamped."""
     return cbor2.dumps({"v": PROTOCOL_VERSION, **body})
 
 
-def decode_client_request(data: bytes) -> dict[str, Any]:
-    """A request from a client: `status`, or a key-value operation. Checked fully."""
-    body = _load_map(data)
-    t = body.get("t")
-    if not _is_count(body.get("id")):
-        raise RemoteProtocolError("request without a numeric id")
-    if t == "status":
-        return body
-    if t == "transfer":
-        if not (body.get("target") is None or _is_count(body.get("target"))):
-            raise RemoteProtocolError("transfer target must be a node id or null (the most up-to-date follower)")
-        return body
-    if t == "member":
-        return _member_request(body)
-    if t != "req":
-        raise RemoteProtocolError(f"unknown request type {t!r}")
-    op = body.get("op")
-    if op not in OPS:
-        raise RemoteProtocolError(f"unknown operation {op!r}")
-    if not _is_count(body.get("client")) or not _is_count(body.get("seq")):
-        raise RemoteProtocolError("request without client id and sequence number")
-    if not isinstance(body.get("key"), str):
-        raise RemoteProtocolError("key must be a string")
-    if op in ("set", "cas") and not isinstance(body.get("value"), str):
-        raise RemoteProtocolError(f"{op} needs a string value")
-    if op == "cas" and not (body.get("expect") is None or isinstance(body.get("expect"), str)):
-        raise RemoteProtocolError("cas expect must be a string or null (absent)")
-    if body.get("read", "log") not in ("log", "index", "lease") or ("read" in body and op != "get"):
-        raise RemoteProtocolError("read must be log, index or lease, and only on get")
-    return body
-
-
-def _member_request(body: dict[str, Any]) -> dict[str, Any]:
-    op = body.get("op")
-    if op not in ("list", "add", "remove"):
-        raise RemoteProtocolError("member op must be list, add or remove")
-    if op == "list":
-        return body
-    if not _is_count(body.get("node")) or body["node"] < 1:
-        raise RemoteProtocolError(f"member {op} needs a positive node id")
-    if op == "add":
-        addresses = body.get("addresses")
-        if not isinstance(addresses, list) or len(addresses) != 2 or not all(isinstance(a, str) for a in addresses):
-            raise RemoteProtocolError("member add needs the node's peer and client addresses, HOST:PORT each")
-        try:
-            body["addresses"] = tuple(parse_address(a) for a in addresses)
-        except ValueError as e:
-            raise RemoteProtocolError(str(e)) from None
-    return body
-
-
 def decode_answer(data: bytes) -> dict[str, Any]:
-    body = _load_map(data)
-    if body.get("t") != "resp" or not _is_count(body.get("id")):
+    body = load_map(data)
+    if body.get("t") != "resp" or not is_count(body.get("id")):
         raise RemoteProtocolError("not an answer")
     return body
 
@@ -197,7 +143,7 @@ def decode_answer(data: bytes) -> dict[str, Any]:
 # --- helpers ---------------------------------------------------------------------
 
 
-def _load_map(data: bytes) -> dict[str, Any]:
+def load_map(data: bytes) -> dict[str, Any]:
     try:
         body = cbor2.loads(data)
     except Exception as e:  # cbor2 raises several types for bad input
@@ -205,9 +151,14 @@ def _load_map(data: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise RemoteProtocolError("body is not a map")
     if body.get("v") != PROTOCOL_VERSION:
-        raise RemoteProtocolError(f"unsupported protocol version {body.get('v')!r}")
+        raise RemoteProtocolError("unsupported protocol version")
     return body
 
 
-def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+MAX_UINT64 = (1 << 64) - 1
+
+
+def is_count(value: Any) -> bool:
+    """A non-negative integer that fits in 64 bits: anything larger is hostile (and
+    formatting a huge int can itself raise)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UINT64

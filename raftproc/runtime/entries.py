@@ -10,7 +10,7 @@ from typing import Any
 
 import cbor2
 
-from raftproc.config import parse_address
+from raftproc.runtime.addresses import parse_address
 from raftproc.core.messages import Entry, Membership
 
 

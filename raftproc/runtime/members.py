@@ -20,7 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raftproc.core.node import LEADER, ConfigChangeBusy, ConfigChangeRefused, NotLeader, RaftNode, TransferInProgress
+from raftproc.core.config import LEADER, ConfigChangeBusy, ConfigChangeRefused, NotLeader, TransferInProgress
+from raftproc.core.node import RaftNode
 
 Address = tuple[str, int]
 Answer = Callable[..., None]

@@ -44,6 +44,7 @@ from typing import Any
 import cbor2
 
 from raftproc.core.messages import SnapshotMeta
+from raftproc.kv.state_machine import KvImage
 from raftproc.runtime.entries import decode_membership, encode_membership
 from raftproc.runtime.wal import HEADER, MAX_RECORD, frame_record, fsync_dir, write_all
 
@@ -71,16 +72,6 @@ class SnapshotFile:
     term: int
     floor: int
     size: int
-
-
-@dataclass(slots=True)
-class KvImage:
-    """Everything the key-value store needs to continue from a snapshot."""
-
-    data: dict[str, str]
-    sessions: dict[int, tuple[int, Any]]
-    digest: str  # the log digest at the snapshot's index
-    state_sum: int = 0  # the state digest's running sum (raftproc.kv.state_machine)
 
 
 def snapshot_name(index: int, term: int, floor: int) -> str:

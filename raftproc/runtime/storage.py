@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from raftproc.core.messages import SnapshotMeta
 from raftproc.runtime import snapshot
-from raftproc.runtime.snapshot import KvImage, SnapshotFile
+from raftproc.kv.state_machine import KvImage
+from raftproc.runtime.snapshot import SnapshotFile
 from raftproc.runtime.wal import SEGMENT_BYTES, Recovered, WriteAheadLog
 
 

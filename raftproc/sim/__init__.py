@@ -5,8 +5,8 @@ from raftproc.sim.cluster import (
     LivenessViolation,
     SafetyViolation,
     SimConfig,
-    Simulation,
     SimStats,
+    Simulation,
     replay_command,
 )
 

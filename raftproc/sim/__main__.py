@@ -12,7 +12,12 @@ import signal
 import sys
 import time
 
-from raftproc.sim.cluster import LivenessViolation, SafetyViolation, SimConfig, Simulation
+from raftproc.sim.cluster import (
+    LivenessViolation,
+    SafetyViolation,
+    SimConfig,
+    Simulation,
+)
 from raftproc.sim.sweep import sweep
 
 

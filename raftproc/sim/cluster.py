@@ -10,8 +10,9 @@ Time is a step counter; one step is one tick of every running node. In each step
 4. a client may propose a command to the leader;
 5. every property below is checked.
 
-After every input the node's Ready is handled exactly as a real host must: persist
-to the node's MemoryStorage, then send, then apply, then advance. Most runs also
+After every input the node's Ready is carried out by the same Ready driver the
+node runs (raftproc.server.driver), through in-memory twins (raftproc.sim.host,
+raftproc.sim.storage): persist, then send, then apply, then advance. Most runs also
 snapshot: a node whose applied index runs a drawn number of entries past its last
 snapshot saves one and compacts its log, so leaders must send InstallSnapshot to
 followers that fall behind. An InstallSnapshot carries the leader's stored snapshot
@@ -60,6 +61,7 @@ checked: a leader is elected and a fresh proposal is applied on every member wit
 a bounded number of steps.
 """
 
+
 from __future__ import annotations
 
 import heapq
@@ -67,60 +69,36 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raftproc.core.invariants import InvariantViolation, NodeView, check_log, check_node, check_transition
+from raftproc.core.config import LEADER, Config, TransferInProgress
+from raftproc.core.invariants import (
+    InvariantViolation,
+    NodeView,
+    check_log,
+    check_transition,
+)
 from raftproc.core.log import LogInvariantError
+from raftproc.core.membership import Membership
 from raftproc.core.messages import (
-    AppendEntriesResponse,
     Entry,
     InstallSnapshot,
     Message,
     NodeId,
-    RequestVote,
-    RequestVoteResponse,
     SnapshotMeta,
     describe,
 )
-from raftproc.core.membership import Membership
-from raftproc.core.node import LEADER, Config, ConfigChangeRefused, RaftNode, TransferInProgress
+from raftproc.core.node import RaftNode
 from raftproc.core.quorum import majority
-from raftproc.core.ready import Ready, split_messages
+from raftproc.server.driver import Driver
+from raftproc.sim.faults import FaultConfig, Nemesis
+from raftproc.sim.host import NodeCrashed, SimHost
+from raftproc.sim.properties import LivenessViolation, PropertyChecks, SafetyViolation
 from raftproc.sim.storage import MemoryStorage
 
 TraceFn = Callable[[str], None]
 NodeFactory = Callable[..., RaftNode]
+DriverFactory = Callable[..., Driver]
 
-
-class SafetyViolation(AssertionError):
-    pass
-
-
-class LivenessViolation(AssertionError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class FaultConfig:
-    """Chances are per step."""
-
-    loss: float = 0.03
-    duplicate: float = 0.03
-    min_delay: int = 1
-    max_delay: int = 4
-    crash: float = 0.012
-    crash_leader: float = 0.5  # of crashes, the share aimed at a current leader
-    crash_mid_ready: float = 0.002  # per Ready with early appends: die before persisting it
-    down_min: int = 3
-    down_max: int = 60
-    partition: float = 0.006
-    partition_min: int = 10
-    partition_max: int = 150
-    propose: float = 0.4
-    read: float = 0.3
-    transfer: float = 0.004  # a leader is asked to hand over to a random peer
-    snapshots: float = 0.75  # share of runs in which nodes snapshot and compact
-    membership: float = 0.5  # share of runs that change membership
-    member_change: float = 0.03  # in those runs: the leader is asked for a change
-    spares: int = 2  # nodes outside the first configuration, ready to join
+__all__ = ["FaultConfig", "LivenessViolation", "SafetyViolation", "SimConfig", "SimStats", "Simulation", "replay_command"]
 
 
 def random_raft_config(rng: random.Random) -> Config:
@@ -168,17 +146,14 @@ class SimStats:
     config_changes: int = 0
 
 
+
 class SimNode:
-    __slots__ = (
-        "id", "node", "storage", "view", "applied_index", "down_until", "pending", "received", "durable_floor", "retired",
-    )
+    __slots__ = ("id", "node", "driver", "storage", "view", "applied_index", "down_until", "received", "durable_floor", "retired")
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
-        # Background-sync hosts: Readys written but not yet durable, with the messages
-        # that must wait for them. A crash loses them.
-        self.pending: list[tuple[Ready, list[Message], list[int | None]]] = []
         self.node: RaftNode | None = None
+        self.driver: Driver | None = None
         self.storage = MemoryStorage()
         self.view: NodeView | None = None
         self.applied_index = 0
@@ -196,7 +171,7 @@ def replay_command(seed: int, cfg: SimConfig) -> str:
     return f"python -m raftproc.sim --seed {seed} --nodes {cfg.nodes} --steps {cfg.steps}"
 
 
-class Simulation:
+class Simulation(Nemesis, PropertyChecks):
     def __init__(
         self,
         seed: int,
@@ -204,7 +179,10 @@ class Simulation:
         *,
         trace: TraceFn | None = None,
         node_factory: NodeFactory = RaftNode,
+        driver_factory: DriverFactory = Driver,
     ) -> None:
+        """`node_factory` and `driver_factory` let tests plant bugs in the core and in
+        the Ready driver (tests/sim/test_planted_bugs.py)."""
         self.seed = seed
         self.cfg = cfg or SimConfig()
         self.faults = self.cfg.faults
@@ -215,10 +193,13 @@ class Simulation:
         self.background_sync = self.rng.random() < 0.5
         self.trace = trace
         self.node_factory = node_factory
+        self.driver_factory = driver_factory
         self.ids: tuple[NodeId, ...] = tuple(range(1, self.cfg.nodes + 1))
         self.bootstrap = Membership(self.ids)
         self.quorum = majority(self.cfg.nodes)
-        self.nodes: dict[NodeId, SimNode] = {i: SimNode(i) for i in self.ids}
+        self.nodes: dict[NodeId, SimNode] = {}
+        for i in self.ids:
+            self._add_node(i)
         self.now = 0
         self._seq = 0
         self._in_flight: list[tuple[int, int, Message]] = []
@@ -248,8 +229,7 @@ class Simulation:
         self.changes_membership = self.rng.random() < self.faults.membership
         if self.changes_membership:
             for i in range(self.cfg.nodes + 1, self.cfg.nodes + 1 + self.faults.spares):
-                self.nodes[i] = SimNode(i)
-                self.nodes[i].retired = True
+                self._add_node(i).retired = True
         for sn in self.nodes.values():
             if not sn.retired:
                 self._start(sn)
@@ -282,7 +262,7 @@ class Simulation:
             self._nemesis()
         self._restart_due()
         for sn in self.nodes.values():
-            if sn.pending and sn.node is not None and self.rng.random() < 0.7:
+            if sn.storage.unsynced and sn.node is not None and self.rng.random() < 0.7:
                 self._sync_pending(sn)
         self._deliver_due()
         for sn in self.nodes.values():
@@ -345,6 +325,11 @@ class Simulation:
 
     # --- nodes --------------------------------------------------------------------
 
+    def _add_node(self, node_id: NodeId) -> SimNode:
+        sn = self.nodes[node_id] = SimNode(node_id)
+        sn.storage.on_store = lambda rd: self._check_stored(node_id, sn.storage, rd.entries)
+        return sn
+
     def _start(self, sn: SimNode) -> None:
         st = sn.storage
         sn.node = self.node_factory(
@@ -358,6 +343,11 @@ class Simulation:
             applied=st.snapshot_index,
             log=self._node_event if self.trace else _no_event,
         )
+        host = SimHost(self, sn)
+        sn.driver = self.driver_factory(
+            sn.node, storage=st, transport=host, state_machine=host, installer=host,
+            syncer=st if self.background_sync else None, on_ready=host.on_ready,
+        )
         sn.received = {}
         sn.applied_index = st.snapshot_index
         view = NodeView.of(sn.node)
@@ -369,8 +359,8 @@ class Simulation:
         assert sn.node is not None
         self._note(f"{'retire' if retire else 'crash'} node {sn.id} ({sn.node.role}, term {sn.node.current_term})")
         sn.retired = retire
-        sn.node = None
-        sn.pending = []  # written, never synced: gone with the process
+        sn.node = sn.driver = None
+        sn.storage.lose_unsynced()  # written, never synced: gone with the process
         # What survives is what was persisted; a term or vote still in memory (its
         # messages held back) was never promised, so the restart is judged from disk.
         hs = sn.storage.hard_state
@@ -385,51 +375,15 @@ class Simulation:
                 self._start(sn)
 
     def _handle_ready(self, sn: SimNode) -> None:
-        """The host's side of the Ready contract (raftproc.core.ready)."""
-        node = sn.node
-        assert node is not None
-        while node.has_ready():
-            rd = node.ready()
-            self._serve_reads(sn, rd)
-            if rd.snapshot is not None:
-                self._handle_snapshot_ready(sn, rd)
-                continue
-            early, after = split_messages(rd)
-            self._send(sn, early)
-            if early and self._crash_mid_ready > 0 and self.rng.random() < self._crash_mid_ready:
-                # The one window the contract leaves open: a leader's appends are out,
-                # its own write of them never happened.
-                self._crash(sn)
-                return
-            promised = [self._promised_term(node, m) for m in after]
-            if self.background_sync:
-                sn.pending.append((rd, after, promised))
-                self._apply(sn, rd.committed_entries)
-                node.advance(rd, persisted=False)
-                continue
-            self._persist(sn, rd)
-            self._send(sn, tuple(after), promised)
-            self._apply(sn, rd.committed_entries)
-            node.advance(rd)
+        """The node's Ready, carried out by the driver the node runs; a process that
+        dies in the middle (NodeCrashed) loses what it had not synced."""
+        assert sn.driver is not None
+        try:
+            sn.driver.handle_ready()
+        except NodeCrashed:
+            self._crash(sn)
+            return
         self._maybe_snapshot(sn)
-
-    def _handle_snapshot_ready(self, sn: SimNode, rd: Ready) -> None:
-        """Installing a snapshot is done inline, whatever the sync mode: writes still
-        pending are made durable first (their messages may leave), then the snapshot
-        replaces state machine and log."""
-        node = sn.node
-        assert node is not None and rd.snapshot is not None
-        pending, sn.pending = sn.pending, []
-        for prd, after, promised in pending:
-            self._persist(sn, prd)
-            self._send(sn, tuple(after), promised)
-        early, after = split_messages(rd)
-        promised = [self._promised_term(node, m) for m in after]
-        self._send(sn, early)
-        self._persist(sn, rd)
-        self._send(sn, tuple(after), promised)
-        self._apply(sn, rd.committed_entries)
-        node.advance(rd)
 
     def _maybe_snapshot(self, sn: SimNode) -> None:
         node = sn.node
@@ -446,74 +400,29 @@ class Simulation:
         self.stats.snapshots_taken += 1
 
     def _sync_pending(self, sn: SimNode) -> None:
-        """A background sync completes: everything written so far is durable, the
-        messages that waited for it leave, and the node learns what is persisted."""
-        pending, sn.pending = sn.pending, []
-        for rd, after, promised in pending:
-            self._persist(sn, rd)
-            self._send(sn, tuple(after), promised)
-            if rd.entries and sn.node is not None:
-                sn.node.persisted(rd.entries[-1].index, rd.entries[-1].term)
+        """A background sync completes: the unsynced writes become durable one at a
+        time, as a sync thread reports its progress, and after each the driver lets
+        out what waited for it."""
+        assert sn.driver is not None
+        while sn.storage.unsynced:
+            sn.driver.on_synced(sn.storage.sync_next())
         self._handle_ready(sn)
-
-    def _persist(self, sn: SimNode, rd: Ready) -> None:
-        data = None
-        if rd.snapshot is not None:
-            snap = rd.snapshot
-            data = sn.received.pop((snap.index, snap.term))
-            sn.received.clear()
-            self._check_snapshot_data(sn.id, data)
-            sn.applied_index = snap.index
-            self.stats.snapshots_installed += 1
-            self._note(f"node {sn.id} installs snapshot {snap.term}/{snap.index}")
-        if rd.entries:
-            first = rd.entries[0].index
-            prev_term = sn.storage.term_at(first - 1)
-            if prev_term is None:
-                raise SafetyViolation(f"node {sn.id} persists entry {first} after a gap (storage ends at {sn.storage.last_index})")
-            for e in rd.entries:
-                self._check_log_matching(sn.id, e, prev_term)
-                prev_term = e.term
-        sn.storage.persist(rd, data)
-
-    def _check_snapshot_data(self, node_id: NodeId, data: tuple[Entry, ...]) -> None:
-        for e in data:
-            if e.index > len(self.committed) or self.committed[e.index - 1] != e:
-                raise SafetyViolation(f"State Machine Safety: node {node_id} installs a snapshot holding {e}, never committed there")
-
-    def _apply(self, sn: SimNode, entries: tuple[Entry, ...]) -> None:
-        for e in entries:
-            if e.index != sn.applied_index + 1:
-                raise SafetyViolation(f"node {sn.id} applies {e.index} after {sn.applied_index}")
-            sn.applied_index = e.index
-            if e.index <= len(self.committed):
-                known = self.committed[e.index - 1]
-                if known != e:
-                    raise SafetyViolation(
-                        f"State Machine Safety: node {sn.id} applies {e.term}/{e.index} {e.command!r} "
-                        f"where {known.term}/{known.index} {known.command!r} was applied"
-                    )
-            else:
-                self.committed.append(e)
-                self.commit_terms.append(sn.node.current_term if sn.node else 0)
 
     # --- network ------------------------------------------------------------------
 
-    def _send(self, sn: SimNode, messages: tuple[Message, ...], promised: list[int | None] | None = None) -> None:
-        for i, msg in enumerate(messages):
-            self._check_promise(sn, msg, promised[i] if promised else None)
-            self.stats.messages_sent += 1
-            if isinstance(msg, InstallSnapshot):
-                self._send_snapshot(sn, msg)
-                continue
-            if self.rng.random() < self.loss:
-                self.stats.messages_dropped += 1
-                continue
-            copies = 2 if self.rng.random() < self.duplicate else 1
-            for _ in range(copies):
-                self._seq += 1
-                at = self.now + self.rng.randint(self.faults.min_delay, self.faults.max_delay)
-                heapq.heappush(self._in_flight, (at, self._seq, msg))
+    def _send(self, sn: SimNode, msg: Message) -> None:
+        self.stats.messages_sent += 1
+        if isinstance(msg, InstallSnapshot):
+            self._send_snapshot(sn, msg)
+            return
+        if self.rng.random() < self.loss:
+            self.stats.messages_dropped += 1
+            return
+        copies = 2 if self.rng.random() < self.duplicate else 1
+        for _ in range(copies):
+            self._seq += 1
+            at = self.now + self.rng.randint(self.faults.min_delay, self.faults.max_delay)
+            heapq.heappush(self._in_flight, (at, self._seq, msg))
 
     def _send_snapshot(self, sn: SimNode, msg: InstallSnapshot) -> None:
         """The host streams its newest stored snapshot, which covers at least what the
@@ -565,152 +474,6 @@ class Simulation:
             sn.node.step(msg)
             self._handle_ready(sn)
 
-    # --- faults -------------------------------------------------------------------
-
-    def _nemesis(self) -> None:
-        f = self.faults
-        rng = self.rng
-        if self.blocked and self.now >= self.partition_until:
-            self._note("partition healed")
-            self.blocked.clear()
-        if rng.random() < f.crash:
-            running = [sn for sn in self.nodes.values() if sn.node is not None]
-            leaders = [sn for sn in running if sn.node.role == LEADER]
-            if leaders and rng.random() < f.crash_leader:
-                self._crash(rng.choice(leaders))
-            elif running:
-                self._crash(rng.choice(running))
-        if not self.blocked and rng.random() < f.partition:
-            self._partition()
-        if rng.random() < f.transfer:
-            self._transfer()
-        if self.changes_membership and rng.random() < f.member_change:
-            self._change_membership()
-
-    def _transfer(self) -> None:
-        leaders = [sn for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
-        if not leaders:
-            return
-        sn = self.rng.choice(leaders)
-        voters = [v for v in sn.node.membership.voters if v != sn.id]
-        if not voters:
-            return
-        target = self.rng.choice(voters)
-        self._note(f"node {sn.id} asked to transfer leadership to node {target}")
-        sn.node.transfer_leadership(target)
-        self._handle_ready(sn)
-        if not self.blocked and self.rng.random() < 0.3:
-            # The old leader goes deaf right after handing over: it hears neither the
-            # new leader nor its followers' answers, so nothing tells it that it was
-            # replaced, while what it sends still arrives. Whatever it serves from
-            # here on (a read lease, say) must not outlive its leadership.
-            others = set(self.nodes) - {sn.id}
-            self.blocked.update((o, sn.id) for o in others)
-            self.partition_until = self.now + self.rng.randint(self.faults.partition_min, self.faults.partition_max)
-            self.stats.partitions += 1
-            self._note(f"partition: node {sn.id} hears nobody until t={self.partition_until}")
-
-    def _change_membership(self, *, again: bool = True) -> None:
-        """Ask the leader for one configuration change; it may refuse (one in flight,
-        a learner still behind, no commit in its term yet), as it would a client."""
-        leader = self.leader()
-        if leader is None:
-            return
-        rng = self.rng
-        m = leader.membership
-        voters, learners = set(m.voters), set(m.learners)
-        outsiders = sorted(sn.id for sn in self.nodes.values() if sn.retired)
-        moves = []
-        if outsiders:
-            moves.append("add learner")
-        if learners:
-            moves += ["promote", "drop learner", "replace"]
-        if len(voters) > 3:
-            moves.append("remove voter")
-        if not moves:
-            return
-        move = rng.choice(moves)
-        joining = None
-        if move == "add learner":
-            joining = rng.choice(outsiders)
-            learners.add(joining)
-        elif move == "promote":
-            node = rng.choice(sorted(learners))
-            learners.discard(node)
-            voters.add(node)
-        elif move == "drop learner":
-            learners.discard(rng.choice(sorted(learners)))
-        elif move == "remove voter":
-            voters.discard(rng.choice(sorted(voters)))
-        else:  # one joint change: a learner in, a voter (maybe the leader) out
-            node = rng.choice(sorted(learners))
-            learners.discard(node)
-            voters.discard(rng.choice(sorted(voters)))
-            voters.add(node)
-        try:
-            leader.propose_config(voters, learners)
-        except (ConfigChangeRefused, TransferInProgress) as e:
-            self._note(f"node {leader.id} refuses to {move}: {e}")
-            return
-        self.stats.config_changes += 1
-        self._note(f"node {leader.id} asked to {move}: voters={sorted(voters)} learners={sorted(learners)}")
-        self._handle_ready(self.nodes[leader.id])
-        if joining is not None:
-            sn = self.nodes[joining]
-            sn.retired = False
-            sn.down_until = self.now + 1  # started, from the storage it kept, next step
-        if again and rng.random() < 0.5:
-            # An impatient operator: the next change at once, which the leader must
-            # refuse while this one is in flight.
-            self._change_membership(again=False)
-
-    def _retire_removed(self) -> None:
-        """Shut down nodes the leader's committed configuration no longer has. The
-        leader of the highest term decides: a removed node may hold a higher term
-        (it campaigns until shut down), so there may be no leader of the newest one."""
-        if not self.changes_membership:
-            return
-        leaders = [sn.node for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
-        leader = max(leaders, key=lambda n: n.current_term, default=None)
-        if leader is None or leader.membership.is_joint or leader.log.config_index > leader.commit_index:
-            return
-        members = leader.membership.members
-        for sn in self.nodes.values():
-            if sn.id not in members and not sn.retired:
-                if sn.node is not None:
-                    self._crash(sn, retire=True)
-                else:
-                    sn.retired = True
-
-    def _partition(self) -> None:
-        rng = self.rng
-        kind = rng.choice(("isolate", "split", "asymmetric"))
-        ids = list(self.nodes)
-        if kind == "isolate":
-            victim = rng.choice(ids)
-            self._cut({victim}, set(ids) - {victim}, both_ways=True)
-            what = f"isolate node {victim}"
-        elif kind == "split":
-            rng.shuffle(ids)
-            cut = rng.randint(1, len(ids) // 2)
-            minority, rest = set(ids[:cut]), set(ids[cut:])
-            self._cut(minority, rest, both_ways=True)
-            what = f"split {sorted(minority)} | {sorted(rest)}"
-        else:
-            links = [(a, b) for a in ids for b in ids if a != b]
-            chosen = rng.sample(links, rng.randint(1, len(links) // 2))
-            self.blocked.update(chosen)
-            what = "one-way cuts " + " ".join(f"{a}-x>{b}" for a, b in sorted(chosen))
-        self.partition_until = self.now + rng.randint(self.faults.partition_min, self.faults.partition_max)
-        self.stats.partitions += 1
-        self._note(f"partition: {what} until t={self.partition_until}")
-
-    def _cut(self, side_a: set[NodeId], side_b: set[NodeId], *, both_ways: bool) -> None:
-        for a in side_a:
-            for b in side_b:
-                self.blocked.add((a, b))
-                if both_ways:
-                    self.blocked.add((b, a))
 
     # --- clients ------------------------------------------------------------------
 
@@ -744,132 +507,9 @@ class Simulation:
         sn.node.read_index(self._next_read, lease=self.rng.random() < 0.5)
         self._handle_ready(sn)
 
-    def _serve_reads(self, sn: SimNode, rd: Ready) -> None:
-        for rs in rd.read_states:
-            committed_before = self._reads.pop(rs.request)
-            if rs.index < committed_before:
-                raise SafetyViolation(
-                    f"stale read: node {sn.id} serves read {rs.request} at index {rs.index}, but {committed_before} "
-                    "entries were committed before it was asked"
-                )
-            self.stats.reads_served += 1
-
     def _new_command(self, prefix: bytes) -> bytes:
         self._next_command += 1
         return prefix + str(self._next_command).encode()
-
-    # --- properties -----------------------------------------------------------------
-
-    def _check(self) -> None:
-        newest_committed = self.committed[-1] if self.committed else None
-        for sn in self.nodes.values():
-            node = sn.node
-            if node is None:
-                continue
-            check_node(node)
-            view = NodeView.of(node)
-            assert sn.view is not None
-            check_transition(sn.view, view)
-            sn.view = view
-            if node.role == LEADER:
-                self._check_leader(node)
-        if newest_committed is not None:
-            self._check_durable(newest_committed)
-        for sn in self.nodes.values():
-            self._check_committed_kept(sn)
-
-    def _check_committed_kept(self, sn: SimNode) -> None:
-        st, committed = sn.storage, self.committed
-        floor = sn.durable_floor
-        if floor and st.term_at(floor) != committed[floor - 1].term:
-            raise SafetyViolation(
-                f"node {sn.id} lost committed entry {committed[floor - 1].term}/{floor} from its storage "
-                f"(now {st.term_at(floor)}; snapshot at {st.snapshot_index}, last index {st.last_index})"
-            )
-        while floor < len(committed) and st.term_at(floor + 1) == committed[floor].term:
-            floor += 1
-        sn.durable_floor = floor
-
-    def _check_leader(self, node: RaftNode) -> None:
-        term = node.current_term
-        known = self.leader_of_term.get(term)
-        if known is None:
-            self.leader_of_term[term] = node.id
-            self.stats.leaders_elected += 1
-            self._note(f"node {node.id} leads term {term}")
-        elif known != node.id:
-            raise SafetyViolation(f"Election Safety: nodes {known} and {node.id} both lead term {term}")
-        # Leader Completeness (§5.4): the newest entry committed in this term or
-        # before is in the leader's log (by Log Matching, so is everything before it).
-        for i in range(len(self.committed) - 1, -1, -1):
-            if self.commit_terms[i] <= term:
-                e = self.committed[i]
-                # Compacted entries were applied here (State Machine Safety checks them).
-                if e.index > node.log.snapshot_index and node.log.term_at(e.index) != e.term:
-                    raise SafetyViolation(
-                        f"Leader Completeness: leader {node.id} of term {term} lacks committed entry {e.term}/{e.index}"
-                    )
-                break
-
-    def _check_durable(self, e: Entry) -> None:
-        lacking = [sn for sn in self.nodes.values() if sn.storage.term_at(e.index) != e.term]
-        holders = len(self.nodes) - len(lacking)
-        if not self.stats.config_changes and holders < self.quorum:
-            raise SafetyViolation(
-                f"Durability: committed entry {e.term}/{e.index} is stored on {holders} nodes, fewer than a majority"
-            )
-        for sn in lacking:
-            st = sn.storage
-            last_term = st.term_at(st.last_index)
-            if last_term is None or last_term < e.term:
-                continue  # every holder's log is more up-to-date than this one
-            config = st.membership(self.bootstrap)
-            if not config.is_voter(sn.id):
-                continue  # it would never campaign
-            electors = [other.id for other in self.nodes.values() if _at_least_as_up_to_date(st, other.storage)]
-            if config.has_quorum(electors):
-                raise SafetyViolation(
-                    f"Leader Completeness: node {sn.id}, whose log ends at {last_term}/{st.last_index}, lacks "
-                    f"committed entry {e.term}/{e.index} yet could win the votes of {sorted(electors)} "
-                    f"under its configuration {config.describe()}"
-                )
-
-    def _check_log_matching(self, node_id: NodeId, e: Entry, prev_term: int) -> None:
-        key = (e.index, e.term)
-        identity = (e.command, prev_term)
-        known = self.entry_identity.setdefault(key, identity)
-        if known != identity:
-            raise SafetyViolation(
-                f"Log Matching: node {node_id} stores {e.term}/{e.index} as {identity}, another node as {known}"
-            )
-
-    @staticmethod
-    def _promised_term(node: RaftNode, msg: Message) -> int | None:
-        """For an append acknowledgement: the term of the entry at match_index when the
-        node decided to send it (by Log Matching, that names the whole prefix)."""
-        if isinstance(msg, AppendEntriesResponse) and msg.success:
-            return node.log.term_at(msg.match_index)
-        return None
-
-    def _check_promise(self, sn: SimNode, msg: Message, promised_term: int | None) -> None:
-        """Persist before you promise (Figure 2): what a message commits its sender to
-        must already be in the sender's storage."""
-        hs = sn.storage.hard_state
-        # Pre-vote traffic names a term nobody has taken yet (thesis §9.6); it
-        # promises nothing, so only the pre-candidate's own next term is allowed.
-        allowed = hs.current_term
-        if isinstance(msg, RequestVote) and msg.pre_vote:
-            allowed = hs.current_term + 1
-        elif isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.vote_granted:
-            allowed = msg.term
-        if msg.term > allowed:
-            raise SafetyViolation(f"node {sn.id} sends term {msg.term} with term {hs.current_term} persisted: {describe(msg)}")
-        if isinstance(msg, RequestVoteResponse) and msg.vote_granted and not msg.pre_vote:
-            if hs.current_term != msg.term or hs.voted_for != msg.dst:
-                raise SafetyViolation(f"node {sn.id} grants a vote it has not persisted ({hs}): {describe(msg)}")
-        elif isinstance(msg, AppendEntriesResponse) and msg.success:
-            if sn.storage.term_at(msg.match_index) != promised_term:
-                raise SafetyViolation(f"node {sn.id} acknowledges entries it has not persisted: {describe(msg)}")
 
     # --- reporting ------------------------------------------------------------------
 
@@ -887,14 +527,6 @@ class Simulation:
         role = fields.pop("role")
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
         self.trace(f"t={self.now}    node {node} [{role} t{term}] {event} {extra}".rstrip())
-
-
-def _at_least_as_up_to_date(candidate: MemoryStorage, voter: MemoryStorage) -> bool:
-    """§5.4.1 between two stored logs: would `voter` find `candidate` up to date?"""
-    c_term, v_term = candidate.term_at(candidate.last_index), voter.term_at(voter.last_index)
-    if c_term != v_term:
-        return c_term > v_term
-    return candidate.last_index >= voter.last_index
 
 
 def _no_event(event: str, **fields: object) -> None:

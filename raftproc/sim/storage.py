@@ -1,11 +1,15 @@
-"""The simulator's stable storage: what survives a crash of a simulated node.
+"""The simulator's stable storage: what survives a crash of a simulated node, and
+the writes that a crash loses.
 
-It follows the same contract as the WAL and snapshot files (raftproc.core.ready):
-persisting a Ready first installs its snapshot (dropping every entry), then stores
-its hard state and replaces stored entries from the first one given. A snapshot's
+It keeps the contract the WAL and snapshot files keep (raftproc.core.ready), and is
+the Ready driver's LogStorage and Syncer (raftproc.server.driver) in the simulator:
+`write` hands a Ready's hard state and entries over without making them durable;
+they wait in `unsynced` until `sync` (inline, or a snapshot install) or until the
+simulation completes a background sync with `sync_next`, one write at a time, as a
+sync thread would report progress. A crash drops `unsynced` (`lose_unsynced`).
+Storing a write replaces stored entries from its first entry on. A snapshot's
 data here is the applied entries themselves, so the checks can still read the term
-of a compacted entry. In the simulator a write is durable the moment it returns; a
-crash loses exactly what the node held in memory and had not yet handed over.
+of a compacted entry.
 """
 
 from __future__ import annotations
@@ -15,23 +19,61 @@ from raftproc.core.ready import HardState, Ready
 
 
 class MemoryStorage:
-    __slots__ = ("hard_state", "entries", "snapshot", "snapshot_data")
+    __slots__ = ("hard_state", "entries", "snapshot", "snapshot_data", "unsynced", "written", "_term_vote", "on_store")
 
     def __init__(self) -> None:
         self.hard_state = HardState()
         self.snapshot: SnapshotMeta | None = None
         self.snapshot_data: tuple[Entry, ...] = ()  # entries 1..snapshot.index
         self.entries: list[Entry] = []  # entries after the snapshot
+        self.unsynced: list[tuple[int, Ready]] = []  # (write number, Ready) handed over, not durable
+        self.written = 0  # writes handed over since the process started
+        self._term_vote = (0, None)  # of the newest write, as the WAL tracks it
+        self.on_store = None  # called with each Ready as it becomes durable (the simulator's checks)
 
     @property
     def snapshot_index(self) -> int:
         return self.snapshot.index if self.snapshot else 0
 
-    def persist(self, rd: Ready, snapshot_data: tuple[Entry, ...] | None = None) -> None:
-        if rd.snapshot is not None:
-            assert snapshot_data is not None and len(snapshot_data) == rd.snapshot.index
-            self.snapshot, self.snapshot_data = rd.snapshot, snapshot_data
-            self.entries = []
+    # --- the driver's side --------------------------------------------------------
+
+    def write(self, rd: Ready) -> bool:
+        self.written += 1
+        if rd.hard_state is None and not rd.entries:
+            return False
+        self.unsynced.append((self.written, rd))
+        hs = rd.hard_state
+        promises = bool(rd.entries) or (hs is not None and (hs.current_term, hs.voted_for) != self._term_vote)
+        if hs is not None:
+            self._term_vote = (hs.current_term, hs.voted_for)
+        return promises
+
+    def sync(self) -> None:
+        while self.unsynced:
+            self.sync_next()
+
+    def request(self, seq: int) -> None:
+        """A background sync is asked for; the simulation decides when it completes."""
+
+    def sync_next(self) -> int:
+        """The oldest unsynced write becomes durable. Returns the number of the newest
+        write now durable (writes with nothing to store count as durable at once)."""
+        _, rd = self.unsynced.pop(0)
+        if self.on_store is not None:
+            self.on_store(rd)
+        self.persist(rd)
+        return self.unsynced[0][0] - 1 if self.unsynced else self.written
+
+    def lose_unsynced(self) -> None:
+        """The process died: what was not synced is gone, and write numbers restart."""
+        self.unsynced = []
+        self.written = 0
+        self._term_vote = (self.hard_state.current_term, self.hard_state.voted_for)
+
+    # --- durable state --------------------------------------------------------------
+
+    def persist(self, rd: Ready) -> None:
+        """Store a Ready's hard state and entries as durable at once."""
         if rd.hard_state is not None:
             self.hard_state = rd.hard_state
         if rd.entries:
@@ -41,6 +83,12 @@ class MemoryStorage:
             base = self.snapshot_index
             del self.entries[max(rd.entries[0].index - base - 1, 0) :]
             self.entries.extend(e for e in rd.entries if e.index > base)
+
+    def install_snapshot(self, meta: SnapshotMeta, data: tuple[Entry, ...]) -> None:
+        """A snapshot received from a leader: it replaces every stored entry."""
+        assert len(data) == meta.index
+        self.snapshot, self.snapshot_data = meta, data
+        self.entries = []
 
     def save_snapshot(self, meta: SnapshotMeta, data: tuple[Entry, ...]) -> None:
         """A local snapshot of applied state: entries it covers leave the log."""

@@ -6,7 +6,12 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 
-from raftproc.sim.cluster import LivenessViolation, SafetyViolation, SimConfig, Simulation
+from raftproc.sim.cluster import (
+    LivenessViolation,
+    SafetyViolation,
+    SimConfig,
+    Simulation,
+)
 
 CLUSTER_SIZES = (3, 5, 7)
 

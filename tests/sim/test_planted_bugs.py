@@ -9,12 +9,13 @@ import pytest
 
 from harness import Cluster, between
 from raftproc.core import Entry, RaftNode
-from raftproc.core.messages import AppendEntries, AppendEntriesResponse
+from raftproc.core.messages import AppendEntries
 from raftproc.core.ready import ReadState
 from raftproc.sim import LivenessViolation, SafetyViolation, SimConfig, Simulation
-from raftproc.sim.cluster import SimNode
+from raftproc.server.driver import Driver
 
 SEEDS_TO_TRY = 300
+DRIVER_SEEDS = 1000  # the issue's bar for the driver bugs: caught within a 1,000-seed sweep
 STEPS = 2000
 
 
@@ -99,7 +100,7 @@ class ReadsWithoutHeartbeatRound(RaftNode):
     heartbeats to confirm it still leads (a deposed leader serves stale reads)."""
 
     def _start_read(self, request: int, lease: bool) -> None:
-        self._read_states.append(ReadState(request, self.commit_index))
+        self.reads.states.append(ReadState(request, self.commit_index))
 
 
 class LeaseNeverExpires(RaftNode):
@@ -119,22 +120,27 @@ class TwoConfigChangesInFlight(RaftNode):
         return False
 
 
-class SendsBeforePersisting(Simulation):
-    """Bug 4, in the host: sends a Ready's messages (votes, acknowledgements) before
-    its hard state and entries reach storage."""
+class SendsBeforePersisting(Driver):
+    """Bug 4, in the Ready driver the node runs: with inline sync, sends a Ready's
+    votes and acknowledgements before its hard state and entries reach storage."""
 
-    def _handle_ready(self, sn: SimNode) -> None:
-        node = sn.node
-        while node.has_ready():
-            rd = node.ready()
-            self._send(sn, rd.messages, [self._promised_term(node, m) for m in rd.messages])
-            self._persist(sn, rd)
-            self._apply(sn, rd.committed_entries)
-            node.advance(rd)
+    def _persist_inline(self, rd, after):
+        self.transport.send(after)
+        super()._persist_inline(rd, [])
 
 
-def first_caught(make_sim) -> tuple[int, str] | None:
-    for i in range(SEEDS_TO_TRY):
+class AcknowledgesBeforeSynced(Driver):
+    """A twelfth, in the Ready driver: with background sync, lets a Ready's votes
+    and acknowledgements leave as soon as its record is written, not once the sync
+    thread reports it durable."""
+
+    def _persist_background(self, rd, after):
+        self.transport.send(after)
+        super()._persist_background(rd, [])
+
+
+def first_caught(make_sim, seeds: int = SEEDS_TO_TRY) -> tuple[int, str] | None:
+    for i in range(seeds):
         nodes = (3, 5, 7)[i % 3]
         try:
             make_sim(i, SimConfig(nodes=nodes, steps=STEPS)).run()
@@ -171,10 +177,14 @@ def test_follower_commits_no_further_than_the_last_entry_the_leader_sent():
         assert follower.commit_index == commit, node_cls.__name__
 
 
-def test_sim_catches_sending_before_persisting():
-    caught = first_caught(lambda seed, cfg: SendsBeforePersisting(seed, cfg))
-    assert caught is not None
+@pytest.mark.parametrize("driver_cls", [SendsBeforePersisting, AcknowledgesBeforeSynced])
+def test_sim_catches_planted_driver_bug(driver_cls):
+    """The bug sits in the Ready driver the node itself runs, so the sweep proves
+    the node's code, not a copy of it."""
+    caught = first_caught(lambda seed, cfg: Simulation(seed, cfg, driver_factory=driver_cls), seeds=DRIVER_SEEDS)
+    assert caught is not None, f"{driver_cls.__name__}: no violation in {DRIVER_SEEDS} seeds"
     assert "persisted" in caught[1] or "Durability" in caught[1] or "Election Safety" in caught[1]
+    print(f"{driver_cls.__name__} caught at seed {caught[0]}: {caught[1]}")
 
 
 def test_correct_node_passes_the_seeds_that_catch_bugs():

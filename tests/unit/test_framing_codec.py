@@ -8,12 +8,12 @@ from hypothesis import strategies as st
 from raftproc.core import AppendEntries, AppendEntriesResponse, Entry, Membership, RequestVote, RequestVoteResponse
 from raftproc.runtime.codec import (
     RemoteProtocolError,
-    decode_client_request,
     decode_message,
     encode,
     encode_message,
 )
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+from raftproc.runtime.requests import decode_request
 
 MESSAGES = [
     RequestVote(src=1, dst=2, term=3, last_log_index=9, last_log_term=2),
@@ -79,7 +79,7 @@ def test_codec_rejects_malformed_bodies_with_remote_protocol_error(body):
 
 @given(st.binary(max_size=200))
 def test_codec_never_raises_anything_but_remote_protocol_error(blob):
-    for decode in (decode_message, decode_client_request):
+    for decode in (decode_message, decode_request):
         try:
             decode(blob)
         except RemoteProtocolError:
@@ -88,19 +88,19 @@ def test_codec_never_raises_anything_but_remote_protocol_error(blob):
 
 def test_client_request_validation():
     ok = {"t": "req", "id": 1, "op": "cas", "key": "k", "value": "v", "expect": None, "client": 5, "seq": 1}
-    assert decode_client_request(encode(ok))["op"] == "cas"
+    assert decode_request(encode(ok)).op == "cas"
     for bad in ({**ok, "op": "drop"}, {**ok, "key": 3}, {**ok, "value": None}, {**ok, "client": "x"}, {**ok, "id": -1}):
         with pytest.raises(RemoteProtocolError):
-            decode_client_request(encode(bad))
+            decode_request(encode(bad))
 
 
 def test_member_request_validation():
     add = {"t": "member", "id": 1, "op": "add", "node": 6, "addresses": ["127.0.0.1:7106", "127.0.0.1:7206"]}
-    assert decode_client_request(encode(add))["addresses"] == (("127.0.0.1", 7106), ("127.0.0.1", 7206))
-    assert decode_client_request(encode({"t": "member", "id": 2, "op": "list"}))["op"] == "list"
+    assert decode_request(encode(add)).addresses == (("127.0.0.1", 7106), ("127.0.0.1", 7206))
+    assert decode_request(encode({"t": "member", "id": 2, "op": "list"})).op == "list"
     for bad in (
         {**add, "op": "grow"}, {**add, "node": 0}, {**add, "node": "6"}, {**add, "addresses": ["127.0.0.1:7106"]},
         {**add, "addresses": ["127.0.0.1:7106", "nowhere"]}, {"t": "member", "id": 3, "op": "remove"},
     ):
         with pytest.raises(RemoteProtocolError):
-            decode_client_request(encode(bad))
+            decode_request(encode(bad))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from harness import Cluster
 from raftproc.core import CANDIDATE, FOLLOWER, LEADER, Config, RequestVote
-from raftproc.core.node import PRE_CANDIDATE
+from raftproc.core.config import PRE_CANDIDATE
 
 PREVOTE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 CLASSIC = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False)

@@ -7,7 +7,7 @@ import pytest
 from harness import Cluster, between
 from raftproc.core import FOLLOWER, LEADER, Config
 from raftproc.core.messages import TimeoutNow
-from raftproc.core.node import TransferInProgress
+from raftproc.core.config import TransferInProgress
 
 PREVOTE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 

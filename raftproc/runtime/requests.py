@@ -1,0 +1,123 @@
+"""What clients ask of a node, as typed requests the client service dispatches on.
+
+`decode_request` turns one client frame into exactly one of the request classes
+below, or raises RemoteProtocolError: every field present, of its type, in its
+range (integers are non-negative and fit in 64 bits, strings are bounded), tags and
+operations from a closed set. The client service never sees an unchecked value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from raftproc.runtime.addresses import Address, parse_address
+from raftproc.runtime.codec import RemoteProtocolError, is_count, load_map
+
+KV_OPS = ("set", "get", "del", "cas")
+READ_MODES = ("log", "index", "lease")
+MEMBER_OPS = ("list", "add", "remove")
+MAX_KEY_CHARS = 4096
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    id: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TransferRequest:
+    id: int
+    target: int | None  # None: the most up-to-date connected voter
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberRequest:
+    id: int
+    op: str  # list | add | remove
+    node: int = 0  # add and remove: the node, >= 1
+    addresses: tuple[Address, Address] | None = None  # add: (peer, client)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KvRequest:
+    id: int
+    op: str  # set | get | del | cas
+    key: str
+    value: str | None
+    expect: str | None  # cas: the value expected, None for an absent key
+    client: int
+    seq: int
+    read: str  # get: log | index | lease; "log" for every write
+
+    @property
+    def is_log_read(self) -> bool:
+        return self.read == "log"
+
+
+ClientRequest = StatusRequest | TransferRequest | MemberRequest | KvRequest
+
+
+def decode_request(data: bytes) -> ClientRequest:
+    body = load_map(data)
+    request_id = body.get("id")
+    if not is_count(request_id):
+        raise RemoteProtocolError("request without a numeric id")
+    t = body.get("t")
+    if t == "status":
+        return StatusRequest(id=request_id)
+    if t == "transfer":
+        target = body.get("target")
+        if not (target is None or is_count(target)):
+            raise RemoteProtocolError("transfer target must be a node id or null (the most up-to-date follower)")
+        return TransferRequest(id=request_id, target=target)
+    if t == "member":
+        return _member_request(request_id, body)
+    if t == "req":
+        return _kv_request(request_id, body)
+    raise RemoteProtocolError("unknown request type")
+
+
+def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
+    op = body.get("op")
+    if not isinstance(op, str) or op not in KV_OPS:
+        raise RemoteProtocolError("unknown operation")
+    client, seq = body.get("client"), body.get("seq")
+    if not is_count(client) or not is_count(seq):
+        raise RemoteProtocolError("request without client id and sequence number")
+    key = body.get("key")
+    if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
+        raise RemoteProtocolError(f"key must be a string of at most {MAX_KEY_CHARS} characters")
+    value, expect = body.get("value"), body.get("expect")
+    if op in ("set", "cas") and not isinstance(value, str):
+        raise RemoteProtocolError(f"{op} needs a string value")
+    if op == "cas" and not (expect is None or isinstance(expect, str)):
+        raise RemoteProtocolError("cas expect must be a string or null (absent)")
+    read = body.get("read", "log")
+    if not isinstance(read, str) or read not in READ_MODES or ("read" in body and op != "get"):
+        raise RemoteProtocolError("read must be log, index or lease, and only on get")
+    return KvRequest(
+        id=request_id, op=op, key=key, value=value if op in ("set", "cas") else None,
+        expect=expect if op == "cas" else None, client=client, seq=seq, read=read,
+    )
+
+
+def _member_request(request_id: int, body: dict[str, Any]) -> MemberRequest:
+    op = body.get("op")
+    if not isinstance(op, str) or op not in MEMBER_OPS:
+        raise RemoteProtocolError("member op must be list, add or remove")
+    if op == "list":
+        return MemberRequest(id=request_id, op=op)
+    node = body.get("node")
+    if not is_count(node) or node < 1:
+        raise RemoteProtocolError(f"member {op} needs a positive node id")
+    if op == "remove":
+        return MemberRequest(id=request_id, op=op, node=node)
+    addresses = body.get("addresses")
+    if not isinstance(addresses, list) or len(addresses) != 2 or not all(isinstance(a, str) for a in addresses):
+        raise RemoteProtocolError("member add needs the node's peer and client addresses, HOST:PORT each")
+    try:
+        peer, client = (parse_address(a) for a in addresses)
+    except ValueError as e:
+        raise RemoteProtocolError(str(e)) from None
+    return MemberRequest(id=request_id, op=op, node=node, addresses=(peer, client))

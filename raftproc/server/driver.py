@@ -1,0 +1,170 @@
+"""The Ready driver: the one place that carries out a core's Ready.
+
+The node (raftproc.server.host) and the simulator (raftproc.sim) both run this
+class; they differ only in the collaborators they hand it, each a small protocol
+below: the node passes its WAL, sockets and key-value store, the simulator
+in-memory twins that can lose unsynced writes and check every promise as it
+leaves (hashicorp/raft's InmemStore/InmemTransport pattern). So what the
+simulator's sweep proves about persist-before-send is proven about this code.
+
+The contract (raftproc.core.ready), for one Ready:
+
+1. A snapshot to install: every write made so far becomes durable and the
+   messages waiting for it leave; the Ready's hard state is made durable (the
+   snapshot's term may be newer than the stored one: a crash right after the
+   install must not find a log ahead of its term); then the installer replaces
+   log and state machine by the snapshot, and the rest of this Ready is synced
+   inline, whatever the sync mode.
+2. A leader's AppendEntries (and InstallSnapshot) leave at once: they promise
+   nothing about the leader's own disk (Raft thesis §10.2.1).
+3. Inline sync: the hard state and entries are written and fsynced; only then do
+   the other messages (votes, acknowledgements) leave.
+   Background sync: the record is written and a sync requested; the messages
+   that promise it wait, in order, until the syncer reports it durable
+   (`on_synced`), and only then does the core hear `persisted()`. A record that
+   needs no sync still waits behind earlier held ones, so messages never overtake.
+4. Committed entries are applied, then confirmed reads are served.
+5. The core advances (persisted=False under background sync).
+
+Nothing else calls the core's advance() or persisted().
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from raftproc.core.messages import Entry, Message, SnapshotMeta
+from raftproc.core.node import RaftNode
+from raftproc.core.ready import ReadState, Ready, split_messages
+
+
+class LogStorage(Protocol):
+    def write(self, rd: Ready) -> bool:
+        """Hand a Ready's hard state and entries to storage, not yet durable. True
+        when it promises something (entries, a new term or vote) and so must be
+        synced before the messages that depend on it leave."""
+
+    def sync(self) -> None:
+        """Make everything written so far durable; returns after the fsync."""
+
+
+class Syncer(Protocol):
+    def request(self, seq: int) -> None:
+        """Sync at least up to write number `seq` (counting from 1) and report it,
+        later, through Driver.on_synced."""
+
+
+class Transport(Protocol):
+    def send(self, messages: Sequence[Message]) -> None: ...
+
+    def flush(self) -> None:
+        """Push out what send() queued, before a slow step (the fsync)."""
+
+
+class StateMachine(Protocol):
+    def apply(self, entries: Sequence[Entry]) -> None:
+        """Apply committed entries, in order (deterministic on every replica)."""
+
+    def serve_reads(self, read_states: Sequence[ReadState]) -> None:
+        """Reads the core confirmed: answer each once its index is applied."""
+
+
+class SnapshotInstaller(Protocol):
+    def install(self, meta: SnapshotMeta) -> None:
+        """Make the snapshot received for `meta` the newest durable one, drop every
+        stored entry, and restore the state machine from it."""
+
+
+class Driver:
+    def __init__(
+        self,
+        raft: RaftNode,
+        *,
+        storage: LogStorage,
+        transport: Transport,
+        state_machine: StateMachine,
+        installer: SnapshotInstaller,
+        syncer: Syncer | None = None,
+        on_ready: Callable[[Ready], None] | None = None,
+    ) -> None:
+        """`syncer` None: fsync inline. `on_ready` sees each Ready before anything
+        is done with it (the node learns addresses from configuration entries there,
+        the simulator notes what each message promises)."""
+        self.raft = raft
+        self.storage = storage
+        self.transport = transport
+        self.state_machine = state_machine
+        self.installer = installer
+        self.syncer = syncer
+        self.on_ready = on_ready
+        self.written = 0  # Ready records handed to storage
+        # Background sync: (write number, messages that wait for it, its last entry).
+        # Invariant: write numbers increase from head to tail.
+        self.held: deque[tuple[int, list[Message], tuple[int, int] | None]] = deque()
+
+    def handle_ready(self) -> None:
+        raft = self.raft
+        while raft.has_ready():
+            rd = raft.ready()
+            if self.on_ready is not None:
+                self.on_ready(rd)
+            if rd.snapshot is not None:
+                self._install(rd)
+            early, after = split_messages(rd)
+            if early:
+                self.transport.send(early)
+                self.transport.flush()
+            inline = self.syncer is None or rd.snapshot is not None
+            if inline:
+                self._persist_inline(rd, after)
+            else:
+                self._persist_background(rd, after)
+            self.state_machine.apply(rd.committed_entries)
+            self.state_machine.serve_reads(rd.read_states)
+            raft.advance(rd, persisted=inline)
+        if self.held:
+            assert self.syncer is not None
+            self.syncer.request(self.written)
+
+    def _write(self, rd: Ready) -> bool:
+        self.written += 1
+        return self.storage.write(rd)
+
+    def _persist_inline(self, rd: Ready, after: list[Message]) -> None:
+        if self._write(rd):
+            self.storage.sync()
+        self.transport.send(after)
+
+    def _persist_background(self, rd: Ready, after: list[Message]) -> None:
+        needs_sync = self._write(rd)
+        last = (rd.entries[-1].index, rd.entries[-1].term) if rd.entries else None
+        if needs_sync or self.held:
+            self.held.append((self.written, after, last))
+        else:
+            self.transport.send(after)
+
+    def on_synced(self, synced: int) -> None:
+        """Writes up to number `synced` are durable: what waited for them leaves, and
+        the core hears which entries its storage now holds. The caller runs
+        handle_ready() afterwards (persisted() may commit and so make a Ready)."""
+        held = self.held
+        while held and held[0][0] <= synced:
+            _, after, last = held.popleft()
+            self.transport.send(after)
+            if last is not None:
+                self.raft.persisted(*last)
+
+    def _install(self, rd: Ready) -> None:
+        assert rd.snapshot is not None
+        if self.held:
+            # Written before the snapshot: durable first, so no held promise is lost
+            # with the log the install drops.
+            self.storage.sync()
+            while self.held:
+                self.transport.send(self.held.popleft()[1])
+        if rd.hard_state is not None:
+            self._write(Ready(hard_state=rd.hard_state))
+            self.storage.sync()
+        self.installer.install(rd.snapshot)

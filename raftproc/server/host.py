@@ -1,0 +1,284 @@
+"""The node host: one Raft node and the rooms that do its IO, wired together.
+
+    open_host(cfg, node_id, log=...)   recover from disk, build every room, listen
+    NodeHost(...)                      the wiring, named collaborator by collaborator
+
+Rooms, each with one job:
+- the Ready driver (raftproc.server.driver): persist, send, apply, advance; the
+  same code the simulator proves;
+- peers (raftproc.server.peers): links to the other nodes, hellos, the address book;
+- snapshots (raftproc.server.snapshots): taking, compacting, installing, streaming;
+- the client service (raftproc.server.clients): typed requests, waiting clients,
+  reads, membership changes; it is the driver's state machine;
+- the event loop (raftproc.runtime.loop), the WAL (raftproc.runtime.wal).
+
+Each pass of the loop ends in `_after_pass`: transfers are settled and a
+membership change is stepped (both may make a Ready), the driver carries out every
+Ready, clients of a node that lost leadership are told, links follow the
+membership, and a snapshot is taken when due. Ticks come from a timer every
+`tick_ms`; the clock is injected (`clock`), as every room's is.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from raftproc.config import ClusterConfig
+from raftproc.core.messages import InstallSnapshot, Message
+from raftproc.core.node import RaftNode
+from raftproc.kv.state_machine import KeyValueStore
+from raftproc.runtime.identity import KnownPeers, load_identity
+from raftproc.runtime.logging import core_logger
+from raftproc.runtime.loop import EventLoop
+from raftproc.runtime.members import describe
+from raftproc.runtime.storage import open_storage
+from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
+from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
+from raftproc.server.clients import ClientService
+from raftproc.server.driver import Driver
+from raftproc.server.peers import Peers
+from raftproc.server.snapshots import SnapshotPolicy, Snapshots
+
+Log = Callable[..., None]
+Clock = Callable[[], float]
+GC_FREEZE_INTERVAL = 5.0  # seconds
+
+
+class PeerTransport:
+    """The driver's transport: Raft messages over the peer links; an InstallSnapshot
+    becomes a snapshot stream."""
+
+    def __init__(self, peers: Peers, snapshots: Snapshots, loop: EventLoop) -> None:
+        self.peers = peers
+        self.snapshots = snapshots
+        self.loop = loop
+
+    def send(self, messages: Sequence[Message]) -> None:
+        for msg in messages:
+            if isinstance(msg, InstallSnapshot):
+                self.snapshots.send(msg)
+            else:
+                self.peers.send(msg)
+
+    def flush(self) -> None:
+        self.loop.flush_now()
+
+
+class NodeHost:
+    def __init__(
+        self,
+        *,
+        node_id: int,
+        cfg: ClusterConfig,
+        loop: EventLoop,
+        raft: RaftNode,
+        kv: KeyValueStore,
+        wal: WriteAheadLog,
+        syncer: BackgroundSync | None,
+        peers: Peers,
+        snapshots: Snapshots,
+        clients: ClientService,
+        driver: Driver,
+        clock: Clock,
+        log: Log,
+    ) -> None:
+        self.id = node_id
+        self.cfg = cfg
+        self.loop = loop
+        self.raft = raft
+        self.kv = kv
+        self.wal = wal
+        self.syncer = syncer
+        self.peers = peers
+        self.snapshots = snapshots
+        self.clients = clients
+        self.driver = driver
+        self.clock = clock
+        self.log = log
+        self.running = True
+        self._linked_membership = None
+        self._reconcile_links()
+        loop.after_pass.append(self._after_pass)
+        self._tick_interval = cfg.tick_ms / 1000
+        self._next_tick = clock() + self._tick_interval
+        self._last_tick_at = clock()
+        loop.call_at(self._next_tick, self._tick)
+        loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
+
+    # --- running ------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self.loop.run()
+        finally:
+            self.close()
+
+    def stop(self) -> None:
+        self.loop.stop()
+
+    def close(self) -> None:
+        if not self.running:
+            return
+        self.running = False
+        self.clients.close()
+        self.peers.close()
+        if self.syncer is not None:
+            self.syncer.stop()
+        self.snapshots.close()
+        self.wal.close()
+        self.loop.close()
+        self.log("node_stopped")
+
+    def _freeze_heap(self) -> None:
+        """Move every object alive now out of the cyclic GC's reach (gc.freeze).
+
+        The log and the key-value store hold millions of long-lived objects; a full
+        collection walks them all and, measured in a 60-second run at peak load,
+        paused the leader long enough to lose an election. Frozen objects are never
+        scanned again, so pauses stay proportional to what is new. The cost: a
+        reference cycle among frozen objects is never collected (the loop creates
+        none on purpose; refcounting frees the rest).
+        """
+        gc.freeze()
+        self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
+
+    def _tick(self) -> None:
+        now = self.clock()
+        # A late timer (a GC pause, SIGSTOP) ticks the node once, not a burst of
+        # catch-up ticks that would start an election the moment the process
+        # resumes; but the read lease's clock hears the whole time that passed.
+        elapsed = max(1, round((now - self._last_tick_at) / self._tick_interval))
+        self._last_tick_at = now
+        self.raft.tick(elapsed)
+        self._next_tick = max(self._next_tick + self._tick_interval, now)
+        self.loop.call_at(self._next_tick, self._tick)
+
+    def _after_pass(self) -> None:
+        self.snapshots.settle()
+        self.clients.poll_member_change()
+        self.driver.handle_ready()
+        self.clients.settle_leadership()
+        self.snapshots.drop_unwanted()
+        if self.raft.membership is not self._linked_membership:
+            self._reconcile_links()
+        self.snapshots.maybe_take()
+
+    def _on_synced(self) -> None:
+        """On the loop thread, after the sync thread made writes durable."""
+        assert self.syncer is not None
+        self.driver.on_synced(self.syncer.synced)
+        self._after_pass()
+
+    def _reconcile_links(self) -> None:
+        """One link per member (and per node the leader still replicates to)."""
+        self._linked_membership = self.raft.membership
+        self.peers.reconcile(set(self.raft.peers) | set(self.raft.progress))
+
+    # --- what peers send ------------------------------------------------------------
+
+    def on_peer_frame(self, frame: Any) -> None:
+        if isinstance(frame, SnapshotChunk):
+            self.snapshots.on_chunk(frame)
+        elif isinstance(frame, SnapshotAck):
+            self.snapshots.on_ack(frame)
+        else:
+            self.raft.step(frame)
+
+    def on_link_down(self, peer: int) -> None:
+        self.raft.report_unreachable(peer)
+        self.snapshots.link_down(peer)
+
+    def on_ready(self, rd) -> None:
+        """Before the driver sends anything: configuration entries teach the address
+        book their members' addresses, so links to new members can be dialled."""
+        for entry in rd.entries:
+            if entry.config is not None:
+                self.peers.learn(entry.command)
+
+    def status(self) -> dict[str, Any]:
+        r = self.raft
+        return {
+            "node": self.id,
+            "pid": os.getpid(),
+            "role": r.role,
+            "term": r.current_term,
+            "leader": r.leader_id,
+            "commit_index": r.commit_index,
+            "last_applied": self.kv.last_applied,
+            "last_index": r.log.last_index,
+            **self.snapshots.status(),
+            "log_entries": len(r.log),
+            "wal_bytes": self.wal.disk_bytes(),
+            "transferring_to": r.transferee,
+            "membership": describe(r.membership),
+            "keys": len(self.kv.data),
+            "log_digest": self.kv.log_digest(),
+            "state_digest": self.kv.state_digest(),
+        }
+
+
+def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time.monotonic, rng: random.Random | None = None) -> NodeHost:
+    """Recover node `node_id` from its data directory (newest valid snapshot, then
+    the WAL after it, then the core on top), build its rooms and start listening."""
+    started = clock()
+    rng = rng or random.Random()
+    me = cfg.node(node_id)
+    data_dir = cfg.node_data_dir(node_id)
+    st = open_storage(data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
+    wal, rec, meta = st.wal, st.log, st.meta
+    incarnation = load_identity(data_dir, node_id, sync=wal.sync_enabled)
+    kv = KeyValueStore()
+    if meta is not None and st.image is not None:
+        kv.restore(meta.index, st.image)
+    raft = RaftNode(
+        node_id, cfg.bootstrap_voters(), rng=rng, config=cfg.raft(), hard_state=rec.hard_state,
+        entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
+    )
+    loop = EventLoop()
+    host: NodeHost | None = None  # the rooms' callbacks reach it once it exists
+    peers = Peers(
+        me=node_id, incarnation=incarnation, book=dict(cfg.nodes), known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
+        loop=loop, rng=rng, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer, log=log,
+        on_frame=lambda frame: host.on_peer_frame(frame), on_link_down=lambda peer: host.on_link_down(peer),
+    )
+    # Addresses of nodes added after the config file was written.
+    if meta is not None:
+        peers.learn(meta.context)
+    for entry in rec.entries:
+        if entry.config is not None:
+            peers.learn(entry.command)
+    snapshots = Snapshots(
+        me=node_id, data_dir=data_dir, wal=wal, newest=st.snapshot, floor=st.floor, raft=raft, kv=kv, peers=peers, loop=loop,
+        policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes), clock=clock, log=log,
+    )
+    clients = ClientService(
+        me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
+        clock=clock, log=log, status=lambda: host.status(), on_applied=snapshots.applied,
+    )
+    syncer = None
+    if cfg.background_sync:
+        wake = loop.make_waker(lambda: host._on_synced())
+        syncer = BackgroundSync(wal, lambda seq: wake())
+    driver = Driver(
+        raft, storage=wal, transport=PeerTransport(peers, snapshots, loop), state_machine=clients, installer=snapshots,
+        syncer=syncer, on_ready=lambda rd: host.on_ready(rd),
+    )
+    log(
+        "wal_recovered", term=rec.hard_state.current_term, role=raft.role, segments=rec.segments, records=rec.records,
+        entries=len(rec.entries), voted_for=rec.hard_state.voted_for, commit_index=rec.hard_state.commit_index,
+        snapshot_index=meta.index if meta else 0, keys=len(kv.data), wal_floor=st.floor,
+        torn_tail_bytes=rec.torn_tail_bytes, ms=round((clock() - started) * 1000, 1),
+    )
+    peers.listen(me.peer)
+    clients.listen(me.client)
+    host = NodeHost(
+        node_id=node_id, cfg=cfg, loop=loop, raft=raft, kv=kv, wal=wal, syncer=syncer, peers=peers, snapshots=snapshots,
+        clients=clients, driver=driver, clock=clock, log=log,
+    )
+    log("node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}", pid=os.getpid())
+    return host

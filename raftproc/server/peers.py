@@ -1,0 +1,286 @@
+"""Peers: the node's links to the other nodes, and the address book.
+
+One outbound connection per peer carries everything this node sends it; it is
+redialled with backoff when it drops (at once when the peer speaks to us first,
+so a restarted node hears its leader before its election timer fires). Inbound
+connections carry what peers send us: each must open with a hello
+(raftproc.runtime.identity) naming a node we know and an incarnation we accept;
+frames count only after it, and only from the node that said hello. A frame that
+breaks these rules costs its connection, never the process.
+
+The address book starts as the config file's nodes; configuration entries and
+snapshots carry the addresses of their members, newest wins (`learn`). Links to
+nodes that left are closed (`reconcile`).
+"""
+
+from __future__ import annotations
+
+import random
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from raftproc.config import NodeAddress
+from raftproc.core.messages import Message
+from raftproc.runtime.codec import (
+    PeerFrame,
+    RemoteProtocolError,
+    decode_message,
+    encode_message,
+)
+from raftproc.runtime.entries import decode_addresses, encode_addresses
+from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
+from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
+
+Log = Callable[..., None]
+
+
+class PeerLink:
+    """The one outbound connection to a peer, redialled with backoff when it drops."""
+
+    def __init__(self, peers: Peers, peer_id: int, address: tuple[str, int]) -> None:
+        self.peers = peers
+        self.peer_id = peer_id
+        self.address = address
+        self.backoff = Backoff(peers.rng)
+        self.conn: Connection | None = None
+        self.connected = False
+        self.closed = False  # the peer left the cluster: no more redials
+        self._generation = 0  # a redial scheduled under an older generation is void
+        self._dial()
+
+    def close(self) -> None:
+        self.closed = True
+        self._generation += 1
+        if self.conn is not None:
+            self.conn.close("peer left the cluster")
+
+    def send(self, body: bytes) -> bool:
+        """Queue a frame; False when it was dropped (no connection, or its buffer full)."""
+        return self.conn is not None and self.conn.send(body)
+
+    def _dial(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            sock.connect(self.address)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass  # reported through SO_ERROR when the socket turns writable
+        p = self.peers
+        self.conn = Connection(
+            p.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close,
+            max_frame=p.max_frame, max_buffer=p.max_buffer, log=p.log, connecting=True, on_connected=self._on_connected,
+        )
+        # Queued ahead of anything else, so it is the connection's first frame.
+        self.conn.send(encode_message(PeerHello(p.me, self.peer_id, p.incarnation)))
+
+    def _on_connected(self, conn: Connection) -> None:
+        self.connected = True
+        self.backoff.reset()
+        self.peers.log("peer_connected", peer=self.peer_id)
+
+    def _on_frame(self, conn: Connection, body: bytes) -> None:
+        try:
+            msg = decode_message(body)
+        except RemoteProtocolError:
+            msg = None
+        if isinstance(msg, PeerRefused) and msg.src == self.peer_id and msg.dst == self.peers.me:
+            self.peers.refused_by(self.peer_id, msg.reason)
+            conn.close("refused by the peer")
+            return
+        self.peers.log("frame_error", level="warning", conn=conn.name, error="unexpected frame on an outbound link")
+        conn.close("protocol error")
+
+    def redial_now(self) -> None:
+        if self.conn is None and self.peers.running and not self.closed:
+            self._generation += 1
+            self.backoff.reset()
+            self._dial()
+
+    def _on_close(self, conn: Connection, reason: str) -> None:
+        self.conn = None
+        if self.connected:
+            self.connected = False
+            self.peers.log("peer_disconnected", level="warning", peer=self.peer_id, reason=reason)
+            self.peers.on_link_down(self.peer_id)
+        if self.peers.running and not self.closed:
+            generation = self._generation
+            self.peers.loop.call_later(self.backoff.next_delay(), lambda: self._redial(generation))
+
+    def _redial(self, generation: int) -> None:
+        if generation == self._generation and self.conn is None and self.peers.running and not self.closed:
+            self._dial()
+
+
+class Peers:
+    def __init__(
+        self,
+        *,
+        me: int,
+        incarnation: int,
+        book: dict[int, NodeAddress],
+        known_peers: KnownPeers,
+        loop: EventLoop,
+        rng: random.Random,
+        max_frame: int,
+        max_buffer: int,
+        log: Log,
+        on_frame: Callable[[PeerFrame], None],
+        on_link_down: Callable[[int], None],
+    ) -> None:
+        """`on_frame` gets every admitted frame (Raft messages and snapshot chunks and
+        acknowledgements); `on_link_down(peer)` hears that a link that was up broke."""
+        self.me = me
+        self.incarnation = incarnation
+        self.book = book
+        self.known_peers = known_peers
+        self.loop = loop
+        self.rng = rng
+        self.max_frame = max_frame
+        self.max_buffer = max_buffer
+        self.log = log
+        self.on_frame = on_frame
+        self.on_link_down = on_link_down
+        self.links: dict[int, PeerLink] = {}
+        self.inbound: set[Connection] = set()
+        self._greeted: dict[Connection, int] = {}  # inbound connection -> the node that said hello
+        self._refused_logged: dict[int, str] = {}  # peer -> why we refused it (logged once)
+        self._refused_by: dict[int, str] = {}  # peer -> why it refused us (logged once)
+        self.running = False
+        self.listener: Listener | None = None
+
+    def listen(self, address: tuple[str, int]) -> None:
+        self.listener = Listener(self.loop, address, self._accept)
+        self.running = True
+
+    def close(self) -> None:
+        self.running = False
+        for conn in list(self.inbound):
+            conn.close("node shutting down")
+        for link in self.links.values():
+            if link.conn is not None:
+                link.conn.close("node shutting down")
+        if self.listener is not None:
+            self.listener.close()
+
+    # --- sending ------------------------------------------------------------------
+
+    def send(self, msg: Message | Any) -> bool:
+        link = self.link(msg.dst)
+        return link is not None and link.send(encode_message(msg))
+
+    def is_connected(self, peer: int) -> bool:
+        link = self.links.get(peer)
+        return link is not None and link.connected
+
+    def link(self, peer: int) -> PeerLink | None:
+        link = self.links.get(peer)
+        if link is None:
+            address = self.book.get(peer)
+            if address is None or not self.running:
+                self.log("message_dropped", level="warning", peer_id=peer, reason="no address known for this node")
+                return None
+            link = self.links[peer] = PeerLink(self, peer, address.peer)
+        return link
+
+    def reconcile(self, wanted: set[int]) -> None:
+        """One link per node in `wanted`; links to any other node are closed."""
+        for peer in sorted(wanted - set(self.links)):
+            self.link(peer)
+        for peer in set(self.links) - wanted:
+            self.links.pop(peer).close()
+            self.log("peer_link_closed", peer_id=peer, reason="not a member")
+
+    # --- the address book ---------------------------------------------------------------
+
+    def learn(self, context: bytes | None) -> None:
+        """Addresses a configuration entry or snapshot carries; a changed address
+        closes the old link (the next send dials the new one)."""
+        if context is None:
+            return
+        try:
+            book = decode_addresses(context)
+        except ValueError as e:
+            self.log("address_book_invalid", level="warning", error=str(e))
+            return
+        for node, (peer, client) in book.items():
+            known = self.book.get(node)
+            if known is None or (known.peer, known.client) != (peer, client):
+                self.book[node] = NodeAddress(node, peer, client, join=True)
+                self.log("peer_address_learned", peer_id=node, peer=f"{peer[0]}:{peer[1]}", client=f"{client[0]}:{client[1]}")
+                link = self.links.pop(node, None)
+                if link is not None:
+                    link.close()
+
+    def context(self, members) -> bytes:
+        """The address book a configuration entry (or snapshot) carries: its members'."""
+        return encode_addresses({i: (self.book[i].peer, self.book[i].client) for i in members if i in self.book})
+
+    # --- inbound ------------------------------------------------------------------
+
+    def _accept(self, sock: socket.socket, addr: tuple) -> None:
+        conn = Connection(
+            self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_inbound_frame, on_close=self._on_inbound_close,
+            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.log,
+        )
+        self.inbound.add(conn)
+
+    def _on_inbound_frame(self, conn: Connection, body: bytes) -> None:
+        try:
+            msg = decode_message(body)
+        except RemoteProtocolError as e:
+            self._reject(conn, str(e))
+            return
+        if msg.dst != self.me or msg.src not in self.book or msg.src == self.me:
+            self._reject(conn, f"message from {msg.src} for {msg.dst} on node {self.me}")
+            return
+        speaker = self._greeted.get(conn)
+        if speaker is None:
+            if isinstance(msg, PeerHello):
+                self._on_hello(conn, msg)
+            else:
+                self._reject(conn, f"{type(msg).__name__} from {msg.src} before its hello")
+            return
+        if isinstance(msg, (PeerHello, PeerRefused)) or msg.src != speaker:
+            self._reject(conn, f"{type(msg).__name__} from {msg.src} on node {speaker}'s connection")
+            return
+        link = self.links.get(msg.src)
+        if link is not None and link.conn is None:
+            link.redial_now()
+        self.on_frame(msg)
+
+    def _reject(self, conn: Connection, error: str) -> None:
+        """A frame we cannot accept costs the sender its connection, nothing more."""
+        self.log("frame_error", level="warning", conn=conn.name, error=error)
+        conn.close("protocol error")
+
+    def _on_hello(self, conn: Connection, hello: PeerHello) -> None:
+        """Admit the connection if the peer still has the data it had when first heard
+        (raftproc.runtime.identity); its frames count only then."""
+        try:
+            refusal = self.known_peers.admit(hello.src, hello.incarnation)
+        except OSError as e:
+            self.log("peer_record_failed", level="error", peer_id=hello.src, error=str(e))
+            conn.close("cannot record the peer's incarnation")
+            return
+        if refusal is not None:
+            if self._refused_logged.get(hello.src) != refusal:  # once, not at every redial
+                self._refused_logged[hello.src] = refusal
+                self.log("peer_refused", level="error", peer_id=hello.src, reason=refusal)
+            conn.send(encode_message(PeerRefused(self.me, hello.src, refusal)))
+            conn.flush()  # a best effort: the close below drops what is still queued
+            conn.close("peer refused")
+            return
+        self._greeted[conn] = hello.src
+
+    def refused_by(self, peer: int, reason: str) -> None:
+        if self._refused_by.get(peer) != reason:  # once, not at every redial
+            self._refused_by[peer] = reason
+            self.log("refused_by_peer", level="error", peer_id=peer, reason=reason)
+
+    def _on_inbound_close(self, conn: Connection, reason: str) -> None:
+        self.inbound.discard(conn)
+        self._greeted.pop(conn, None)
