@@ -100,6 +100,7 @@ class Client:
         self._request_id = 0
         self._conns: dict[Address, _Conn] = {}
         self._target: Address = self.rng.choice(list(self.addresses.values()))
+        self._answered_by: Address | None = None  # the node that gave the last "ok"
 
     # --- operations ---------------------------------------------------------------
 
@@ -123,41 +124,7 @@ class Client:
         body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": self.client_id, "seq": self.seq}
         if op == "get" and read != "log":
             body["read"] = read
-        deadline = time.monotonic() + self.timeout
-        maybe_sent = False  # has any attempt possibly reached a leader's log?
-        delay = min(0.01, self.max_backoff)
-        last_error = "no attempt made"
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                if maybe_sent:
-                    raise Unknown(f"{op} {key}: outcome unknown after {self.timeout}s ({last_error})")
-                raise Failed(f"{op} {key}: no leader accepted it within {self.timeout}s ({last_error})")
-            target = self._target
-            try:
-                answer = self._call(target, body, min(self.attempt_timeout, remaining))
-            except (OSError, FrameError, RemoteProtocolError) as e:
-                # The request may have reached the node before the connection broke.
-                maybe_sent = maybe_sent or not isinstance(e, ConnectionRefusedError)
-                last_error = f"node {target[0]}:{target[1]}: {e or type(e).__name__}"
-                self._drop(target)
-                self._target = self._other_node(target)
-            else:
-                status = answer.get("status")
-                if status == "ok":
-                    return answer["result"]
-                if status == "redirect":
-                    self._target = self._redirected(answer, target)
-                    last_error = f"redirected to node {answer.get('leader')}"
-                    continue
-                if status == "error":
-                    raise Failed(f"{op} {key}: rejected: {answer.get('error')}")
-                if status == "unknown":
-                    maybe_sent = True
-                last_error = f"{status}: {answer.get('error', 'no leader known')}"
-                self._target = self._other_node(target) if status == "no_leader" else target
-            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))  # back off before retrying
-            delay = min(delay * 2, self.max_backoff)
+        return self._ask(body, f"{op} {key}")
 
     def transfer(self, target: int | None = None, *, ask: int | None = None) -> int:
         """Ask the leader (`ask`: try this node first) to hand leadership to
@@ -166,29 +133,8 @@ class Client:
         if ask is not None:
             self._target = self.addresses[ask]
         deadline = time.monotonic() + self.timeout
-        old = None
-        chosen = None
-        while chosen is None:
-            if time.monotonic() > deadline:
-                raise Failed(f"no leader accepted the transfer within {self.timeout}s")
-            node_target = self._target
-            try:
-                answer = self._call(node_target, {"t": "transfer", "target": target}, self.attempt_timeout)
-            except (OSError, FrameError, RemoteProtocolError):
-                self._drop(node_target)
-                self._target = self._other_node(node_target)
-                continue
-            status = answer.get("status")
-            if status == "ok":
-                chosen = answer["result"]["target"]
-                old = next((i for i, a in self.addresses.items() if a == node_target), None)
-            elif status == "redirect":
-                self._target = self._redirected(answer, node_target)
-            elif status == "error":
-                raise Failed(f"transfer refused: {answer.get('error')}")
-            else:
-                self._target = self._other_node(node_target)
-                time.sleep(0.05)  # no leader yet: back off before asking again
+        chosen = self._ask({"t": "transfer", "target": target}, "transfer", deadline=deadline)["target"]
+        old = next((i for i, a in self.addresses.items() if a == self._answered_by), None)
         while time.monotonic() < deadline:
             leader = self._leader_seen_by(chosen)
             if leader is not None and leader != old:
@@ -207,32 +153,58 @@ class Client:
             body["node"] = node
         if op == "add":
             body["addresses"] = [peer, client]
-        deadline = time.monotonic() + self.timeout
+        # The leader answers an add only once the learner caught up: one attempt may
+        # take the whole deadline.
+        return self._ask(body, f"member {op}", whole_deadline=True)
+
+    def _ask(self, body: dict[str, Any], what: str, *, deadline: float | None = None, whole_deadline: bool = False) -> dict[str, Any]:
+        """The one retry loop: send `body` to the node believed to lead, follow
+        redirects, and back off (exponentially, up to max_backoff) before every
+        retry that is not a fresh redirect, until the answer is "ok" (its result is
+        returned), "error" (Failed), or the deadline passes: Unknown when an
+        attempt may have reached a leader's log, else Failed."""
+        deadline = deadline if deadline is not None else time.monotonic() + self.timeout
+        maybe_sent = False  # has any attempt possibly reached a leader's log?
+        delay = min(0.01, self.max_backoff)
+        redirects = 0  # in a row: two nodes pointing at each other must not spin
         last_error = "no attempt made"
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise Unknown(f"member {op}: no definite answer within {self.timeout}s ({last_error})")
+                if maybe_sent:
+                    raise Unknown(f"{what}: outcome unknown after {self.timeout}s ({last_error})")
+                raise Failed(f"{what}: no leader accepted it within {self.timeout}s ({last_error})")
             target = self._target
             try:
-                answer = self._call(target, body, remaining)
+                answer = self._call(target, body, remaining if whole_deadline else min(self.attempt_timeout, remaining))
             except (OSError, FrameError, RemoteProtocolError) as e:
+                # The request may have reached the node before the connection broke.
+                maybe_sent = maybe_sent or not isinstance(e, ConnectionRefusedError)
                 last_error = f"node {target[0]}:{target[1]}: {e or type(e).__name__}"
                 self._drop(target)
                 self._target = self._other_node(target)
-                continue
-            status = answer.get("status")
-            if status == "ok":
-                return answer["result"]
-            if status == "error":
-                raise Failed(f"member {op} refused: {answer.get('error')}")
-            if status == "redirect":
-                self._target = self._redirected(answer, target)
-                continue
-            last_error = f"{status}: {answer.get('error', 'no leader known')}"
-            if status == "no_leader":
-                self._target = self._other_node(target)
-            time.sleep(0.05)  # back off before asking again
+                redirects = 0
+            else:
+                status = answer.get("status")
+                if status == "ok":
+                    self._answered_by = target
+                    return answer["result"]
+                if status == "error":
+                    raise Failed(f"{what}: rejected: {answer.get('error')}")
+                if status == "redirect":
+                    self._target = self._redirected(answer, target)
+                    last_error = f"redirected to node {answer.get('leader')}"
+                    redirects += 1
+                    if redirects == 1:
+                        continue
+                else:
+                    redirects = 0
+                    maybe_sent = maybe_sent or status == "unknown"
+                    last_error = f"{status}: {answer.get('error', 'no leader known')}"
+                    if status == "no_leader":
+                        self._target = self._other_node(target)
+            time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
+            delay = min(delay * 2, self.max_backoff)
 
     def _leader_seen_by(self, node_id: int) -> int | None:
         try:

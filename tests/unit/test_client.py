@@ -1,0 +1,157 @@
+"""The client's outcome classes decide what the linearizability checker sees: a
+Failed operation is taken as never applied, an Unknown one as maybe applied. Each
+test scripts a fake node on loopback and checks the outcome and how often the
+client asked."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from raftproc.client import Client, Failed, Unknown
+from raftproc.runtime import codec
+from raftproc.runtime.framing import FrameDecoder, encode_frame
+
+
+class FakeNode:
+    """Answers every request with `script(request) -> answer fields`, or closes the
+    connection when the script returns None."""
+
+    def __init__(self, script) -> None:
+        self.script = script
+        self.requests: list[dict] = []
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.address = self.sock.getsockname()
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.05)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        decoder = FrameDecoder()
+        with conn:
+            while True:
+                try:
+                    data = conn.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for frame in decoder.feed(data):
+                    req = codec.load_map(frame)
+                    self.requests.append(req)
+                    fields = self.script(req)
+                    if fields is None:
+                        return  # close without answering
+                    conn.sendall(encode_frame(codec.encode({"t": "resp", "id": req["id"], **fields})))
+
+    def close(self) -> None:
+        self._stop = True
+        self.sock.close()
+        self._thread.join()
+
+
+@pytest.fixture
+def fake():
+    nodes = []
+
+    def make(script):
+        node = FakeNode(script)
+        nodes.append(node)
+        return node
+
+    yield make
+    for node in nodes:
+        node.close()
+
+
+def client_for(*nodes, timeout=0.6) -> Client:
+    return Client({i + 1: n.address for i, n in enumerate(nodes)}, timeout=timeout, attempt_timeout=0.2, max_backoff=0.05)
+
+
+def test_client_ok_returns_the_result(fake):
+    node = fake(lambda req: {"status": "ok", "result": {"ok": True}})
+    assert client_for(node).set("k", "v") == {"ok": True}
+    assert len(node.requests) == 1
+
+
+def test_client_error_is_failed_at_once(fake):
+    node = fake(lambda req: {"status": "error", "error": "too large"})
+    with pytest.raises(Failed, match="too large"):
+        client_for(node).set("k", "v")
+    assert len(node.requests) == 1
+
+
+def test_client_no_leader_until_the_deadline_is_failed_and_backs_off(fake):
+    node = fake(lambda req: {"status": "no_leader"})
+    started = time.monotonic()
+    with pytest.raises(Failed):
+        client_for(node, timeout=0.5).set("k", "v")
+    # 0.5 s of retries with backoff growing to 50 ms: a handful, not thousands.
+    assert 3 <= len(node.requests) <= 40
+    assert time.monotonic() - started >= 0.5
+
+
+def test_client_unknown_answer_makes_the_outcome_unknown(fake):
+    node = fake(lambda req: {"status": "unknown", "error": "leadership lost before commit"})
+    with pytest.raises(Unknown):
+        client_for(node).set("k", "v")
+
+
+def test_client_connection_lost_after_sending_is_unknown(fake):
+    node = fake(lambda req: None)
+    with pytest.raises(Unknown):
+        client_for(node).set("k", "v")
+    assert node.requests, "the request reached the node"
+
+
+def test_client_retries_reuse_the_sequence_number(fake):
+    answers = iter([{"status": "unknown"}, {"status": "no_leader"}, {"status": "ok", "result": {"ok": True}}])
+    node = fake(lambda req: next(answers))
+    assert client_for(node, timeout=2).set("k", "v") == {"ok": True}
+    assert [r["seq"] for r in node.requests] == [1, 1, 1]
+    assert len({r["id"] for r in node.requests}) == 3
+
+
+def test_client_follows_a_redirect(fake):
+    leader = fake(lambda req: {"status": "ok", "result": {"ok": True}})
+    follower = fake(lambda req: {"status": "redirect", "leader": 1, "leader_addr": f"{leader.address[0]}:{leader.address[1]}"})
+    c = Client({2: follower.address}, timeout=1, attempt_timeout=0.2)
+    assert c.set("k", "v") == {"ok": True}
+    assert len(leader.requests) == 1 and c.addresses[1] == leader.address
+
+
+def test_client_with_every_node_down_backs_off_for_every_operation():
+    """Nothing listens: every operation, member and transfer included, waits between
+    attempts instead of burning a core until its deadline, then fails."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    address = sock.getsockname()
+    sock.close()  # nothing listens there now
+    for run in (lambda c: c.set("k", "v"), lambda c: c.member("list"), lambda c: c.transfer()):
+        c = Client({1: address}, timeout=0.5, attempt_timeout=0.2, max_backoff=0.05)
+        calls = 0
+        real_call = c._call
+
+        def counting_call(*args, **kwargs):
+            nonlocal calls
+            calls += 1
+            return real_call(*args, **kwargs)
+
+        c._call = counting_call
+        cpu = time.process_time()
+        with pytest.raises(Failed):
+            run(c)
+        assert calls <= 40, f"{calls} attempts in 0.5 s"
+        assert time.process_time() - cpu < 0.3
