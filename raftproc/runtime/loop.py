@@ -259,8 +259,9 @@ class Listener:
 
 
 class Backoff:
-    """Capped exponential backoff with full jitter (the AWS architecture blog's
-    "full jitter"): reconnect storms after a restart spread out."""
+    """Capped exponential backoff with equal jitter (the AWS architecture blog's
+    name): each delay is drawn from [d/2, d] for d = base * 2**attempt, capped, so
+    reconnect storms after a restart spread out while no retry comes too early."""
 
     def __init__(self, rng: random.Random, base: float = 0.02, cap: float = 1.0) -> None:
         self.rng = rng

@@ -5,7 +5,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from raftproc.core import AppendEntries, AppendEntriesResponse, Entry, Membership, RequestVote, RequestVoteResponse
+from raftproc.core import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    Membership,
+    RequestVote,
+    RequestVoteResponse,
+)
+from raftproc.core.messages import TimeoutNow
+from raftproc.runtime import codec
 from raftproc.runtime.codec import (
     RemoteProtocolError,
     decode_message,
@@ -13,7 +22,15 @@ from raftproc.runtime.codec import (
     encode_message,
 )
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
-from raftproc.runtime.requests import decode_request
+from raftproc.runtime.identity import PeerHello, PeerRefused
+from raftproc.runtime.requests import (
+    KvRequest,
+    MemberRequest,
+    StatusRequest,
+    TransferRequest,
+    decode_request,
+)
+from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
 MESSAGES = [
     RequestVote(src=1, dst=2, term=3, last_log_index=9, last_log_term=2),
@@ -25,6 +42,11 @@ MESSAGES = [
         src=1, dst=3, term=4, prev_log_index=5, prev_log_term=3, leader_commit=5,
         entries=(Entry(4, 6, b"addresses", Membership((1, 2, 4), outgoing=(1, 2, 3), learners=(5,))), Entry(4, 7, None, Membership((1, 2)))),
     ),
+    TimeoutNow(src=1, dst=2, term=9),
+    SnapshotChunk(src=1, dst=2, term=3, index=40, snap_term=2, offset=0, total=3, data=b"abc"),
+    SnapshotAck(src=2, dst=1, term=3, index=40, snap_term=2, next_offset=3, ok=True),
+    PeerHello(1, 2, 2**63),
+    PeerRefused(2, 1, "node 1 came back with other data"),
 ]
 
 
@@ -49,6 +71,43 @@ def test_framing_refuses_oversized_frame_from_the_header_alone():
 @pytest.mark.parametrize("msg", MESSAGES)
 def test_codec_round_trip(msg):
     assert decode_message(encode_message(msg)) == msg
+
+
+def test_codec_round_trips_cover_every_message_type():
+    assert set(codec._TAGS) <= {type(m) for m in MESSAGES}
+
+
+def test_codec_refuses_integers_past_64_bits_and_unhashable_tags():
+    base = {"v": 2, "t": "tn", "src": 1, "dst": 2, "term": 1}
+    for bad in ({**base, "term": 2**64}, {**base, "term": 10**5000}, {**base, "t": ["tn"]}, {**base, "t": {"x": 1}}, {**base, "v": 10**5000}):
+        with pytest.raises(RemoteProtocolError):
+            decode_message(cbor2.dumps(bad))
+
+
+REQUESTS = [
+    ({"t": "status", "id": 1}, StatusRequest(id=1)),
+    ({"t": "transfer", "id": 2, "target": None}, TransferRequest(id=2, target=None)),
+    ({"t": "transfer", "id": 3, "target": 4}, TransferRequest(id=3, target=4)),
+    ({"t": "member", "id": 4, "op": "list"}, MemberRequest(id=4, op="list")),
+    ({"t": "member", "id": 5, "op": "remove", "node": 3}, MemberRequest(id=5, op="remove", node=3)),
+    (
+        {"t": "member", "id": 6, "op": "add", "node": 6, "addresses": ["h:1", "h:2"]},
+        MemberRequest(id=6, op="add", node=6, addresses=(("h", 1), ("h", 2))),
+    ),
+    (
+        {"t": "req", "id": 7, "op": "get", "key": "k", "value": None, "expect": None, "client": 9, "seq": 1, "read": "index"},
+        KvRequest(id=7, op="get", key="k", value=None, expect=None, client=9, seq=1, read="index"),
+    ),
+    (
+        {"t": "req", "id": 8, "op": "cas", "key": "k", "value": "b", "expect": "a", "client": 9, "seq": 2},
+        KvRequest(id=8, op="cas", key="k", value="b", expect="a", client=9, seq=2, read="log"),
+    ),
+]
+
+
+@pytest.mark.parametrize("body,expected", REQUESTS)
+def test_client_requests_decode_to_their_typed_request(body, expected):
+    assert decode_request(encode(body)) == expected
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,71 @@
+"""The event loop's connection: frames survive partial sends, a full queue refuses
+more instead of growing, write interest is held only while bytes wait; and the
+redial backoff grows, jitters and resets."""
+
+from __future__ import annotations
+
+import random
+import selectors
+import socket
+
+from raftproc.runtime.loop import Backoff, Connection, EventLoop
+
+
+def _pair(loop: EventLoop, *, max_buffer: int = 1 << 20):
+    a, b = socket.socketpair()
+    # A small kernel buffer makes one send() take only part of what is queued.
+    a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    got: list[bytes] = []
+    closed: list[str] = []
+    events: list[str] = []
+    log = lambda event, **f: events.append(event)  # noqa: E731
+    sender = Connection(loop, a, name="a", on_frame=lambda c, body: None, on_close=lambda c, r: closed.append(r), max_frame=1 << 20, max_buffer=max_buffer, log=log)
+    receiver = Connection(loop, b, name="b", on_frame=lambda c, body: got.append(body), on_close=lambda c, r: closed.append(r), max_frame=1 << 20, max_buffer=max_buffer, log=log)
+    return sender, receiver, got, closed
+
+
+def test_connection_delivers_every_frame_in_order_across_partial_sends():
+    loop = EventLoop()
+    sender, _, got, closed = _pair(loop)
+    frames = [bytes([i % 251]) * (1000 + i) for i in range(300)]  # ~450 KB, far past the socket buffers
+    for f in frames:
+        assert sender.send(f)
+    sender.flush()
+    assert sender.out, "one send() cannot take it all: the rest waits"
+    assert sender._events & selectors.EVENT_WRITE, "write interest while bytes wait"
+    for _ in range(10_000):
+        if len(got) == len(frames):
+            break
+        loop.run_once(max_wait=0.1)
+    assert got == frames and not closed
+    assert not sender.out and not sender._events & selectors.EVENT_WRITE, "no write interest once drained"
+    loop.close()
+
+
+def test_connection_refuses_frames_past_its_buffer_instead_of_growing():
+    loop = EventLoop()
+    sender, _, _, _ = _pair(loop, max_buffer=64 * 1024)
+    accepted = sum(sender.send(b"x" * 1000) for _ in range(200))  # never flushed
+    assert 60 <= accepted < 200
+    assert len(sender.out) <= 64 * 1024 + 1004
+    loop.close()
+
+
+def test_connection_closed_refuses_sends():
+    loop = EventLoop()
+    sender, _, _, closed = _pair(loop)
+    sender.close("test")
+    assert closed == ["test"] and sender.send(b"x") is False
+    loop.close()
+
+
+def test_backoff_doubles_with_equal_jitter_up_to_its_cap_and_resets():
+    b = Backoff(random.Random(7), base=0.02, cap=1.0)
+    delays = [b.next_delay() for _ in range(10)]
+    for attempt, d in enumerate(delays):
+        ceiling = min(1.0, 0.02 * 2**attempt)
+        assert ceiling / 2 <= d <= ceiling
+    assert max(delays) <= 1.0 and delays[-1] >= 0.5
+    b.reset()
+    assert 0.01 <= b.next_delay() <= 0.02
