@@ -17,12 +17,17 @@ ME = sys.argv[sys.argv.index("--id") + 1]
 def die_at(step: str) -> None:
     if step != STEP:
         return
+    # The id is written whole before the file appears under its name (a hard link
+    # fails if the name exists): a test that sees the file never reads it empty.
+    draft = f"{FIRED}.{os.getpid()}"
+    with open(draft, "w") as f:
+        f.write(ME)
     try:
-        fd = os.open(FIRED, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.link(draft, FIRED)
     except FileExistsError:
         return
-    os.write(fd, ME.encode())
-    os.close(fd)
+    finally:
+        os.unlink(draft)
     os.kill(os.getpid(), signal.SIGKILL)
 
 
