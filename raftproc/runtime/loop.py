@@ -9,8 +9,8 @@ Each pass of the loop has three phases (after curio's kernel):
    messages queued in one pass leave in one system call.
 
 Every socket is non-blocking. A connection registers EVENT_WRITE only while it has
-bytes the kernel would not take yet; `sendall` is never used. Deadlines come from
-time.monotonic().
+bytes the kernel would not take yet; `sendall` is never used. Deadlines are on the
+loop's clock (time.monotonic unless one is injected).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ Log = Callable[..., None]
 
 
 class EventLoop:
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        """`clock`: seconds, never going back; every timer deadline is on it."""
+        self.clock = clock
         self.sel = selectors.DefaultSelector()
         self._timers: list[tuple[float, int, Callable[[], None]]] = []
         self._seq = itertools.count()
@@ -47,7 +49,7 @@ class EventLoop:
         heapq.heappush(self._timers, (deadline, next(self._seq), fn))
 
     def call_later(self, delay: float, fn: Callable[[], None]) -> None:
-        self.call_at(time.monotonic() + delay, fn)
+        self.call_at(self.clock() + delay, fn)
 
     def mark_dirty(self, conn: Connection) -> None:
         self._dirty.add(conn)
@@ -95,14 +97,14 @@ class EventLoop:
     def run_once(self, max_wait: float = 1.0) -> None:
         timeout = max_wait
         if self._timers:
-            timeout = min(max(self._timers[0][0] - time.monotonic(), 0.0), max_wait)
+            timeout = min(max(self._timers[0][0] - self.clock(), 0.0), max_wait)
         if self._dirty:
             timeout = 0.0
         # Phase 1: IO.
         for key, mask in self.sel.select(timeout):
             key.data(mask)
         # Phase 2: timers due.
-        now = time.monotonic()
+        now = self.clock()
         while self._timers and self._timers[0][0] <= now:
             _, _, fn = heapq.heappop(self._timers)
             fn()

@@ -239,7 +239,7 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
         node_id, cfg.bootstrap_voters(), rng=rng, config=cfg.raft(), hard_state=rec.hard_state,
         entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
     )
-    loop = EventLoop()
+    loop = EventLoop(clock)
     host: NodeHost | None = None  # the rooms' callbacks reach it once it exists
     peers = Peers(
         me=node_id, incarnation=incarnation, book=dict(cfg.nodes), known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
