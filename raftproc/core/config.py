@@ -76,3 +76,15 @@ class Config:
             raise ValueError("heartbeat_interval must be between 1 and election_timeout_min / 3")
         if self.max_entries_per_message < 1 or self.max_inflight_entries < 1:
             raise ValueError("message and inflight limits must be positive")
+
+
+class RoleError(RuntimeError):
+    """A role transition the caller must never ask for (a leader becoming a
+    candidate, say): a bug in the caller, not bad input."""
+
+
+class CommittedConflict(Exception):
+    """A message contradicts an entry this node knows to be committed: the sender is
+    broken or hostile. The node changed nothing for it; the host drops the sender's
+    connection."""
+

@@ -50,9 +50,11 @@ from raftproc.core.config import (
     FOLLOWER,
     LEADER,
     PRE_CANDIDATE,
+    CommittedConflict,
     Config,
     NotLeader,
     Role,
+    RoleError,
     TransferInProgress,
 )
 from raftproc.core.log import LogInvariantError, RaftLog
@@ -466,7 +468,7 @@ class RaftNode(ConfigChanges):
         """Ask for votes in term + 1 without taking it: the term, the vote and the
         log stay as they are until a majority says it would vote for us."""
         if self.role == LEADER:
-            raise LogInvariantError("a leader does not become a pre-candidate")
+            raise RoleError("a leader does not become a pre-candidate")
         self.role = PRE_CANDIDATE
         self.leader_id = None
         self._tick_role = self._tick_election
@@ -477,7 +479,7 @@ class RaftNode(ConfigChanges):
 
     def become_candidate(self) -> None:
         if self.role == LEADER:
-            raise LogInvariantError("a leader does not become a candidate")
+            raise RoleError("a leader does not become a candidate")
         self.current_term += 1
         self.voted_for = self.id  # §5.2: a candidate votes for itself
         self.leader_id = None
@@ -489,7 +491,7 @@ class RaftNode(ConfigChanges):
 
     def become_leader(self) -> None:
         if self.role != CANDIDATE:
-            raise LogInvariantError("only a candidate becomes leader")
+            raise RoleError("only a candidate becomes leader")
         self.role = LEADER
         self.leader_id = self.id
         self._tick_role = self._tick_heartbeat
@@ -708,7 +710,7 @@ class RaftNode(ConfigChanges):
                 continue
             if local_term is not None:
                 if entry.index <= self.commit_index:
-                    raise LogInvariantError(f"leader {msg.src} conflicts with committed entry {entry.index}")
+                    raise CommittedConflict(f"leader {msg.src} conflicts with committed entry {entry.index}")
                 self._log("log_truncated", from_index=entry.index, leader=msg.src)
                 self.log.truncate_from(entry.index)
             self.log.append(msg.entries[offset:])

@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from raftproc.config import ClusterConfig
+from raftproc.core.config import CommittedConflict
 from raftproc.core.messages import InstallSnapshot, Message
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore
@@ -41,7 +42,7 @@ from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
 from raftproc.server.clients import ClientService
 from raftproc.server.driver import Driver
-from raftproc.server.peers import Peers
+from raftproc.server.peers import FrameRefused, Peers
 from raftproc.server.snapshots import SnapshotPolicy, Snapshots
 
 Log = Callable[..., None]
@@ -187,7 +188,10 @@ class NodeHost:
         elif isinstance(frame, SnapshotAck):
             self.snapshots.on_ack(frame)
         else:
-            self.raft.step(frame)
+            try:
+                self.raft.step(frame)
+            except CommittedConflict as e:
+                raise FrameRefused(str(e)) from None
 
     def on_link_down(self, peer: int) -> None:
         self.raft.report_unreachable(peer)

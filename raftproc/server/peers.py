@@ -35,6 +35,12 @@ from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
 Log = Callable[..., None]
 
 
+class FrameRefused(Exception):
+    """Raised by the on_frame handler: the frame was well formed but the node will not
+    take it from this sender (it contradicts what the node knows is committed). The
+    connection it came on is closed; nothing else happens."""
+
+
 class PeerLink:
     """The one outbound connection to a peer, redialled with backoff when it drops."""
 
@@ -250,7 +256,10 @@ class Peers:
         link = self.links.get(msg.src)
         if link is not None and link.conn is None:
             link.redial_now()
-        self.on_frame(msg)
+        try:
+            self.on_frame(msg)
+        except FrameRefused as e:
+            self._reject(conn, f"refused from node {msg.src}: {e}")
 
     def _reject(self, conn: Connection, error: str) -> None:
         """A frame we cannot accept costs the sender its connection, nothing more."""

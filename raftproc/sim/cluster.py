@@ -69,7 +69,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raftproc.core.config import LEADER, Config, TransferInProgress
+from raftproc.core.config import LEADER, CommittedConflict, Config, TransferInProgress
 from raftproc.core.invariants import (
     InvariantViolation,
     NodeView,
@@ -247,7 +247,7 @@ class Simulation(Nemesis, PropertyChecks):
                     check_log(sn.node)
         except LivenessViolation:
             raise
-        except (InvariantViolation, LogInvariantError, SafetyViolation) as e:
+        except (InvariantViolation, LogInvariantError, CommittedConflict, SafetyViolation) as e:
             raise self._violation(SafetyViolation, str(e)) from e
         except Exception as e:  # a crash of the core is a bug to replay like any other
             raise self._violation(SafetyViolation, f"{type(e).__name__}: {e}") from e
