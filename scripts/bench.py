@@ -4,6 +4,7 @@
     python scripts/bench.py                                  # 3 nodes, 1/16/128/512 in flight
     python scripts/bench.py --compare pysyncobj,etcd --repeats 3
     python scripts/bench.py --failover 15                    # kill -9 of the leader, 15 rounds
+    python scripts/bench.py --baseline ../other-checkout     # A/B against another commit
     python scripts/bench.py --nodes 3,5,7 --value-size 64,1024,16384
     python scripts/bench.py --tiny                           # seconds; CI runs this so it cannot rot
     python scripts/bench.py --reads                          # gets: through the log, ReadIndex, lease
@@ -58,8 +59,10 @@ def etcd_binary() -> str | None:
     return shutil.which("etcd")
 
 
-def make_targets(systems: list[str], nodes: int):
+def make_targets(systems: list[str], nodes: int, baseline: str | None = None):
     makers = {"raftproc": lambda: RaftprocTarget(nodes)}
+    if baseline:
+        makers["raftproc-baseline"] = lambda: RaftprocTarget(nodes, source=Path(baseline).resolve())
     if "raftproc-bgsync" in systems:
         makers["raftproc-bgsync"] = lambda: RaftprocTarget(nodes, background_sync=True)
     if "pysyncobj" in systems:
@@ -128,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--window", type=float, default=3.0)
     a.add_argument("--generators", type=int, default=2, help="load generator processes (1 when one request is in flight)")
     a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd (or raftproc-bgsync: fsync on a thread)")
+    a.add_argument("--baseline", help="also run raftproc from this checkout (another commit), interleaved: an A/B in one invocation")
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
     a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
@@ -146,15 +150,15 @@ def main(argv: list[str] | None = None) -> int:
         return read_figures(args, ints(args.inflight))
     if args.tiny:
         args.inflight, args.repeats, args.warmup, args.window = "16", 1, 0.3, 1.0
-    systems = ["raftproc"] + [s for s in args.compare.split(",") if s]
-    unknown = set(systems) - {"raftproc", "raftproc-bgsync", "pysyncobj", "etcd"}
+    systems = ["raftproc"] + (["raftproc-baseline"] if args.baseline else []) + [s for s in args.compare.split(",") if s]
+    unknown = set(systems) - {"raftproc", "raftproc-baseline", "raftproc-bgsync", "pysyncobj", "etcd"}
     if unknown:
         a.error(f"unknown systems {sorted(unknown)}")
 
     results: list[Point] = []
     failovers: list[float] = []
     for nodes in ints(args.nodes):
-        makers = make_targets(systems, nodes)
+        makers = make_targets(systems, nodes, args.baseline)
         points = {
             (s, inflight, size, keys): Point(s, nodes, inflight, size, keys)
             for s in makers for inflight in ints(args.inflight) for size in ints(args.value_size) for keys in ints(args.keys)
@@ -167,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                         if s == system:
                             gens = 1 if inflight == 1 else args.generators
                             measure(target, point, warmup=args.warmup, window=args.window, generators=gens)
-                            print(f"  {system:<9} n={nodes} inflight={inflight:<4} value={size:<5} {point.runs[-1]['ops_per_s']:>9.0f} ops/s  p99 {point.runs[-1]['p99_ms']:.2f} ms", flush=True)
+                            print(f"  {system:<17} n={nodes} inflight={inflight:<4} value={size:<5} {point.runs[-1]['ops_per_s']:>9.0f} ops/s  p99 {point.runs[-1]['p99_ms']:.2f} ms", flush=True)
                 finally:
                     target.close()
         results += points.values()
@@ -192,10 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"window {args.window}s after {args.warmup}s warm-up, {args.repeats} runs, median [min-max]")
-    print(f"{'system':<10}{'nodes':>5}{'load':>9}{'value':>7}{'keys':>9}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
+    print(f"{'system':<18}{'nodes':>5}{'load':>9}{'value':>7}{'keys':>9}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
     for p in results:
         load = f"{p.rate:.0f}/s" if p.rate else str(p.inflight)
-        print(f"{p.system:<10}{p.nodes:>5}{load:>9}{p.value_size:>7}{p.keys:>9}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
+        print(f"{p.system:<18}{p.nodes:>5}{load:>9}{p.value_size:>7}{p.keys:>9}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
               f"{fmt(p, 'p999_ms', 2):<20}{p.median('node_cpu_s'):<12.2f}{p.median('loadgen_cpu_s'):<10.2f}{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}")
     best = {s: max((p.median("ops_per_s") for p in results if p.system == s), default=0) for s in systems}
     for s in systems[1:]:

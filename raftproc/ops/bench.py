@@ -93,11 +93,15 @@ class RaftprocTarget:
     system = "raftproc"
     protocol = "raftproc"
 
-    def __init__(self, nodes: int, *, background_sync: bool = False) -> None:
+    def __init__(self, nodes: int, *, background_sync: bool = False, source: Path | None = None) -> None:
+        """`source`: run the nodes from another checkout of raftproc (a baseline for an
+        A/B measured in one invocation)."""
         if background_sync:
             self.system = "raftproc-bgsync"
+        if source is not None:
+            self.system = "raftproc-baseline"
         self.tmp = Path(tempfile.mkdtemp(prefix="raftproc-bench-"))
-        self.cluster = Cluster(self.tmp / "run")
+        self.cluster = Cluster(self.tmp / "run", env={"PYTHONPATH": str(source)} if source is not None else None)
         self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning", background_sync=background_sync))
         self.cluster.up(wait=20)
 
