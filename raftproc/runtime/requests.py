@@ -39,8 +39,10 @@ class MemberRequest:
     addresses: tuple[Address, Address] | None = None  # add: (peer, client)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True)
 class KvRequest:
+    # Not frozen: a frozen dataclass's __init__ goes through object.__setattr__ per
+    # field, which cost about a microsecond per write on the leader's hot path.
     id: int
     op: str  # set | get | del | cas
     key: str
