@@ -1,7 +1,8 @@
 """Key-value commands as they travel in the Raft log: CBOR maps.
 
 A command carries the client's id and sequence number so the state machine can
-apply a retried request once and answer it with its first result (sessions.py).
+apply a retried request once and answer it with its first result (the session
+table in raftproc.kv.state_machine).
 """
 
 from __future__ import annotations
