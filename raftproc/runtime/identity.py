@@ -94,8 +94,8 @@ class KnownPeers:
         if known == incarnation:
             return None
         if known is not None:
-            return (f"node {peer} came back with other data (incarnation {incarnation}, known as {known}): "
-                    f"it lost what it promised; remove it and add it back under a new id")
+            # The known incarnation is what admits the peer: never echo it.
+            return f"node {peer} came back with other data: it lost what it promised; remove it and add it back under a new id"
         _replace(self.path, {**self.seen, peer: incarnation}, self.sync)
         self.seen[peer] = incarnation
         return None
