@@ -147,7 +147,7 @@ def load_map(data: bytes) -> dict[str, Any]:
     try:
         body = cbor2.loads(data)
     except Exception as e:  # cbor2 raises several types for bad input
-        raise RemoteProtocolError(f"invalid CBOR: {e}") from None
+        raise RemoteProtocolError(f"invalid CBOR: {str(e)[:100]}") from None
     if not isinstance(body, dict):
         raise RemoteProtocolError("body is not a map")
     if body.get("v") != PROTOCOL_VERSION:

@@ -231,7 +231,28 @@ class Connection:
         for body in bodies:
             if self.closed:
                 return
-            self.on_frame(self, body)
+            try:
+                self.on_frame(self, body)
+            except Exception as e:
+                # Whatever a frame provokes costs its connection, never the process.
+                # Handlers turn the faults they expect into a frame_error themselves;
+                # this is for the ones nobody foresaw.
+                self.log("bad_frame", level="error", conn=self.name, error=describe_error(e), bytes=len(body), excerpt=body[:EXCERPT_BYTES].hex())
+                self.close("bad frame")
+                return
+
+
+EXCERPT_BYTES = 32
+MAX_ERROR_CHARS = 200
+
+
+def describe_error(e: BaseException) -> str:
+    """An exception as a bounded line: its text may carry what the peer sent."""
+    try:
+        text = f"{type(e).__name__}: {e}"
+    except Exception:  # e.g. an int too long to turn into text
+        text = type(e).__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 3] + "..."
 
 
 class Listener:

@@ -8,6 +8,7 @@ import random
 import selectors
 import socket
 
+from raftproc.runtime.framing import encode_frame
 from raftproc.runtime.loop import Backoff, Connection, EventLoop
 
 
@@ -69,3 +70,27 @@ def test_backoff_doubles_with_equal_jitter_up_to_its_cap_and_resets():
     assert max(delays) <= 1.0 and delays[-1] >= 0.5
     b.reset()
     assert 0.01 <= b.next_delay() <= 0.02
+
+
+def test_a_frame_whose_handler_raises_costs_its_connection_not_the_loop():
+    loop = EventLoop()
+    a, b = socket.socketpair()
+    events: list[tuple[str, dict]] = []
+    closed: list[str] = []
+
+    def explode(conn, body):
+        raise ValueError("Exceeds the limit (4300 digits) for integer string conversion" + "9" * 5000)
+
+    Connection(loop, b, name="victim", on_frame=explode, on_close=lambda c, r: closed.append(r), max_frame=1 << 20, max_buffer=1 << 20,
+               log=lambda event, **f: events.append((event, f)))
+    a.sendall(encode_frame(b"\xff" * 100))
+    for _ in range(100):
+        if closed:
+            break
+        loop.run_once(max_wait=0.05)
+    assert closed == ["bad frame"]
+    (event, fields), = events
+    assert event == "bad_frame" and fields["level"] == "error"
+    assert len(fields["error"]) <= 200 and fields["excerpt"] == "ff" * 32 and fields["bytes"] == 100
+    a.close()
+    loop.close()
