@@ -54,6 +54,9 @@ class Config:
     election_timeout_max: int = 30  # exclusive
     heartbeat_interval: int = 5
     max_entries_per_message: int = 1024
+    # ...and at most this many bytes of commands (one larger entry travels alone);
+    # well below the transport's frame limit (etcd's MaxSizePerMsg is 1 MiB too).
+    max_bytes_per_message: int = 1024 * 1024
     # REPLICATE mode stops sending new entries to a follower this far ahead of its match.
     max_inflight_entries: int = 8192
     # PreVote (thesis §9.6): ask before raising the term, so a node that was cut off
@@ -74,7 +77,7 @@ class Config:
         # heartbeat or two from starting an election.
         if not 1 <= self.heartbeat_interval <= self.election_timeout_min // 3:
             raise ValueError("heartbeat_interval must be between 1 and election_timeout_min / 3")
-        if self.max_entries_per_message < 1 or self.max_inflight_entries < 1:
+        if self.max_entries_per_message < 1 or self.max_inflight_entries < 1 or self.max_bytes_per_message < 1:
             raise ValueError("message and inflight limits must be positive")
 
 

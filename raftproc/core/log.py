@@ -109,6 +109,18 @@ class RaftLog:
         base = self.snapshot_index + 1
         return tuple(self._entries[lo - base : max(hi - base, 0)])
 
+    def slice_bytes(self, lo: int, hi: int, max_bytes: int) -> tuple[Entry, ...]:
+        """Like slice(lo, hi), stopping before the entry that would take the commands'
+        bytes past `max_bytes`; always at least one entry when the range has one (an
+        entry larger than the cap travels alone)."""
+        out = self.slice(lo, hi)
+        total = 0
+        for n, e in enumerate(out):
+            total += len(e.command) if e.command is not None else 0
+            if total > max_bytes and n > 0:
+                return out[:n]
+        return out
+
     def unstable(self) -> tuple[Entry, ...]:
         return tuple(self._entries[self.written_index - self.snapshot_index :])
 

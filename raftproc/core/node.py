@@ -832,7 +832,9 @@ class RaftNode(ConfigChanges):
         entries: tuple[Entry, ...] = ()
         if pr.state == PROBE or pr.inflight() < self.config.max_inflight_entries:
             hi = min(last + 1, pr.next_index + self.config.max_entries_per_message)
-            entries = self.log.slice(pr.next_index, hi)
+            # Capped in bytes too: a follower far behind on large values must get
+            # messages its transport accepts, or it never catches up.
+            entries = self.log.slice_bytes(pr.next_index, hi, self.config.max_bytes_per_message)
         if not entries and not heartbeat and pr.state == REPLICATE:
             return
         prev = pr.next_index - 1

@@ -111,6 +111,7 @@ def random_raft_config(rng: random.Random) -> Config:
         heartbeat_interval=rng.choice((2, 3)),
         max_entries_per_message=rng.choice((1, 2, 3, 8, 32)),
         max_inflight_entries=rng.choice((4, 16, 64, 256)),
+        max_bytes_per_message=rng.choice((1, 12, 1 << 20)),
         pre_vote=rng.random() < 0.5,
         check_quorum=rng.random() < 0.5,
         promote_lag_entries=rng.choice((0, 4, 32)),

@@ -108,3 +108,31 @@ def test_append_conflicting_with_a_committed_entry_is_refused_and_changes_nothin
     with pytest.raises(CommittedConflict):
         node.step(forged)
     assert node.log.entry(2).command == b"b" and node.commit_index == 2
+
+
+def test_appends_to_a_follower_far_behind_are_capped_in_bytes():
+    """400 entries of 100 KB behind: no AppendEntries carries more than the byte cap
+    (an entry larger than the cap travels alone), so no message outgrows the
+    transport's frame limit and the follower catches up."""
+    from harness import Cluster
+    from raftproc.core import AppendEntries, Config
+
+    cfg = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False,
+                 max_bytes_per_message=250_000)
+    c = Cluster(3, config=cfg)
+    leader = c.elect(1)
+    c.deliver()
+    c.crash(3)
+    for i in range(40):
+        c.propose(1, b"v" * 100_000)
+        c.deliver()
+    c.start(3)
+    c.tick(1, cfg.heartbeat_interval)
+    sizes = []
+    for _ in range(200):
+        sizes += [sum(len(e.command or b"") for e in m.entries) for m in c.queue if isinstance(m, AppendEntries) and m.dst == 3]
+        c.deliver(rounds=1)
+        if c.node(3).log.last_index == leader.log.last_index:
+            break
+    assert c.node(3).log.last_index == leader.log.last_index
+    assert 200_000 <= max(sizes) <= 250_000
