@@ -13,6 +13,10 @@ A TOML file looks like this (every top-level key is optional):
     election_timeout_max = 30
     heartbeat_interval = 5
     max_frame = 16777216       # bytes; larger frames close the connection
+    max_request_bytes = 1572864  # a client request's size limit (etcd's default, 1.5 MiB)
+    max_message_bytes = 1048576  # commands per AppendEntries, in bytes (one larger entry goes alone)
+    max_clients = 1024         # client connections; more are closed at once
+    idle_timeout_ms = 60000    # a connection that completes no frame for this long is closed
     peer_buffer = 67108864     # bytes queued per peer before messages are dropped
     background_sync = false    # fdatasync on a thread while the loop goes on
     pre_vote = true            # ask before raising the term (Raft thesis 9.6)
@@ -73,6 +77,10 @@ class ClusterConfig:
     heartbeat_interval: int = 5
     max_frame: int = 16 * 1024 * 1024
     peer_buffer: int = 64 * 1024 * 1024
+    max_request_bytes: int = 1536 * 1024
+    max_message_bytes: int = 1024 * 1024
+    max_clients: int = 1024
+    idle_timeout_ms: int = 60_000
     background_sync: bool = False
     pre_vote: bool = True
     check_quorum: bool = True
@@ -87,6 +95,7 @@ class ClusterConfig:
             election_timeout_min=self.election_timeout_min,
             election_timeout_max=self.election_timeout_max,
             heartbeat_interval=self.heartbeat_interval,
+            max_bytes_per_message=self.max_message_bytes,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
         )
@@ -121,7 +130,8 @@ def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 
 
 _INT_KEYS = (
     "tick_ms", "election_timeout_min", "election_timeout_max", "heartbeat_interval", "max_frame", "peer_buffer",
-    "snapshot_entries", "snapshot_bytes", "snapshot_chunk_bytes", "segment_bytes",
+    "snapshot_entries", "snapshot_bytes", "snapshot_chunk_bytes", "segment_bytes", "max_request_bytes",
+    "max_message_bytes", "max_clients", "idle_timeout_ms",
 )
 
 
@@ -189,6 +199,10 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
     cfg = replace(cfg, **changes)
     if cfg.snapshot_chunk_bytes > cfg.max_frame - 4096:
         raise ConfigError(f"{source}: snapshot_chunk_bytes must leave room for a frame header under max_frame")
+    # One request becomes one entry, and an entry larger than max_message_bytes
+    # travels alone in an AppendEntries: both must fit in a frame with room to spare.
+    if max(cfg.max_request_bytes, cfg.max_message_bytes) * 2 > cfg.max_frame:
+        raise ConfigError(f"{source}: max_request_bytes and max_message_bytes must each be at most half of max_frame")
     try:
         cfg.raft()
     except ValueError as e:

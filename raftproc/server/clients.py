@@ -74,6 +74,8 @@ class ClientService:
         loop: EventLoop,
         max_frame: int,
         max_buffer: int,
+        max_request_bytes: int,
+        max_clients: int,
         clock: Callable[[], float],
         log: Log,
         status: Callable[[], dict[str, Any]],
@@ -88,6 +90,9 @@ class ClientService:
         self.loop = loop
         self.max_frame = max_frame
         self.max_buffer = max_buffer
+        self.max_request_bytes = max_request_bytes
+        self.max_clients = max_clients
+        self.refused_clients = 0  # connections closed at once for want of room, since start
         self.clock = clock
         self.log = log
         self.status = status
@@ -109,7 +114,7 @@ class ClientService:
         }
 
     def listen(self, address: tuple[str, int]) -> None:
-        self.listener = Listener(self.loop, address, self._accept)
+        self.listener = Listener(self.loop, address, self._accept, log=self.log)
 
     def close(self) -> None:
         self._fail_waiting("unknown", "node shutting down")
@@ -121,6 +126,12 @@ class ClientService:
     # --- requests -----------------------------------------------------------------
 
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
+        if len(self.connections) >= self.max_clients:
+            self.refused_clients += 1
+            if _worth_logging(self.refused_clients):
+                self.log("client_refused", level="warning", reason="max_clients reached", max_clients=self.max_clients, refused=self.refused_clients)
+            sock.close()
+            return
         conn = Connection(
             self.loop, sock, name=f"client-{addr[0]}:{addr[1]}", on_frame=self._on_frame, on_close=self._on_close,
             max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.log,
@@ -137,7 +148,18 @@ class ClientService:
             self.log("frame_error", level="warning", conn=conn.name, error=str(e))
             conn.close("protocol error")
             return
+        if len(body) > self.max_request_bytes:
+            self._answer(conn, req.id, status="error", error=f"request of {len(body)} bytes is over the limit of {self.max_request_bytes} (max_request_bytes)")
+            return
         self._dispatch[type(req)](conn, req)
+
+    def close_idle(self, idle_seconds: float) -> None:
+        """Connections that completed no frame for `idle_seconds` are closed (a
+        connection that sends a byte and then nothing must not hold a slot)."""
+        horizon = self.clock() - idle_seconds
+        for conn in [c for c in self.connections if c.last_frame_at < horizon]:
+            self.log("connection_idle_closed", level="info", conn=conn.name)
+            conn.close("idle")
 
     def _status(self, conn: Connection, req: StatusRequest) -> None:
         self._answer(conn, req.id, status="ok", result=self.status())
@@ -313,3 +335,9 @@ class ClientService:
 
     def _answer(self, conn: Connection, request_id: int, **fields: Any) -> None:
         conn.send(codec.encode({"t": "resp", "id": request_id, **fields}))
+
+
+def _worth_logging(count: int) -> bool:
+    """1, 2, 10, 100, 1000, ...: a refusal that repeats is logged sparsely."""
+    return count <= 2 or str(count).rstrip("0") == "1"
+

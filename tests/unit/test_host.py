@@ -4,10 +4,11 @@ port, driven pass by pass by the test."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
-from raftproc.client import Client
+from raftproc.client import Client, Failed
 from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.server.host import open_host
 
@@ -44,3 +45,63 @@ def test_host_in_process_with_an_injected_clock_serves_a_client(tmp_path):
     assert "became_leader" in events and "node_stopped" in events
     assert host.raft.log.stable_index >= 2  # the no-op and the write, synced
     assert host._last_tick_at > time.monotonic(), "ticks were taken on the injected clock"
+
+
+def _serve(host, until, timeout=20.0):
+    deadline = time.monotonic() + timeout
+    while not until() and time.monotonic() < deadline:
+        host.loop.run_once(max_wait=0.01)
+    return until()
+
+
+def _one_node(tmp_path, **overrides):
+    cfg = ClusterConfig(
+        nodes={1: NodeAddress(1, ("127.0.0.1", 0), ("127.0.0.1", 0))}, data_dir=tmp_path / "data", log_dir=tmp_path / "logs", **overrides
+    )
+    events: list[tuple[str, dict]] = []
+    host = open_host(cfg, 1, log=lambda event, **fields: events.append((event, fields)))
+    assert _serve(host, lambda: host.raft.role == "leader")
+    return host, host.clients.listener.sock.getsockname(), events
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_host_refuses_a_request_over_max_request_bytes_with_a_clear_error(tmp_path):
+    host, address, _ = _one_node(tmp_path, max_request_bytes=64 * 1024)
+    results: dict[str, object] = {}
+
+    def use() -> None:
+        client = Client({1: address}, timeout=5)
+        try:
+            client.set("big", "x" * 100_000)
+        except Failed as e:
+            results["error"] = str(e)
+        results["small"] = client.set("small", "y")
+        client.close()
+
+    user = threading.Thread(target=use)
+    user.start()
+    _serve(host, lambda: not user.is_alive())
+    host.close()
+    assert "over the limit of 65536" in results["error"] and results["small"] == {"ok": True}
+
+
+def test_host_closes_connections_past_max_clients_and_idle_ones(tmp_path):
+    host, address, events = _one_node(tmp_path, max_clients=2, idle_timeout_ms=300)
+    socks = [socket.create_connection(address) for _ in range(3)]
+    assert _serve(host, lambda: host.clients.refused_clients == 1)
+    assert len(host.clients.connections) == 2
+    socks[0].sendall(b"\x00")  # one byte of a frame header, then nothing
+    assert _serve(host, lambda: all(_closed_by_peer(s) for s in socks), timeout=10), "idle connections stay open"
+    host.close()
+    assert any(e == "client_refused" for e, _ in events) and any(e == "connection_idle_closed" for e, _ in events)
+    for s in socks:
+        s.close()
