@@ -147,6 +147,7 @@ class Connection:
         self.log = log
         self.out = bytearray()
         self.closed = False
+        self.last_frame_at = loop.clock()  # when the last whole frame arrived (or the connection opened)
         self.connecting = connecting
         self._on_connected = on_connected
         self._events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connecting else 0)
@@ -228,6 +229,8 @@ class Connection:
             self.log("frame_error", level="warning", conn=self.name, error=str(e))
             self.close("frame error")
             return
+        if bodies:
+            self.last_frame_at = self.loop.clock()
         for body in bodies:
             if self.closed:
                 return
@@ -256,13 +259,25 @@ def describe_error(e: BaseException) -> str:
 
 
 class Listener:
-    """Accepts connections on one address and hands each socket to `on_accept`."""
+    """Accepts connections on one address and hands each socket to `on_accept`.
 
-    def __init__(self, loop: EventLoop, address: tuple[str, int], on_accept: Callable[[socket.socket, tuple], None]) -> None:
+    Out of file descriptors (EMFILE, ENFILE) the listening socket stays readable and
+    a naive loop would spin on it: the listener then stops watching it for a while
+    (100 ms, doubling to 2 s), so established connections keep being served."""
+
+    PAUSE_MIN = 0.1
+    PAUSE_MAX = 2.0
+
+    def __init__(
+        self, loop: EventLoop, address: tuple[str, int], on_accept: Callable[[socket.socket, tuple], None], *, log: Log | None = None
+    ) -> None:
         self.loop = loop
         self.sock = socket.create_server(address, reuse_port=False, backlog=128)
         self.sock.setblocking(False)
         self.on_accept = on_accept
+        self.log = log
+        self.closed = False
+        self._pause = 0.0  # the current pause after running out of descriptors; 0: not paused
         loop.sel.register(self.sock, selectors.EVENT_READ, self._on_event)
 
     def _on_event(self, mask: int) -> None:
@@ -271,13 +286,34 @@ class Listener:
                 sock, addr = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self._pause_accepting(e)
                 return
+            self._pause = 0.0
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.on_accept(sock, addr)
 
-    def close(self) -> None:
+    def _pause_accepting(self, e: OSError) -> None:
+        first = self._pause == 0.0
+        self._pause = min(self.PAUSE_MAX, self._pause * 2) if not first else self.PAUSE_MIN
+        if self.log is not None and first:
+            self.log("accept_paused", level="warning", error=errno.errorcode.get(e.errno or 0, str(e.errno)), seconds=self._pause)
         self.loop.sel.unregister(self.sock)
+        self.loop.call_later(self._pause, self._resume)
+
+    def _resume(self) -> None:
+        if not self.closed:
+            self.loop.sel.register(self.sock, selectors.EVENT_READ, self._on_event)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        try:
+            self.loop.sel.unregister(self.sock)
+        except (KeyError, ValueError):
+            pass  # paused: not registered
         self.sock.close()
 
 

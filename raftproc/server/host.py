@@ -48,6 +48,7 @@ from raftproc.server.snapshots import SnapshotPolicy, Snapshots
 Log = Callable[..., None]
 Clock = Callable[[], float]
 GC_FREEZE_INTERVAL = 5.0  # seconds
+IDLE_SWEEP_INTERVAL = 1.0  # seconds between looks for idle connections
 
 
 class PeerTransport:
@@ -110,6 +111,7 @@ class NodeHost:
         self._last_tick_at = clock()
         loop.call_at(self._next_tick, self._tick)
         loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
+        loop.call_later(IDLE_SWEEP_INTERVAL, self._close_idle)
 
     # --- running ------------------------------------------------------------------
 
@@ -147,6 +149,12 @@ class NodeHost:
         """
         gc.freeze()
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
+
+    def _close_idle(self) -> None:
+        idle = self.cfg.idle_timeout_ms / 1000
+        self.clients.close_idle(idle)
+        self.peers.close_idle(idle)
+        self.loop.call_later(IDLE_SWEEP_INTERVAL, self._close_idle)
 
     def _tick(self) -> None:
         now = self.clock()
@@ -221,6 +229,8 @@ class NodeHost:
             "transferring_to": r.transferee,
             "membership": describe(r.membership),
             "keys": len(self.kv.data),
+            "client_connections": len(self.clients.connections),
+            "clients_refused": self.clients.refused_clients,
             "log_digest": self.kv.log_digest(),
             "state_digest": self.kv.state_digest(),
         }
@@ -262,7 +272,7 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
     )
     clients = ClientService(
         me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
-        clock=clock, log=log, status=lambda: host.status(), on_applied=snapshots.applied,
+        max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda: host.status(), on_applied=snapshots.applied,
     )
     syncer = None
     if cfg.background_sync:

@@ -159,7 +159,7 @@ class Peers:
         self.listener: Listener | None = None
 
     def listen(self, address: tuple[str, int]) -> None:
-        self.listener = Listener(self.loop, address, self._accept)
+        self.listener = Listener(self.loop, address, self._accept, log=self.log)
         self.running = True
 
     def close(self) -> None:
@@ -171,6 +171,15 @@ class Peers:
                 link.conn.close("node shutting down")
         if self.listener is not None:
             self.listener.close()
+
+    def close_idle(self, idle_seconds: float) -> None:
+        """Inbound connections that completed no frame for `idle_seconds` are closed
+        (a live peer sends a heartbeat every few ticks; one that never finishes its
+        hello must not hold a slot)."""
+        horizon = self.loop.clock() - idle_seconds
+        for conn in [c for c in self.inbound if c.last_frame_at < horizon]:
+            self.log("connection_idle_closed", level="info", conn=conn.name)
+            conn.close("idle")
 
     # --- sending ------------------------------------------------------------------
 

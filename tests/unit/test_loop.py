@@ -4,6 +4,7 @@ redial backoff grows, jitters and resets."""
 
 from __future__ import annotations
 
+import os
 import random
 import selectors
 import socket
@@ -93,4 +94,51 @@ def test_a_frame_whose_handler_raises_costs_its_connection_not_the_loop():
     assert event == "bad_frame" and fields["level"] == "error"
     assert len(fields["error"]) <= 200 and fields["excerpt"] == "ff" * 32 and fields["bytes"] == 100
     a.close()
+    loop.close()
+
+
+def test_listener_out_of_descriptors_pauses_instead_of_spinning():
+    """With no descriptor left, accept() fails while the listening socket stays
+    readable: the listener stops watching it for a while (no busy loop), logs once,
+    and accepts the waiting connection once descriptors are back."""
+    import resource
+    import time
+
+    from raftproc.runtime.loop import Listener
+
+    loop = EventLoop()
+    events: list[str] = []
+    accepted: list[socket.socket] = []
+    listener = Listener(loop, ("127.0.0.1", 0), lambda sock, addr: accepted.append(sock), log=lambda event, **f: events.append(event))
+    client = socket.socket()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hog: list[int] = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+        try:
+            while True:
+                hog.append(os.open("/dev/null", os.O_RDONLY))
+        except OSError:
+            pass
+        client.connect(listener.sock.getsockname())  # the server's accept() now has no descriptor
+        cpu = time.process_time()
+        passes = 0
+        deadline = time.monotonic() + 0.5
+        while time.monotonic() < deadline:
+            loop.run_once(max_wait=0.05)
+            passes += 1
+        assert events == ["accept_paused"] and not accepted
+        assert passes < 200, f"{passes} passes in 0.5 s: the loop spins"
+        assert time.process_time() - cpu < 0.3
+    finally:
+        for fd in hog:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    deadline = time.monotonic() + 5
+    while not accepted and time.monotonic() < deadline:
+        loop.run_once(max_wait=0.05)
+    assert len(accepted) == 1
+    for s in accepted + [client]:
+        s.close()
+    listener.close()
     loop.close()
