@@ -29,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raftproc.core.config import LEADER
+from raftproc.core.log import RaftLog
 from raftproc.core.messages import InstallSnapshot, SnapshotMeta
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore, KvImage
@@ -49,6 +50,7 @@ from raftproc.server.peers import Peers
 Log = Callable[..., None]
 SNAPSHOT_STALL_TIMEOUT = 10.0  # seconds without an acknowledged chunk before a transfer is given up
 SNAPSHOT_WINDOW_CHUNKS = 8  # chunks in flight per transfer
+KEEP_BYTES = 16 * 1024 * 1024  # commands kept in memory behind a new snapshot, at most
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -184,8 +186,7 @@ class Snapshots:
             result.path.unlink(missing_ok=True)  # an installed snapshot overtook it
             return
         self.newest = result
-        keep = self.policy.entries // 2  # entries a follower a little behind can still get by append
-        self.raft.compact(max(result.index - keep, self.raft.log.snapshot_index))
+        self.raft.compact(compaction_index(self.raft.log, result.index, self.policy.entries // 2, KEEP_BYTES))
         # One older snapshot and the log behind it stay, so a newest snapshot found
         # corrupt on restart can be survived.
         removed = self.wal.remove_covered(previous.index if previous else 0, self.floor)
@@ -347,3 +348,20 @@ class Snapshots:
             "snapshot_bytes": self.newest.size if self.newest else 0,
             "snapshots_sending": {p: [s.acked, s.total] for p, s in self.senders.items()},
         }
+
+
+def compaction_index(log: RaftLog, snapshot_index: int, keep_entries: int, keep_bytes: int) -> int:
+    """Where to compact the log behind a new snapshot at `snapshot_index`: the entries
+    just before it stay for a follower a little behind (it can still get them by
+    append), at most `keep_entries` of them and at most `keep_bytes` of commands, so
+    large values never keep thousands of entries' worth of memory."""
+    floor = max(snapshot_index - keep_entries, log.snapshot_index)
+    index, kept = snapshot_index, 0
+    while index > floor:
+        size = len(log.entry(index).command or b"")
+        if kept + size > keep_bytes:
+            break
+        kept += size
+        index -= 1
+    return index
+

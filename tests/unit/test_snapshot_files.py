@@ -268,3 +268,15 @@ def test_a_retried_transfer_resumes_where_the_follower_stopped(tmp_path):
     assert retry.outcome is True and done.path.read_bytes() == snap.path.read_bytes()
     # Only its first window went out again; then it jumped to where the follower was.
     assert sorted(o for o in delivered if o < 400) == [0, 40]
+
+
+def test_compaction_keeps_a_tail_bounded_in_entries_and_in_bytes():
+    from raftproc.core.log import RaftLog
+    from raftproc.core.messages import Entry
+    from raftproc.server.snapshots import compaction_index
+
+    small = RaftLog([Entry(1, i, b"x" * 10) for i in range(1, 101)])
+    assert compaction_index(small, 100, keep_entries=30, keep_bytes=10_000) == 70  # the entry count binds
+    big = RaftLog([Entry(1, i, b"x" * 1_000_000) for i in range(1, 101)])
+    assert compaction_index(big, 100, keep_entries=30, keep_bytes=4_500_000) == 96  # the bytes bind: 4 entries stay
+    assert compaction_index(big, 100, keep_entries=30, keep_bytes=10) == 100  # nothing fits: compact everything
