@@ -9,6 +9,12 @@ from enum import StrEnum
 from raftproc.core.messages import NodeId
 
 
+def worth_logging(count: int) -> bool:
+    """1, 2, 10, 100, 1000, ...: an event that repeats (a retry every heartbeat, a
+    refusal per connection) is logged sparsely, and still shows it goes on."""
+    return count <= 2 or str(count).rstrip("0") == "1"
+
+
 class Role(StrEnum):
     """A node's role. A StrEnum: logs and status answers show the plain name."""
 

@@ -56,6 +56,7 @@ from raftproc.core.config import (
     Role,
     RoleError,
     TransferInProgress,
+    worth_logging,
 )
 from raftproc.core.log import LogInvariantError, RaftLog
 from raftproc.core.membership import Membership
@@ -80,12 +81,6 @@ LogFn = Callable[..., None]
 
 def _no_log(event: str, **fields: object) -> None:
     return None
-
-
-def _worth_logging(attempt: int) -> bool:
-    """1, 2, 10, 100, 1000, ...: a retry that repeats every heartbeat is logged
-    sparsely, and still shows it goes on."""
-    return attempt <= 2 or str(attempt).rstrip("0") == "1"
 
 
 class RaftNode(ConfigChanges):
@@ -355,7 +350,7 @@ class RaftNode(ConfigChanges):
             return
         pending = pr.pending_snapshot
         pr.become_probe()
-        if success or _worth_logging(pr.snapshot_attempts):
+        if success or worth_logging(pr.snapshot_attempts):
             self._log("snapshot_reported", peer=peer, index=pending, success=success, attempts=pr.snapshot_attempts)
         if success:
             pr.next_index = max(pr.match_index, pending) + 1
@@ -857,7 +852,7 @@ class RaftNode(ConfigChanges):
         """The follower needs entries we compacted: the host streams it our snapshot."""
         snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.log.snapshot_membership)
         pr.become_snapshot(snap.index)
-        if _worth_logging(pr.snapshot_attempts):
+        if worth_logging(pr.snapshot_attempts):
             self._log("snapshot_needed", peer=peer, index=snap.index, match_index=pr.match_index, attempts=pr.snapshot_attempts)
         self._send(InstallSnapshot(src=self.id, dst=peer, term=self.current_term, snapshot=snap))
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftproc.config import NodeAddress
-from raftproc.core.config import LEADER, NotLeader, TransferInProgress
+from raftproc.core.config import LEADER, NotLeader, TransferInProgress, worth_logging
 from raftproc.core.messages import Entry
 from raftproc.core.node import RaftNode
 from raftproc.core.ready import ReadState
@@ -128,7 +128,7 @@ class ClientService:
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
         if len(self.connections) >= self.max_clients:
             self.refused_clients += 1
-            if _worth_logging(self.refused_clients):
+            if worth_logging(self.refused_clients):
                 self.log("client_refused", level="warning", reason="max_clients reached", max_clients=self.max_clients, refused=self.refused_clients)
             sock.close()
             return
@@ -335,9 +335,3 @@ class ClientService:
 
     def _answer(self, conn: Connection, request_id: int, **fields: Any) -> None:
         conn.send(codec.encode({"t": "resp", "id": request_id, **fields}))
-
-
-def _worth_logging(count: int) -> bool:
-    """1, 2, 10, 100, 1000, ...: a refusal that repeats is logged sparsely."""
-    return count <= 2 or str(count).rstrip("0") == "1"
-
