@@ -16,6 +16,8 @@ from typing import Any
 
 import structlog
 
+from raftproc.core.config import worth_logging
+
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 StateFn = Callable[[], tuple[int, str]]
@@ -71,3 +73,21 @@ def core_logger(log: Callable[..., None]) -> Callable[..., None]:
         log(event, level=CORE_EVENT_LEVELS.get(event, "info"), **fields)
 
     return core_log
+
+
+class SparseLog:
+    """A log for events a remote party can repeat at will (a malformed frame, an idle
+    connection): each event name is written for its first FIRST occurrences, then at
+    the 100th, 1000th, ..., with `occurrences` counting them all, so a flood of bad
+    frames costs a few lines, not the disk."""
+
+    FIRST = 20
+
+    def __init__(self, log: Callable[..., None]) -> None:
+        self.log = log
+        self.counts: dict[str, int] = {}
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        n = self.counts[event] = self.counts.get(event, 0) + 1
+        if n <= self.FIRST or worth_logging(n):
+            self.log(event, occurrences=n, **fields)

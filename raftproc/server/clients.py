@@ -33,6 +33,7 @@ from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
+from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Connection, EventLoop, Listener
 from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.requests import (
@@ -95,6 +96,7 @@ class ClientService:
         self.refused_clients = 0  # connections closed at once for want of room, since start
         self.clock = clock
         self.log = log
+        self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
         self.status = status
         self.on_applied = on_applied
         self.connections: set[Connection] = set()
@@ -134,7 +136,7 @@ class ClientService:
             return
         conn = Connection(
             self.loop, sock, name=f"client-{addr[0]}:{addr[1]}", on_frame=self._on_frame, on_close=self._on_close,
-            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.log,
+            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.remote_log,
         )
         self.connections.add(conn)
 
@@ -145,7 +147,7 @@ class ClientService:
         try:
             req: ClientRequest = decode_request(body)
         except RemoteProtocolError as e:
-            self.log("frame_error", level="warning", conn=conn.name, error=str(e))
+            self.remote_log("frame_error", level="warning", conn=conn.name, error=str(e))
             conn.close("protocol error")
             return
         if len(body) > self.max_request_bytes:
@@ -158,7 +160,7 @@ class ClientService:
         connection that sends a byte and then nothing must not hold a slot)."""
         horizon = self.clock() - idle_seconds
         for conn in [c for c in self.connections if c.last_frame_at < horizon]:
-            self.log("connection_idle_closed", level="info", conn=conn.name)
+            self.remote_log("connection_idle_closed", level="info", conn=conn.name)
             conn.close("idle")
 
     def _status(self, conn: Connection, req: StatusRequest) -> None:

@@ -30,6 +30,7 @@ from raftproc.runtime.codec import (
 )
 from raftproc.runtime.entries import decode_addresses, encode_addresses
 from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
+from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
 
 Log = Callable[..., None]
@@ -78,7 +79,7 @@ class PeerLink:
         p = self.peers
         self.conn = Connection(
             p.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close,
-            max_frame=p.max_frame, max_buffer=p.max_buffer, log=p.log, connecting=True, on_connected=self._on_connected,
+            max_frame=p.max_frame, max_buffer=p.max_buffer, log=p.remote_log, connecting=True, on_connected=self._on_connected,
         )
         # Queued ahead of anything else, so it is the connection's first frame.
         self.conn.send(encode_message(PeerHello(p.me, self.peer_id, p.incarnation)))
@@ -97,7 +98,7 @@ class PeerLink:
             self.peers.refused_by(self.peer_id, msg.reason)
             conn.close("refused by the peer")
             return
-        self.peers.log("frame_error", level="warning", conn=conn.name, error="unexpected frame on an outbound link")
+        self.peers.remote_log("frame_error", level="warning", conn=conn.name, error="unexpected frame on an outbound link")
         conn.close("protocol error")
 
     def redial_now(self) -> None:
@@ -148,6 +149,7 @@ class Peers:
         self.max_frame = max_frame
         self.max_buffer = max_buffer
         self.log = log
+        self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
         self.on_frame = on_frame
         self.on_link_down = on_link_down
         self.links: dict[int, PeerLink] = {}
@@ -178,7 +180,7 @@ class Peers:
         hello must not hold a slot)."""
         horizon = self.loop.clock() - idle_seconds
         for conn in [c for c in self.inbound if c.last_frame_at < horizon]:
-            self.log("connection_idle_closed", level="info", conn=conn.name)
+            self.remote_log("connection_idle_closed", level="info", conn=conn.name)
             conn.close("idle")
 
     # --- sending ------------------------------------------------------------------
@@ -239,7 +241,7 @@ class Peers:
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
         conn = Connection(
             self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_inbound_frame, on_close=self._on_inbound_close,
-            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.log,
+            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.remote_log,
         )
         self.inbound.add(conn)
 
@@ -272,7 +274,7 @@ class Peers:
 
     def _reject(self, conn: Connection, error: str) -> None:
         """A frame we cannot accept costs the sender its connection, nothing more."""
-        self.log("frame_error", level="warning", conn=conn.name, error=error)
+        self.remote_log("frame_error", level="warning", conn=conn.name, error=error)
         conn.close("protocol error")
 
     def _on_hello(self, conn: Connection, hello: PeerHello) -> None:

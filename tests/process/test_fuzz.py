@@ -34,6 +34,8 @@ def test_fuzzed_frames_on_both_ports_end_no_node(tmp_path):
             wait_until(lambda: cluster.node_status(n) is not None, 10, f"node {n} to answer")
         events = [e["event"] for e in log_events(cluster, 1)]
         assert "frame_error" in events
+        # A flood of bad frames costs a few log lines, not the disk.
+        assert events.count("frame_error") <= 60, events.count("frame_error")
         assert "node_stopped" not in events
     finally:
         cluster.down(timeout=3)

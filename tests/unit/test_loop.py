@@ -142,3 +142,16 @@ def test_listener_out_of_descriptors_pauses_instead_of_spinning():
         s.close()
     listener.close()
     loop.close()
+
+
+def test_sparse_log_writes_the_first_twenty_then_powers_of_ten():
+    from raftproc.runtime.logging import SparseLog
+
+    lines: list[tuple[str, dict]] = []
+    sparse = SparseLog(lambda event, **f: lines.append((event, f)))
+    for _ in range(100_000):
+        sparse("frame_error", conn="c")
+    sparse("connection_idle_closed")
+    counts = [f["occurrences"] for e, f in lines if e == "frame_error"]
+    assert counts == list(range(1, 21)) + [100, 1000, 10_000, 100_000]
+    assert lines[-1] == ("connection_idle_closed", {"occurrences": 1})
