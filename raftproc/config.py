@@ -218,14 +218,17 @@ def _address(text: object, source: str) -> Address:
 
 
 def to_toml(cfg: ClusterConfig) -> str:
-    """Write a config back out (the supervisor uses this for clusters it creates)."""
+    """Write a config back out (the supervisor uses this for clusters it creates).
+    Keys left at their defaults are not written, so a file from a newer version
+    still loads in an older one unless it uses what only the newer one knows."""
+    defaults = ClusterConfig(nodes={})
     lines = [
         f'data_dir = "{cfg.data_dir}"',
         f'log_dir = "{cfg.log_dir}"',
         f'log_level = "{cfg.log_level}"',
-        *(f"{k} = {'true' if getattr(cfg, k) else 'false'}" for k in _BOOL_KEYS),
+        *(f"{k} = {'true' if getattr(cfg, k) else 'false'}" for k in _BOOL_KEYS if getattr(cfg, k) != getattr(defaults, k)),
     ]
-    lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS]
+    lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS if getattr(cfg, k) != getattr(defaults, k)]
     for n in cfg.nodes.values():
         lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
         if n.join:
