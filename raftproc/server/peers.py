@@ -295,6 +295,11 @@ class Peers:
             conn.close("peer refused")
             return
         self._greeted[conn] = hello.src
+        # The peer is up: if our own link to it is waiting out a backoff, dial now, so
+        # that it hears our hello (and records our incarnation) without delay.
+        link = self.links.get(hello.src)
+        if link is not None and link.conn is None:
+            link.redial_now()
 
     def refused_by(self, peer: int, reason: str) -> None:
         if self._refused_by.get(peer) != reason:  # once, not at every redial

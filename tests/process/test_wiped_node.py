@@ -12,6 +12,7 @@ import sys
 import pytest
 
 from conftest import log_events, wait_until
+from raftproc.runtime.identity import KnownPeers
 
 pytestmark = pytest.mark.process
 
@@ -27,8 +28,15 @@ def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(clu
     behind, (wiped, other) = followers[:2], followers[2:]
     client = cluster.client(timeout=10)
     try:
-        client.set("warm", "up")  # every node has said hello to every other by now
+        client.set("warm", "up")
         cluster.wait_converged(10)
+        # The check rests on each peer having heard the node's first hello (recorded in
+        # its peers file): wait until every node knows every other's incarnation.
+        ids = set(cluster.config.nodes)
+        wait_until(
+            lambda: all(set(KnownPeers(cluster.config.node_data_dir(n)).seen) >= ids - {n} for n in ids), 20,
+            "every node to have recorded every other's incarnation",
+        )
         for n in behind:
             cluster.kill(n)  # down, not paused: a paused node still gets the bytes sent to it
         # Committed on the leader, `wiped` and `other` only: a majority of five.
