@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from conftest import log_events, wait_until
-from raftproc.runtime.identity import KnownPeers
+from raftproc.runtime.identity import IDENTITY_FILE, KnownPeers
 
 pytestmark = pytest.mark.process
 
@@ -76,8 +76,11 @@ def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(clu
 
 def test_data_directory_of_another_node_refuses_to_start(cluster_factory):
     cluster = cluster_factory(3)
-    cluster.down()
     one, two = cluster.config.node_data_dir(1), cluster.config.node_data_dir(2)
+    # up() returns once two of three elect a leader; a node slow to start may not
+    # have written its identity yet (seen on a loaded machine).
+    wait_until(lambda: (one / IDENTITY_FILE).exists(), 20, "node 1 to write its identity")
+    cluster.down()
     shutil.rmtree(two)
     shutil.copytree(one, two)
     r = subprocess.run(
