@@ -3,6 +3,11 @@
     python -m raftproc.client [--config PATH] set x 10 | get x | del x | cas x 10 11 | status | transfer [ID]
     python -m raftproc.client member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID
 
+With TLS (raftproc.runtime.tls) the certificates come from the config's [tls] table
+(its admin certificate if it has one, else its client one) or from --cacert, --cert
+and --key, as etcdctl takes them; the node must present a node certificate from
+that CA. `member add|remove` and `transfer` need an admin certificate.
+
 `Client` connects to any node, follows redirects to the leader, and retries with
 backoff until its deadline. Each client has a random id and numbers its requests;
 a retry reuses the number, so the cluster applies a request at most once even when
@@ -20,15 +25,18 @@ from __future__ import annotations
 import argparse
 import random
 import socket
+import ssl
 import struct
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from raftproc.config import Address, ConfigError, load_config, parse_address
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+from raftproc.runtime.tls import NODE, TlsError, TlsFiles, client_context, identity_of
 
 
 class ClientError(Exception):
@@ -44,9 +52,20 @@ class Unknown(ClientError):
 
 
 class _Conn:
-    def __init__(self, address: Address, timeout: float) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, address: Address, timeout: float, tls: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:
+                sock = tls.wrap_socket(sock)
+            except BaseException:
+                sock.close()
+                raise
+            who = identity_of(sock.getpeercert())
+            if who is None or who.role != NODE:
+                sock.close()
+                raise ssl.SSLError(f"{address[0]}:{address[1]} presented a certificate that names {who or 'no node'}")
+        self.sock = sock
         self.decoder = FrameDecoder()
 
     def call(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -79,8 +98,10 @@ class Client:
         rng: random.Random | None = None,
         max_backoff: float = 0.2,
         read_mode: str = "index",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
-        """`read_mode` picks how get() reads: "index" (default) is ReadIndex, one
+        """`tls`: a client context (raftproc.runtime.tls.client_context) for a cluster
+        that runs mutual TLS. `read_mode` picks how get() reads: "index" (default) is ReadIndex, one
         heartbeat round and no log write; "log" commits the read as a log entry;
         "lease" skips the round while the leader holds a lease (it assumes the
         nodes' clocks tick at the same rate; see raftproc.core.node). All three are
@@ -88,6 +109,7 @@ class Client:
         if read_mode not in READ_MODES:
             raise ValueError(f"read_mode must be one of {READ_MODES}")
         self.read_mode = read_mode
+        self.tls = tls
         if not addresses:
             raise ValueError("no node addresses")
         self.addresses = dict(addresses)
@@ -227,7 +249,7 @@ class Client:
         self._request_id += 1
         conn = self._conns.get(address)
         if conn is None:
-            conn = self._conns[address] = _Conn(address, timeout)
+            conn = self._conns[address] = _Conn(address, timeout, self.tls)
         return conn.call({**body, "id": self._request_id}, timeout)
 
     def _drop(self, address: Address) -> None:
@@ -302,9 +324,24 @@ def _member(client: Client, args: argparse.Namespace) -> int:
     return 0
 
 
+def _tls_context(files: TlsFiles | None, args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The config's certificates, each replaced by its flag when one is given."""
+    if files is None and args.tls_ca is None:
+        return None
+    ca = Path(args.tls_ca) if args.tls_ca else files.ca if files else None
+    cert = Path(args.tls_cert) if args.tls_cert else files.cert if files else None
+    key = Path(args.tls_key) if args.tls_key else files.key if files else None
+    if ca is None:
+        raise TlsError("--cert and --key need --cacert (or a config with [tls])")
+    return client_context(TlsFiles(ca, cert, key))
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftproc.client", description="Talk to a raftproc cluster.")
     p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
+    p.add_argument("--cacert", dest="tls_ca", help="CA bundle to verify the nodes with (default: the config's [tls] ca)")
+    p.add_argument("--cert", dest="tls_cert", help="client certificate to present (default: the config's admin_cert, else client_cert)")
+    p.add_argument("--key", dest="tls_key", help="the certificate's private key")
     p.add_argument("--timeout", type=float, default=None,
                    help="seconds to reach a definite outcome (default 5; 60 for member add and remove, which wait for a catch-up)")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -338,7 +375,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     changes_members = args.cmd == "member" and args.member_cmd != "list"
     timeout = args.timeout if args.timeout is not None else 60.0 if changes_members else 5.0
-    client = Client(cfg.client_addresses(), timeout=timeout)
+    try:
+        tls = _tls_context(cfg.client_tls(), args)
+    except TlsError as e:
+        print(f"raftproc.client: {e}", file=sys.stderr)
+        return 2
+    client = Client(cfg.client_addresses(), timeout=timeout, tls=tls)
     try:
         if args.cmd == "status":
             return _print_status(client)

@@ -33,6 +33,18 @@ A TOML file looks like this (every top-level key is optional):
     client = "127.0.0.1:7201"
     # join = true              # not in the first configuration: the node starts as a
                                # non-voter and waits for `client member add` (README)
+    # cert = "tls/node-1.pem"  # with [tls]: this node's certificate and key
+    # key = "tls/node-1-key.pem"
+
+    [tls]                      # optional: mutual TLS on both ports (README, Security)
+    ca = "tls/ca.pem"          # the CA bundle every certificate must chain to
+    client_cert = "tls/client-default.pem"   # what the client CLI presents: admin_* if
+    client_key = "tls/client-default-key.pem"  # given, else client_*
+    admin_cert = "tls/admin-default.pem"
+    admin_key = "tls/admin-default-key.pem"
+
+Relative paths under [tls] and in a node's cert/key are relative to the config
+file's directory (data_dir and log_dir are relative to the working directory).
 
 The [[node]] tables without `join` are the cluster's first configuration. After
 that, membership lives in the log (`python -m raftproc.client member ...`), and the
@@ -49,6 +61,7 @@ from pathlib import Path
 
 from raftproc.core.config import Config as RaftConfig
 from raftproc.runtime.addresses import Address, parse_address
+from raftproc.runtime.tls import TlsFiles
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
@@ -63,6 +76,17 @@ class NodeAddress:
     peer: Address
     client: Address
     join: bool = False  # not in the first configuration
+    cert: Path | None = None  # with [tls]: the node's own certificate and key
+    key: Path | None = None
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    admin_cert: Path | None = None
+    admin_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +112,8 @@ class ClusterConfig:
     snapshot_bytes: int = 64 * 1024 * 1024
     snapshot_chunk_bytes: int = 512 * 1024
     segment_bytes: int = 16 * 1024 * 1024
+    handshake_timeout_ms: int = 5000
+    tls: TlsConfig | None = None
     source: str = field(default="built-in defaults", compare=False)
 
     def raft(self) -> RaftConfig:
@@ -118,6 +144,24 @@ class ClusterConfig:
     def client_addresses(self) -> dict[int, Address]:
         return {i: n.client for i, n in self.nodes.items()}
 
+    def node_tls(self, node_id: int) -> TlsFiles | None:
+        """Node `node_id`'s certificate, key and CA; None when the cluster runs in plaintext."""
+        if self.tls is None:
+            return None
+        n = self.node(node_id)
+        if n.cert is None or n.key is None:
+            raise ConfigError(f"{self.source}: [tls] is set, so node {node_id}'s [[node]] table needs cert and key")
+        return TlsFiles(self.tls.ca, n.cert, n.key)
+
+    def client_tls(self) -> TlsFiles | None:
+        """What a client presents: the admin certificate if the config has one, else the client's."""
+        t = self.tls
+        if t is None:
+            return None
+        if t.admin_cert is not None:
+            return TlsFiles(t.ca, t.admin_cert, t.admin_key)
+        return TlsFiles(t.ca, t.client_cert, t.client_key)
+
 
 def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 7200) -> ClusterConfig:
     return ClusterConfig(
@@ -131,7 +175,7 @@ def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 
 _INT_KEYS = (
     "tick_ms", "election_timeout_min", "election_timeout_max", "heartbeat_interval", "max_frame", "peer_buffer",
     "snapshot_entries", "snapshot_bytes", "snapshot_chunk_bytes", "segment_bytes", "max_request_bytes",
-    "max_message_bytes", "max_clients", "idle_timeout_ms",
+    "max_message_bytes", "max_clients", "idle_timeout_ms", "handshake_timeout_ms",
 )
 
 
@@ -151,11 +195,17 @@ def load_config(path: str | Path | None) -> ClusterConfig:
         raise ConfigError(f"cannot read config file {path}: {e}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
-    return parse_config(raw, source=str(path))
+    return parse_config(raw, source=str(path), base=path.resolve().parent)
 
 
-def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
-    known = {"node", "data_dir", "log_dir", "log_level", *_BOOL_KEYS, *_INT_KEYS}
+_NODE_KEYS = {"id", "peer", "client", "join", "cert", "key"}
+_TLS_KEYS = ("ca", "client_cert", "client_key", "admin_cert", "admin_key")
+
+
+def parse_config(raw: dict, *, source: str = "config", base: Path | None = None) -> ClusterConfig:
+    """`base`: the directory relative TLS paths start from (the config file's)."""
+    base = base or Path.cwd()
+    known = {"node", "data_dir", "log_dir", "log_level", "tls", *_BOOL_KEYS, *_INT_KEYS}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
@@ -164,15 +214,18 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
         raise ConfigError(f"{source}: needs at least one [[node]] table")
     nodes: dict[int, NodeAddress] = {}
     for n in nodes_raw:
-        if not isinstance(n, dict) or not {"id", "peer", "client"} <= set(n) <= {"id", "peer", "client", "join"}:
-            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join")
+        if not isinstance(n, dict) or not {"id", "peer", "client"} <= set(n) <= _NODE_KEYS:
+            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join, cert and key")
         if not isinstance(n.get("join", False), bool):
             raise ConfigError(f"{source}: join must be true or false")
         if not isinstance(n["id"], int) or n["id"] < 1:
             raise ConfigError(f"{source}: node id must be a positive integer, got {n['id']!r}")
         if n["id"] in nodes:
             raise ConfigError(f"{source}: node id {n['id']} appears twice")
-        nodes[n["id"]] = NodeAddress(n["id"], _address(n["peer"], source), _address(n["client"], source), n.get("join", False))
+        nodes[n["id"]] = NodeAddress(
+            n["id"], _address(n["peer"], source), _address(n["client"], source), n.get("join", False),
+            cert=_path(n.get("cert"), base, source, "cert"), key=_path(n.get("key"), base, source, "key"),
+        )
     if all(n.join for n in nodes.values()):
         raise ConfigError(f"{source}: every node is marked join; the first configuration needs at least one")
     cfg = ClusterConfig(nodes=nodes, source=source)
@@ -196,6 +249,8 @@ def parse_config(raw: dict, *, source: str = "config") -> ClusterConfig:
         if raw["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")
         changes["log_level"] = raw["log_level"]
+    if "tls" in raw:
+        changes["tls"] = _tls(raw["tls"], base, source)
     cfg = replace(cfg, **changes)
     if cfg.snapshot_chunk_bytes > cfg.max_frame - 4096:
         raise ConfigError(f"{source}: snapshot_chunk_bytes must leave room for a frame header under max_frame")
@@ -217,6 +272,24 @@ def _address(text: object, source: str) -> Address:
         raise ConfigError(f"{source}: {e}") from None
 
 
+def _tls(raw: object, base: Path, source: str) -> TlsConfig:
+    if not isinstance(raw, dict) or "ca" not in raw or not set(raw) <= set(_TLS_KEYS):
+        raise ConfigError(f"{source}: [tls] needs ca and may have {', '.join(_TLS_KEYS[1:])}")
+    tls = TlsConfig(**{k: _path(raw.get(k), base, source, f"tls.{k}") for k in _TLS_KEYS})
+    for role in ("client", "admin"):
+        if (getattr(tls, f"{role}_cert") is None) != (getattr(tls, f"{role}_key") is None):
+            raise ConfigError(f"{source}: [tls] {role}_cert and {role}_key go together")
+    return tls
+
+
+def _path(value: object, base: Path, source: str, what: str) -> Path | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: {what} must be a path")
+    return base / value
+
+
 def to_toml(cfg: ClusterConfig) -> str:
     """Write a config back out (the supervisor uses this for clusters it creates).
     Keys left at their defaults are not written, so a file from a newer version
@@ -233,4 +306,7 @@ def to_toml(cfg: ClusterConfig) -> str:
         lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
         if n.join:
             lines.append("join = true")
+        lines += [f'{k} = "{getattr(n, k)}"' for k in ("cert", "key") if getattr(n, k) is not None]
+    if cfg.tls is not None:
+        lines += ["", "[tls]", *(f'{k} = "{getattr(cfg.tls, k)}"' for k in _TLS_KEYS if getattr(cfg.tls, k) is not None)]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,9 @@ from pathlib import Path
 
 from raftproc.config import ConfigError, load_config
 from raftproc.runtime.logging import configure
+from raftproc.runtime.addresses import is_loopback
 from raftproc.runtime.identity import IdentityError
+from raftproc.runtime.tls import TlsError
 from raftproc.runtime.wal import WalCorruption
 
 EXIT_CONFIG = 2
@@ -45,12 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
     args = p.parse_args(argv)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node can reload; never a reason to die
 
     try:
         cfg = load_config(args.config)
         cfg.node(args.id)
         check_writable(cfg.node_data_dir(args.id), "data directory")
         check_writable(cfg.log_dir, "log directory")
+        cfg.node_tls(args.id)
     except ConfigError as e:
         return fail(EXIT_CONFIG, str(e))
 
@@ -61,11 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     from raftproc.server.host import open_host  # after logging is configured
 
+    insecure = [f"{h}:{p}" for h, p in (cfg.node(args.id).peer, cfg.node(args.id).client) if not is_loopback(h)]
+    if cfg.tls is None and insecure:
+        print(
+            f"raftproc.node: WARNING: node {args.id} listens on {', '.join(insecure)} WITHOUT TLS: anyone who reaches "
+            "these ports can read and write every key and rewrite the cluster. Add a [tls] table (README, Security).",
+            file=sys.stderr,
+        )
+        log("insecure_transport", level="warning", addresses=insecure)
+
     try:
         host = open_host(cfg, args.id, log=log)
     except WalCorruption as e:
         log("wal_corrupt", level="error", error=str(e))
         return fail(EXIT_CORRUPT, f"refusing to start: write-ahead log is corrupt: {e}")
+    except TlsError as e:
+        log("tls_refused", level="error", error=str(e))
+        return fail(EXIT_CONFIG, str(e))
     except IdentityError as e:
         log("identity_refused", level="error", error=str(e))
         return fail(EXIT_CORRUPT, f"refusing to start: {e}")
@@ -80,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
+    # SIGHUP reloads the TLS files; the reload runs on the loop thread, between passes.
+    reload_tls = host.loop.make_waker(host.reload_tls)
+    signal.signal(signal.SIGHUP, lambda signum, frame: reload_tls())
     host.run()
     return 0
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Run and watch a local raftproc cluster.
 
-    python scripts/supervisor.py up [-n 5]        start a cluster (default ports 7101.., 7201..); once
+    python scripts/supervisor.py up [-n 5] [--tls]
+                                                  start a cluster (default ports 7101.., 7201..); with
+                                                  --tls, mutual TLS on both ports (certificates in
+                                                  run/tls, named in run/config.toml); once
                                                   the run directory holds one, `up` starts it again,
                                                   with the members it has now (--fresh: a new one)
     python scripts/supervisor.py status           pid, role, term, commit, applied, RSS, CPU
@@ -42,9 +45,9 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
               + (f"; removed nodes {removed} stay stopped" if removed else "") + " (`up --fresh` makes a new cluster)")
         return cmd_status(cluster, args)
     cfg = local_config(args.nodes, Path(args.data_dir), Path(args.log_dir), base_port=args.base_port or None)
-    cluster.create(cfg)
+    cluster.create(cfg, tls=args.tls)
     cluster.up(wait=args.wait)
-    print(f"cluster of {args.nodes} up; leader is node {cluster.leader()}")
+    print(f"cluster of {args.nodes} up{' with mutual TLS' if args.tls else ''}; leader is node {cluster.leader()}; config {cluster.config_path}")
     return cmd_status(cluster, args)
 
 
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--data-dir", default="data")
     up.add_argument("--log-dir", default="logs")
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
+    up.add_argument("--tls", action="store_true", help="mint a CA and certificates in the run directory and run mutual TLS on both ports")
     up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "
                     "(the data directory should be empty: its logs name their own members)")
     sub.add_parser("down")

@@ -29,7 +29,9 @@ import psutil
 
 from raftproc.client import Client, ClientError
 from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to_toml
+from raftproc.ops.certs import node_with_cert, secure_cluster
 from raftproc.ops.logs import merged
+from raftproc.runtime.tls import client_context
 
 
 class ClusterError(Exception):
@@ -86,14 +88,22 @@ class Cluster:
 
     # --- set-up -------------------------------------------------------------------
 
-    def create(self, cfg: ClusterConfig) -> ClusterConfig:
+    def create(self, cfg: ClusterConfig, *, tls: bool = False) -> ClusterConfig:
+        """Write a new cluster's config; with `tls`, mint its CA and certificates in
+        run/tls first (raftproc.ops.certs) and name them in the config."""
         self.run_dir.mkdir(parents=True, exist_ok=True)
         running = [p.node_id for p in self.processes() if p.state in ("running", "paused")] if self.config_path.exists() else []
         if running:
             raise ClusterError(f"a cluster is already running from {self.run_dir} (nodes {running}); run `down` first")
+        if tls:
+            cfg = secure_cluster(cfg, self.tls_dir)
         self.config_path.write_text(to_toml(cfg))
         (self.run_dir / "removed").unlink(missing_ok=True)  # a new cluster: nobody removed yet
         return cfg
+
+    @property
+    def tls_dir(self) -> Path:
+        return self.run_dir / "tls"
 
     @property
     def config(self) -> ClusterConfig:
@@ -171,6 +181,8 @@ class Cluster:
         else:
             peer, client = place(node_id)
         address = NodeAddress(node_id, peer, client, join=True)
+        if cfg.tls is not None:
+            address = node_with_cert(address, self.tls_dir)
         self.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))
         self.start(node_id)
         self.add(node_id, timeout)
@@ -322,7 +334,9 @@ class Cluster:
         return NodeProcess(node_id, pid, "paused" if status == psutil.STATUS_STOPPED else "running")
 
     def client(self, **kw: Any) -> Client:
-        return Client(self.config.client_addresses(), **kw)
+        cfg = self.config
+        files = cfg.client_tls()
+        return Client(cfg.client_addresses(), tls=client_context(files) if files else None, **kw)
 
     def any_leader(self) -> int | None:
         """A node that says it leads right now, if any (no waiting)."""

@@ -3,6 +3,8 @@ configuration entries' address books, member-add requests and redirects."""
 
 from __future__ import annotations
 
+import ipaddress
+
 Address = tuple[str, int]
 MAX_HOST_CHARS = 253  # the longest DNS name
 
@@ -22,3 +24,13 @@ def parse_address(text: object) -> Address:
 def _excerpt(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
+
+
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -16,8 +16,8 @@ leader that lacks committed entries. So:
   logs `refused_by_peer`). The operator removes it and adds it back under a new
   id (README, Membership changes).
 
-Both files are small CBOR maps, replaced atomically (write, fsync, rename,
-directory fsync).
+Both files are small CBOR maps, readable by their owner only, replaced atomically
+(write, fsync, rename, directory fsync).
 """
 
 from __future__ import annotations
@@ -113,8 +113,10 @@ def _read_map(path: Path) -> dict:
 
 def _replace(path: Path, body: dict, sync: bool) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    # Owner only: the incarnations are what a peer's hello must match.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # a leftover temporary file keeps its mode through O_CREAT
         write_all(fd, cbor2.dumps(body))
         if sync:
             os.fsync(fd)

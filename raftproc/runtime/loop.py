@@ -21,10 +21,12 @@ import itertools
 import random
 import selectors
 import socket
+import ssl
 import time
 from collections.abc import Callable
 
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+from raftproc.runtime.tls import Identity, identity_of
 
 RECV_BYTES = 256 * 1024
 
@@ -121,7 +123,16 @@ class EventLoop:
 
 
 class Connection:
-    """A framed, non-blocking TCP connection."""
+    """A framed, non-blocking TCP connection, in plaintext or in TLS.
+
+    With `tls` (a context from raftproc.runtime.tls) the socket is wrapped once TCP
+    is connected, and no frame moves until the handshake is done; it must finish
+    within `handshake_timeout` seconds. Under TLS the two directions can need each
+    other: a read may want the socket writable, a write may want it readable
+    (`_read_wants_write`, `_write_wants_read` keep the selector's interest right),
+    and bytes OpenSSL has already decrypted are invisible to select(), so every
+    read drains `pending()` before it returns.
+    """
 
     def __init__(
         self,
@@ -136,7 +147,12 @@ class Connection:
         log: Log,
         connecting: bool = False,
         on_connected: Callable[[Connection], None] | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_side: bool = False,
+        handshake_timeout: float = 5.0,
     ) -> None:
+        """`on_connected(conn)` runs once frames can flow: after the TCP connect, and
+        after the handshake under TLS (`conn.identity` is then the peer's)."""
         self.loop = loop
         self.sock = sock
         self.name = name
@@ -150,9 +166,23 @@ class Connection:
         self.last_frame_at = loop.clock()  # when the last whole frame arrived (or the connection opened)
         self.connecting = connecting
         self._on_connected = on_connected
-        self._events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connecting else 0)
+        self._tls = tls
+        self._server_side = server_side
+        self.handshaking = False
+        self.identity: Identity | None = None  # who the peer's certificate names (TLS only)
+        self._read_wants_write = False
+        self._write_wants_read = False
+        self._handshake_wants_write = False
+        self._events = 0
         sock.setblocking(False)
-        loop.sel.register(sock, self._events, self._on_event)
+        if tls is not None:
+            loop.call_later(handshake_timeout, self._handshake_deadline)
+            if not connecting:
+                self._start_tls()
+                if self.closed:
+                    return
+        loop.sel.register(self.sock, self._wanted_events(), self._on_event)
+        self._events = self._wanted_events()
 
     def send(self, body: bytes) -> bool:
         """Queue one frame. Returns False (and drops it) when the queue is full or
@@ -164,20 +194,27 @@ class Connection:
         return True
 
     def flush(self) -> None:
-        if self.closed or self.connecting:
+        if self.closed or self.connecting or self.handshaking:
             return
         if self.out:
+            self._write_wants_read = False
             try:
-                sent = self.sock.send(self.out)
-            except (BlockingIOError, InterruptedError):
+                if self._tls is None:
+                    sent = self.sock.send(self.out)
+                else:
+                    # OpenSSL finishes a record it began only if the retry passes at
+                    # least the same bytes: `out` only grows until a send succeeds.
+                    sent = self.sock.send(self.out[:TLS_WRITE_BYTES])
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
                 sent = 0
-            except OSError as e:
-                self.close(f"send failed: {e}")
+            except ssl.SSLWantReadError:
+                sent = 0
+                self._write_wants_read = True
+            except OSError as e:  # ssl.SSLError included
+                self.close(f"send failed: {describe_error(e)}")
                 return
             del self.out[:sent]
-        # Watch for writability only while bytes wait; an idle writable socket
-        # would wake the selector on every pass.
-        self._want_write(bool(self.out))
+        self._update_events()
 
     def close(self, reason: str) -> None:
         if self.closed:
@@ -190,33 +227,132 @@ class Connection:
         self.sock.close()
         self.on_close(self, reason)
 
-    def _want_write(self, want: bool) -> None:
-        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+    def _wanted_events(self) -> int:
+        # Watch for writability only while it is needed; an idle writable socket
+        # would wake the selector on every pass.
+        write = (
+            self.connecting
+            or self._read_wants_write
+            or (self.handshaking and self._handshake_wants_write)
+            or (bool(self.out) and not self._write_wants_read and not self.handshaking)
+        )
+        return selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+
+    def _update_events(self) -> None:
+        events = self._wanted_events()
         if events != self._events and not self.closed:
             self._events = events
             self.loop.sel.modify(self.sock, events, self._on_event)
 
     def _on_event(self, mask: int) -> None:
-        if self.connecting and mask & selectors.EVENT_WRITE:
+        if self.connecting:
+            if not mask & selectors.EVENT_WRITE:
+                return
             err = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err:
                 self.close(f"connect failed: {errno.errorcode.get(err, err)}")
                 return
             self.connecting = False
-            if self._on_connected:
-                self._on_connected(self)
-        if mask & selectors.EVENT_READ:
+            if self._tls is None:
+                self._connected()
+            else:
+                self.loop.sel.unregister(self.sock)
+                self._start_tls()
+                self.loop.sel.register(self.sock, self._wanted_events(), self._on_event)
+                self._events = self._wanted_events()
+        if self.handshaking:
+            self._handshake()
+            if self.handshaking or self.closed:
+                return
+            mask |= selectors.EVENT_READ | selectors.EVENT_WRITE  # decrypted bytes may wait already
+        if mask & selectors.EVENT_READ or self._read_wants_write:
             self._read()
-        if not self.closed and mask & selectors.EVENT_WRITE:
+        if not self.closed and (mask & selectors.EVENT_WRITE or self._write_wants_read):
             self.flush()
 
-    def _read(self) -> None:
+    # --- TLS ------------------------------------------------------------------------
+
+    def _start_tls(self) -> None:
+        assert self._tls is not None
         try:
-            data = self.sock.recv(RECV_BYTES)
-        except (BlockingIOError, InterruptedError):
+            self.sock = self._tls.wrap_socket(self.sock, server_side=self._server_side, do_handshake_on_connect=False)
+        except (OSError, ValueError) as e:
+            self.closed = True
+            self.sock.close()
+            self.on_close(self, f"TLS set-up failed: {describe_error(e)}")
             return
-        except OSError as e:
-            self.close(f"recv failed: {e}")
+        self.handshaking = True
+        self._handshake_wants_write = not self._server_side  # a client speaks first
+
+    def _handshake(self) -> None:
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._handshake_wants_write = False
+            self._update_events()
+            return
+        except ssl.SSLWantWriteError:
+            self._handshake_wants_write = True
+            self._update_events()
+            return
+        except (OSError, ValueError) as e:  # ssl.SSLError included: no answer, just a close
+            self.log("tls_handshake_failed", level="warning", conn=self.name, error=describe_error(e))
+            self.close("TLS handshake failed")
+            return
+        self.handshaking = False
+        self.identity = identity_of(self.sock.getpeercert())
+        self._connected()
+        if not self.closed:
+            self._update_events()
+
+    def _handshake_deadline(self) -> None:
+        if not self.closed and (self.handshaking or self.connecting):
+            self.log("tls_handshake_timeout", level="warning", conn=self.name)
+            self.close("TLS handshake timed out")
+
+    def _connected(self) -> None:
+        if self._on_connected:
+            self._on_connected(self)
+
+    # --- reading --------------------------------------------------------------------
+
+    def _recv(self) -> bytes | None:
+        """What the socket has now (b"" at the end of the stream, None for nothing)."""
+        if self._tls is None:
+            try:
+                return self.sock.recv(RECV_BYTES)
+            except (BlockingIOError, InterruptedError):
+                return None
+        self._read_wants_write = False
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < RECV_BYTES:
+                data = self.sock.recv(RECV_BYTES)
+                if not data:
+                    return b"".join(chunks) if chunks else b""
+                chunks.append(data)
+                size += len(data)
+                # A record is decrypted whole; what this recv did not take stays
+                # inside the SSL object, where select() cannot see it.
+                while self.sock.pending():
+                    chunks.append(self.sock.recv(self.sock.pending()))
+        except ssl.SSLWantReadError:
+            pass
+        except ssl.SSLWantWriteError:
+            self._read_wants_write = True
+            self._update_events()
+        return b"".join(chunks) if chunks else None
+
+    def _read(self) -> None:
+        if self.closed or self.connecting or self.handshaking:
+            return
+        try:
+            data = self._recv()
+        except OSError as e:  # ssl.SSLError included
+            self.close(f"recv failed: {describe_error(e)}")
+            return
+        if data is None:
             return
         if not data:
             if self.decoder.buffered:
@@ -243,6 +379,9 @@ class Connection:
                 self.log("bad_frame", level="error", conn=self.name, error=describe_error(e), bytes=len(body), excerpt=body[:EXCERPT_BYTES].hex())
                 self.close("bad frame")
                 return
+
+
+TLS_WRITE_BYTES = 256 * 1024  # per SSL write: one copy of this much, not of the whole queue
 
 
 EXCERPT_BYTES = 32

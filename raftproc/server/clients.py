@@ -14,6 +14,10 @@ Answers are honest about what is known:
   will not be (it never reached a log, or another entry won its index);
 - "unknown": it reached a leader's log and may still commit. The client retries
   with the same sequence number; the session table applies it at most once.
+
+Under TLS (raftproc.runtime.tls) only client and admin certificates are served
+here; a client certificate may ask for status, read and write keys and list the
+members; changing membership and transferring leadership need an admin one.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Connection, EventLoop, Listener
+from raftproc.runtime.tls import ADMIN, CLIENT, TlsContexts
 from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.requests import (
     ClientRequest,
@@ -81,6 +86,8 @@ class ClientService:
         log: Log,
         status: Callable[[], dict[str, Any]],
         on_applied: Callable[[bytes | None], None],
+        tls: TlsContexts | None = None,
+        handshake_timeout: float = 5.0,
     ) -> None:
         """`status()` is the node's status answer; `on_applied(command)` hears every
         applied command (the snapshot policy counts their bytes)."""
@@ -99,6 +106,8 @@ class ClientService:
         self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
         self.status = status
         self.on_applied = on_applied
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self.connections: set[Connection] = set()
         self.listener: Listener | None = None
         self.waiting: dict[int, Waiting] = {}  # log index -> the client waiting for it
@@ -137,8 +146,18 @@ class ClientService:
         conn = Connection(
             self.loop, sock, name=f"client-{addr[0]}:{addr[1]}", on_frame=self._on_frame, on_close=self._on_close,
             max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.remote_log,
+            tls=self.tls.server if self.tls else None, server_side=True, handshake_timeout=self.handshake_timeout,
+            on_connected=self._check_role,
         )
-        self.connections.add(conn)
+        if not conn.closed:
+            self.connections.add(conn)
+
+    def _check_role(self, conn: Connection) -> None:
+        """After the handshake: a node's certificate (or none we can read) has no
+        business on the client port."""
+        if conn.identity is None or conn.identity.role not in (CLIENT, ADMIN):
+            self.remote_log("client_identity_refused", level="warning", conn=conn.name, identity=str(conn.identity))
+            conn.close("not a client certificate")
 
     def _on_close(self, conn: Connection, reason: str) -> None:
         self.connections.discard(conn)
@@ -152,6 +171,10 @@ class ClientService:
             return
         if len(body) > self.max_request_bytes:
             self._answer(conn, req.id, status="error", error=f"request of {len(body)} bytes is over the limit of {self.max_request_bytes} (max_request_bytes)")
+            return
+        if self.tls is not None and _needs_admin(req) and (conn.identity is None or conn.identity.role != ADMIN):
+            self.remote_log("permission_denied", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__)
+            self._answer(conn, req.id, status="error", error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})")
             return
         self._dispatch[type(req)](conn, req)
 
@@ -337,3 +360,11 @@ class ClientService:
 
     def _answer(self, conn: Connection, request_id: int, **fields: Any) -> None:
         conn.send(codec.encode({"t": "resp", "id": request_id, **fields}))
+
+
+def _needs_admin(req: ClientRequest) -> bool:
+    return isinstance(req, TransferRequest) or (isinstance(req, MemberRequest) and req.op != "list")
+
+
+def _describe(req: ClientRequest) -> str:
+    return "transfer" if isinstance(req, TransferRequest) else f"member {req.op}" if isinstance(req, MemberRequest) else "this request"

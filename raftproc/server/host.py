@@ -38,6 +38,7 @@ from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import EventLoop
 from raftproc.runtime.members import describe
 from raftproc.runtime.storage import open_storage
+from raftproc.runtime.tls import TlsContexts, TlsError
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
 from raftproc.server.clients import ClientService
@@ -88,8 +89,10 @@ class NodeHost:
         driver: Driver,
         clock: Clock,
         log: Log,
+        tls: TlsContexts | None = None,
     ) -> None:
         self.id = node_id
+        self.tls = tls
         self.cfg = cfg
         self.loop = loop
         self.raft = raft
@@ -136,6 +139,21 @@ class NodeHost:
         self.wal.close()
         self.loop.close()
         self.log("node_stopped")
+
+    def reload_tls(self) -> None:
+        """SIGHUP: read the certificate, key and CA bundle again. New connections
+        use them; open ones keep the session they have. A file that does not load
+        leaves the old contexts in place."""
+        if self.tls is None:
+            self.log("tls_reload_skipped", level="warning", reason="the config has no [tls] table")
+            return
+        try:
+            self.tls.reload()
+        except TlsError as e:
+            self.log("tls_reload_failed", level="error", error=str(e))
+            return
+        f = self.tls.files
+        self.log("tls_reloaded", ca=str(f.ca), cert=str(f.cert), key=str(f.key))
 
     def _freeze_heap(self) -> None:
         """Move every object alive now out of the cyclic GC's reach (gc.freeze).
@@ -246,6 +264,9 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
     st = open_storage(data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
     wal, rec, meta = st.wal, st.log, st.meta
     incarnation = load_identity(data_dir, node_id, sync=wal.sync_enabled)
+    tls_files = cfg.node_tls(node_id)
+    tls = TlsContexts(tls_files) if tls_files is not None else None
+    handshake_timeout = cfg.handshake_timeout_ms / 1000
     kv = KeyValueStore()
     if meta is not None and st.image is not None:
         kv.restore(meta.index, st.image)
@@ -259,6 +280,7 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
         me=node_id, incarnation=incarnation, book=dict(cfg.nodes), known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
         loop=loop, rng=rng, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer, log=log,
         on_frame=lambda frame: host.on_peer_frame(frame), on_link_down=lambda peer: host.on_link_down(peer),
+        tls=tls, handshake_timeout=handshake_timeout,
     )
     # Addresses of nodes added after the config file was written.
     if meta is not None:
@@ -273,6 +295,7 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
     clients = ClientService(
         me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
         max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda: host.status(), on_applied=snapshots.applied,
+        tls=tls, handshake_timeout=handshake_timeout,
     )
     syncer = None
     if cfg.background_sync:
@@ -292,7 +315,10 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
     clients.listen(me.client)
     host = NodeHost(
         node_id=node_id, cfg=cfg, loop=loop, raft=raft, kv=kv, wal=wal, syncer=syncer, peers=peers, snapshots=snapshots,
-        clients=clients, driver=driver, clock=clock, log=log,
+        clients=clients, driver=driver, clock=clock, log=log, tls=tls,
     )
-    log("node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}", pid=os.getpid())
+    log(
+        "node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}",
+        pid=os.getpid(), transport="tls" if tls else "plaintext",
+    )
     return host

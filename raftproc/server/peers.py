@@ -5,7 +5,10 @@ redialled with backoff when it drops (at once when the peer speaks to us first,
 so a restarted node hears its leader before its election timer fires). Inbound
 connections carry what peers send us: each must open with a hello
 (raftproc.runtime.identity) naming a node we know and an incarnation we accept;
-frames count only after it, and only from the node that said hello. A frame that
+frames count only after it, and only from the node that said hello. Under TLS
+(raftproc.runtime.tls) a hello as node N counts only on a connection that
+presented node N's certificate, and a link we dial counts only if the far end
+presents the certificate of the node we meant to reach. A frame that
 breaks these rules costs its connection, never the process.
 
 The address book starts as the config file's nodes; configuration entries and
@@ -32,6 +35,7 @@ from raftproc.runtime.entries import decode_addresses, encode_addresses
 from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
 from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
+from raftproc.runtime.tls import TlsContexts, node_identity
 
 Log = Callable[..., None]
 
@@ -80,11 +84,19 @@ class PeerLink:
         self.conn = Connection(
             p.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close,
             max_frame=p.max_frame, max_buffer=p.max_buffer, log=p.remote_log, connecting=True, on_connected=self._on_connected,
+            tls=p.tls.client if p.tls else None, handshake_timeout=p.handshake_timeout,
         )
         # Queued ahead of anything else, so it is the connection's first frame.
         self.conn.send(encode_message(PeerHello(p.me, self.peer_id, p.incarnation)))
 
     def _on_connected(self, conn: Connection) -> None:
+        if self.peers.tls is not None and conn.identity != node_identity(self.peer_id):
+            self.peers.remote_log(
+                "peer_identity_refused", level="error", peer_id=self.peer_id, conn=conn.name,
+                reason=f"dialled node {self.peer_id}, the certificate names {conn.identity or 'nobody we know'}",
+            )
+            conn.close("wrong certificate")
+            return
         self.connected = True
         self.backoff.reset()
         self.peers.log("peer_connected", peer=self.peer_id)
@@ -137,8 +149,10 @@ class Peers:
         log: Log,
         on_frame: Callable[[PeerFrame], None],
         on_link_down: Callable[[int], None],
+        tls: TlsContexts | None = None,
+        handshake_timeout: float = 5.0,
     ) -> None:
-        """`on_frame` gets every admitted frame (Raft messages and snapshot chunks and
+        """`tls`: mutual TLS on every link (None: plaintext). `on_frame` gets every admitted frame (Raft messages and snapshot chunks and
         acknowledgements); `on_link_down(peer)` hears that a link that was up broke."""
         self.me = me
         self.incarnation = incarnation
@@ -152,6 +166,8 @@ class Peers:
         self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
         self.on_frame = on_frame
         self.on_link_down = on_link_down
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
         self.links: dict[int, PeerLink] = {}
         self.inbound: set[Connection] = set()
         self._greeted: dict[Connection, int] = {}  # inbound connection -> the node that said hello
@@ -242,8 +258,10 @@ class Peers:
         conn = Connection(
             self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_inbound_frame, on_close=self._on_inbound_close,
             max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.remote_log,
+            tls=self.tls.server if self.tls else None, server_side=True, handshake_timeout=self.handshake_timeout,
         )
-        self.inbound.add(conn)
+        if not conn.closed:
+            self.inbound.add(conn)
 
     def _on_inbound_frame(self, conn: Connection, body: bytes) -> None:
         try:
@@ -256,7 +274,9 @@ class Peers:
             return
         speaker = self._greeted.get(conn)
         if speaker is None:
-            if isinstance(msg, PeerHello):
+            if isinstance(msg, PeerHello) and self.tls is not None and conn.identity != node_identity(msg.src):
+                self._reject(conn, f"hello as node {msg.src} on a connection whose certificate names {conn.identity or 'no node'}")
+            elif isinstance(msg, PeerHello):
                 self._on_hello(conn, msg)
             else:
                 self._reject(conn, f"{type(msg).__name__} from {msg.src} before its hello")

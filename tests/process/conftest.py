@@ -23,10 +23,10 @@ def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str
         time.sleep(0.02)  # poll interval of this wait-until loop
 
 
-def make_cluster(tmp_path: Path, nodes: int, **overrides) -> Cluster:
+def make_cluster(tmp_path: Path, nodes: int, *, tls: bool = False, **overrides) -> Cluster:
     run = tmp_path / "run"
     cluster = Cluster(run)
-    cluster.create(local_config(nodes, run / "data", run / "logs", **overrides))
+    cluster.create(local_config(nodes, run / "data", run / "logs", **overrides), tls=tls)
     return cluster
 
 

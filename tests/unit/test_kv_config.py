@@ -102,3 +102,60 @@ def test_config_unknown_node_id():
         default_config().node(9)
     assert "9" in str(err.value)
     assert parse_config({"node": [{"id": 1, "peer": "h:1", "client": "h:2"}]}).nodes[1].peer == ("h", 1)
+
+
+TLS_CONFIG = """
+[[node]]
+id = 1
+peer = "127.0.0.1:7101"
+client = "127.0.0.1:7201"
+cert = "tls/node-1.pem"
+key = "/abs/node-1-key.pem"
+
+[[node]]
+id = 2
+peer = "10.0.0.2:7102"
+client = "10.0.0.2:7202"
+
+[tls]
+ca = "tls/ca.pem"
+client_cert = "tls/client.pem"
+client_key = "tls/client-key.pem"
+"""
+
+
+def test_tls_paths_are_relative_to_the_config_file(tmp_path):
+    path = tmp_path / "etc" / "cluster.toml"
+    path.parent.mkdir()
+    path.write_text(TLS_CONFIG)
+    cfg = load_config(path)
+    files = cfg.node_tls(1)
+    assert files.ca == path.parent / "tls/ca.pem" and files.cert == path.parent / "tls/node-1.pem"
+    assert str(files.key) == "/abs/node-1-key.pem"
+    # No admin certificate in the file: a client presents the client one.
+    assert cfg.client_tls().cert == path.parent / "tls/client.pem"
+    with pytest.raises(ConfigError, match="node 2's \\[\\[node\\]\\] table needs cert and key"):
+        cfg.node_tls(2)
+    again = load_config(_write(tmp_path / "copy.toml", to_toml(cfg)))
+    assert again.tls == cfg.tls and again.nodes[1].cert == cfg.nodes[1].cert
+
+
+def test_tls_table_errors_say_what_is_wrong(tmp_path):
+    for extra, says in [
+        ('[tls]\nclient_cert = "c.pem"\n', "needs ca"),
+        ('[tls]\nca = "ca.pem"\nadmin_cert = "a.pem"\n', "admin_cert and admin_key go together"),
+        ('[tls]\nca = "ca.pem"\nverify = false\n', "needs ca"),
+    ]:
+        text = '[[node]]\nid = 1\npeer = "127.0.0.1:1"\nclient = "127.0.0.1:2"\n' + extra
+        with pytest.raises(ConfigError, match=says):
+            load_config(_write(tmp_path / "c.toml", text))
+
+
+def test_plaintext_config_has_no_tls():
+    cfg = default_config()
+    assert cfg.tls is None and cfg.node_tls(1) is None and cfg.client_tls() is None
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path

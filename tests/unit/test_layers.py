@@ -19,7 +19,7 @@ ALLOWED: dict[str, set[str]] = {
     "core": {"core"},
     "kv": {"core", "kv"},
     "runtime": {"core", "kv", "runtime"},
-    "config": {"core", "runtime.addresses"},
+    "config": {"core", "runtime.addresses", "runtime.tls"},
     "server": {"core", "kv", "runtime", "server", "config"},
     # The simulator runs the node's own Ready driver and nothing else of the server.
     "sim": {"core", "sim", "server.driver"},
