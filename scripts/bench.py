@@ -5,6 +5,7 @@
     python scripts/bench.py --compare pysyncobj,etcd --repeats 3
     python scripts/bench.py --failover 15                    # kill -9 of the leader, 15 rounds
     python scripts/bench.py --baseline ../other-checkout     # A/B against another commit
+    python scripts/bench.py --tls                            # also with mutual TLS, interleaved: its cost
     python scripts/bench.py --nodes 3,5,7 --value-size 64,1024,16384
     python scripts/bench.py --tiny                           # seconds; CI runs this so it cannot rot
     python scripts/bench.py --reads                          # gets: through the log, ReadIndex, lease
@@ -63,6 +64,8 @@ def make_targets(systems: list[str], nodes: int, baseline: str | None = None):
     makers = {"raftproc": lambda: RaftprocTarget(nodes)}
     if baseline:
         makers["raftproc-baseline"] = lambda: RaftprocTarget(nodes, source=Path(baseline).resolve())
+    if "raftproc-tls" in systems:
+        makers["raftproc-tls"] = lambda: RaftprocTarget(nodes, tls=True)
     if "raftproc-bgsync" in systems:
         makers["raftproc-bgsync"] = lambda: RaftprocTarget(nodes, background_sync=True)
     if "pysyncobj" in systems:
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--generators", type=int, default=2, help="load generator processes (1 when one request is in flight)")
     a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd (or raftproc-bgsync: fsync on a thread)")
     a.add_argument("--baseline", help="also run raftproc from this checkout (another commit), interleaved: an A/B in one invocation")
+    a.add_argument("--tls", action="store_true", help="also run raftproc with mutual TLS on every connection, interleaved (the cost of TLS)")
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
     a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
@@ -150,8 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         return read_figures(args, ints(args.inflight))
     if args.tiny:
         args.inflight, args.repeats, args.warmup, args.window = "16", 1, 0.3, 1.0
-    systems = ["raftproc"] + (["raftproc-baseline"] if args.baseline else []) + [s for s in args.compare.split(",") if s]
-    unknown = set(systems) - {"raftproc", "raftproc-baseline", "raftproc-bgsync", "pysyncobj", "etcd"}
+    systems = ["raftproc"] + (["raftproc-baseline"] if args.baseline else []) + (["raftproc-tls"] if args.tls else [])
+    systems += [s for s in args.compare.split(",") if s and s not in systems]
+    unknown = set(systems) - {"raftproc", "raftproc-baseline", "raftproc-tls", "raftproc-bgsync", "pysyncobj", "etcd"}
     if unknown:
         a.error(f"unknown systems {sorted(unknown)}")
 

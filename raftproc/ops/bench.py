@@ -52,7 +52,7 @@ class Point:
 
 def run_loadgens(
     target: tuple[str, int], inflight: int, generators: int, warmup: float, window: float, value_size: int, keys: int,
-    protocol: str = "raftproc", rate: float = 0.0, read: str = "",
+    protocol: str = "raftproc", rate: float = 0.0, read: str = "", config: Path | None = None,
 ) -> list[dict[str, Any]]:
     gens = min(generators, inflight)
     procs = [
@@ -60,7 +60,8 @@ def run_loadgens(
             [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{target[0]}:{target[1]}",
              "--inflight", str(max(1, inflight // gens)), "--connections", str(max(1, min(16, inflight // gens))),
              "--warmup", str(warmup), "--window", str(window), "--value-size", str(value_size), "--keys", str(keys),
-             "--seed", str(g + 1), "--protocol", protocol, "--rate", str(rate / gens)] + (["--read", read] if read else []),
+             "--seed", str(g + 1), "--protocol", protocol, "--rate", str(rate / gens)] + (["--read", read] if read else [])
+            + (["--config", str(config)] if config else []),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for g in range(gens)
@@ -93,16 +94,20 @@ class RaftprocTarget:
     system = "raftproc"
     protocol = "raftproc"
 
-    def __init__(self, nodes: int, *, background_sync: bool = False, source: Path | None = None) -> None:
+    def __init__(self, nodes: int, *, background_sync: bool = False, source: Path | None = None, tls: bool = False) -> None:
         """`source`: run the nodes from another checkout of raftproc (a baseline for an
-        A/B measured in one invocation)."""
+        A/B measured in one invocation). `tls`: mutual TLS on every connection, the
+        load generators' too."""
         if background_sync:
             self.system = "raftproc-bgsync"
         if source is not None:
             self.system = "raftproc-baseline"
+        if tls:
+            self.system = "raftproc-tls"
         self.tmp = Path(tempfile.mkdtemp(prefix="raftproc-bench-"))
         self.cluster = Cluster(self.tmp / "run", env={"PYTHONPATH": str(source)} if source is not None else None)
-        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning", background_sync=background_sync))
+        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning", background_sync=background_sync), tls=tls)
+        self.config = self.cluster.config_path if tls else None
         self.cluster.up(wait=20)
 
     def leader_address(self) -> tuple[str, int]:
@@ -139,7 +144,10 @@ def measure(target: Any, point: Point, *, warmup: float, window: float, generato
     term_before = target.leader_changes_marker()
     pids = target.node_pids()
     cpu_before = cpu_seconds(pids)
-    parts = run_loadgens(address, point.inflight, generators, warmup, window, point.value_size, point.keys, target.protocol, point.rate)
+    parts = run_loadgens(
+        address, point.inflight, generators, warmup, window, point.value_size, point.keys, target.protocol, point.rate,
+        config=getattr(target, "config", None),
+    )
     run = combine(parts)
     run["node_cpu_s"] = (cpu_seconds(pids) - cpu_before) * window / (warmup + window)
     run["leader_changes"] = target.leader_changes_marker() - term_before
@@ -155,7 +163,7 @@ def failover(target: RaftprocTarget, rounds: int) -> list[float]:
     times = []
     for _ in range(rounds):
         leader = cluster.wait_for_leader(timeout=20)
-        client = Client(cluster.config.client_addresses(), timeout=10, attempt_timeout=0.05, max_backoff=0.005)
+        client = cluster.client(timeout=10, attempt_timeout=0.05, max_backoff=0.005)
         client.set("failover", "before")
         killed_at = time.monotonic()
         cluster.kill(leader)

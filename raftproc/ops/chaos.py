@@ -38,6 +38,7 @@ SPARE_SLOTS = 4
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.workload import Workload
+from raftproc.runtime.tls import client_context
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption
 
@@ -57,6 +58,7 @@ class ChaosOptions:
     # snapshots, compaction and InstallSnapshot happen during the faults.
     snapshot_every: int | None = None
     read_mode: str = "index"  # how the clients' gets read: index (ReadIndex), log or lease
+    tls: bool = False  # mutual TLS on every connection (certificates minted in out/run/tls)
 
 
 @dataclass
@@ -104,7 +106,7 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
         cfg = local_config(opts.nodes, out / "data", out / "logs", **storage)
         launcher = opts.launcher
     cluster = Cluster(out / "run", launcher=launcher, env=env)
-    cluster.create(cfg)
+    cfg = cluster.create(cfg, tls=opts.tls)
     wall0, mono0 = time.time(), time.monotonic()
     try:
         return _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0)
@@ -120,8 +122,10 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     out = opts.out.resolve()
     cluster.up(wait=20)
     keys = opts.keys or max(2, opts.clients // 2)
+    files = cfg.client_tls()
     workload = Workload(
         cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout, read_mode=opts.read_mode,
+        tls=client_context(files) if files else None,
     )
     schedule = plan(opts.seed, faults, opts.duration)
     nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"\r{_clock(mono0)} {m}" + " " * 20))
@@ -191,7 +195,7 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     leader_changes = sum(1 for e in events if e["event"] == "became_leader")
     c = history.counts
     summary = [
-        ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
+        ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("transport", "mutual TLS" if opts.tls else "plaintext"), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
         ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
         ("faults injected", len(nemesis.records)), ("leader changes", leader_changes),
         ("snapshots taken", snapshot_events["snapshot_saved"]), ("snapshots installed", snapshot_events["snapshot_installed"]),

@@ -6,6 +6,8 @@ reports throughput and latencies of a measured window as one JSON line.
 Requests are pipelined: each connection carries up to `inflight / connections`
 requests at once, matched to answers by id. Every answer that is not "ok" counts as
 an error (and its request is not retried: the load shape stays fixed).
+With `--config` naming a cluster that runs TLS, every connection speaks it, with
+the config's client certificate.
 """
 
 from __future__ import annotations
@@ -16,11 +18,14 @@ import os
 import random
 import selectors
 import socket
+import ssl
 import sys
 import time
 
 from raftproc.runtime import codec
 from raftproc.runtime.framing import FrameDecoder, encode_frame
+
+TLS_WRITE_BYTES = 256 * 1024
 
 
 def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: float) -> dict:
@@ -38,6 +43,7 @@ def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: 
 def run(
     target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int,
     seed: int, protocol: str = "raftproc", rate: float = 0.0, count: int = 0, unique: bool = False, read: str = "",
+    tls: ssl.SSLContext | None = None,
 ) -> dict:
     """Closed loop: `inflight` requests always outstanding. With `rate` > 0, open loop:
     requests leave on a fixed schedule (up to `inflight` outstanding) and latency runs
@@ -56,6 +62,8 @@ def run(
     for c in range(min(connections, inflight)):
         s = socket.create_connection(target, timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            s = tls.wrap_socket(s)  # the handshake, blocking, before the load starts
         s.setblocking(False)
         state = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "client": rng.getrandbits(60) + 1, "seq": 0, "id": 0}
         conns.append(state)
@@ -108,14 +116,19 @@ def run(
         for st in conns:
             if st["out"]:
                 try:
-                    n = st["sock"].send(st["out"])
+                    # Under TLS a retried write must pass at least the bytes it passed
+                    # before; `out` only grows until a send succeeds.
+                    n = st["sock"].send(st["out"] if tls is None else st["out"][:TLS_WRITE_BYTES])
                     del st["out"][:n]
-                except BlockingIOError:
+                except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                     pass
         wait = max(0.0, (next_at_ns - time.perf_counter_ns()) / 1e9) if rate else 0.05
         for key, _ in sel.select(min(wait, 0.05)):
             st = key.data
-            data = st["sock"].recv(1 << 20)
+            try:
+                data = _recv(st["sock"])
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                continue
             if not data:
                 raise ConnectionError("node closed the connection")
             t = time.perf_counter_ns()
@@ -135,6 +148,14 @@ def run(
         st["sock"].close()
     elapsed = time.perf_counter() - start if count else window
     return summarize(latencies, done, errors, elapsed, sum(os.times()[:2]) - (cpu0 or 0))
+
+
+def _recv(sock: socket.socket) -> bytes:
+    data = sock.recv(1 << 20)
+    if isinstance(sock, ssl.SSLSocket):
+        while sock.pending():  # decrypted already: select() would not report it
+            data += sock.recv(sock.pending())
+    return data
 
 
 def run_etcd(target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, seed: int) -> dict:
@@ -215,11 +236,19 @@ def main() -> int:
     p.add_argument("--count", type=int, default=0, help="exactly this many writes; --window caps the time")
     p.add_argument("--unique", action="store_true", help="each write to a key of its own")
     p.add_argument("--read", choices=("", "log", "index", "lease"), default="", help="gets with this read mode instead of sets")
+    p.add_argument("--config", help="the cluster's config: with [tls], connect with its client certificate")
     a = p.parse_args()
+    tls = None
+    if a.config:
+        from raftproc.config import load_config
+        from raftproc.runtime.tls import client_context
+
+        files = load_config(a.config).client_tls()
+        tls = client_context(files) if files else None
     host, _, port = a.target.rpartition(":")
     result = run(
         (host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate,
-        a.count, a.unique, a.read,
+        a.count, a.unique, a.read, tls,
     )
     print(json.dumps(result))
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import random
+import ssl
 import threading
 import time
 from collections import Counter
@@ -79,8 +80,11 @@ class Workload:
 
     def __init__(
         self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0, read_mode: str = "index",
+        tls: ssl.SSLContext | None = None,
     ) -> None:
+        """`tls`: the client context every client connects with (None: plaintext)."""
         self.addresses = addresses
+        self.tls = tls
         self.read_mode = read_mode
         self.clients = clients
         self.keys = [f"k{i}" for i in range(keys)]
@@ -103,7 +107,7 @@ class Workload:
 
     def _client_loop(self, n: int, until: float) -> None:
         rng = random.Random(self.seed * 1000 + n)
-        client = Client(self.addresses, timeout=self.op_timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode)
+        client = Client(self.addresses, timeout=self.op_timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode, tls=self.tls)
         seen: dict[str, str | None] = {}
         counter = 0
         try:
@@ -129,7 +133,7 @@ class Workload:
 
     def final_reads(self) -> None:
         """After healing: read every key once, so a lost write shows in the history."""
-        client = Client(self.addresses, timeout=10, rng=random.Random(self.seed))
+        client = Client(self.addresses, timeout=10, rng=random.Random(self.seed), tls=self.tls)
         try:
             for key in self.keys:
                 run_one(client, self.history, self.clients, "get", key)

@@ -35,9 +35,10 @@ def test_chaos_smoke_every_verdict_passes(tmp_path):
         faults += ["partition", "slow"]
     out = tmp_path / "run"
     # A snapshot every 100 entries: snapshots, compaction and InstallSnapshot all
-    # happen while nodes are killed, paused, cut off and power-cycled.
+    # happen while nodes are killed, paused, cut off and power-cycled; and every
+    # connection, nodes' and clients', runs mutual TLS.
     result = run_chaos(
-        ChaosOptions(out=out, nodes=3, duration=20, faults=faults, clients=4, seed=11, snapshot_every=100), say=lambda m: None
+        ChaosOptions(out=out, nodes=3, duration=20, faults=faults, clients=4, seed=11, snapshot_every=100, tls=True), say=lambda m: None
     )
     assert result.ok, result.verdicts
     names = {name for name, _, _ in result.verdicts}
@@ -49,7 +50,8 @@ def test_chaos_smoke_every_verdict_passes(tmp_path):
     assert {"client", "op", "key", "value", "expect", "call", "return", "ok", "output"} <= set(history[0])
     report = (out / "report.html").read_text()
     assert "<svg" in report and "linearizable" in report and "leads term" in report
-    assert (out / "logs" / "node-1.jsonl").exists()
+    started = [e for e in map(json.loads, (out / "logs" / "node-1.jsonl").read_text().splitlines()) if e["event"] == "node_started"]
+    assert started and all(e["transport"] == "tls" for e in started)
     if not root_ok:
         assert any("unavailable" in n for n in result.notes)
 

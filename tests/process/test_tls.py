@@ -208,3 +208,31 @@ def test_sighup_rotates_the_certificate_for_new_connections_only(cluster):
         assert c.get("after-rotation") == "1"
     finally:
         c.close()
+
+
+def test_join_mints_the_new_nodes_certificate(cluster):
+    node = cluster.join(timeout=60)
+    new = cluster.config.node(node)
+    assert new.cert is not None and os.stat(new.key).st_mode & 0o777 == 0o600
+    assert node in cluster.members()["voters"]
+    c = cluster.client(timeout=10)
+    try:
+        c.set("joined", str(node))
+        assert wait_until(lambda: (cluster.node_status(node) or {}).get("last_applied", 0) >= c.status(1)["commit_index"], 20, "the new node to apply")
+    finally:
+        c.close()
+
+
+def test_a_node_on_a_public_address_without_tls_warns_loudly(tmp_path):
+    from raftproc.config import ClusterConfig, NodeAddress
+    from raftproc.ops.cluster import Cluster, free_ports
+
+    peer, client = free_ports(2)
+    cluster = Cluster(tmp_path / "run")
+    cluster.create(ClusterConfig(nodes={1: NodeAddress(1, ("0.0.0.0", peer), ("0.0.0.0", client))}, data_dir=tmp_path / "data", log_dir=tmp_path / "logs"))
+    try:
+        cluster.start(1)
+        wait_until(lambda: any(e["event"] == "insecure_transport" for e in log_events(cluster, 1)), 20, "insecure_transport")
+        assert "WITHOUT TLS" in (cluster.run_dir / "node-1.out").read_text()
+    finally:
+        cluster.down(timeout=3)
