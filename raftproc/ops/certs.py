@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             print("--name: 1 to 64 letters, digits, '.', '_' or '-'", file=sys.stderr)
             return 2
         paths = make_cert(args.dir, identity)
-    print(f"wrote {paths[0]} and {paths[1]} (0600)")
+    print(f"wrote {paths[0]} and its key {paths[1]} (readable by its owner only)")
     return 0
 
 
