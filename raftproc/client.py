@@ -197,6 +197,8 @@ class Client:
                     raise Unknown(f"{what}: outcome unknown after {self.timeout}s ({last_error})")
                 raise Failed(f"{what}: no leader accepted it within {self.timeout}s ({last_error})")
             target = self._target
+            if maybe_sent and body.get("t") == "req":
+                body["retry"] = True  # the store must not open a new session for it
             try:
                 answer = self._call(target, body, remaining if whole_deadline else min(self.attempt_timeout, remaining))
             except (OSError, FrameError, RemoteProtocolError) as e:
@@ -213,6 +215,8 @@ class Client:
                     return answer["result"]
                 if status == "error":
                     raise Failed(f"{what}: rejected: {answer.get('error')}")
+                if status == "session_expired":
+                    raise Unknown(f"{what}: {answer.get('error')}")
                 if status == "redirect":
                     self._target = self._redirected(answer, target)
                     last_error = f"redirected to node {answer.get('leader')}"

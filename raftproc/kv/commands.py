@@ -2,7 +2,7 @@
 
 A command carries the client's id and sequence number so the state machine can
 apply a retried request once and answer it with its first result (the session
-table in raftproc.kv.state_machine).
+table in raftproc.kv.state_machine), and whether it is a retry.
 """
 
 from __future__ import annotations
@@ -20,11 +20,17 @@ class Command:
     expect: str | None = None  # cas: the value required now; None means "absent"
     client: int = 0
     seq: int = 0
+    # The client may have sent this request before (a retry): if its session is gone,
+    # the request may already have been applied, so it must not be applied now.
+    retry: bool = False
 
     def encode(self) -> bytes:
-        return cbor2.dumps([self.op, self.key, self.value, self.expect, self.client, self.seq])
+        fields = [self.op, self.key, self.value, self.expect, self.client, self.seq]
+        if self.retry:
+            fields.append(True)  # absent when false: first attempts keep the older, shorter form
+        return cbor2.dumps(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
-        op, key, value, expect, client, seq = cbor2.loads(data)
-        return cls(op, key, value, expect, client, seq)
+        fields = cbor2.loads(data)
+        return cls(*fields[:6], retry=len(fields) > 6 and fields[6] is True)

@@ -10,6 +10,17 @@ request (same client, same seq), which may reach the log twice when the first
 answer was lost, is not applied again: it gets the first result back. The session
 table is part of every snapshot, so this holds across compaction and restarts.
 
+Sessions are bounded (the Raft dissertation, section 6.3): the table holds at most
+MAX_SESSIONS clients, and applying a request for a new client evicts the one whose
+last request was applied longest ago. The bound is a constant, not a setting, and
+eviction depends only on the order of the log, so every replica forgets the same
+sessions at the same index. A request from an unknown client opens a session if it
+is a first attempt; if it is a retry (its earlier attempt may have been applied
+before the session was forgotten), it is refused as "session expired" and nothing
+is applied: the client reports the outcome as unknown instead of risking a second
+apply. The first attempt of a request always precedes its retries in the log: an
+entry from an older term is committed only below the newer leader's entries.
+
 The log digest is a chain (d_i = H(d_{i-1}, i, command_i)) rather than one running
 hash, so it can be carried in a snapshot and continued on the node restoring it.
 The state digest is the sum (mod 2**128) of a hash of every key-value pair, kept up
@@ -20,12 +31,15 @@ the event loop (that once stalled a leader long enough to lose an election).
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
 from raftproc.kv.commands import Command
 
 Result = dict[str, Any]
+MAX_SESSIONS = 10_000
+_OK: Result = {"ok": True}  # shared: results are never changed, and one per session adds up
 
 
 @dataclass(slots=True)
@@ -39,10 +53,12 @@ class KvImage:
 
 
 class KeyValueStore:
-    def __init__(self) -> None:
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        """`max_sessions`: only tests change it; every replica must use the same."""
         self.data: dict[str, str] = {}
-        # client id -> (last applied seq, its result)
-        self.sessions: dict[int, tuple[int, Result]] = {}
+        # client id -> (last applied seq, its result), least recently applied first
+        self.sessions: OrderedDict[int, tuple[int, Result]] = OrderedDict()
+        self.max_sessions = max_sessions
         self.last_applied = 0
         self._log_digest = bytes(16)
         self._state_sum = 0
@@ -56,7 +72,7 @@ class KeyValueStore:
     def restore(self, index: int, image: KvImage) -> None:
         """Replace the whole state by a snapshot's, taken at applied index `index`."""
         self.data = image.data
-        self.sessions = image.sessions
+        self.sessions = OrderedDict(image.sessions)
         self._log_digest = bytes.fromhex(image.digest)
         self._state_sum = image.state_sum
         self.last_applied = index
@@ -75,19 +91,29 @@ class KeyValueStore:
             return {"ok": False, "error": "undecodable command"}
         if cmd.client:
             seen = self.sessions.get(cmd.client)
+            if seen is None and cmd.retry:
+                return {"ok": False, "session_expired": True, "error": SESSION_EXPIRED}
             if seen is not None and cmd.seq <= seen[0]:
                 if cmd.seq == seen[0]:
                     return seen[1]
                 return {"ok": False, "error": f"request {cmd.seq} is older than {seen[0]}, already answered"}
         result = self._execute(cmd)
         if cmd.client:
-            self.sessions[cmd.client] = (cmd.seq, result)
+            self._remember(cmd.client, cmd.seq, result)
         return result
+
+    def _remember(self, client: int, seq: int, result: Result) -> None:
+        sessions = self.sessions
+        if client in sessions:
+            sessions.move_to_end(client)
+        sessions[client] = (seq, result)
+        if len(sessions) > self.max_sessions:
+            sessions.popitem(last=False)
 
     def _execute(self, cmd: Command) -> Result:
         if cmd.op == "set":
             self._put(cmd.key, cmd.value)  # type: ignore[arg-type]
-            return {"ok": True}
+            return _OK
         if cmd.op == "get":
             return {"ok": True, "value": self.data.get(cmd.key)}
         if cmd.op == "del":
@@ -100,7 +126,7 @@ class KeyValueStore:
             if current != cmd.expect:
                 return {"ok": False, "mismatch": True, "value": current}
             self._put(cmd.key, cmd.value)  # type: ignore[arg-type]
-            return {"ok": True}
+            return _OK
         return {"ok": False, "error": f"unknown operation {cmd.op!r}"}
 
     def _put(self, key: str, value: str) -> None:
@@ -123,6 +149,10 @@ class KeyValueStore:
 
 
 _MOD = 1 << 128
+SESSION_EXPIRED = (
+    "session expired: the cluster forgot this client's session (it keeps the most recent "
+    f"{MAX_SESSIONS:,}) before this retry arrived, so whether the first attempt was applied is unknown"
+)
 
 
 def _pair_hash(key: str, value: str) -> int:

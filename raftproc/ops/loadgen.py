@@ -43,7 +43,7 @@ def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: 
 def run(
     target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int,
     seed: int, protocol: str = "raftproc", rate: float = 0.0, count: int = 0, unique: bool = False, read: str = "",
-    tls: ssl.SSLContext | None = None,
+    tls: ssl.SSLContext | None = None, fresh_clients: bool = False,
 ) -> dict:
     """Closed loop: `inflight` requests always outstanding. With `rate` > 0, open loop:
     requests leave on a fixed schedule (up to `inflight` outstanding) and latency runs
@@ -51,7 +51,8 @@ def run(
     With `count` > 0: exactly `count` writes, measured from the start; `window` caps
     the time. With `unique`, each write goes to a key of its own (`u<seed>-<n>`), to
     fill a store with that many keys. With `read` (log, index or lease): gets with
-    that read mode instead of sets."""
+    that read mode instead of sets. With `fresh_clients`, every request comes from a
+    client id of its own (each opens a session on the cluster)."""
     if protocol == "etcd":
         return run_etcd(target, inflight, warmup, window, value_size, keys, seed)
     rng = random.Random(seed)
@@ -78,6 +79,8 @@ def run(
         issued += 1
         st["seq"] += 1
         st["id"] += 1
+        if fresh_clients:
+            st["client"], st["seq"] = rng.getrandbits(60) + 1, 1
         key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
         body = {"t": "req", "id": st["id"], "op": "set", "key": key, "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
         if read:
@@ -236,6 +239,7 @@ def main() -> int:
     p.add_argument("--count", type=int, default=0, help="exactly this many writes; --window caps the time")
     p.add_argument("--unique", action="store_true", help="each write to a key of its own")
     p.add_argument("--read", choices=("", "log", "index", "lease"), default="", help="gets with this read mode instead of sets")
+    p.add_argument("--fresh-clients", action="store_true", help="every request from a new client id")
     p.add_argument("--config", help="the cluster's config: with [tls], connect with its client certificate")
     a = p.parse_args()
     tls = None
@@ -248,7 +252,7 @@ def main() -> int:
     host, _, port = a.target.rpartition(":")
     result = run(
         (host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate,
-        a.count, a.unique, a.read, tls,
+        a.count, a.unique, a.read, tls, a.fresh_clients,
     )
     print(json.dumps(result))
     return 0

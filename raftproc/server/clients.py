@@ -13,7 +13,9 @@ Answers are honest about what is known:
 - "redirect" / "no_leader" / "failed" / "error": it certainly was not applied and
   will not be (it never reached a log, or another entry won its index);
 - "unknown": it reached a leader's log and may still commit. The client retries
-  with the same sequence number; the session table applies it at most once.
+  with the same sequence number; the session table applies it at most once;
+- "session_expired": a retry whose session the store had forgotten: nothing was
+  applied now, and whether the first attempt was is unknown.
 
 Under TLS (raftproc.runtime.tls) only client and admin certificates are served
 here; a client certificate may ask for status, read and write keys and list the
@@ -197,7 +199,7 @@ class ClientService:
         if not req.is_log_read:
             self._read(conn, req)
             return
-        cmd = Command(req.op, req.key, req.value, req.expect, req.client, req.seq)
+        cmd = Command(req.op, req.key, req.value, req.expect, req.client, req.seq, req.retry)
         try:
             index, term = raft.propose(cmd.encode())
         except NotLeader:
@@ -300,7 +302,9 @@ class ClientService:
         waiting = self.waiting.pop(entry.index, None)
         if waiting is None:
             return
-        if waiting.term == entry.term:
+        if waiting.term == entry.term and result is not None and result.get("session_expired"):
+            self._answer(waiting.conn, waiting.request_id, status="session_expired", error=result["error"])
+        elif waiting.term == entry.term:
             self._answer(waiting.conn, waiting.request_id, status="ok", result=result)
         else:
             # Another leader's entry holds this index: ours is gone for good.

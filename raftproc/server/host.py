@@ -247,6 +247,7 @@ class NodeHost:
             "transferring_to": r.transferee,
             "membership": describe(r.membership),
             "keys": len(self.kv.data),
+            "sessions": len(self.kv.sessions),
             "client_connections": len(self.clients.connections),
             "clients_refused": self.clients.refused_clients,
             "log_digest": self.kv.log_digest(),

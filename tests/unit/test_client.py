@@ -155,3 +155,24 @@ def test_client_with_every_node_down_backs_off_for_every_operation():
             run(c)
         assert calls <= 40, f"{calls} attempts in 0.5 s"
         assert time.process_time() - cpu < 0.3
+
+
+def test_a_retry_is_marked_and_a_forgotten_session_is_unknown_not_failed(fake):
+    answers = iter([{"status": "unknown", "error": "leadership lost"}, {"status": "session_expired", "error": "session expired: ..."}])
+    node = fake(lambda req: next(answers))
+    c = client_for(node, timeout=5)
+    with pytest.raises(Unknown, match="session expired"):
+        c.set("k", "v")
+    first, second = node.requests
+    assert "retry" not in first and second["retry"] is True and second["seq"] == first["seq"]
+    c.close()
+
+
+def test_a_redirect_alone_does_not_mark_the_request_a_retry(fake):
+    node = fake(lambda req: {"status": "ok", "result": {"ok": True}})
+    redirector = fake(lambda req: {"status": "redirect", "leader": 2, "leader_addr": f"{node.address[0]}:{node.address[1]}"})
+    c = Client({1: redirector.address, 2: node.address}, timeout=5, attempt_timeout=0.5, max_backoff=0.05)
+    c._target = redirector.address
+    c.set("k", "v")
+    assert "retry" not in node.requests[0], "a follower's redirect proposed nothing: still a first attempt"
+    c.close()

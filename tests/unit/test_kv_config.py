@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import cbor2
 import pytest
 
 from dataclasses import replace
@@ -42,6 +43,51 @@ def test_kv_retry_with_same_sequence_number_applies_once():
     assert kv.data["k"] == "b"
     stale = apply_all(kv, Command("set", "k", "zzz", client=7, seq=1))
     assert stale[0]["ok"] is False and kv.data["k"] == "b"
+
+
+def test_sessions_are_bounded_and_evict_the_least_recently_applied():
+    kv = KeyValueStore(max_sessions=3)
+    apply_all(kv, *(Command("set", "k", str(c), client=c, seq=1) for c in (1, 2, 3)))
+    apply_all(kv, Command("set", "k", "again", client=1, seq=2))  # client 1 is the most recent now
+    apply_all(kv, Command("set", "k", "4", client=4, seq=1))  # evicts client 2, not 1
+    assert list(kv.sessions) == [3, 1, 4]
+    for c in range(5, 1000):
+        apply_all(kv, Command("set", f"x{c}", "v", client=c, seq=1))
+    assert len(kv.sessions) == 3
+
+
+def test_a_retry_from_a_forgotten_session_is_refused_never_applied_twice():
+    kv = KeyValueStore(max_sessions=2)
+    apply_all(kv, Command("set", "n", "1", client=1, seq=5))
+    apply_all(kv, *(Command("set", "other", "v", client=c, seq=1) for c in (2, 3)))  # client 1 forgotten
+    before = dict(kv.data)
+    [result] = apply_all(kv, Command("set", "n", "1", client=1, seq=5, retry=True))
+    assert result["session_expired"] and "session expired" in result["error"]
+    assert kv.data == before and 1 not in kv.sessions
+    # A first attempt from an unknown client opens a session: that is how every client starts.
+    [fresh] = apply_all(kv, Command("set", "n", "2", client=1, seq=6))
+    assert fresh == {"ok": True} and kv.sessions[1][0] == 6
+    # A retry whose session is known is answered from the table, as before.
+    assert apply_all(kv, Command("set", "n", "2", client=1, seq=6, retry=True)) == [{"ok": True}]
+
+
+def test_every_replica_forgets_the_same_sessions_and_snapshots_keep_the_order():
+    log = [Command("set", f"k{i % 7}", str(i), client=1 + (i * 7919) % 50, seq=i + 1) for i in range(500)]
+    a, b = KeyValueStore(max_sessions=10), KeyValueStore(max_sessions=10)
+    apply_all(a, *log[:250])
+    c = KeyValueStore(max_sessions=10)
+    c.restore(a.last_applied, a.image())
+    apply_all(a, *log[250:])
+    apply_all(b, *log)
+    apply_all(c, *log[250:])
+    assert list(a.sessions.items()) == list(b.sessions.items()) == list(c.sessions.items())
+
+
+def test_commands_keep_the_shorter_form_unless_a_retry():
+    first = Command("set", "k", "v", client=1, seq=1)
+    assert Command.decode(first.encode()) == first and len(cbor2.loads(first.encode())) == 6
+    retry = Command("set", "k", "v", client=1, seq=1, retry=True)
+    assert Command.decode(retry.encode()) == retry
 
 
 def test_kv_digest_is_equal_exactly_for_equal_logs():
