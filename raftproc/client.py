@@ -227,7 +227,7 @@ class Client:
                     redirects = 0
                     maybe_sent = maybe_sent or status == "unknown"
                     last_error = f"{status}: {answer.get('error', 'no leader known')}"
-                    if status == "no_leader":
+                    if status in ("no_leader", "disk_full"):
                         self._target = self._other_node(target)
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, self.max_backoff)

@@ -20,11 +20,12 @@ from raftproc.runtime.logging import configure
 from raftproc.runtime.addresses import is_loopback
 from raftproc.runtime.identity import IdentityError
 from raftproc.runtime.tls import TlsError
-from raftproc.runtime.wal import WalCorruption
+from raftproc.runtime.wal import SyncFailed, WalCorruption
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 3
 EXIT_CORRUPT = 4
+EXIT_DISK = 5
 
 
 def fail(code: int, message: str) -> int:
@@ -99,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
     # SIGHUP reloads the TLS files; the reload runs on the loop thread, between passes.
     reload_tls = host.loop.make_waker(host.reload_tls)
     signal.signal(signal.SIGHUP, lambda signum, frame: reload_tls())
-    host.run()
+    try:
+        host.run()
+    except SyncFailed as e:
+        # Retrying could report durable what the kernel already dropped; a restart
+        # recovers from what the disk really holds.
+        log("wal_sync_failed", level="error", error=str(e))
+        return fail(EXIT_DISK, f"node {args.id} stopped: {e}. After a failed fsync nothing written since the last good one "
+                    "can be trusted; check the disk, then start the node again (it recovers from what is on disk).")
     return 0
 
 

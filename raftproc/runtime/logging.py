@@ -7,6 +7,7 @@ Events are snake_case facts: became_leader, wal_recovered, frame_error, ...
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -28,7 +29,12 @@ def configure(node_id: int, path: Path | None, level: str, state: StateFn) -> Ca
 
     `state()` gives the node's current (term, role) for lines that do not carry them.
     """
-    stream = sys.stderr if path is None else open(path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+    def dropped_line(lines: int) -> str:
+        term, role = state()
+        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
+        return json.dumps({"ts": now, "node": node_id, "term": term, "role": role, "event": "log_lines_dropped", "level": "warning", "lines": lines})
+
+    stream = sys.stderr if path is None else LossyFile(open(path, "a", buffering=1, encoding="utf-8"), dropped_line)  # noqa: SIM115
 
     def lead_with_raft_state(logger: Any, method: str, event_dict: dict) -> dict:
         term, role = state()
@@ -57,6 +63,32 @@ def configure(node_id: int, path: Path | None, level: str, state: StateFn) -> Ca
         methods[level](event, **fields)
 
     return log
+
+
+class LossyFile:
+    """A log file that drops lines it cannot write (a full disk) instead of raising
+    into whatever was being logged: the node must keep serving, and its log says
+    afterwards how many lines were lost (`log_lines_dropped`)."""
+
+    def __init__(self, file: Any, dropped_line: Callable[[int], str]) -> None:
+        self.file = file
+        self.dropped_line = dropped_line
+        self.dropped = 0
+
+    def write(self, text: str) -> None:
+        try:
+            if self.dropped:
+                self.file.write(self.dropped_line(self.dropped) + "\n")
+                self.dropped = 0
+            self.file.write(text)
+        except OSError:
+            self.dropped += 1
+
+    def flush(self) -> None:
+        try:
+            self.file.flush()
+        except OSError:
+            pass
 
 
 # The core reports every event through one callable; these deserve more or less

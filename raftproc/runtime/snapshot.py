@@ -146,6 +146,9 @@ def write_snapshot(directory: Path, meta: SnapshotMeta, image: KvImage, *, floor
         failpoint("snapshot_written")
         if sync:
             os.fsync(fd)
+    except OSError:
+        tmp.unlink(missing_ok=True)  # a full disk must not stay fuller by a half-written snapshot
+        raise
     finally:
         os.close(fd)
     failpoint("snapshot_synced")

@@ -215,12 +215,22 @@ class WriteAheadLog:
         return sum(p.stat().st_size for p in self.segments())
 
     def _write(self, record: bytes) -> None:
-        self._size += len(record)
         if self.power_loss:
             with self._buffer_lock:
                 self._unsynced += record
         else:
-            write_all(self._fd, record)
+            self._write_whole(self._fd, record)
+        self._size += len(record)
+
+    def _write_whole(self, fd: int, record: bytes) -> None:
+        """All of `record` or none of it: a write that fails part-way (ENOSPC) is cut
+        off again, so the segment ends at a whole record and the same record can be
+        written again once there is room."""
+        try:
+            write_all(fd, record)
+        except OSError:
+            os.ftruncate(fd, self._size)
+            raise
 
     def sync(self) -> None:
         """Everything written so far reaches the disk before this returns. Safe to
@@ -237,7 +247,10 @@ class WriteAheadLog:
             if pending:
                 write_all(self._fd, pending)
         if self.sync_enabled:
-            os.fdatasync(self._fd)
+            try:
+                os.fdatasync(self._fd)
+            except OSError as e:
+                raise SyncFailed(f"fdatasync of {_segment_name(self._segment)} in {self.dir} failed: {e}") from e
 
     def close(self) -> None:
         if self._fd is not None:
@@ -251,15 +264,24 @@ class WriteAheadLog:
             os.close(self._fd)
             self._fd = None
         path = self.dir / _segment_name(number)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        self._segment = number
-        self._size = os.fstat(self._fd).st_size
-        self.segment_last_index[number] = 0
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        size = os.fstat(fd).st_size
         # Written straight to the file (even in power-loss mode) and synced now: older
         # segments may be deleted as soon as this one exists.
         opening = encode_record(Ready(hard_state=self._hard_state))
-        write_all(self._fd, opening)
-        self._size += len(opening)
+        try:
+            write_all(fd, opening)
+        except OSError:
+            # No room for even the opening record (ENOSPC): no segment at all, rather
+            # than an empty or torn one that recovery would have to explain.
+            os.close(fd)
+            if size == 0:
+                path.unlink(missing_ok=True)
+            raise
+        self._fd = fd
+        self._segment = number
+        self._size = size + len(opening)
+        self.segment_last_index[number] = 0
         if self.sync_enabled:
             os.fsync(self._fd)
             fsync_dir(self.dir)
@@ -372,6 +394,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+class SyncFailed(Exception):
+    """An fsync failed (EIO, or ENOSPC from a filesystem that allocates late). The
+    kernel may have dropped the pages it could not write and marked them clean, so a
+    retried fsync could succeed over lost data: nothing written since the last good
+    sync can be promised. The node stops, loudly, and recovers from what is on disk."""
+
+
 class BackgroundSync:
     """One thread that runs fdatasync for the event loop, so a pass keeps reading,
     proposing and batching while the disk works.
@@ -386,6 +415,7 @@ class BackgroundSync:
         self.wal = wal
         self.done = done
         self.synced = 0
+        self.failed: SyncFailed | None = None  # set once, by the thread; the loop raises it
         self._requested = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -412,6 +442,11 @@ class BackgroundSync:
                 if self._stopping:
                     return
                 target = self._requested
-            self.wal.sync()
+            try:
+                self.wal.sync()
+            except SyncFailed as e:
+                self.failed = e
+                self.done(self.synced)  # wakes the loop, which finds `failed`
+                return
             self.synced = target
             self.done(target)

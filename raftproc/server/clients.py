@@ -15,7 +15,8 @@ Answers are honest about what is known:
 - "unknown": it reached a leader's log and may still commit. The client retries
   with the same sequence number; the session table applies it at most once;
 - "session_expired": a retry whose session the store had forgotten: nothing was
-  applied now, and whether the first attempt was is unknown.
+  applied now, and whether the first attempt was is unknown;
+- "disk_full": this node cannot write its log; nothing was done (another node may lead).
 
 Under TLS (raftproc.runtime.tls) only client and admin certificates are served
 here; a client certificate may ask for status, read and write keys and list the
@@ -110,6 +111,7 @@ class ClientService:
         self.on_applied = on_applied
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.disk_full = False  # set by the host while a write waits for room (no request reaches the core)
         self.connections: set[Connection] = set()
         self.listener: Listener | None = None
         self.waiting: dict[int, Waiting] = {}  # log index -> the client waiting for it
@@ -177,6 +179,9 @@ class ClientService:
         if self.tls is not None and _needs_admin(req) and (conn.identity is None or conn.identity.role != ADMIN):
             self.remote_log("permission_denied", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__)
             self._answer(conn, req.id, status="error", error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})")
+            return
+        if self.disk_full and not isinstance(req, StatusRequest):
+            self._answer(conn, req.id, status="disk_full", error=f"node {self.me} cannot write its log: its disk is full; ask another node")
             return
         self._dispatch[type(req)](conn, req)
 

@@ -27,10 +27,19 @@ The contract (raftproc.core.ready), for one Ready:
 5. The core advances (persisted=False under background sync).
 
 Nothing else calls the core's advance() or persisted().
+
+A full disk (ENOSPC or EDQUOT from a write) stalls the Ready instead of ending the
+process: storage leaves no part of the failed record behind, the messages that
+wait on it stay unsent and nothing is applied or advanced. The core, mid-Ready,
+must not be stepped, ticked or asked anything until `retry()` gets the write
+through (the host holds everything back while `stalled`). A failed sync is
+another matter: storage raises its own error and the process ends (after a failed
+fsync the kernel may have dropped the data, so no retry can make it durable).
 """
 
 from __future__ import annotations
 
+import errno
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -103,10 +112,13 @@ class Driver:
         # Background sync: (write number, messages that wait for it, its last entry).
         # Invariant: write numbers increase from head to tail.
         self.held: deque[tuple[int, list[Message], tuple[int, int] | None]] = deque()
+        # A Ready whose write found the disk full: (the Ready, its waiting messages).
+        self.stalled: tuple[Ready, list[Message]] | None = None
+        self.disk_full_error = ""
 
     def handle_ready(self) -> None:
         raft = self.raft
-        while raft.has_ready():
+        while self.stalled is None and raft.has_ready():
             rd = raft.ready()
             if self.on_ready is not None:
                 self.on_ready(rd)
@@ -116,21 +128,43 @@ class Driver:
             if early:
                 self.transport.send(early)
                 self.transport.flush()
-            inline = self.syncer is None or rd.snapshot is not None
-            if inline:
-                self._persist_inline(rd, after)
-            else:
-                self._persist_background(rd, after)
-            self.state_machine.apply(rd.committed_entries)
-            self.state_machine.serve_reads(rd.read_states)
-            raft.advance(rd, persisted=inline)
+            self._finish(rd, after)
         if self.held:
             assert self.syncer is not None
             self.syncer.request(self.written)
 
+    def retry(self) -> bool:
+        """Write the stalled Ready again; True once it went through (the caller
+        then runs handle_ready() for whatever waited behind it)."""
+        if self.stalled is None:
+            return True
+        rd, after = self.stalled
+        self.stalled = None
+        self._finish(rd, after)
+        return self.stalled is None
+
+    def _finish(self, rd: Ready, after: list[Message]) -> None:
+        """Persist, then apply and advance; a full disk stalls it here."""
+        inline = self.syncer is None or rd.snapshot is not None
+        try:
+            if inline:
+                self._persist_inline(rd, after)
+            else:
+                self._persist_background(rd, after)
+        except OSError as e:
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.stalled = (rd, after)
+            self.disk_full_error = f"{errno.errorcode[e.errno]}: {e.strerror}"
+            return
+        self.state_machine.apply(rd.committed_entries)
+        self.state_machine.serve_reads(rd.read_states)
+        self.raft.advance(rd, persisted=inline)
+
     def _write(self, rd: Ready) -> bool:
-        self.written += 1
-        return self.storage.write(rd)
+        promises = self.storage.write(rd)
+        self.written += 1  # only writes that happened: the syncer counts them
+        return promises
 
     def _persist_inline(self, rd: Ready, after: list[Message]) -> None:
         if self._write(rd):

@@ -17,6 +17,13 @@ membership change is stepped (both may make a Ready), the driver carries out eve
 Ready, clients of a node that lost leadership are told, links follow the
 membership, and a snapshot is taken when due. Ticks come from a timer every
 `tick_ms`; the clock is injected (`clock`), as every room's is.
+
+A full disk stalls the driver mid-Ready (raftproc.server.driver). Until the write
+goes through, the node is frozen: no ticks, peer frames are dropped (to the
+cluster it looks partitioned, so a leader is replaced once its followers' election
+timers fire), clients get "disk_full" for everything but status, and the write is
+retried every DISK_RETRY_INTERVAL. Nothing acknowledged depends on the stalled
+write, and once it succeeds the node goes on where it stopped (`disk_write_resumed`).
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ from raftproc.runtime.members import describe
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.tls import TlsContexts, TlsError
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
-from raftproc.runtime.wal import BackgroundSync, WriteAheadLog
+from raftproc.runtime.wal import BackgroundSync, SyncFailed, WriteAheadLog
 from raftproc.server.clients import ClientService
 from raftproc.server.driver import Driver
 from raftproc.server.peers import FrameRefused, Peers
@@ -50,6 +57,7 @@ Log = Callable[..., None]
 Clock = Callable[[], float]
 GC_FREEZE_INTERVAL = 5.0  # seconds
 IDLE_SWEEP_INTERVAL = 1.0  # seconds between looks for idle connections
+DISK_RETRY_INTERVAL = 0.5  # seconds between attempts at a write that found the disk full
 
 
 class PeerTransport:
@@ -106,6 +114,7 @@ class NodeHost:
         self.clock = clock
         self.log = log
         self.running = True
+        self.frozen_since: float | None = None  # the disk was full at this time (clock)
         self._linked_membership = None
         self._reconcile_links()
         loop.after_pass.append(self._after_pass)
@@ -136,7 +145,10 @@ class NodeHost:
         if self.syncer is not None:
             self.syncer.stop()
         self.snapshots.close()
-        self.wal.close()
+        try:
+            self.wal.close()
+        except SyncFailed:
+            pass  # the error that stops the node is already on its way up
         self.loop.close()
         self.log("node_stopped")
 
@@ -175,6 +187,9 @@ class NodeHost:
         self.loop.call_later(IDLE_SWEEP_INTERVAL, self._close_idle)
 
     def _tick(self) -> None:
+        if self.frozen_since is not None:
+            self.loop.call_later(self._tick_interval, self._tick)
+            return
         now = self.clock()
         # A late timer (a GC pause, SIGSTOP) ticks the node once, not a burst of
         # catch-up ticks that would start an election the moment the process
@@ -186,9 +201,14 @@ class NodeHost:
         self.loop.call_at(self._next_tick, self._tick)
 
     def _after_pass(self) -> None:
+        if self.frozen_since is not None:
+            return
         self.snapshots.settle()
         self.clients.poll_member_change()
         self.driver.handle_ready()
+        if self.driver.stalled is not None:
+            self._freeze()
+            return
         self.clients.settle_leadership()
         self.snapshots.drop_unwanted()
         if self.raft.membership is not self._linked_membership:
@@ -196,9 +216,32 @@ class NodeHost:
         self.snapshots.maybe_take()
 
     def _on_synced(self) -> None:
-        """On the loop thread, after the sync thread made writes durable."""
+        """On the loop thread, after the sync thread made writes durable (or failed)."""
         assert self.syncer is not None
+        if self.syncer.failed is not None:
+            raise self.syncer.failed
         self.driver.on_synced(self.syncer.synced)
+        self._after_pass()
+
+    # --- a full disk ----------------------------------------------------------------
+
+    def _freeze(self) -> None:
+        self.frozen_since = self.clock()
+        self.clients.disk_full = True
+        self.log("disk_full", level="error", error=self.driver.disk_full_error, wal=str(self.wal.dir),
+                 action="refusing writes and peer messages; retrying the write every 0.5 s")
+        self.loop.call_later(DISK_RETRY_INTERVAL, self._retry_write)
+
+    def _retry_write(self) -> None:
+        if not self.running or self.frozen_since is None:
+            return
+        if not self.driver.retry():
+            self.loop.call_later(DISK_RETRY_INTERVAL, self._retry_write)
+            return
+        seconds = round(self.clock() - self.frozen_since, 1)
+        self.frozen_since = None
+        self.clients.disk_full = False
+        self.log("disk_write_resumed", seconds_stalled=seconds)
         self._after_pass()
 
     def _reconcile_links(self) -> None:
@@ -209,6 +252,8 @@ class NodeHost:
     # --- what peers send ------------------------------------------------------------
 
     def on_peer_frame(self, frame: Any) -> None:
+        if self.frozen_since is not None:
+            return  # the core is mid-Ready; the sender retries, as over a lossy link
         if isinstance(frame, SnapshotChunk):
             self.snapshots.on_chunk(frame)
         elif isinstance(frame, SnapshotAck):
@@ -220,7 +265,8 @@ class NodeHost:
                 raise FrameRefused(str(e)) from None
 
     def on_link_down(self, peer: int) -> None:
-        self.raft.report_unreachable(peer)
+        if self.frozen_since is None:
+            self.raft.report_unreachable(peer)
         self.snapshots.link_down(peer)
 
     def on_ready(self, rd) -> None:
@@ -245,6 +291,7 @@ class NodeHost:
             "log_entries": len(r.log),
             "wal_bytes": self.wal.disk_bytes(),
             "transferring_to": r.transferee,
+            "disk_full": self.frozen_since is not None,
             "membership": describe(r.membership),
             "keys": len(self.kv.data),
             "sessions": len(self.kv.sessions),
