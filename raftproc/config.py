@@ -17,6 +17,7 @@ A TOML file looks like this (every top-level key is optional):
     max_message_bytes = 1048576  # commands per AppendEntries, in bytes (one larger entry goes alone)
     max_clients = 1024         # client connections; more are closed at once
     idle_timeout_ms = 60000    # a connection that completes no frame for this long is closed
+    handshake_timeout_ms = 5000  # a TLS handshake and a connection's first frame must finish in this
     peer_buffer = 67108864     # bytes queued per peer before messages are dropped
     background_sync = false    # fdatasync on a thread while the loop goes on
     pre_vote = true            # ask before raising the term (Raft thesis 9.6)

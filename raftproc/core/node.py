@@ -324,6 +324,17 @@ class RaftNode(ConfigChanges):
             return
         self._request_votes(self.current_term, pre_vote=False, transfer=True)
 
+    def step_down(self, reason: str) -> None:
+        """The host asks a leader to stop leading (its disk cannot keep up with the
+        election timeout, say). It becomes a follower in the same term, knowing no
+        leader, and campaigns again only when its election timer runs out."""
+        self._check_not_in_ready()
+        if self.role != LEADER:
+            return
+        self._log("leader_stepped_down", reason=reason)
+        self.leader_id = None
+        self.become_follower(self.current_term, None)
+
     def report_unreachable(self, peer: NodeId) -> None:
         """The host lost its connection to `peer`, so what was in flight to it may be
         gone. A leader that was streaming entries (REPLICATE) probes again from the

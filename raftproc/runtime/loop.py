@@ -164,6 +164,7 @@ class Connection:
         self.out = bytearray()
         self.closed = False
         self.last_frame_at = loop.clock()  # when the last whole frame arrived (or the connection opened)
+        self.heard = False  # a whole frame has arrived
         self.connecting = connecting
         self._on_connected = on_connected
         self._tls = tls
@@ -367,6 +368,7 @@ class Connection:
             return
         if bodies:
             self.last_frame_at = self.loop.clock()
+            self.heard = True
         for body in bodies:
             if self.closed:
                 return
@@ -382,6 +384,13 @@ class Connection:
 
 
 TLS_WRITE_BYTES = 256 * 1024  # per SSL write: one copy of this much, not of the whole queue
+
+
+def idle(connections, now: float, idle_seconds: float, first_frame_seconds: float) -> list[Connection]:
+    """The connections to close: no whole frame for `idle_seconds`, or none at all
+    within `first_frame_seconds` of opening (a TLS handshake or a first frame that
+    never completes must not hold a slot for the whole idle timeout)."""
+    return [c for c in connections if c.last_frame_at < now - (idle_seconds if c.heard else first_frame_seconds)]
 
 
 EXCERPT_BYTES = 32

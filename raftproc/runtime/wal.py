@@ -65,6 +65,7 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -78,6 +79,9 @@ from raftproc.core.ready import HardState, Ready
 
 HEADER = struct.Struct(">II")
 POWER_LOSS_ENV = "RAFTPROC_WAL_POWER_LOSS"
+# Test-only: the path of a file; while it exists, every fsync first waits the number
+# of milliseconds it holds (a disk that stalls, switched on and off by the test).
+SLOW_SYNC_ENV = "RAFTPROC_WAL_SLOW_SYNC_FILE"
 SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD = 1 << 30
 
@@ -135,6 +139,9 @@ class WriteAheadLog:
         self._io_lock = threading.Lock()
         self._buffer_lock = threading.Lock()
         self.power_loss = os.environ.get(POWER_LOSS_ENV) == "1" if power_loss is None else power_loss
+        self.slow_sync_file = os.environ.get(SLOW_SYNC_ENV)
+        self._slowest_sync = 0.0  # the longest sync since slowest_sync() was last asked
+        self._sync_started: float | None = None  # time.monotonic() of the sync under way
         self._unsynced = bytearray()  # power-loss mode: written, not yet on disk
         self._fd: int | None = None
         self._segment = 0
@@ -247,10 +254,30 @@ class WriteAheadLog:
             if pending:
                 write_all(self._fd, pending)
         if self.sync_enabled:
+            self._sync_started = started = time.monotonic()
             try:
+                if self.slow_sync_file:
+                    self._stall_for_test()
                 os.fdatasync(self._fd)
             except OSError as e:
                 raise SyncFailed(f"fdatasync of {_segment_name(self._segment)} in {self.dir} failed: {e}") from e
+            finally:
+                self._sync_started = None
+            self._slowest_sync = max(self._slowest_sync, time.monotonic() - started)
+
+    def _stall_for_test(self) -> None:
+        try:
+            time.sleep(int(Path(self.slow_sync_file).read_text()) / 1000)
+        except (OSError, ValueError):
+            pass  # no file: the disk is fast again
+
+    def slowest_sync(self) -> float:
+        """Seconds: the longest sync since the last call, or the one still under way
+        (on the background thread) if it has taken longer. Safe from any thread."""
+        started = self._sync_started
+        running = time.monotonic() - started if started is not None else 0.0
+        slowest, self._slowest_sync = self._slowest_sync, 0.0
+        return max(slowest, running)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -41,7 +41,7 @@ from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.logging import SparseLog
-from raftproc.runtime.loop import Connection, EventLoop, Listener
+from raftproc.runtime.loop import Connection, EventLoop, Listener, idle
 from raftproc.runtime.tls import ADMIN, CLIENT, TlsContexts
 from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.requests import (
@@ -185,11 +185,11 @@ class ClientService:
             return
         self._dispatch[type(req)](conn, req)
 
-    def close_idle(self, idle_seconds: float) -> None:
-        """Connections that completed no frame for `idle_seconds` are closed (a
-        connection that sends a byte and then nothing must not hold a slot)."""
-        horizon = self.clock() - idle_seconds
-        for conn in [c for c in self.connections if c.last_frame_at < horizon]:
+    def close_idle(self, idle_seconds: float, first_frame_seconds: float) -> None:
+        """Connections that completed no frame for `idle_seconds`, or none at all
+        within `first_frame_seconds`, are closed (a connection that sends a byte and
+        then nothing must not hold a slot)."""
+        for conn in idle(self.connections, self.clock(), idle_seconds, first_frame_seconds):
             self.remote_log("connection_idle_closed", level="info", conn=conn.name)
             conn.close("idle")
 

@@ -112,8 +112,9 @@ class Driver:
         # Background sync: (write number, messages that wait for it, its last entry).
         # Invariant: write numbers increase from head to tail.
         self.held: deque[tuple[int, list[Message], tuple[int, int] | None]] = deque()
-        # A Ready whose write found the disk full: (the Ready, its waiting messages).
-        self.stalled: tuple[Ready, list[Message]] | None = None
+        # A Ready whose write found the disk full: (the Ready, whether its install and
+        # early messages are done).
+        self.stalled: tuple[Ready, bool] | None = None
         self.disk_full_error = ""
 
     def handle_ready(self) -> None:
@@ -122,31 +123,37 @@ class Driver:
             rd = raft.ready()
             if self.on_ready is not None:
                 self.on_ready(rd)
-            if rd.snapshot is not None:
-                self._install(rd)
-            early, after = split_messages(rd)
-            if early:
-                self.transport.send(early)
-                self.transport.flush()
-            self._finish(rd, after)
+            self._carry_out(rd, started=False)
         if self.held:
             assert self.syncer is not None
             self.syncer.request(self.written)
 
     def retry(self) -> bool:
-        """Write the stalled Ready again; True once it went through (the caller
-        then runs handle_ready() for whatever waited behind it)."""
+        """Carry out the stalled Ready again from where it stopped; True once it went
+        through (the caller then runs handle_ready() for what waited behind it)."""
         if self.stalled is None:
             return True
-        rd, after = self.stalled
+        rd, started = self.stalled
         self.stalled = None
-        self._finish(rd, after)
+        self._carry_out(rd, started=started)
+        if self.held and self.stalled is None:
+            assert self.syncer is not None
+            self.syncer.request(self.written)
         return self.stalled is None
 
-    def _finish(self, rd: Ready, after: list[Message]) -> None:
-        """Persist, then apply and advance; a full disk stalls it here."""
+    def _carry_out(self, rd: Ready, *, started: bool) -> None:
+        """Steps 1-5 of the contract. `started`: the install and the early messages
+        are done already (a retry after the persist step found the disk full)."""
+        early, after = split_messages(rd)
         inline = self.syncer is None or rd.snapshot is not None
         try:
+            if not started:
+                if rd.snapshot is not None:
+                    self._install(rd)
+                if early:
+                    self.transport.send(early)
+                    self.transport.flush()
+                started = True
             if inline:
                 self._persist_inline(rd, after)
             else:
@@ -154,7 +161,7 @@ class Driver:
         except OSError as e:
             if e.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
-            self.stalled = (rd, after)
+            self.stalled = (rd, started)
             self.disk_full_error = f"{errno.errorcode[e.errno]}: {e.strerror}"
             return
         self.state_machine.apply(rd.committed_entries)

@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from raftproc.config import ClusterConfig
-from raftproc.core.config import CommittedConflict
+from raftproc.core.config import LEADER, CommittedConflict
 from raftproc.core.messages import InstallSnapshot, Message
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore
@@ -115,10 +115,12 @@ class NodeHost:
         self.log = log
         self.running = True
         self.frozen_since: float | None = None  # the disk was full at this time (clock)
+        self._unreachable_while_frozen: set[int] = set()
         self._linked_membership = None
         self._reconcile_links()
         loop.after_pass.append(self._after_pass)
         self._tick_interval = cfg.tick_ms / 1000
+        self._election_timeout = cfg.election_timeout_min * self._tick_interval
         self._next_tick = clock() + self._tick_interval
         self._last_tick_at = clock()
         loop.call_at(self._next_tick, self._tick)
@@ -181,24 +183,28 @@ class NodeHost:
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
 
     def _close_idle(self) -> None:
-        idle = self.cfg.idle_timeout_ms / 1000
-        self.clients.close_idle(idle)
-        self.peers.close_idle(idle)
+        idle, first_frame = self.cfg.idle_timeout_ms / 1000, self.cfg.handshake_timeout_ms / 1000
+        self.clients.close_idle(idle, first_frame)
+        self.peers.close_idle(idle, first_frame)
         self.loop.call_later(IDLE_SWEEP_INTERVAL, self._close_idle)
 
     def _tick(self) -> None:
-        if self.frozen_since is not None:
-            self.loop.call_later(self._tick_interval, self._tick)
-            return
         now = self.clock()
-        # A late timer (a GC pause, SIGSTOP) ticks the node once, not a burst of
-        # catch-up ticks that would start an election the moment the process
-        # resumes; but the read lease's clock hears the whole time that passed.
+        if self.frozen_since is None:
+            self._check_disk_speed()
+            self._catch_up_clock()
+        self._next_tick = max(self._next_tick + self._tick_interval, now)
+        self.loop.call_at(self._next_tick, self._tick)
+
+    def _catch_up_clock(self) -> None:
+        """Tick the core for the time since its last tick. A late timer (a GC pause,
+        SIGSTOP, a frozen disk) ticks the node once, not a burst of catch-up ticks
+        that would start an election the moment the process resumes; but the read
+        lease's clock hears the whole time that passed."""
+        now = self.clock()
         elapsed = max(1, round((now - self._last_tick_at) / self._tick_interval))
         self._last_tick_at = now
         self.raft.tick(elapsed)
-        self._next_tick = max(self._next_tick + self._tick_interval, now)
-        self.loop.call_at(self._next_tick, self._tick)
 
     def _after_pass(self) -> None:
         if self.frozen_since is not None:
@@ -223,7 +229,17 @@ class NodeHost:
         self.driver.on_synced(self.syncer.synced)
         self._after_pass()
 
-    # --- a full disk ----------------------------------------------------------------
+    # --- a full or slow disk -----------------------------------------------------------
+
+    def _check_disk_speed(self) -> None:
+        """A leader whose fsync takes longer than an election timeout steps down: it
+        cannot promise its own writes in time, and with the sync on a thread it would
+        otherwise go on heartbeating, so nobody would replace it. (With the sync
+        inline the loop itself is stuck; the followers elect another leader and this
+        node hears so once the sync returns, and steps down then at the latest.)"""
+        slowest = self.wal.slowest_sync()
+        if slowest > self._election_timeout and self.raft.role == LEADER:
+            self.raft.step_down(f"a WAL sync took {slowest * 1000:.0f} ms, longer than the election timeout ({self._election_timeout * 1000:.0f} ms)")
 
     def _freeze(self) -> None:
         self.frozen_since = self.clock()
@@ -242,6 +258,11 @@ class NodeHost:
         self.frozen_since = None
         self.clients.disk_full = False
         self.log("disk_write_resumed", seconds_stalled=seconds)
+        # Before any request is served: a lease must not outlive the frozen time.
+        self._catch_up_clock()
+        for peer in sorted(self._unreachable_while_frozen):
+            self.raft.report_unreachable(peer)
+        self._unreachable_while_frozen.clear()
         self._after_pass()
 
     def _reconcile_links(self) -> None:
@@ -267,6 +288,8 @@ class NodeHost:
     def on_link_down(self, peer: int) -> None:
         if self.frozen_since is None:
             self.raft.report_unreachable(peer)
+        else:
+            self._unreachable_while_frozen.add(peer)  # the core hears it once it may be asked
         self.snapshots.link_down(peer)
 
     def on_ready(self, rd) -> None:

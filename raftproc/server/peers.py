@@ -34,7 +34,7 @@ from raftproc.runtime.codec import (
 from raftproc.runtime.entries import decode_addresses, encode_addresses
 from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
 from raftproc.runtime.logging import SparseLog
-from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener
+from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener, idle
 from raftproc.runtime.tls import TlsContexts, node_identity
 
 Log = Callable[..., None]
@@ -190,12 +190,11 @@ class Peers:
         if self.listener is not None:
             self.listener.close()
 
-    def close_idle(self, idle_seconds: float) -> None:
-        """Inbound connections that completed no frame for `idle_seconds` are closed
-        (a live peer sends a heartbeat every few ticks; one that never finishes its
-        hello must not hold a slot)."""
-        horizon = self.loop.clock() - idle_seconds
-        for conn in [c for c in self.inbound if c.last_frame_at < horizon]:
+    def close_idle(self, idle_seconds: float, first_frame_seconds: float) -> None:
+        """Inbound connections that completed no frame for `idle_seconds` (a live peer
+        sends a heartbeat every few ticks), or no hello within `first_frame_seconds`,
+        are closed."""
+        for conn in idle(self.inbound, self.loop.clock(), idle_seconds, first_frame_seconds):
             self.remote_log("connection_idle_closed", level="info", conn=conn.name)
             conn.close("idle")
 

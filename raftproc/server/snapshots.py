@@ -204,11 +204,12 @@ class Snapshots:
         inc = self.incoming
         if inc is None or (inc.meta.index, inc.meta.term) != (meta.index, meta.term):
             raise RuntimeError(f"the core installs snapshot {meta.term}/{meta.index}, which this host never received")
-        self.incoming = None
         started = self.clock()
         # A new segment as the floor: entries written before it belong to the log
-        # the install drops, and must not come back on a restart.
+        # the install drops, and must not come back on a restart. On a full disk
+        # this raises and the driver retries the install later, from here.
         floor = self.wal.cut()
+        self.incoming = None
         final = self.data_dir / snapshot.snapshot_name(meta.index, meta.term, floor)
         os.rename(inc.path, final)
         if self.wal.sync_enabled:

@@ -149,7 +149,7 @@ class SimStats:
 
 
 class SimNode:
-    __slots__ = ("id", "node", "driver", "storage", "view", "applied_index", "down_until", "received", "durable_floor", "retired")
+    __slots__ = ("id", "node", "driver", "storage", "view", "applied_index", "down_until", "received", "durable_floor", "retired", "full_until", "last_tick", "deferred")
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
@@ -166,6 +166,18 @@ class SimNode:
         self.durable_floor = 0
         # Not a member (a spare, or removed): shut down until it is added again.
         self.retired = False
+        self.full_until = 0  # its disk is full until this step
+        self.last_tick = 0  # the step of its last tick: a node that was frozen catches up
+        # What its transport learned while it was frozen (a snapshot stream's outcome,
+        # a broken link), told to the core once it is live again, as the host does.
+        self.deferred: list[Callable[[RaftNode], None]] = []
+
+    @property
+    def live(self) -> bool:
+        """Running and not frozen: a node whose Ready stalled on a full disk is
+        neither ticked nor stepped nor asked anything until the write goes through
+        (what the node's host does, raftproc.server.host)."""
+        return self.node is not None and self.driver is not None and self.driver.stalled is None
 
 
 def replay_command(seed: int, cfg: SimConfig) -> str:
@@ -262,14 +274,14 @@ class Simulation(Nemesis, PropertyChecks):
         if faults:
             self._nemesis()
         self._restart_due()
+        self._retry_stalled()
         for sn in self.nodes.values():
             if sn.storage.unsynced and sn.node is not None and self.rng.random() < 0.7:
                 self._sync_pending(sn)
         self._deliver_due()
         for sn in self.nodes.values():
-            if sn.node is not None:
-                sn.node.tick()
-                self._handle_ready(sn)
+            if sn.live:
+                self._tick(sn)
         if clients and self.rng.random() < self.faults.propose:
             self._client_propose()
         if clients and self.rng.random() < self.faults.read:
@@ -285,6 +297,8 @@ class Simulation(Nemesis, PropertyChecks):
         self.duplicate = 0.0
         self._crash_mid_ready = 0.0
         for sn in self.nodes.values():
+            sn.full_until = 0
+            sn.storage.full = False
             if sn.node is None and not sn.retired:
                 sn.down_until = self.now
 
@@ -351,6 +365,7 @@ class Simulation(Nemesis, PropertyChecks):
         )
         sn.received = {}
         sn.applied_index = st.snapshot_index
+        sn.last_tick = self.now
         view = NodeView.of(sn.node)
         if sn.view is not None:
             check_transition(sn.view, view, restarted=True)
@@ -361,6 +376,7 @@ class Simulation(Nemesis, PropertyChecks):
         self._note(f"{'retire' if retire else 'crash'} node {sn.id} ({sn.node.role}, term {sn.node.current_term})")
         sn.retired = retire
         sn.node = sn.driver = None
+        sn.deferred = []
         sn.storage.lose_unsynced()  # written, never synced: gone with the process
         # What survives is what was persisted; a term or vote still in memory (its
         # messages held back) was never promised, so the restart is judged from disk.
@@ -375,6 +391,40 @@ class Simulation(Nemesis, PropertyChecks):
                 self._note(f"restart node {sn.id} from storage: term {sn.storage.hard_state.current_term}, {sn.storage.last_index} entries")
                 self._start(sn)
 
+    def _retry_stalled(self) -> None:
+        """Disks that were full get room back; a stalled Ready is written again."""
+        for sn in self.nodes.values():
+            if sn.storage.full and sn.full_until <= self.now:
+                sn.storage.full = False
+                self._note(f"node {sn.id}: disk has room again")
+            if sn.driver is None or sn.driver.stalled is None or sn.storage.full:
+                continue
+            try:
+                done = sn.driver.retry()
+            except NodeCrashed:
+                self._crash(sn)
+                continue
+            if done:
+                self._note(f"node {sn.id}: stalled write went through")
+                self._handle_ready(sn)
+                if sn.live:
+                    self._tick(sn)  # at once, as the host does: its lease hears the frozen time
+                deferred, sn.deferred = sn.deferred, []
+                for report in deferred:
+                    if sn.live:
+                        report(sn.node)
+                        self._handle_ready(sn)
+
+    def _tick(self, sn: SimNode) -> None:
+        """One tick for the time since the node's last: a node that was frozen
+        hears all of it at once (raftproc.server.host._catch_up_clock)."""
+        elapsed = self.now - sn.last_tick
+        if elapsed < 1:
+            return
+        sn.last_tick = self.now
+        sn.node.tick(elapsed)
+        self._handle_ready(sn)
+
     def _handle_ready(self, sn: SimNode) -> None:
         """The node's Ready, carried out by the driver the node runs; a process that
         dies in the middle (NodeCrashed) loses what it had not synced."""
@@ -383,6 +433,9 @@ class Simulation(Nemesis, PropertyChecks):
             sn.driver.handle_ready()
         except NodeCrashed:
             self._crash(sn)
+            return
+        if sn.driver.stalled is not None:
+            self._note(f"node {sn.id}: disk full, Ready stalled ({sn.driver.disk_full_error})")
             return
         self._maybe_snapshot(sn)
 
@@ -438,21 +491,25 @@ class Simulation(Nemesis, PropertyChecks):
     def _deliver_snapshot(self, seq: int, msg: InstallSnapshot) -> None:
         data = self._snapshot_payload.pop(seq)
         sn = self.nodes[msg.dst]
-        sender = self.nodes[msg.src].node
-        if sn.node is None or (msg.src, msg.dst) in self.blocked or self.rng.random() < self.loss:
+        if not sn.live or (msg.src, msg.dst) in self.blocked or self.rng.random() < self.loss:
             self.stats.messages_dropped += 1
-            if sender is not None:
-                sender.report_snapshot(msg.dst, success=False)
-                self._handle_ready(self.nodes[msg.src])
+            self._report(self.nodes[msg.src], lambda node: node.report_snapshot(msg.dst, success=False))
             return
         if self.trace:
             self.trace(f"t={self.now} {describe(msg)}")
         sn.received[(msg.snapshot.index, msg.snapshot.term)] = data
         sn.node.step(msg)
         self._handle_ready(sn)
-        if sender is not None:
-            sender.report_snapshot(msg.dst, success=True)
-            self._handle_ready(self.nodes[msg.src])
+        self._report(self.nodes[msg.src], lambda node: node.report_snapshot(msg.dst, success=True))
+
+    def _report(self, sender: SimNode, report: Callable[[RaftNode], None]) -> None:
+        """What the sender's transport learned: told now if it is live, once it is
+        live again if it is frozen, never if it died (a restart knows nothing of it)."""
+        if sender.live:
+            report(sender.node)
+            self._handle_ready(sender)
+        elif sender.node is not None:
+            sender.deferred.append(report)
 
     def _deliver_due(self) -> None:
         q = self._in_flight
@@ -462,13 +519,15 @@ class Simulation(Nemesis, PropertyChecks):
                 self._deliver_snapshot(seq, msg)
                 continue
             sn = self.nodes[msg.dst]
+            if sn.node is not None and not sn.live:
+                self.stats.messages_dropped += 1  # a frozen node drops what arrives; the link stays up
+                continue
             if sn.node is None or (msg.src, msg.dst) in self.blocked:
                 self.stats.messages_dropped += 1
                 # A dead process or a cut link breaks the sender's connection, which
                 # its transport reports; a plain lost packet does not.
-                sender = self.nodes[msg.src].node
-                if sender is not None:
-                    sender.report_unreachable(msg.dst)
+                dst = msg.dst
+                self._report(self.nodes[msg.src], lambda node: node.report_unreachable(dst))
                 continue
             if self.trace:
                 self.trace(f"t={self.now} {describe(msg)}")
@@ -479,15 +538,15 @@ class Simulation(Nemesis, PropertyChecks):
     # --- clients ------------------------------------------------------------------
 
     def _client_propose(self) -> None:
-        running = [sn for sn in self.nodes.values() if sn.node is not None]
+        running = [sn for sn in self.nodes.values() if sn.live]
         if not running:
             return
         node = self.rng.choice(running).node
         assert node is not None
         if node.role != LEADER and node.leader_id is not None:
-            target = self.nodes[node.leader_id].node
-            if target is not None:
-                node = target  # a redirect, as a real client would follow
+            target = self.nodes[node.leader_id]
+            if target.live:
+                node = target.node  # a redirect, as a real client would follow
         if node.role != LEADER:
             return
         try:
@@ -499,7 +558,7 @@ class Simulation(Nemesis, PropertyChecks):
 
     def _client_read(self) -> None:
         """A read sent to any node that takes itself for leader, stale or not."""
-        leaders = [sn for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
+        leaders = [sn for sn in self.nodes.values() if sn.live and sn.node.role == LEADER]
         if not leaders:
             return
         sn = self.rng.choice(leaders)

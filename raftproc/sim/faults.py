@@ -31,7 +31,8 @@ class FaultConfig:
     partition_max: int = 150
     propose: float = 0.4
     read: float = 0.3
-    transfer: float = 0.004  # a leader is asked to hand over to a random peer
+    transfer: float = 0.004  # a leader is asked to hand over to a random peer (or, a quarter of the time, to step down)
+    disk_full: float = 0.003  # a node's disk fills up for a while: its next write stalls
     snapshots: float = 0.75  # share of runs in which nodes snapshot and compact
     membership: float = 0.5  # share of runs that change membership
     member_change: float = 0.03  # in those runs: the leader is asked for a change
@@ -59,14 +60,31 @@ class Nemesis:
             self._partition()
         if rng.random() < f.transfer:
             self._transfer()
+        if rng.random() < f.disk_full:
+            self._fill_disk()
         if self.changes_membership and rng.random() < f.member_change:
             self._change_membership()
 
+    def _fill_disk(self) -> None:
+        running = [sn for sn in self.nodes.values() if sn.node is not None and not sn.storage.full]
+        if not running:
+            return
+        sn = self.rng.choice(running)
+        sn.storage.full = True
+        sn.full_until = self.now + self.rng.randint(self.faults.partition_min, self.faults.partition_max)
+        self._note(f"node {sn.id}: disk full until t={sn.full_until}")
+
     def _transfer(self) -> None:
-        leaders = [sn for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
+        leaders = [sn for sn in self.nodes.values() if sn.live and sn.node.role == LEADER]
         if not leaders:
             return
         sn = self.rng.choice(leaders)
+        if self.rng.random() < 0.25:
+            # What the host does when its disk syncs slower than an election timeout.
+            self._note(f"node {sn.id} asked to step down")
+            sn.node.step_down("asked by the simulation")
+            self._handle_ready(sn)
+            return
         voters = [v for v in sn.node.membership.voters if v != sn.id]
         if not voters:
             return
@@ -89,7 +107,7 @@ class Nemesis:
         """Ask the leader for one configuration change; it may refuse (one in flight,
         a learner still behind, no commit in its term yet), as it would a client."""
         leader = self.leader()
-        if leader is None:
+        if leader is None or not self.nodes[leader.id].live:
             return
         rng = self.rng
         m = leader.membership
@@ -145,7 +163,7 @@ class Nemesis:
         (it campaigns until shut down), so there may be no leader of the newest one."""
         if not self.changes_membership:
             return
-        leaders = [sn.node for sn in self.nodes.values() if sn.node is not None and sn.node.role == LEADER]
+        leaders = [sn.node for sn in self.nodes.values() if sn.live and sn.node.role == LEADER]
         leader = max(leaders, key=lambda n: n.current_term, default=None)
         if leader is None or leader.membership.is_joint or leader.log.config_index > leader.commit_index:
             return

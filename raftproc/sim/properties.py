@@ -177,7 +177,10 @@ class PropertyChecks:
         if msg.term > allowed:
             raise SafetyViolation(f"node {sn.id} sends term {msg.term} with term {hs.current_term} persisted: {describe(msg)}")
         if isinstance(msg, RequestVoteResponse) and msg.vote_granted and not msg.pre_vote:
-            if hs.current_term != msg.term or hs.voted_for != msg.dst:
+            # Safe once the node can never vote again in that term: it stored that vote,
+            # or a later term (a grant held back for a sync may leave after a newer term
+            # reached the disk in the same sync).
+            if hs.current_term == msg.term and hs.voted_for != msg.dst:
                 raise SafetyViolation(f"node {sn.id} grants a vote it has not persisted ({hs}): {describe(msg)}")
         elif isinstance(msg, AppendEntriesResponse) and msg.success:
             if sn.storage.term_at(msg.match_index) != promised_term:

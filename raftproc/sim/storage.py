@@ -7,6 +7,8 @@ the Ready driver's LogStorage and Syncer (raftproc.server.driver) in the simulat
 they wait in `unsynced` until `sync` (inline, or a snapshot install) or until the
 simulation completes a background sync with `sync_next`, one write at a time, as a
 sync thread would report progress. A crash drops `unsynced` (`lose_unsynced`).
+While `full`, a write that stores something fails with ENOSPC and leaves nothing,
+as the WAL's does on a full disk.
 Storing a write replaces stored entries from its first entry on. A snapshot's
 data here is the applied entries themselves, so the checks can still read the term
 of a compacted entry.
@@ -14,12 +16,14 @@ of a compacted entry.
 
 from __future__ import annotations
 
+import errno
+
 from raftproc.core.messages import Entry, Membership, SnapshotMeta
 from raftproc.core.ready import HardState, Ready
 
 
 class MemoryStorage:
-    __slots__ = ("hard_state", "entries", "snapshot", "snapshot_data", "unsynced", "written", "_term_vote", "on_store")
+    __slots__ = ("hard_state", "entries", "snapshot", "snapshot_data", "unsynced", "written", "_term_vote", "on_store", "full")
 
     def __init__(self) -> None:
         self.hard_state = HardState()
@@ -30,6 +34,7 @@ class MemoryStorage:
         self.written = 0  # writes handed over since the process started
         self._term_vote = (0, None)  # of the newest write, as the WAL tracks it
         self.on_store = None  # called with each Ready as it becomes durable (the simulator's checks)
+        self.full = False  # the disk is full: writes that store something fail
 
     @property
     def snapshot_index(self) -> int:
@@ -38,6 +43,8 @@ class MemoryStorage:
     # --- the driver's side --------------------------------------------------------
 
     def write(self, rd: Ready) -> bool:
+        if self.full and (rd.hard_state is not None or rd.entries):
+            raise OSError(errno.ENOSPC, "No space left on device (simulated)")
         self.written += 1
         if rd.hard_state is None and not rd.entries:
             return False

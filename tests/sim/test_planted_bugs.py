@@ -139,6 +139,26 @@ class AcknowledgesBeforeSynced(Driver):
         super()._persist_background(rd, [])
 
 
+class SendsWhenTheDiskIsFull(Driver):
+    """In the Ready driver: when a write finds the disk full (the simulation fills
+    disks now and then), lets the Ready's votes and acknowledgements leave anyway,
+    as if the write had only been slow."""
+
+    def _persist_inline(self, rd, after):
+        try:
+            super()._persist_inline(rd, after)
+        except OSError:
+            self.transport.send(after)
+            raise
+
+    def _persist_background(self, rd, after):
+        try:
+            super()._persist_background(rd, after)
+        except OSError:
+            self.transport.send(after)
+            raise
+
+
 def first_caught(make_sim, seeds: int = SEEDS_TO_TRY) -> tuple[int, str] | None:
     for i in range(seeds):
         nodes = (3, 5, 7)[i % 3]
@@ -177,7 +197,7 @@ def test_follower_commits_no_further_than_the_last_entry_the_leader_sent():
         assert follower.commit_index == commit, node_cls.__name__
 
 
-@pytest.mark.parametrize("driver_cls", [SendsBeforePersisting, AcknowledgesBeforeSynced])
+@pytest.mark.parametrize("driver_cls", [SendsBeforePersisting, AcknowledgesBeforeSynced, SendsWhenTheDiskIsFull])
 def test_sim_catches_planted_driver_bug(driver_cls):
     """The bug sits in the Ready driver the node itself runs, so the sweep proves
     the node's code, not a copy of it."""

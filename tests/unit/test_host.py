@@ -105,3 +105,19 @@ def test_host_closes_connections_past_max_clients_and_idle_ones(tmp_path):
     assert any(e == "client_refused" for e, _ in events) and any(e == "connection_idle_closed" for e, _ in events)
     for s in socks:
         s.close()
+
+
+def test_a_connection_that_never_completes_a_first_frame_is_closed_before_the_idle_timeout(tmp_path):
+    host, address, events = _one_node(tmp_path, handshake_timeout_ms=300, idle_timeout_ms=600_000)
+    silent = socket.create_connection(address)
+    silent.sendall(b"\x00")  # one byte of a frame header, then nothing
+    talker = Client({1: address}, timeout=5)
+    results: dict[str, object] = {}
+    user = threading.Thread(target=lambda: results.update(status=talker.status(1)))
+    user.start()
+    assert _serve(host, lambda: not user.is_alive() and _closed_by_peer(silent), timeout=10), "the silent connection stays open"
+    assert results["status"]["role"] == "leader"
+    assert len(host.clients.connections) == 1, "the connection that spoke stays: the idle timeout is ten minutes"
+    talker.close()
+    host.close()
+    silent.close()
