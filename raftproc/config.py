@@ -1,7 +1,8 @@
 """Cluster configuration: built-in defaults for a local 5-node cluster, or a TOML file.
 
-With no file, node N (1..5) listens for peers on 127.0.0.1:710N and for clients on
-127.0.0.1:720N, keeps its WAL in data/node-N and its JSON log in logs/node-N.jsonl.
+With no file, node N (1..5) listens for peers on 127.0.0.1:710N, for clients on
+127.0.0.1:720N and for metrics scrapes on 127.0.0.1:730N, keeps its WAL in
+data/node-N and its JSON log in logs/node-N.jsonl.
 
 A TOML file looks like this (every top-level key is optional):
 
@@ -34,6 +35,7 @@ A TOML file looks like this (every top-level key is optional):
     client = "127.0.0.1:7201"
     # join = true              # not in the first configuration: the node starts as a
                                # non-voter and waits for `client member add` (README)
+    # metrics = "127.0.0.1:7301"  # GET /metrics (Prometheus) and /health (README, Metrics)
     # cert = "tls/node-1.pem"  # with [tls]: this node's certificate and key
     # key = "tls/node-1-key.pem"
 
@@ -79,6 +81,7 @@ class NodeAddress:
     join: bool = False  # not in the first configuration
     cert: Path | None = None  # with [tls]: the node's own certificate and key
     key: Path | None = None
+    metrics: Address | None = None  # where GET /metrics and /health are served (None: nowhere)
 
 
 @dataclass(frozen=True)
@@ -164,10 +167,10 @@ class ClusterConfig:
         return TlsFiles(t.ca, t.client_cert, t.client_key)
 
 
-def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 7200) -> ClusterConfig:
+def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 7200, metrics_base: int = 7300) -> ClusterConfig:
     return ClusterConfig(
         nodes={
-            i: NodeAddress(i, ("127.0.0.1", peer_base + i), ("127.0.0.1", client_base + i))
+            i: NodeAddress(i, ("127.0.0.1", peer_base + i), ("127.0.0.1", client_base + i), metrics=("127.0.0.1", metrics_base + i))
             for i in range(1, nodes + 1)
         }
     )
@@ -199,7 +202,7 @@ def load_config(path: str | Path | None) -> ClusterConfig:
     return parse_config(raw, source=str(path), base=path.resolve().parent)
 
 
-_NODE_KEYS = {"id", "peer", "client", "join", "cert", "key"}
+_NODE_KEYS = {"id", "peer", "client", "join", "cert", "key", "metrics"}
 _TLS_KEYS = ("ca", "client_cert", "client_key", "admin_cert", "admin_key")
 
 
@@ -216,7 +219,7 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
     nodes: dict[int, NodeAddress] = {}
     for n in nodes_raw:
         if not isinstance(n, dict) or not {"id", "peer", "client"} <= set(n) <= _NODE_KEYS:
-            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join, cert and key")
+            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join, cert, key and metrics")
         if not isinstance(n.get("join", False), bool):
             raise ConfigError(f"{source}: join must be true or false")
         if not isinstance(n["id"], int) or n["id"] < 1:
@@ -226,6 +229,7 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
         nodes[n["id"]] = NodeAddress(
             n["id"], _address(n["peer"], source), _address(n["client"], source), n.get("join", False),
             cert=_path(n.get("cert"), base, source, "cert"), key=_path(n.get("key"), base, source, "key"),
+            metrics=_address(n["metrics"], source) if "metrics" in n else None,
         )
     if all(n.join for n in nodes.values()):
         raise ConfigError(f"{source}: every node is marked join; the first configuration needs at least one")
@@ -307,6 +311,8 @@ def to_toml(cfg: ClusterConfig) -> str:
         lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
         if n.join:
             lines.append("join = true")
+        if n.metrics is not None:
+            lines.append(f'metrics = "{n.metrics[0]}:{n.metrics[1]}"')
         lines += [f'{k} = "{getattr(n, k)}"' for k in ("cert", "key") if getattr(n, k) is not None]
     if cfg.tls is not None:
         lines += ["", "[tls]", *(f'{k} = "{getattr(cfg.tls, k)}"' for k in _TLS_KEYS if getattr(cfg.tls, k) is not None)]

@@ -97,7 +97,7 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
         storage = dict(snapshot_entries=opts.snapshot_every, segment_bytes=max(4096, opts.snapshot_every * 100))
     if lab is not None:
         cfg = ClusterConfig(
-            nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200)) for i in range(1, opts.nodes + 1)},
+            nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300)) for i in range(1, opts.nodes + 1)},
             data_dir=out / "data", log_dir=out / "logs", **storage,
         )
         in_namespace = lab.launcher()[:-3]  # ip netns exec <ns of node {id}>

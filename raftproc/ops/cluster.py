@@ -56,15 +56,19 @@ def local_config(
     nodes: int, data_dir: Path, log_dir: Path, *, ports: list[int] | None = None, base_port: int | None = None, **overrides: Any
 ) -> ClusterConfig:
     """A cluster on 127.0.0.1. With `base_port` B, node N listens for peers on
-    B+100+N and for clients on B+200+N (B=7000 gives the documented defaults);
-    without, on free ports the kernel picks."""
+    B+100+N, for clients on B+200+N and for metrics scrapes on B+300+N (B=7000
+    gives the documented defaults); without, on free ports the kernel picks.
+    `ports`: peers', then clients', then (optionally) metrics' ports."""
     if ports is None:
         if base_port is None:
-            ports = free_ports(2 * nodes)
+            ports = free_ports(3 * nodes)
         else:
-            ports = [base_port + 100 + i for i in range(1, nodes + 1)] + [base_port + 200 + i for i in range(1, nodes + 1)]
+            ports = [base_port + kind * 100 + i for kind in (1, 2, 3) for i in range(1, nodes + 1)]
     addrs = {
-        i: NodeAddress(i, ("127.0.0.1", ports[i - 1]), ("127.0.0.1", ports[nodes + i - 1]))
+        i: NodeAddress(
+            i, ("127.0.0.1", ports[i - 1]), ("127.0.0.1", ports[nodes + i - 1]),
+            metrics=("127.0.0.1", ports[2 * nodes + i - 1]) if len(ports) >= 3 * nodes else None,
+        )
         for i in range(1, nodes + 1)
     }
     return ClusterConfig(nodes=addrs, data_dir=data_dir.resolve(), log_dir=log_dir.resolve(), **overrides)
@@ -175,12 +179,13 @@ class Cluster:
         learner, catches up, then votes. Returns its id."""
         cfg = self.config
         node_id = max(cfg.nodes) + 1
+        metrics = None
         if place is None:
-            peer_port, client_port = free_ports(2)
-            peer, client = ("127.0.0.1", peer_port), ("127.0.0.1", client_port)
+            peer_port, client_port, metrics_port = free_ports(3)
+            peer, client, metrics = ("127.0.0.1", peer_port), ("127.0.0.1", client_port), ("127.0.0.1", metrics_port)
         else:
             peer, client = place(node_id)
-        address = NodeAddress(node_id, peer, client, join=True)
+        address = NodeAddress(node_id, peer, client, join=True, metrics=metrics)
         if cfg.tls is not None:
             address = node_with_cert(address, self.tls_dir)
         self.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))

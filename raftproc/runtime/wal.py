@@ -75,6 +75,7 @@ import cbor2
 
 from raftproc.core.messages import Entry
 from raftproc.runtime.entries import decode_entry, encode_entry
+from raftproc.runtime.histogram import Histogram
 from raftproc.core.ready import HardState, Ready
 
 HEADER = struct.Struct(">II")
@@ -141,6 +142,7 @@ class WriteAheadLog:
         self.power_loss = os.environ.get(POWER_LOSS_ENV) == "1" if power_loss is None else power_loss
         self.slow_sync_file = os.environ.get(SLOW_SYNC_ENV)
         self._slowest_sync = 0.0  # the longest sync since slowest_sync() was last asked
+        self.sync_latency = Histogram()  # every fdatasync, for the metrics
         self._sync_started: float | None = None  # time.monotonic() of the sync under way
         self._unsynced = bytearray()  # power-loss mode: written, not yet on disk
         self._fd: int | None = None
@@ -263,7 +265,9 @@ class WriteAheadLog:
                 raise SyncFailed(f"fdatasync of {_segment_name(self._segment)} in {self.dir} failed: {e}") from e
             finally:
                 self._sync_started = None
-            self._slowest_sync = max(self._slowest_sync, time.monotonic() - started)
+            took = time.monotonic() - started
+            self._slowest_sync = max(self._slowest_sync, took)
+            self.sync_latency.observe(took)
 
     def _stall_for_test(self) -> None:
         try:

@@ -104,6 +104,7 @@ class ClientService:
         self.max_request_bytes = max_request_bytes
         self.max_clients = max_clients
         self.refused_clients = 0  # connections closed at once for want of room, since start
+        self.proposals_failed = 0  # writes proposed here, then answered failed or unknown
         self.clock = clock
         self.log = log
         self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
@@ -313,6 +314,7 @@ class ClientService:
             self._answer(waiting.conn, waiting.request_id, status="ok", result=result)
         else:
             # Another leader's entry holds this index: ours is gone for good.
+            self.proposals_failed += 1
             self._answer(waiting.conn, waiting.request_id, status="failed", error="overwritten by a newer leader")
 
     def serve_reads(self, read_states: Sequence[ReadState]) -> None:
@@ -352,6 +354,7 @@ class ClientService:
 
     def _fail_waiting(self, status: str, why: str) -> None:
         waiting, self.waiting = self.waiting, {}
+        self.proposals_failed += len(waiting)
         for w in waiting.values():
             self._answer(w.conn, w.request_id, status=status, error=why)
 

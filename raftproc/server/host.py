@@ -37,9 +37,10 @@ from typing import Any
 
 from raftproc.config import ClusterConfig
 from raftproc.core.config import LEADER, CommittedConflict
-from raftproc.core.messages import InstallSnapshot, Message
+from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore
+from raftproc.runtime.histogram import Histogram
 from raftproc.runtime.identity import KnownPeers, load_identity
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import EventLoop
@@ -50,6 +51,7 @@ from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.runtime.wal import BackgroundSync, SyncFailed, WriteAheadLog
 from raftproc.server.clients import ClientService
 from raftproc.server.driver import Driver
+from raftproc.server.metrics import MetricsServer, Reading
 from raftproc.server.peers import FrameRefused, Peers
 from raftproc.server.snapshots import SnapshotPolicy, Snapshots
 
@@ -58,23 +60,37 @@ Clock = Callable[[], float]
 GC_FREEZE_INTERVAL = 5.0  # seconds
 IDLE_SWEEP_INTERVAL = 1.0  # seconds between looks for idle connections
 DISK_RETRY_INTERVAL = 0.5  # seconds between attempts at a write that found the disk full
+HEALTH_APPLY_WINDOW = 10.0  # seconds a node may hold committed entries unapplied and still be healthy
 
 
 class PeerTransport:
     """The driver's transport: Raft messages over the peer links; an InstallSnapshot
-    becomes a snapshot stream."""
+    becomes a snapshot stream. It times one AppendEntries round trip per peer at a
+    time (sent, to the next answer from that peer) for the metrics."""
 
     def __init__(self, peers: Peers, snapshots: Snapshots, loop: EventLoop) -> None:
         self.peers = peers
         self.snapshots = snapshots
         self.loop = loop
+        self.rtt: dict[int, Histogram] = {}
+        self._timing: dict[int, float] = {}  # peer -> when the timed AppendEntries left
 
     def send(self, messages: Sequence[Message]) -> None:
         for msg in messages:
             if isinstance(msg, InstallSnapshot):
                 self.snapshots.send(msg)
             else:
+                if isinstance(msg, AppendEntries) and msg.dst not in self._timing:
+                    self._timing[msg.dst] = self.loop.clock()
                 self.peers.send(msg)
+
+    def answered(self, peer: int) -> None:
+        sent = self._timing.pop(peer, None)
+        if sent is not None:
+            self.rtt.setdefault(peer, Histogram()).observe(self.loop.clock() - sent)
+
+    def forget(self, peer: int) -> None:
+        self._timing.pop(peer, None)  # the link broke: that message may never be answered
 
     def flush(self) -> None:
         self.loop.flush_now()
@@ -111,6 +127,11 @@ class NodeHost:
         self.snapshots = snapshots
         self.clients = clients
         self.driver = driver
+        self.transport: PeerTransport = driver.transport  # type: ignore[assignment]
+        self.metrics: MetricsServer | None = None
+        self.leader_changes = 0
+        self._leader_seen = raft.leader_id
+        self._applied_seen = (kv.last_applied, clock())  # (index, when it last moved)
         self.clock = clock
         self.log = log
         self.running = True
@@ -142,6 +163,8 @@ class NodeHost:
         if not self.running:
             return
         self.running = False
+        if self.metrics is not None:
+            self.metrics.close()
         self.clients.close()
         self.peers.close()
         if self.syncer is not None:
@@ -209,6 +232,7 @@ class NodeHost:
     def _after_pass(self) -> None:
         if self.frozen_since is not None:
             return
+        self._note_progress()
         self.snapshots.settle()
         self.clients.poll_member_change()
         self.driver.handle_ready()
@@ -280,12 +304,15 @@ class NodeHost:
         elif isinstance(frame, SnapshotAck):
             self.snapshots.on_ack(frame)
         else:
+            if isinstance(frame, AppendEntriesResponse):
+                self.transport.answered(frame.src)
             try:
                 self.raft.step(frame)
             except CommittedConflict as e:
                 raise FrameRefused(str(e)) from None
 
     def on_link_down(self, peer: int) -> None:
+        self.transport.forget(peer)
         if self.frozen_since is None:
             self.raft.report_unreachable(peer)
         else:
@@ -298,6 +325,41 @@ class NodeHost:
         for entry in rd.entries:
             if entry.config is not None:
                 self.peers.learn(entry.command)
+
+    # --- metrics and health -------------------------------------------------------------
+
+    def _note_progress(self) -> None:
+        leader = self.raft.leader_id
+        if leader != self._leader_seen:
+            if leader is not None:
+                self.leader_changes += 1
+            self._leader_seen = leader
+        if self.kv.last_applied != self._applied_seen[0]:
+            self._applied_seen = (self.kv.last_applied, self.clock())
+
+    def reading(self) -> Reading:
+        """The node as a scrape sees it (raftproc.server.metrics)."""
+        r = self.raft
+        return Reading(
+            node=self.id, term=r.current_term, is_leader=r.role == LEADER, has_leader=r.leader_id is not None,
+            leader_changes=self.leader_changes, committed=r.commit_index, applied=self.kv.last_applied,
+            pending=len(self.clients.waiting), failed=self.clients.proposals_failed,
+            client_connections=len(self.clients.connections), disk_full=self.frozen_since is not None,
+            fsync=self.wal.sync_latency, snapshot_save=self.snapshots.save_latency, peer_rtt=dict(self.transport.rtt),
+            health_problem=self._health_problem(),
+        )
+
+    def _health_problem(self) -> str | None:
+        """Why this node is unhealthy, or None: it knows a leader, can write its disk,
+        and has applied what is committed or applied something within HEALTH_APPLY_WINDOW."""
+        if self.frozen_since is not None:
+            return "disk full: writes wait for room"
+        if self.raft.leader_id is None:
+            return "no leader known"
+        behind = self.raft.commit_index - self.kv.last_applied
+        if behind > 0 and self.clock() - self._applied_seen[1] > HEALTH_APPLY_WINDOW:
+            return f"{behind} committed entries not applied for {HEALTH_APPLY_WINDOW:.0f} s"
+        return None
 
     def status(self) -> dict[str, Any]:
         r = self.raft
@@ -388,8 +450,11 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
         node_id=node_id, cfg=cfg, loop=loop, raft=raft, kv=kv, wal=wal, syncer=syncer, peers=peers, snapshots=snapshots,
         clients=clients, driver=driver, clock=clock, log=log, tls=tls,
     )
+    if me.metrics is not None:
+        host.metrics = MetricsServer(loop, me.metrics, host.reading, timeout=handshake_timeout, log=log)
     log(
         "node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}",
         pid=os.getpid(), transport="tls" if tls else "plaintext",
+        metrics=f"{me.metrics[0]}:{me.metrics[1]}" if me.metrics else None,
     )
     return host

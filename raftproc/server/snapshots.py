@@ -35,6 +35,7 @@ from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore, KvImage
 from raftproc.runtime import snapshot
 from raftproc.runtime.codec import encode_message
+from raftproc.runtime.histogram import Histogram
 from raftproc.runtime.loop import EventLoop
 from raftproc.runtime.snapshot import SnapshotFile
 from raftproc.runtime.transfer import (
@@ -90,6 +91,7 @@ class Snapshots:
         self.clock = clock
         self.log = log
         self.bytes_since = 0  # command bytes applied since the newest snapshot
+        self.save_latency = Histogram()  # snapshot writes, failed ones too, for the metrics
         # Taking one: the writer thread and what it produced.
         self._job: threading.Thread | None = None
         self._result: SnapshotFile | BaseException | None = None
@@ -178,6 +180,7 @@ class Snapshots:
         job.join()
         self._job, self._result = None, None
         ms = round((self.clock() - self._started) * 1000, 1)
+        self.save_latency.observe(ms / 1000)
         if isinstance(result, BaseException):
             self.log("snapshot_failed", level="error", error=f"{type(result).__name__}: {result}", ms=ms)
             return
