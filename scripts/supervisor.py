@@ -18,7 +18,8 @@
     python scripts/supervisor.py down
 
 State lives in a run directory (--run-dir, default run/), so any later invocation
-finds the cluster again.
+finds the cluster again; the cluster's data and logs live in it too (run/data,
+run/logs) unless --data-dir/--log-dir say otherwise.
 """
 
 from __future__ import annotations
@@ -44,7 +45,10 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
         print(f"cluster from {cluster.config_path} up again; leader is node {cluster.leader()}"
               + (f"; removed nodes {removed} stay stopped" if removed else "") + " (`up --fresh` makes a new cluster)")
         return cmd_status(cluster, args)
-    cfg = local_config(args.nodes, Path(args.data_dir), Path(args.log_dir), base_port=args.base_port or None)
+    run_dir = cluster.run_dir
+    data_dir = Path(args.data_dir) if args.data_dir else run_dir / "data"
+    log_dir = Path(args.log_dir) if args.log_dir else run_dir / "logs"
+    cfg = local_config(args.nodes, data_dir, log_dir, base_port=args.base_port or None)
     cluster.create(cfg, tls=args.tls)
     cluster.up(wait=args.wait)
     print(f"cluster of {args.nodes} up{' with mutual TLS' if args.tls else ''}; leader is node {cluster.leader()}; config {cluster.config_path}")
@@ -79,15 +83,22 @@ def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
     return 0
 
 
+def _node_count(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 99:
+        raise argparse.ArgumentTypeError(f"a cluster has 1 to 99 nodes, not {n}")
+    return n
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="run")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
-    up.add_argument("-n", "--nodes", type=int, default=5)
+    up.add_argument("-n", "--nodes", type=_node_count, default=5, help="1 to 99")
     up.add_argument("--base-port", type=int, default=7000, help="peers on BASE+100+N, clients on BASE+200+N; 0: free ports the kernel picks")
-    up.add_argument("--data-dir", default="data")
-    up.add_argument("--log-dir", default="logs")
+    up.add_argument("--data-dir", default=None, help="default: RUN_DIR/data")
+    up.add_argument("--log-dir", default=None, help="default: RUN_DIR/logs")
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
     up.add_argument("--tls", action="store_true", help="mint a CA and certificates in the run directory and run mutual TLS on both ports")
     up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "

@@ -116,11 +116,41 @@ class Cluster:
         return load_config(self.config_path)
 
     def up(self, wait: float = 15.0) -> None:
+        """Start every member and wait for a leader. The nodes that answer must be the
+        processes started here (their pid in status): a port held by another cluster
+        makes a node exit, and its neighbours' answers must not pass for ours. On
+        such a failure the nodes started here are stopped again and the other
+        cluster is left alone."""
         removed = self.removed()
-        for node_id in self.config.nodes:
-            if node_id not in removed:
-                self.start(node_id)
-        self.wait_for_leader(wait)
+        started = [n for n in self.config.nodes if n not in removed]
+        for node_id in started:
+            self.start(node_id)
+        try:
+            self._wait_ours(started, wait)
+            self.wait_for_leader(wait)
+        except ClusterError:
+            self.down(timeout=3)
+            raise
+
+    def _wait_ours(self, nodes: list[int], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        waiting = set(nodes)
+        while waiting:
+            for n in sorted(waiting):
+                p = self.process(n)
+                if p.state not in ("running", "paused"):
+                    raise ClusterError(f"node {n} exited at start: {self.last_output(n) or 'no output'}")
+                s = self.node_status(n, timeout=0.3)
+                if s is not None and s.get("pid") != p.pid:
+                    a = self.config.node(n).client
+                    raise ClusterError(f"{a[0]}:{a[1]} is answered by another process (pid {s.get('pid')}), not node {n} (pid {p.pid}): "
+                                       "another cluster holds these ports")
+                if s is not None:
+                    waiting.discard(n)
+            if waiting and time.monotonic() > deadline:
+                raise ClusterError(f"nodes {sorted(waiting)} did not answer within {timeout}s")
+            if waiting:
+                time.sleep(0.05)  # poll interval of a wait-until loop
 
     def down(self, timeout: float = 5.0) -> list[int]:
         """SIGTERM every node at once (one by one would set off an election per

@@ -95,3 +95,34 @@ def test_supervisor_membership_survives_down_and_up(tmp_path):
         assert [p.node_id for p in cluster.processes() if p.state == "running"] == [1, 2, 3]
     finally:
         sup(run, "down", check=False)
+
+
+def test_up_refuses_a_bad_node_count_before_writing_anything(tmp_path):
+    run = tmp_path / "run"
+    r = sup(run, "up", "-n", "0", check=False)
+    assert r.returncode != 0 and "1 to 99 nodes" in r.stderr
+    assert not (run / "config.toml").exists()
+
+
+def test_up_on_ports_another_cluster_holds_fails_loudly_and_leaves_it_alone(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    try:
+        up = sup(first, "up", "-n", "3", "--base-port", "0")
+        assert str(first / "config.toml") in up.stdout, "up names the config to hand to the client"
+        assert (first / "data").is_dir() and (first / "logs").is_dir(), "data and logs live in the run directory"
+        a = Cluster(first)
+        pids = {p.node_id: p.pid for p in a.processes()}
+        # The same ports, another run directory (its own data and logs).
+        second.mkdir()
+        text = (first / "config.toml").read_text().replace(str(first), str(second))
+        (second / "config.toml").write_text(text)
+        r = sup(second, "up", check=False)
+        assert r.returncode != 0, r.stdout
+        assert "address already in use" in r.stderr or "another cluster holds these ports" in r.stderr, r.stderr
+        assert "leader is node" not in r.stdout
+        assert all(p.state == "stopped" for p in Cluster(second).processes()), "what it started, it stopped"
+        assert {p.node_id: p.pid for p in a.processes()} == pids and all(p.state == "running" for p in a.processes())
+        a.wait_for_leader()
+    finally:
+        sup(second, "down", check=False)
+        sup(first, "down", check=False)
