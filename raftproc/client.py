@@ -1,12 +1,9 @@
-"""The raftproc client: a library and a command line.
+"""The raftproc client library (`python -m raftproc.client` runs the command line,
+raftproc.cli).
 
-    python -m raftproc.client [--config PATH] set x 10 | get x | del x | cas x 10 11 | status | transfer [ID]
-    python -m raftproc.client member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID
-
-With TLS (raftproc.runtime.tls) the certificates come from the config's [tls] table
-(its admin certificate if it has one, else its client one) or from --cacert, --cert
-and --key, as etcdctl takes them; the node must present a node certificate from
-that CA. `member add|remove` and `transfer` need an admin certificate.
+With TLS (raftproc.runtime.tls) a client presents its certificate and the node must
+present a node certificate from the same CA; `member add|remove` and `transfer`
+need an admin certificate.
 
 `Client` connects to any node, follows redirects to the leader, and retries with
 backoff until its deadline. Each client has a random id and numbers its requests;
@@ -16,27 +13,25 @@ an answer was lost.
 Outcomes are definite or not:
 - a result: the operation was applied (a cas that found another value is applied
   as a failed comparison: `result["ok"]` is False and `result["mismatch"]` True);
-- `Failed`: it certainly was not applied and never will be;
+- `Failed`: it certainly was not applied and never will be (`Unreachable`: no
+  node answered at all);
 - `Unknown`: the deadline passed while it might still have been applied.
 """
 
 from __future__ import annotations
 
-import argparse
 import random
 import socket
 import ssl
-import struct
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from raftproc.config import Address, ConfigError, load_config, parse_address
+from raftproc.config import Address, parse_address
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
-from raftproc.runtime.tls import NODE, TlsError, TlsFiles, client_context, identity_of
+from raftproc.runtime.tls import NODE, identity_of
 
 
 class ClientError(Exception):
@@ -49,6 +44,10 @@ class Failed(ClientError):
 
 class Unknown(ClientError):
     """The operation may or may not have taken effect."""
+
+
+class Unreachable(Failed):
+    """No node answered at all before the deadline: the operation did not take effect."""
 
 
 class _Conn:
@@ -190,11 +189,14 @@ class Client:
         delay = min(0.01, self.max_backoff)
         redirects = 0  # in a row: two nodes pointing at each other must not spin
         last_error = "no attempt made"
+        answered = False  # has any node answered at all?
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 if maybe_sent:
                     raise Unknown(f"{what}: outcome unknown after {self.timeout}s ({last_error})")
+                if not answered:
+                    raise Unreachable(f"{what}: no node answered within {self.timeout}s ({last_error})")
                 raise Failed(f"{what}: no leader accepted it within {self.timeout}s ({last_error})")
             target = self._target
             if maybe_sent and body.get("t") == "req":
@@ -209,6 +211,7 @@ class Client:
                 self._target = self._other_node(target)
                 redirects = 0
             else:
+                answered = True
                 status = answer.get("status")
                 if status == "ok":
                     self._answered_by = target
@@ -285,141 +288,13 @@ def _parse_address(text: str | None) -> Address | None:
         return None
 
 
-# --- command line -------------------------------------------------------------------
-
-
-def _print_status(client: Client) -> int:
-    print(
-        f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>8} {'applied':>8} {'snapshot':>8} "
-        f"{'log':>7} {'wal MiB':>8}  log digest"
-    )
-    for node_id in sorted(client.addresses):
-        try:
-            s = client.status(node_id)
-        except (OSError, ClientError, RemoteProtocolError, FrameError, struct.error) as e:
-            print(f"{node_id:>4} {'down':<9} ({e})")
-            continue
-        print(
-            f"{s['node']:>4} {s['role']:<9} {s['term']:>5} {str(s['leader']):>6} "
-            f"{s['commit_index']:>8} {s['last_applied']:>8} {s.get('snapshot_index', 0):>8} "
-            f"{s.get('log_entries', 0):>7} {s.get('wal_bytes', 0) / 2**20:>8.1f}  {s['log_digest'][:12]}"
-        )
-    return 0
-
-
-def _member(client: Client, args: argparse.Namespace) -> int:
-    if args.member_cmd == "list":
-        r = client.member("list")
-        print(f"leader {r['leader']}, term {r['term']}, last index {r['last_index']}")
-        for node, info in sorted(r["nodes"].items()):
-            print(f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}")
-        if r["outgoing"]:
-            print(f"  changing from voters {r['outgoing']} (joint consensus)")
-        return 0
-    if args.member_cmd == "add":
-        for text in (args.peer, args.client):
-            if _parse_address(text) is None:
-                print(f"raftproc.client: {text!r} is not HOST:PORT", file=sys.stderr)
-                return 2
-        r = client.member("add", args.id, args.peer, args.client)
-    else:
-        r = client.member("remove", args.id)
-    print(f"OK: voters {r['membership']['voters']}, learners {r['membership']['learners']}")
-    return 0
-
-
-def _tls_context(files: TlsFiles | None, args: argparse.Namespace) -> ssl.SSLContext | None:
-    """The config's certificates, each replaced by its flag when one is given."""
-    if files is None and args.tls_ca is None:
-        return None
-    ca = Path(args.tls_ca) if args.tls_ca else files.ca if files else None
-    cert = Path(args.tls_cert) if args.tls_cert else files.cert if files else None
-    key = Path(args.tls_key) if args.tls_key else files.key if files else None
-    if ca is None:
-        raise TlsError("--cert and --key need --cacert (or a config with [tls])")
-    return client_context(TlsFiles(ca, cert, key))
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m raftproc.client", description="Talk to a raftproc cluster.")
-    p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
-    p.add_argument("--cacert", dest="tls_ca", help="CA bundle to verify the nodes with (default: the config's [tls] ca)")
-    p.add_argument("--cert", dest="tls_cert", help="client certificate to present (default: the config's admin_cert, else client_cert)")
-    p.add_argument("--key", dest="tls_key", help="the certificate's private key")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds to reach a definite outcome (default 5; 60 for member add and remove, which wait for a catch-up)")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("set", help="set KEY VALUE")
-    s.add_argument("key")
-    s.add_argument("value")
-    g = sub.add_parser("get", help="get KEY")
-    g.add_argument("key")
-    d = sub.add_parser("del", help="delete KEY")
-    d.add_argument("key")
-    c = sub.add_parser("cas", help="cas KEY EXPECTED NEW (EXPECTED '-' means absent)")
-    c.add_argument("key")
-    c.add_argument("expected")
-    c.add_argument("new")
-    sub.add_parser("transfer", help="hand leadership to node ID (default: the most up-to-date follower)").add_argument(
-        "id", type=int, nargs="?", default=None)
-    m = sub.add_parser("member", help="member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID")
-    msub = m.add_subparsers(dest="member_cmd", required=True)
-    msub.add_parser("list", help="voters, learners and each member's addresses and match index")
-    ma = msub.add_parser("add", help="add node ID: it joins as a learner, catches up, then votes")
-    ma.add_argument("id", type=int)
-    ma.add_argument("peer", help="HOST:PORT where the node listens for peers")
-    ma.add_argument("client", help="HOST:PORT where the node listens for clients")
-    msub.add_parser("remove", help="remove node ID (the leader too: it hands over first)").add_argument("id", type=int)
-    sub.add_parser("status", help="each node's role, term, leader, commit and applied index, snapshot index, log entries held, WAL size")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        print(f"raftproc.client: {e}", file=sys.stderr)
-        return 2
-    changes_members = args.cmd == "member" and args.member_cmd != "list"
-    timeout = args.timeout if args.timeout is not None else 60.0 if changes_members else 5.0
-    try:
-        tls = _tls_context(cfg.client_tls(), args)
-    except TlsError as e:
-        print(f"raftproc.client: {e}", file=sys.stderr)
-        return 2
-    client = Client(cfg.client_addresses(), timeout=timeout, tls=tls)
-    try:
-        if args.cmd == "status":
-            return _print_status(client)
-        if args.cmd == "transfer":
-            leader = client.transfer(args.id)
-            print(f"node {leader} leads")
-            return 0
-        if args.cmd == "member":
-            return _member(client, args)
-        if args.cmd == "set":
-            client.set(args.key, args.value)
-            print("OK")
-        elif args.cmd == "get":
-            value = client.get(args.key)
-            print("(absent)" if value is None else value)
-        elif args.cmd == "del":
-            result = client.delete(args.key)
-            print("OK" if result.get("existed") else "OK (was absent)")
-        elif args.cmd == "cas":
-            expected = None if args.expected == "-" else args.expected
-            result = client.cas(args.key, expected, args.new)
-            if not result.get("ok"):
-                print(f"MISMATCH: current value is {result.get('value')!r}")
-                return 1
-            print("OK")
-    except Unknown as e:
-        print(f"UNKNOWN: {e}", file=sys.stderr)
-        return 3
-    except Failed as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        return 1
-    finally:
-        client.close()
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m raftproc.client` is the command line's documented name; the command
+    # line itself lives above this library (raftproc.cli), so it is run, not imported.
+    import runpy
+
+    try:
+        runpy.run_module("raftproc.cli", run_name="__main__")
+    except KeyboardInterrupt:  # before the command line could catch it itself
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)

@@ -160,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ClusterError, ClientError) as e:
         print(f"supervisor: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("supervisor: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -26,6 +26,7 @@ ALLOWED: dict[str, set[str]] = {
     "checker": {"checker"},
     "node": {"core", "runtime", "server", "config"},
     "client": {"core", "runtime", "config"},
+    "cli": {"core", "runtime", "config", "client"},
     "ops": {"core", "kv", "runtime", "config", "client", "checker", "ops"},
 }
 IO_MODULES = {"socket", "selectors", "select", "os", "time", "threading", "asyncio", "subprocess", "structlog", "cbor2", "io", "signal", "multiprocessing"}

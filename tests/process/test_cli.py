@@ -1,0 +1,74 @@
+"""The command line as scripts use it: --endpoints without a config file, JSON
+output, and exit codes that tell found from absent, failed from unknown from
+unreachable, and a healthy cluster from one with a node down; Ctrl-C ends a
+waiting command without a traceback."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from conftest import make_cluster, wait_until
+
+pytestmark = pytest.mark.process
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raftproc.client", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_endpoints_json_and_exit_codes(tmp_path):
+    cluster = make_cluster(tmp_path, 3)
+    try:
+        cluster.up(wait=20)
+        endpoints = ",".join(f"{n.client[0]}:{n.client[1]}" for n in cluster.config.nodes.values())
+        ep = ["--endpoints", endpoints]
+        assert cli(*ep, "set", "x", "10").returncode == 0
+        got = cli(*ep, "-w", "json", "get", "x")
+        assert got.returncode == 0 and json.loads(got.stdout) == {"key": "x", "found": True, "value": "10"}
+        missing = cli(*ep, "get", "nope")
+        assert missing.returncode == 4 and missing.stdout == "" and "not found" in missing.stderr
+        assert json.loads(cli(*ep, "-w", "json", "get", "nope").stdout)["found"] is False
+        assert cli(*ep, "cas", "x", "9", "11").returncode == 1  # a mismatch: failed, not applied
+        status = cli(*ep, "-w", "json", "status")
+        body = json.loads(status.stdout)
+        assert status.returncode == 0 and body["healthy"] and len(body["nodes"]) == 3
+        assert cli(*ep, "health").returncode == 0
+
+        victim = next(n for n in cluster.config.nodes if n != cluster.wait_for_leader())
+        cluster.kill(victim)
+        assert cli(*ep, "status").returncode == 5
+        health = cli(*ep, "health")
+        assert health.returncode == 5 and f"nodes [{victim}] do not answer" in health.stderr
+
+        # Nobody listening: unreachable, quickly, and said so.
+        dead = cli("--endpoints", "127.0.0.1:1", "--timeout", "1", "set", "y", "1")
+        assert dead.returncode == 5 and "UNREACHABLE" in dead.stderr
+        assert cli("--endpoints", "not-an-address", "get", "x").returncode == 2
+
+        # Ctrl-C while a command waits (every node but one down: no leader to accept it).
+        for n in cluster.config.nodes:
+            if n != victim:
+                cluster.kill(n)
+        waiting = subprocess.Popen([sys.executable, "-m", "raftproc.client", *ep, "--timeout", "60", "set", "z", "1"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_until(lambda: _has_imported(waiting.pid), 20, "the CLI to start")
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=20)
+        assert waiting.returncode == 130 and "Traceback" not in err and "interrupted" in err, err
+    finally:
+        cluster.down(timeout=3)
+
+
+def _has_imported(pid: int) -> bool:
+    """The process has been running long enough to be inside its retry loop."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).cpu_times().user > 0.05
+    except psutil.Error:
+        return False
