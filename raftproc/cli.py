@@ -1,7 +1,7 @@
 """The command line: `python -m raftproc.client ...` (etcdctl's habits).
 
     python -m raftproc.client [--endpoints H:P,...] [--config PATH] [-w table|json] COMMAND
-        set KEY VALUE | get KEY | del KEY | cas KEY EXPECTED NEW
+        set KEY VALUE [--trace] | get KEY | del KEY | cas KEY EXPECTED NEW
         status | health | transfer [ID]
         member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID
 
@@ -92,7 +92,7 @@ def _run(client: Client, args: argparse.Namespace, out: Output) -> int:
     if cmd == "member":
         return _member(client, args, out)
     if cmd == "set":
-        client.set(args.key, args.value)
+        client.set(args.key, args.value, trace=args.trace)
         out.emit({"ok": True}, "OK")
     elif cmd == "get":
         value = client.get(args.key)
@@ -216,6 +216,7 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("set", help="set KEY VALUE")
     s.add_argument("key")
     s.add_argument("value")
+    s.add_argument("--trace", action="store_true", help="every node logs this write's way (scripts/supervisor.py timeline)")
     sub.add_parser("get", help="get KEY (exit 4 if absent)").add_argument("key")
     sub.add_parser("del", help="delete KEY").add_argument("key")
     c = sub.add_parser("cas", help="cas KEY EXPECTED NEW (EXPECTED '-' means absent)")

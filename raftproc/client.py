@@ -125,8 +125,9 @@ class Client:
 
     # --- operations ---------------------------------------------------------------
 
-    def set(self, key: str, value: str) -> dict[str, Any]:
-        return self.request("set", key, value=value)
+    def set(self, key: str, value: str, *, trace: bool = False) -> dict[str, Any]:
+        """`trace`: every node logs this write's way through Raft (supervisor.py timeline)."""
+        return self.request("set", key, value=value, trace=trace)
 
     def get(self, key: str, *, read: str | None = None) -> str | None:
         return self.request("get", key, read=read or self.read_mode)["value"]
@@ -138,11 +139,13 @@ class Client:
         return self.request("cas", key, value=new, expect=expect)
 
     def request(
-        self, op: str, key: str, *, value: str | None = None, expect: str | None = None, read: str = "log"
+        self, op: str, key: str, *, value: str | None = None, expect: str | None = None, read: str = "log", trace: bool = False,
     ) -> dict[str, Any]:
         """Run one operation to a definite outcome within the deadline, or raise."""
         self.seq += 1
         body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": self.client_id, "seq": self.seq}
+        if trace:
+            body["trace"] = True
         if op == "get" and read != "log":
             body["read"] = read
         return self._ask(body, f"{op} {key}")

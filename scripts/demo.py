@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
 """Start a local 5-node cluster through the supervisor and show Raft at work:
 three writes, a SIGKILL of the leader, a new leader, and every node applying
-the same log (the killed node too, once restarted). The cluster keeps running
-afterwards; the last lines say how to look at it and how to stop it."""
+the same log (the killed node too, once restarted); then one traced write,
+SET x=10, told step by step from the nodes' own logs (the election that made
+the leader, append, replicate, acknowledge, commit, apply). The cluster keeps
+running afterwards; the last lines say how to look at it and how to stop it."""
 
 from __future__ import annotations
 
 import shutil
 import sys
+import time
 from pathlib import Path
 
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.logs import merged
+from raftproc.ops.timeline import render, story
 
 RUN_DIR = Path("run")
 DATA_DIR = Path("data/demo")
@@ -23,6 +28,18 @@ def show(statuses: list[dict]) -> None:
             f"    node {s['node']}: {s['role']:<9} term {s['term']:<3} applied {s['last_applied']:<3} "
             f"log digest {s['log_digest'][:16]}  keys {s['keys']}"
         )
+
+
+def _wait_for_story(cluster: Cluster, timeout: float = 10.0) -> list:
+    """The timeline once every running node has logged applying the traced write."""
+    paths = sorted(cluster.config.log_dir.glob("node-*.jsonl"))
+    running = sum(1 for p in cluster.processes() if p.state == "running")
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = story(merged(paths))
+        if sum("applies SET x=10" in text for _, _, text in lines) >= running or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)  # poll interval of a wait-until loop
 
 
 def main() -> int:
@@ -57,11 +74,16 @@ def main() -> int:
     print(f"restarting node {leader}; it replays its WAL and catches up")
     cluster.start(leader)
     show(cluster.wait_converged())
+
+    print("one traced write, SET x=10, as the nodes' JSON logs tell it (scripts/supervisor.py timeline):")
+    client.set("x", "10", trace=True)
     client.close()
+    print(render(_wait_for_story(cluster)))
     print()
     print("The cluster is still running. Look at it and stop it with:")
     print("    .venv/bin/python scripts/supervisor.py status")
     print("    .venv/bin/python scripts/supervisor.py logs --event became_leader --event election_started")
+    print("    .venv/bin/python -m raftproc.client set x 11 --trace && .venv/bin/python scripts/supervisor.py timeline")
     print("    .venv/bin/python -m raftproc.client get y")
     print("    .venv/bin/python scripts/supervisor.py down")
     return 0

@@ -15,6 +15,8 @@
     python scripts/supervisor.py add|remove ID    add a node the config lists / remove one and stop it
     python scripts/supervisor.py members          voters, learners, addresses, match indexes
     python scripts/supervisor.py logs [-f] [--node N] [--event E]
+    python scripts/supervisor.py timeline         the leader's election and the newest traced write
+                                                  (python -m raftproc.client set x 10 --trace), from the logs
     python scripts/supervisor.py down
 
 State lives in a run directory (--run-dir, default run/), so any later invocation
@@ -32,6 +34,7 @@ from pathlib import Path
 from raftproc.client import ClientError
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
 from raftproc.ops.logs import follow, format_line, matches, merged
+from raftproc.ops.timeline import render, story
 
 
 def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
@@ -90,6 +93,12 @@ def _node_count(text: str) -> int:
     return n
 
 
+def cmd_timeline(cluster: Cluster) -> int:
+    lines = story(merged(sorted(cluster.config.log_dir.glob("node-*.jsonl"))))
+    print(render(lines))
+    return 0 if lines else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="run")
@@ -108,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("rolling-restart")
     sub.add_parser("join")
     sub.add_parser("members")
+    sub.add_parser("timeline")
     for name in ("kill", "stop", "start", "restart", "pause", "resume", "add", "remove"):
         sub.add_parser(name).add_argument("id", type=int)
     logs = sub.add_parser("logs")
@@ -129,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_status(cluster, args)
         if args.cmd == "logs":
             return cmd_logs(cluster, args)
+        if args.cmd == "timeline":
+            return cmd_timeline(cluster)
         if args.cmd == "rolling-restart":
             result = cluster.rolling_restart(say=print)
             gaps = ", ".join(f"{g * 1000:.1f} ms" for g in result["handover_gaps_s"]) or "none logged"

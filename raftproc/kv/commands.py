@@ -23,14 +23,32 @@ class Command:
     # The client may have sent this request before (a retry): if its session is gone,
     # the request may already have been applied, so it must not be applied now.
     retry: bool = False
+    # Every node logs this command's way through Raft (`supervisor.py timeline`).
+    trace: bool = False
 
     def encode(self) -> bytes:
         fields = [self.op, self.key, self.value, self.expect, self.client, self.seq]
-        if self.retry:
-            fields.append(True)  # absent when false: first attempts keep the older, shorter form
+        if self.retry or self.trace:
+            fields.append(self.retry)  # absent when false: first attempts keep the older, shorter form
+        if self.trace:
+            fields.append(True)  # the only 8-element form: is_traced() looks at one byte
         return cbor2.dumps(fields)
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
         fields = cbor2.loads(data)
-        return cls(*fields[:6], retry=len(fields) > 6 and fields[6] is True)
+        return cls(*fields[:6], retry=len(fields) > 6 and fields[6] is True, trace=len(fields) > 7 and fields[7] is True)
+
+    def describe(self) -> str:
+        """As people write it: SET x=10, GET x, DEL x, CAS x 1->2."""
+        if self.op == "set":
+            return f"SET {self.key[:40]}={(self.value or '')[:40]}"
+        if self.op == "cas":
+            return f"CAS {self.key[:40]} {str(self.expect)[:20]}->{(self.value or '')[:20]}"
+        return f"{self.op.upper()} {self.key[:40]}"
+
+
+def is_traced(command: bytes | None) -> bool:
+    """Whether an encoded command asks to be traced, without decoding it: a CBOR array
+    of eight elements starts with the byte 0x88, and only traced commands have eight."""
+    return bool(command) and command[0] == 0x88  # type: ignore[index]

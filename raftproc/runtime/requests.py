@@ -52,6 +52,7 @@ class KvRequest:
     seq: int
     read: str  # get: log | index | lease; "log" for every write
     retry: bool = False  # an earlier attempt of this request may have reached a log
+    trace: bool = False  # every node logs this write's way (`supervisor.py timeline`)
 
     @property
     def is_log_read(self) -> bool:
@@ -99,12 +100,12 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
     read = body.get("read", "log")
     if not isinstance(read, str) or read not in READ_MODES or ("read" in body and op != "get"):
         raise RemoteProtocolError("read must be log, index or lease, and only on get")
-    retry = body.get("retry", False)
-    if not isinstance(retry, bool):
-        raise RemoteProtocolError("retry must be true or false")
+    retry, trace = body.get("retry", False), body.get("trace", False)
+    if not isinstance(retry, bool) or not isinstance(trace, bool):
+        raise RemoteProtocolError("retry and trace must be true or false")
     return KvRequest(
         id=request_id, op=op, key=key, value=value if op in ("set", "cas") else None,
-        expect=expect if op == "cas" else None, client=client, seq=seq, read=read, retry=retry,
+        expect=expect if op == "cas" else None, client=client, seq=seq, read=read, retry=retry, trace=trace,
     )
 
 

@@ -53,6 +53,7 @@ from raftproc.runtime.requests import (
     decode_request,
 )
 from raftproc.server.peers import Peers
+from raftproc.server.trace import Tracer
 
 Log = Callable[..., None]
 MEMBER_CHANGE_TIMEOUT = 60.0  # seconds a `member add` may take (the learner's catch-up included)
@@ -91,6 +92,7 @@ class ClientService:
         on_applied: Callable[[bytes | None], None],
         tls: TlsContexts | None = None,
         handshake_timeout: float = 5.0,
+        tracer: Tracer | None = None,
     ) -> None:
         """`status()` is the node's status answer; `on_applied(command)` hears every
         applied command (the snapshot policy counts their bytes)."""
@@ -112,6 +114,7 @@ class ClientService:
         self.on_applied = on_applied
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.tracer = tracer or Tracer(me, log)
         self.disk_full = False  # set by the host while a write waits for room (no request reaches the core)
         self.connections: set[Connection] = set()
         self.listener: Listener | None = None
@@ -205,7 +208,7 @@ class ClientService:
         if not req.is_log_read:
             self._read(conn, req)
             return
-        cmd = Command(req.op, req.key, req.value, req.expect, req.client, req.seq, req.retry)
+        cmd = Command(req.op, req.key, req.value, req.expect, req.client, req.seq, req.retry, req.trace)
         try:
             index, term = raft.propose(cmd.encode())
         except NotLeader:
@@ -216,6 +219,8 @@ class ClientService:
             self._answer(conn, req.id, status="no_leader", error=str(e))
             return
         self.waiting[index] = Waiting(term, conn, req.id)
+        if req.trace:
+            self.tracer.proposed(index, term, cmd)
 
     def _read(self, conn: Connection, req: KvRequest) -> None:
         """A linearizable read without a log entry (ReadIndex or lease, in the core)."""
@@ -304,6 +309,7 @@ class ClientService:
             self.log("config_applied", index=entry.index, membership=entry.config.describe())
             return
         result = self.kv.apply(entry.index, entry.command)
+        self.tracer.applied(entry)
         self.on_applied(entry.command)
         waiting = self.waiting.pop(entry.index, None)
         if waiting is None:

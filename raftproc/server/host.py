@@ -54,6 +54,7 @@ from raftproc.server.driver import Driver
 from raftproc.server.metrics import MetricsServer, Reading
 from raftproc.server.peers import FrameRefused, Peers
 from raftproc.server.snapshots import SnapshotPolicy, Snapshots
+from raftproc.server.trace import Tracer
 
 Log = Callable[..., None]
 Clock = Callable[[], float]
@@ -68,10 +69,11 @@ class PeerTransport:
     becomes a snapshot stream. It times one AppendEntries round trip per peer at a
     time (sent, to the next answer from that peer) for the metrics."""
 
-    def __init__(self, peers: Peers, snapshots: Snapshots, loop: EventLoop) -> None:
+    def __init__(self, peers: Peers, snapshots: Snapshots, loop: EventLoop, tracer: Tracer) -> None:
         self.peers = peers
         self.snapshots = snapshots
         self.loop = loop
+        self.tracer = tracer
         self.rtt: dict[int, Histogram] = {}
         self._timing: dict[int, float] = {}  # peer -> when the timed AppendEntries left
 
@@ -82,6 +84,8 @@ class PeerTransport:
             else:
                 if isinstance(msg, AppendEntries) and msg.dst not in self._timing:
                     self._timing[msg.dst] = self.loop.clock()
+                if self.tracer.watching:
+                    self.tracer.sending(msg)
                 self.peers.send(msg)
 
     def answered(self, peer: int) -> None:
@@ -233,6 +237,8 @@ class NodeHost:
         if self.frozen_since is not None:
             return
         self._note_progress()
+        if self.transport.tracer.watching:
+            self.transport.tracer.progressed(self.raft.commit_index)
         self.snapshots.settle()
         self.clients.poll_member_change()
         self.driver.handle_ready()
@@ -306,6 +312,7 @@ class NodeHost:
         else:
             if isinstance(frame, AppendEntriesResponse):
                 self.transport.answered(frame.src)
+                self.transport.tracer.received(frame)
             try:
                 self.raft.step(frame)
             except CommittedConflict as e:
@@ -325,6 +332,8 @@ class NodeHost:
         for entry in rd.entries:
             if entry.config is not None:
                 self.peers.learn(entry.command)
+        if rd.entries and self.raft.role != LEADER:
+            self.transport.tracer.appended(rd.entries, self.raft.leader_id)
 
     # --- metrics and health -------------------------------------------------------------
 
@@ -425,17 +434,18 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
         me=node_id, data_dir=data_dir, wal=wal, newest=st.snapshot, floor=st.floor, raft=raft, kv=kv, peers=peers, loop=loop,
         policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes), clock=clock, log=log,
     )
+    tracer = Tracer(node_id, log)
     clients = ClientService(
         me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
         max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda: host.status(), on_applied=snapshots.applied,
-        tls=tls, handshake_timeout=handshake_timeout,
+        tls=tls, handshake_timeout=handshake_timeout, tracer=tracer,
     )
     syncer = None
     if cfg.background_sync:
         wake = loop.make_waker(lambda: host._on_synced())
         syncer = BackgroundSync(wal, lambda seq: wake())
     driver = Driver(
-        raft, storage=wal, transport=PeerTransport(peers, snapshots, loop), state_machine=clients, installer=snapshots,
+        raft, storage=wal, transport=PeerTransport(peers, snapshots, loop, tracer), state_machine=clients, installer=snapshots,
         syncer=syncer, on_ready=lambda rd: host.on_ready(rd),
     )
     log(
