@@ -20,6 +20,19 @@ Outcomes are definite or not:
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Ctrl-C at any moment of the command line (its imports included) ends it quietly
+    # with 130; a SIGINT the caller chose to ignore (a background job) stays ignored.
+    import signal as _signal
+    import sys as _sys
+
+    def _interrupted(signum: int, frame: object) -> None:
+        print("interrupted", file=_sys.stderr)
+        _sys.exit(130)
+
+    if _signal.getsignal(_signal.SIGINT) is not _signal.SIG_IGN:
+        _signal.signal(_signal.SIGINT, _interrupted)
+
 import random
 import socket
 import ssl
@@ -296,8 +309,4 @@ if __name__ == "__main__":
     # line itself lives above this library (raftproc.cli), so it is run, not imported.
     import runpy
 
-    try:
-        runpy.run_module("raftproc.cli", run_name="__main__")
-    except KeyboardInterrupt:  # before the command line could catch it itself
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
+    runpy.run_module("raftproc.cli", run_name="__main__")
