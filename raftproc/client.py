@@ -170,7 +170,10 @@ class Client:
         if ask is not None:
             self._target = self.addresses[ask]
         deadline = time.monotonic() + self.timeout
-        chosen = self._ask({"t": "transfer", "target": target}, "transfer", deadline=deadline)["target"]
+        result = self._ask({"t": "transfer", "target": target}, "transfer", deadline=deadline)
+        chosen = result["target"]
+        if result.get("already"):
+            return chosen  # it leads already: nothing to hand over
         old = next((i for i, a in self.addresses.items() if a == self._answered_by), None)
         while time.monotonic() < deadline:
             leader = self._leader_seen_by(chosen)

@@ -71,6 +71,8 @@ def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
+    if args.node is not None and args.node not in cluster.config.nodes:
+        raise ClusterError(f"node {args.node} is not in the cluster (nodes {sorted(cluster.config.nodes)})")
     log_dir = cluster.config.log_dir
     paths = sorted(log_dir.glob("node-*.jsonl"))
     events = set(args.event) if args.event else None

@@ -128,16 +128,27 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
         tls=client_context(files) if files else None,
     )
     schedule = plan(opts.seed, faults, opts.duration)
-    nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"\r{_clock(mono0)} {m}" + " " * 20))
+    # On a terminal the progress line rewrites itself (\r); into a file or a pipe,
+    # each line stands alone and the progress comes every 5 s instead of twice a second.
+    tty = sys.stdout.isatty()
+    back = "\r" if tty else ""
+    nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")))
     if lab is not None:
         nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
         nemesis.max_node_id = len(lab.nodes)
     start = time.monotonic()
     workload.start(until=start + opts.duration)
 
+    last_progress = [0.0]
+
     def progress() -> None:
+        now = time.monotonic()
+        if not tty and now - last_progress[0] < 5.0:
+            return
+        last_progress[0] = now
         c = workload.history.counts
-        sys.stdout.write(f"\r{_clock(mono0)} ops ok {c['ok']} failed {c['failed']} unknown {c['unknown']}   ")
+        line = f"{_clock(mono0)} ops ok {c['ok']} failed {c['failed']} unknown {c['unknown']}"
+        sys.stdout.write(f"\r{line}   " if tty else line + "\n")
         sys.stdout.flush()
 
     def wait_until(t: float) -> None:
@@ -152,7 +163,7 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
         heal()
     wait_until(start + opts.duration)
     workload.stop()
-    say(f"\r{_clock(mono0)} healing everything and checking")
+    say(f"{back}{_clock(mono0)} healing everything and checking")
     nemesis.heal_all()
 
     verdicts: list[tuple[str, bool, str]] = []

@@ -171,8 +171,7 @@ class Cluster:
     # --- one node -------------------------------------------------------------------
 
     def start(self, node_id: int) -> int:
-        cfg = self.config
-        cfg.node(node_id)
+        self._known(node_id)
         current = self.process(node_id)
         if current.state in ("running", "paused"):
             raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
@@ -207,6 +206,7 @@ class Cluster:
         """Start a new node (the next free id; `place(id)` gives its peer and client
         addresses, free loopback ports by default) and add it: it joins as a
         learner, catches up, then votes. Returns its id."""
+        self._leader_now("join")  # before anything is written or started
         cfg = self.config
         node_id = max(cfg.nodes) + 1
         metrics = None
@@ -225,6 +225,7 @@ class Cluster:
 
     def add(self, node_id: int, timeout: float = 60.0) -> dict[str, Any]:
         """Add a node the config file lists (a removed one comes back with its data)."""
+        self._known(node_id)
         a = self.config.node(node_id)
         if self.process(node_id).state != "running":
             self.start(node_id)
@@ -292,7 +293,7 @@ class Cluster:
         nodes' logs: TimeoutNow sent by the old leader to `became_leader` of the new."""
         started = time.monotonic()
         since = datetime.now(timezone.utc).isoformat()
-        leader = self.wait_for_leader(timeout=timeout)
+        leader = self._leader_now("a rolling restart")
         running = [p.node_id for p in self.processes() if p.state == "running"]
         skipped = [i for i in sorted(self.config.nodes) if i not in running and i not in self.removed()]
         if skipped:
@@ -472,7 +473,24 @@ class Cluster:
             return proc
         return None
 
+    def _leader_now(self, what: str, timeout: float = 3.0) -> int:
+        """The leader, found within a few seconds, or a clear refusal: commands that need
+        a working cluster must not sit silent for a minute when it is down."""
+        running = [p.node_id for p in self.processes() if p.state == "running"]
+        if not running:
+            raise ClusterError(f"{what} needs a running cluster, and no node of {self.run_dir} runs (`up` starts it)")
+        try:
+            return self.wait_for_leader(timeout=timeout)
+        except ClusterError as e:
+            raise ClusterError(f"{what} needs a leader: {e}") from None
+
+    def _known(self, node_id: int) -> None:
+        nodes = sorted(self.config.nodes)
+        if node_id not in nodes:
+            raise ClusterError(f"node {node_id} is not in the cluster (nodes {nodes})")
+
     def _signal(self, node_id: int, sig: signal.Signals) -> None:
+        self._known(node_id)
         p = self.process(node_id)
         if p.state not in ("running", "paused") or p.pid is None:
             raise ClusterError(f"node {node_id} is not running ({p.state})")

@@ -240,6 +240,9 @@ class ClientService:
             self._redirect(conn, req.id)
             return
         target = req.target
+        if target == self.me:
+            self._answer(conn, req.id, status="ok", result={"target": self.me, "already": True})
+            return
         if target is None:  # the voter with the longest log, among those connected
             voters = [p for p in raft.membership.voters if p != self.me]
             live = [p for p in voters if self.peers.is_connected(p)] or voters
@@ -266,6 +269,10 @@ class ClientService:
             self._answer(conn, req.id, status="error", error=f"node {self.me} is already running a membership change")
             return
         node = req.node
+        if req.op == "remove" and node not in raft.membership.members:
+            m = raft.membership
+            self._answer(conn, req.id, status="error", error=f"node {node} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)})")
+            return
         if req.op == "add":
             assert req.addresses is not None
             peer, client = req.addresses

@@ -28,7 +28,7 @@ def test_chaos_same_seed_same_schedule():
     assert {f.kind for f in plan(5, kinds, 300)} == set(kinds)
 
 
-def test_chaos_smoke_every_verdict_passes(tmp_path):
+def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     faults = ["kill", "pause", "power", "stop", "transfer"]
     root_ok, why = available()
     if root_ok:
@@ -54,6 +54,9 @@ def test_chaos_smoke_every_verdict_passes(tmp_path):
     assert started and all(e["transport"] == "tls" for e in started)
     if not root_ok:
         assert any("unavailable" in n for n in result.notes)
+    printed = capsys.readouterr().out
+    assert "ops ok" in printed and "\r" not in printed, "progress into a pipe is plain lines"
+
 
 
 def test_chaos_member_faults_every_verdict_passes(tmp_path):

@@ -38,6 +38,11 @@ def test_cli_endpoints_json_and_exit_codes(tmp_path):
         body = json.loads(status.stdout)
         assert status.returncode == 0 and body["healthy"] and len(body["nodes"]) == 3
         assert cli(*ep, "health").returncode == 0
+        leader = cluster.wait_for_leader()
+        moved = cli(*ep, "transfer", str(leader))
+        assert moved.returncode == 0 and f"node {leader} leads" in moved.stdout, moved.stderr
+        gone = cli(*ep, "member", "remove", "9")
+        assert gone.returncode == 1 and "node 9 is not a member" in gone.stderr
 
         victim = next(n for n in cluster.config.nodes if n != cluster.wait_for_leader())
         cluster.kill(victim)

@@ -126,3 +126,22 @@ def test_up_on_ports_another_cluster_holds_fails_loudly_and_leaves_it_alone(tmp_
     finally:
         sup(second, "down", check=False)
         sup(first, "down", check=False)
+
+
+def test_mistakes_get_precise_answers_and_a_down_cluster_fails_fast(tmp_path):
+    run = tmp_path / "run"
+    try:
+        sup(run, "up", "-n", "3", "--base-port", "0")
+        for args, says in ((["kill", "9"], "node 9 is not in the cluster"), (["logs", "--node", "9"], "node 9 is not in the cluster"),
+                           (["start", "9"], "node 9 is not in the cluster")):
+            r = sup(run, *args, check=False)
+            assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+        sup(run, "down")
+        config_before = (run / "config.toml").read_text()
+        for cmd in ("join", "rolling-restart"):
+            r = sup(run, cmd, check=False)
+            assert r.returncode == 1 and "needs a running cluster" in r.stderr, r.stderr
+        assert (run / "config.toml").read_text() == config_before, "a failed join lists no new node"
+        assert all(p.state == "stopped" for p in Cluster(run).processes())
+    finally:
+        sup(run, "down", check=False)
