@@ -162,8 +162,10 @@ def _member(client: Client, args: argparse.Namespace, out: Output) -> int:
             if _parse(text) is None:
                 print(f"raftproc.client: {text!r} is not HOST:PORT", file=sys.stderr)
                 return EXIT_USAGE
+        print(f"adding node {args.id}: it joins as a learner and votes once caught up; waiting up to {client.timeout:.0f} s", file=sys.stderr)
         r = client.member("add", args.id, args.peer, args.client)
     else:
+        print(f"removing node {args.id} (a leader hands over first); waiting up to {client.timeout:.0f} s", file=sys.stderr)
         r = client.member("remove", args.id)
     out.emit(r, f"OK: voters {r['membership']['voters']}, learners {r['membership']['learners']}")
     return EXIT_OK

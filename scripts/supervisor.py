@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"leaderless time at each handover (TimeoutNow to new leader): {gaps}")
             return 0
         if args.cmd == "join":
+            print("starting a new node and adding it: a learner first, a voter once caught up (up to 60 s)", file=sys.stderr)
             node = cluster.join()
             print(f"node {node} joined: voters {cluster.members()['voters']}")
             return 0

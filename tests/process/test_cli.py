@@ -43,6 +43,7 @@ def test_cli_endpoints_json_and_exit_codes(tmp_path):
         assert moved.returncode == 0 and f"node {leader} leads" in moved.stdout, moved.stderr
         gone = cli(*ep, "member", "remove", "9")
         assert gone.returncode == 1 and "node 9 is not a member" in gone.stderr
+        assert "removing node 9" in gone.stderr, "a command that may wait says what it waits for"
 
         victim = next(n for n in cluster.config.nodes if n != cluster.wait_for_leader())
         cluster.kill(victim)
