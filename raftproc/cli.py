@@ -1,7 +1,7 @@
 """The command line: `python -m raftproc.client ...` (etcdctl's habits).
 
     python -m raftproc.client [--endpoints H:P,...] [--config PATH] [-w table|json] COMMAND
-        set KEY VALUE [--trace] | get KEY | del KEY | cas KEY EXPECTED NEW
+        set KEY VALUE [--trace] | get KEY | get --prefix PREFIX | del KEY | cas KEY EXPECTED NEW
         status | health | transfer [ID]
         member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID
 
@@ -94,6 +94,18 @@ def _run(client: Client, args: argparse.Namespace, out: Output) -> int:
     if cmd == "set":
         client.set(args.key, args.value, trace=args.trace)
         out.emit({"ok": True}, "OK")
+    elif cmd == "get" and args.prefix:
+        items = client.scan(args.key)
+        if out.json:
+            out.emit({"prefix": args.key, "items": [{"key": k, "value": v} for k, v in items]}, "")
+        else:
+            for k, v in items:
+                print(k)
+                print(v)
+        if not items:
+            if not out.json:
+                print(f"no key starts with {args.key!r}", file=sys.stderr)
+            return EXIT_NOT_FOUND
     elif cmd == "get":
         value = client.get(args.key)
         if value is None:
@@ -219,7 +231,9 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("key")
     s.add_argument("value")
     s.add_argument("--trace", action="store_true", help="every node logs this write's way (scripts/supervisor.py timeline)")
-    sub.add_parser("get", help="get KEY (exit 4 if absent)").add_argument("key")
+    g = sub.add_parser("get", help="get KEY (exit 4 if absent); get --prefix P: every key starting with P, in order")
+    g.add_argument("key")
+    g.add_argument("--prefix", action="store_true", help="a range read: KEY is a prefix; keys and values alternate, one per line")
     sub.add_parser("del", help="delete KEY").add_argument("key")
     c = sub.add_parser("cas", help="cas KEY EXPECTED NEW (EXPECTED '-' means absent)")
     c.add_argument("key")

@@ -145,6 +145,23 @@ class Client:
     def get(self, key: str, *, read: str | None = None) -> str | None:
         return self.request("get", key, read=read or self.read_mode)["value"]
 
+    def scan(self, prefix: str, *, page: int = 1000, read: str | None = None) -> list[tuple[str, str]]:
+        """Every key that starts with `prefix`, with its value, in order, read a page at
+        a time. Each page is linearizable on its own; the whole listing is not one
+        snapshot (a write between two pages shows in the later one only)."""
+        items: list[tuple[str, str]] = []
+        after: str | None = None
+        mode = read or (self.read_mode if self.read_mode != "log" else "index")
+        while True:
+            self.seq += 1
+            body = {"t": "req", "op": "scan", "key": prefix, "value": None, "expect": None, "client": self.client_id,
+                    "seq": self.seq, "read": mode, "after": after, "limit": page}
+            result = self._ask(body, f"scan {prefix}")
+            items += [(k, v) for k, v in result["items"]]
+            if not result["more"] or not result["items"]:
+                return items
+            after = result["items"][-1][0]
+
     def delete(self, key: str) -> dict[str, Any]:
         return self.request("del", key)
 

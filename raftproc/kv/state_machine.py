@@ -35,6 +35,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from sortedcontainers import SortedList
+
 from raftproc.kv.commands import Command
 
 Result = dict[str, Any]
@@ -56,6 +58,7 @@ class KeyValueStore:
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         """`max_sessions`: only tests change it; every replica must use the same."""
         self.data: dict[str, str] = {}
+        self.keys = SortedList()  # the keys of `data` in order, for range reads (scan)
         # client id -> (last applied seq, its result), least recently applied first
         self.sessions: OrderedDict[int, tuple[int, Result]] = OrderedDict()
         self.max_sessions = max_sessions
@@ -72,6 +75,7 @@ class KeyValueStore:
     def restore(self, index: int, image: KvImage) -> None:
         """Replace the whole state by a snapshot's, taken at applied index `index`."""
         self.data = image.data
+        self.keys = SortedList(image.data)
         self.sessions = OrderedDict(image.sessions)
         self._log_digest = bytes.fromhex(image.digest)
         self._state_sum = image.state_sum
@@ -120,6 +124,7 @@ class KeyValueStore:
             old = self.data.pop(cmd.key, None)
             if old is not None:
                 self._state_sum = (self._state_sum - _pair_hash(cmd.key, old)) % _MOD
+                self.keys.remove(cmd.key)
             return {"ok": True, "existed": old is not None}
         if cmd.op == "cas":
             current = self.data.get(cmd.key)
@@ -134,8 +139,27 @@ class KeyValueStore:
         total = self._state_sum + _pair_hash(key, value)
         if old is not None:
             total -= _pair_hash(key, old)
+        else:
+            self.keys.add(key)
         self._state_sum = total % _MOD
         self.data[key] = value
+
+    def scan(self, prefix: str, after: str | None, limit: int, max_bytes: int = 1 << 20) -> Result:
+        """Keys that start with `prefix`, in order, after `after` (a page of a range
+        read), with their values: at most `limit` of them and, past the first, at most
+        `max_bytes` of keys and values. `more` says whether keys are left."""
+        start = prefix if after is None or after < prefix else after
+        items: list[list[str]] = []
+        size = 0
+        for key in self.keys.irange(minimum=start, inclusive=(after is None or after < prefix, True)):
+            if not key.startswith(prefix):
+                return {"ok": True, "items": items, "more": False}
+            value = self.data[key]
+            if len(items) == limit or (items and size + len(key) + len(value) > max_bytes):
+                return {"ok": True, "items": items, "more": True}
+            items.append([key, value])
+            size += len(key) + len(value)
+        return {"ok": True, "items": items, "more": False}
 
     def log_digest(self) -> str:
         """A digest of every command applied so far, in order: equal on two nodes

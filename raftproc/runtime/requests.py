@@ -14,7 +14,8 @@ from typing import Any
 from raftproc.runtime.addresses import Address, parse_address
 from raftproc.runtime.codec import RemoteProtocolError, is_count, load_map
 
-KV_OPS = ("set", "get", "del", "cas")
+KV_OPS = ("set", "get", "del", "cas", "scan")
+MAX_SCAN_LIMIT = 10_000
 READ_MODES = ("log", "index", "lease")
 MEMBER_OPS = ("list", "add", "remove")
 MAX_KEY_CHARS = 4096
@@ -50,9 +51,11 @@ class KvRequest:
     expect: str | None  # cas: the value expected, None for an absent key
     client: int
     seq: int
-    read: str  # get: log | index | lease; "log" for every write
+    read: str  # get: log | index | lease; scan: index | lease; "log" for every write
     retry: bool = False  # an earlier attempt of this request may have reached a log
     trace: bool = False  # every node logs this write's way (`supervisor.py timeline`)
+    after: str | None = None  # scan: the page starts after this key
+    limit: int = 0  # scan: at most this many keys in the page
 
     @property
     def is_log_read(self) -> bool:
@@ -97,15 +100,22 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
         raise RemoteProtocolError(f"{op} needs a string value")
     if op == "cas" and not (expect is None or isinstance(expect, str)):
         raise RemoteProtocolError("cas expect must be a string or null (absent)")
-    read = body.get("read", "log")
-    if not isinstance(read, str) or read not in READ_MODES or ("read" in body and op != "get"):
-        raise RemoteProtocolError("read must be log, index or lease, and only on get")
+    read = body.get("read", "index" if op == "scan" else "log")
+    if not isinstance(read, str) or read not in READ_MODES or ("read" in body and op not in ("get", "scan")):
+        raise RemoteProtocolError("read must be log, index or lease, and only on get or scan")
+    after, limit = body.get("after"), body.get("limit", 1000)
+    if op == "scan":
+        if read == "log" or not (after is None or (isinstance(after, str) and len(after) <= MAX_KEY_CHARS)):
+            raise RemoteProtocolError("scan reads with index or lease, and after is a key or null")
+        if not is_count(limit) or not 1 <= limit <= MAX_SCAN_LIMIT:
+            raise RemoteProtocolError(f"scan limit must be 1 to {MAX_SCAN_LIMIT}")
     retry, trace = body.get("retry", False), body.get("trace", False)
     if not isinstance(retry, bool) or not isinstance(trace, bool):
         raise RemoteProtocolError("retry and trace must be true or false")
     return KvRequest(
         id=request_id, op=op, key=key, value=value if op in ("set", "cas") else None,
         expect=expect if op == "cas" else None, client=client, seq=seq, read=read, retry=retry, trace=trace,
+        after=after if op == "scan" else None, limit=limit if op == "scan" else 0,
     )
 
 

@@ -71,6 +71,7 @@ class AskedRead:
     conn: Connection
     request_id: int
     key: str
+    scan: tuple[str | None, int] | None = None  # a range read: (after, limit)
 
 
 class ClientService:
@@ -231,7 +232,7 @@ class ClientService:
         except NotLeader:
             self._redirect(conn, req.id)
             return
-        self._reads_asked[token] = AskedRead(conn, req.id, req.key)
+        self._reads_asked[token] = AskedRead(conn, req.id, req.key, (req.after, req.limit) if req.op == "scan" else None)
 
     def _transfer(self, conn: Connection, req: TransferRequest) -> None:
         """Start handing leadership over; the client watches for the new leader."""
@@ -339,7 +340,11 @@ class ClientService:
         confirmed, applied = self._reads_confirmed, self.kv.last_applied
         while confirmed and confirmed[0][0] <= applied:
             _, _, asked = heapq.heappop(confirmed)
-            self._answer(asked.conn, asked.request_id, status="ok", result={"ok": True, "value": self.kv.data.get(asked.key)})
+            if asked.scan is not None:
+                result = self.kv.scan(asked.key, *asked.scan)
+            else:
+                result = {"ok": True, "value": self.kv.data.get(asked.key)}
+            self._answer(asked.conn, asked.request_id, status="ok", result=result)
 
     # --- between passes -------------------------------------------------------------
 

@@ -34,6 +34,15 @@ def test_cli_endpoints_json_and_exit_codes(tmp_path):
         assert missing.returncode == 4 and missing.stdout == "" and "not found" in missing.stderr
         assert json.loads(cli(*ep, "-w", "json", "get", "nope").stdout)["found"] is False
         assert cli(*ep, "cas", "x", "9", "11").returncode == 1  # a mismatch: failed, not applied
+        for k in ("p/2", "p/1", "p/3", "q"):
+            assert cli(*ep, "set", k, k.upper()).returncode == 0
+        listed = cli(*ep, "get", "--prefix", "p/")
+        assert listed.returncode == 0 and listed.stdout.split() == ["p/1", "P/1", "p/2", "P/2", "p/3", "P/3"]
+        assert json.loads(cli(*ep, "-w", "json", "get", "--prefix", "p/").stdout)["items"][0] == {"key": "p/1", "value": "P/1"}
+        assert cli(*ep, "get", "--prefix", "nothing/").returncode == 4
+        paged = cluster.client(timeout=10)
+        assert paged.scan("p/", page=2) == [("p/1", "P/1"), ("p/2", "P/2"), ("p/3", "P/3")], "three keys over two pages"
+        paged.close()
         status = cli(*ep, "-w", "json", "status")
         body = json.loads(status.stdout)
         assert status.returncode == 0 and body["healthy"] and len(body["nodes"]) == 3

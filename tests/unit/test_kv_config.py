@@ -205,3 +205,19 @@ def test_plaintext_config_has_no_tls():
 def _write(path, text):
     path.write_text(text)
     return path
+
+
+def test_scan_pages_through_a_prefix_in_order_bounded_in_count_and_bytes():
+    kv = KeyValueStore()
+    apply_all(kv, *(Command("set", k, k.upper()) for k in ("a", "ab", "abc", "abd", "b", "ab/x", "aa")), Command("del", "abc"))
+    assert kv.scan("ab", None, 2) == {"ok": True, "items": [["ab", "AB"], ["ab/x", "AB/X"]], "more": True}
+    assert kv.scan("ab", "ab/x", 2) == {"ok": True, "items": [["abd", "ABD"]], "more": False}
+    assert [k for k, _ in kv.scan("", None, 100)["items"]] == ["a", "aa", "ab", "ab/x", "abd", "b"]
+    assert kv.scan("zz", None, 5) == {"ok": True, "items": [], "more": False}
+    big = KeyValueStore()
+    apply_all(big, *(Command("set", f"k{i}", "v" * 400_000) for i in range(5)))
+    page = big.scan("k", None, 100)
+    assert len(page["items"]) == 2 and page["more"], "a page stops near a MiB, however many keys were asked for"
+    restored = KeyValueStore()
+    restored.restore(kv.last_applied, kv.image())
+    assert restored.scan("a", None, 10) == kv.scan("a", None, 10), "the key index is rebuilt from a snapshot"
