@@ -58,7 +58,9 @@ class KeyValueStore:
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         """`max_sessions`: only tests change it; every replica must use the same."""
         self.data: dict[str, str] = {}
-        self.keys = SortedList()  # the keys of `data` in order, for range reads (scan)
+        # The keys of `data` in order, for range reads; built by the first scan, so a
+        # store nobody scans (or a restart, a snapshot install) never pays for sorting.
+        self.keys: SortedList | None = None
         # client id -> (last applied seq, its result), least recently applied first
         self.sessions: OrderedDict[int, tuple[int, Result]] = OrderedDict()
         self.max_sessions = max_sessions
@@ -75,7 +77,7 @@ class KeyValueStore:
     def restore(self, index: int, image: KvImage) -> None:
         """Replace the whole state by a snapshot's, taken at applied index `index`."""
         self.data = image.data
-        self.keys = SortedList(image.data)
+        self.keys = None
         self.sessions = OrderedDict(image.sessions)
         self._log_digest = bytes.fromhex(image.digest)
         self._state_sum = image.state_sum
@@ -124,7 +126,8 @@ class KeyValueStore:
             old = self.data.pop(cmd.key, None)
             if old is not None:
                 self._state_sum = (self._state_sum - _pair_hash(cmd.key, old)) % _MOD
-                self.keys.remove(cmd.key)
+                if self.keys is not None:
+                    self.keys.remove(cmd.key)
             return {"ok": True, "existed": old is not None}
         if cmd.op == "cas":
             current = self.data.get(cmd.key)
@@ -139,7 +142,7 @@ class KeyValueStore:
         total = self._state_sum + _pair_hash(key, value)
         if old is not None:
             total -= _pair_hash(key, old)
-        else:
+        elif self.keys is not None:
             self.keys.add(key)
         self._state_sum = total % _MOD
         self.data[key] = value
@@ -148,6 +151,8 @@ class KeyValueStore:
         """Keys that start with `prefix`, in order, after `after` (a page of a range
         read), with their values: at most `limit` of them and, past the first, at most
         `max_bytes` of keys and values. `more` says whether keys are left."""
+        if self.keys is None:
+            self.keys = SortedList(self.data)  # once: about a second per million keys
         start = prefix if after is None or after < prefix else after
         items: list[list[str]] = []
         size = 0

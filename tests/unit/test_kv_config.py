@@ -220,4 +220,7 @@ def test_scan_pages_through_a_prefix_in_order_bounded_in_count_and_bytes():
     assert len(page["items"]) == 2 and page["more"], "a page stops near a MiB, however many keys were asked for"
     restored = KeyValueStore()
     restored.restore(kv.last_applied, kv.image())
+    assert restored.keys is None, "a restore sorts nothing until someone scans"
     assert restored.scan("a", None, 10) == kv.scan("a", None, 10), "the key index is rebuilt from a snapshot"
+    apply_all(restored, Command("set", "ac", "AC"), Command("del", "aa"))
+    assert [k for k, _ in restored.scan("a", None, 10)["items"]] == ["a", "ab", "ab/x", "abd", "ac"], "kept up once built"
