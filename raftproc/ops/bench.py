@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from raftproc.ops.cluster import Cluster, local_config
+from raftproc.ops.cluster import Cluster, free_ports, local_config
 
 
 @dataclass
@@ -106,7 +106,9 @@ class RaftprocTarget:
             self.system = "raftproc-tls"
         self.tmp = Path(tempfile.mkdtemp(prefix="raftproc-bench-"))
         self.cluster = Cluster(self.tmp / "run", env={"PYTHONPATH": str(source)} if source is not None else None)
-        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", log_level="warning", background_sync=background_sync), tls=tls)
+        # An older checkout may not know the metrics address: its config leaves it out.
+        ports = free_ports(2 * nodes) if source is not None else None
+        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", ports=ports, log_level="warning", background_sync=background_sync), tls=tls)
         self.config = self.cluster.config_path if tls else None
         self.cluster.up(wait=20)
 
