@@ -272,7 +272,9 @@ class ClientService:
         node = req.node
         if req.op == "remove" and node not in raft.membership.members:
             m = raft.membership
-            self._answer(conn, req.id, status="error", error=f"node {node} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)})")
+            self._answer(conn, req.id, status="error", error=(
+                f"node {node} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)}); "
+                "if an earlier remove of it answered unknown, that remove has finished"))
             return
         if req.op == "add":
             assert req.addresses is not None

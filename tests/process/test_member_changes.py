@@ -100,8 +100,11 @@ def test_member_commands_answer_clearly(cluster_factory):
         assert set(listing["nodes"]) == {1, 2, 3} and all(n["role"] == "voter" for n in listing["nodes"].values())
         with pytest.raises(ClientError, match="member at another address"):
             client.member("add", 2, "127.0.0.1:1", "127.0.0.1:2")
-        # Removing a node that is not a member is already done: safe to re-run.
-        assert client.member("remove", 9)["membership"]["voters"] == [1, 2, 3]
+        # Removing a node that is not a member is a mistake worth hearing about (issue 15:
+        # it used to answer OK), and it changes nothing.
+        with pytest.raises(ClientError, match="node 9 is not a member"):
+            client.member("remove", 9)
+        assert client.member("list")["voters"] == [1, 2, 3]
     finally:
         client.close()
 
