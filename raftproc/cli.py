@@ -31,7 +31,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from raftproc.client import Client, ClientError, Failed, Unknown, Unreachable
+from raftproc.client import Client, ClientError, Failed, Unknown, Unreachable, parse_optional_address
 from raftproc.config import Address, ConfigError, load_config, parse_address
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameError
@@ -171,7 +171,7 @@ def _member(client: Client, args: argparse.Namespace, out: Output) -> int:
         return EXIT_OK
     if args.member_cmd == "add":
         for text in (args.peer, args.client):
-            if _parse(text) is None:
+            if parse_optional_address(text) is None:
                 print(f"raftproc.client: {text!r} is not HOST:PORT", file=sys.stderr)
                 return EXIT_USAGE
         print(f"adding node {args.id}: it joins as a learner and votes once caught up; waiting up to {client.timeout:.0f} s", file=sys.stderr)
@@ -195,13 +195,6 @@ def _nodes(args: argparse.Namespace) -> tuple[dict[int, Address], TlsFiles | Non
         return addresses, tls_files
     cfg = load_config(args.config)
     return cfg.client_addresses(), cfg.client_tls()
-
-
-def _parse(text: str) -> Address | None:
-    try:
-        return parse_address(text)
-    except ValueError:
-        return None
 
 
 def _tls_context(files: TlsFiles | None, args: argparse.Namespace) -> ssl.SSLContext | None:

@@ -304,7 +304,7 @@ class Client:
         """Where a redirect points. A leader this client was not told about (a node
         that joined later) is remembered, so it is still reachable when every
         node the client started with has been removed."""
-        address = _parse_address(answer.get("leader_addr"))
+        address = parse_optional_address(answer.get("leader_addr"))
         if address is None:
             return self._other_node(current)
         leader = answer.get("leader")
@@ -317,7 +317,7 @@ class Client:
         return self.rng.choice(others) if others else current
 
 
-def _parse_address(text: str | None) -> Address | None:
+def parse_optional_address(text: str | None) -> Address | None:
     try:
         return parse_address(text) if text else None
     except ValueError:

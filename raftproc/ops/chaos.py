@@ -38,7 +38,7 @@ SPARE_SLOTS = 4
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.workload import Workload
-from raftproc.runtime.tls import client_context
+from raftproc.runtime.tls import client_context_for
 from raftproc.runtime.storage import open_storage
 from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption
 
@@ -122,10 +122,9 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     out = opts.out.resolve()
     cluster.up(wait=20)
     keys = opts.keys or max(2, opts.clients // 2)
-    files = cfg.client_tls()
     workload = Workload(
         cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout, read_mode=opts.read_mode,
-        tls=client_context(files) if files else None,
+        tls=client_context_for(cfg.client_tls()),
     )
     schedule = plan(opts.seed, faults, opts.duration)
     # On a terminal the progress line rewrites itself (\r); into a file or a pipe,

@@ -31,7 +31,7 @@ from raftproc.client import Client, ClientError
 from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to_toml
 from raftproc.ops.certs import node_with_cert, secure_cluster
 from raftproc.ops.logs import merged
-from raftproc.runtime.tls import client_context
+from raftproc.runtime.tls import client_context_for
 
 
 class ClusterError(Exception):
@@ -89,6 +89,7 @@ class Cluster:
         self.config_path = self.run_dir / "config.toml"
         self.launcher = launcher or [sys.executable, "-m", "raftproc.node"]
         self.env = env or {}  # extra environment for the nodes
+        self._tls_context: tuple[Any, Any] | None = None  # (client TLS files, their context)
 
     # --- set-up -------------------------------------------------------------------
 
@@ -372,7 +373,10 @@ class Cluster:
     def client(self, **kw: Any) -> Client:
         cfg = self.config
         files = cfg.client_tls()
-        return Client(cfg.client_addresses(), tls=client_context(files) if files else None, **kw)
+        # Status probes build a client each: load the certificate files once per set.
+        if self._tls_context is None or self._tls_context[0] != files:
+            self._tls_context = (files, client_context_for(files))
+        return Client(cfg.client_addresses(), tls=self._tls_context[1], **kw)
 
     def any_leader(self) -> int | None:
         """A node that says it leads right now, if any (no waiting)."""

@@ -245,10 +245,9 @@ def main() -> int:
     tls = None
     if a.config:
         from raftproc.config import load_config
-        from raftproc.runtime.tls import client_context
+        from raftproc.runtime.tls import client_context_for
 
-        files = load_config(a.config).client_tls()
-        tls = client_context(files) if files else None
+        tls = client_context_for(load_config(a.config).client_tls())
     host, _, port = a.target.rpartition(":")
     result = run(
         (host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate,

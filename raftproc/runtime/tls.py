@@ -101,6 +101,12 @@ def client_context(files: TlsFiles) -> ssl.SSLContext:
     return ctx
 
 
+def client_context_for(files: TlsFiles | None) -> ssl.SSLContext | None:
+    """A client context for a config's client files (ClusterConfig.client_tls()), or
+    None for a plaintext cluster."""
+    return client_context(files) if files is not None else None
+
+
 def _common(ctx: ssl.SSLContext, files: TlsFiles) -> None:
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
     ctx.verify_mode = ssl.CERT_REQUIRED
