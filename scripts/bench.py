@@ -14,7 +14,7 @@
 
 Each point is measured --repeats times (systems interleaved, so machine noise hits
 all alike) over --window seconds after --warmup; the table shows medians with
-min-max. Results go to --out (JSON) and --plot (SVG: throughput against p99 latency).
+min-max. Results go to --out (JSON) and --plot (SVG or PNG by suffix: throughput against p99 latency).
 PySyncObj is installed into its own virtualenv (.bench/pysyncobj), never into
 raftproc's; etcd is Debian's etcd-server, installed when running as root.
 """
@@ -214,8 +214,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failover (kill -9 of the leader until a write commits), {len(failovers)} rounds: "
               f"median {statistics.median(failovers) * 1000:.0f} ms, max {max(failovers) * 1000:.0f} ms")
     Path(args.out).write_text(json.dumps({"points": [p.as_dict() for p in results], "failover_s": failovers, "command": " ".join(sys.argv)}, indent=1))
-    write_plot(Path(args.plot), results)
-    print(f"wrote {args.out} and {args.plot}")
+    if write_plot(Path(args.plot), results):
+        print(f"wrote {args.out} and {args.plot}")
+    else:
+        print(f"wrote {args.out}; no plot: matplotlib is not installed (pip install 'raftproc[plots]')")
     return 0
 
 

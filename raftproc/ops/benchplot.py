@@ -1,54 +1,127 @@
-"""An SVG plot of throughput against p99 latency, one line per system and size."""
+"""The bench's picture: throughput against p99 latency, one line per system, cluster
+size and value size, each point the median of its runs with min-max bars both ways.
+
+Drawn with matplotlib, an optional extra (`pip install raftproc[plots]`): the bench
+still writes its table and JSON without it. Replot a stored run with
+`python -m raftproc.ops.benchplot docs/bench.json docs/bench.svg`.
+"""
 
 from __future__ import annotations
 
-import math
+import argparse
+import json
+import sys
 from pathlib import Path
+from typing import Any
 
-COLORS = {"raftproc": "#2a9d8f", "pysyncobj": "#e9c46a", "etcd": "#e76f51"}
-W, H, PAD = 720, 420, 60
+from raftproc.ops.bench import Point
+
+# Systems that do not fsync before answering: their curves are not like for like.
+NO_FSYNC = {"pysyncobj": "PySyncObj (no fsync)"}
 
 
-def write_plot(path: Path, points: list) -> None:
-    series: dict[tuple[str, int, int], list[tuple[float, float, int]]] = {}
+def have_matplotlib() -> bool:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def figure_module():  # type: ignore[no-untyped-def]
+    """pyplot on the Agg backend: no display, same output on every machine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, selectable
+    matplotlib.rcParams["svg.hashsalt"] = "raftproc"  # stable ids: a replot diffs cleanly
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def series_label(system: str, nodes: int, size: int) -> str:
+    name = NO_FSYNC.get(system, system)
+    return f"{name}, {nodes} nodes, {size} B"
+
+
+def closed_loop_series(points: list[Point]) -> dict[tuple[str, int, int], list[Point]]:
+    """Closed-loop points by (system, nodes, value size), in order of load. Open-loop
+    points are in the table; on these curves they would be a second x for the same load."""
+    series: dict[tuple[str, int, int], list[Point]] = {}
     for p in points:
-        if getattr(p, "rate", 0):
-            continue  # open-loop points are reported in the table, not on the curves
+        if p.rate or not p.runs:
+            continue
         x, y = p.median("ops_per_s"), p.median("p99_ms")
         if x == x and y == y and x > 0 and y > 0:
-            series.setdefault((p.system, p.nodes, p.value_size), []).append((x, y, p.inflight))
-    xs = [x for s in series.values() for x, _, _ in s] or [1.0]
-    ys = [y for s in series.values() for _, y, _ in s] or [1.0]
-    x_max = max(xs) * 1.1
-    y_lo, y_hi = math.log10(min(ys) / 1.5), math.log10(max(ys) * 1.5)
+            series.setdefault((p.system, p.nodes, p.value_size), []).append(p)
+    for pts in series.values():
+        pts.sort(key=lambda p: p.inflight)
+    return dict(sorted(series.items()))
 
-    def px(x: float) -> float:
-        return PAD + (W - 2 * PAD) * x / x_max
 
-    def py(y: float) -> float:
-        return H - PAD - (H - 2 * PAD) * (math.log10(y) - y_lo) / max(y_hi - y_lo, 1e-9)
+def write_plot(path: Path, points: list[Point], *, title: str = "") -> bool:
+    """Write the plot (format from the suffix: .svg or .png); False when matplotlib
+    is not installed, so the caller can say so instead of failing the run."""
+    if not have_matplotlib():
+        return False
+    plt = figure_module()
+    series = closed_loop_series(points)
+    from matplotlib.ticker import FuncFormatter, LogLocator
 
-    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="11">',
-           f'<rect width="{W}" height="{H}" fill="white"/>',
-           f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#333"/>',
-           f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#333"/>',
-           f'<text x="{W / 2}" y="{H - 20}" text-anchor="middle">throughput, ops/s (median)</text>',
-           f'<text x="15" y="{H / 2}" transform="rotate(-90 15 {H / 2})" text-anchor="middle">p99 latency, ms (log)</text>']
-    for i in range(6):
-        x = x_max * i / 5
-        out.append(f'<text x="{px(x):.0f}" y="{H - PAD + 15}" text-anchor="middle">{x:,.0f}</text>')
-    for e in range(math.floor(y_lo), math.ceil(y_hi) + 1):
-        y = 10 ** e
-        if y_lo <= e <= y_hi:
-            out.append(f'<text x="{PAD - 5}" y="{py(y) + 4:.0f}" text-anchor="end">{y:g}</text>')
-    for n, ((system, nodes, size), pts) in enumerate(sorted(series.items())):
-        pts.sort(key=lambda t: t[2])
-        color = COLORS.get(system, "#555")
-        line = " ".join(f"{'M' if i == 0 else 'L'}{px(x):.1f},{py(y):.1f}" for i, (x, y, _) in enumerate(pts))
-        out.append(f'<path d="{line}" fill="none" stroke="{color}" stroke-width="2"/>')
-        for x, y, inflight in pts:
-            out.append(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3" fill="{color}"><title>{system} {inflight} in flight</title></circle>')
-            out.append(f'<text x="{px(x) + 4:.1f}" y="{py(y) - 4:.1f}" fill="{color}">{inflight}</text>')
-        out.append(f'<text x="{W - PAD - 150}" y="{PAD + 14 * n}" fill="{color}">{system}, {nodes} nodes, {size} B</text>')
-    out.append("</svg>")
-    path.write_text("\n".join(out))
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=100)
+    colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
+    for i, ((system, nodes, size), pts) in enumerate(series.items()):
+        color = colors(i % colors.N)
+        xs = [p.median("ops_per_s") for p in pts]
+        ys = [p.median("p99_ms") for p in pts]
+        x_lo, x_hi = zip(*(p.span("ops_per_s") for p in pts))
+        y_lo, y_hi = zip(*(p.span("p99_ms") for p in pts))
+        ax.errorbar(
+            xs, ys,
+            xerr=[[x - lo for x, lo in zip(xs, x_lo)], [hi - x for x, hi in zip(xs, x_hi)]],
+            yerr=[[y - lo for y, lo in zip(ys, y_lo)], [hi - y for y, hi in zip(ys, y_hi)]],
+            color=color, marker="o", markersize=4, linewidth=1.6, capsize=2, elinewidth=0.8,
+            linestyle="--" if system in NO_FSYNC else "-", label=series_label(system, nodes, size),
+        )
+        # The load of the last point says how far the curve was pushed.
+        ax.annotate(f"{pts[-1].inflight} in flight", (xs[-1], ys[-1]), textcoords="offset points",
+                    xytext=(4, 4), fontsize=7, color=color)
+    ax.set_yscale("log")
+    # Plain numbers at 1-2-5 steps: "20" reads faster than "2x10^1".
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    ax.set_xlabel("throughput, ops/s (median of runs; bars: min to max)")
+    ax.set_ylabel("p99 latency, ms (log scale)")
+    ax.set_title(title or "Throughput against p99 latency (closed loop; more requests in flight to the right)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.grid(True, which="minor", alpha=0.1)
+    ax.set_xlim(left=0)
+    if series:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, metadata={"Date": None} if path.suffix == ".svg" else None)
+    plt.close(fig)
+    return True
+
+
+def points_from_json(data: dict[str, Any]) -> list[Point]:
+    return [Point(**{k: v for k, v in d.items() if k != "median"}) for d in data["points"]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("json", type=Path, help="a bench run's JSON (scripts/bench.py --out)")
+    ap.add_argument("out", type=Path, help="the picture to write (.svg or .png)")
+    ap.add_argument("--title", default="")
+    args = ap.parse_args(argv)
+    if not write_plot(args.out, points_from_json(json.loads(args.json.read_text())), title=args.title):
+        print("matplotlib is not installed: pip install 'raftproc[plots]'", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

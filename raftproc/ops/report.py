@@ -1,88 +1,193 @@
-"""report.html for a chaos run: who led in which term, the fault windows, and
-operation latencies, as inline SVG (opens in a browser with no network)."""
+"""report.html for a chaos run: verdicts, a summary, and one picture of the run.
+
+The picture has three panels over one time axis: who led which term beside the
+faults each node suffered; operations per second; p50 and p99 latency per second on
+a log axis. Fault windows are shaded behind all three. Operations are binned per
+second before anything is drawn, so the page grows with the run's length in seconds,
+not with its operation count (a 5-minute run stays a few hundred KB).
+
+The picture is drawn with matplotlib (`pip install raftproc[plots]`); without it the
+page still carries the verdicts and the summary, and says what is missing.
+"""
 
 from __future__ import annotations
 
 import html
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-WIDTH, ROW, LEFT = 1100, 26, 90
-COLORS = {"kill": "#e4572e", "power": "#a23b72", "pause": "#f3a712", "stop": "#888", "partition": "#2e86ab", "slow": "#76b041"}
+COLORS = {"kill": "#e4572e", "power": "#a23b72", "pause": "#f3a712", "stop": "#888888", "partition": "#2e86ab",
+          "slow": "#76b041", "transfer": "#6a4c93", "member": "#17becf", "rolling": "#bcbd22"}
+# A process that is killed, stopped or paused leads no longer, whatever it last logged.
+ENDS_LEADERSHIP = ("kill", "power", "stop", "pause")
+LEADER_COLOR = "#14213d"  # navy, not black: nothing else on the page has it
+LEADER_ENDS = ("became_follower", "node_stopped", "wal_recovered")
 
 
-def leader_spans(events: list[dict[str, Any]], t0: float, t1: float) -> list[tuple[int, int, float, float]]:
-    """(node, term, start, end) from became_leader and the node's next role change."""
+def leader_spans(events: list[dict[str, Any]], t1: float,
+                 faults: Sequence[dict[str, Any]] = ()) -> list[tuple[int, int, float, float]]:
+    """(node, term, start, end) from became_leader to the node's next role change,
+    or to the start of a kill, stop or pause of that node if one comes first."""
     spans: list[tuple[int, int, float, float]] = []
     open_: dict[int, tuple[int, float]] = {}
     for e in sorted(events, key=lambda e: e["_t"]):
         node = e["node"]
         if e["event"] == "became_leader":
+            if node in open_:  # a restart the logs did not show: the old term ended here
+                term, start = open_.pop(node)
+                spans.append((node, term, start, e["_t"]))
             open_[node] = (e["term"], e["_t"])
-        elif node in open_ and (e["event"] in ("became_follower", "node_stopped", "wal_recovered") or e.get("role") not in (None, "leader")):
+        elif node in open_ and (e["event"] in LEADER_ENDS or e.get("role") not in (None, "leader")):
             term, start = open_.pop(node)
             spans.append((node, term, start, e["_t"]))
     spans += [(n, term, start, t1) for n, (term, start) in open_.items()]
-    return spans
+    return [(n, term, start, _cut(n, start, end, faults)) for n, term, start, end in spans]
+
+
+def _cut(node: int, start: float, end: float, faults: Sequence[dict[str, Any]]) -> float:
+    for f in faults:
+        if f["kind"] in ENDS_LEADERSHIP and node in (f["nodes"] or ()) and start <= f["start"] < end:
+            end = f["start"]
+    return end
+
+
+@dataclass
+class Seconds:
+    """Operations binned by the second in which they returned (the unknown ones by
+    the second they were called: they never returned)."""
+
+    ok: list[int] = field(default_factory=list)
+    failed: list[int] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+    p50_ms: list[float] = field(default_factory=list)
+    p99_ms: list[float] = field(default_factory=list)
+
+
+def per_second(history: list[dict[str, Any]], t0: float, t1: float) -> Seconds:
+    n = max(1, math.ceil(t1 - t0))
+    s = Seconds([0] * n, [0] * n, [0] * n)
+    latencies: list[list[float]] = [[] for _ in range(n)]
+    for h in history:
+        if h.get("return") is None:
+            s.unknown[_bin(h["call"] / 1e9 - t0, n)] += 1
+            continue
+        i = _bin(h["return"] / 1e9 - t0, n)
+        (s.ok if h["ok"] or h.get("mismatch") else s.failed)[i] += 1
+        latencies[i].append((h["return"] - h["call"]) / 1e6)
+    for lat in latencies:
+        lat.sort()
+        s.p50_ms.append(_quantile(lat, 0.50))
+        s.p99_ms.append(_quantile(lat, 0.99))
+    return s
+
+
+def _bin(t: float, n: int) -> int:
+    return min(max(int(t), 0), n - 1)
+
+
+def _quantile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return math.nan  # no line drawn through a second with no answers
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]], events: list[dict[str, Any]],
+             history: list[dict[str, Any]]) -> str | None:
+    """The run's picture as SVG text, or None without matplotlib."""
+    from raftproc.ops.benchplot import figure_module, have_matplotlib
+
+    if not have_matplotlib():
+        return None
+    plt = figure_module()
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    span = max(t1 - t0, 1.0)
+    fig, (lead, rate, lat) = plt.subplots(3, 1, sharex=True, figsize=(12, 2.2 + 0.35 * len(nodes) + 5.0),
+                                          gridspec_kw={"height_ratios": [0.5 + 0.3 * len(nodes), 2.2, 2.8]})
+    for f in faults:
+        start = f["start"] - t0
+        end = (f["end"] if f["end"] is not None else t1) - t0
+        color = COLORS.get(f["kind"], "#cccccc")
+        for ax in (rate, lat):
+            ax.axvspan(start, max(end, start + span / 1000), color=color, alpha=0.18, linewidth=0)
+        for n in f["nodes"] or nodes:
+            if n in nodes:
+                row = nodes.index(n)
+                lead.broken_barh([(start, max(end - start, span / 1000))], (row - 0.4, 0.8), color=color, alpha=0.45)
+    for node, term, start, end in leader_spans(events, t1, faults):
+        if node in nodes:
+            row = nodes.index(node)
+            lead.broken_barh([(start - t0, max(end - start, span / 1000))], (row - 0.15, 0.3), color=LEADER_COLOR)
+            lead.text(start - t0, row - 0.2, f"t{term}", fontsize=7, color=LEADER_COLOR, va="bottom")
+    lead.set_yticks(range(len(nodes)), [f"node {n}" for n in nodes])
+    lead.set_ylim(len(nodes) - 0.5, -0.5)
+    lead.set_title("Leaders (dark bars, labelled with the term) and faults per node (shaded)", fontsize=10, loc="left")
+    kinds = sorted({f["kind"] for f in faults})
+    if kinds:
+        lead.legend(handles=[Patch(color=COLORS.get(k, "#cccccc"), alpha=0.6, label=k) for k in kinds],
+                    loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+
+    sec = per_second(history, t0, t1)
+    xs = [i + 0.5 for i in range(len(sec.ok))]
+    rate.plot(xs, sec.ok, color="#2a9d8f", linewidth=1.2, label="ok")
+    rate.plot(xs, sec.failed, color="#e76f51", linewidth=1.0, label="failed")
+    rate.plot(xs, sec.unknown, color="#6a4c93", linewidth=1.0, linestyle=":", label="unknown outcome")
+    rate.set_ylabel("operations/s")
+    rate.set_ylim(bottom=0)
+    rate.set_title("Throughput: operations answered per second", fontsize=10, loc="left")
+    rate.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+
+    lat.plot(xs, sec.p50_ms, color="#264653", linewidth=1.2, label="p50")
+    lat.plot(xs, sec.p99_ms, color="#e9c46a", linewidth=1.2, label="p99")
+    if any(v == v for v in sec.p50_ms):
+        lat.set_yscale("log")
+        lat.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        lat.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        lat.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    lat.set_ylabel("latency, ms (log)")
+    lat.set_title("Latency of the operations answered in each second", fontsize=10, loc="left")
+    lat.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    lat.set_xlabel("seconds since the run started")
+    lat.set_xlim(0, span)
+    for ax in (lead, rate, lat):
+        ax.grid(True, axis="x", alpha=0.3)
+    rate.grid(True, axis="y", alpha=0.3)
+    lat.grid(True, axis="y", which="major", alpha=0.3)
+    fig.tight_layout()
+    out = io.StringIO()
+    fig.savefig(out, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    svg = out.getvalue()
+    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
 
 
 def write_report(path: Path, *, title: str, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]],
                  events: list[dict[str, Any]], history: list[dict[str, Any]], verdicts: list[tuple[str, bool, str]],
                  summary: list[tuple[str, Any]]) -> None:
-    span = max(t1 - t0, 1e-9)
-
-    def x(t: float) -> float:
-        return LEFT + (WIDTH - LEFT - 10) * (t - t0) / span
-
-    rows = len(nodes)
-    tl_h = ROW * (rows + 1) + 30
-    parts = [f'<svg width="{WIDTH}" height="{tl_h}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
-    for f in faults:
-        start, end = f["start"], f["end"] if f["end"] is not None else t1
-        color = COLORS.get(f["kind"], "#ccc")
-        for n in f["nodes"] or nodes:
-            if n in nodes:
-                yy = 10 + ROW * nodes.index(n)
-                parts.append(f'<rect x="{x(start):.1f}" y="{yy}" width="{max(x(end) - x(start), 1):.1f}" height="{ROW - 4}" fill="{color}" opacity="0.35"><title>{html.escape(f["kind"] + " " + f["victims"] + " " + f.get("detail", ""))}</title></rect>')
-    for node, term, start, end in leader_spans(events, t0, t1):
-        if node in nodes:
-            yy = 10 + ROW * nodes.index(node) + 6
-            parts.append(f'<rect x="{x(start):.1f}" y="{yy}" width="{max(x(end) - x(start), 1):.1f}" height="{ROW - 16}" fill="#222"><title>node {node} leads term {term}</title></rect>')
-            parts.append(f'<text x="{x(start) + 2:.1f}" y="{yy - 1}" fill="#222">t{term}</text>')
-    for i, n in enumerate(nodes):
-        parts.append(f'<text x="5" y="{10 + ROW * i + 15}">node {n}</text>')
-    for s in range(0, int(span) + 1, max(1, int(span) // 10 or 1)):
-        parts.append(f'<text x="{x(t0 + s):.1f}" y="{tl_h - 8}">{s}s</text>')
-    parts.append("</svg>")
-    timeline = "\n".join(parts)
-
-    lat_h = 260
-    done = [h for h in history if h.get("return") is not None]
-    max_lat = max([(h["return"] - h["call"]) / 1e6 for h in done] or [1.0])
-    pts = [f'<svg width="{WIDTH}" height="{lat_h + 30}" xmlns="http://www.w3.org/2000/svg" font-family="sans-serif" font-size="11">']
-    for h in done[:40000]:
-        lat = (h["return"] - h["call"]) / 1e6
-        yy = lat_h - lat_h * lat / max_lat
-        color = "#2a9d8f" if h["ok"] or h.get("mismatch") else "#e76f51"
-        pts.append(f'<circle cx="{x(h["call"] / 1e9):.1f}" cy="{yy:.1f}" r="1.5" fill="{color}"/>')
-    for h in history:
-        if h.get("return") is None:
-            pts.append(f'<rect x="{x(h["call"] / 1e9):.1f}" y="0" width="2" height="6" fill="#6a4c93"/>')
-    pts.append(f'<text x="5" y="12">{max_lat:.0f} ms</text><text x="5" y="{lat_h}">0 ms</text>')
-    pts.append("</svg>")
-    latency = "\n".join(pts)
-
+    picture = draw_run(nodes=nodes, t0=t0, t1=t1, faults=faults, events=events, history=history)
+    if picture is None:
+        picture = "<p><em>No picture: matplotlib is not installed (pip install 'raftproc[plots]').</em></p>"
+    spans = leader_spans(events, t1, faults)
+    leader_rows = "".join(
+        f"<tr><td>{term}</td><td>node {node}</td><td>{start - t0:.1f} s</td><td>{end - t0:.1f} s</td></tr>"
+        for node, term, start, end in sorted(spans, key=lambda s: s[2])
+    )
     verdict_rows = "".join(
         f'<tr><td>{html.escape(name)}</td><td style="color:{"green" if ok else "red"}">{"PASS" if ok else "FAIL"}</td><td><pre>{html.escape(detail)}</pre></td></tr>'
         for name, ok, detail in verdicts
     )
     summary_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
-    legend = " ".join(f'<span style="background:{c};opacity:.6;padding:0 6px">{k}</span>' for k, c in COLORS.items())
     path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:20px}} td{{padding:2px 10px;vertical-align:top}} pre{{margin:0;white-space:pre-wrap}}</style></head>
+<style>body{{font-family:sans-serif;margin:20px}} td{{padding:2px 10px;vertical-align:top}} pre{{margin:0;white-space:pre-wrap}}
+svg{{max-width:100%;height:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1>
-<h2>Verdicts</h2><table>{verdict_rows}</table>
-<h2>Summary</h2><table>{summary_rows}</table>
-<h2>Timeline</h2><p>Black bars: who led which term. Shaded: fault windows per node. {legend}</p>{timeline}
-<h2>Operation latency</h2><p>Each dot is an operation at its call time (green: definite outcome, red: failed); purple ticks: outcome unknown.</p>{latency}
+<h2>Verdicts</h2><table id="verdicts">{verdict_rows}</table>
+<h2>The run</h2><div id="picture">{picture}</div>
+<h2>Summary</h2><table id="summary">{summary_rows}</table>
+<h2>Leaders</h2><table id="leaders"><tr><th>term</th><th>leader</th><th>from</th><th>until</th></tr>{leader_rows}</table>
 </body></html>""", encoding="utf-8")

@@ -22,5 +22,5 @@ def test_bench_tiny_run_writes_results_and_plot(tmp_path):
     (point,) = data["points"]
     assert point["system"] == "raftproc" and point["runs"][0]["ops_per_s"] > 0 and point["runs"][0]["errors"] == 0
     assert {"ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "loadgen_cpu_s"} <= set(point["median"])
-    assert plot.read_text().startswith("<svg") and "raftproc" in plot.read_text()
+    assert "<svg" in plot.read_text() and "raftproc, 3 nodes, 64 B" in plot.read_text()
     assert "ops/s" in r.stdout

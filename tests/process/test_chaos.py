@@ -49,7 +49,9 @@ def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     history = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert {"client", "op", "key", "value", "expect", "call", "return", "ok", "output"} <= set(history[0])
     report = (out / "report.html").read_text()
-    assert "<svg" in report and "linearizable" in report and "leads term" in report
+    # The picture is drawn (matplotlib is in the test extra) and the leaders table has rows;
+    # how the picture looks is checked in a browser by tests/unit/test_pictures.py.
+    assert report.count("<svg") == 1 and "linearizable" in report and "<td>node " in report.split('id="leaders"')[1]
     started = [e for e in map(json.loads, (out / "logs" / "node-1.jsonl").read_text().splitlines()) if e["event"] == "node_started"]
     assert started and all(e["transport"] == "tls" for e in started)
     if not root_ok:
