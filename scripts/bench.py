@@ -7,6 +7,7 @@
     python scripts/bench.py --baseline ../other-checkout     # A/B against another commit
     python scripts/bench.py --tls                            # also with mutual TLS, interleaved: its cost
     python scripts/bench.py --nodes 3,5,7 --value-size 64,1024,16384
+    python scripts/bench.py --half-load --large               # open loop at half of peak; 16 KiB and 1 MiB values
     python scripts/bench.py --tiny                           # seconds; CI runs this so it cannot rot
     python scripts/bench.py --reads                          # gets: through the log, ReadIndex, lease
     python scripts/bench.py --snapshots                      # restart and InstallSnapshot catch-up
@@ -29,12 +30,18 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
-from raftproc.ops.bench import EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, measure, read_bench, snapshot_bench
+from raftproc.ops.bench import (
+    EtcdTarget, Point, PySyncObjTarget, RaftprocTarget, failover, fdatasync_ms, measure, read_bench, snapshot_bench,
+)
 from raftproc.ops.benchplot import write_plot
 
 ROOT = Path(__file__).resolve().parents[1]
+# --large: (in flight, value bytes, keys). Fewer keys for 1 MiB keeps each node's
+# store (and every snapshot of it) near 64 MiB.
+LARGE = [(128, 16384, 1000), (16, 1048576, 64)]
 
 
 def pysyncobj_python() -> str:
@@ -138,6 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--tls", action="store_true", help="also run raftproc with mutual TLS on every connection, interleaved (the cost of TLS)")
     a.add_argument("--failover", type=int, default=0, help="rounds of kill -9 of the leader")
     a.add_argument("--half-load", action="store_true", help="also measure raftproc open-loop at half its peak throughput")
+    a.add_argument("--large", action="store_true", help="also raftproc with large values: 16 KiB at 128 in flight, 1 MiB at 16 in flight")
     a.add_argument("--tiny", action="store_true", help="one short point, for CI")
     a.add_argument("--reads", action="store_true", help="only reads: log vs ReadIndex vs lease, at each --inflight")
     a.add_argument("--snapshots", action="store_true", help="only the snapshot figures: restart and catch-up with --snapshot-keys keys, disk after --churn-writes writes")
@@ -162,13 +170,20 @@ def main(argv: list[str] | None = None) -> int:
 
     results: list[Point] = []
     failovers: list[float] = []
+    fsyncs: list[float] = []  # fdatasync p50 in ms, one per round
     for nodes in ints(args.nodes):
         makers = make_targets(systems, nodes, args.baseline)
         points = {
             (s, inflight, size, keys): Point(s, nodes, inflight, size, keys)
             for s in makers for inflight in ints(args.inflight) for size in ints(args.value_size) for keys in ints(args.keys)
         }
+        if args.large:
+            for s in makers:
+                if s.startswith("raftproc"):
+                    points.update({(s, inflight, size, keys): Point(s, nodes, inflight, size, keys) for inflight, size, keys in LARGE})
         for _ in range(args.repeats):
+            # The disk's own cost, measured where the clusters keep their data, in each round.
+            fsyncs.append(statistics.median(fdatasync_ms(Path(tempfile.gettempdir()))))
             for system, make in makers.items():
                 target = make()
                 try:
@@ -201,11 +216,27 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"window {args.window}s after {args.warmup}s warm-up, {args.repeats} runs, median [min-max]")
-    print(f"{'system':<18}{'nodes':>5}{'load':>9}{'value':>7}{'keys':>9}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node cpu s':<12}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
+    print(f"{'system':<18}{'nodes':>5}{'load':>9}{'value':>8}{'keys':>6}  {'ops/s':<24}{'p50 ms':<20}{'p99 ms':<20}{'p999 ms':<20}{'node us/op':<20}{'gen cpu s':<10}{'RSS MB':>7}{'leader chg':>11}")
     for p in results:
         load = f"{p.rate:.0f}/s" if p.rate else str(p.inflight)
-        print(f"{p.system:<18}{p.nodes:>5}{load:>9}{p.value_size:>7}{p.keys:>9}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
-              f"{fmt(p, 'p999_ms', 2):<20}{p.median('node_cpu_s'):<12.2f}{p.median('loadgen_cpu_s'):<10.2f}{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}")
+        print(f"{p.system:<18}{p.nodes:>5}{load:>9}{p.value_size:>8}{p.keys:>6}  {fmt(p, 'ops_per_s', 0):<24}{fmt(p, 'p50_ms', 2):<20}{fmt(p, 'p99_ms', 2):<20}"
+              f"{fmt(p, 'p999_ms', 2):<20}{fmt(p, 'node_cpu_us_per_op', 0):<20}{p.median('loadgen_cpu_s'):<10.2f}{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}")
+    print()
+    for p in results:
+        if p.value_size >= 16384 and not p.rate:
+            print(f"{p.system} {p.nodes} nodes, {p.value_size // 1024} KiB values, {p.inflight} in flight: "
+                  f"{p.median('ops_per_s'):,.0f} ops/s = {p.median('ops_per_s') * p.value_size / 2**20:,.1f} MiB/s of values, p99 {p.median('p99_ms'):.1f} ms")
+    if fsyncs:
+        floor = statistics.median(fsyncs)
+        print(f"fdatasync p50 of the data directory's disk (append {len(fsyncs)} x 300 records of 128 B): median {floor:.3f} ms "
+              f"[{min(fsyncs):.3f}-{max(fsyncs):.3f}]")
+        for p in results:
+            if p.system == "raftproc" and p.inflight == 1 and not p.rate and p.value_size == 64:
+                print(f"raftproc p50 at 1 in flight: {p.median('p50_ms'):.3f} ms = {p.median('p50_ms') / floor:.1f}x the fdatasync p50")
+    for p in results:
+        if p.system == "raftproc" and p.value_size == 64 and not p.rate:
+            print(f"raftproc node CPU per committed write at {p.inflight} in flight: {p.median('node_cpu_us_per_op'):,.0f} us "
+                  f"[{p.span('node_cpu_us_per_op')[0]:,.0f}-{p.span('node_cpu_us_per_op')[1]:,.0f}]")
     best = {s: max((p.median("ops_per_s") for p in results if p.system == s), default=0) for s in systems}
     for s in systems[1:]:
         if best.get(s):
@@ -213,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     if failovers:
         print(f"failover (kill -9 of the leader until a write commits), {len(failovers)} rounds: "
               f"median {statistics.median(failovers) * 1000:.0f} ms, max {max(failovers) * 1000:.0f} ms")
-    Path(args.out).write_text(json.dumps({"points": [p.as_dict() for p in results], "failover_s": failovers, "command": " ".join(sys.argv)}, indent=1))
+    Path(args.out).write_text(json.dumps({"points": [p.as_dict() for p in results], "failover_s": failovers, "fdatasync_p50_ms": fsyncs,
+                                          "command": " ".join(sys.argv)}, indent=1))
     if write_plot(Path(args.plot), results):
         print(f"wrote {args.out} and {args.plot}")
     else:

@@ -9,6 +9,7 @@ the window are kept too, so a reader can see who was the bottleneck.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -46,8 +47,29 @@ class Point:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["median"] = {k: self.median(k) for k in ("ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "loadgen_cpu_s", "leader_changes")}
+        d["median"] = {k: self.median(k) for k in ("ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "node_cpu_us_per_op", "loadgen_cpu_s", "leader_changes")}
         return d
+
+
+def fdatasync_ms(directory: Path, samples: int = 300, record_bytes: int = 128) -> list[float]:
+    """What the disk under `directory` costs a write-ahead log: append a small record
+    and fdatasync it, `samples` times, into a fresh file there. Milliseconds, sorted.
+    (A preallocated file is cheaper still: an append also makes the journal record
+    the new size.)"""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix="fdatasync-", dir=directory)
+    record = b"r" * record_bytes
+    times = []
+    try:
+        for _ in range(samples):
+            os.write(fd, record)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            times.append((time.perf_counter() - started) * 1000)
+    finally:
+        os.close(fd)
+        os.unlink(name)
+    return sorted(times)
 
 
 def run_loadgens(
@@ -152,6 +174,9 @@ def measure(target: Any, point: Point, *, warmup: float, window: float, generato
     )
     run = combine(parts)
     run["node_cpu_s"] = (cpu_seconds(pids) - cpu_before) * window / (warmup + window)
+    # CPU of every node per operation answered: what decides throughput when nodes,
+    # peers and load generators share a few cores.
+    run["node_cpu_us_per_op"] = run["node_cpu_s"] / max(run["ops_per_s"] * window, 1) * 1e6
     run["leader_changes"] = target.leader_changes_marker() - term_before
     run["rss_mb"] = target.rss_mb()
     point.runs.append(run)
