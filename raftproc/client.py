@@ -278,8 +278,9 @@ class Client:
             return None
         return s.get("leader")
 
-    def status(self, node_id: int, timeout: float = 1.0) -> dict[str, Any]:
-        answer = self._call(self.addresses[node_id], {"t": "status"}, timeout)
+    def status(self, node_id: int, timeout: float = 1.0, *, state: bool = False) -> dict[str, Any]:
+        """`state`: also the node's state digest (it hashes every key: for tests)."""
+        answer = self._call(self.addresses[node_id], {"t": "status", **({"state": True} if state else {})}, timeout)
         return answer["result"]
 
     def close(self) -> None:

@@ -12,8 +12,11 @@ from dataclasses import dataclass
 import cbor2
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Command:
+    # Not frozen, like KvRequest: every write builds one on the leader and decodes one
+    # on each follower, and a frozen __init__ costs a setattr call per field. Treated
+    # as immutable all the same.
     op: str  # "set" | "get" | "del" | "cas"
     key: str
     value: str | None = None

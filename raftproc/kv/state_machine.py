@@ -23,9 +23,10 @@ entry from an older term is committed only below the newer leader's entries.
 
 The log digest is a chain (d_i = H(d_{i-1}, i, command_i)) rather than one running
 hash, so it can be carried in a snapshot and continued on the node restoring it.
-The state digest is the sum (mod 2**128) of a hash of every key-value pair, kept up
-to date on each write: a status request must not sort and hash a million keys on
-the event loop (that once stalled a leader long enough to lose an election).
+The state digest is the sum (mod 2**128) of a hash of every key-value pair,
+computed when asked: keeping it up to date hashed every value twice more on every
+write, on every node (a third of the CPU of a 16 KiB write), to serve tests that
+compare replicas. Only a status that asks for it (`state: true`) pays, O(keys).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from raftproc.kv.commands import Command
 
 Result = dict[str, Any]
 MAX_SESSIONS = 10_000
-_OK: Result = {"ok": True}  # shared: results are never changed, and one per session adds up
+OK: Result = {"ok": True}  # shared: results are never changed, and one per session adds up
 
 
 @dataclass(slots=True)
@@ -51,7 +52,6 @@ class KvImage:
     data: dict[str, str]
     sessions: dict[int, tuple[int, Any]]
     digest: str  # the log digest at the snapshot's index
-    state_sum: int = 0  # the state digest's running sum (see state_digest)
 
 
 class KeyValueStore:
@@ -66,13 +66,12 @@ class KeyValueStore:
         self.max_sessions = max_sessions
         self.last_applied = 0
         self._log_digest = bytes(16)
-        self._state_sum = 0
 
     def image(self) -> KvImage:
         """A copy of the state to snapshot, taken now; the copy shares only
         immutable keys and values, so the store can go on applying while it is
         written out."""
-        return KvImage(self.data.copy(), self.sessions.copy(), self._log_digest.hex(), self._state_sum)
+        return KvImage(self.data.copy(), self.sessions.copy(), self._log_digest.hex())
 
     def restore(self, index: int, image: KvImage) -> None:
         """Replace the whole state by a snapshot's, taken at applied index `index`."""
@@ -80,21 +79,28 @@ class KeyValueStore:
         self.keys = None
         self.sessions = OrderedDict(image.sessions)
         self._log_digest = bytes.fromhex(image.digest)
-        self._state_sum = image.state_sum
         self.last_applied = index
 
-    def apply(self, index: int, command: bytes | None) -> Result | None:
-        """Apply the committed entry at `index`. No-ops (None) change nothing."""
+    def apply(self, index: int, command: bytes | None, decoded: Command | None = None) -> Result | None:
+        """Apply the committed entry at `index`. No-ops (None) change nothing.
+        `decoded`: the command the caller knows `command` encodes (the leader proposed
+        it), saving a decode."""
         if index != self.last_applied + 1:
             raise ValueError(f"apply {index} after {self.last_applied}: the log must be applied in order")
         self.last_applied = index
         if command is None:
             return None
-        self._log_digest = hashlib.blake2b(self._log_digest + index.to_bytes(8, "big") + command, digest_size=16).digest()
-        try:
-            cmd = Command.decode(command)
-        except Exception:
-            return {"ok": False, "error": "undecodable command"}
+        h = _digest(self._log_digest)
+        h.update(index.to_bytes(8, "big"))
+        h.update(command)
+        self._log_digest = h.digest()[:16]
+        if decoded is not None:
+            cmd = decoded
+        else:
+            try:
+                cmd = Command.decode(command)
+            except Exception:
+                return {"ok": False, "error": "undecodable command"}
         if cmd.client:
             seen = self.sessions.get(cmd.client)
             if seen is None and cmd.retry:
@@ -119,32 +125,25 @@ class KeyValueStore:
     def _execute(self, cmd: Command) -> Result:
         if cmd.op == "set":
             self._put(cmd.key, cmd.value)  # type: ignore[arg-type]
-            return _OK
+            return OK
         if cmd.op == "get":
             return {"ok": True, "value": self.data.get(cmd.key)}
         if cmd.op == "del":
             old = self.data.pop(cmd.key, None)
-            if old is not None:
-                self._state_sum = (self._state_sum - _pair_hash(cmd.key, old)) % _MOD
-                if self.keys is not None:
-                    self.keys.remove(cmd.key)
+            if old is not None and self.keys is not None:
+                self.keys.remove(cmd.key)
             return {"ok": True, "existed": old is not None}
         if cmd.op == "cas":
             current = self.data.get(cmd.key)
             if current != cmd.expect:
                 return {"ok": False, "mismatch": True, "value": current}
             self._put(cmd.key, cmd.value)  # type: ignore[arg-type]
-            return _OK
+            return OK
         return {"ok": False, "error": f"unknown operation {cmd.op!r}"}
 
     def _put(self, key: str, value: str) -> None:
-        old = self.data.get(key)
-        total = self._state_sum + _pair_hash(key, value)
-        if old is not None:
-            total -= _pair_hash(key, old)
-        elif self.keys is not None:
+        if self.keys is not None and key not in self.data:
             self.keys.add(key)
-        self._state_sum = total % _MOD
         self.data[key] = value
 
     def scan(self, prefix: str, after: str | None, limit: int, max_bytes: int = 1 << 20) -> Result:
@@ -172,9 +171,9 @@ class KeyValueStore:
         return self._log_digest.hex()
 
     def state_digest(self) -> str:
-        """Equal on two nodes exactly when they hold the same keys and values
-        (up to hash collisions), in O(1)."""
-        return f"{self._state_sum:032x}"
+        """Equal on two nodes exactly when they hold the same keys and values (up to
+        hash collisions). O(keys): a test's question, not a status poll's."""
+        return f"{sum(_pair_hash(k, v) for k, v in self.data.items()) % _MOD:032x}"
 
 
 _MOD = 1 << 128
@@ -184,5 +183,14 @@ SESSION_EXPIRED = (
 )
 
 
+# SHA-256 cut to 128 bits: with the SHA extensions of current x86 and ARM cores it
+# hashes a 16 KiB value 2.5 times faster than BLAKE2b here (9.8 vs 24 us), and the
+# log digest hashes every command applied, on every node.
+_digest = hashlib.sha256
+
+
 def _pair_hash(key: str, value: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode() + b"\0" + value.encode(), digest_size=16).digest(), "big")
+    h = _digest(key.encode())
+    h.update(b"\0")
+    h.update(value.encode())
+    return int.from_bytes(h.digest()[:16], "big")

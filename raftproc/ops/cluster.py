@@ -387,10 +387,10 @@ class Cluster:
                     return p.node_id
         return None
 
-    def node_status(self, node_id: int, timeout: float = 0.5) -> dict[str, Any] | None:
+    def node_status(self, node_id: int, timeout: float = 0.5, *, state: bool = False) -> dict[str, Any] | None:
         c = self.client()
         try:
-            return c.status(node_id, timeout=timeout)
+            return c.status(node_id, timeout=timeout, state=state)
         except Exception:
             return None
         finally:
@@ -437,14 +437,15 @@ class Cluster:
         hint = "; ".join(f"node {p.node_id} {p.state}: {self.last_output(p.node_id)}" for p in dead)
         raise ClusterError(f"no leader within {timeout}s" + (f" ({hint})" if hint else ""))
 
-    def wait_converged(self, timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_converged(self, timeout: float = 10.0, *, state: bool = False) -> list[dict[str, Any]]:
         """Wait until every running node has applied the same log (same last_applied
-        and digest, at the leader's commit index); return their statuses."""
+        and digest, at the leader's commit index); return their statuses (with the
+        state digest if `state`)."""
         deadline = time.monotonic() + timeout
         statuses: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             running = [p.node_id for p in self.processes() if p.state == "running"]
-            statuses = [s for s in (self.node_status(i) for i in running) if s]
+            statuses = [s for s in (self.node_status(i, state=state) for i in running) if s]
             if len(statuses) == len(running) and statuses:
                 leader = [s for s in statuses if s["role"] == "leader"]
                 digests = {(s["last_applied"], s["log_digest"]) for s in statuses}

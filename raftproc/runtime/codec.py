@@ -133,6 +133,18 @@ def encode(body: dict[str, Any]) -> bytes:
     return cbor2.dumps({"v": PROTOCOL_VERSION, **body})
 
 
+# The answer to nearly every write, {v, t: resp, id, status: ok, result: {ok: true}},
+# as bytes around its id: the leader sends one per write, and building and encoding
+# the map each time cost more than the rest of the answer's way out.
+_OK_BEFORE_ID = b"\xa5" + b"".join(map(cbor2.dumps, ("v", PROTOCOL_VERSION, "t", "resp", "id")))  # 0xa5: a map of 5 pairs
+_OK_AFTER_ID = cbor2.dumps("status") + cbor2.dumps("ok") + cbor2.dumps("result") + cbor2.dumps({"ok": True})
+
+
+def encode_ok_answer(request_id: int) -> bytes:
+    """encode({"t": "resp", "id": request_id, "status": "ok", "result": {"ok": True}}), faster."""
+    return _OK_BEFORE_ID + cbor2.dumps(request_id) + _OK_AFTER_ID
+
+
 def decode_answer(data: bytes) -> dict[str, Any]:
     body = load_map(data)
     if body.get("t") != "resp" or not is_count(body.get("id")):

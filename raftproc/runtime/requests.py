@@ -24,6 +24,9 @@ MAX_KEY_CHARS = 4096
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusRequest:
     id: int
+    # Also the state digest: O(keys) to compute, so only for those who ask (tests
+    # comparing replicas), never for every status poll.
+    state: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,7 +75,10 @@ def decode_request(data: bytes) -> ClientRequest:
         raise RemoteProtocolError("request without a numeric id")
     t = body.get("t")
     if t == "status":
-        return StatusRequest(id=request_id)
+        state = body.get("state", False)
+        if not isinstance(state, bool):
+            raise RemoteProtocolError("status state must be true or false")
+        return StatusRequest(id=request_id, state=state)
     if t == "transfer":
         target = body.get("target")
         if not (target is None or is_count(target)):

@@ -179,7 +179,7 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     sessions = [[client, seq, result] for client, (seq, result) in image.sessions.items()]
     yield frame_record(cbor2.dumps({"sessions": sessions}))
     records += 1
-    end = {"records": records, "keys": len(image.data), "digest": image.digest, "state_sum": image.state_sum}
+    end = {"records": records, "keys": len(image.data), "digest": image.digest}
     yield frame_record(cbor2.dumps({"end": end}))
 
 
@@ -205,7 +205,9 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
             end = body["end"]
             if end.get("records") != records - 1 or end.get("keys") != len(data):
                 raise SnapshotCorrupt(f"{path}: end record counts {end} do not match what precedes it")
-            return meta, KvImage(data, sessions, end.get("digest", ""), end.get("state_sum", 0))
+            # (Snapshots written before the state digest was computed on demand also
+            # carry "state_sum"; it is not needed.)
+            return meta, KvImage(data, sessions, end.get("digest", ""))
         else:
             raise SnapshotCorrupt(f"{path}: unknown record {sorted(body)}")
     raise SnapshotCorrupt(f"{path}: no end record (incomplete file)")

@@ -37,7 +37,7 @@ from raftproc.core.messages import Entry
 from raftproc.core.node import RaftNode
 from raftproc.core.ready import ReadState
 from raftproc.kv.commands import Command
-from raftproc.kv.state_machine import KeyValueStore
+from raftproc.kv.state_machine import OK, KeyValueStore
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.logging import SparseLog
@@ -64,6 +64,9 @@ class Waiting:
     term: int
     conn: Connection
     request_id: int
+    # The command as proposed: the entry at this index and term holds exactly it (Log
+    # Matching), so applying it needs no second decode of the bytes just encoded.
+    command: Command | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +92,7 @@ class ClientService:
         max_clients: int,
         clock: Callable[[], float],
         log: Log,
-        status: Callable[[], dict[str, Any]],
+        status: Callable[[bool], dict[str, Any]],
         on_applied: Callable[[bytes | None], None],
         tls: TlsContexts | None = None,
         handshake_timeout: float = 5.0,
@@ -199,7 +202,7 @@ class ClientService:
             conn.close("idle")
 
     def _status(self, conn: Connection, req: StatusRequest) -> None:
-        self._answer(conn, req.id, status="ok", result=self.status())
+        self._answer(conn, req.id, status="ok", result=self.status(req.state))
 
     def _kv(self, conn: Connection, req: KvRequest) -> None:
         raft = self.raft
@@ -219,7 +222,7 @@ class ClientService:
             # Never reached the log: the client retries and finds the new leader.
             self._answer(conn, req.id, status="no_leader", error=str(e))
             return
-        self.waiting[index] = Waiting(term, conn, req.id)
+        self.waiting[index] = Waiting(term, conn, req.id, cmd)
         if req.trace:
             self.tracer.proposed(index, term, cmd)
 
@@ -318,16 +321,20 @@ class ClientService:
             self.kv.apply(entry.index, None)
             self.log("config_applied", index=entry.index, membership=entry.config.describe())
             return
-        result = self.kv.apply(entry.index, entry.command)
+        waiting = self.waiting.pop(entry.index, None)
+        ours = waiting is not None and waiting.term == entry.term
+        result = self.kv.apply(entry.index, entry.command, waiting.command if ours else None)  # type: ignore[union-attr]
         self.tracer.applied(entry)
         self.on_applied(entry.command)
-        waiting = self.waiting.pop(entry.index, None)
         if waiting is None:
             return
         if waiting.term == entry.term and result is not None and result.get("session_expired"):
             self._answer(waiting.conn, waiting.request_id, status="session_expired", error=result["error"])
         elif waiting.term == entry.term:
-            self._answer(waiting.conn, waiting.request_id, status="ok", result=result)
+            if result is OK:
+                waiting.conn.send(codec.encode_ok_answer(waiting.request_id))
+            else:
+                self._answer(waiting.conn, waiting.request_id, status="ok", result=result)
         else:
             # Another leader's entry holds this index: ours is gone for good.
             self.proposals_failed += 1

@@ -375,7 +375,8 @@ class NodeHost:
             return f"{behind} committed entries not applied for {HEALTH_APPLY_WINDOW:.0f} s"
         return None
 
-    def status(self) -> dict[str, Any]:
+    def status(self, *, state: bool = False) -> dict[str, Any]:
+        """`state`: include the state digest, which hashes every key and value."""
         r = self.raft
         return {
             "node": self.id,
@@ -397,7 +398,7 @@ class NodeHost:
             "client_connections": len(self.clients.connections),
             "clients_refused": self.clients.refused_clients,
             "log_digest": self.kv.log_digest(),
-            "state_digest": self.kv.state_digest(),
+            **({"state_digest": self.kv.state_digest()} if state else {}),
         }
 
 
@@ -442,7 +443,7 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
     tracer = Tracer(node_id, log)
     clients = ClientService(
         me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
-        max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda: host.status(), on_applied=snapshots.applied,
+        max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda state: host.status(state=state), on_applied=snapshots.applied,
         tls=tls, handshake_timeout=handshake_timeout, tracer=tracer,
     )
     syncer = None

@@ -30,7 +30,7 @@ def test_cluster_survives_leader_kill_and_converges(cluster_factory, nodes, back
     del acked["k0"]
 
     cluster.start(old)
-    statuses = cluster.wait_converged(timeout=15)
+    statuses = cluster.wait_converged(timeout=15, state=True)
     assert len(statuses) == nodes
     assert len({s["state_digest"] for s in statuses}) == 1
     for key, value in acked.items():
@@ -83,7 +83,7 @@ def test_paused_leader_is_replaced_and_rejoins_as_follower(cluster_factory):
     client.set("during", "2")
     cluster.resume(old)
     wait_until(lambda: (cluster.node_status(old) or {}).get("role") == "follower", what="old leader steps down")
-    statuses = cluster.wait_converged(timeout=10)
+    statuses = cluster.wait_converged(timeout=10, state=True)
     assert len(statuses) == 3
     assert client.get("during") == "2" and new != old
     client.close()

@@ -42,7 +42,7 @@ def test_snapshots_bound_the_log_and_a_restart_loads_them(cluster_factory):
     client = cluster.client(timeout=15)
     acked: dict[str, str] = {}
     write_keys(client, "k", 400, acked)
-    statuses = cluster.wait_converged(timeout=20)
+    statuses = cluster.wait_converged(timeout=20, state=True)
     for s in statuses:
         # 400 keys make a ~20 KB snapshot, so one is due every ~200 writes (half its size).
         assert s["snapshot_index"] >= 150, s
@@ -51,7 +51,7 @@ def test_snapshots_bound_the_log_and_a_restart_loads_them(cluster_factory):
     node = statuses[0]["node"]
     cluster.kill(node)
     cluster.start(node)
-    statuses = cluster.wait_converged(timeout=20)
+    statuses = cluster.wait_converged(timeout=20, state=True)
     recovered = events(cluster, node, "wal_recovered")[-1]
     assert recovered["snapshot_index"] >= 150 and recovered["keys"] >= 150  # the rest replays from the WAL
     assert len({s["state_digest"] for s in statuses}) == 1
@@ -97,7 +97,7 @@ def test_follower_catches_up_by_install_snapshot_while_writes_continue(cluster_f
         stop.set()
         t.join()
     assert not errors
-    statuses = cluster.wait_converged(timeout=20)
+    statuses = cluster.wait_converged(timeout=20, state=True)
     assert len(statuses) == 3 and len({s["state_digest"] for s in statuses}) == 1
     sent = [e for n in cluster.config.nodes for e in events(cluster, n, "snapshot_send_finished") if e["success"]]
     assert sent, "no completed snapshot transfer logged by any leader"
@@ -132,7 +132,7 @@ def test_kill_at_each_snapshot_step_loses_nothing(tmp_path, monkeypatch, step):
         wait_until(lambda: cluster.node_status(victim) is None, 10, "the victim to be gone")
         write_keys(client, "n", 50, acked)
         cluster.start(victim)
-        statuses = cluster.wait_converged(timeout=30)
+        statuses = cluster.wait_converged(timeout=30, state=True)
         assert len(statuses) == 3 and len({s["state_digest"] for s in statuses}) == 1
         check_acked(client, acked)
         client.close()
@@ -148,7 +148,7 @@ def test_corrupt_newest_snapshot_is_reported_and_the_older_one_used(cluster_fact
     write_keys(client, "k", 600, acked)
     leader = cluster.wait_for_leader()
     victim = next(i for i in cluster.config.nodes if i != leader)
-    cluster.wait_converged(timeout=20)
+    cluster.wait_converged(timeout=20, state=True)
     data_dir = cluster.config.node_data_dir(victim)
     wait_until(lambda: len(list(data_dir.glob("snap-*.snap"))) == 2, 10, "two snapshots on the victim")
     cluster.stop(victim)
@@ -158,7 +158,7 @@ def test_corrupt_newest_snapshot_is_reported_and_the_older_one_used(cluster_fact
     newest.write_bytes(bytes(raw))
     write_keys(client, "after", 20, acked)
     cluster.start(victim)
-    statuses = cluster.wait_converged(timeout=20)
+    statuses = cluster.wait_converged(timeout=20, state=True)
     assert len(statuses) == 3 and len({s["state_digest"] for s in statuses}) == 1
     corrupt = events(cluster, victim, "snapshot_corrupt")
     assert corrupt and corrupt[-1]["file"] == newest.name
