@@ -173,4 +173,5 @@ MAX_UINT64 = (1 << 64) - 1
 def is_count(value: Any) -> bool:
     """A non-negative integer that fits in 64 bits: anything larger is hostile (and
     formatting a huge int can itself raise)."""
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UINT64
+    # type() is int: excludes bool (a subclass) in one test; CBOR decodes to plain int.
+    return type(value) is int and 0 <= value <= MAX_UINT64

@@ -47,7 +47,7 @@ def decode_membership(value: Any) -> Membership:
 
 
 def _is_count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return type(value) is int and value >= 0  # bool is not int by type(); CBOR decodes to plain int
 
 
 def encode_addresses(book: dict[int, tuple[tuple[str, int], tuple[str, int]]]) -> bytes:

@@ -17,9 +17,11 @@ from raftproc.core.messages import TimeoutNow
 from raftproc.runtime import codec
 from raftproc.runtime.codec import (
     RemoteProtocolError,
+    decode_answer,
     decode_message,
     encode,
     encode_message,
+    encode_ok_answer,
 )
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
 from raftproc.runtime.identity import PeerHello, PeerRefused
@@ -86,6 +88,7 @@ def test_codec_refuses_integers_past_64_bits_and_unhashable_tags():
 
 REQUESTS = [
     ({"t": "status", "id": 1}, StatusRequest(id=1)),
+    ({"t": "status", "id": 1, "state": True}, StatusRequest(id=1, state=True)),
     ({"t": "transfer", "id": 2, "target": None}, TransferRequest(id=2, target=None)),
     ({"t": "transfer", "id": 3, "target": 4}, TransferRequest(id=3, target=4)),
     ({"t": "member", "id": 4, "op": "list"}, MemberRequest(id=4, op="list")),
@@ -163,3 +166,15 @@ def test_member_request_validation():
     ):
         with pytest.raises(RemoteProtocolError):
             decode_request(encode(bad))
+
+
+@pytest.mark.parametrize("request_id", [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1])
+def test_the_ok_answer_template_is_the_encoded_map(request_id):
+    """The leader's byte template for a plain ok answers exactly what encoding the map would."""
+    assert encode_ok_answer(request_id) == encode({"t": "resp", "id": request_id, "status": "ok", "result": {"ok": True}})
+    assert decode_answer(encode_ok_answer(request_id)) == {"v": 2, "t": "resp", "id": request_id, "status": "ok", "result": {"ok": True}}
+
+
+def test_a_status_state_flag_must_be_a_bool():
+    with pytest.raises(RemoteProtocolError):
+        decode_request(encode({"t": "status", "id": 1, "state": 1}))

@@ -224,3 +224,15 @@ def test_scan_pages_through_a_prefix_in_order_bounded_in_count_and_bytes():
     assert restored.scan("a", None, 10) == kv.scan("a", None, 10), "the key index is rebuilt from a snapshot"
     apply_all(restored, Command("set", "ac", "AC"), Command("del", "aa"))
     assert [k for k, _ in restored.scan("a", None, 10)["items"]] == ["a", "ab", "ab/x", "abd", "ac"], "kept up once built"
+
+
+def test_applying_the_proposed_command_equals_decoding_its_bytes():
+    """The leader hands apply() the Command it proposed; a follower decodes the bytes.
+    Both must leave the same store, digest and answers."""
+    commands = [Command("set", "x", "1", client=1, seq=1), Command("cas", "x", "2", expect="1", client=1, seq=2),
+                Command("del", "x", client=2, seq=1), Command("set", "x", "1", client=1, seq=2)]
+    leader, follower = KeyValueStore(), KeyValueStore()
+    for i, cmd in enumerate(commands, 1):
+        assert leader.apply(i, cmd.encode(), cmd) == follower.apply(i, cmd.encode())
+    assert leader.data == follower.data and leader.sessions == follower.sessions
+    assert leader.log_digest() == follower.log_digest() and leader.state_digest() == follower.state_digest()
