@@ -17,20 +17,29 @@ The contract (raftproc.core.ready), for one Ready:
    inline, whatever the sync mode.
 2. A leader's AppendEntries (and InstallSnapshot) leave at once: they promise
    nothing about the leader's own disk (Raft thesis §10.2.1).
-3. Inline sync: the hard state and entries are written and fsynced; only then do
+3. Committed entries are applied, then confirmed reads are served, and what that
+   queued (a leader's answers to clients) leaves with step 2's messages, before
+   the fsync. This waits for nothing in this Ready's write: an entry is committed
+   only once a majority holds it on disk, and a leader counts itself only for
+   entries it has synced (`log.stable_index`), so committed entries are durable on
+   a majority already. A follower may apply an entry this very Ready writes (the
+   leader's commit index covers it); its store is rebuilt from disk on a restart,
+   and no snapshot is taken past its durable index. Applying after the fsync, as
+   this driver once did, made every answer wait for the next batch's fsync.
+4. Inline sync: the hard state and entries are written and fsynced; only then do
    the other messages (votes, acknowledgements) leave.
    Background sync: the record is written and a sync requested; the messages
    that promise it wait, in order, until the syncer reports it durable
    (`on_synced`), and only then does the core hear `persisted()`. A record that
    needs no sync still waits behind earlier held ones, so messages never overtake.
-4. Committed entries are applied, then confirmed reads are served.
 5. The core advances (persisted=False under background sync).
 
 Nothing else calls the core's advance() or persisted().
 
 A full disk (ENOSPC or EDQUOT from a write) stalls the Ready instead of ending the
 process: storage leaves no part of the failed record behind, the messages that
-wait on it stay unsent and nothing is applied or advanced. The core, mid-Ready,
+wait on it stay unsent and the core does not advance (what step 3 applied was
+committed, and is not applied again on the retry). The core, mid-Ready,
 must not be stepped, ticked or asked anything until `retry()` gets the write
 through (the host holds everything back while `stalled`). A failed sync is
 another matter: storage raises its own error and the process ends (after a failed
@@ -142,8 +151,8 @@ class Driver:
         return self.stalled is None
 
     def _carry_out(self, rd: Ready, *, started: bool) -> None:
-        """Steps 1-5 of the contract. `started`: the install and the early messages
-        are done already (a retry after the persist step found the disk full)."""
+        """Steps 1-5 of the contract. `started`: steps 1-3 are done already (a retry
+        after the persist step found the disk full)."""
         early, after = split_messages(rd)
         inline = self.syncer is None or rd.snapshot is not None
         try:
@@ -152,8 +161,10 @@ class Driver:
                     self._install(rd)
                 if early:
                     self.transport.send(early)
-                    self.transport.flush()
+                self.state_machine.apply(rd.committed_entries)
+                self.state_machine.serve_reads(rd.read_states)
                 started = True
+                self.transport.flush()
             if inline:
                 self._persist_inline(rd, after)
             else:
@@ -164,8 +175,6 @@ class Driver:
             self.stalled = (rd, started)
             self.disk_full_error = f"{errno.errorcode[e.errno]}: {e.strerror}"
             return
-        self.state_machine.apply(rd.committed_entries)
-        self.state_machine.serve_reads(rd.read_states)
         self.raft.advance(rd, persisted=inline)
 
     def _write(self, rd: Ready) -> bool:
