@@ -196,16 +196,22 @@ def main(argv: list[str] | None = None) -> int:
                     target.close()
         results += points.values()
         if args.half_load:
-            peak = max(p.median("ops_per_s") for p in points.values() if p.system == "raftproc")
-            half = Point("raftproc", nodes, 4096, ints(args.value_size)[0], ints(args.keys)[0], rate=round(peak / 2))
+            # Each raftproc build at half of its own closed-loop peak, interleaved.
+            halves = {}
+            for s in makers:
+                if s.startswith("raftproc"):
+                    peak = max(p.median("ops_per_s") for p in points.values() if p.system == s and p.value_size == ints(args.value_size)[0])
+                    halves[s] = Point(s, nodes, 4096, ints(args.value_size)[0], ints(args.keys)[0], rate=round(peak / 2))
             for _ in range(args.repeats):
-                target = RaftprocTarget(nodes)
-                try:
-                    measure(target, half, warmup=args.warmup, window=args.window, generators=args.generators)
-                finally:
-                    target.close()
-            print(f"  raftproc  n={nodes} open loop at half of peak ({half.rate:.0f} ops/s): p99 {half.median('p99_ms'):.2f} ms", flush=True)
-            results.append(half)
+                for s, half in halves.items():
+                    target = makers[s]()
+                    try:
+                        measure(target, half, warmup=args.warmup, window=args.window, generators=args.generators)
+                    finally:
+                        target.close()
+            for s, half in halves.items():
+                print(f"  {s} n={nodes} open loop at half of peak ({half.rate:.0f} ops/s): p99 {half.median('p99_ms'):.2f} ms", flush=True)
+                results.append(half)
         if args.failover and nodes == ints(args.nodes)[0]:
             target = RaftprocTarget(nodes)
             try:

@@ -17,17 +17,17 @@ The contract (raftproc.core.ready), for one Ready:
    inline, whatever the sync mode.
 2. A leader's AppendEntries (and InstallSnapshot) leave at once: they promise
    nothing about the leader's own disk (Raft thesis §10.2.1).
-3. Committed entries are applied, then confirmed reads are served, and what that
-   queued (a leader's answers to clients) leaves with step 2's messages, before
-   the fsync. This waits for nothing in this Ready's write: an entry is committed
-   only once a majority holds it on disk, and a leader counts itself only for
-   entries it has synced (`log.stable_index`), so committed entries are durable on
-   a majority already. A follower may apply an entry this very Ready writes (the
-   leader's commit index covers it); its store is rebuilt from disk on a restart,
-   and no snapshot is taken past its durable index. Applying after the fsync, as
-   this driver once did, made every answer wait for the next batch's fsync.
+3. When no message waits for this Ready's write (a leader's Ready: its appends
+   left in step 2), committed entries are applied and confirmed reads served now,
+   and what that queued (answers to clients) leaves before the fsync. Applying
+   needs nothing from this write: an entry is committed only once a majority holds
+   it on disk, and a leader counts itself only for entries it has synced
+   (`log.stable_index`). Applying after the fsync made every answer wait for the
+   next batch's fsync under load.
 4. Inline sync: the hard state and entries are written and fsynced; only then do
-   the other messages (votes, acknowledgements) leave.
+   the other messages (votes, acknowledgements) leave, and only then, when they
+   exist, are committed entries applied: a follower's acknowledgement is what the
+   leader waits for, and applying a batch first would delay it.
    Background sync: the record is written and a sync requested; the messages
    that promise it wait, in order, until the syncer reports it durable
    (`on_synced`), and only then does the core hear `persisted()`. A record that
@@ -39,7 +39,7 @@ Nothing else calls the core's advance() or persisted().
 A full disk (ENOSPC or EDQUOT from a write) stalls the Ready instead of ending the
 process: storage leaves no part of the failed record behind, the messages that
 wait on it stay unsent and the core does not advance (what step 3 applied was
-committed, and is not applied again on the retry). The core, mid-Ready,
+committed, and is not applied again on the retry; step 4's apply waits for it). The core, mid-Ready,
 must not be stepped, ticked or asked anything until `retry()` gets the write
 through (the host holds everything back while `stalled`). A failed sync is
 another matter: storage raises its own error and the process ends (after a failed
@@ -155,14 +155,15 @@ class Driver:
         after the persist step found the disk full)."""
         early, after = split_messages(rd)
         inline = self.syncer is None or rd.snapshot is not None
+        apply_first = not after  # nothing waits for the write: the answers need not either
         try:
             if not started:
                 if rd.snapshot is not None:
                     self._install(rd)
                 if early:
                     self.transport.send(early)
-                self.state_machine.apply(rd.committed_entries)
-                self.state_machine.serve_reads(rd.read_states)
+                if apply_first:
+                    self._apply(rd)
                 started = True
                 self.transport.flush()
             if inline:
@@ -175,7 +176,13 @@ class Driver:
             self.stalled = (rd, started)
             self.disk_full_error = f"{errno.errorcode[e.errno]}: {e.strerror}"
             return
+        if not apply_first:
+            self._apply(rd)
         self.raft.advance(rd, persisted=inline)
+
+    def _apply(self, rd: Ready) -> None:
+        self.state_machine.apply(rd.committed_entries)
+        self.state_machine.serve_reads(rd.read_states)
 
     def _write(self, rd: Ready) -> bool:
         promises = self.storage.write(rd)

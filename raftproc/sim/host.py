@@ -4,8 +4,9 @@ it sockets, the WAL and the key-value store.
 
 - transport: puts messages on the simulated network, after checking that what
   each promises is already in the node's durable storage (persist before promise);
-  `flush`, which the driver calls after a Ready's early appends and applies, before its
-  own write, is where a process may die (the one window the contract leaves open);
+  `flush`, which the driver calls after a Ready's early appends (and a leader's
+  applies), before its own write, is where a process may die (the one window the
+  contract leaves open);
 - state machine: applies committed entries and serves confirmed reads, checking
   State Machine Safety and that each read covers what was committed before it;
 - installer: installs a snapshot that arrived whole.
