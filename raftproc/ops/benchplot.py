@@ -14,30 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from raftproc.ops import plotting
 from raftproc.ops.bench import Point
 
 # Systems that do not fsync before answering: their curves are not like for like.
 NO_FSYNC = {"pysyncobj": "PySyncObj (no fsync)"}
-
-
-def have_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def figure_module():  # type: ignore[no-untyped-def]
-    """pyplot on the Agg backend: no display, same output on every machine."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    matplotlib.rcParams["svg.fonttype"] = "none"  # text stays text: smaller, selectable
-    matplotlib.rcParams["svg.hashsalt"] = "raftproc"  # stable ids: a replot diffs cleanly
-    import matplotlib.pyplot as plt
-
-    return plt
 
 
 def series_label(system: str, nodes: int, size: int) -> str:
@@ -63,12 +44,10 @@ def closed_loop_series(points: list[Point]) -> dict[tuple[str, int, int], list[P
 def write_plot(path: Path, points: list[Point], *, title: str = "") -> bool:
     """Write the plot (format from the suffix: .svg or .png); False when matplotlib
     is not installed, so the caller can say so instead of failing the run."""
-    if not have_matplotlib():
+    if not plotting.have_matplotlib():
         return False
-    plt = figure_module()
+    plt = plotting.pyplot()
     series = closed_loop_series(points)
-    from matplotlib.ticker import FuncFormatter, LogLocator
-
     fig, ax = plt.subplots(figsize=(11, 5.5), dpi=100)
     colors = plt.get_cmap("tab10" if len(series) <= 10 else "tab20")
     for i, ((system, nodes, size), pts) in enumerate(series.items()):
@@ -87,11 +66,7 @@ def write_plot(path: Path, points: list[Point], *, title: str = "") -> bool:
         # The load of the last point says how far the curve was pushed.
         ax.annotate(f"{pts[-1].inflight} in flight", (xs[-1], ys[-1]), textcoords="offset points",
                     xytext=(4, 4), fontsize=7, color=color)
-    ax.set_yscale("log")
-    # Plain numbers at 1-2-5 steps: "20" reads faster than "2x10^1".
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+    plotting.log_y_axis(ax)
     ax.set_xlabel("throughput, ops/s (median of runs; bars: min to max)")
     ax.set_ylabel("p99 latency, ms (log scale)")
     ax.set_title(title or "Throughput against p99 latency (closed loop; more requests in flight to the right)")

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raftproc.ops import plotting
+
 COLORS = {"kill": "#e4572e", "power": "#a23b72", "pause": "#f3a712", "stop": "#888888", "partition": "#2e86ab",
           "slow": "#76b041", "transfer": "#6a4c93", "member": "#17becf", "rolling": "#bcbd22"}
 # A process that is killed, stopped or paused leads no longer, whatever it last logged.
@@ -98,13 +100,10 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]], events: list[dict[str, Any]],
              history: list[dict[str, Any]]) -> str | None:
     """The run's picture as SVG text, or None without matplotlib."""
-    from raftproc.ops.benchplot import figure_module, have_matplotlib
-
-    if not have_matplotlib():
+    if not plotting.have_matplotlib():
         return None
-    plt = figure_module()
+    plt = plotting.pyplot()
     from matplotlib.patches import Patch
-    from matplotlib.ticker import FuncFormatter, LogLocator
 
     span = max(t1 - t0, 1.0)
     fig, (lead, rate, lat) = plt.subplots(3, 1, sharex=True, figsize=(12, 2.2 + 0.35 * len(nodes) + 5.0),
@@ -145,10 +144,7 @@ def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, A
     lat.plot(xs, sec.p50_ms, color="#264653", linewidth=1.2, label="p50")
     lat.plot(xs, sec.p99_ms, color="#e9c46a", linewidth=1.2, label="p99")
     if any(v == v for v in sec.p50_ms):
-        lat.set_yscale("log")
-        lat.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        lat.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-        lat.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        plotting.log_y_axis(lat)
     lat.set_ylabel("latency, ms (log)")
     lat.set_title("Latency of the operations answered in each second", fontsize=10, loc="left")
     lat.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)

@@ -322,8 +322,8 @@ class ClientService:
             self.log("config_applied", index=entry.index, membership=entry.config.describe())
             return
         waiting = self.waiting.pop(entry.index, None)
-        ours = waiting is not None and waiting.term == entry.term
-        result = self.kv.apply(entry.index, entry.command, waiting.command if ours else None)  # type: ignore[union-attr]
+        proposed = waiting.command if waiting is not None and waiting.term == entry.term else None
+        result = self.kv.apply(entry.index, entry.command, proposed)
         self.tracer.applied(entry)
         self.on_applied(entry.command)
         if waiting is None:

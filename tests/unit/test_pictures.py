@@ -125,9 +125,9 @@ def test_the_report_renders_in_a_browser(tmp_path):
 
 
 def test_the_report_without_matplotlib_still_has_its_verdicts(tmp_path, monkeypatch):
-    import raftproc.ops.benchplot
+    import raftproc.ops.plotting
 
-    monkeypatch.setattr(raftproc.ops.benchplot, "have_matplotlib", lambda: False)
+    monkeypatch.setattr(raftproc.ops.plotting, "have_matplotlib", lambda: False)
     page = tmp_path / "report.html"
     write_report(page, title="t", verdicts=[("linearizable", False, "a <b> cycle")], summary=[], **synthetic_run(5, 10))
     text = page.read_text()
