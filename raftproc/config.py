@@ -23,6 +23,8 @@ A TOML file looks like this (every top-level key is optional):
     background_sync = false    # fdatasync on a thread while the loop goes on
     pre_vote = true            # ask before raising the term (Raft thesis 9.6)
     check_quorum = true        # a leader that hears no majority steps down (6.2); needed by lease reads
+    link_faults = false        # take injected link faults (cuts, delays) from an admin: for
+                               # demos and tests only (supervisor clusters set it; docs/watch.md)
     snapshot_entries = 10000   # snapshot once this many entries applied since the last, and
                                # their commands make half the last snapshot's size
     snapshot_bytes = 67108864  # ... or once those commands pass this size, in any case
@@ -112,6 +114,7 @@ class ClusterConfig:
     background_sync: bool = False
     pre_vote: bool = True
     check_quorum: bool = True
+    link_faults: bool = False
     snapshot_entries: int = 10_000
     snapshot_bytes: int = 64 * 1024 * 1024
     snapshot_chunk_bytes: int = 512 * 1024
@@ -183,7 +186,7 @@ _INT_KEYS = (
 )
 
 
-_BOOL_KEYS = ("background_sync", "pre_vote", "check_quorum")
+_BOOL_KEYS = ("background_sync", "pre_vote", "check_quorum", "link_faults")
 
 
 def load_config(path: str | Path | None) -> ClusterConfig:

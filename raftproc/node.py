@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import os
 import signal
 import sys
@@ -19,6 +20,8 @@ from raftproc.config import ConfigError, load_config
 from raftproc.runtime.logging import configure
 from raftproc.runtime.addresses import is_loopback
 from raftproc.runtime.identity import IdentityError
+from raftproc.runtime.linkfaults import ENV as LINK_FAULTS_ENV
+from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults, LinkFaultsError, parse_link_faults
 from raftproc.runtime.tls import TlsError
 from raftproc.runtime.wal import SyncFailed, WalCorruption
 
@@ -42,6 +45,21 @@ def check_writable(path: Path, what: str) -> None:
         raise ConfigError(f"{what} {path} is not writable")
 
 
+def link_faults_from_env() -> LinkFaults:
+    """The injected link faults to start with (raftproc.runtime.linkfaults): the
+    supervisor passes them so that a node restarted while cut off stays cut off."""
+    text = os.environ.get(LINK_FAULTS_ENV)
+    if not text:
+        return NO_FAULTS
+    try:
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise LinkFaultsError("it must be a JSON object")
+        return parse_link_faults(body)
+    except (ValueError, LinkFaultsError) as e:
+        raise ConfigError(f"{LINK_FAULTS_ENV}: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftproc.node", description="Run one raftproc server.")
     p.add_argument("--id", type=int, required=True, help="this node's id in the cluster config")
@@ -56,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         check_writable(cfg.node_data_dir(args.id), "data directory")
         check_writable(cfg.log_dir, "log directory")
         cfg.node_tls(args.id)
+        link_faults = link_faults_from_env()
+        if link_faults.active and not cfg.link_faults:
+            raise ConfigError(f"{LINK_FAULTS_ENV} is set, and the config does not allow injected link faults (link_faults = true)")
     except ConfigError as e:
         return fail(EXIT_CONFIG, str(e))
 
@@ -76,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         log("insecure_transport", level="warning", addresses=insecure)
 
     try:
-        host = open_host(cfg, args.id, log=log)
+        host = open_host(cfg, args.id, log=log, link_faults=link_faults)
     except WalCorruption as e:
         log("wal_corrupt", level="error", error=str(e))
         return fail(EXIT_CORRUPT, f"refusing to start: write-ahead log is corrupt: {e}")

@@ -13,6 +13,7 @@ from typing import Any
 
 from raftproc.runtime.addresses import Address, parse_address
 from raftproc.runtime.codec import RemoteProtocolError, is_count, load_map
+from raftproc.runtime.linkfaults import LinkFaults, LinkFaultsError, parse_link_faults
 
 KV_OPS = ("set", "get", "del", "cas", "scan")
 MAX_SCAN_LIMIT = 10_000
@@ -43,6 +44,14 @@ class MemberRequest:
     addresses: tuple[Address, Address] | None = None  # add: (peer, client)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkFaultsRequest:
+    """Replace this node's injected link faults (raftproc.runtime.linkfaults)."""
+
+    id: int
+    faults: LinkFaults
+
+
 @dataclass(slots=True, kw_only=True)
 class KvRequest:
     # Not frozen: a frozen dataclass's __init__ goes through object.__setattr__ per
@@ -65,7 +74,7 @@ class KvRequest:
         return self.read == "log"
 
 
-ClientRequest = StatusRequest | TransferRequest | MemberRequest | KvRequest
+ClientRequest = StatusRequest | TransferRequest | MemberRequest | KvRequest | LinkFaultsRequest
 
 
 def decode_request(data: bytes) -> ClientRequest:
@@ -88,6 +97,11 @@ def decode_request(data: bytes) -> ClientRequest:
         return _member_request(request_id, body)
     if t == "req":
         return _kv_request(request_id, body)
+    if t == "links":
+        try:
+            return LinkFaultsRequest(id=request_id, faults=parse_link_faults(body))
+        except LinkFaultsError as e:
+            raise RemoteProtocolError(str(e)) from None
     raise RemoteProtocolError("unknown request type")
 
 

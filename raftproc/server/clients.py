@@ -20,7 +20,9 @@ Answers are honest about what is known:
 
 Under TLS (raftproc.runtime.tls) only client and admin certificates are served
 here; a client certificate may ask for status, read and write keys and list the
-members; changing membership and transferring leadership need an admin one.
+members; changing membership, transferring leadership and injecting link faults
+need an admin one. Link faults (raftproc.runtime.linkfaults) are refused unless the
+node's config allows them (`link_faults = true`).
 """
 
 from __future__ import annotations
@@ -47,11 +49,13 @@ from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.requests import (
     ClientRequest,
     KvRequest,
+    LinkFaultsRequest,
     MemberRequest,
     StatusRequest,
     TransferRequest,
     decode_request,
 )
+from raftproc.server.links import LinkShaper
 from raftproc.server.peers import Peers
 from raftproc.server.trace import Tracer
 
@@ -97,9 +101,11 @@ class ClientService:
         tls: TlsContexts | None = None,
         handshake_timeout: float = 5.0,
         tracer: Tracer | None = None,
+        link_faults: LinkShaper | None = None,
     ) -> None:
         """`status()` is the node's status answer; `on_applied(command)` hears every
-        applied command (the snapshot policy counts their bytes)."""
+        applied command (the snapshot policy counts their bytes). `link_faults`: where
+        an admin's injected link faults go (None: this node refuses them)."""
         self.me = me
         self.raft = raft
         self.kv = kv
@@ -119,6 +125,7 @@ class ClientService:
         self.tls = tls
         self.handshake_timeout = handshake_timeout
         self.tracer = tracer or Tracer(me, log)
+        self.link_faults = link_faults
         self.disk_full = False  # set by the host while a write waits for room (no request reaches the core)
         self.connections: set[Connection] = set()
         self.listener: Listener | None = None
@@ -134,6 +141,7 @@ class ClientService:
             TransferRequest: self._transfer,
             MemberRequest: self._member,
             KvRequest: self._kv,
+            LinkFaultsRequest: self._set_link_faults,
         }
 
     def listen(self, address: tuple[str, int]) -> None:
@@ -259,6 +267,14 @@ class ClientService:
             self._answer(conn, req.id, status="error", error=str(e))
             return
         self._answer(conn, req.id, status="ok", result={"target": target})
+
+    def _set_link_faults(self, conn: Connection, req: LinkFaultsRequest) -> None:
+        if self.link_faults is None:
+            self._answer(conn, req.id, status="error", error=f"node {self.me} does not take injected link faults (its config lacks link_faults = true)")
+            return
+        self.link_faults.set(req.faults)
+        self.log("link_faults_set", **req.faults.to_wire())
+        self._answer(conn, req.id, status="ok", result=req.faults.to_wire())
 
     def _member(self, conn: Connection, req: MemberRequest) -> None:
         """`member list | add | remove` (raftproc.runtime.members), on the leader."""
@@ -402,8 +418,12 @@ class ClientService:
 
 
 def _needs_admin(req: ClientRequest) -> bool:
-    return isinstance(req, TransferRequest) or (isinstance(req, MemberRequest) and req.op != "list")
+    return isinstance(req, (TransferRequest, LinkFaultsRequest)) or (isinstance(req, MemberRequest) and req.op != "list")
 
 
 def _describe(req: ClientRequest) -> str:
-    return "transfer" if isinstance(req, TransferRequest) else f"member {req.op}" if isinstance(req, MemberRequest) else "this request"
+    if isinstance(req, TransferRequest):
+        return "transfer"
+    if isinstance(req, MemberRequest):
+        return f"member {req.op}"
+    return "injecting link faults" if isinstance(req, LinkFaultsRequest) else "this request"

@@ -42,6 +42,7 @@ from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.histogram import Histogram
 from raftproc.runtime.identity import KnownPeers, load_identity
+from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import EventLoop
 from raftproc.runtime.members import describe
@@ -51,10 +52,12 @@ from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.runtime.wal import BackgroundSync, SyncFailed, WriteAheadLog
 from raftproc.server.clients import ClientService
 from raftproc.server.driver import Driver
+from raftproc.server.links import LinkShaper
 from raftproc.server.metrics import MetricsServer, Reading
 from raftproc.server.peers import FrameRefused, Peers
 from raftproc.server.snapshots import SnapshotPolicy, Snapshots
 from raftproc.server.trace import Tracer
+from raftproc.server.watch import EventFeed, Watch
 
 Log = Callable[..., None]
 Clock = Callable[[], float]
@@ -276,6 +279,9 @@ class NodeHost:
                 f"a WAL sync took {slowest * 1000:.0f} ms, over twice the longest election timeout ({self._slow_sync_limit * 1000:.0f} ms)"
             )
 
+    def is_frozen(self) -> bool:
+        return self.frozen_since is not None
+
     def _freeze(self) -> None:
         self.frozen_since = self.clock()
         self.clients.disk_full = True
@@ -402,11 +408,20 @@ class NodeHost:
         }
 
 
-def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time.monotonic, rng: random.Random | None = None) -> NodeHost:
+def open_host(
+    cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time.monotonic, rng: random.Random | None = None,
+    link_faults: LinkFaults = NO_FAULTS,
+) -> NodeHost:
     """Recover node `node_id` from its data directory (newest valid snapshot, then
-    the WAL after it, then the core on top), build its rooms and start listening."""
+    the WAL after it, then the core on top), build its rooms and start listening.
+    `link_faults`: injected faults to start with (the config must allow them)."""
     started = clock()
     rng = rng or random.Random()
+    if link_faults.active and not cfg.link_faults:
+        raise ValueError("link faults were given, and the config does not allow them (link_faults = true)")
+    # Everything logged from here on can also reach the live page (raftproc.server.watch).
+    feed = EventFeed(node_id, time.time)
+    log = feed.tap(log)
     me = cfg.node(node_id)
     data_dir = cfg.node_data_dir(node_id)
     st = open_storage(data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
@@ -423,12 +438,13 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
         entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
     )
     loop = EventLoop(clock)
+    shaper = LinkShaper(loop, cfg.peer_buffer, link_faults)
     host: NodeHost | None = None  # the rooms' callbacks reach it once it exists
     peers = Peers(
         me=node_id, incarnation=incarnation, book=dict(cfg.nodes), known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
         loop=loop, rng=rng, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer, log=log,
         on_frame=lambda frame: host.on_peer_frame(frame), on_link_down=lambda peer: host.on_link_down(peer),
-        tls=tls, handshake_timeout=handshake_timeout,
+        tls=tls, handshake_timeout=handshake_timeout, shaper=shaper, feed=feed,
     )
     # Addresses of nodes added after the config file was written.
     if meta is not None:
@@ -444,7 +460,7 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
     clients = ClientService(
         me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
         max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda state: host.status(state=state), on_applied=snapshots.applied,
-        tls=tls, handshake_timeout=handshake_timeout, tracer=tracer,
+        tls=tls, handshake_timeout=handshake_timeout, tracer=tracer, link_faults=shaper if cfg.link_faults else None,
     )
     syncer = None
     if cfg.background_sync:
@@ -467,10 +483,12 @@ def open_host(cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time
         clients=clients, driver=driver, clock=clock, log=log, tls=tls,
     )
     if me.metrics is not None:
-        host.metrics = MetricsServer(loop, me.metrics, host.reading, timeout=handshake_timeout, log=log)
+        watch = Watch(feed, raft=raft, kv=kv, loop=loop, shaper=shaper, tick_ms=cfg.tick_ms, disk_full=host.is_frozen)
+        host.metrics = MetricsServer(loop, me.metrics, host.reading, timeout=handshake_timeout, log=log, watch=watch)
     log(
         "node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}",
-        pid=os.getpid(), transport="tls" if tls else "plaintext",
+        pid=os.getpid(), transport="tls" if tls else "plaintext", tick_ms=cfg.tick_ms,
+        **({"link_faults": link_faults.to_wire()} if link_faults.active else {}),
         metrics=f"{me.metrics[0]}:{me.metrics[1]}" if me.metrics else None,
     )
     return host

@@ -1,10 +1,12 @@
-"""Metrics and health over HTTP, served from the node's own event loop.
+"""Metrics, health and the watch stream over HTTP, served from the node's own event loop.
 
     GET /metrics   Prometheus text (prometheus_client's generate_latest over a collector
                    that reads the node when scraped; nothing is counted twice)
     GET /health    200 when the node knows a leader, can write its disk and has applied
                    what is committed (or applied something recently); 503 otherwise,
                    with the reason as JSON
+    GET /events    what the live page draws, as JSON lines that never end
+                   (raftproc.server.watch; docs/watch.md)
 
 Series are named after etcd's (raftproc_server_*, raftproc_disk_*, raftproc_network_*),
 plus prometheus_client's process_* series (RSS, open fds, CPU).
@@ -12,7 +14,8 @@ plus prometheus_client's process_* series (RSS, open fds, CPU).
 The HTTP side is deliberately small: one GET per connection, a request head of at
 most MAX_HEAD_BYTES that must arrive within the handshake timeout, an answer, a close.
 Anything else is answered 400/404/405 or closed; a scrape never blocks the loop for
-longer than building the text takes.
+longer than building the text takes. `/events` is the one answer that stays open: it
+ends when the watcher closes, or falls too far behind (raftproc.server.watch).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from raftproc.runtime.histogram import Histogram
 from raftproc.runtime.loop import EventLoop, Listener
+from raftproc.server.watch import MAX_WATCHER_BUFFER, Watch
 
 MAX_HEAD_BYTES = 8192
 MAX_CONNECTIONS = 64
@@ -103,9 +107,12 @@ def _histogram(name: str, doc: str, h: Histogram, labels: list[str], values: lis
 
 
 class MetricsServer:
-    def __init__(self, loop: EventLoop, address: tuple[str, int], read: Callable[[], Reading], *, timeout: float, log: Log) -> None:
+    def __init__(
+        self, loop: EventLoop, address: tuple[str, int], read: Callable[[], Reading], *, timeout: float, log: Log, watch: Watch | None = None,
+    ) -> None:
         self.loop = loop
         self.read = read
+        self.watch = watch
         self.timeout = timeout
         self.log = log
         self.registry = CollectorRegistry(auto_describe=False)
@@ -142,6 +149,8 @@ class MetricsServer:
 
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
+STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
+               b"Connection: close\r\n\r\n")
 
 
 class _Exchange:
@@ -151,14 +160,17 @@ class _Exchange:
         self.server = server
         self.sock = sock
         self.head = bytearray()
-        self.out = b""
+        self.out = bytearray()
         self.closed = False
+        self.streaming = False  # answering /events: open until the watcher leaves
         sock.setblocking(False)
         server.loop.sel.register(sock, selectors.EVENT_READ, self._on_event)
         server.loop.call_later(server.timeout, self._expire)
 
     def _on_event(self, mask: int) -> None:
-        if mask & selectors.EVENT_READ and not self.out:
+        if mask & selectors.EVENT_READ and self.streaming:
+            self._read_while_streaming()
+        elif mask & selectors.EVENT_READ and not self.out:
             self._read()
         if not self.closed and mask & selectors.EVENT_WRITE:
             self._write()
@@ -190,13 +202,50 @@ class _Exchange:
         except UnicodeDecodeError:
             self._respond(400, "text/plain", b"bad request line\n")
             return
+        if method == "GET" and path.split("?", 1)[0] == "/events" and self.server.watch is not None:
+            self._stream()
+            return
         self._respond(*self.server.answer(method, path))
 
     def _respond(self, status: int, content_type: str, body: bytes) -> None:
         head = f"HTTP/1.1 {status} {REASONS[status]}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-        self.out = head.encode() + body
+        self.out = bytearray(head.encode() + body)
         self.server.loop.sel.modify(self.sock, selectors.EVENT_WRITE, self._on_event)
         self._write()
+
+    def _stream(self) -> None:
+        assert self.server.watch is not None
+        self.streaming = True
+        self.out += STREAM_HEAD
+        if not self.server.watch.subscribe(self):
+            self.streaming = False
+            self._respond(503, "text/plain", b"too many watchers\n")
+            return
+        self._want_write()
+
+    def push(self, data: bytes) -> bool:
+        """The watch stream's next lines (raftproc.server.watch.Watcher)."""
+        if self.closed or len(self.out) > MAX_WATCHER_BUFFER:
+            return False
+        self.out += data
+        self._want_write()
+        return True
+
+    def _want_write(self) -> None:
+        if not self.closed:
+            self.server.loop.sel.modify(self.sock, selectors.EVENT_READ | selectors.EVENT_WRITE, self._on_event)
+
+    def _read_while_streaming(self) -> None:
+        """A watcher sends nothing after its request: bytes are dropped, and the end
+        of its side is the end of the stream."""
+        try:
+            data = self.sock.recv(MAX_HEAD_BYTES)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.close()
 
     def _write(self) -> None:
         try:
@@ -206,18 +255,25 @@ class _Exchange:
         except OSError:
             self.close()
             return
-        self.out = self.out[sent:]
-        if not self.out:
+        del self.out[:sent]
+        if self.out:
+            return
+        if self.streaming:
+            self.server.loop.sel.modify(self.sock, selectors.EVENT_READ, self._on_event)
+        else:
             self.close()
 
     def _expire(self) -> None:
-        self.close()
+        if not self.streaming:
+            self.close()
 
     def close(self) -> None:
         if self.closed:
             return
         self.closed = True
         self.server.exchanges.discard(self)
+        if self.streaming and self.server.watch is not None:
+            self.server.watch.feed.remove(self)
         try:
             self.server.loop.sel.unregister(self.sock)
         except (KeyError, ValueError):

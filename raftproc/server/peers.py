@@ -11,6 +11,10 @@ presented node N's certificate, and a link we dial counts only if the far end
 presents the certificate of the node we meant to reach. A frame that
 breaks these rules costs its connection, never the process.
 
+Every frame to or from a peer passes two optional observers here, at the one place
+all of them pass: the link shaper (raftproc.server.links: injected cuts and delays,
+for demos and tests) and the event feed the live page reads (raftproc.server.watch).
+
 The address book starts as the config file's nodes; configuration entries and
 snapshots carry the addresses of their members, newest wins (`learn`). Links to
 nodes that left are closed (`reconcile`).
@@ -36,6 +40,8 @@ from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
 from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener, idle
 from raftproc.runtime.tls import TlsContexts, node_identity
+from raftproc.server.links import LinkShaper
+from raftproc.server.watch import EventFeed
 
 Log = Callable[..., None]
 
@@ -151,9 +157,12 @@ class Peers:
         on_link_down: Callable[[int], None],
         tls: TlsContexts | None = None,
         handshake_timeout: float = 5.0,
+        shaper: LinkShaper | None = None,
+        feed: EventFeed | None = None,
     ) -> None:
         """`tls`: mutual TLS on every link (None: plaintext). `on_frame` gets every admitted frame (Raft messages and snapshot chunks and
-        acknowledgements); `on_link_down(peer)` hears that a link that was up broke."""
+        acknowledgements); `on_link_down(peer)` hears that a link that was up broke. `shaper` drops and
+        delays frames as the injected link faults say; `feed` hears of every frame sent and taken."""
         self.me = me
         self.incarnation = incarnation
         self.book = book
@@ -168,6 +177,8 @@ class Peers:
         self.on_link_down = on_link_down
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.shaper = shaper or LinkShaper(loop, max_buffer)
+        self.feed = feed or EventFeed(me, loop.clock)
         self.links: dict[int, PeerLink] = {}
         self.inbound: set[Connection] = set()
         self._greeted: dict[Connection, int] = {}  # inbound connection -> the node that said hello
@@ -201,8 +212,14 @@ class Peers:
     # --- sending ------------------------------------------------------------------
 
     def send(self, msg: Message | Any) -> bool:
-        link = self.link(msg.dst)
-        return link is not None and link.send(encode_message(msg))
+        """Queue `msg` for its peer; False when it was dropped."""
+        delivered = False
+        if not self.shaper.cut_to(msg.dst):
+            link = self.link(msg.dst)
+            delivered = link is not None and self.shaper.send(msg.dst, encode_message(msg), link.send)
+        if self.feed.watched:
+            self.feed.sent(msg, delivered)
+        return delivered
 
     def is_connected(self, peer: int) -> bool:
         link = self.links.get(peer)
@@ -286,6 +303,10 @@ class Peers:
         link = self.links.get(msg.src)
         if link is not None and link.conn is None:
             link.redial_now()
+        if self.shaper.cut_from(msg.src):
+            return  # an injected cut: as if it never arrived
+        if self.feed.watched:
+            self.feed.received(msg)
         try:
             self.on_frame(msg)
         except FrameRefused as e:

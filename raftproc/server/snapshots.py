@@ -34,7 +34,6 @@ from raftproc.core.messages import InstallSnapshot, SnapshotMeta
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore, KvImage
 from raftproc.runtime import snapshot
-from raftproc.runtime.codec import encode_message
 from raftproc.runtime.histogram import Histogram
 from raftproc.runtime.loop import EventLoop
 from raftproc.runtime.snapshot import SnapshotFile
@@ -258,7 +257,7 @@ class Snapshots:
         self.senders[peer] = sender = SnapshotSender(
             me=self.me, peer=peer, term=msg.term, snap=snap, chunk_bytes=self.policy.chunk_bytes,
             window=SNAPSHOT_WINDOW_CHUNKS * self.policy.chunk_bytes,
-            send=lambda chunk: link.send(encode_message(chunk)), now=self.clock(),
+            send=self.peers.send, now=self.clock(),
         )
         self.log("snapshot_send_started", peer=peer, index=snap.index, snapshot_term=snap.term, bytes=sender.total)
         sender.pump()
