@@ -135,6 +135,9 @@ class Client:
         self._conns: dict[Address, _Conn] = {}
         self._target: Address = self.rng.choice(list(self.addresses.values()))
         self._answered_by: Address | None = None  # the node that gave the last "ok"
+        # The last operation's attempts, in order: {"node", "status"[, "leader"]}, so
+        # a person can see who answered and who redirected (the live page shows it).
+        self.route: list[dict[str, Any]] = []
 
     # --- operations ---------------------------------------------------------------
 
@@ -191,7 +194,7 @@ class Client:
         chosen = result["target"]
         if result.get("already"):
             return chosen  # it leads already: nothing to hand over
-        old = next((i for i, a in self.addresses.items() if a == self._answered_by), None)
+        old = self.answered_by
         while time.monotonic() < deadline:
             leader = self._leader_seen_by(chosen)
             if leader is not None and leader != old:
@@ -226,6 +229,7 @@ class Client:
         redirects = 0  # in a row: two nodes pointing at each other must not spin
         last_error = "no attempt made"
         answered = False  # has any node answered at all?
+        self.route = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
@@ -243,12 +247,14 @@ class Client:
                 # The request may have reached the node before the connection broke.
                 maybe_sent = maybe_sent or not isinstance(e, ConnectionRefusedError)
                 last_error = f"node {target[0]}:{target[1]}: {e or type(e).__name__}"
+                self._note_attempt(target, f"no answer ({type(e).__name__})")
                 self._drop(target)
                 self._target = self._other_node(target)
                 redirects = 0
             else:
                 answered = True
                 status = answer.get("status")
+                self._note_attempt(target, str(status), answer.get("leader"))
                 if status == "ok":
                     self._answered_by = target
                     return answer["result"]
@@ -271,6 +277,19 @@ class Client:
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, self.max_backoff)
 
+    def _note_attempt(self, address: Address, status: str, leader: Any = None) -> None:
+        node = self.node_at(address)
+        self.route.append({"node": node, "status": status, **({"leader": leader} if isinstance(leader, int) else {})})
+        del self.route[:-32]  # a long outage retries many times; the last attempts tell enough
+
+    def node_at(self, address: Address | None) -> int | None:
+        return next((i for i, a in self.addresses.items() if a == address), None)
+
+    @property
+    def answered_by(self) -> int | None:
+        """The node that gave the last "ok"."""
+        return self.node_at(self._answered_by)
+
     def _leader_seen_by(self, node_id: int) -> int | None:
         try:
             s = self.status(node_id, timeout=self.attempt_timeout)
@@ -281,6 +300,15 @@ class Client:
     def status(self, node_id: int, timeout: float = 1.0, *, state: bool = False) -> dict[str, Any]:
         """`state`: also the node's state digest (it hashes every key: for tests)."""
         answer = self._call(self.addresses[node_id], {"t": "status", **({"state": True} if state else {})}, timeout)
+        return answer["result"]
+
+    def link_faults(self, node_id: int, faults: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
+        """Replace node `node_id`'s injected link faults (raftproc.runtime.linkfaults:
+        `drop_to`, `drop_from`, `delay_ms`); needs an admin certificate under TLS and
+        `link_faults = true` in the node's config."""
+        answer = self._call(self.addresses[node_id], {"t": "links", **faults}, timeout)
+        if answer.get("status") != "ok":
+            raise Failed(f"node {node_id}: {answer.get('error', answer.get('status'))}")
         return answer["result"]
 
     def close(self) -> None:

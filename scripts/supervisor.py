@@ -1,16 +1,25 @@
 #!/usr/bin/env python3
 """Run and watch a local raftproc cluster.
 
-    python scripts/supervisor.py up [-n 5] [--tls]
+    python scripts/supervisor.py up [-n 5] [--tls] [--slow N] [--link-delay MS]
                                                   start a cluster (default ports 7101.., 7201..); with
                                                   --tls, mutual TLS on both ports (certificates in
-                                                  run/tls, named in run/config.toml); once
-                                                  the run directory holds one, `up` starts it again,
-                                                  with the members it has now (--fresh: a new one)
+                                                  run/tls, named in run/config.toml); --slow N runs
+                                                  every Raft timer N times slower and --link-delay
+                                                  holds back every peer message, to watch it (`web`);
+                                                  once the run directory holds one, `up` starts it
+                                                  again, with the members it has now (--fresh: a new one)
+    python scripts/supervisor.py web [--listen 127.0.0.1:7500] [--replay RUN_DIR|FILE] [--config PATH]
+                                                  the live page: watch the cluster, break it, replay a run
     python scripts/supervisor.py status           pid, role, term, commit, applied, RSS, CPU
     python scripts/supervisor.py kill|stop|start|restart|pause|resume ID
                                                   (stop: a leader hands over leadership first)
     python scripts/supervisor.py rolling-restart  every node in turn, leader last, while serving
+    python scripts/supervisor.py partition ID     cut a node off from the others, both ways
+    python scripts/supervisor.py split 1,2 3,4,5  cut the cluster into groups
+    python scripts/supervisor.py slow FROM TO MS  hold back what FROM sends TO by MS ms (0: no more)
+    python scripts/supervisor.py heal             every cut and slowed link is whole again
+    python scripts/supervisor.py transfer [ID]    hand leadership to ID (default: the leader picks)
     python scripts/supervisor.py join             start a new node and add it (learner, then voter)
     python scripts/supervisor.py add|remove ID    add a node the config lists / remove one and stop it
     python scripts/supervisor.py members          voters, learners, addresses, match indexes
@@ -33,6 +42,7 @@ from pathlib import Path
 
 from raftproc.client import ClientError
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.links import LinkTable, parse_groups
 from raftproc.ops.logs import follow, format_line, matches, merged
 from raftproc.ops.timeline import render, story
 
@@ -51,11 +61,43 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
     run_dir = cluster.run_dir
     data_dir = Path(args.data_dir) if args.data_dir else run_dir / "data"
     log_dir = Path(args.log_dir) if args.log_dir else run_dir / "logs"
-    cfg = local_config(args.nodes, data_dir, log_dir, base_port=args.base_port or None)
+    cfg = local_config(args.nodes, data_dir, log_dir, base_port=args.base_port or None, tick_ms=10 * args.slow, link_faults=True)
     cluster.create(cfg, tls=args.tls)
-    cluster.up(wait=args.wait)
-    print(f"cluster of {args.nodes} up{' with mutual TLS' if args.tls else ''}; leader is node {cluster.leader()}; config {cluster.config_path}")
+    if args.link_delay:
+        table = LinkTable()
+        for a in cfg.nodes:
+            for b in cfg.nodes:
+                if a != b:
+                    table.slow(a, b, args.link_delay)
+        table.save(cluster.run_dir)
+    cluster.up(wait=args.wait * args.slow)
+    slow = f"; Raft timers {args.slow}x slower" if args.slow > 1 else ""
+    delay = f"; every peer message held back {args.link_delay} ms" if args.link_delay else ""
+    print(f"cluster of {args.nodes} up{' with mutual TLS' if args.tls else ''}{slow}{delay}; leader is node {cluster.leader()}; config {cluster.config_path}")
     return cmd_status(cluster, args)
+
+
+def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
+    if args.cmd == "partition":
+        missed = cluster.partition(args.id)
+        done = f"node {args.id} is cut off from every other node"
+    elif args.cmd == "split":
+        try:
+            groups = parse_groups("|".join(args.groups))
+        except ValueError as e:
+            raise ClusterError(str(e)) from None
+        missed = cluster.split(groups)
+        done = "cluster split into " + " | ".join(",".join(map(str, g)) for g in groups)
+    elif args.cmd == "slow":
+        missed = cluster.slow_link(args.src, args.dst, args.ms)
+        done = f"what node {args.src} sends node {args.dst} is held back {args.ms} ms" if args.ms else f"link {args.src} -> {args.dst} at full speed"
+    else:
+        missed = cluster.heal()
+        done = "every link is whole again"
+    print(done)
+    for node, why in sorted(missed.items()):
+        print(f"  node {node} did not take it now ({why}); it will when it next starts", file=sys.stderr)
+    return 0
 
 
 def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
@@ -95,6 +137,13 @@ def _node_count(text: str) -> int:
     return n
 
 
+def _slowness(text: str) -> int:
+    n = int(text)
+    if not 1 <= n <= 1000:
+        raise argparse.ArgumentTypeError(f"--slow is 1 to 1000, not {n}")
+    return n
+
+
 def cmd_timeline(cluster: Cluster) -> int:
     lines = story(merged(sorted(cluster.config.log_dir.glob("node-*.jsonl"))))
     print(render(lines))
@@ -114,14 +163,27 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--tls", action="store_true", help="mint a CA and certificates in the run directory and run mutual TLS on both ports")
     up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "
                     "(the data directory should be empty: its logs name their own members)")
+    up.add_argument("--slow", type=_slowness, default=1, help="run every Raft timer N times slower (tick_ms x N), to watch elections")
+    up.add_argument("--link-delay", type=int, default=0, metavar="MS", help="hold back every peer message MS ms (`heal` ends it)")
+    web = sub.add_parser("web")
+    web.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT; a non-loopback host needs the token the command prints")
+    web.add_argument("--replay", metavar="RUN_DIR|FILE", help="play a recorded run instead of watching the cluster")
+    web.add_argument("--config", help="watch the cluster this config describes (no process controls) instead of the run directory's")
     sub.add_parser("down")
     sub.add_parser("status")
     sub.add_parser("rolling-restart")
     sub.add_parser("join")
     sub.add_parser("members")
     sub.add_parser("timeline")
-    for name in ("kill", "stop", "start", "restart", "pause", "resume", "add", "remove"):
+    for name in ("kill", "stop", "start", "restart", "pause", "resume", "add", "remove", "partition"):
         sub.add_parser(name).add_argument("id", type=int)
+    sub.add_parser("split").add_argument("groups", nargs="+", help="1,2 3,4,5 (or 1,2|3,4,5)")
+    slow = sub.add_parser("slow")
+    slow.add_argument("src", type=int)
+    slow.add_argument("dst", type=int)
+    slow.add_argument("ms", type=int)
+    sub.add_parser("heal")
+    sub.add_parser("transfer").add_argument("id", type=int, nargs="?")
     logs = sub.add_parser("logs")
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--node", type=int)
@@ -143,6 +205,15 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_logs(cluster, args)
         if args.cmd == "timeline":
             return cmd_timeline(cluster)
+        if args.cmd == "web":
+            from raftproc.ops.web import serve
+
+            return serve(cluster, listen=args.listen, replay=args.replay, config=args.config)
+        if args.cmd in ("partition", "split", "slow", "heal"):
+            return cmd_links(cluster, args)
+        if args.cmd == "transfer":
+            print(f"node {cluster.transfer(args.id)} leads now")
+            return 0
         if args.cmd == "rolling-restart":
             result = cluster.rolling_restart(say=print)
             gaps = ", ".join(f"{g * 1000:.1f} ms" for g in result["handover_gaps_s"]) or "none logged"

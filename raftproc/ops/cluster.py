@@ -30,6 +30,7 @@ import psutil
 from raftproc.client import Client, ClientError
 from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to_toml
 from raftproc.ops.certs import node_with_cert, secure_cluster
+from raftproc.ops.links import LinkTable
 from raftproc.ops.logs import merged
 from raftproc.runtime.tls import client_context_for
 
@@ -82,11 +83,16 @@ class NodeProcess:
 
 
 class Cluster:
-    def __init__(self, run_dir: str | Path = "run", *, launcher: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, run_dir: str | Path = "run", *, launcher: list[str] | None = None, env: dict[str, str] | None = None,
+        config_path: str | Path | None = None,
+    ) -> None:
         """`launcher` is what runs a node before its `--id N --config PATH`
-        (default: this interpreter with -m raftproc.node); "{id}" in it becomes N."""
+        (default: this interpreter with -m raftproc.node); "{id}" in it becomes N.
+        `config_path`: a cluster this supervisor did not start (default: the run
+        directory's own); its processes are not ours to control."""
         self.run_dir = Path(run_dir).resolve()
-        self.config_path = self.run_dir / "config.toml"
+        self.config_path = Path(config_path).resolve() if config_path else self.run_dir / "config.toml"
         self.launcher = launcher or [sys.executable, "-m", "raftproc.node"]
         self.env = env or {}  # extra environment for the nodes
         self._tls_context: tuple[Any, Any] | None = None  # (client TLS files, their context)
@@ -104,6 +110,7 @@ class Cluster:
             cfg = secure_cluster(cfg, self.tls_dir)
         self.config_path.write_text(to_toml(cfg))
         (self.run_dir / "removed").unlink(missing_ok=True)  # a new cluster: nobody removed yet
+        (self.run_dir / "links.json").unlink(missing_ok=True)  # and no link cut or slowed
         return cfg
 
     @property
@@ -177,7 +184,7 @@ class Cluster:
         if current.state in ("running", "paused"):
             raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
         out = open(self.run_dir / f"node-{node_id}.out", "ab")  # noqa: SIM115
-        env = {**os.environ, **self.env}
+        env = {**os.environ, **self.env, **self.links().env_for(node_id)}
         proc = subprocess.Popen(
             [*(part.format(id=node_id) for part in self.launcher), "--id", str(node_id), "--config", str(self.config_path)],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
@@ -333,6 +340,78 @@ class Cluster:
             if after:
                 gaps.append((min(after) - at).total_seconds())
         return gaps
+
+    def transfer(self, target: int | None = None, timeout: float = 10.0) -> int:
+        """Hand leadership to `target` (None: the leader picks its most up-to-date
+        follower); returns the new leader."""
+        if target is not None:
+            self._known(target)
+        self._leader_now("a leadership transfer")
+        client = self.client(timeout=timeout)
+        try:
+            return client.transfer(target)
+        finally:
+            client.close()
+
+    # --- link faults (raftproc.ops.links) ---------------------------------------------
+
+    def links(self) -> LinkTable:
+        return LinkTable.load(self.run_dir)
+
+    def change_links(self, change: Callable[[LinkTable], None]) -> dict[int, str]:
+        """Change the table of cut and slowed links, keep it, and send each running
+        node its part. Returns the running nodes that did not take it, and why (they
+        get it when they next start; the other end of each cut holds meanwhile)."""
+        if not self.config.link_faults:
+            raise ClusterError(f"the nodes of {self.config_path} do not take injected link faults: "
+                               "their config needs link_faults = true (`up` sets it)")
+        table = self.links()
+        try:
+            change(table)
+        except ValueError as e:
+            raise ClusterError(str(e)) from None
+        table.save(self.run_dir)
+        missed: dict[int, str] = {}
+        waiting = [p.node_id for p in self.processes() if p.state == "running"]
+        deadline = time.monotonic() + 3.0  # a node started a moment ago may not listen yet
+        client = self.client()
+        try:
+            while waiting:
+                for node_id in list(waiting):
+                    try:
+                        client.link_faults(node_id, table.faults_for(node_id).to_wire())
+                        waiting.remove(node_id)
+                        missed.pop(node_id, None)
+                    except (OSError, ClientError) as e:
+                        missed[node_id] = str(e) or type(e).__name__
+                        if self.process(node_id).state != "running":
+                            waiting.remove(node_id)
+                if waiting and time.monotonic() > deadline:
+                    break
+                if waiting:
+                    time.sleep(0.05)  # poll interval of a wait-until loop
+        finally:
+            client.close()
+        return missed
+
+    def partition(self, node_id: int) -> dict[int, str]:
+        """Cut `node_id` off from every other node, both ways."""
+        self._known(node_id)
+        return self.change_links(lambda t: t.cut_off(node_id, self.config.nodes))
+
+    def split(self, groups: list[list[int]]) -> dict[int, str]:
+        for g in groups:
+            for n in g:
+                self._known(n)
+        return self.change_links(lambda t: t.split(groups))
+
+    def slow_link(self, src: int, dst: int, ms: int) -> dict[int, str]:
+        self._known(src)
+        self._known(dst)
+        return self.change_links(lambda t: t.slow(src, dst, ms))
+
+    def heal(self) -> dict[int, str]:
+        return self.change_links(LinkTable.heal)
 
     def restart(self, node_id: int) -> int:
         if self.process(node_id).state in ("running", "paused"):
