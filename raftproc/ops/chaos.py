@@ -37,6 +37,7 @@ from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
 SPARE_SLOTS = 4
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
+from raftproc.ops.watch import Collector
 from raftproc.ops.workload import Workload
 from raftproc.runtime.tls import client_context_for
 from raftproc.runtime.storage import open_storage
@@ -120,6 +121,19 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
 
 def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResult:
     out = opts.out.resolve()
+    # The whole run is recorded for `supervisor.py web --replay OUT` (raftproc.ops.watch).
+    recorder = Collector(
+        lambda: cluster.config, processes=cluster.process_states, record_to=out / "watch" / "events.jsonl",
+    )
+    recorder.start()
+    try:
+        return _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, recorder)
+    finally:
+        recorder.stop()
+
+
+def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, recorder) -> ChaosResult:
+    out = opts.out.resolve()
     cluster.up(wait=20)
     keys = opts.keys or max(2, opts.clients // 2)
     workload = Workload(
@@ -158,10 +172,15 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     for fault in schedule:
         wait_until(start + fault.at)
         heal = nemesis.inject(fault)
+        r = nemesis.records[-1]
+        recorder.note("action", action=fault.kind, phase="start", node=r.nodes[0] if len(r.nodes) == 1 else None,
+                      detail=f"{fault.victims} {r.nodes} {r.detail}".strip())
         wait_until(time.monotonic() + fault.hold)
         heal()
+        recorder.note("action", action=fault.kind, phase="done", node=r.nodes[0] if len(r.nodes) == 1 else None, message="healed")
     wait_until(start + opts.duration)
     workload.stop()
+    stopped = time.monotonic()
     say(f"{back}{_clock(mono0)} healing everything and checking")
     nemesis.heal_all()
 
@@ -219,7 +238,8 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     (out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
     write_report(
         out / "report.html", title=f"raftproc chaos, seed {opts.seed}", nodes=sorted(cfg.nodes), t0=mono0,
-        t1=time.monotonic(), faults=fault_rows, events=events, history=records, verdicts=verdicts, summary=summary,
+        t1=stopped, faults=fault_rows, events=events, history=records, verdicts=verdicts, summary=summary,
+        replay=f"python scripts/supervisor.py web --replay {out}",
     )
     return ChaosResult(verdicts, summary, notes)
 

@@ -429,6 +429,11 @@ class Cluster:
     def processes(self) -> list[NodeProcess]:
         return [self.process(i) for i in sorted(self.config.nodes)]
 
+    def process_states(self) -> dict[int, tuple[str, int | None]]:
+        """{node: (state, pid)} as the live page names states: running, paused,
+        dead or stopped (a pid file naming another program reads as dead)."""
+        return {p.node_id: ("dead" if p.state == "stale-pid" else p.state, p.pid) for p in self.processes()}
+
     def process(self, node_id: int) -> NodeProcess:
         path = self._pid_file(node_id)
         if not path.exists():

@@ -70,14 +70,20 @@ class Seconds:
 
 
 def per_second(history: list[dict[str, Any]], t0: float, t1: float) -> Seconds:
-    n = max(1, math.ceil(t1 - t0))
+    """Whole seconds only: a last, partial second would be drawn as a fall in the
+    rate that never happened, so what returned in it is left out of the series."""
+    n = max(1, int(t1 - t0 + 1e-9))
     s = Seconds([0] * n, [0] * n, [0] * n)
     latencies: list[list[float]] = [[] for _ in range(n)]
     for h in history:
         if h.get("return") is None:
-            s.unknown[_bin(h["call"] / 1e9 - t0, n)] += 1
+            i = _bin(h["call"] / 1e9 - t0, n)
+            if i is not None:
+                s.unknown[i] += 1
             continue
         i = _bin(h["return"] / 1e9 - t0, n)
+        if i is None:
+            continue
         (s.ok if h["ok"] or h.get("mismatch") else s.failed)[i] += 1
         latencies[i].append((h["return"] - h["call"]) / 1e6)
     for lat in latencies:
@@ -87,8 +93,9 @@ def per_second(history: list[dict[str, Any]], t0: float, t1: float) -> Seconds:
     return s
 
 
-def _bin(t: float, n: int) -> int:
-    return min(max(int(t), 0), n - 1)
+def _bin(t: float, n: int) -> int | None:
+    """The second `t` falls in, or None past the last whole one."""
+    return max(int(t), 0) if t < n else None
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
@@ -164,7 +171,8 @@ def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, A
 
 def write_report(path: Path, *, title: str, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]],
                  events: list[dict[str, Any]], history: list[dict[str, Any]], verdicts: list[tuple[str, bool, str]],
-                 summary: list[tuple[str, Any]]) -> None:
+                 summary: list[tuple[str, Any]], replay: str | None = None) -> None:
+    """`replay`: the command that plays the run's recording on the live page."""
     picture = draw_run(nodes=nodes, t0=t0, t1=t1, faults=faults, events=events, history=history)
     if picture is None:
         picture = "<p><em>No picture: matplotlib is not installed (pip install 'raftproc[plots]').</em></p>"
@@ -183,7 +191,15 @@ def write_report(path: Path, *, title: str, nodes: list[int], t0: float, t1: flo
 svg{{max-width:100%;height:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <h2>Verdicts</h2><table id="verdicts">{verdict_rows}</table>
+{_replay_note(replay)}
 <h2>The run</h2><div id="picture">{picture}</div>
 <h2>Summary</h2><table id="summary">{summary_rows}</table>
 <h2>Leaders</h2><table id="leaders"><tr><th>term</th><th>leader</th><th>from</th><th>until</th></tr>{leader_rows}</table>
 </body></html>""", encoding="utf-8")
+
+
+def _replay_note(command: str | None) -> str:
+    if command is None:
+        return ""
+    return (f'<p id="replay">Watch this run again, every election, message and fault, on the live page: '
+            f'<code>{html.escape(command)}</code>, then open the address it prints.</p>')

@@ -49,7 +49,6 @@ SSE_PACE = 0.05  # seconds: events are sent in batches at most this often
 KEEPALIVE = 15.0
 NODE_ACTIONS = ("kill", "stop", "start", "restart", "pause", "resume", "partition", "add", "remove")
 ACTIONS = (*NODE_ACTIONS, "split", "heal", "slow", "transfer", "join")
-PROCESS_STATES = {"stale-pid": "dead"}  # the page's names for what Cluster.process says
 
 
 class Refused(Exception):
@@ -355,7 +354,7 @@ class WebServer:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
             collector = Collector(
                 lambda: watched.config,
-                processes=None if config else lambda: {p.node_id: (PROCESS_STATES.get(p.state, p.state), p.pid) for p in watched.processes()},
+                processes=None if config else watched.process_states,
                 links=None if config else lambda: watched.links().describe(),
                 record_to=cluster.run_dir / "watch" / f"{stamp}.jsonl",
             )

@@ -13,6 +13,7 @@ from raftproc.ops.chaos import ChaosOptions, lost_writes, run_chaos, settled_con
 from raftproc.ops.cluster import Cluster, local_config
 from raftproc.ops.nemesis import plan
 from raftproc.ops.netns import available
+from raftproc.ops.replay import Recording, newest_recording
 from raftproc.ops.workload import History, run_one
 from raftproc.runtime.wal import POWER_LOSS_ENV
 
@@ -52,6 +53,13 @@ def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     # The picture is drawn (matplotlib is in the test extra) and the leaders table has rows;
     # how the picture looks is checked in a browser by tests/unit/test_pictures.py.
     assert report.count("<svg") == 1 and "linearizable" in report and "<td>node " in report.split('id="leaders"')[1]
+    # The run is recorded for the live page's replay, which the report names; the
+    # recording holds the leaders and the nemesis's faults.
+    assert f"web --replay {out}" in report
+    recording = Recording(newest_recording(out))
+    kinds = {m["kind"] for m in recording.markers}
+    assert {"leader", "action"} <= kinds, kinds
+    assert recording.end - recording.start >= 15
     started = [e for e in map(json.loads, (out / "logs" / "node-1.jsonl").read_text().splitlines()) if e["event"] == "node_started"]
     assert started and all(e["transport"] == "tls" for e in started)
     if not root_ok:

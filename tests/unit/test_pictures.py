@@ -98,6 +98,13 @@ def test_operations_are_binned_per_second():
     assert s.p50_ms[2] != s.p50_ms[2]  # no answers in second 2: a gap, not a zero
 
 
+def test_a_last_partial_second_is_not_drawn_as_a_fall():
+    ns = 1_000_000_000
+    history = [{"call": int((t - 0.01) * ns), "return": int(t * ns), "ok": True} for t in (0.5, 1.5, 1.6, 2.1)]
+    s = per_second(history, 0.0, 2.3)  # the run ended 0.3 s into its third second
+    assert s.ok == [1, 2]
+
+
 def test_a_five_minute_page_stays_small(tmp_path):
     run = synthetic_run()
     page = tmp_path / "report.html"
