@@ -4,16 +4,23 @@ three writes, a SIGKILL of the leader, a new leader, and every node applying
 the same log (the killed node too, once restarted); then one traced write,
 SET x=10, told step by step from the nodes' own logs (the election that made
 the leader, append, replicate, acknowledge, commit, apply). The cluster keeps
-running afterwards; the last lines say how to look at it and how to stop it."""
+running afterwards; the last lines say how to look at it and how to stop it.
+
+With --web it starts the cluster in slow motion instead (every Raft timer ten times
+slower, every peer message held back 100 ms, so an election can be watched) and
+serves the live page until Ctrl-C: `supervisor.py up --slow 10 --link-delay 100`,
+then `supervisor.py web`."""
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import sys
 import time
 from pathlib import Path
 
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.links import LinkTable
 from raftproc.ops.logs import merged
 from raftproc.ops.timeline import render, story
 
@@ -42,15 +49,44 @@ def _wait_for_story(cluster: Cluster, timeout: float = 10.0) -> list:
         time.sleep(0.05)  # poll interval of a wait-until loop
 
 
-def main() -> int:
+def fresh_cluster(**overrides) -> Cluster:
     cluster = Cluster(RUN_DIR)
     if cluster.config_path.exists():
         cluster.down()
     shutil.rmtree(DATA_DIR, ignore_errors=True)
     for old in LOG_DIR.glob("node-*.jsonl"):
         old.unlink()
-    cfg = local_config(5, DATA_DIR, LOG_DIR, base_port=7000)
-    cluster.create(cfg)
+    cluster.create(local_config(5, DATA_DIR, LOG_DIR, base_port=7000, link_faults=True, **overrides))
+    return cluster
+
+
+def watch(slow: int, delay_ms: int) -> int:
+    from raftproc.ops.web import serve
+
+    cluster = fresh_cluster(tick_ms=10 * slow)
+    table = LinkTable()
+    for a in range(1, 6):
+        for b in range(1, 6):
+            if a != b and delay_ms:
+                table.slow(a, b, delay_ms)
+    table.save(cluster.run_dir)
+    print(f"starting 5 nodes in slow motion: Raft timers {slow}x slower, every peer message held back {delay_ms} ms")
+    cluster.up(wait=15 * slow)
+    print(f"  node {cluster.wait_for_leader(timeout=10 * slow)} is the leader")
+    print("on the page: click a node to kill, pause or cut it off; type SET x=10 in the client form and watch it commit")
+    print("the cluster keeps running after Ctrl-C: .venv/bin/python scripts/supervisor.py down stops it")
+    return serve(cluster, listen="127.0.0.1:7500")
+
+
+def main() -> int:
+    args = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    args.add_argument("--web", action="store_true", help="start the cluster in slow motion and serve the live page")
+    args.add_argument("--slow", type=int, default=10, help="with --web: Raft timers this many times slower")
+    args.add_argument("--link-delay", type=int, default=100, metavar="MS", help="with --web: every peer message held back this long")
+    opts = args.parse_args()
+    if opts.web:
+        return watch(opts.slow, opts.link_delay)
+    cluster = fresh_cluster()
     print("starting 5 nodes: python -m raftproc.node --id N (peers on 7101-7105, clients on 7201-7205)")
     cluster.up()
     leader = cluster.wait_for_leader()

@@ -109,7 +109,9 @@ def test_a_recorded_run_replays_the_same_leader_changes_in_the_same_order(tmp_pa
         assert _post(base, "/api/action", {"action": "kill", "node": first})["ok"]
         second = cluster.wait_for_leader(other_than=first, timeout=20)
         assert _post(base, "/api/action", {"action": "start", "node": first})["ok"]
-        assert _post(base, "/api/action", {"action": "transfer", "node": first})["ok"]
+        cluster.wait_converged()  # the restarted node caught up: a transfer to it can finish
+        answer = _post(base, "/api/action", {"action": "transfer", "node": first})
+        assert answer["ok"], answer
         wait_until(lambda: [n for _, n in live.seen][-2:] == [second, first], 20, "both handovers in the live stream")
         cluster.wait_converged()
     finally:
