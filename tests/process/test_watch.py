@@ -140,3 +140,30 @@ def test_a_recorded_run_replays_the_same_leader_changes_in_the_same_order(tmp_pa
     assert [n for _, n in live.seen][:3] == [first, second, first]
     assert actions[:3] == [f"kill node {first}", f"start node {first}", f"transfer node {first}"]
     assert end["nodes"][str(first)]["state"]["role"] == "leader"
+
+
+def test_the_page_watches_and_controls_a_tls_cluster_with_the_admin_certificate(tmp_path):
+    cluster = make_cluster(tmp_path, 3, tls=True, link_faults=True)
+    cluster.up(wait=20)
+    server = WebServer(cluster, listen="127.0.0.1:0")
+    server.start()
+    base = server.url.rstrip("/")
+    try:
+        assert _get(base + "/api/meta")["tls"] is True
+        with urllib.request.urlopen(base + "/api/stream", timeout=10) as stream:
+            first = next(json.loads(line[6:]) for line in stream if line.startswith(b"data: "))
+        keyframe = first[0]
+        assert keyframe["kind"] == "keyframe" and set(keyframe["nodes"]) == {"1", "2", "3"}
+        wait_until(lambda: set(server.collector.states) == {1, 2, 3}, 10, "every node's state over the stream")
+        # Link faults and transfers need the admin certificate the supervisor presents.
+        leader = cluster.wait_for_leader()
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        assert _post(base, "/api/action", {"action": "partition", "node": follower})["ok"]
+        wait_until(lambda: server.collector.states[follower]["links"]["drop_to"] == sorted({1, 2, 3} - {follower}), 10, "the cut in the node's own state")
+        assert _post(base, "/api/action", {"action": "heal"})["ok"]
+        assert _post(base, "/api/action", {"action": "transfer", "node": follower})["ok"]
+        answer = _post(base, "/api/client", {"op": "set", "key": "x", "value": "10"})
+        assert answer["ok"] and answer["answered_by"] == follower, answer
+    finally:
+        server.stop()
+        cluster.down(timeout=3)
