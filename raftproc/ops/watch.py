@@ -210,16 +210,17 @@ class Collector:
             cfg = self.config()
         except Exception:  # noqa: BLE001 - a config being rewritten is read again next time
             return
-        for node_id, node in cfg.nodes.items():
-            if node_id not in self._readers and node.metrics is not None:
-                t = threading.Thread(target=self._read_node, args=(node_id, node.metrics), name=f"watch-node-{node_id}", daemon=True)
-                self._readers[node_id] = t
-                t.start()
+        # Processes first: a recording then knows each node's process before its state.
         if self.processes is not None:
             for node_id, (state, pid) in self.processes().items():
                 known = self.procs.get(node_id)
                 if known is None or known["state"] != state or known["pid"] != pid:
                     self.publish({"t": self.now(), "kind": "proc", "node": node_id, "state": state, "pid": pid})
+        for node_id, node in cfg.nodes.items():
+            if node_id not in self._readers and node.metrics is not None:
+                t = threading.Thread(target=self._read_node, args=(node_id, node.metrics), name=f"watch-node-{node_id}", daemon=True)
+                self._readers[node_id] = t
+                t.start()
         if self.links is not None:
             table = self.links()
             if (table["cuts"], table["delays"]) != (self.link_event["cuts"], self.link_event["delays"]):
