@@ -65,10 +65,7 @@ def watch(slow: int, delay_ms: int) -> int:
 
     cluster = fresh_cluster(tick_ms=10 * slow)
     table = LinkTable()
-    for a in range(1, 6):
-        for b in range(1, 6):
-            if a != b and delay_ms:
-                table.slow(a, b, delay_ms)
+    table.slow_all(delay_ms)
     table.save(cluster.run_dir)
     print(f"starting 5 nodes in slow motion: Raft timers {slow}x slower, every peer message held back {delay_ms} ms")
     cluster.up(wait=15 * slow)

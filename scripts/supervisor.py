@@ -65,10 +65,7 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
     cluster.create(cfg, tls=args.tls)
     if args.link_delay:
         table = LinkTable()
-        for a in cfg.nodes:
-            for b in cfg.nodes:
-                if a != b:
-                    table.slow(a, b, args.link_delay)
+        table.slow_all(args.link_delay)
         table.save(cluster.run_dir)
     cluster.up(wait=args.wait * args.slow)
     slow = f"; Raft timers {args.slow}x slower" if args.slow > 1 else ""
@@ -93,7 +90,8 @@ def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
         done = f"what node {args.src} sends node {args.dst} is held back {args.ms} ms" if args.ms else f"link {args.src} -> {args.dst} at full speed"
     else:
         missed = cluster.heal()
-        done = "every link is whole again"
+        base = cluster.links().base_ms
+        done = "every link is whole again" + (f" (every message still held back {base} ms: the slow motion of `up --link-delay`)" if base else "")
     print(done)
     for node, why in sorted(missed.items()):
         print(f"  node {node} did not take it now ({why}); it will when it next starts", file=sys.stderr)
@@ -164,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "
                     "(the data directory should be empty: its logs name their own members)")
     up.add_argument("--slow", type=_slowness, default=1, help="run every Raft timer N times slower (tick_ms x N), to watch elections")
-    up.add_argument("--link-delay", type=int, default=0, metavar="MS", help="hold back every peer message MS ms (`heal` ends it)")
+    up.add_argument("--link-delay", type=int, default=0, metavar="MS", help="hold back every peer message MS ms (slow motion: `heal` keeps it)")
     web = sub.add_parser("web")
     web.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT; a non-loopback host needs the token the command prints")
     web.add_argument("--replay", metavar="RUN_DIR|FILE", help="play a recorded run instead of watching the cluster")

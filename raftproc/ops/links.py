@@ -26,6 +26,9 @@ Link = tuple[int, int]  # (from, to): what `from` sends `to`
 class LinkTable:
     cuts: set[Link] = field(default_factory=set)
     delays: dict[Link, int] = field(default_factory=dict)  # ms
+    # Every other link's delay: the slow motion `up --link-delay` asks for. It is the
+    # network's speed, not a fault, so `heal` leaves it.
+    base_ms: int = 0
 
     @classmethod
     def load(cls, run_dir: Path) -> LinkTable:
@@ -33,7 +36,7 @@ class LinkTable:
         if not path.exists():
             return cls()
         raw = json.loads(path.read_text())
-        return cls({(a, b) for a, b in raw.get("cuts", [])}, {(a, b): ms for a, b, ms in raw.get("delays", [])})
+        return cls({(a, b) for a, b in raw.get("cuts", [])}, {(a, b): ms for a, b, ms in raw.get("delays", [])}, raw.get("base_ms", 0))
 
     def save(self, run_dir: Path) -> None:
         path = run_dir / "links.json"
@@ -43,13 +46,15 @@ class LinkTable:
 
     def describe(self) -> dict[str, Any]:
         """As links.json and the live page's `links` event have it."""
-        return {"cuts": sorted([a, b] for a, b in self.cuts), "delays": sorted([a, b, ms] for (a, b), ms in self.delays.items())}
+        return {"cuts": sorted([a, b] for a, b in self.cuts), "delays": sorted([a, b, ms] for (a, b), ms in self.delays.items()),
+                "base_ms": self.base_ms}
 
     def faults_for(self, node: int) -> LinkFaults:
         return LinkFaults(
             drop_to=frozenset(b for a, b in self.cuts if a == node),
             drop_from=frozenset(a for a, b in self.cuts if b == node),
             delay_ms=tuple(sorted((b, ms) for (a, b), ms in self.delays.items() if a == node)),
+            base_delay_ms=self.base_ms,
         )
 
     def env_for(self, node: int) -> dict[str, str]:
@@ -77,18 +82,28 @@ class LinkTable:
                     self.cut_off(a, other)
 
     def slow(self, src: int, dst: int, ms: int) -> None:
+        """Hold back what src sends dst by ms; 0 gives the link back the base delay."""
         if src == dst:
             raise ValueError("a link joins two different nodes")
-        if not 0 <= ms <= MAX_DELAY_MS:
-            raise ValueError(f"a delay is 0 to {MAX_DELAY_MS} ms")
+        _check_delay(ms)
         if ms:
             self.delays[(src, dst)] = ms
         else:
             self.delays.pop((src, dst), None)
 
+    def slow_all(self, ms: int) -> None:
+        _check_delay(ms)
+        self.base_ms = ms
+
     def heal(self) -> None:
+        """Every cut and slowed link whole again; the base delay stays."""
         self.cuts.clear()
         self.delays.clear()
+
+
+def _check_delay(ms: int) -> None:
+    if not 0 <= ms <= MAX_DELAY_MS:
+        raise ValueError(f"a delay is 0 to {MAX_DELAY_MS} ms")
 
 
 def parse_groups(text: str) -> list[list[int]]:

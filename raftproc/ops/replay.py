@@ -42,7 +42,7 @@ class Picture:
     def __init__(self) -> None:
         self.states: dict[int, dict[str, Any]] = {}
         self.procs: dict[int, dict[str, Any]] = {}
-        self.links: dict[str, Any] = {"t": 0.0, "kind": "links", "cuts": [], "delays": []}
+        self.links: dict[str, Any] = {"t": 0.0, "kind": "links", "cuts": [], "delays": [], "base_ms": 0}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
 
     def apply(self, e: dict[str, Any]) -> None:
@@ -211,7 +211,19 @@ class _Timeline:
             self.procs[node] = e.get("state")
         elif kind == "action" and e.get("phase") == "start":
             target = f" node {e['node']}" if e.get("node") is not None else ""
-            self.markers.append({"t": t, "kind": "action", "node": e.get("node"), "label": f"{e.get('action')}{target} {e.get('detail') or ''}".strip()})
+            said = e.get("detail") or _args(e.get("args"))
+            self.markers.append({"t": t, "kind": "action", "node": e.get("node"), "label": f"{e.get('action')}{target} {said}".strip()})
 
     def commit_series(self) -> list[list[float]]:
         return [[s, c] for s, c in sorted(self.commit_by_second.items())]
+
+
+def _args(args: Any) -> str:
+    """A page action's arguments as a person reads them: `1,2 | 3,4,5`, `1 -> 2 300 ms`."""
+    if not isinstance(args, dict):
+        return ""
+    if isinstance(args.get("groups"), list):
+        return " | ".join(",".join(map(str, g)) for g in args["groups"] if isinstance(g, list))
+    if "from" in args:
+        return f"{args.get('from')} -> {args.get('to')} {args.get('ms')} ms"
+    return ""

@@ -104,7 +104,7 @@ class Collector:
         self.lock = threading.Lock()
         self.states: dict[int, dict[str, Any]] = {}
         self.procs: dict[int, dict[str, Any]] = {}
-        self.link_event: dict[str, Any] = {"t": now(), "kind": "links", "cuts": [], "delays": []}
+        self.link_event: dict[str, Any] = {"t": now(), "kind": "links", "cuts": [], "delays": [], "base_ms": 0}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
         self.subscribers: list[Subscription] = []
         self.connected: dict[int, bool] = {}
@@ -223,7 +223,7 @@ class Collector:
                 t.start()
         if self.links is not None:
             table = self.links()
-            if (table["cuts"], table["delays"]) != (self.link_event["cuts"], self.link_event["delays"]):
+            if any(table[k] != self.link_event.get(k) for k in ("cuts", "delays", "base_ms")):
                 self.publish({"t": self.now(), "kind": "links", **table})
 
     def _read_node(self, node_id: int, address: tuple[str, int]) -> None:

@@ -111,7 +111,7 @@ class Page:
         finally:
             with self.lock:
                 self.acting.discard(key)
-        self.collector.note("action", action=action, node=node, phase="done" if ok else "failed", message=message)
+        self.collector.note("action", action=action, node=node, phase="done" if ok else "failed", args=args, message=message)
         return {"ok": ok, "message": message}
 
     def _do(self, action: str, node: int | None, body: dict[str, Any]) -> str:

@@ -31,17 +31,20 @@ class LinkFaults:
     drop_to: frozenset[int] = frozenset()  # what this node sends these peers is lost
     drop_from: frozenset[int] = frozenset()  # what these peers send this node is lost
     delay_ms: tuple[tuple[int, int], ...] = ()  # (peer, ms): sends to peer are held back, sorted
+    base_delay_ms: int = 0  # sends to every peer not in delay_ms are held back this long
 
     @property
     def active(self) -> bool:
-        return bool(self.drop_to or self.drop_from or self.delay_ms)
+        return bool(self.drop_to or self.drop_from or self.delay_ms or self.base_delay_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from), "delay_ms": [list(p) for p in self.delay_ms]}
+        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from), "delay_ms": [list(p) for p in self.delay_ms],
+                "base_delay_ms": self.base_delay_ms}
 
     def describe(self) -> dict[str, Any]:
         """As the event stream shows it (JSON object keys are strings)."""
-        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from), "delay_ms": {str(p): ms for p, ms in self.delay_ms}}
+        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from), "delay_ms": {str(p): ms for p, ms in self.delay_ms},
+                "base_delay_ms": self.base_delay_ms}
 
 
 NO_FAULTS = LinkFaults()
@@ -50,19 +53,21 @@ NO_FAULTS = LinkFaults()
 def parse_link_faults(body: dict[str, Any]) -> LinkFaults:
     """Check a decoded body (CBOR from the network, or JSON from the environment):
     node ids are integers from 1 to 2^63-1, at most MAX_PEERS of each, delays
-    from 0 to MAX_DELAY_MS; a delay of 0 is no delay."""
+    from 0 to MAX_DELAY_MS. A peer's own delay (0 included) overrides the base one."""
     drop_to = _ids(body.get("drop_to", []), "drop_to")
     drop_from = _ids(body.get("drop_from", []), "drop_from")
     pairs = body.get("delay_ms", [])
     if not isinstance(pairs, list) or len(pairs) > MAX_PEERS:
         raise LinkFaultsError(f"delay_ms must be a list of at most {MAX_PEERS} [peer, ms] pairs")
+    base = body.get("base_delay_ms", 0)
+    if type(base) is not int or not 0 <= base <= MAX_DELAY_MS:
+        raise LinkFaultsError(f"base_delay_ms is from 0 to {MAX_DELAY_MS}")
     delays: dict[int, int] = {}
     for pair in pairs:
         if not (isinstance(pair, list) and len(pair) == 2 and _is_id(pair[0]) and type(pair[1]) is int and 0 <= pair[1] <= MAX_DELAY_MS):
             raise LinkFaultsError(f"each delay is [peer, ms] with ms from 0 to {MAX_DELAY_MS}")
-        if pair[1]:
-            delays[pair[0]] = pair[1]
-    return LinkFaults(drop_to, drop_from, tuple(sorted(delays.items())))
+        delays[pair[0]] = pair[1]
+    return LinkFaults(drop_to, drop_from, tuple(sorted(delays.items())), base)
 
 
 def _is_id(value: Any) -> bool:

@@ -34,6 +34,7 @@ class LinkShaper:
         self.max_held_bytes = max_held_bytes
         self.faults = faults
         self._delay: dict[int, float] = {}
+        self._base = 0.0
         self._held: dict[int, _Held] = {}
         self.set(faults)
 
@@ -41,6 +42,7 @@ class LinkShaper:
         """Replace every fault at once. Frames already held keep their due time."""
         self.faults = faults
         self._delay = {peer: ms / 1000 for peer, ms in faults.delay_ms}
+        self._base = faults.base_delay_ms / 1000
 
     def cut_to(self, peer: int) -> bool:
         return peer in self.faults.drop_to
@@ -50,7 +52,7 @@ class LinkShaper:
 
     def send(self, peer: int, frame: bytes, send: Send) -> bool:
         """Hand `frame` on now or after the peer's delay; False if it was dropped."""
-        delay = self._delay.get(peer)
+        delay = self._delay.get(peer, self._base)
         held = self._held.get(peer)
         if not delay and held is None:
             return send(frame)

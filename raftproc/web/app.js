@@ -124,7 +124,7 @@ const model = {
   metaNodes: new Set(),
   controllable: new Set(),
   nodes: new Map(),           // id -> {id, state, proc, procT, stream, streamT}
-  links: { cuts: [], delays: [] },
+  links: { cuts: [], delays: [], base: 0 },
   tickMs: null,
   clockOffset: 0,             // live: server clock minus page clock, in seconds
   baselineDelay: 0,           // ms most links are held back (drawn quietly)
@@ -227,6 +227,7 @@ function applyLinks(e) {
   model.links = {
     cuts: asList(e.cuts).filter((c) => Array.isArray(c) && c.length >= 2),
     delays: asList(e.delays).filter((d) => Array.isArray(d) && d.length >= 3),
+    base: Number(e.base_ms) || 0,
   };
 }
 
@@ -310,12 +311,18 @@ function isCut(a, b) {
   return false;
 }
 
+/** How long what a sends b is held back: the link's own delay, else the base one
+ * (slow motion), as the supervisor's table and a's own state say. */
 function delayOf(a, b) {
-  let ms = 0;
-  for (const [x, y, d] of model.links.delays) if (x === a && y === b) ms = Math.max(ms, Number(d) || 0);
+  let ms = null;
+  for (const [x, y, d] of model.links.delays) if (x === a && y === b) ms = Math.max(ms ?? 0, Number(d) || 0);
+  if (ms === null) ms = model.links.base || 0;
   const na = model.nodes.get(a);
-  const own = faultsOf(na)?.delay_ms;
-  if (na && !isDown(na) && own && typeof own === 'object') ms = Math.max(ms, Number(own[String(b)]) || 0);
+  const own = faultsOf(na);
+  if (na && !isDown(na) && own && typeof own === 'object') {
+    const mine = own.delay_ms && typeof own.delay_ms === 'object' ? own.delay_ms[String(b)] : undefined;
+    ms = Math.max(ms, Number(mine !== undefined ? mine : own.base_delay_ms) || 0);
+  }
   return ms;
 }
 
@@ -620,6 +627,7 @@ function placeDelayLabel(label, from, to, ms, at) {
 /** The delay most directed links share when nearly all are slowed (the demo holds
  * every message back): drawn quietly, told once, so the exceptions stand out. */
 function baselineDelay() {
+  if (model.links.base > 0) return model.links.base;
   const counts = new Map();
   let total = 0;
   for (const view of layout.links.values()) {
@@ -1130,9 +1138,13 @@ function render() {
   }
 }
 
-function frame() {
+// 30 frames a second: dots still glide, and a browser drawing without a GPU (headless
+// Chromium on a 2-core CI machine, beside the nodes it watches) spends half the CPU.
+const FRAME_MS = 1000 / 30;
+
+function frame(ts) {
   try {
-    render();
+    if (ts - lastFrame >= FRAME_MS - 2) render();
   } finally {
     requestAnimationFrame(frame);
   }

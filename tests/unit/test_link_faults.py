@@ -27,10 +27,10 @@ class Clock:
 
 
 def test_a_links_request_is_decoded_and_bounded():
-    body = {"t": "links", "id": 1, "drop_to": [2], "drop_from": [3], "delay_ms": [[2, 150], [4, 0]]}
+    body = {"t": "links", "id": 1, "drop_to": [2], "drop_from": [3], "delay_ms": [[2, 150], [4, 0]], "base_delay_ms": 40}
     req = decode_request(codec.encode(body))
     assert isinstance(req, LinkFaultsRequest)
-    assert req.faults == LinkFaults(frozenset({2}), frozenset({3}), ((2, 150),))
+    assert req.faults == LinkFaults(frozenset({2}), frozenset({3}), ((2, 150), (4, 0)), 40)
     for bad in (
         {"drop_to": list(range(1, MAX_PEERS + 2))},
         {"drop_to": [0]},
@@ -41,6 +41,8 @@ def test_a_links_request_is_decoded_and_bounded():
         {"delay_ms": [[2, -1]]},
         {"delay_ms": [[2]]},
         {"delay_ms": {"2": 5}},
+        {"base_delay_ms": -5},
+        {"base_delay_ms": 1.5},
     ):
         with pytest.raises(RemoteProtocolError):
             decode_request(codec.encode({"t": "links", "id": 1, **bad}))
@@ -77,6 +79,19 @@ def test_a_delayed_link_holds_frames_until_their_time_and_never_reorders():
     loop.close()
 
 
+def test_a_base_delay_holds_every_link_but_those_with_their_own():
+    loop, clock, shaper = _loop_and_shaper()
+    shaper.set(LinkFaults(delay_ms=((2, 0),), base_delay_ms=100))
+    out: list[bytes] = []
+    send = lambda frame: out.append(frame) or True  # noqa: E731
+    shaper.send(2, b"fast", send)
+    shaper.send(3, b"slow", send)
+    assert out == [b"fast"]
+    _advance(loop, clock, 0.11)
+    assert out == [b"fast", b"slow"]
+    loop.close()
+
+
 def test_what_a_slow_link_holds_is_bounded_in_bytes():
     loop, clock, shaper = _loop_and_shaper(max_bytes=1000)
     out: list[bytes] = []
@@ -96,11 +111,15 @@ def test_the_supervisors_table_cuts_both_ways_and_gives_each_node_its_part(tmp_p
     f3 = table.faults_for(3)
     assert f3.drop_to == {1, 2} and f3.drop_from == {1, 2} and f3.delay_ms == ()
     assert table.faults_for(4).delay_ms == ((5, 300),)
+    table.slow_all(100)
+    assert table.faults_for(3).base_delay_ms == 100
     table.save(tmp_path)
     again = LinkTable.load(tmp_path)
     assert again == table
     assert parse_link_faults(json.loads(again.env_for(4)[ENV])) == table.faults_for(4)
     again.heal()
+    assert again.cuts == set() and again.delays == {} and again.faults_for(4).base_delay_ms == 100  # slow motion is not a fault
+    again.slow_all(0)
     assert again.env_for(4) == {}
     with pytest.raises(ValueError):
         table.split([[1, 2], [2, 3]])
