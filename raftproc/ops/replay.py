@@ -15,15 +15,15 @@ import heapq
 import json
 from array import array
 from bisect import bisect_left, bisect_right
-from collections import deque
 from pathlib import Path
 from typing import Any
+
+from raftproc.ops.watch import Picture
 
 KEYFRAME_EVERY = 2.0  # seconds of recording between keyframes
 SETTLE = 1.0  # seconds: events arriving later than this out of order are taken as they come
 MAX_EVENTS = 20_000  # per `events` answer
-RECENT = 50
-TOLD_KINDS = frozenset({"log", "action", "client", "proc"})
+RECENT = 50  # told events a keyframe of a replay carries
 
 
 def newest_recording(path: Path) -> Path:
@@ -34,40 +34,6 @@ def newest_recording(path: Path) -> Path:
     if not found:
         raise FileNotFoundError(f"no recording in {path / 'watch'} (`supervisor.py web` and chaos runs make one)")
     return found[-1]
-
-
-class Picture:
-    """The latest of everything a keyframe holds, as events are applied in time order."""
-
-    def __init__(self) -> None:
-        self.states: dict[int, dict[str, Any]] = {}
-        self.procs: dict[int, dict[str, Any]] = {}
-        self.links: dict[str, Any] = {"t": 0.0, "kind": "links", "cuts": [], "delays": [], "base_ms": 0}
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
-
-    def apply(self, e: dict[str, Any]) -> None:
-        kind, node = e.get("kind"), e.get("node")
-        if kind == "state" and isinstance(node, int):
-            self.states[node] = e
-        elif kind == "proc" and isinstance(node, int):
-            self.procs[node] = e
-        elif kind == "links":
-            self.links = e
-        if kind in TOLD_KINDS:
-            self.recent.append(e)
-
-    def keyframe(self, t: float, nodes: list[int]) -> dict[str, Any]:
-        ids = sorted(set(nodes) | set(self.states) | set(self.procs))
-        return {
-            "t": t, "kind": "keyframe",
-            "nodes": {str(n): {"state": self.states.get(n), "proc": self.procs.get(n)} for n in ids},
-            "links": self.links, "recent": list(self.recent),
-        }
-
-    def copy(self) -> Picture:
-        p = Picture()
-        p.states, p.procs, p.links, p.recent = dict(self.states), dict(self.procs), self.links, deque(self.recent, maxlen=RECENT)
-        return p
 
 
 class LeaderChanges:
@@ -108,7 +74,7 @@ class Recording:
 
     def _index(self) -> None:
         pending: list[tuple[float, int, dict[str, Any]]] = []  # a heap: events not yet settled in time order
-        picture = Picture()
+        picture = Picture(RECENT)
         timeline = _Timeline()
         entries: list[tuple[float, int]] = []
         newest = 0.0
@@ -157,7 +123,7 @@ class Recording:
         """The whole picture at time `at`."""
         i = bisect_right([t for t, _ in self.keyframes], at) - 1
         if i < 0:
-            return Picture().keyframe(at, self.nodes)
+            return Picture(RECENT).keyframe(at, self.nodes)
         since, base = self.keyframes[i]
         picture = base.copy()
         for e in self._read(bisect_left(self.times, since), bisect_right(self.times, at)):

@@ -34,6 +34,41 @@ POLL_INTERVAL = 0.1  # seconds between looks at the processes and the links tabl
 RECONNECT_INTERVAL = 0.5
 
 
+class Picture:
+    """The present as a keyframe holds it: each node's latest state and process, the
+    link faults, and the last told events; events are applied in time order."""
+
+    def __init__(self, recent: int = RECENT) -> None:
+        self.states: dict[int, dict[str, Any]] = {}
+        self.procs: dict[int, dict[str, Any]] = {}
+        self.links: dict[str, Any] = {"t": 0.0, "kind": "links", "cuts": [], "delays": [], "base_ms": 0}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=recent)
+
+    def apply(self, e: dict[str, Any]) -> None:
+        kind, node = e.get("kind"), e.get("node")
+        if kind == "state" and isinstance(node, int):
+            self.states[node] = e
+        elif kind == "proc" and isinstance(node, int):
+            self.procs[node] = e
+        elif kind == "links":
+            self.links = e
+        if kind in TOLD_KINDS:
+            self.recent.append(e)
+
+    def keyframe(self, t: float, nodes: list[int]) -> dict[str, Any]:
+        ids = sorted(set(nodes) | set(self.states) | set(self.procs))
+        return {
+            "t": t, "kind": "keyframe",
+            "nodes": {str(n): {"state": self.states.get(n), "proc": self.procs.get(n)} for n in ids},
+            "links": self.links, "recent": list(self.recent),
+        }
+
+    def copy(self) -> Picture:
+        p = Picture(self.recent.maxlen or RECENT)
+        p.states, p.procs, p.links, p.recent = dict(self.states), dict(self.procs), self.links, deque(self.recent, maxlen=self.recent.maxlen)
+        return p
+
+
 class Subscription:
     """Events for one subscriber, in order; `take` waits for them."""
 
@@ -102,10 +137,7 @@ class Collector:
         self.links = links
         self.now = now
         self.lock = threading.Lock()
-        self.states: dict[int, dict[str, Any]] = {}
-        self.procs: dict[int, dict[str, Any]] = {}
-        self.link_event: dict[str, Any] = {"t": now(), "kind": "links", "cuts": [], "delays": [], "base_ms": 0}
-        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT)
+        self.picture = Picture()
         self.subscribers: list[Subscription] = []
         self.connected: dict[int, bool] = {}
         self.counted = 0  # events published since start
@@ -145,16 +177,7 @@ class Collector:
 
     def publish(self, event: dict[str, Any]) -> None:
         with self.lock:
-            kind = event["kind"]
-            node = event.get("node")
-            if kind == "state" and isinstance(node, int):
-                self.states[node] = event
-            elif kind == "proc" and isinstance(node, int):
-                self.procs[node] = event
-            elif kind == "links":
-                self.link_event = event
-            if kind in TOLD_KINDS:
-                self.recent.append(event)
+            self.picture.apply(event)
             if self.recorder is not None:
                 self.recorder.write(event)
             self.counted += 1
@@ -185,12 +208,7 @@ class Collector:
             return self._keyframe()
 
     def _keyframe(self) -> dict[str, Any]:
-        nodes = sorted(set(self.config().nodes) | set(self.states) | set(self.procs))
-        return {
-            "t": self.now(), "kind": "keyframe",
-            "nodes": {str(n): {"state": self.states.get(n), "proc": self.procs.get(n)} for n in nodes},
-            "links": self.link_event, "recent": list(self.recent),
-        }
+        return self.picture.keyframe(self.now(), list(self.config().nodes))
 
     # --- reading the nodes ----------------------------------------------------------------
 
@@ -213,7 +231,7 @@ class Collector:
         # Processes first: a recording then knows each node's process before its state.
         if self.processes is not None:
             for node_id, (state, pid) in self.processes().items():
-                known = self.procs.get(node_id)
+                known = self.picture.procs.get(node_id)
                 if known is None or known["state"] != state or known["pid"] != pid:
                     self.publish({"t": self.now(), "kind": "proc", "node": node_id, "state": state, "pid": pid})
         for node_id, node in cfg.nodes.items():
@@ -223,7 +241,7 @@ class Collector:
                 t.start()
         if self.links is not None:
             table = self.links()
-            if any(table[k] != self.link_event.get(k) for k in ("cuts", "delays", "base_ms")):
+            if any(table[k] != self.picture.links.get(k) for k in ("cuts", "delays", "base_ms")):
                 self.publish({"t": self.now(), "kind": "links", **table})
 
     def _read_node(self, node_id: int, address: tuple[str, int]) -> None:

@@ -108,6 +108,18 @@ async function api(path, body) {
   return data;
 }
 
+/** GET `path` until the server answers (it may be starting, or restarting), saying why meanwhile. */
+async function apiUntilAnswered(path, why) {
+  for (;;) {
+    try {
+      return await api(path);
+    } catch (err) {
+      setConn('closed', `${why}: ${err.message}`);
+      await sleep(2000);
+    }
+  }
+}
+
 // ---------------------------------------------------------------- 2. model
 
 const LOG_COLS = 13;          // index columns in the logs (the last one is "next")
@@ -1454,16 +1466,7 @@ const replay = {
 async function startReplay() {
   $('#replay-bar').hidden = false;
   setConn('closed', 'loading the recording…');
-  let index;
-  for (;;) {
-    try {
-      index = await api('/api/replay/index');
-      break;
-    } catch (err) {
-      setConn('closed', `cannot load the recording: ${err.message}`);
-      await sleep(2000);
-    }
-  }
+  const index = await apiUntilAnswered('/api/replay/index', 'cannot load the recording');
   replay.index = index;
   replay.start = Number(index.start) || 0;
   replay.end = Math.max(Number(index.end) || 0, replay.start);
@@ -1690,16 +1693,7 @@ async function boot() {
   bindControls();
   requestAnimationFrame(frame);
   setInterval(renderIfStale, 250);
-  let meta;
-  for (;;) {
-    try {
-      meta = await api('/api/meta');
-      break;
-    } catch (err) {
-      setConn('closed', `no answer: ${err.message}`);
-      await sleep(2000);
-    }
-  }
+  const meta = await apiUntilAnswered('/api/meta', 'no answer');
   model.mode = meta.mode === 'replay' ? 'replay' : 'live';
   document.body.setAttribute('data-mode', model.mode);
   setText($('#mode'), model.mode);

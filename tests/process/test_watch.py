@@ -151,12 +151,12 @@ def test_the_page_watches_and_controls_a_tls_cluster_with_the_admin_certificate(
             first = next(json.loads(line[6:]) for line in stream if line.startswith(b"data: "))
         keyframe = first[0]
         assert keyframe["kind"] == "keyframe" and set(keyframe["nodes"]) == {"1", "2", "3"}
-        wait_until(lambda: set(server.collector.states) == {1, 2, 3}, 10, "every node's state over the stream")
+        wait_until(lambda: set(server.collector.picture.states) == {1, 2, 3}, 10, "every node's state over the stream")
         # Link faults and transfers need the admin certificate the supervisor presents.
         leader = cluster.wait_for_leader()
         follower = next(n for n in (1, 2, 3) if n != leader)
         assert _post(base, "/api/action", {"action": "partition", "node": follower})["ok"]
-        wait_until(lambda: server.collector.states[follower]["links"]["drop_to"] == sorted({1, 2, 3} - {follower}), 10, "the cut in the node's own state")
+        wait_until(lambda: server.collector.picture.states[follower]["links"]["drop_to"] == sorted({1, 2, 3} - {follower}), 10, "the cut in the node's own state")
         assert _post(base, "/api/action", {"action": "heal"})["ok"]
         assert _post(base, "/api/action", {"action": "transfer", "node": follower})["ok"]
         answer = _post(base, "/api/client", {"op": "set", "key": "x", "value": "10"})
