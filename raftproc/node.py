@@ -16,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from raftproc.config import ConfigError, load_config
+from raftproc.config import ClusterConfig, ConfigError, load_config
 from raftproc.runtime.logging import configure
 from raftproc.runtime.addresses import is_loopback
 from raftproc.runtime.identity import IdentityError
@@ -60,6 +60,21 @@ def link_faults_from_env() -> LinkFaults:
         raise ConfigError(f"{LINK_FAULTS_ENV}: {e}") from None
 
 
+def checked_config(path: str | None, node_id: int) -> tuple[ClusterConfig, LinkFaults]:
+    """The config and the link faults to start with, with every problem found before
+    anything is opened: an unknown id, a data or log directory that cannot be
+    written, TLS files that are missing, link faults the config does not allow."""
+    cfg = load_config(path)
+    cfg.node(node_id)
+    check_writable(cfg.node_data_dir(node_id), "data directory")
+    check_writable(cfg.log_dir, "log directory")
+    cfg.node_tls(node_id)
+    link_faults = link_faults_from_env()
+    if link_faults.active and not cfg.link_faults:
+        raise ConfigError(f"{LINK_FAULTS_ENV} is set, and the config does not allow injected link faults (link_faults = true)")
+    return cfg, link_faults
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftproc.node", description="Run one raftproc server.")
     p.add_argument("--id", type=int, required=True, help="this node's id in the cluster config")
@@ -69,14 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node can reload; never a reason to die
 
     try:
-        cfg = load_config(args.config)
-        cfg.node(args.id)
-        check_writable(cfg.node_data_dir(args.id), "data directory")
-        check_writable(cfg.log_dir, "log directory")
-        cfg.node_tls(args.id)
-        link_faults = link_faults_from_env()
-        if link_faults.active and not cfg.link_faults:
-            raise ConfigError(f"{LINK_FAULTS_ENV} is set, and the config does not allow injected link faults (link_faults = true)")
+        cfg, link_faults = checked_config(args.config, args.id)
     except ConfigError as e:
         return fail(EXIT_CONFIG, str(e))
 

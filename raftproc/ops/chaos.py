@@ -145,7 +145,8 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     # each line stands alone and the progress comes every 5 s instead of twice a second.
     tty = sys.stdout.isatty()
     back = "\r" if tty else ""
-    nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")))
+    nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")),
+                      note=recorder.note)
     if lab is not None:
         nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
         nemesis.max_node_id = len(lab.nodes)
@@ -172,12 +173,8 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     for fault in schedule:
         wait_until(start + fault.at)
         heal = nemesis.inject(fault)
-        r = nemesis.records[-1]
-        recorder.note("action", action=fault.kind, phase="start", node=r.nodes[0] if len(r.nodes) == 1 else None,
-                      detail=f"{fault.victims} {r.nodes} {r.detail}".strip())
         wait_until(time.monotonic() + fault.hold)
         heal()
-        recorder.note("action", action=fault.kind, phase="done", node=r.nodes[0] if len(r.nodes) == 1 else None, message="healed")
     wait_until(start + opts.duration)
     workload.stop()
     stopped = time.monotonic()
@@ -210,17 +207,7 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
             bad.append(str(e))
     verdicts.append(("storage recovers cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} nodes' snapshots and WALs recovered"))
 
-    events = []
-    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0}
-    for n in cfg.nodes:
-        path = cfg.node_log_file(n)
-        if path.exists():
-            for e in read_lines(path):
-                if e.get("event") in snapshot_events:
-                    snapshot_events[e["event"]] += 1
-                if e.get("event") in ("became_leader", "became_follower", "node_stopped", "wal_recovered") and "ts" in e:
-                    e["_t"] = mono0 + datetime.fromisoformat(e["ts"]).timestamp() - wall0
-                    events.append(e)
+    events, snapshot_events = _logged(cfg, wall0, mono0)
     leader_changes = sum(1 for e in events if e["event"] == "became_leader")
     c = history.counts
     summary = [
@@ -242,6 +229,23 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
         replay=f"python scripts/supervisor.py web --replay {out}",
     )
     return ChaosResult(verdicts, summary, notes)
+
+
+def _logged(cfg, wall0: float, mono0: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+    """From the nodes' JSON logs: the role changes and restarts the report draws (with
+    their time on the run's monotonic clock), and how many snapshots were taken and installed."""
+    events = []
+    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0}
+    for n in cfg.nodes:
+        path = cfg.node_log_file(n)
+        if path.exists():
+            for e in read_lines(path):
+                if e.get("event") in snapshot_events:
+                    snapshot_events[e["event"]] += 1
+                if e.get("event") in ("became_leader", "became_follower", "node_stopped", "wal_recovered") and "ts" in e:
+                    e["_t"] = mono0 + datetime.fromisoformat(e["ts"]).timestamp() - wall0
+                    events.append(e)
+    return events, snapshot_events
 
 
 def lost_writes(records: list[dict[str, Any]], final_client: int) -> list[str]:

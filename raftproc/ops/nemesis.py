@@ -100,6 +100,9 @@ class Nemesis:
     max_node_id: int | None = None
     member_timeout: float = 20.0
     want_in: set[int] = field(default_factory=set)  # nodes to (re-)add at the heal
+    # Each fault's start and heal as an `action` event of the run's recording
+    # (raftproc.ops.watch.Collector.note), so a replay shows them on its timeline.
+    note: Callable[..., object] | None = None
 
     def members(self) -> list[int]:
         """The nodes of the configuration the nemesis aims for (removed nodes stay
@@ -160,11 +163,16 @@ class Nemesis:
             raise ValueError(f"unknown fault {fault.kind!r}")
         self.records.append(record)
         self.log(f"fault {fault.kind} {fault.victims} nodes {record.nodes} {record.detail}".rstrip())
+        node = record.nodes[0] if len(record.nodes) == 1 else None
+        if self.note is not None:
+            self.note("action", action=fault.kind, phase="start", node=node, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
 
         def heal_and_record() -> None:
             heal()
             record.end_ns = time.monotonic_ns()
             self.log(f"healed {fault.kind} nodes {record.nodes}")
+            if self.note is not None:
+                self.note("action", action=fault.kind, phase="done", node=node, message="healed")
 
         return heal_and_record
 

@@ -103,9 +103,8 @@ class ClientService:
         tracer: Tracer | None = None,
         link_faults: LinkShaper | None = None,
     ) -> None:
-        """`status()` is the node's status answer; `on_applied(command)` hears every
-        applied command (the snapshot policy counts their bytes). `link_faults`: where
-        an admin's injected link faults go (None: this node refuses them)."""
+        """`status()`: the node's status answer; `on_applied(command)` hears every applied command (the
+        snapshot policy counts bytes); `link_faults` takes an admin's injected faults (None: refused)."""
         self.me = me
         self.raft = raft
         self.kv = kv

@@ -408,17 +408,31 @@ class NodeHost:
         }
 
 
+def _learn_addresses(peers: Peers, meta: Any, entries: Sequence[Any]) -> None:
+    """Addresses of nodes added after the config file was written: the snapshot's,
+    then every configuration entry's, newest last."""
+    if meta is not None:
+        peers.learn(meta.context)
+    for entry in entries:
+        if entry.config is not None:
+            peers.learn(entry.command)
+
+
+def _serve_metrics(host: NodeHost, address: tuple[str, int], feed: EventFeed, shaper: LinkShaper) -> None:
+    """/metrics, /health and the live page's /events, on the metrics address."""
+    watch = Watch(feed, raft=host.raft, kv=host.kv, loop=host.loop, shaper=shaper, tick_ms=host.cfg.tick_ms, disk_full=host.is_frozen)
+    host.metrics = MetricsServer(host.loop, address, host.reading, timeout=host.cfg.handshake_timeout_ms / 1000, log=host.log, watch=watch)
+
+
 def open_host(
     cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time.monotonic, rng: random.Random | None = None,
     link_faults: LinkFaults = NO_FAULTS,
 ) -> NodeHost:
     """Recover node `node_id` from its data directory (newest valid snapshot, then
     the WAL after it, then the core on top), build its rooms and start listening.
-    `link_faults`: injected faults to start with (the config must allow them)."""
+    `link_faults`: injected faults to start with (raftproc.node checks the config allows them)."""
     started = clock()
     rng = rng or random.Random()
-    if link_faults.active and not cfg.link_faults:
-        raise ValueError("link faults were given, and the config does not allow them (link_faults = true)")
     # Everything logged from here on can also reach the live page (raftproc.server.watch).
     feed = EventFeed(node_id, time.time)
     log = feed.tap(log)
@@ -446,12 +460,7 @@ def open_host(
         on_frame=lambda frame: host.on_peer_frame(frame), on_link_down=lambda peer: host.on_link_down(peer),
         tls=tls, handshake_timeout=handshake_timeout, shaper=shaper, feed=feed,
     )
-    # Addresses of nodes added after the config file was written.
-    if meta is not None:
-        peers.learn(meta.context)
-    for entry in rec.entries:
-        if entry.config is not None:
-            peers.learn(entry.command)
+    _learn_addresses(peers, meta, rec.entries)
     snapshots = Snapshots(
         me=node_id, data_dir=data_dir, wal=wal, newest=st.snapshot, floor=st.floor, raft=raft, kv=kv, peers=peers, loop=loop,
         policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes), clock=clock, log=log,
@@ -483,8 +492,7 @@ def open_host(
         clients=clients, driver=driver, clock=clock, log=log, tls=tls,
     )
     if me.metrics is not None:
-        watch = Watch(feed, raft=raft, kv=kv, loop=loop, shaper=shaper, tick_ms=cfg.tick_ms, disk_full=host.is_frozen)
-        host.metrics = MetricsServer(loop, me.metrics, host.reading, timeout=handshake_timeout, log=log, watch=watch)
+        _serve_metrics(host, me.metrics, feed, shaper)
     log(
         "node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}",
         pid=os.getpid(), transport="tls" if tls else "plaintext", tick_ms=cfg.tick_ms,
