@@ -36,12 +36,12 @@ A TOML file looks like this (every top-level key is optional):
     peer = "127.0.0.1:7101"
     client = "127.0.0.1:7201"
     # join = true              # not in the first configuration: the node starts as a
-                               # non-voter and waits for `client member add` (README)
-    # metrics = "127.0.0.1:7301"  # GET /metrics (Prometheus) and /health (README, Metrics)
+                               # non-voter and waits for `client member add` (docs/operations.md)
+    # metrics = "127.0.0.1:7301"  # GET /metrics (Prometheus) and /health (docs/operations.md, Metrics)
     # cert = "tls/node-1.pem"  # with [tls]: this node's certificate and key
     # key = "tls/node-1-key.pem"
 
-    [tls]                      # optional: mutual TLS on both ports (README, Security)
+    [tls]                      # optional: mutual TLS on both ports (docs/operations.md, Security)
     ca = "tls/ca.pem"          # the CA bundle every certificate must chain to
     client_cert = "tls/client-default.pem"   # what the client CLI presents: admin_* if
     client_key = "tls/client-default-key.pem"  # given, else client_*

@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.tls is None and insecure:
         print(
             f"raftproc.node: WARNING: node {args.id} listens on {', '.join(insecure)} WITHOUT TLS: anyone who reaches "
-            "these ports can read and write every key and rewrite the cluster. Add a [tls] table (README, Security).",
+            "these ports can read and write every key and rewrite the cluster. Add a [tls] table (docs/operations.md, Security).",
             file=sys.stderr,
         )
         log("insecure_transport", level="warning", addresses=insecure)

@@ -148,7 +148,7 @@ def cmd_timeline(cluster: Cluster) -> int:
     return 0 if lines else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run-dir", default="run")
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     logs.add_argument("-f", "--follow", action="store_true")
     logs.add_argument("--node", type=int)
     logs.add_argument("--event", action="append", help="only these events (repeatable)")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `logs | head` ends quietly
 
     cluster = Cluster(args.run_dir)

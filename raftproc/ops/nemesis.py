@@ -163,18 +163,22 @@ class Nemesis:
             raise ValueError(f"unknown fault {fault.kind!r}")
         self.records.append(record)
         self.log(f"fault {fault.kind} {fault.victims} nodes {record.nodes} {record.detail}".rstrip())
-        node = record.nodes[0] if len(record.nodes) == 1 else None
-        if self.note is not None:
-            self.note("action", action=fault.kind, phase="start", node=node, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
+        self._record("start", record, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
+        return self._healer(heal, record)
 
+    def _healer(self, heal: Callable[[], None], record: FaultRecord) -> Callable[[], None]:
         def heal_and_record() -> None:
             heal()
             record.end_ns = time.monotonic_ns()
-            self.log(f"healed {fault.kind} nodes {record.nodes}")
-            if self.note is not None:
-                self.note("action", action=fault.kind, phase="done", node=node, message="healed")
+            self.log(f"healed {record.kind} nodes {record.nodes}")
+            self._record("done", record, message="healed")
 
         return heal_and_record
+
+    def _record(self, phase: str, record: FaultRecord, **said: str) -> None:
+        if self.note is not None:
+            node = record.nodes[0] if len(record.nodes) == 1 else None
+            self.note("action", action=record.kind, phase=phase, node=node, **said)
 
     def _transfer(self, leader: int | None, followers: list[int]) -> tuple[list[int], str]:
         if leader is None or not followers:

@@ -14,7 +14,7 @@ leader that lacks committed entries. So:
   accepted) and refuses, from then on, a hello from that id with another one:
   that node lost its data, and nothing it says may count (it is told why, and
   logs `refused_by_peer`). The operator removes it and adds it back under a new
-  id (README, Membership changes).
+  id (docs/operations.md, Membership changes).
 
 Both files are small CBOR maps, readable by their owner only, replaced atomically
 (write, fsync, rename, directory fsync).
