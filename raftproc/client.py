@@ -41,6 +41,7 @@ import time
 from typing import Any
 
 from raftproc.config import Address, parse_address
+from raftproc.kv.commands import REGISTERED
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
@@ -129,7 +130,13 @@ class Client:
         self.attempt_timeout = attempt_timeout
         self.max_backoff = max_backoff
         self.rng = rng or random.Random()
-        self.client_id = client_id or self.rng.getrandbits(62) + 1
+        # None until the first write registers this client (raftproc.kv.state_machine:
+        # an id the cluster issued lets it tell a new client from a forgotten one).
+        # A `client_id` given here is the caller's own, at most REGISTERED.
+        if client_id is not None and not 0 < client_id <= REGISTERED:
+            raise ValueError(f"a client's own id must be 1 to {REGISTERED}")
+        self.client_id = client_id
+        self._registers = client_id is None
         self.seq = 0
         self._request_id = 0
         self._conns: dict[Address, _Conn] = {}
@@ -157,7 +164,7 @@ class Client:
         mode = read or (self.read_mode if self.read_mode != "log" else "index")
         while True:
             self.seq += 1
-            body = {"t": "req", "op": "scan", "key": prefix, "value": None, "expect": None, "client": self.client_id,
+            body = {"t": "req", "op": "scan", "key": prefix, "value": None, "expect": None, "client": self.client_id or 0,
                     "seq": self.seq, "read": mode, "after": after, "limit": page}
             result = self._ask(body, f"scan {prefix}")
             items += [(k, v) for k, v in result["items"]]
@@ -175,13 +182,23 @@ class Client:
         self, op: str, key: str, *, value: str | None = None, expect: str | None = None, read: str = "log", trace: bool = False,
     ) -> dict[str, Any]:
         """Run one operation to a definite outcome within the deadline, or raise."""
+        deadline = time.monotonic() + self.timeout
         self.seq += 1
-        body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": self.client_id, "seq": self.seq}
+        in_log = not (op == "get" and read != "log")
+        client = self._session(deadline) if in_log else self.client_id or 0
+        body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": client, "seq": self.seq}
         if trace:
             body["trace"] = True
-        if op == "get" and read != "log":
+        if not in_log:
             body["read"] = read
-        return self._ask(body, f"{op} {key}")
+        return self._ask(body, f"{op} {key}", deadline=deadline)
+
+    def _session(self, deadline: float) -> int:
+        """This client's id, registering it through the log the first time."""
+        if self.client_id is None:
+            body = {"t": "req", "op": "register", "key": "", "value": None, "expect": None, "client": 0, "seq": 0}
+            self.client_id = self._ask(body, "register", deadline=deadline)["client"]
+        return self.client_id
 
     def transfer(self, target: int | None = None, *, ask: int | None = None) -> int:
         """Ask the leader (`ask`: try this node first) to hand leadership to
@@ -261,7 +278,13 @@ class Client:
                 if status == "error":
                     raise Failed(f"{what}: rejected: {answer.get('error')}")
                 if status == "session_expired":
-                    raise Unknown(f"{what}: {answer.get('error')}")
+                    if body.get("retry") or not self._registers:
+                        raise Unknown(f"{what}: {answer.get('error')}")
+                    # No attempt of this request can have been applied: a fresh id
+                    # makes it a first attempt again.
+                    self.client_id = None
+                    body["client"] = self._session(deadline)
+                    continue
                 if status == "redirect":
                     self._target = self._redirected(answer, target)
                     last_error = f"redirected to node {answer.get('leader')}"
@@ -322,7 +345,13 @@ class Client:
         conn = self._conns.get(address)
         if conn is None:
             conn = self._conns[address] = _Conn(address, timeout, self.tls)
-        return conn.call({**body, "id": self._request_id}, timeout)
+        try:
+            return conn.call({**body, "id": self._request_id}, timeout)
+        except BaseException:
+            # A connection that failed mid-call may hold half an answer, or be dead:
+            # every caller (status too) reconnects on its next call.
+            self._drop(address)
+            raise
 
     def _drop(self, address: Address) -> None:
         conn = self._conns.pop(address, None)

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 
 import cbor2
 
+# Client ids above this were issued by a `register` entry (this + its index); ids up
+# to it are chosen by clients (raftproc.kv.state_machine says why both exist).
+REGISTERED = 1 << 62
+
 
 @dataclass(slots=True)
 class Command:
@@ -48,7 +52,7 @@ class Command:
             return f"SET {self.key[:40]}={(self.value or '')[:40]}"
         if self.op == "cas":
             return f"CAS {self.key[:40]} {str(self.expect)[:20]}->{(self.value or '')[:20]}"
-        return f"{self.op.upper()} {self.key[:40]}"
+        return f"{self.op.upper()} {self.key[:40]}".rstrip()  # REGISTER has no key
 
 
 def is_traced(command: bytes | None) -> bool:

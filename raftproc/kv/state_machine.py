@@ -14,12 +14,22 @@ Sessions are bounded (the Raft dissertation, section 6.3): the table holds at mo
 MAX_SESSIONS clients, and applying a request for a new client evicts the one whose
 last request was applied longest ago. The bound is a constant, not a setting, and
 eviction depends only on the order of the log, so every replica forgets the same
-sessions at the same index. A request from an unknown client opens a session if it
-is a first attempt; if it is a retry (its earlier attempt may have been applied
-before the session was forgotten), it is refused as "session expired" and nothing
-is applied: the client reports the outcome as unknown instead of risking a second
-apply. The first attempt of a request always precedes its retries in the log: an
-entry from an older term is committed only below the newer leader's entries.
+sessions at the same index.
+
+A client gets its id by registering, as in the dissertation: a `register` entry
+opens a session whose id is REGISTERED + the entry's index, so the cluster knows
+every id it ever issued. A request from a registered id with no session was
+forgotten, and only then is it refused as "session expired"; nothing is applied.
+A new client is never taken for a forgotten one: its first write retried across a
+failover carries an id the log gave it (a register retried across a failover just
+issues a second id; the unused one ages out like any idle session).
+
+Ids at or below REGISTERED are chosen by the client itself (raw-protocol tools,
+load generators). For those the store cannot tell new from forgotten, so it stays
+on the safe side: an unknown id opens a session on a first attempt and a retry is
+refused as "session expired" (it may have been applied before the session was
+forgotten). The first attempt of a request always precedes its retries in the log:
+an entry from an older term is committed only below the newer leader's entries.
 
 The log digest is a chain (d_i = H(d_{i-1}, i, command_i)) rather than one running
 hash, so it can be carried in a snapshot and continued on the node restoring it.
@@ -38,7 +48,7 @@ from typing import Any
 
 from sortedcontainers import SortedList
 
-from raftproc.kv.commands import Command
+from raftproc.kv.commands import REGISTERED, Command
 
 Result = dict[str, Any]
 MAX_SESSIONS = 10_000
@@ -101,10 +111,16 @@ class KeyValueStore:
                 cmd = Command.decode(command)
             except Exception:
                 return {"ok": False, "error": "undecodable command"}
+        if cmd.op == "register":
+            client = REGISTERED + index
+            self._remember(client, 0, OK)
+            return {"ok": True, "client": client}
         if cmd.client:
             seen = self.sessions.get(cmd.client)
+            if seen is None and cmd.client > REGISTERED:
+                return {"ok": False, "session_expired": True, "error": SESSION_FORGOTTEN, "retry": cmd.retry}
             if seen is None and cmd.retry:
-                return {"ok": False, "session_expired": True, "error": SESSION_EXPIRED}
+                return {"ok": False, "session_expired": True, "error": SESSION_EXPIRED, "retry": True}
             if seen is not None and cmd.seq <= seen[0]:
                 if cmd.seq == seen[0]:
                     return seen[1]
@@ -180,6 +196,10 @@ _MOD = 1 << 128
 SESSION_EXPIRED = (
     "session expired: the cluster forgot this client's session (it keeps the most recent "
     f"{MAX_SESSIONS:,}) before this retry arrived, so whether the first attempt was applied is unknown"
+)
+SESSION_FORGOTTEN = (
+    "session expired: the cluster issued this client's id but has since forgotten its session "
+    f"(it keeps the {MAX_SESSIONS:,} most recently used); nothing was applied now"
 )
 
 

@@ -15,7 +15,7 @@ from raftproc.runtime.addresses import Address, parse_address
 from raftproc.runtime.codec import RemoteProtocolError, is_count, load_map
 from raftproc.runtime.linkfaults import LinkFaults, LinkFaultsError, parse_link_faults
 
-KV_OPS = ("set", "get", "del", "cas", "scan")
+KV_OPS = ("set", "get", "del", "cas", "scan", "register")
 MAX_SCAN_LIMIT = 10_000
 READ_MODES = ("log", "index", "lease")
 MEMBER_OPS = ("list", "add", "remove")
@@ -57,7 +57,7 @@ class KvRequest:
     # Not frozen: a frozen dataclass's __init__ goes through object.__setattr__ per
     # field, which cost about a microsecond per write on the leader's hot path.
     id: int
-    op: str  # set | get | del | cas
+    op: str  # set | get | del | cas | scan | register (a new client asks for its id)
     key: str
     value: str | None
     expect: str | None  # cas: the value expected, None for an absent key
@@ -112,6 +112,8 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
     client, seq = body.get("client"), body.get("seq")
     if not is_count(client) or not is_count(seq):
         raise RemoteProtocolError("request without client id and sequence number")
+    if op == "register" and client != 0:
+        raise RemoteProtocolError("register asks for a client id: it must not carry one (client 0)")
     key = body.get("key")
     if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
         raise RemoteProtocolError(f"key must be a string of at most {MAX_KEY_CHARS} characters")

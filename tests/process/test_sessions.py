@@ -8,6 +8,7 @@ import psutil
 import pytest
 
 from conftest import make_cluster, wait_until
+from raftproc.kv.commands import REGISTERED
 from raftproc.kv.state_machine import MAX_SESSIONS
 from raftproc.ops.loadgen import run as load
 
@@ -53,5 +54,28 @@ def test_a_hundred_thousand_fresh_clients_grow_no_nodes_memory_by_12_mb(tmp_path
         print(f"RSS MB before {before}, after {after}, growth {growth}")
         assert {s["sessions"] for s in statuses} == {MAX_SESSIONS}
         assert max(growth.values()) < 12, growth
+    finally:
+        cluster.down(timeout=3)
+
+
+def test_a_new_clients_first_write_during_a_failover_is_applied_once_and_answered(tmp_path):
+    """The leader is paused; fresh clients, whose first attempt goes to it and times
+    out, write through the new leader. Each is answered "ok" (never "session
+    expired": the cluster never saw them), and each write is applied once."""
+    cluster = make_cluster(tmp_path, 3, log_level="warning")
+    try:
+        cluster.up(wait=20)
+        old = cluster.wait_for_leader(timeout=20)
+        cluster.pause(old)
+        for i in range(3):
+            client = cluster.client(timeout=20.0, attempt_timeout=0.5)
+            client._target = cluster.config.node(old).client  # the first attempt is lost in the pause
+            client.set(f"fresh{i}", "v")
+            assert client.client_id > REGISTERED and client.answered_by != old
+            assert client.get(f"fresh{i}") == "v"
+            client.close()
+        cluster.resume(old)
+        statuses = cluster.wait_converged(timeout=20, state=True)
+        assert len({s["state_digest"] for s in statuses}) == 1
     finally:
         cluster.down(timeout=3)

@@ -77,7 +77,8 @@ def fake():
 
 
 def client_for(*nodes, timeout=0.6) -> Client:
-    return Client({i + 1: n.address for i, n in enumerate(nodes)}, timeout=timeout, attempt_timeout=0.2, max_backoff=0.05)
+    """A client with an id of its own, so the scripts see no registration first."""
+    return Client({i + 1: n.address for i, n in enumerate(nodes)}, timeout=timeout, attempt_timeout=0.2, max_backoff=0.05, client_id=7)
 
 
 def test_client_ok_returns_the_result(fake):
@@ -127,7 +128,7 @@ def test_client_retries_reuse_the_sequence_number(fake):
 def test_client_follows_a_redirect(fake):
     leader = fake(lambda req: {"status": "ok", "result": {"ok": True}})
     follower = fake(lambda req: {"status": "redirect", "leader": 1, "leader_addr": f"{leader.address[0]}:{leader.address[1]}"})
-    c = Client({2: follower.address}, timeout=1, attempt_timeout=0.2)
+    c = Client({2: follower.address}, timeout=1, attempt_timeout=0.2, client_id=7)
     assert c.set("k", "v") == {"ok": True}
     assert len(leader.requests) == 1 and c.addresses[1] == leader.address
 
@@ -140,7 +141,7 @@ def test_client_with_every_node_down_backs_off_for_every_operation():
     address = sock.getsockname()
     sock.close()  # nothing listens there now
     for run in (lambda c: c.set("k", "v"), lambda c: c.member("list"), lambda c: c.transfer()):
-        c = Client({1: address}, timeout=0.5, attempt_timeout=0.2, max_backoff=0.05)
+        c = Client({1: address}, timeout=0.5, attempt_timeout=0.2, max_backoff=0.05, client_id=7)
         calls = 0
         real_call = c._call
 
@@ -171,8 +172,66 @@ def test_a_retry_is_marked_and_a_forgotten_session_is_unknown_not_failed(fake):
 def test_a_redirect_alone_does_not_mark_the_request_a_retry(fake):
     node = fake(lambda req: {"status": "ok", "result": {"ok": True}})
     redirector = fake(lambda req: {"status": "redirect", "leader": 2, "leader_addr": f"{node.address[0]}:{node.address[1]}"})
-    c = Client({1: redirector.address, 2: node.address}, timeout=5, attempt_timeout=0.5, max_backoff=0.05)
+    c = Client({1: redirector.address, 2: node.address}, timeout=5, attempt_timeout=0.5, max_backoff=0.05, client_id=7)
     c._target = redirector.address
     c.set("k", "v")
     assert "retry" not in node.requests[0], "a follower's redirect proposed nothing: still a first attempt"
+    c.close()
+
+
+def _registering(answers):
+    """A node script that issues ids to `register` and answers writes from `answers`."""
+    issued = iter(range((1 << 62) + 10, (1 << 62) + 100))
+
+    def script(req):
+        if req["op"] == "register":
+            return {"status": "ok", "result": {"ok": True, "client": next(issued)}}
+        return next(answers)
+    return script
+
+
+def test_a_new_client_registers_once_and_writes_with_the_id_it_was_given(fake):
+    node = fake(_registering(iter([{"status": "ok", "result": {"ok": True}}] * 2)))
+    c = Client({1: node.address}, timeout=2, attempt_timeout=0.5, max_backoff=0.05)
+    c.set("a", "1")
+    c.set("b", "2")
+    register, first, second = node.requests
+    assert register["op"] == "register" and register["client"] == 0
+    assert first["client"] == second["client"] == (1 << 62) + 10 and (first["seq"], second["seq"]) == (1, 2)
+    c.close()
+
+
+def test_a_forgotten_registered_session_on_a_first_attempt_registers_again_and_applies(fake):
+    """Nothing of a first attempt was applied: a fresh id makes it safe to send again."""
+    answers = iter([{"status": "session_expired", "error": "session expired: ..."}, {"status": "ok", "result": {"ok": True}}])
+    node = fake(_registering(answers))
+    c = Client({1: node.address}, timeout=2, attempt_timeout=0.5, max_backoff=0.05)
+    c.set("k", "v")
+    kinds = [(r["op"], r["client"], "retry" in r) for r in node.requests]
+    assert kinds == [("register", 0, False), ("set", (1 << 62) + 10, False), ("register", 0, False), ("set", (1 << 62) + 11, False)]
+    c.close()
+
+
+def test_a_forgotten_registered_session_on_a_retry_is_unknown(fake):
+    answers = iter([{"status": "unknown", "error": "leadership lost"}, {"status": "session_expired", "error": "session expired: ..."}])
+    node = fake(_registering(answers))
+    c = Client({1: node.address}, timeout=2, attempt_timeout=0.5, max_backoff=0.05)
+    with pytest.raises(Unknown, match="session expired"):
+        c.set("k", "v")
+    c.close()
+
+
+def test_status_after_the_node_dropped_the_connection_reconnects(fake):
+    """A long-lived client must not keep a broken connection for status either."""
+    calls = []
+
+    def script(req):
+        calls.append(req)
+        return None if len(calls) == 2 else {"status": "ok", "result": {"id": 1}}
+    node = fake(script)
+    c = client_for(node)
+    assert c.status(1)["id"] == 1
+    with pytest.raises((OSError, ConnectionError)):
+        c.status(1)
+    assert c.status(1)["id"] == 1 and len(calls) == 3
     c.close()

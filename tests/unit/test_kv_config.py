@@ -6,7 +6,7 @@ import pytest
 from dataclasses import replace
 
 from raftproc.config import ConfigError, NodeAddress, default_config, load_config, parse_config, to_toml
-from raftproc.kv.commands import Command
+from raftproc.kv.commands import REGISTERED, Command
 from raftproc.kv.state_machine import KeyValueStore
 
 
@@ -236,3 +236,20 @@ def test_applying_the_proposed_command_equals_decoding_its_bytes():
         assert leader.apply(i, cmd.encode(), cmd) == follower.apply(i, cmd.encode())
     assert leader.data == follower.data and leader.sessions == follower.sessions
     assert leader.log_digest() == follower.log_digest() and leader.state_digest() == follower.state_digest()
+
+
+def test_registered_ids_tell_a_new_client_from_a_forgotten_one():
+    kv = KeyValueStore(max_sessions=2)
+    [reg] = apply_all(kv, Command("register", ""))
+    me = reg["client"]
+    assert me == REGISTERED + 1 and kv.sessions[me] == (0, {"ok": True})
+    # Its first write, sent twice across a failover (the second marked a retry): applied once.
+    assert apply_all(kv, Command("set", "k", "1", client=me, seq=1, retry=True)) == [{"ok": True}]
+    assert apply_all(kv, Command("set", "k", "1", client=me, seq=1, retry=True)) == [{"ok": True}]
+    # Forgotten after two newer clients: a registered id without a session is expired,
+    # first attempt or not, and nothing is applied.
+    apply_all(kv, Command("register", ""), Command("register", ""))
+    before = dict(kv.data)
+    [gone] = apply_all(kv, Command("set", "k", "2", client=me, seq=2))
+    assert gone["session_expired"] and "issued" in gone["error"] and kv.data == before
+    assert me not in kv.sessions, "an expired id must not reopen a session"

@@ -25,7 +25,7 @@ ALLOWED: dict[str, set[str]] = {
     "sim": {"core", "sim", "server.driver"},
     "checker": {"checker"},
     "node": {"core", "runtime", "server", "config"},
-    "client": {"core", "runtime", "config"},
+    "client": {"core", "kv", "runtime", "config"},
     "cli": {"core", "runtime", "config", "client"},
     "ops": {"core", "kv", "runtime", "config", "client", "checker", "ops"},
     # The live page: static files and a docstring.
