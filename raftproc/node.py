@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 
 from raftproc.config import ClusterConfig, ConfigError, load_config
+from raftproc.runtime.dirlock import DataDirInUse, lock_data_dir
 from raftproc.runtime.logging import configure
 from raftproc.runtime.addresses import is_loopback
 from raftproc.runtime.identity import IdentityError
@@ -87,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
         cfg, link_faults = checked_config(args.config, args.id)
     except ConfigError as e:
         return fail(EXIT_CONFIG, str(e))
+    try:
+        # Before the log file is opened or the WAL read: a second copy of this node
+        # must touch neither. The descriptor stays open (and locked) until exit.
+        data_dir_lock = lock_data_dir(cfg.node_data_dir(args.id))  # noqa: F841
+    except DataDirInUse as e:
+        return fail(EXIT_STARTUP, f"node {args.id}: {e}")
 
     host = None
     log = configure(

@@ -41,15 +41,42 @@ import sys
 from pathlib import Path
 
 from raftproc.client import ClientError
+from raftproc.config import ClusterConfig
 from raftproc.ops.cluster import Cluster, ClusterError, local_config
 from raftproc.ops.links import LinkTable, parse_groups
 from raftproc.ops.logs import follow, format_line, matches, merged
 from raftproc.ops.timeline import render, story
 
 
+def contradictions(cfg: ClusterConfig, args: argparse.Namespace) -> list[str]:
+    """The options of `up` that ask for something other than the run directory's
+    cluster is: starting it anyway would quietly run what was not asked for."""
+    said = []
+    if args.tls and cfg.tls is None:
+        said.append("--tls, but the cluster there runs without TLS")
+    if args.nodes is not None and args.nodes != len(cfg.nodes):
+        said.append(f"-n {args.nodes}, but the cluster there has {len(cfg.nodes)} nodes")
+    first = min(cfg.nodes)
+    port = cfg.nodes[first].peer[1]
+    if args.base_port and port != args.base_port + 100 + first:  # 0 asks for any free ports
+        said.append(f"--base-port {args.base_port}, but node {first} there listens for peers on {port}")
+    if args.slow is not None and cfg.tick_ms != 10 * args.slow:
+        said.append(f"--slow {args.slow}, but the cluster there ticks every {cfg.tick_ms} ms")
+    for option, wanted, there in (("--data-dir", args.data_dir, cfg.data_dir), ("--log-dir", args.log_dir, cfg.log_dir)):
+        if wanted is not None and Path(wanted).resolve() != there:
+            said.append(f"{option} {wanted}, but the cluster there uses {there}")
+    return said
+
+
 def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
     if cluster.config_path.exists() and not args.fresh:
         # Its data says who the members are; a new config over it would contradict that.
+        contrary = contradictions(cluster.config, args)
+        if contrary:
+            raise ClusterError(
+                f"{cluster.run_dir} holds a cluster already, and `up` was asked for {'; '.join(contrary)}. "
+                f"Run `up` without those options to start it as it is, or `down`, then `up --fresh` (or another --run-dir) "
+                "to make a new cluster (remove its data directory first: the old logs name their own members).")
         running = [p.node_id for p in cluster.processes() if p.state in ("running", "paused")]
         if running:
             raise ClusterError(f"a cluster is already running from {cluster.run_dir} (nodes {running}); run `down` first")
@@ -61,16 +88,18 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
     run_dir = cluster.run_dir
     data_dir = Path(args.data_dir) if args.data_dir else run_dir / "data"
     log_dir = Path(args.log_dir) if args.log_dir else run_dir / "logs"
-    cfg = local_config(args.nodes, data_dir, log_dir, base_port=args.base_port or None, tick_ms=10 * args.slow, link_faults=True)
+    base_port = 7000 if args.base_port is None else args.base_port
+    slow = args.slow or 1
+    cfg = local_config(args.nodes or 5, data_dir, log_dir, base_port=base_port or None, tick_ms=10 * slow, link_faults=True)
     cluster.create(cfg, tls=args.tls)
     if args.link_delay:
         table = LinkTable()
         table.slow_all(args.link_delay)
         table.save(cluster.run_dir)
-    cluster.up(wait=args.wait * args.slow)
-    slow = f"; Raft timers {args.slow}x slower" if args.slow > 1 else ""
+    cluster.up(wait=args.wait * slow)
+    slow_said = f"; Raft timers {slow}x slower" if slow > 1 else ""
     delay = f"; every peer message held back {args.link_delay} ms" if args.link_delay else ""
-    print(f"cluster of {args.nodes} up{' with mutual TLS' if args.tls else ''}{slow}{delay}; leader is node {cluster.leader()}; config {cluster.config_path}")
+    print(f"cluster of {len(cfg.nodes)} up{' with mutual TLS' if args.tls else ''}{slow_said}{delay}; leader is node {cluster.leader()}; config {cluster.config_path}")
     return cmd_status(cluster, args)
 
 
@@ -153,15 +182,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--run-dir", default="run")
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
-    up.add_argument("-n", "--nodes", type=_node_count, default=5, help="1 to 99")
-    up.add_argument("--base-port", type=int, default=7000, help="peers on BASE+100+N, clients on BASE+200+N; 0: free ports the kernel picks")
+    up.add_argument("-n", "--nodes", type=_node_count, default=None, help="1 to 99 (default 5)")
+    up.add_argument("--base-port", type=int, default=None,
+                    help="peers on BASE+100+N, clients on BASE+200+N (default 7000); 0: free ports the kernel picks")
     up.add_argument("--data-dir", default=None, help="default: RUN_DIR/data")
     up.add_argument("--log-dir", default=None, help="default: RUN_DIR/logs")
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
     up.add_argument("--tls", action="store_true", help="mint a CA and certificates in the run directory and run mutual TLS on both ports")
     up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "
                     "(the data directory should be empty: its logs name their own members)")
-    up.add_argument("--slow", type=_slowness, default=1, help="run every Raft timer N times slower (tick_ms x N), to watch elections")
+    up.add_argument("--slow", type=_slowness, default=None, help="run every Raft timer N times slower (tick_ms x N), to watch elections")
     up.add_argument("--link-delay", type=int, default=0, metavar="MS", help="hold back every peer message MS ms (slow motion: `heal` keeps it)")
     web = sub.add_parser("web")
     web.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT; a non-loopback host needs the token the command prints")

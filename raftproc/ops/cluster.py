@@ -32,6 +32,7 @@ from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to
 from raftproc.ops.certs import node_with_cert, secure_cluster
 from raftproc.ops.links import LinkTable
 from raftproc.ops.logs import merged
+from raftproc.runtime.dirlock import holder_of
 from raftproc.runtime.tls import client_context_for
 
 
@@ -96,6 +97,7 @@ class Cluster:
         self.launcher = launcher or [sys.executable, "-m", "raftproc.node"]
         self.env = env or {}  # extra environment for the nodes
         self._tls_context: tuple[Any, Any] | None = None  # (client TLS files, their context)
+        self._children: dict[int, subprocess.Popen] = {}  # the last process started per node
 
     # --- set-up -------------------------------------------------------------------
 
@@ -132,7 +134,7 @@ class Cluster:
         removed = self.removed()
         started = [n for n in self.config.nodes if n not in removed]
         for node_id in started:
-            self.start(node_id)
+            self.start(node_id, wait=0)
         try:
             self._wait_ours(started, wait)
             self.wait_for_leader(wait)
@@ -147,7 +149,7 @@ class Cluster:
             for n in sorted(waiting):
                 p = self.process(n)
                 if p.state not in ("running", "paused"):
-                    raise ClusterError(f"node {n} exited at start: {self.last_output(n) or 'no output'}")
+                    raise ClusterError(self._exited_at_start(n))
                 s = self.node_status(n, timeout=0.3)
                 if s is not None and s.get("pid") != p.pid:
                     a = self.config.node(n).client
@@ -178,11 +180,22 @@ class Cluster:
 
     # --- one node -------------------------------------------------------------------
 
-    def start(self, node_id: int) -> int:
+    def start(self, node_id: int, wait: float = 5.0) -> int:
+        """Start node `node_id` and wait up to `wait` seconds for it to answer (0: do
+        not wait). A node that exits meanwhile is reported with its exit code and
+        last line (ClusterError); if it exited because its data directory is held by
+        a running copy of the node, that copy is what the pid file names again, so
+        the supervisor never loses track of a process it started."""
         self._known(node_id)
         current = self.process(node_id)
         if current.state in ("running", "paused"):
             raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
+        proc = self._spawn(node_id)
+        if wait > 0:
+            self._wait_started(node_id, proc, wait)
+        return proc.pid
+
+    def _spawn(self, node_id: int) -> subprocess.Popen:
         out = open(self.run_dir / f"node-{node_id}.out", "ab")  # noqa: SIM115
         env = {**os.environ, **self.env, **self.links().env_for(node_id)}
         proc = subprocess.Popen(
@@ -191,13 +204,39 @@ class Cluster:
             cwd=self.run_dir,
         )
         out.close()
+        self._children[node_id] = proc  # to read its exit code, and to reap it
         self._pid_file(node_id).write_text(f"{proc.pid}\n")
         # Until the child has exec'd, its command line is ours and it would read
         # as a stale pid; callers expect a started node to show as running.
         deadline = time.monotonic() + 5.0
-        while self.process(node_id).state == "stale-pid" and time.monotonic() < deadline:
+        while self.process(node_id).state == "stale-pid" and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)  # poll interval of a wait-until loop
-        return proc.pid
+        return proc
+
+    def _wait_started(self, node_id: int, proc: subprocess.Popen, wait: float) -> None:
+        """Until the node answers status as itself, or exits (ClusterError), or
+        `wait` passes (a long WAL recovery: it is left starting)."""
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ClusterError(self._exited_at_start(node_id))
+            s = self.node_status(node_id, timeout=0.3)
+            if s is not None and s.get("pid") == proc.pid:
+                return
+            time.sleep(0.02)  # poll interval of a wait-until loop
+
+    def _exited_at_start(self, node_id: int) -> str:
+        """Why node `node_id` exited during start-up; a copy of it that still holds
+        its data directory is tracked again."""
+        child = self._children.get(node_id)
+        code = child.poll() if child is not None else None
+        why = f"node {node_id} exited during start-up" + (f" with code {code}" if code is not None else "")
+        why += f": {self.last_output(node_id, 1) or 'no output'}"
+        holder = holder_of(self.config.node_data_dir(node_id))
+        if holder is not None and self._psutil(node_id, holder) is not None:
+            self._pid_file(node_id).write_text(f"{holder}\n")
+            why += f" (node {node_id} runs already as pid {holder}; tracking it again)"
+        return why
 
     # --- membership -------------------------------------------------------------------
 

@@ -145,3 +145,39 @@ def test_mistakes_get_precise_answers_and_a_down_cluster_fails_fast(tmp_path):
         assert all(p.state == "stopped" for p in Cluster(run).processes())
     finally:
         sup(run, "down", check=False)
+
+
+def test_nothing_is_started_twice_or_started_other_than_asked(tmp_path):
+    run = tmp_path / "run"
+    try:
+        sup(run, "up", "-n", "3", "--base-port", "0")
+        sup(run, "down")
+        for args, says in ((["--tls"], "--tls, but the cluster there runs without TLS"),
+                           (["-n", "5"], "-n 5, but the cluster there has 3 nodes"),
+                           (["--base-port", "7700"], "--base-port 7700, but node 1 there listens for peers on")):
+            r = sup(run, "up", *args, check=False)
+            assert r.returncode == 1 and says in r.stderr and "up --fresh" in r.stderr, (args, r.stderr)
+            assert all(p.state == "stopped" for p in Cluster(run).processes()), "refused before starting anything"
+        sup(run, "up", "-n", "3")  # what it is: fine
+        cluster = Cluster(run)
+        live = cluster.process(1).pid
+        log_file = cluster.config.node_log_file(1)
+
+        def started_lines() -> int:
+            return sum('"node_started"' in line for line in log_file.read_text().splitlines())
+        before = started_lines()
+        # A second node 1: refused on the data directory's lock before it reads the
+        # WAL, binds a port or writes a line of the live node's log.
+        second = subprocess.run([sys.executable, "-m", "raftproc.node", "--id", "1", "--config", str(run / "config.toml")],
+                                capture_output=True, text=True, timeout=60)
+        assert second.returncode == 3 and f"is in use by pid {live}" in second.stderr, second.stderr
+        assert started_lines() == before
+        # The supervisor lost track of node 1 (its pid file is gone): `start` reports the
+        # copy that exited at once, with its code and reason, and tracks the live one again.
+        (run / "node-1.pid").unlink()
+        r = sup(run, "start", "1", check=False)
+        assert r.returncode == 1 and "exited during start-up with code 3" in r.stderr and f"is in use by pid {live}" in r.stderr, r.stderr
+        assert f"runs already as pid {live}; tracking it again" in r.stderr
+        assert cluster.process(1).pid == live and cluster.process(1).state == "running"
+    finally:
+        sup(run, "down", check=False)
