@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.cluster import Cluster, ClusterError
+from raftproc.ops.layout import local_config
 from raftproc.ops.links import LinkTable
 from raftproc.ops.logs import merged
 from raftproc.ops.timeline import render, story

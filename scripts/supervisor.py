@@ -42,7 +42,8 @@ from pathlib import Path
 
 from raftproc.client import ClientError
 from raftproc.config import ClusterConfig
-from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.cluster import Cluster, ClusterError
+from raftproc.ops.layout import local_config
 from raftproc.ops.links import LinkTable, parse_groups
 from raftproc.ops.logs import follow, format_line, matches, merged
 from raftproc.ops.timeline import render, story

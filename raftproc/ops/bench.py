@@ -24,7 +24,8 @@ from typing import Any
 
 import psutil
 
-from raftproc.ops.cluster import Cluster, free_ports, local_config
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.layout import free_ports, local_config
 
 
 @dataclass
@@ -251,7 +252,7 @@ class EtcdTarget(ProcessTarget):
 
     def __init__(self, nodes: int, binary: str = "etcd") -> None:
         super().__init__()
-        from raftproc.ops.cluster import free_ports
+        from raftproc.ops.layout import free_ports
 
         ports = free_ports(2 * nodes)
         self.clients = [("127.0.0.1", ports[nodes + i]) for i in range(nodes)]
@@ -300,7 +301,7 @@ class PySyncObjTarget(ProcessTarget):
 
     def __init__(self, nodes: int, python: str) -> None:
         super().__init__()
-        from raftproc.ops.cluster import free_ports
+        from raftproc.ops.layout import free_ports
 
         ports = free_ports(2 * nodes)
         raft = [f"127.0.0.1:{ports[i]}" for i in range(nodes)]

@@ -28,7 +28,8 @@ from typing import Any, Callable
 
 from raftproc.checker import check_history
 from raftproc.config import ClusterConfig, NodeAddress
-from raftproc.ops.cluster import Cluster, ClusterError, local_config
+from raftproc.ops.cluster import Cluster, ClusterError
+from raftproc.ops.layout import local_config
 from raftproc.ops.logs import read_lines
 from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,50 +29,15 @@ import psutil
 from raftproc.client import Client, ClientError
 from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to_toml
 from raftproc.ops.certs import node_with_cert, secure_cluster
+from raftproc.ops.layout import free_ports
 from raftproc.ops.links import LinkTable
-from raftproc.ops.logs import merged
+from raftproc.ops.logs import handover_gaps
 from raftproc.runtime.dirlock import holder_of
 from raftproc.runtime.tls import client_context_for
 
 
 class ClusterError(Exception):
     pass
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now; they stay free long enough for a test cluster
-    to bind them (the kernel does not reuse an ephemeral port at once)."""
-    socks, ports = [], []
-    for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def local_config(
-    nodes: int, data_dir: Path, log_dir: Path, *, ports: list[int] | None = None, base_port: int | None = None, **overrides: Any
-) -> ClusterConfig:
-    """A cluster on 127.0.0.1. With `base_port` B, node N listens for peers on
-    B+100+N, for clients on B+200+N and for metrics scrapes on B+300+N (B=7000
-    gives the documented defaults); without, on free ports the kernel picks.
-    `ports`: peers', then clients', then (optionally) metrics' ports."""
-    if ports is None:
-        if base_port is None:
-            ports = free_ports(3 * nodes)
-        else:
-            ports = [base_port + kind * 100 + i for kind in (1, 2, 3) for i in range(1, nodes + 1)]
-    addrs = {
-        i: NodeAddress(
-            i, ("127.0.0.1", ports[i - 1]), ("127.0.0.1", ports[nodes + i - 1]),
-            metrics=("127.0.0.1", ports[2 * nodes + i - 1]) if len(ports) >= 3 * nodes else None,
-        )
-        for i in range(1, nodes + 1)
-    }
-    return ClusterConfig(nodes=addrs, data_dir=data_dir.resolve(), log_dir=log_dir.resolve(), **overrides)
 
 
 @dataclass
@@ -360,25 +324,7 @@ class Cluster:
                     raise ClusterError(f"node {node_id} did not catch up within {timeout}s after its restart")
                 time.sleep(0.02)  # poll interval of a wait-until loop
             say(f"node {node_id} restarted" + (f" (handed leadership to node {handed_to})" if handed_to else ""))
-        return {"order": order, "seconds": time.monotonic() - started, "handover_gaps_s": self.handover_gaps(since)}
-
-    def handover_gaps(self, since: str) -> list[float]:
-        """Seconds from each TimeoutNow (logged after `since`) to the next leader."""
-        paths = sorted(self.config.log_dir.glob("node-*.jsonl"))
-        sent: list[tuple[datetime, int]] = []
-        elected: list[tuple[datetime, int]] = []
-        for record in merged(paths):
-            ts = str(record.get("ts", ""))
-            if ts < since or record.get("event") not in ("timeout_now_sent", "became_leader"):
-                continue
-            at = datetime.fromisoformat(ts)
-            (sent if record["event"] == "timeout_now_sent" else elected).append((at, record["term"]))
-        gaps = []
-        for at, term in sent:
-            after = [t for t, leader_term in elected if leader_term > term and t >= at]
-            if after:
-                gaps.append((min(after) - at).total_seconds())
-        return gaps
+        return {"order": order, "seconds": time.monotonic() - started, "handover_gaps_s": handover_gaps(sorted(self.config.log_dir.glob("node-*.jsonl")), since)}
 
     def transfer(self, target: int | None = None, timeout: float = 10.0) -> int:
         """Hand leadership to `target` (None: the leader picks its most up-to-date

@@ -6,6 +6,7 @@ import heapq
 import json
 import time
 from collections.abc import Iterable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -72,3 +73,21 @@ def follow(paths: list[Path], node: int | None, events: set[str] | None, poll: f
         for record in sorted(batch, key=lambda r: str(r.get("ts", ""))):
             yield format_line(record)
         time.sleep(poll)
+
+
+def handover_gaps(paths: list[Path], since: str) -> list[float]:
+    """Seconds from each TimeoutNow (logged after `since`) to the next leader."""
+    sent: list[tuple[datetime, int]] = []
+    elected: list[tuple[datetime, int]] = []
+    for record in merged(paths):
+        ts = str(record.get("ts", ""))
+        if ts < since or record.get("event") not in ("timeout_now_sent", "became_leader"):
+            continue
+        at = datetime.fromisoformat(ts)
+        (sent if record["event"] == "timeout_now_sent" else elected).append((at, record["term"]))
+    gaps = []
+    for at, term in sent:
+        after = [t for t, leader_term in elected if leader_term > term and t >= at]
+        if after:
+            gaps.append((min(after) - at).total_seconds())
+    return gaps

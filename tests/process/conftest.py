@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from raftproc.ops.cluster import Cluster, local_config
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.layout import local_config
 
 
 def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:

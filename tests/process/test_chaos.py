@@ -10,7 +10,8 @@ import pytest
 
 from raftproc.checker import check_history
 from raftproc.ops.chaos import ChaosOptions, lost_writes, run_chaos, settled_configuration
-from raftproc.ops.cluster import Cluster, local_config
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.layout import local_config
 from raftproc.ops.nemesis import plan
 from raftproc.ops.netns import available
 from raftproc.ops.replay import Recording, newest_recording

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from conftest import log_events
-from raftproc.ops.cluster import Cluster, local_config
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.layout import local_config
 from raftproc.runtime.codec import decode_answer, encode
 from raftproc.runtime.framing import FrameDecoder, encode_frame
 

@@ -14,7 +14,8 @@ import pytest
 
 from conftest import log_events, wait_until
 from raftproc.client import Client, ClientError
-from raftproc.ops.cluster import Cluster, local_config
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.layout import local_config
 
 pytestmark = pytest.mark.process
 

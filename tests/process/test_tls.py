@@ -225,7 +225,8 @@ def test_join_mints_the_new_nodes_certificate(cluster):
 
 def test_a_node_on_a_public_address_without_tls_warns_loudly(tmp_path):
     from raftproc.config import ClusterConfig, NodeAddress
-    from raftproc.ops.cluster import Cluster, free_ports
+    from raftproc.ops.cluster import Cluster
+    from raftproc.ops.layout import free_ports
 
     peer, client = free_ports(2)
     cluster = Cluster(tmp_path / "run")

@@ -11,7 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from raftproc.ops.cluster import Cluster, local_config
+from raftproc.ops.cluster import Cluster
+from raftproc.ops.layout import local_config
 from raftproc.ops.web import MAX_BODY, WebServer
 
 
