@@ -17,7 +17,8 @@ Exit codes (scripts can rely on them):
     3  unknown outcome: it may or may not have been applied
     4  get: no such key
     5  unreachable: no node answered (status, health: some node did not)
-    6  status, health: the nodes that answered know no leader, or disagree
+    6  status, health: the nodes that answered know no leader, or disagree, or a
+       node's log diverged from another's (raftproc.core.divergence)
   130  interrupted (Ctrl-C)
 """
 
@@ -139,9 +140,12 @@ def _status(client: Client, out: Output, *, health: bool) -> int:
             rows.append({"node": node_id, "role": "down", "error": f"{type(e).__name__}: {e}"[:200]})
     down = [r["node"] for r in rows if r["role"] == "down"]
     leaders = {r.get("leader") for r in rows if r["role"] != "down"}
-    code = EXIT_UNREACHABLE if down else EXIT_OK if len(leaders) == 1 and None not in leaders else EXIT_NO_LEADER
+    diverged = [f"node {r['node']}: {str(r['diverged'])[:300]}" for r in rows if r.get("diverged")]
+    code = EXIT_UNREACHABLE if down else EXIT_OK if len(leaders) == 1 and None not in leaders and not diverged else EXIT_NO_LEADER
     verdict = {EXIT_OK: "healthy", EXIT_UNREACHABLE: f"unhealthy: nodes {down} do not answer",
                EXIT_NO_LEADER: f"unhealthy: leaders seen {sorted(map(str, leaders))}"}[code]
+    if diverged:
+        verdict = "unhealthy: DIVERGED HISTORIES, acknowledged writes may be lost (docs/storage.md): " + "; ".join(diverged)
     if out.json:
         out.emit({"healthy": code == EXIT_OK, "verdict": verdict, **({} if health else {"nodes": rows})}, "")
         return code

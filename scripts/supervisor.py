@@ -130,14 +130,18 @@ def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
 
 def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
     print(f"{'node':>4} {'pid':>7} {'state':<11} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7} {'rss MB':>7} {'cpu s':>6}  digest")
-    for r in cluster.status_table():
+    rows = cluster.status_table()
+    for r in rows:
         g = r.get
         print(
             f"{r['node']:>4} {str(g('pid') or '-'):>7} {r['state']:<11} {str(g('role', '-')):<9} {str(g('term', '-')):>5} "
             f"{str(g('leader', '-')):>6} {str(g('commit_index', '-')):>7} {str(g('last_applied', '-')):>7} "
             f"{str(g('rss_mb', '-')):>7} {str(g('cpu_s', '-')):>6}  {str(g('log_digest', '-'))[:12]}"
         )
-    return 0
+    alarms = [(r["node"], r["diverged"]) for r in rows if r.get("diverged")]
+    for node, alarm in alarms:
+        print(f"ALARM node {node}: {alarm} (docs/storage.md: what to do)")
+    return 2 if alarms else 0
 
 
 def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:

@@ -22,12 +22,23 @@ the configuration the snapshot was taken under (the bootstrap one for a log that
 never changed it). Truncating a configuration entry away brings the previous one
 back, as §6 requires of a node whose uncommitted change is overwritten.
 
+Every entry also carries a link of a hash chain, h_i = H(h_{i-1}, term_i, content_i)
+with h_0 = ZERO_HASH, kept beside the entries and, for the snapshot's last entry,
+in the snapshot. Log Matching says two logs with the same term at an index agree
+on everything up to it; that is a theorem about correct storage. A node whose disk
+lost writes it had reported durable, or whose data directory was put back to an
+older copy, can hold another history under the same terms. Comparing chain links
+tells the two apart (raftproc.core.divergence). A snapshot written before the
+chain existed has no link: `snapshot_hash` is None, and so is every link after it
+until a snapshot with one replaces it (nothing is compared meanwhile).
+
 Invariant: terms never decrease along the log (enforced on every append).
 Invariant: snapshot_index <= stable_index <= written_index <= last_index.
 """
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 
@@ -39,13 +50,30 @@ def _term(entry: Entry) -> int:
     return entry.term
 
 
+ZERO_HASH = bytes(16)  # the chain's link before index 1
+
+
+def chain(prev: bytes, entry: Entry) -> bytes:
+    """The chain link of `entry` after the link `prev`. A no-op, an empty command
+    and a configuration entry hash apart (their tag byte)."""
+    h = hashlib.sha256(prev)
+    h.update(entry.term.to_bytes(8, "big"))
+    if entry.config is not None:
+        h.update(b"c" + entry.config.describe().encode())
+    if entry.command is not None:
+        h.update(b"b")
+        h.update(entry.command)
+    return h.digest()[:16]
+
+
 class LogInvariantError(AssertionError):
     """The core was asked to do something that would break a log invariant."""
 
 
 class RaftLog:
     __slots__ = (
-        "_configs", "_entries", "snapshot_index", "snapshot_membership", "snapshot_term", "stable_index", "written_index",
+        "_configs", "_entries", "_hashes", "snapshot_hash", "snapshot_index", "snapshot_membership", "snapshot_term",
+        "stable_index", "written_index",
     )
 
     def __init__(
@@ -55,9 +83,13 @@ class RaftLog:
         snapshot_index: int = 0,
         snapshot_term: int = 0,
         membership: Membership = EMPTY,
+        snapshot_hash: bytes | None = ZERO_HASH,
     ) -> None:
-        """`membership`: the configuration in force at snapshot_index."""
+        """`membership`: the configuration in force at snapshot_index;
+        `snapshot_hash`: the chain link there (None: unknown)."""
         self._entries: list[Entry] = []
+        self._hashes: list[bytes] = []  # the chain link of each entry held
+        self.snapshot_hash = snapshot_hash
         self._configs: list[tuple[int, Membership]] = []  # (index, config) of config entries held
         self.snapshot_index = snapshot_index
         self.snapshot_term = snapshot_term
@@ -91,6 +123,16 @@ class RaftLog:
             return self.snapshot_term
         if 0 < offset <= len(self._entries):
             return self._entries[offset - 1].term
+        return None
+
+    def hash_at(self, index: int) -> bytes | None:
+        """The chain link at `index` (snapshot_index included); None when it is not
+        held or not known."""
+        offset = index - self.snapshot_index
+        if offset == 0 or self.snapshot_hash is None:
+            return self.snapshot_hash if offset == 0 else None
+        if 0 < offset <= len(self._hashes):
+            return self._hashes[offset - 1]
         return None
 
     def is_compacted(self, index: int) -> bool:
@@ -175,6 +217,7 @@ class RaftLog:
             if e.term < self.last_term:
                 raise LogInvariantError(f"term {e.term} at {e.index} after term {self.last_term}")
             self._entries.append(e)
+            self._hashes.append(chain(self._hashes[-1] if self._hashes else self.snapshot_hash or ZERO_HASH, e))
             if e.config is not None:
                 self._configs.append((e.index, e.config))
 
@@ -183,6 +226,7 @@ class RaftLog:
         if index <= self.snapshot_index:
             raise LogInvariantError(f"truncation from {index} into the snapshot at {self.snapshot_index}")
         del self._entries[index - self.snapshot_index - 1 :]
+        del self._hashes[index - self.snapshot_index - 1 :]
         while self._configs and self._configs[-1][0] >= index:
             self._configs.pop()
         self.stable_index = min(self.stable_index, index - 1)
@@ -198,15 +242,19 @@ class RaftLog:
         assert term is not None
         self.snapshot_membership = self.membership_at(index)
         self._configs = [(at, c) for at, c in self._configs if at > index]
+        self.snapshot_hash = self.hash_at(index)
         del self._entries[: index - self.snapshot_index]
+        del self._hashes[: index - self.snapshot_index]
         self.snapshot_index, self.snapshot_term = index, term
         # The snapshot holds these entries' effect durably, written or not.
         self.written_index = max(self.written_index, index)
         self.stable_index = max(self.stable_index, index)
 
-    def restore(self, index: int, term: int, membership: Membership) -> None:
+    def restore(self, index: int, term: int, membership: Membership, snapshot_hash: bytes | None = None) -> None:
         """Replace the whole log by a snapshot ending at (index, term)."""
         self._entries = []
+        self._hashes = []
+        self.snapshot_hash = snapshot_hash
         self._configs = []
         self.snapshot_membership = membership
         self.snapshot_index, self.snapshot_term = index, term

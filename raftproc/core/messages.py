@@ -38,6 +38,7 @@ class SnapshotMeta:
     term: int
     membership: Membership
     context: bytes | None = None
+    hash: bytes | None = None  # the log's chain link at `index` (raftproc.core.log); None: unknown
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +78,9 @@ class AppendEntries:
     # echoed in the answer, it proves the follower still took this node for its
     # leader after every read of that round or earlier arrived.
     context: int = 0
+    # The leader's chain link at prev_log_index (raftproc.core.log): the same term
+    # there must also mean the same history (raftproc.core.divergence). None: unknown.
+    prev_log_hash: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -103,6 +107,9 @@ class AppendEntriesResponse:
     conflict_term: int | None = None
     conflict_index: int = 0
     context: int = 0  # the request's context, echoed
+    # The follower found its history differs from the leader's where Raft says they
+    # agree (raftproc.core.divergence): it follows nobody until an operator acts.
+    diverged: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

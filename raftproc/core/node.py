@@ -58,7 +58,8 @@ from raftproc.core.config import (
     TransferInProgress,
     worth_logging,
 )
-from raftproc.core.log import LogInvariantError, RaftLog
+from raftproc.core.divergence import Divergence, check_append, check_snapshot
+from raftproc.core.log import ZERO_HASH, LogInvariantError, RaftLog
 from raftproc.core.membership import Membership
 from raftproc.core.messages import (
     AppendEntries,
@@ -117,7 +118,8 @@ class RaftNode(ConfigChanges):
         hs = hard_state or HardState()
         bootstrap = voters if isinstance(voters, Membership) else Membership(tuple(voters))
         snap = snapshot or SnapshotMeta(0, 0, bootstrap)
-        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term, membership=snap.membership)
+        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term, membership=snap.membership,
+                           snapshot_hash=snap.hash if snap.index else ZERO_HASH)
         self.current_term = hs.current_term
         self.voted_for: NodeId | None = hs.voted_for
         # A persisted commit index is only a hint; never trust it past the log we
@@ -147,6 +149,11 @@ class RaftNode(ConfigChanges):
         self._timeout_now_sent = False
         self._in_ready = False
         self._tick_role = self._tick_election
+        # This node's log contradicts a leader's (raftproc.core.divergence): it then
+        # follows, votes and campaigns for nobody. Peers that reported the same to us
+        # as leader, with the index: an alarm the host shows until restart.
+        self.diverged: Divergence | None = None
+        self.peer_divergences: dict[NodeId, int] = {}
         self._reset_election_timer()
 
     @property
@@ -523,8 +530,8 @@ class RaftNode(ConfigChanges):
     def _tick_election(self) -> None:
         self.election_elapsed += 1
         if self.election_elapsed >= self.randomized_election_timeout:
-            if not self.is_voter():
-                # A learner, a joining node or a removed one waits to be told.
+            if not self.is_voter() or self.diverged is not None:
+                # A learner, a joining node, a removed or a diverged one waits to be told.
                 self._reset_election_timer()
                 return
             if self.config.pre_vote and len(self.voters) > 1:
@@ -609,6 +616,8 @@ class RaftNode(ConfigChanges):
 
     def _vote_refusal(self, msg: RequestVote) -> str | None:
         """Why this node must not vote for msg.src in this term, or None to grant."""
+        if self.diverged is not None:
+            return "this node's log diverged: it votes for nobody"
         if not self._may_vote_for(msg.src):
             return f"already voted for {self.voted_for}"
         if not self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
@@ -621,7 +630,7 @@ class RaftNode(ConfigChanges):
 
     def _handle_pre_vote(self, msg: RequestVote) -> None:
         """Would we vote for msg.src in msg.term? Nothing here changes our state."""
-        granted = msg.term > self.current_term and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term)
+        granted = msg.term > self.current_term and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term) and not self.diverged
         self._log("pre_vote_granted" if granted else "pre_vote_rejected", candidate=msg.src, for_term=msg.term)
         # A grant names the term it is for; a refusal carries ours, so a candidate
         # that is behind learns the newer term.
@@ -649,7 +658,9 @@ class RaftNode(ConfigChanges):
         if self.role != FOLLOWER or self.leader_id != msg.src:
             self.become_follower(self.current_term, msg.src)
         self._reset_election_timer()
-
+        if self.diverged is not None:
+            self._reject_append(msg, None, diverged=True)
+            return
         if msg.prev_log_index < self.log.snapshot_index:
             msg = self._skip_compacted(msg)
             if msg is None:
@@ -658,6 +669,11 @@ class RaftNode(ConfigChanges):
         local_term = self.log.term_at(prev)
         if local_term != msg.prev_log_term:
             self._reject_append(msg, local_term)
+            return
+        divergence = check_append(self.log, msg, self.commit_index)
+        if divergence is not None:
+            self._diverge(divergence)
+            self._reject_append(msg, local_term, diverged=True)
             return
         last_new = self._append_from_leader(msg)
         self._follower_commit(msg.leader_commit, last_new)
@@ -674,6 +690,7 @@ class RaftNode(ConfigChanges):
             return None
         return dataclasses.replace(
             msg, prev_log_index=self.log.snapshot_index, prev_log_term=self.log.snapshot_term, entries=msg.entries[skip:],
+            prev_log_hash=None,  # the leader's link here is not in the message; the entries' bytes still are
         )
 
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
@@ -681,6 +698,12 @@ class RaftNode(ConfigChanges):
             self.become_follower(self.current_term, msg.src)
         self._reset_election_timer()
         snap = msg.snapshot
+        divergence = self.diverged or check_snapshot(self.log, snap, msg.src, self.commit_index)
+        if divergence is not None:
+            self._diverge(divergence)
+            self._send(AppendEntriesResponse(src=self.id, dst=msg.src, term=self.current_term, success=False,
+                                             rejected_index=snap.index, diverged=True))
+            return
         if snap.index <= self.commit_index:
             self._log("snapshot_ignored", index=snap.index, reason="already committed", commit_index=self.commit_index)
         elif self.log.term_at(snap.index) == snap.term:
@@ -697,7 +720,7 @@ class RaftNode(ConfigChanges):
     def _restore(self, snap: SnapshotMeta) -> None:
         """Figure 13 step 7: discard the whole log; the snapshot replaces it."""
         self._log("snapshot_restored", index=snap.index, snapshot_term=snap.term, dropped_to=self.log.last_index)
-        self.log.restore(snap.index, snap.term, snap.membership)
+        self.log.restore(snap.index, snap.term, snap.membership, snap.hash)
         self.commit_index = self.applied = snap.index
         self._pending_snapshot = snap
 
@@ -736,7 +759,15 @@ class RaftNode(ConfigChanges):
             src=self.id, dst=leader, term=self.current_term, success=True, match_index=match_index, context=context,
         )
 
-    def _reject_append(self, msg: AppendEntries, local_term: int | None) -> None:
+    def _diverge(self, divergence: Divergence) -> None:
+        """Keep the log as evidence and follow nobody (raftproc.core.divergence)."""
+        if self.diverged is None:
+            self.diverged = divergence
+            self._log("log_diverged", index=divergence.index, local_term=divergence.local_term,
+                      leader_term=divergence.leader_term, leader=divergence.leader, reason=divergence.reason)
+        self.leader_id = None
+
+    def _reject_append(self, msg: AppendEntries, local_term: int | None, *, diverged: bool = False) -> None:
         if local_term is None:
             conflict_term, conflict_index = None, self.log.last_index + 1
         else:
@@ -749,7 +780,7 @@ class RaftNode(ConfigChanges):
             AppendEntriesResponse(
                 src=self.id, dst=msg.src, term=self.current_term, success=False,
                 rejected_index=msg.prev_log_index, conflict_term=conflict_term, conflict_index=conflict_index,
-                context=msg.context,
+                context=msg.context, diverged=diverged,
             )
         )
 
@@ -765,6 +796,12 @@ class RaftNode(ConfigChanges):
         if msg.match_index > self.log.last_index:
             # No follower can match entries this leader never had: a confused peer.
             self._log("message_ignored", reason="match past the leader's log", src=msg.src, match_index=msg.match_index)
+            return
+        if msg.diverged:
+            if msg.src not in self.peer_divergences:
+                self._log("peer_diverged", peer=msg.src, index=msg.rejected_index)
+            self.peer_divergences[msg.src] = msg.rejected_index
+            pr.diverged = True
             return
         if msg.success:
             if pr.on_success(msg.match_index):
@@ -821,8 +858,8 @@ class RaftNode(ConfigChanges):
 
     def _send_append(self, peer: NodeId, heartbeat: bool = False) -> None:
         pr = self.progress.get(peer)
-        if pr is None:
-            return  # removed by the commit this answer just caused, or no longer leading
+        if pr is None or pr.diverged:
+            return  # removed by the commit this answer just caused, or no longer leading; or a broken history
         if pr.state == SNAPSHOT:
             if heartbeat:
                 self._send_snapshot_heartbeat(peer)
@@ -850,7 +887,7 @@ class RaftNode(ConfigChanges):
             AppendEntries(
                 src=self.id, dst=peer, term=self.current_term, prev_log_index=prev,
                 prev_log_term=prev_term, entries=entries, leader_commit=self.commit_index,
-                context=self.reads.round,
+                context=self.reads.round, prev_log_hash=self.log.hash_at(prev),
             )
         )
         self.reads.round_fresh = False
@@ -861,7 +898,7 @@ class RaftNode(ConfigChanges):
 
     def _send_snapshot(self, peer: NodeId, pr: Progress) -> None:
         """The follower needs entries we compacted: the host streams it our snapshot."""
-        snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.log.snapshot_membership)
+        snap = SnapshotMeta(self.log.snapshot_index, self.log.snapshot_term, self.log.snapshot_membership, hash=self.log.snapshot_hash)
         pr.become_snapshot(snap.index)
         if worth_logging(pr.snapshot_attempts):
             self._log("snapshot_needed", peer=peer, index=snap.index, match_index=pr.match_index, attempts=pr.snapshot_attempts)
@@ -875,7 +912,7 @@ class RaftNode(ConfigChanges):
             AppendEntries(
                 src=self.id, dst=peer, term=self.current_term, prev_log_index=self.log.snapshot_index,
                 prev_log_term=self.log.snapshot_term, entries=(), leader_commit=self.commit_index,
-                context=self.reads.round,
+                context=self.reads.round, prev_log_hash=self.log.snapshot_hash,
             )
         )
         self.reads.round_fresh = False

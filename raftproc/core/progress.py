@@ -46,6 +46,9 @@ class Progress:
     # Snapshot transfers started since the follower last accepted an append: a
     # follower that is down fails one per heartbeat, and logs say so only sparsely.
     snapshot_attempts: int = 0
+    # The follower reported a history that contradicts ours (raftproc.core.divergence):
+    # nothing more is sent to it while this leadership lasts.
+    diverged: bool = False
 
     def become_probe(self) -> None:
         self.state = PROBE

@@ -209,6 +209,10 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     verdicts.append(("storage recovers cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} nodes' snapshots and WALs recovered"))
 
     events, snapshot_events = _logged(cfg, wall0, mono0)
+    diverged = snapshot_events["log_diverged"] + snapshot_events["peer_diverged"]
+    verdicts.append(("no history diverged", not diverged,
+                     f"{diverged} divergence alarms in the nodes' logs (log_diverged, peer_diverged)" if diverged else
+                     "no node found its log contradicting another's"))
     leader_changes = sum(1 for e in events if e["event"] == "became_leader")
     c = history.counts
     summary = [
@@ -234,9 +238,10 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
 
 def _logged(cfg, wall0: float, mono0: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """From the nodes' JSON logs: the role changes and restarts the report draws (with
-    their time on the run's monotonic clock), and how many snapshots were taken and installed."""
+    their time on the run's monotonic clock), and how many snapshots were taken and
+    installed and divergence alarms raised."""
     events = []
-    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0}
+    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0, "log_diverged": 0, "peer_diverged": 0}
     for n in cfg.nodes:
         path = cfg.node_log_file(n)
         if path.exists():

@@ -472,7 +472,7 @@ class Cluster:
             if p.state == "running":
                 s = self.node_status(p.node_id)
                 if s:
-                    row.update({k: s[k] for k in ("role", "term", "leader", "commit_index", "last_applied", "log_digest")})
+                    row.update({k: s.get(k) for k in ("role", "term", "leader", "commit_index", "last_applied", "log_digest", "diverged")})
             if p.pid and p.state in ("running", "paused"):
                 proc = self._psutil(p.node_id, p.pid)
                 if proc is not None:

@@ -56,8 +56,10 @@ _CLASSES = {tag: cls for cls, tag in _TAGS.items()}
 _FIELDS = {cls: tuple(f.name for f in dataclasses.fields(cls)) for cls in _TAGS}
 # Field -> accepted Python types (bool is checked apart: it is a subclass of int).
 _INT_OR_NONE = ("conflict_term",)
-_BOOLS = ("vote_granted", "success", "pre_vote", "ok", "transfer")
+_BOOLS = ("vote_granted", "success", "pre_vote", "ok", "transfer", "diverged")
 _BYTES = ("data",)
+_HASHES = ("prev_log_hash",)  # a log chain link (raftproc.core.log) or None
+HASH_BYTES = 16
 _STRS = ("reason",)
 
 
@@ -94,6 +96,9 @@ def decode_message(data: bytes) -> PeerFrame:
         elif name in _STRS:
             if not isinstance(value, str):
                 raise RemoteProtocolError(f"{cls.__name__}.{name} is not text")
+        elif name in _HASHES:
+            if not (value is None or (isinstance(value, bytes) and len(value) == HASH_BYTES)):
+                raise RemoteProtocolError(f"{cls.__name__}.{name} is not a {HASH_BYTES}-byte hash or null")
         elif name in _INT_OR_NONE and value is None:
             pass
         elif not is_count(value):

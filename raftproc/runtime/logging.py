@@ -95,6 +95,8 @@ class LossyFile:
 # attention than the default info.
 CORE_EVENT_LEVELS = {
     "commit_advanced": "debug",
+    "log_diverged": "error",
+    "peer_diverged": "error",
     "log_truncated": "warning",
     "message_ignored": "warning",
 }

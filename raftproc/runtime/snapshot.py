@@ -7,7 +7,8 @@ sort by index), holding a magic line and then records framed exactly like WAL
 records (4-byte length, CRC32 over length and body, CBOR body):
 
     {"meta": {"index": I, "term": T, "membership": [voters, outgoing, learners],
-              "context": bytes | None}}   (older files: "voters": [...], still read)
+              "context": bytes | None, "hash": bytes}}   (older files: "voters": [...],
+              no "hash": still read; the log's chain link at I is then unknown)
     {"kv": [[key, value], ...]}                      (any number, bounded size)
     {"sessions": [[client, seq, result], ...]}
     {"end": {"records": N, "keys": K, "digest": D}}
@@ -164,6 +165,7 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     yield MAGIC
     yield frame_record(cbor2.dumps({"meta": {
         "index": meta.index, "term": meta.term, "membership": encode_membership(meta.membership), "context": meta.context,
+        "hash": meta.hash,
     }}))
     records = 1
     batch: list[list[str]] = []
@@ -242,7 +244,10 @@ def _meta(path: Path, body: dict) -> SnapshotMeta:
             membership = decode_membership(m["membership"])
         else:  # written before membership changes: the voters alone
             membership = decode_membership([m["voters"], [], []])
-        meta = SnapshotMeta(int(m["index"]), int(m["term"]), membership, context)
+        link = m.get("hash")
+        if link is not None and not (isinstance(link, bytes) and len(link) == 16):
+            raise ValueError("hash is not a 16-byte chain link")
+        meta = SnapshotMeta(int(m["index"]), int(m["term"]), membership, context, link)
     except (KeyError, TypeError, ValueError):
         raise SnapshotCorrupt(f"{path}: first record is not snapshot metadata") from None
     if meta.index < 1 or meta.term < 1:

@@ -366,12 +366,15 @@ class NodeHost:
             pending=len(self.clients.waiting), failed=self.clients.proposals_failed,
             client_connections=len(self.clients.connections), disk_full=self.frozen_since is not None,
             fsync=self.wal.sync_latency, snapshot_save=self.snapshots.save_latency, peer_rtt=dict(self.transport.rtt),
-            health_problem=self._health_problem(),
+            health_problem=self._health_problem(), diverged=self.divergence() is not None,
         )
 
     def _health_problem(self) -> str | None:
         """Why this node is unhealthy, or None: it knows a leader, can write its disk,
         and has applied what is committed or applied something within HEALTH_APPLY_WINDOW."""
+        alarm = self.divergence()
+        if alarm is not None:
+            return alarm
         if self.frozen_since is not None:
             return "disk full: writes wait for room"
         if self.raft.leader_id is None:
@@ -379,6 +382,18 @@ class NodeHost:
         behind = self.raft.commit_index - self.kv.last_applied
         if behind > 0 and self.clock() - self._applied_seen[1] > HEALTH_APPLY_WINDOW:
             return f"{behind} committed entries not applied for {HEALTH_APPLY_WINDOW:.0f} s"
+        return None
+
+    def divergence(self) -> str | None:
+        """The alarm of raftproc.core.divergence, if any: this node's history differs
+        from a leader's, or (as leader) from a follower's. Acknowledged writes may be
+        lost; an operator must decide which side is right (docs/storage.md)."""
+        r = self.raft
+        if r.diverged is not None:
+            return r.diverged.describe()
+        if r.peer_divergences:
+            found = ", ".join(f"node {p} at index {i}" for p, i in sorted(r.peer_divergences.items()))
+            return f"followers report a history that differs from this node's log: {found}"
         return None
 
     def status(self, *, state: bool = False) -> dict[str, Any]:
@@ -404,6 +419,7 @@ class NodeHost:
             "client_connections": len(self.clients.connections),
             "clients_refused": self.clients.refused_clients,
             "log_digest": self.kv.log_digest(),
+            "diverged": self.divergence(),
             **({"state_digest": self.kv.state_digest()} if state else {}),
         }
 

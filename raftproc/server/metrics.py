@@ -58,6 +58,7 @@ class Reading:
     snapshot_save: Histogram
     peer_rtt: dict[int, Histogram] = field(default_factory=dict)
     health_problem: str | None = None  # None: healthy
+    diverged: bool = False  # raftproc.core.divergence: an alarm, not a state
 
 
 class NodeCollector:
@@ -90,6 +91,8 @@ class NodeCollector:
         yield gauge("raftproc_server_term", "The current term", r.term)
         yield gauge("raftproc_server_client_connections", "Open client connections", r.client_connections)
         yield gauge("raftproc_disk_full", "1 while a write waits for room on the disk", int(r.disk_full))
+        yield gauge("raftproc_log_diverged", "1 once this node found its history differs from a leader's or a follower's "
+                    "where Raft says they agree (acknowledged writes may be lost)", int(r.diverged))
         yield _histogram("raftproc_disk_wal_fsync_duration_seconds", "WAL fdatasync latency", r.fsync, ["node"], node)
         yield _histogram("raftproc_snapshot_save_duration_seconds", "Time to write a snapshot durably", r.snapshot_save, ["node"], node)
         rtt = HistogramMetricFamily(

@@ -143,7 +143,7 @@ class Snapshots:
         term = self.raft.log.term_at(index)
         assert term is not None, "Invariant: applied entries past the snapshot are in the log"
         membership = self.raft.log.membership_at(index)
-        meta = SnapshotMeta(index, term, membership, self.peers.context(membership.members))
+        meta = SnapshotMeta(index, term, membership, self.peers.context(membership.members), self.raft.log.hash_at(index))
         self._started = self.clock()
         image = self.kv.image()  # a copy: the store goes on applying while the thread writes
         self._copy_ms = round((self.clock() - self._started) * 1000, 1)

@@ -449,7 +449,7 @@ class Simulation(Nemesis, PropertyChecks):
             return  # a background write is still on its way: snapshot later (RaftNode.compact)
         term = node.log.term_at(index)
         assert term is not None
-        st.save_snapshot(SnapshotMeta(index, term, node.log.membership_at(index)), tuple(self.committed[:index]))
+        st.save_snapshot(SnapshotMeta(index, term, node.log.membership_at(index), hash=node.log.hash_at(index)), tuple(self.committed[:index]))
         node.compact(index)
         self.stats.snapshots_taken += 1
 

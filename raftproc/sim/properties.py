@@ -49,6 +49,11 @@ class PropertyChecks:
             if node is None:
                 continue
             check_node(node)
+            if node.diverged is not None or node.peer_divergences:
+                # Storage here keeps what it acknowledged: two histories under one
+                # term can only come from a bug in the core or the driver.
+                raise SafetyViolation(f"node {sn.id}: {node.diverged.describe() if node.diverged else ''} "
+                                      f"peers reported divergence: {node.peer_divergences}")
             view = NodeView.of(node)
             assert sn.view is not None
             check_transition(sn.view, view)

@@ -44,7 +44,8 @@ def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     )
     assert result.ok, result.verdicts
     names = {name for name, _, _ in result.verdicts}
-    assert names == {"converged", "one settled configuration", "linearizable", "no acknowledged write lost", "storage recovers cleanly"}
+    assert names == {"converged", "one settled configuration", "linearizable", "no acknowledged write lost", "storage recovers cleanly",
+                     "no history diverged"}
     summary = dict(result.summary)
     assert summary["operations ok"] > 100 and summary["faults injected"] >= 3
     assert summary["snapshots taken"] >= 3 * 3, summary

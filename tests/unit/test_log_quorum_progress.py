@@ -92,24 +92,6 @@ def test_progress_reject_probes_but_not_below_match():
     assert pr.inflight() == 0
 
 
-def test_append_conflicting_with_a_committed_entry_is_refused_and_changes_nothing():
-    """A leader never overwrites a committed entry (Leader Completeness, §5.4), so a
-    message that tries is broken or hostile: the node raises CommittedConflict for
-    its host (which drops the sender's connection) and keeps its log."""
-    import random
-
-    from raftproc.core import AppendEntries, Entry, RaftNode
-    from raftproc.core.config import CommittedConflict
-    from raftproc.core.ready import HardState
-
-    node = RaftNode(2, (1, 2, 3), rng=random.Random(1), hard_state=HardState(3, 1, 2), entries=[Entry(1, 1, b"a"), Entry(1, 2, b"b")])
-    assert node.commit_index == 2
-    forged = AppendEntries(src=1, dst=2, term=9, prev_log_index=1, prev_log_term=1, entries=(Entry(9, 2, b"forged"),), leader_commit=2)
-    with pytest.raises(CommittedConflict):
-        node.step(forged)
-    assert node.log.entry(2).command == b"b" and node.commit_index == 2
-
-
 def test_appends_to_a_follower_far_behind_are_capped_in_bytes():
     """400 entries of 100 KB behind: no AppendEntries carries more than the byte cap
     (an entry larger than the cap travels alone), so no message outgrows the

@@ -1,0 +1,108 @@
+"""Faults outside Raft's model of storage (docs/storage.md): a node that comes back
+with an older copy of its data cannot be stopped from losing acknowledged writes
+while every node that saw them is down, but the loss must not be silent."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import make_cluster, wait_until
+
+pytestmark = pytest.mark.process
+
+
+def health(cluster, node: int) -> tuple[int, dict]:
+    host, port = cluster.config.node(node).metrics
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize("same_term", [False, True], ids=["later-term", "same-term"])
+def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp_path, same_term):
+    """5 nodes; two followers stopped; 100 writes acknowledged by the other three; all
+    stopped; one of the three put back to a copy of its data from before the writes;
+    it and the two old followers start and elect a leader without the writes, which
+    takes a new write. When the two nodes holding the writes return, the histories
+    are told apart at the first exchange: every log is kept (the evidence), a node
+    that met a contradicting leader follows nobody, and both sides raise the alarm
+    (status, /health 503, an error line).
+
+    same-term: a leadership transfer after the copy puts the writes in a term the
+    restored node never saw, so the other side elects a leader for that same term
+    (the restored node forgot its vote): terms alone cannot tell the histories apart,
+    the log's chain links do. later-term: the other side's leader contradicts
+    entries the returning nodes know are committed."""
+    cluster = make_cluster(tmp_path, 5, log_level="info")
+    try:
+        cluster.up(wait=30)
+        client = cluster.client(timeout=30)
+        client.set("before", "1")
+        cluster.wait_converged(timeout=30)
+        leader = cluster.wait_for_leader(timeout=30)
+        away1, away2, restored, keeper = [n for n in range(1, 6) if n != leader]
+        cluster.stop(away1)
+        cluster.stop(away2)
+        cluster.stop(restored)
+        backup = tmp_path / "backup"
+        shutil.copytree(cluster.config.node_data_dir(restored), backup)
+        cluster.start(restored)
+        if same_term:
+            leader = cluster.transfer(keeper)
+            keeper = next(n for n in range(1, 6) if n not in (leader, away1, away2, restored))
+        for i in range(100):
+            client.set(f"acked{i}", "v")  # acknowledged by leader, keeper and restored: 3 of 5
+        client.close()
+        holders = {n: cluster.node_status(n) for n in (leader, keeper)}
+        assert all(s["last_applied"] >= holders[leader]["commit_index"] - 5 for s in holders.values() if s)
+        cluster.down()
+
+        shutil.rmtree(cluster.config.node_data_dir(restored))
+        shutil.copytree(backup, cluster.config.node_data_dir(restored))
+        for n in (restored, away1, away2):
+            cluster.start(n)
+        other_side = cluster.client(timeout=30)
+        other_side.set("after", "on the side without the writes")
+        assert other_side.get("acked0") is None, "the writes are gone from this side: Raft cannot prevent that"
+        other_side.close()
+        b_leader = cluster.wait_for_leader(timeout=30)
+
+        holders_side, other = (leader, keeper), (restored, away1, away2)
+        before_return = {n: cluster.node_status(n) for n in other}
+        for n in holders_side:
+            cluster.start(n)
+        seen: list[dict] = []
+
+        def alarmed():
+            """Whichever side leads after they meet, both sides must know: the node that
+            met a contradicting leader, and that leader, each raise the alarm."""
+            statuses = {n: cluster.node_status(n) for n in range(1, 6)}
+            seen[:] = [statuses]
+            on = {n for n, st in statuses.items() if st and st["diverged"]}
+            return statuses if on & set(holders_side) and on & set(other) else None
+
+        try:
+            statuses = wait_until(alarmed, 60, "the divergence alarm on both sides")
+        except AssertionError:
+            brief = {n: s and {k: s[k] for k in ("role", "term", "leader", "commit_index", "last_index", "diverged")} for n, s in seen[0].items()}
+            raise AssertionError(f"holders {holders_side}; other side {other} led by {b_leader}: {brief}") from None
+        for n in holders_side:
+            assert statuses[n]["last_index"] >= holders[n]["last_index"], "the acknowledged writes are kept as evidence"
+        for n in other:
+            assert statuses[n]["last_index"] >= before_return[n]["last_index"], "and so is the other side's history"
+        for n, st in statuses.items():
+            code, body = health(cluster, n)
+            if st["diverged"]:
+                assert code == 503 and ("diverged" in body["reason"] or "differs" in body["reason"]), body
+        lines = [json.loads(x) for n in range(1, 6)
+                 for x in cluster.config.node_log_file(n).read_text().splitlines() if '"log_diverged"' in x]
+        assert lines and all(line["level"] == "error" and {"index", "leader", "local_term"} <= set(line) for line in lines)
+    finally:
+        cluster.down(timeout=3)
