@@ -117,7 +117,7 @@ class Client:
         that runs mutual TLS. `read_mode` picks how get() reads: "index" (default) is ReadIndex, one
         heartbeat round and no log write; "log" commits the read as a log entry;
         "lease" skips the round while the leader holds a lease (it assumes the
-        nodes' clocks tick at the same rate; see raftproc.core.node). All three are
+        nodes' clock rates stay within max_clock_drift; see raftproc.core.reads). All three are
         linearizable under that assumption; "index" and "log" without it."""
         if read_mode not in READ_MODES:
             raise ValueError(f"read_mode must be one of {READ_MODES}")

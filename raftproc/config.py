@@ -23,6 +23,8 @@ A TOML file looks like this (every top-level key is optional):
     background_sync = false    # fdatasync on a thread while the loop goes on
     pre_vote = true            # ask before raising the term (Raft thesis 9.6)
     check_quorum = true        # a leader that hears no majority steps down (6.2); needed by lease reads
+    max_clock_drift = 0.05     # how far a node's clock rate may stray from real time (0.05: 5%);
+                               # read leases are shortened to stay safe within it
     link_faults = false        # take injected link faults (cuts, delays) from an admin: for
                                # demos and tests only (supervisor clusters set it; docs/watch.md)
     snapshot_entries = 10000   # snapshot once this many entries applied since the last, and
@@ -114,6 +116,7 @@ class ClusterConfig:
     background_sync: bool = False
     pre_vote: bool = True
     check_quorum: bool = True
+    max_clock_drift: float = 0.05
     link_faults: bool = False
     snapshot_entries: int = 10_000
     snapshot_bytes: int = 64 * 1024 * 1024
@@ -131,6 +134,7 @@ class ClusterConfig:
             max_bytes_per_message=self.max_message_bytes,
             pre_vote=self.pre_vote,
             check_quorum=self.check_quorum,
+            max_clock_drift=self.max_clock_drift,
         )
 
     def node(self, node_id: int) -> NodeAddress:
@@ -212,7 +216,7 @@ _TLS_KEYS = ("ca", "client_cert", "client_key", "admin_cert", "admin_key")
 def parse_config(raw: dict, *, source: str = "config", base: Path | None = None) -> ClusterConfig:
     """`base`: the directory relative TLS paths start from (the config file's)."""
     base = base or Path.cwd()
-    known = {"node", "data_dir", "log_dir", "log_level", "tls", *_BOOL_KEYS, *_INT_KEYS}
+    known = {"node", "data_dir", "log_dir", "log_level", "tls", "max_clock_drift", *_BOOL_KEYS, *_INT_KEYS}
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
@@ -253,6 +257,11 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
             if not isinstance(raw[key], bool):
                 raise ConfigError(f"{source}: {key} must be true or false")
             changes[key] = raw[key]
+    if "max_clock_drift" in raw:
+        drift = raw["max_clock_drift"]
+        if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not 0 <= drift < 0.5:
+            raise ConfigError(f"{source}: max_clock_drift must be a number from 0 to below 0.5 (0.05: clocks within 5%)")
+        changes["max_clock_drift"] = float(drift)
     if "log_level" in raw:
         if raw["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")
@@ -309,7 +318,7 @@ def to_toml(cfg: ClusterConfig) -> str:
         f'log_level = "{cfg.log_level}"',
         *(f"{k} = {'true' if getattr(cfg, k) else 'false'}" for k in _BOOL_KEYS if getattr(cfg, k) != getattr(defaults, k)),
     ]
-    lines += [f"{k} = {getattr(cfg, k)}" for k in _INT_KEYS if getattr(cfg, k) != getattr(defaults, k)]
+    lines += [f"{k} = {getattr(cfg, k)}" for k in (*_INT_KEYS, "max_clock_drift") if getattr(cfg, k) != getattr(defaults, k)]
     for n in cfg.nodes.values():
         lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
         if n.join:

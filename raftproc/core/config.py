@@ -75,6 +75,11 @@ class Config:
     # election timeout steps down; a node that heard from its leader within the
     # minimum election timeout ignores requests to vote in a higher term.
     check_quorum: bool = True
+    # How far any node's clock rate may stray from real time, as a fraction (0.05:
+    # between 0.95 and 1.05 ticks per tick interval). Read leases are shortened so
+    # they stay safe with a leader's clock this slow and a follower's this fast
+    # (raftproc.core.reads.lease_ticks); past the bound, lease reads may be stale.
+    max_clock_drift: float = 0.05
 
     def __post_init__(self) -> None:
         if not 1 <= self.election_timeout_min < self.election_timeout_max:
@@ -85,6 +90,8 @@ class Config:
             raise ValueError("heartbeat_interval must be between 1 and election_timeout_min / 3")
         if self.max_entries_per_message < 1 or self.max_inflight_entries < 1 or self.max_bytes_per_message < 1:
             raise ValueError("message and inflight limits must be positive")
+        if not 0 <= self.max_clock_drift < 0.5:
+            raise ValueError("max_clock_drift must be at least 0 and below 0.5")
 
 
 class RoleError(RuntimeError):

@@ -74,7 +74,7 @@ from raftproc.core.messages import (
     TimeoutNow,
 )
 from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
-from raftproc.core.reads import LEASE_MARGIN_TICKS, LeaderReads
+from raftproc.core.reads import LeaderReads, lease_ticks
 from raftproc.core.ready import HardState, ReadState, Ready
 
 LogFn = Callable[..., None]
@@ -289,7 +289,8 @@ class RaftNode(ConfigChanges):
             # While the configuration changes, the majority whose vote refusal the
             # lease counts on may not be the one that elects the next leader.
             return False
-        return self.reads.lease_holds(self.membership, self.id, self._ticks, self.config.election_timeout_min - LEASE_MARGIN_TICKS)
+        ticks = lease_ticks(self.config.election_timeout_min, self.config.max_clock_drift)
+        return ticks > 0 and self.reads.lease_holds(self.membership, self.id, self._ticks, ticks)
 
     def transfer_leadership(self, target: NodeId) -> None:
         """Hand leadership to `target` (see the module doc). Raises NotLeader on a

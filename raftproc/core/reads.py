@@ -12,10 +12,13 @@ commit index may lag what its predecessors committed.
 
 Lease (`read_index(request, lease=True)`, opt-in, needs check_quorum): no round
 while the leader holds a lease: a majority acknowledged, within the last
-`election_timeout_min - LEASE_MARGIN_TICKS` ticks, messages sent after a known
-tick, and each of them refuses to vote for anyone else for election_timeout_min
-ticks after hearing from its leader. The assumption: ticks on different nodes run
-at the same rate, within the margin. A leadership transfer elects the new leader
+`lease_ticks()` ticks, messages sent after a known tick, and each of them refuses
+to vote for anyone else for election_timeout_min ticks after hearing from its
+leader. The assumption: every node's clock runs within `max_clock_drift` of real
+time. The lease is cut so that a leader whose clock runs that much slow ends it
+before a follower whose clock runs that much fast ends its refusal:
+lease * (1 + d) / (1 - d) <= election_timeout_min, less a margin of
+LEASE_MARGIN_TICKS for tick granularity. A leadership transfer elects the new leader
 without that wait, so a leader stops using its lease for the rest of its term
 once it sends TimeoutNow.
 
@@ -32,6 +35,12 @@ from raftproc.core.ready import ReadState
 # Ticks cut off a read lease before followers' vote-refusal window ends, to cover
 # clocks (tick rates) that do not run exactly alike.
 LEASE_MARGIN_TICKS = 2
+
+
+def lease_ticks(election_timeout_min: int, max_clock_drift: float) -> int:
+    """How many of the leader's ticks a lease lasts (0: no lease at all)."""
+    scaled = int(election_timeout_min * (1 - max_clock_drift) / (1 + max_clock_drift))
+    return max(scaled - LEASE_MARGIN_TICKS, 0)
 _NEVER = -(10**9)
 
 

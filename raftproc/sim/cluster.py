@@ -2,11 +2,13 @@
 
 Theory of operation
 -------------------
-Time is a step counter; one step is one tick of every running node. In each step:
+Time is a step counter; one step is about one tick of every running node: each
+node's clock runs at its own rate, drawn within the core's max_clock_drift, so a
+node ticks a little more or less often than the step count. In each step:
 
 1. the nemesis may crash a node, restart one, or start or heal a partition;
 2. every message due at this step is delivered (unless its link is cut);
-3. every running node ticks;
+3. every running node ticks as often as its clock says;
 4. a client may propose a command to the leader;
 5. every property below is checked.
 
@@ -149,7 +151,7 @@ class SimStats:
 
 
 class SimNode:
-    __slots__ = ("id", "node", "driver", "storage", "view", "applied_index", "down_until", "received", "durable_floor", "retired", "full_until", "last_tick", "deferred")
+    __slots__ = ("id", "node", "driver", "storage", "view", "applied_index", "down_until", "received", "durable_floor", "retired", "full_until", "last_tick", "deferred", "rate")
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
@@ -168,6 +170,7 @@ class SimNode:
         self.retired = False
         self.full_until = 0  # its disk is full until this step
         self.last_tick = 0  # the step of its last tick: a node that was frozen catches up
+        self.rate = 1.0  # its clock's ticks per step: nodes' clocks do not run alike
         # What its transport learned while it was frozen (a snapshot stream's outcome,
         # a broken link), told to the core once it is live again, as the host does.
         self.deferred: list[Callable[[RaftNode], None]] = []
@@ -342,6 +345,10 @@ class Simulation(Nemesis, PropertyChecks):
 
     def _add_node(self, node_id: NodeId) -> SimNode:
         sn = self.nodes[node_id] = SimNode(node_id)
+        # Each node's clock runs at its own rate within the bound the core's read
+        # leases allow for (a Random of its own, so the rest of a seed's run is as before).
+        drift = self.raft_config.max_clock_drift
+        sn.rate = 1 + random.Random(self.seed * 1_000_003 + node_id).uniform(-drift, drift)
         sn.storage.on_store = lambda rd: self._check_stored(node_id, sn.storage, rd.entries)
         return sn
 
@@ -418,7 +425,7 @@ class Simulation(Nemesis, PropertyChecks):
     def _tick(self, sn: SimNode) -> None:
         """One tick for the time since the node's last: a node that was frozen
         hears all of it at once (raftproc.server.host._catch_up_clock)."""
-        elapsed = self.now - sn.last_tick
+        elapsed = int(self.now * sn.rate) - int(sn.last_tick * sn.rate)
         if elapsed < 1:
             return
         sn.last_tick = self.now
