@@ -112,7 +112,12 @@ def test_node_startup_errors_are_one_clear_line(tmp_path, cluster_factory):
 
     cluster = cluster_factory(3)
     busy = run_node(["--id", "1", "--config", str(cluster.config_path)], tmp_path)
-    assert busy.returncode != 0 and "address already in use" in busy.stderr and "Traceback" not in busy.stderr
+    assert busy.returncode != 0 and "is in use by pid" in busy.stderr and "Traceback" not in busy.stderr
+    # Its own data directory, the live node's ports.
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text(cluster.config_path.read_text().replace(str(cluster.config.data_dir), str(tmp_path / "other-data")))
+    taken = run_node(["--id", "1", "--config", str(elsewhere)], tmp_path)
+    assert taken.returncode != 0 and "address already in use" in taken.stderr and "Traceback" not in taken.stderr
 
 
 def test_sigterm_shuts_down_cleanly(cluster_factory):
