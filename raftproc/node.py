@@ -20,7 +20,7 @@ from raftproc.config import ClusterConfig, ConfigError, load_config
 from raftproc.runtime.dirlock import DataDirInUse, lock_data_dir
 from raftproc.runtime.logging import configure
 from raftproc.runtime.addresses import is_loopback
-from raftproc.runtime.identity import IdentityError
+from raftproc.runtime.identity import IdentityError, rebuild_data_dir
 from raftproc.runtime.linkfaults import ENV as LINK_FAULTS_ENV
 from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults, LinkFaultsError, parse_link_faults
 from raftproc.runtime.tls import TlsError
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", type=int, required=True, help="this node's id in the cluster config")
     p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
+    p.add_argument("--rebuild", action="store_true",
+                   help="wipe this node's data directory and come back as a new incarnation that waits to be added "
+                        "(after `member remove ID`; then `member add ID ...`: docs/storage.md)")
     args = p.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node can reload; never a reason to die
 
@@ -91,9 +94,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Before the log file is opened or the WAL read: a second copy of this node
         # must touch neither. The descriptor stays open (and locked) until exit.
-        data_dir_lock = lock_data_dir(cfg.node_data_dir(args.id))  # noqa: F841
+        data_dir_lock = lock_data_dir(cfg.node_data_dir(args.id))  # noqa: F841 (held open until exit)
     except DataDirInUse as e:
         return fail(EXIT_STARTUP, f"node {args.id}: {e}")
+    if args.rebuild:
+        rebuild_data_dir(cfg.node_data_dir(args.id))
+        print(f"raftproc.node: node {args.id}: data directory {cfg.node_data_dir(args.id)} wiped; it waits to be added "
+              f"(`member add {args.id} PEER CLIENT` on the leader) and catches up from it", file=sys.stderr)
 
     host = None
     log = configure(

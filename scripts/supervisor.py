@@ -22,6 +22,8 @@
     python scripts/supervisor.py transfer [ID]    hand leadership to ID (default: the leader picks)
     python scripts/supervisor.py join             start a new node and add it (learner, then voter)
     python scripts/supervisor.py add|remove ID    add a node the config lists / remove one and stop it
+    python scripts/supervisor.py rebuild ID       a node whose data is bad (corrupt WAL, diverged): remove it,
+                                                  wipe it, add it back to catch up (docs/storage.md)
     python scripts/supervisor.py members          voters, learners, addresses, match indexes
     python scripts/supervisor.py logs [-f] [--node N] [--event E]
     python scripts/supervisor.py timeline         the leader's election and the newest traced write
@@ -208,7 +210,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("join")
     sub.add_parser("members")
     sub.add_parser("timeline")
-    for name in ("kill", "stop", "start", "restart", "pause", "resume", "add", "remove", "partition"):
+    for name in ("kill", "stop", "start", "restart", "pause", "resume", "add", "remove", "partition", "rebuild"):
         sub.add_parser(name).add_argument("id", type=int)
     sub.add_parser("split").add_argument("groups", nargs="+", help="1,2 3,4,5 (or 1,2|3,4,5)")
     slow = sub.add_parser("slow")
@@ -271,6 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd in ("add", "remove"):
             result = getattr(cluster, args.cmd)(args.id)
             print(f"{args.cmd} node {args.id}: done; voters {result['membership']['voters']}")
+            return 0
+        if args.cmd == "rebuild":
+            print(f"rebuilding node {args.id}: remove, wipe, start as a new incarnation, add back (up to 120 s)", file=sys.stderr)
+            result = cluster.rebuild(args.id)
+            print(f"rebuild node {args.id}: done; voters {result['membership']['voters']}")
             return 0
         if args.cmd == "stop":
             new_leader = cluster.graceful_stop(args.id)

@@ -19,25 +19,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import datetime, timezone
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from raftproc.client import Client, ClientError
-from raftproc.config import Address, ClusterConfig, NodeAddress, load_config, to_toml
-from raftproc.ops.certs import node_with_cert, secure_cluster
-from raftproc.ops.layout import free_ports
+from raftproc.config import ClusterConfig, load_config, to_toml
+from raftproc.ops.certs import secure_cluster
 from raftproc.ops.links import LinkTable
-from raftproc.ops.logs import handover_gaps
+from raftproc.ops.operations import ClusterError, ClusterOperations
 from raftproc.runtime.dirlock import holder_of
 from raftproc.runtime.tls import client_context_for
-
-
-class ClusterError(Exception):
-    pass
 
 
 @dataclass
@@ -47,7 +41,7 @@ class NodeProcess:
     state: str  # running | paused | dead | stale-pid | stopped
 
 
-class Cluster:
+class Cluster(ClusterOperations):
     def __init__(
         self, run_dir: str | Path = "run", *, launcher: list[str] | None = None, env: dict[str, str] | None = None,
         config_path: str | Path | None = None,
@@ -144,26 +138,27 @@ class Cluster:
 
     # --- one node -------------------------------------------------------------------
 
-    def start(self, node_id: int, wait: float = 5.0) -> int:
+    def start(self, node_id: int, wait: float = 5.0, *, rebuild: bool = False) -> int:
         """Start node `node_id` and wait up to `wait` seconds for it to answer (0: do
         not wait). A node that exits meanwhile is reported with its exit code and
         last line (ClusterError); if it exited because its data directory is held by
         a running copy of the node, that copy is what the pid file names again, so
-        the supervisor never loses track of a process it started."""
+        the supervisor never loses track of a process it started. `rebuild`: the node
+        wipes its data first and waits to be added (raftproc.node --rebuild)."""
         self._known(node_id)
         current = self.process(node_id)
         if current.state in ("running", "paused"):
             raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
-        proc = self._spawn(node_id)
+        proc = self._spawn(node_id, ["--rebuild"] if rebuild else [])
         if wait > 0:
             self._wait_started(node_id, proc, wait)
         return proc.pid
 
-    def _spawn(self, node_id: int) -> subprocess.Popen:
+    def _spawn(self, node_id: int, extra: list[str]) -> subprocess.Popen:
         out = open(self.run_dir / f"node-{node_id}.out", "ab")  # noqa: SIM115
         env = {**os.environ, **self.env, **self.links().env_for(node_id)}
         proc = subprocess.Popen(
-            [*(part.format(id=node_id) for part in self.launcher), "--id", str(node_id), "--config", str(self.config_path)],
+            [*(part.format(id=node_id) for part in self.launcher), "--id", str(node_id), "--config", str(self.config_path), *extra],
             stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
             cwd=self.run_dir,
         )
@@ -202,69 +197,6 @@ class Cluster:
             why += f" (node {node_id} runs already as pid {holder}; tracking it again)"
         return why
 
-    # --- membership -------------------------------------------------------------------
-
-    def removed(self) -> set[int]:
-        """Nodes removed from the cluster: `up` leaves them stopped. They stay in the
-        config file (its first configuration must never change)."""
-        path = self.run_dir / "removed"
-        return {int(x) for x in path.read_text().split()} if path.exists() else set()
-
-    def _set_removed(self, ids: set[int]) -> None:
-        (self.run_dir / "removed").write_text("".join(f"{i}\n" for i in sorted(ids)))
-
-    def join(self, timeout: float = 60.0, *, place: Callable[[int], tuple[Address, Address]] | None = None) -> int:
-        """Start a new node (the next free id; `place(id)` gives its peer and client
-        addresses, free loopback ports by default) and add it: it joins as a
-        learner, catches up, then votes. Returns its id."""
-        self._leader_now("join")  # before anything is written or started
-        cfg = self.config
-        node_id = max(cfg.nodes) + 1
-        metrics = None
-        if place is None:
-            peer_port, client_port, metrics_port = free_ports(3)
-            peer, client, metrics = ("127.0.0.1", peer_port), ("127.0.0.1", client_port), ("127.0.0.1", metrics_port)
-        else:
-            peer, client = place(node_id)
-        address = NodeAddress(node_id, peer, client, join=True, metrics=metrics)
-        if cfg.tls is not None:
-            address = node_with_cert(address, self.tls_dir)
-        self.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))
-        self.start(node_id)
-        self.add(node_id, timeout)
-        return node_id
-
-    def add(self, node_id: int, timeout: float = 60.0) -> dict[str, Any]:
-        """Add a node the config file lists (a removed one comes back with its data)."""
-        self._known(node_id)
-        a = self.config.node(node_id)
-        if self.process(node_id).state != "running":
-            self.start(node_id)
-        self._set_removed(self.removed() - {node_id})
-        c = self.client(timeout=timeout)
-        try:
-            return c.member("add", node_id, f"{a.peer[0]}:{a.peer[1]}", f"{a.client[0]}:{a.client[1]}")
-        finally:
-            c.close()
-
-    def remove(self, node_id: int, timeout: float = 30.0) -> dict[str, Any]:
-        """Remove a node from the configuration (a leader hands over first), then stop it."""
-        c = self.client(timeout=timeout)
-        try:
-            result = c.member("remove", node_id)
-        finally:
-            c.close()
-        self._set_removed(self.removed() | {node_id})
-        self.stop(node_id)
-        return result
-
-    def members(self) -> dict[str, Any]:
-        c = self.client()
-        try:
-            return c.member("list")
-        finally:
-            c.close()
-
     def kill(self, node_id: int) -> None:
         """SIGKILL. The pid file stays, so `status` shows the node as dead."""
         self._signal(node_id, signal.SIGKILL)
@@ -296,47 +228,6 @@ class Cluster:
                 client.close()
         self.stop(node_id)
         return new_leader
-
-    def rolling_restart(self, timeout: float = 30.0, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
-        """Restart every node in turn, followers first and the leader last (handing
-        over leadership first), each back and caught up before the next goes.
-        Reports how long each handover left the cluster without a leader, from the
-        nodes' logs: TimeoutNow sent by the old leader to `became_leader` of the new."""
-        started = time.monotonic()
-        since = datetime.now(timezone.utc).isoformat()
-        leader = self._leader_now("a rolling restart")
-        running = [p.node_id for p in self.processes() if p.state == "running"]
-        skipped = [i for i in sorted(self.config.nodes) if i not in running and i not in self.removed()]
-        if skipped:
-            say(f"nodes {skipped} are not running; they are left as they are")
-        order = [i for i in running if i != leader] + [leader]
-        for node_id in order:
-            handed_to = self.graceful_stop(node_id)
-            self.start(node_id)
-            target = self.node_status(self.wait_for_leader(timeout=timeout), timeout=2.0)
-            commit = target["commit_index"] if target else 0
-            deadline = time.monotonic() + timeout
-            while True:
-                s = self.node_status(node_id)
-                if s is not None and s["last_applied"] >= commit:
-                    break
-                if time.monotonic() > deadline:
-                    raise ClusterError(f"node {node_id} did not catch up within {timeout}s after its restart")
-                time.sleep(0.02)  # poll interval of a wait-until loop
-            say(f"node {node_id} restarted" + (f" (handed leadership to node {handed_to})" if handed_to else ""))
-        return {"order": order, "seconds": time.monotonic() - started, "handover_gaps_s": handover_gaps(sorted(self.config.log_dir.glob("node-*.jsonl")), since)}
-
-    def transfer(self, target: int | None = None, timeout: float = 10.0) -> int:
-        """Hand leadership to `target` (None: the leader picks its most up-to-date
-        follower); returns the new leader."""
-        if target is not None:
-            self._known(target)
-        self._leader_now("a leadership transfer")
-        client = self.client(timeout=timeout)
-        try:
-            return client.transfer(target)
-        finally:
-            client.close()
 
     # --- link faults (raftproc.ops.links) ---------------------------------------------
 

@@ -13,8 +13,12 @@ leader that lacks committed entries. So:
   hears it (`peers` in its data directory, fsynced before the connection is
   accepted) and refuses, from then on, a hello from that id with another one:
   that node lost its data, and nothing it says may count (it is told why, and
-  logs `refused_by_peer`). The operator removes it and adds it back under a new
-  id (docs/operations.md, Membership changes).
+  logs `refused_by_peer`). Once a configuration without that node is applied,
+  its incarnation is forgotten: removed, it can be rebuilt (`rebuild_data_dir`,
+  `node --rebuild`, `supervisor.py rebuild`) and added back under its own id.
+- A rebuilt directory holds a `joining` marker: the node starts as one that is
+  not in the first configuration, and waits to be added, instead of counting
+  itself a voter of the bootstrap configuration with an empty log.
 
 Both files are small CBOR maps, readable by their owner only, replaced atomically
 (write, fsync, rename, directory fsync).
@@ -24,6 +28,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +38,8 @@ from raftproc.runtime.wal import fsync_dir, write_all
 
 IDENTITY_FILE = "identity"
 PEERS_FILE = "peers"
+JOINING_FILE = "joining"
+KEEP_ON_REBUILD = ("LOCK",)  # held by the process that rebuilds (raftproc.runtime.dirlock)
 
 
 class IdentityError(Exception):
@@ -99,6 +106,31 @@ class KnownPeers:
         _replace(self.path, {**self.seen, peer: incarnation}, self.sync)
         self.seen[peer] = incarnation
         return None
+
+    def forget(self, peers: list[int]) -> None:
+        """Drop what was heard of `peers`: they left the configuration, and may come
+        back rebuilt, with new data, under the same ids."""
+        keep = {p: i for p, i in self.seen.items() if p not in peers}
+        if keep != self.seen:
+            _replace(self.path, keep, self.sync)
+            self.seen = keep
+
+
+def rebuild_data_dir(data_dir: Path, *, sync: bool = True) -> None:
+    """Empty `data_dir` (but its lock) and mark it joining: the node comes back as a
+    new incarnation that waits to be added, and catches up from the leader."""
+    for path in data_dir.iterdir():
+        if path.name in KEEP_ON_REBUILD:
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    _replace(data_dir / JOINING_FILE, {"joining": True}, sync)
+
+
+def is_joining(data_dir: Path) -> bool:
+    return (data_dir / JOINING_FILE).exists()
 
 
 def _read_map(path: Path) -> dict:

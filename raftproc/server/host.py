@@ -41,7 +41,7 @@ from raftproc.core.messages import AppendEntries, AppendEntriesResponse, Install
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.histogram import Histogram
-from raftproc.runtime.identity import KnownPeers, load_identity
+from raftproc.runtime.identity import KnownPeers, is_joining, load_identity
 from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import EventLoop
@@ -463,8 +463,10 @@ def open_host(
     kv = KeyValueStore()
     if meta is not None and st.image is not None:
         kv.restore(meta.index, st.image)
+    # A rebuilt node is not a voter of the first configuration: it waits to be added.
+    voters = tuple(v for v in cfg.bootstrap_voters() if not (v == node_id and is_joining(data_dir)))
     raft = RaftNode(
-        node_id, cfg.bootstrap_voters(), rng=rng, config=cfg.raft(), hard_state=rec.hard_state,
+        node_id, voters, rng=rng, config=cfg.raft(), hard_state=rec.hard_state,
         entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
     )
     loop = EventLoop(clock)

@@ -341,6 +341,21 @@ class Peers:
         if link is not None and link.conn is None:
             link.redial_now()
 
+    def forget_removed(self, members: tuple[int, ...] | frozenset[int] | set[int]) -> None:
+        """A configuration without some peers was applied: their incarnations no longer
+        bind (raftproc.runtime.identity), so each can come back rebuilt."""
+        gone = sorted(p for p in self.known_peers.seen if p not in members and p != self.me)
+        if not gone:
+            return
+        try:
+            self.known_peers.forget(gone)
+        except OSError as e:
+            self.log("peer_record_failed", level="error", peer_ids=gone, error=str(e))
+            return
+        for p in gone:
+            self._refused_logged.pop(p, None)
+        self.log("peer_incarnations_forgotten", peer_ids=gone)
+
     def refused_by(self, peer: int, reason: str) -> None:
         if self._refused_by.get(peer) != reason:  # once, not at every redial
             self._refused_by[peer] = reason

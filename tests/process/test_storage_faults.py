@@ -5,6 +5,7 @@ while every node that saw them is down, but the loss must not be silent."""
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import urllib.error
 import urllib.request
@@ -12,6 +13,8 @@ import urllib.request
 import pytest
 
 from conftest import make_cluster, wait_until
+from raftproc.ops.cluster import ClusterError
+from raftproc.ops.corrupt import corrupt_wal
 
 pytestmark = pytest.mark.process
 
@@ -104,5 +107,42 @@ def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp
         lines = [json.loads(x) for n in range(1, 6)
                  for x in cluster.config.node_log_file(n).read_text().splitlines() if '"log_diverged"' in x]
         assert lines and all(line["level"] == "error" and {"index", "leader", "local_term"} <= set(line) for line in lines)
+    finally:
+        cluster.down(timeout=3)
+
+
+def test_a_corrupt_wal_refuses_to_start_and_rebuild_brings_the_node_back(tmp_path):
+    """A flipped bit in a follower's WAL: it refuses to start and `start` says why. The
+    way back is `rebuild` (remove, wipe, add back), refused while the removal would
+    leave too few voters; once done the node caught up from a snapshot and votes."""
+    cluster = make_cluster(tmp_path, 3, log_level="info", snapshot_entries=50)
+    try:
+        cluster.up(wait=30)
+        client = cluster.client(timeout=30)
+        for i in range(200):
+            client.set(f"k{i}", str(i))
+        leader = cluster.wait_for_leader(timeout=30)
+        victim, other = [n for n in (1, 2, 3) if n != leader]
+        cluster.stop(victim)
+        done = corrupt_wal(cluster.config.node_data_dir(victim), random.Random(7))
+        with pytest.raises(ClusterError, match="exited during start-up with code 4") as err:
+            cluster.start(victim)
+        assert "corrupt" in str(err.value), err.value
+        corrupted = sorted(p.name for p in cluster.config.node_data_dir(victim).iterdir())
+
+        cluster.stop(other)
+        with pytest.raises(ClusterError, match="quorum|leader"):
+            cluster.rebuild(victim, timeout=10)
+        assert sorted(p.name for p in cluster.config.node_data_dir(victim).iterdir()) == corrupted, "refused: nothing touched"
+        cluster.start(other)
+
+        result = cluster.rebuild(victim)
+        assert victim in result["membership"]["voters"], (done, result)
+        client.set("after", "rebuilt")
+        statuses = cluster.wait_converged(timeout=30, state=True)
+        assert len(statuses) == 3 and len({s["state_digest"] for s in statuses}) == 1
+        events = [json.loads(x)["event"] for x in cluster.config.node_log_file(victim).read_text().splitlines()]
+        assert "snapshot_installed" in events, "it caught up from a snapshot"
+        client.close()
     finally:
         cluster.down(timeout=3)
