@@ -23,6 +23,7 @@ from raftproc.runtime.addresses import is_loopback
 from raftproc.runtime.identity import IdentityError, rebuild_data_dir
 from raftproc.runtime.linkfaults import ENV as LINK_FAULTS_ENV
 from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults, LinkFaultsError, parse_link_faults
+from raftproc.runtime.skew import clock_for
 from raftproc.runtime.tls import TlsError
 from raftproc.runtime.wal import SyncFailed, WalCorruption
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         log("insecure_transport", level="warning", addresses=insecure)
 
     try:
-        host = open_host(cfg, args.id, log=log, link_faults=link_faults)
+        host = open_host(cfg, args.id, log=log, link_faults=link_faults, clock=clock_for(args.id))
     except WalCorruption as e:
         log("wal_corrupt", level="error", error=str(e))
         return fail(EXIT_CORRUPT, f"refusing to start: write-ahead log is corrupt: {e}")

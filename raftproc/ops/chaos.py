@@ -42,6 +42,7 @@ from raftproc.ops.watch import Collector
 from raftproc.ops.workload import Workload
 from raftproc.runtime.tls import client_context_for
 from raftproc.runtime.storage import open_storage
+from raftproc.runtime.skew import CLOCK_DIR_ENV
 from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption
 
 
@@ -94,6 +95,8 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
             notes.append(f"partition and slow faults unavailable ({why}); running {faults}")
             say(notes[-1])
     env = {POWER_LOSS_ENV: "1"} if "power" in faults else {}
+    if "clock" in faults:
+        env[CLOCK_DIR_ENV] = str(out / "run" / "clocks")
     storage: dict[str, Any] = {}
     if opts.snapshot_every:
         storage = dict(snapshot_entries=opts.snapshot_every, segment_bytes=max(4096, opts.snapshot_every * 100))
@@ -148,6 +151,8 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     back = "\r" if tty else ""
     nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")),
                       note=recorder.note)
+    if CLOCK_DIR_ENV in cluster.env:
+        nemesis.clock_dir, nemesis.max_clock_drift = Path(cluster.env[CLOCK_DIR_ENV]), cfg.max_clock_drift
     if lab is not None:
         nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
         nemesis.max_node_id = len(lab.nodes)
@@ -210,6 +215,9 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
 
     events, snapshot_events = _logged(cfg, wall0, mono0)
     diverged = snapshot_events["log_diverged"] + snapshot_events["peer_diverged"]
+    if nemesis.violations or "corrupt" in faults:
+        verdicts.append(("corrupt storage refused", not nemesis.violations,
+                         "\n".join(nemesis.violations) or "every node whose WAL was corrupted refused to start and was rebuilt"))
     verdicts.append(("no history diverged", not diverged,
                      f"{diverged} divergence alarms in the nodes' logs (log_diverged, peer_diverged)" if diverged else
                      "no node found its log contradicting another's"))
@@ -218,12 +226,13 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     summary = [
         ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("transport", "mutual TLS" if opts.tls else "plaintext"), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
         ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
-        ("faults injected", len(nemesis.records)), ("leader changes", leader_changes),
+        ("faults injected", sum(not r.skipped for r in nemesis.records)), ("faults skipped", sum(r.skipped for r in nemesis.records)),
+        ("leader changes", leader_changes),
         ("snapshots taken", snapshot_events["snapshot_saved"]), ("snapshots installed", snapshot_events["snapshot_installed"]),
-        ("faults", ", ".join(f"{r.kind}:{r.victims}" for r in nemesis.records) or "none"),
+        ("faults", ", ".join(f"{r.kind}:{r.victims}" for r in nemesis.records if not r.skipped) or "none"),
     ]
     fault_rows = [
-        {"kind": r.kind, "victims": r.victims, "nodes": r.nodes, "detail": r.detail,
+        {"kind": r.kind, "victims": r.victims, "nodes": r.nodes, "detail": r.detail, "skipped": r.skipped,
          "start": r.start_ns / 1e9, "end": None if r.end_ns is None else r.end_ns / 1e9}
         for r in nemesis.records
     ]

@@ -26,6 +26,15 @@ Kinds:
              configuration that the chaos verdicts check.
 - rolling:   a rolling restart of every node through the supervisor (followers
              first, the leader last after handing over), as an upgrade does.
+- corrupt:   a follower is stopped and a bit flipped in a record of its WAL (a disk
+             that lies); it must refuse to start (exit 4, `wal_corrupt`), and the
+             heal rebuilds it (remove, wipe, add back: docs/storage.md).
+- clock:     some nodes' clocks run fast or slow, within the cluster's
+             max_clock_drift (raftproc.runtime.skew; the cluster runs with
+             RAFTPROC_CLOCK_DIR), so read leases are tried against skewed time.
+
+A fault that cannot be injected when its time comes (no leader to change the
+configuration, no WAL to corrupt) is recorded as skipped, and not counted.
 """
 
 from __future__ import annotations
@@ -34,13 +43,16 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from raftproc.config import Address
-from raftproc.ops.cluster import Cluster
+from raftproc.ops.cluster import Cluster, ClusterError
+from raftproc.ops.corrupt import corrupt_wal
 from raftproc.ops.netns import NetnsLab
+from raftproc.runtime.skew import write_rate
 
-ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member", "rolling")
-PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member", "rolling")
+ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member", "rolling", "corrupt", "clock")
+PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member", "rolling", "corrupt", "clock")
 MEMBER_FAULTS = ("remove-leader", "remove-follower", "replace-leader", "replace-follower")
 
 
@@ -60,6 +72,7 @@ class FaultRecord:
     start_ns: int
     end_ns: int | None = None
     detail: str = ""
+    skipped: bool = False  # it could not be injected when its time came
 
 
 def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float, float] = (2.0, 5.0)) -> list[PlannedFault]:
@@ -79,6 +92,10 @@ def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float,
             victims = rng.choice(MEMBER_FAULTS)
         elif kind == "rolling":
             victims = "all"
+        elif kind == "corrupt":
+            victims = "follower"
+        elif kind == "clock":
+            victims = rng.choice(("leader", "follower", "minority", "all"))
         else:
             victims = rng.choice(("leader", "leader", "follower", "minority", "majority"))
         hold = rng.uniform(1.0, 3.0)
@@ -100,6 +117,11 @@ class Nemesis:
     max_node_id: int | None = None
     member_timeout: float = 20.0
     want_in: set[int] = field(default_factory=set)  # nodes to (re-)add at the heal
+    corrupted: set[int] = field(default_factory=set)  # nodes to rebuild at the heal
+    # What a fault showed that must not happen (a corrupt WAL that did not refuse to start).
+    violations: list[str] = field(default_factory=list)
+    clock_dir: Path | None = None  # where the nodes read their clock rates (raftproc.runtime.skew)
+    max_clock_drift: float = 0.05
     # Each fault's start and heal as an `action` event of the run's recording
     # (raftproc.ops.watch.Collector.note), so a replay shows them on its timeline.
     note: Callable[..., object] | None = None
@@ -153,6 +175,13 @@ class Nemesis:
         elif fault.kind == "rolling":
             record.nodes, record.detail = self._rolling()
             heal = lambda: None  # noqa: E731 - every node is back when it returns
+        elif fault.kind == "corrupt":
+            record.nodes, record.detail = self._corrupt(leader, followers)
+            heal = self.rebuild_corrupted
+        elif fault.kind == "clock":
+            nodes = pick(fault.victims)
+            record.nodes, record.detail = nodes, self._skew(nodes)
+            heal = lambda: self._skew(nodes, real=True)  # noqa: E731
         elif fault.kind == "slow":
             assert self.lab is not None
             nodes = pick(fault.victims)
@@ -161,6 +190,7 @@ class Nemesis:
             heal = self.lab.heal_slow
         else:
             raise ValueError(f"unknown fault {fault.kind!r}")
+        record.skipped = not record.nodes
         self.records.append(record)
         self.log(f"fault {fault.kind} {fault.victims} nodes {record.nodes} {record.detail}".rstrip())
         self._record("start", record, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
@@ -236,6 +266,46 @@ class Nemesis:
             except Exception as e:  # noqa: BLE001 - tried again at the final heal; the verdicts judge the end state
                 self.log(f"node {n} not added back yet: {e}")
 
+    def _corrupt(self, leader: int | None, followers: list[int]) -> tuple[list[int], str]:
+        running = [n for n in followers if self.cluster.process(n).state == "running"]
+        if leader is None or not running:
+            return [], "skipped: no running follower under a leader"
+        victim = self.rng.choice(running)
+        self.cluster.stop(victim)
+        try:
+            done = corrupt_wal(self.cluster.config.node_data_dir(victim), self.rng)
+        except FileNotFoundError as e:
+            self.cluster.start(victim)
+            return [], f"skipped: {e}"
+        self.corrupted.add(victim)
+        try:
+            self.cluster.start(victim)
+        except ClusterError as e:
+            refused = "code 4" in str(e)
+            if not refused:
+                self.violations.append(f"node {victim} with a corrupt WAL ({done}) failed otherwise: {e}")
+            return [victim], f"{done}; refused to start: {str(e)[:200]}"
+        self.violations.append(f"node {victim} started on a corrupt WAL ({done})")
+        return [victim], f"{done}; NOT refused"
+
+    def rebuild_corrupted(self) -> None:
+        for n in sorted(self.corrupted):
+            try:
+                self.cluster.rebuild(n, timeout=max(self.member_timeout, 60.0))
+                self.corrupted.discard(n)
+                self.log(f"node {n} rebuilt")
+            except Exception as e:  # noqa: BLE001 - tried again at the final heal; the verdicts judge the end state
+                self.log(f"node {n} not rebuilt yet: {e}")
+
+    def _skew(self, nodes: list[int], *, real: bool = False) -> str:
+        """Each node's clock a little fast or slow, within max_clock_drift (or back to real time)."""
+        assert self.clock_dir is not None, "the cluster must run with RAFTPROC_CLOCK_DIR for clock faults"
+        rates = {n: 1.0 if real else round(1 + self.rng.choice((-1, 1)) * self.rng.uniform(0.5, 1.0) * self.max_clock_drift, 4)
+                 for n in nodes}
+        for n, rate in rates.items():
+            write_rate(self.clock_dir, n, rate)
+        return " ".join(f"{n}:x{rate}" for n, rate in rates.items())
+
     def _restart(self, nodes: list[int]) -> Callable[[], None]:
         def heal() -> None:
             for n in nodes:
@@ -278,12 +348,15 @@ class Nemesis:
         if self.lab is not None:
             self.lab.heal_cuts()
             self.lab.heal_slow()
+        if self.clock_dir is not None:
+            self._skew(self.members(), real=True)
         removed = self.cluster.removed()
         for p in self.cluster.processes():
             if p.state == "paused":
                 self.cluster.resume(p.node_id)
-            elif p.state not in ("running",) and p.node_id not in removed:
+            elif p.state not in ("running",) and p.node_id not in removed | self.corrupted:
                 self.cluster.start(p.node_id)
+        self.rebuild_corrupted()
         self.settle_members()
         for r in self.records:
             if r.end_ns is None:

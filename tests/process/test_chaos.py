@@ -31,7 +31,7 @@ def test_chaos_same_seed_same_schedule():
 
 
 def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
-    faults = ["kill", "pause", "power", "stop", "transfer"]
+    faults = ["kill", "pause", "power", "stop", "transfer", "corrupt", "clock"]
     root_ok, why = available()
     if root_ok:
         faults += ["partition", "slow"]
@@ -40,12 +40,16 @@ def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     # happen while nodes are killed, paused, cut off and power-cycled; and every
     # connection, nodes' and clients', runs mutual TLS.
     result = run_chaos(
-        ChaosOptions(out=out, nodes=3, duration=20, faults=faults, clients=4, seed=11, snapshot_every=100, tls=True), say=lambda m: None
+        ChaosOptions(out=out, nodes=3, duration=24, faults=faults, clients=4, seed=385, snapshot_every=100, tls=True, read_mode="lease"),
+        say=lambda m: None,
     )
     assert result.ok, result.verdicts
     names = {name for name, _, _ in result.verdicts}
     assert names == {"converged", "one settled configuration", "linearizable", "no acknowledged write lost", "storage recovers cleanly",
-                     "no history diverged"}
+                     "no history diverged", "corrupt storage refused"}
+    # Seed 385 draws a corrupt WAL (refused, then rebuilt) and skewed clocks under lease reads.
+    ran = {f["kind"]: f for f in json.loads((out / "faults.json").read_text()) if not f["skipped"]}
+    assert "refused to start" in ran["corrupt"]["detail"] and "x" in ran["clock"]["detail"], ran
     summary = dict(result.summary)
     assert summary["operations ok"] > 100 and summary["faults injected"] >= 3
     assert summary["snapshots taken"] >= 3 * 3, summary
