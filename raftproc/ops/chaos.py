@@ -142,7 +142,7 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     keys = opts.keys or max(2, opts.clients // 2)
     workload = Workload(
         cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout, read_mode=opts.read_mode,
-        tls=client_context_for(cfg.client_tls()),
+        tls=client_context_for(cfg.client_tls()), members=lambda: _member_addresses(cluster),
     )
     schedule = plan(opts.seed, faults, opts.duration)
     # On a terminal the progress line rewrites itself (\r); into a file or a pipe,
@@ -195,7 +195,9 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
         verdicts.append(settled_configuration(statuses, nemesis.members()))
     except ClusterError as e:
         verdicts.append(("converged", False, str(e)))
-    workload.final_reads()
+    unfinished = workload.final_reads()
+    if unfinished:
+        verdicts.append(("final reads finished", False, unfinished))
     history = workload.history
     history.write(out / "history.jsonl")
     records = sorted(history.records, key=lambda r: r["call"])
@@ -243,6 +245,12 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
         replay=f"python scripts/supervisor.py web --replay {out}",
     )
     return ChaosResult(verdicts, summary, notes)
+
+
+def _member_addresses(cluster: Cluster) -> dict[int, Any]:
+    """The client addresses of the nodes the run has not removed (joined ones too)."""
+    cfg, removed = cluster.config, cluster.removed()
+    return {n: a.client for n, a in cfg.nodes.items() if n not in removed}
 
 
 def _logged(cfg, wall0: float, mono0: float) -> tuple[list[dict[str, Any]], dict[str, int]]:

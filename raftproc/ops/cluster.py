@@ -419,7 +419,10 @@ class Cluster(ClusterOperations):
         path = self.run_dir / f"node-{node_id}.out"
         if not path.exists():
             return ""
-        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        # The plaintext warning repeats at every start: it would crowd out the line
+        # that says why the node stopped.
+        said = [line for line in path.read_text(errors="replace").strip().splitlines() if "WITHOUT TLS" not in line]
+        return " | ".join(said[-lines:])
 
     # --- helpers --------------------------------------------------------------------
 

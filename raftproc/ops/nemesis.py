@@ -54,6 +54,8 @@ from raftproc.runtime.skew import write_rate
 ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member", "rolling", "corrupt", "clock")
 PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member", "rolling", "corrupt", "clock")
 MEMBER_FAULTS = ("remove-leader", "remove-follower", "replace-leader", "replace-follower")
+NEED_A_LEADER = ("transfer", "member", "rolling", "corrupt")
+LEADER_WAIT_S = 5.0
 
 
 @dataclass
@@ -136,6 +138,13 @@ class Nemesis:
         """Start a fault; return what heals it."""
         ids = self.members()
         leader = self.cluster.leader()
+        if leader is None and fault.kind in NEED_A_LEADER:
+            # Just after another fault's heal the cluster may be electing: a fault that
+            # needs a leader waits for one, briefly, before it is skipped.
+            try:
+                leader = self.cluster.wait_for_leader(timeout=LEADER_WAIT_S)
+            except ClusterError:
+                leader = None
         followers = [i for i in ids if i != leader]
         minority = len(ids) // 2
 

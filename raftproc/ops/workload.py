@@ -18,6 +18,7 @@ import ssl
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,15 +76,22 @@ def run_one(
     return record
 
 
+FINAL_READS_S = 120.0  # the final reads end within this, or say they did not
+
+
 class Workload:
     """`clients` threads, each with its own Client, until stop() or `until` passes."""
 
     def __init__(
         self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0, read_mode: str = "index",
-        tls: ssl.SSLContext | None = None,
+        tls: ssl.SSLContext | None = None, members: Callable[[], dict[int, Address]] | None = None,
     ) -> None:
-        """`tls`: the client context every client connects with (None: plaintext)."""
+        """`tls`: the client context every client connects with (None: plaintext).
+        `members`: the current members' client addresses, asked again after an
+        operation that did not succeed, so clients follow the membership as nodes
+        are replaced (a client that knows only removed nodes reaches nobody)."""
         self.addresses = addresses
+        self.members = members or (lambda: self.addresses)
         self.tls = tls
         self.read_mode = read_mode
         self.clients = clients
@@ -118,24 +126,42 @@ class Workload:
                 value = f"c{n}-{counter}"
                 if kind == "cas":
                     expect = seen.get(key) if rng.random() < 0.7 else None
-                    run_one(client, self.history, n, "cas", key, value, expect)
+                    record = run_one(client, self.history, n, "cas", key, value, expect)
                 elif kind == "get":
-                    read = run_one(client, self.history, n, "get", key)
-                    if read["ok"]:
-                        seen[key] = read["output"]
+                    record = run_one(client, self.history, n, "get", key)
+                    if record["ok"]:
+                        seen[key] = record["output"]
                 elif kind == "put":
-                    run_one(client, self.history, n, "put", key, value)
+                    record = run_one(client, self.history, n, "put", key, value)
                     seen[key] = value
                 else:
-                    run_one(client, self.history, n, "delete", key)
+                    record = run_one(client, self.history, n, "delete", key)
+                if record["ok"] is None or (record["ok"] is False and not record.get("mismatch")):
+                    self._follow_members(client)
         finally:
             client.close()
 
-    def final_reads(self) -> None:
-        """After healing: read every key once, so a lost write shows in the history."""
-        client = Client(self.addresses, timeout=10, rng=random.Random(self.seed), tls=self.tls)
+    def _follow_members(self, client: Client) -> None:
         try:
-            for key in self.keys:
-                run_one(client, self.history, self.clients, "get", key)
+            current = self.members()
+        except Exception:  # noqa: BLE001 - the config file mid-write: keep what the client knows
+            return
+        if current:
+            client.addresses = dict(current)
+
+    def final_reads(self, within: float = FINAL_READS_S) -> str | None:
+        """After healing: read every key once, so a lost write shows in the history.
+        None when done; otherwise which keys were not read within `within` seconds."""
+        deadline = time.monotonic() + within
+        client = Client(self.members(), timeout=10, rng=random.Random(self.seed), tls=self.tls)
+        try:
+            for done, key in enumerate(self.keys):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return f"final reads did not finish within {within:.0f} s: {len(self.keys) - done} of {len(self.keys)} keys not read"
+                client.timeout = min(10.0, left)
+                if not run_one(client, self.history, self.clients, "get", key)["ok"]:
+                    self._follow_members(client)
+            return None
         finally:
             client.close()

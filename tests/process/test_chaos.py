@@ -162,3 +162,24 @@ def test_planted_missing_fsync_loses_acknowledged_writes_under_power_loss(tmp_pa
     assert lost, "the planted missing fsync should lose acknowledged writes"
     assert not verdict.ok
     assert "NOT linearizable" in verdict.summary()
+
+
+def test_chaos_follows_the_cluster_through_replacements_and_partitions(tmp_path):
+    """Seed 6 replaces a node, then cuts links one way, hands leadership over, runs
+    two rolling restarts and removes a node: the supervisor keeps track of every
+    process, so every membership, transfer and rolling fault after the replacement
+    is injected (none skipped for want of a leader it lost sight of), clients follow
+    the new members, and the run ends with its verdicts."""
+    root_ok, why = available()
+    if not root_ok:
+        pytest.skip(f"partitions need network namespaces: {why}")
+    out = tmp_path / "run"
+    faults = ["member", "partition", "transfer", "rolling"]
+    planned = [(f.kind, f.victims) for f in plan(6, faults, 40)]
+    assert planned[0] == ("member", "replace-follower") and ("partition", "one-way") in planned
+    result = run_chaos(ChaosOptions(out=out, nodes=3, duration=40, faults=faults, clients=4, seed=6), say=lambda m: None)
+    assert result.ok, result.verdicts
+    ran = json.loads((out / "faults.json").read_text())
+    assert "replaced node" in ran[0]["detail"], ran[0]
+    after = [f for f in ran[1:] if f["kind"] in ("member", "transfer", "rolling")]
+    assert len(after) >= 4 and not [f for f in after if f["skipped"]], after
