@@ -15,7 +15,7 @@ from __future__ import annotations
 import html
 import io
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,7 +69,7 @@ class Seconds:
     p99_ms: list[float] = field(default_factory=list)
 
 
-def per_second(history: list[dict[str, Any]], t0: float, t1: float) -> Seconds:
+def per_second(history: Iterable[dict[str, Any]], t0: float, t1: float) -> Seconds:
     """Whole seconds only: a last, partial second would be drawn as a fall in the
     rate that never happened, so what returned in it is left out of the series."""
     n = max(1, int(t1 - t0 + 1e-9))
@@ -105,7 +105,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]], events: list[dict[str, Any]],
-             history: list[dict[str, Any]]) -> str | None:
+             history: Iterable[dict[str, Any]]) -> str | None:
     """The run's picture as SVG text, or None without matplotlib."""
     if not plotting.have_matplotlib():
         return None
@@ -170,7 +170,7 @@ def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, A
 
 
 def write_report(path: Path, *, title: str, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]],
-                 events: list[dict[str, Any]], history: list[dict[str, Any]], verdicts: list[tuple[str, bool, str]],
+                 events: list[dict[str, Any]], history: Iterable[dict[str, Any]], verdicts: list[tuple[str, bool, str]],
                  summary: list[tuple[str, Any]], replay: str | None = None) -> None:
     """`replay`: the command that plays the run's recording on the live page."""
     picture = draw_run(nodes=nodes, t0=t0, t1=t1, faults=faults, events=events, history=history)

@@ -18,7 +18,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,14 +27,23 @@ from raftproc.config import Address
 
 
 class History:
-    def __init__(self) -> None:
+    """The operations recorded so far: in memory, or, given `path`, streamed to that
+    file as they return (a long run's history must not grow the process), with
+    only the counts kept."""
+
+    def __init__(self, path: Path | None = None) -> None:
         self.records: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.counts: Counter[str] = Counter()
+        self.path = path
+        self._file = open(path, "w", encoding="utf-8", buffering=1 << 20) if path is not None else None  # noqa: SIM115
 
     def add(self, record: dict[str, Any]) -> None:
         with self.lock:
-            self.records.append(record)
+            if self._file is not None:
+                self._file.write(json.dumps(record) + "\n")
+            else:
+                self.records.append(record)
             if record["ok"] is None:
                 self.counts["unknown"] += 1
             elif record["ok"] or record.get("mismatch"):
@@ -46,6 +55,22 @@ class History:
         with self.lock, open(path, "w", encoding="utf-8") as f:
             for r in sorted(self.records, key=lambda r: r["call"]):
                 f.write(json.dumps(r) + "\n")
+
+    def close(self) -> None:
+        """Flush a streamed history to its file, which then holds every record."""
+        with self.lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def read(self) -> Iterator[dict[str, Any]]:
+        """Every record, from the file when streamed (close() first)."""
+        if self.path is None:
+            yield from self.records
+            return
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                yield json.loads(line)
 
 
 def run_one(
@@ -84,12 +109,13 @@ class Workload:
 
     def __init__(
         self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0, read_mode: str = "index",
-        tls: ssl.SSLContext | None = None, members: Callable[[], dict[int, Address]] | None = None,
+        tls: ssl.SSLContext | None = None, members: Callable[[], dict[int, Address]] | None = None, history: Path | None = None,
     ) -> None:
         """`tls`: the client context every client connects with (None: plaintext).
         `members`: the current members' client addresses, asked again after an
         operation that did not succeed, so clients follow the membership as nodes
-        are replaced (a client that knows only removed nodes reaches nobody)."""
+        are replaced (a client that knows only removed nodes reaches nobody).
+        `history`: stream the history to this file instead of keeping it."""
         self.addresses = addresses
         self.members = members or (lambda: self.addresses)
         self.tls = tls
@@ -98,7 +124,7 @@ class Workload:
         self.keys = [f"k{i}" for i in range(keys)]
         self.seed = seed
         self.op_timeout = op_timeout
-        self.history = History()
+        self.history = History(history)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 

@@ -155,3 +155,26 @@ def test_checker_finds_one_corrupted_read_in_a_large_history():
     reads[len(reads) // 2]["output"] = "v-phantom"
     result = check_history(h)
     assert not result.ok and len(result.failures) == 1
+
+
+def test_a_history_file_is_checked_a_key_at_a_time_with_the_same_verdicts(tmp_path, monkeypatch):
+    """The streamed form (raftproc.checker.spill) agrees with the in-memory check, and
+    its buffers spill to disk as they fill (a tiny bound forces many spills)."""
+    import json
+
+    from raftproc.checker import spill
+    from raftproc.checker.spill import check_history_file
+
+    monkeypatch.setattr(spill, "SPILL_BYTES", 300)
+    good = [op(c, "put", f"k{c % 3}", 10 * c, 10 * c + 5, value=f"v{c}") for c in range(30)]
+    good += [op(99, "get", f"k{k}", 1000 + k, 1001 + k, output=f"v{27 + k}") for k in range(3)]
+    bad = [*good, op(98, "get", "k0", 2000, 2001, output="v0")]  # a stale read after v27
+    for records, ok in ((good, True), (bad, False)):
+        path = tmp_path / f"{ok}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))  # any order
+        seen: dict[str, int] = {}
+        result = check_history_file(path, tmp_path / f"scratch-{ok}", visit=lambda key, rs: seen.update({key: len(rs)}))
+        expected = check_history(records)
+        assert result.ok is ok is expected.ok and result.operations == expected.operations == len(records)
+        assert result.keys == 3 and sum(seen.values()) == len(records)
+        assert not list((tmp_path / f"scratch-{ok}").iterdir()), "each key's file is dropped once checked"
