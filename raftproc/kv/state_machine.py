@@ -31,6 +31,12 @@ refused as "session expired" (it may have been applied before the session was
 forgotten). The first attempt of a request always precedes its retries in the log:
 an entry from an older term is committed only below the newer leader's entries.
 
+Members' incarnations (raftproc.runtime.identity) are kept here too, learned
+through the log: the leader proposes an `incarnation` entry for every member
+whose incarnation it knows and the table lacks. The first entry for a node wins.
+Applying a configuration that no longer lists a node drops it. Every node can
+then refuse a wiped or replaced peer that it never met itself.
+
 The log digest is a chain (d_i = H(d_{i-1}, i, command_i)) rather than one running
 hash, so it can be carried in a snapshot and continued on the node restoring it.
 The state digest is the sum (mod 2**128) of a hash of every key-value pair,
@@ -43,7 +49,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sortedcontainers import SortedList
@@ -62,6 +68,7 @@ class KvImage:
     data: dict[str, str]
     sessions: dict[int, tuple[int, Any]]
     digest: str  # the log digest at the snapshot's index
+    incarnations: dict[int, int] = field(default_factory=dict)  # member -> incarnation
 
 
 class KeyValueStore:
@@ -76,12 +83,13 @@ class KeyValueStore:
         self.max_sessions = max_sessions
         self.last_applied = 0
         self._log_digest = bytes(16)
+        self.incarnations: dict[int, int] = {}  # member -> incarnation, as the log says
 
     def image(self) -> KvImage:
         """A copy of the state to snapshot, taken now; the copy shares only
         immutable keys and values, so the store can go on applying while it is
         written out."""
-        return KvImage(self.data.copy(), self.sessions.copy(), self._log_digest.hex())
+        return KvImage(self.data.copy(), self.sessions.copy(), self._log_digest.hex(), dict(self.incarnations))
 
     def restore(self, index: int, image: KvImage) -> None:
         """Replace the whole state by a snapshot's, taken at applied index `index`."""
@@ -89,6 +97,7 @@ class KeyValueStore:
         self.keys = None
         self.sessions = OrderedDict(image.sessions)
         self._log_digest = bytes.fromhex(image.digest)
+        self.incarnations = dict(image.incarnations)
         self.last_applied = index
 
     def apply(self, index: int, command: bytes | None, decoded: Command | None = None) -> Result | None:
@@ -111,6 +120,8 @@ class KeyValueStore:
                 cmd = Command.decode(command)
             except Exception:
                 return {"ok": False, "error": "undecodable command"}
+        if cmd.op == "incarnation":
+            return self._learn_incarnation(cmd)
         if cmd.op == "register":
             client = REGISTERED + index
             self._remember(client, 0, OK)
@@ -129,6 +140,19 @@ class KeyValueStore:
         if cmd.client:
             self._remember(cmd.client, cmd.seq, result)
         return result
+
+    def _learn_incarnation(self, cmd: Command) -> Result:
+        """Only a leader proposes these (clients cannot send the op); still, the
+        command is checked here, so every replica reads it the same way."""
+        if not (cmd.key.isdigit() and (cmd.value or "").isdigit() and len(cmd.key) <= 20 and len(cmd.value or "") <= 20):
+            return {"ok": False, "error": "malformed incarnation"}
+        self.incarnations.setdefault(int(cmd.key), int(cmd.value))  # type: ignore[arg-type]
+        return OK
+
+    def forget_incarnations(self, members: tuple[int, ...]) -> None:
+        """A configuration without some nodes was applied: they may come back rebuilt."""
+        for node in [n for n in self.incarnations if n not in members]:
+            del self.incarnations[node]
 
     def _remember(self, client: int, seq: int, result: Result) -> None:
         sessions = self.sessions

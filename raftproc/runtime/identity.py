@@ -16,6 +16,8 @@ leader that lacks committed entries. So:
   logs `refused_by_peer`). Once a configuration without that node is applied,
   its incarnation is forgotten: removed, it can be rebuilt (`rebuild_data_dir`,
   `node --rebuild`, `supervisor.py rebuild`) and added back under its own id.
+- Members' incarnations also travel through the log (raftproc.kv.state_machine),
+  so a node refuses a wiped peer it never met, by what the cluster recorded.
 - A rebuilt directory holds a `joining` marker: the node starts as one that is
   not in the first configuration, and waits to be added, instead of counting
   itself a voter of the bootstrap configuration with an empty log.
@@ -102,10 +104,17 @@ class KnownPeers:
             return None
         if known is not None:
             # The known incarnation is what admits the peer: never echo it.
-            return f"node {peer} came back with other data: it lost what it promised; remove it and add it back under a new id"
+            return f"node {peer} came back with other data: it lost what it promised; rebuild it (supervisor.py rebuild, docs/storage.md)"
         _replace(self.path, {**self.seen, peer: incarnation}, self.sync)
         self.seen[peer] = incarnation
         return None
+
+    def record(self, peer: int, incarnation: int) -> None:
+        """Take `incarnation` as `peer`'s, whatever was heard before: the cluster's
+        log says so (it was rebuilt while this node was away)."""
+        if self.seen.get(peer) != incarnation:
+            _replace(self.path, {**self.seen, peer: incarnation}, self.sync)
+            self.seen[peer] = incarnation
 
     def forget(self, peers: list[int]) -> None:
         """Drop what was heard of `peers`: they left the configuration, and may come

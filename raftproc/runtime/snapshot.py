@@ -11,6 +11,7 @@ records (4-byte length, CRC32 over length and body, CBOR body):
               no "hash": still read; the log's chain link at I is then unknown)
     {"kv": [[key, value], ...]}                      (any number, bounded size)
     {"sessions": [[client, seq, result], ...]}
+    {"incarnations": [[node, incarnation], ...]}      (absent in older files)
     {"end": {"records": N, "keys": K, "digest": D}}
 
 The `end` record makes a complete file recognisable: a file without it, or with a
@@ -181,6 +182,8 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     sessions = [[client, seq, result] for client, (seq, result) in image.sessions.items()]
     yield frame_record(cbor2.dumps({"sessions": sessions}))
     records += 1
+    yield frame_record(cbor2.dumps({"incarnations": sorted(image.incarnations.items())}))
+    records += 1
     end = {"records": records, "keys": len(image.data), "digest": image.digest}
     yield frame_record(cbor2.dumps({"end": end}))
 
@@ -193,6 +196,7 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
     meta: SnapshotMeta | None = None
     data: dict[str, str] = {}
     sessions: dict[int, tuple[int, Any]] = {}
+    incarnations: dict[int, int] = {}  # absent from files written before they were kept
     records = 0
     for offset, raw in _records(path):
         body = _decode(path, offset, raw)
@@ -203,13 +207,15 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
             data.update(body["kv"])
         elif "sessions" in body:
             sessions = {c: (seq, result) for c, seq, result in body["sessions"]}
+        elif "incarnations" in body:
+            incarnations = {int(n): int(i) for n, i in body["incarnations"]}
         elif "end" in body:
             end = body["end"]
             if end.get("records") != records - 1 or end.get("keys") != len(data):
                 raise SnapshotCorrupt(f"{path}: end record counts {end} do not match what precedes it")
             # (Snapshots written before the state digest was computed on demand also
             # carry "state_sum"; it is not needed.)
-            return meta, KvImage(data, sessions, end.get("digest", ""))
+            return meta, KvImage(data, sessions, end.get("digest", ""), incarnations)
         else:
             raise SnapshotCorrupt(f"{path}: unknown record {sorted(body)}")
     raise SnapshotCorrupt(f"{path}: no end record (incomplete file)")

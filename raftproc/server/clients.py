@@ -335,6 +335,7 @@ class ClientService:
             # The configuration took effect when it was appended; to the store it is a no-op.
             self.kv.apply(entry.index, None)
             self.log("config_applied", index=entry.index, membership=entry.config.describe())
+            self.kv.forget_incarnations(entry.config.members)
             self.peers.forget_removed(entry.config.members)
             return
         waiting = self.waiting.pop(entry.index, None)

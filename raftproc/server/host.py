@@ -52,6 +52,7 @@ from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.runtime.wal import BackgroundSync, SyncFailed, WriteAheadLog
 from raftproc.server.clients import ClientService
 from raftproc.server.driver import Driver
+from raftproc.server.incarnations import IncarnationRegistry
 from raftproc.server.links import LinkShaper
 from raftproc.server.metrics import MetricsServer, Reading
 from raftproc.server.peers import FrameRefused, Peers
@@ -118,6 +119,7 @@ class NodeHost:
         snapshots: Snapshots,
         clients: ClientService,
         driver: Driver,
+        incarnations: IncarnationRegistry,
         clock: Clock,
         log: Log,
         tls: TlsContexts | None = None,
@@ -134,6 +136,7 @@ class NodeHost:
         self.snapshots = snapshots
         self.clients = clients
         self.driver = driver
+        self.incarnations = incarnations
         self.transport: PeerTransport = driver.transport  # type: ignore[assignment]
         self.metrics: MetricsServer | None = None
         self.leader_changes = 0
@@ -226,6 +229,7 @@ class NodeHost:
         if self.frozen_since is None:
             self._check_disk_speed()
             self._catch_up_clock()
+            self.incarnations.settle()
         self._next_tick = max(self._next_tick + self._tick_interval, now)
         self.loop.call_at(self._next_tick, self._tick)
 
@@ -416,6 +420,7 @@ class NodeHost:
             "membership": describe(r.membership),
             "keys": len(self.kv.data),
             "sessions": len(self.kv.sessions),
+            "incarnations_logged": len(self.kv.incarnations),
             "client_connections": len(self.clients.connections),
             "clients_refused": self.clients.refused_clients,
             "log_digest": self.kv.log_digest(),
@@ -476,7 +481,7 @@ def open_host(
         me=node_id, incarnation=incarnation, book=dict(cfg.nodes), known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
         loop=loop, rng=rng, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer, log=log,
         on_frame=lambda frame: host.on_peer_frame(frame), on_link_down=lambda peer: host.on_link_down(peer),
-        tls=tls, handshake_timeout=handshake_timeout, shaper=shaper, feed=feed,
+        tls=tls, handshake_timeout=handshake_timeout, shaper=shaper, feed=feed, logged_incarnations=lambda: kv.incarnations,
     )
     _learn_addresses(peers, meta, rec.entries)
     snapshots = Snapshots(
@@ -508,6 +513,7 @@ def open_host(
     host = NodeHost(
         node_id=node_id, cfg=cfg, loop=loop, raft=raft, kv=kv, wal=wal, syncer=syncer, peers=peers, snapshots=snapshots,
         clients=clients, driver=driver, clock=clock, log=log, tls=tls,
+        incarnations=IncarnationRegistry(node_id, incarnation, raft, kv, peers.known_peers, clock, log),
     )
     if me.metrics is not None:
         _serve_metrics(host, me.metrics, feed, shaper)

@@ -159,14 +159,18 @@ class Peers:
         handshake_timeout: float = 5.0,
         shaper: LinkShaper | None = None,
         feed: EventFeed | None = None,
+        logged_incarnations: Callable[[], dict[int, int]] = dict,
     ) -> None:
-        """`tls`: mutual TLS on every link (None: plaintext). `on_frame` gets every admitted frame (Raft messages and snapshot chunks and
+        """`logged_incarnations()`: members' incarnations as the applied log records them
+        (raftproc.kv.state_machine), checked before this node's own record.
+        `tls`: mutual TLS on every link (None: plaintext). `on_frame` gets every admitted frame (Raft messages and snapshot chunks and
         acknowledgements); `on_link_down(peer)` hears that a link that was up broke. `shaper` drops and
         delays frames as the injected link faults say; `feed` hears of every frame sent and taken."""
         self.me = me
         self.incarnation = incarnation
         self.book = book
         self.known_peers = known_peers
+        self.logged_incarnations = logged_incarnations
         self.loop = loop
         self.rng = rng
         self.max_frame = max_frame
@@ -321,7 +325,7 @@ class Peers:
         """Admit the connection if the peer still has the data it had when first heard
         (raftproc.runtime.identity); its frames count only then."""
         try:
-            refusal = self.known_peers.admit(hello.src, hello.incarnation)
+            refusal = self._admission(hello)
         except OSError as e:
             self.log("peer_record_failed", level="error", peer_id=hello.src, error=str(e))
             conn.close("cannot record the peer's incarnation")
@@ -340,6 +344,18 @@ class Peers:
         link = self.links.get(hello.src)
         if link is not None and link.conn is None:
             link.redial_now()
+
+    def _admission(self, hello: PeerHello) -> str | None:
+        """The log's record of the peer's incarnation first (it covers peers this node
+        never met), then what this node heard itself."""
+        logged = self.logged_incarnations().get(hello.src)
+        if logged is None:
+            return self.known_peers.admit(hello.src, hello.incarnation)
+        if logged != hello.incarnation:
+            return (f"node {hello.src} came back with other data than the cluster's log recorded for it: it lost what it "
+                    "promised; rebuild it (supervisor.py rebuild, docs/storage.md)")
+        self.known_peers.record(hello.src, hello.incarnation)
+        return None
 
     def forget_removed(self, members: tuple[int, ...] | frozenset[int] | set[int]) -> None:
         """A configuration without some peers was applied: their incarnations no longer

@@ -68,10 +68,36 @@ def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(clu
     finally:
         client.close()
     refusal = next(e for e in log_events(cluster, behind[0]) if e["event"] == "peer_refused" and e["peer_id"] == wiped)
-    assert "came back with other data" in refusal["reason"] and "new id" in refusal["reason"]
+    assert "came back with other data" in refusal["reason"] and "rebuild" in refusal["reason"]
     # The wiped node was told why, and says so in its own log.
     told = [e for e in log_events(cluster, wiped) if e["event"] == "refused_by_peer"]
-    assert {e["peer_id"] for e in told} >= set(behind) and all("new id" in e["reason"] for e in told)
+    assert {e["peer_id"] for e in told} >= set(behind) and all("rebuild" in e["reason"] for e in told)
+
+
+def test_a_peer_that_never_met_the_node_refuses_it_wiped_by_what_the_log_recorded(cluster_factory):
+    """The hole of the first-heard record: node 3 is down for node 2's whole first
+    life. The leader put node 2's incarnation in the log, and node 3 applies it when
+    it first starts, so it refuses node 2 coming back wiped, though it never met it."""
+    cluster = cluster_factory(3, start=False)
+    for n in (1, 2):
+        cluster.start(n)
+    client = cluster.client(timeout=20)
+    try:
+        client.set("first", "life")
+        wait_until(lambda: all((s := cluster.node_status(n)) and s["incarnations_logged"] >= 2 for n in (1, 2)), 20,
+                   "nodes 1 and 2 to have their incarnations in the log")
+        cluster.stop(2)
+        shutil.rmtree(cluster.config.node_data_dir(2))
+        cluster.start(3)  # first start ever: it never heard node 2's first hello
+        cluster.wait_for_leader(20)
+        wait_until(lambda: (s := cluster.node_status(3)) and s["incarnations_logged"] >= 2, 20, "node 3 to apply the incarnations")
+        assert 2 not in KnownPeers(cluster.config.node_data_dir(3)).seen, "node 3 never met node 2 itself"
+        cluster.start(2)
+        refusal = wait_until(lambda: next((e for e in log_events(cluster, 3) if e["event"] == "peer_refused" and e["peer_id"] == 2), None),
+                             20, "node 3 to refuse the wiped node 2")
+        assert "log recorded" in refusal["reason"] and "rebuild" in refusal["reason"]
+    finally:
+        client.close()
 
 
 def test_data_directory_of_another_node_refuses_to_start(cluster_factory):

@@ -148,7 +148,7 @@ def test_a_host_streams_its_state_and_tells_its_election(tmp_path):
         told = [e["event"] for e in events if e["kind"] == "log"]
         assert "became_leader" in told
         leading = [e for e in events if e["kind"] == "state" and e["role"] == "leader"][-1]
-        assert leading["log"][-1][:3] == [1, leading["term"], "noop"] and leading["timer"] is None
+        assert leading["log"][0][:3] == [1, leading["term"], "noop"] and leading["timer"] is None
         sock.close()
     finally:
         host.close()

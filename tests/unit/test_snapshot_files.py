@@ -280,3 +280,18 @@ def test_compaction_keeps_a_tail_bounded_in_entries_and_in_bytes():
     big = RaftLog([Entry(1, i, b"x" * 1_000_000) for i in range(1, 101)])
     assert compaction_index(big, 100, keep_entries=30, keep_bytes=4_500_000) == 96  # the bytes bind: 4 entries stay
     assert compaction_index(big, 100, keep_entries=30, keep_bytes=10) == 100  # nothing fits: compact everything
+
+
+def test_members_incarnations_are_learned_through_the_log_kept_in_snapshots_and_dropped_on_removal(tmp_path):
+    kv = store_with(10)
+    for i, (node, incarnation) in enumerate(((1, 111), (2, 222), (2, 999)), start=11):
+        assert kv.apply(i, Command("incarnation", str(node), str(incarnation)).encode()) == {"ok": True}
+    assert kv.incarnations == {1: 111, 2: 222}, "the first record of a node wins"
+    assert kv.apply(14, Command("incarnation", "x", "1").encode())["ok"] is False
+    snap = write_snapshot(tmp_path, SnapshotMeta(14, 4, META, hash=bytes(16)), kv.image(), floor=0)
+    meta, image = read_snapshot(snap.path)
+    assert meta.hash == bytes(16) and image.incarnations == {1: 111, 2: 222}
+    restored = KeyValueStore()
+    restored.restore(14, image)
+    restored.forget_incarnations((1, 3))
+    assert restored.incarnations == {1: 111}, "node 2 left the configuration: it may come back rebuilt"
