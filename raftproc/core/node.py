@@ -806,6 +806,7 @@ class RaftNode(ConfigChanges):
             return
         if msg.success:
             if pr.on_success(msg.match_index):
+                pr.match_round = self.reads.round
                 self._maybe_commit()
             if msg.src == self.transferee and pr.match_index == self.log.last_index and not self._timeout_now_sent:
                 self._send_timeout_now(msg.src)
@@ -813,6 +814,14 @@ class RaftNode(ConfigChanges):
             return
         if pr.state == SNAPSHOT:
             return  # a heartbeat's answer while the snapshot is on its way
+        if msg.rejected_index <= pr.match_index and msg.context > pr.match_round:
+            # It refused an index it had acknowledged, answering a message sent after
+            # the acknowledgement arrived: its log went backwards (a restored copy, a
+            # disk that lied). It holds less than it promised; count on it no more.
+            self._log("peer_log_regressed", peer=msg.src, acknowledged=pr.match_index, rejected_index=msg.rejected_index)
+            self.peer_divergences[msg.src] = msg.rejected_index
+            pr.diverged = True
+            return
         if msg.rejected_index <= pr.match_index or (pr.state == PROBE and msg.rejected_index != pr.next_index - 1):
             return  # stale: an answer to something we sent before we learned more
         pr.on_reject(min(self._next_index_after_reject(msg), msg.rejected_index))

@@ -49,6 +49,9 @@ class Progress:
     # The follower reported a history that contradicts ours (raftproc.core.divergence):
     # nothing more is sent to it while this leadership lasts.
     diverged: bool = False
+    # The leader's read round (raftproc.core.reads) when match_index last moved: an
+    # answer to a message of a later round comes from after that acknowledgement.
+    match_round: int = 0
 
     def become_probe(self) -> None:
         self.state = PROBE

@@ -97,6 +97,7 @@ CORE_EVENT_LEVELS = {
     "commit_advanced": "debug",
     "log_diverged": "error",
     "peer_diverged": "error",
+    "peer_log_regressed": "error",
     "log_truncated": "warning",
     "message_ignored": "warning",
 }

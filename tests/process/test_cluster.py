@@ -104,3 +104,25 @@ def test_transfer_hands_leadership_to_the_chosen_node_without_an_election_timeou
     events = [e["event"] for e in log_events(cluster, target)]
     assert "leadership_transfer_received" in events
     client.close()
+
+
+def test_a_long_lived_client_asks_a_restarted_node_for_status_again(cluster_factory):
+    """The connection to the old process is dead after a restart: the call that finds
+    it so fails and drops it, and the next one reconnects (status too, not only
+    requests)."""
+    cluster = cluster_factory(3)
+    client = cluster.client(timeout=10)
+    try:
+        before = client.status(1)["pid"]
+        cluster.restart(1)
+
+        def answered():
+            try:
+                return client.status(1)
+            except OSError:
+                return None
+
+        after = wait_until(answered, 20, "node 1 to answer the same client again")
+        assert after["pid"] != before and after["pid"] == cluster.process(1).pid
+    finally:
+        client.close()

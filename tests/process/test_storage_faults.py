@@ -146,3 +146,39 @@ def test_a_corrupt_wal_refuses_to_start_and_rebuild_brings_the_node_back(tmp_pat
         client.close()
     finally:
         cluster.down(timeout=3)
+
+
+def test_a_follower_whose_log_went_backwards_under_a_live_leader_is_alarmed(tmp_path):
+    """A follower acknowledged writes, then came back from an older copy of its data
+    while the leader stayed up. The leader remembers what it acknowledged; when the
+    follower refuses an index it acknowledged, its log went backwards: the leader
+    raises the alarm instead of waiting on it forever."""
+    cluster = make_cluster(tmp_path, 3, log_level="info")
+    try:
+        cluster.up(wait=30)
+        client = cluster.client(timeout=30)
+        client.set("before", "1")
+        cluster.wait_converged(timeout=30)
+        leader = cluster.wait_for_leader(timeout=30)
+        follower = next(n for n in (1, 2, 3) if n != leader)
+        cluster.stop(follower)
+        backup = tmp_path / "backup"
+        shutil.copytree(cluster.config.node_data_dir(follower), backup)
+        cluster.start(follower)
+        for i in range(50):
+            client.set(f"acked{i}", "v")
+        wait_until(lambda: (s := cluster.node_status(follower)) and s["last_index"] >= cluster.node_status(leader)["commit_index"],
+                   30, "the follower to hold every write")
+        cluster.stop(follower)
+        shutil.rmtree(cluster.config.node_data_dir(follower))
+        shutil.copytree(backup, cluster.config.node_data_dir(follower))
+        cluster.start(follower)
+        status = wait_until(lambda: (s := cluster.node_status(leader)) and s["diverged"] and s, 30, "the leader's alarm")
+        assert f"node {follower}" in status["diverged"]
+        lines = [json.loads(x) for x in cluster.config.node_log_file(leader).read_text().splitlines() if '"peer_log_regressed"' in x]
+        assert lines and lines[0]["peer"] == follower and lines[0]["level"] == "error"
+        assert cluster.wait_for_leader(timeout=10) == leader, "the others go on"
+        client.set("after", "still writable")
+        client.close()
+    finally:
+        cluster.down(timeout=3)

@@ -137,3 +137,36 @@ def test_correct_logs_never_look_diverged():
                             leader_commit=3, prev_log_hash=hashes[0]))
     [again] = answers(node)
     assert again.success and node.diverged is None
+
+
+def _leader_with_acks() -> RaftNode:
+    leader = RaftNode(1, VOTERS, rng=random.Random(1))
+    leader.become_candidate()
+    answers(leader)
+    for voter in (2, 3):
+        leader.step(RequestVoteResponse(src=voter, dst=1, term=leader.current_term, vote_granted=True))
+    answers(leader)
+    for _ in range(3):
+        leader.propose(b"w")
+    answers(leader)
+    for peer in (2, 3):
+        leader.step(AppendEntriesResponse(src=peer, dst=1, term=leader.current_term, success=True,
+                                          match_index=leader.log.last_index, context=leader.reads.round))
+    answers(leader)
+    return leader
+
+
+def test_a_follower_that_refuses_what_it_acknowledged_has_lost_data_and_is_alarmed():
+    """Follower 2 acknowledged index 4, then (restored from an old copy) answers a
+    later round's append saying its log ends at 1: its log went backwards."""
+    leader = _leader_with_acks()
+    acked = leader.progress[2].match_index
+    # A reject from before the acknowledgement (an earlier round) is stale, not an alarm.
+    leader.step(AppendEntriesResponse(src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked,
+                                      conflict_index=2, context=leader.progress[2].match_round))
+    assert leader.peer_divergences == {}
+    leader.read_index(7)  # a new round of heartbeats, sent after the acknowledgement arrived
+    answers(leader)
+    leader.step(AppendEntriesResponse(src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked,
+                                      conflict_index=2, context=leader.reads.round))
+    assert leader.peer_divergences == {2: acked} and leader.progress[2].diverged
