@@ -38,7 +38,7 @@ def test_known_peers_admit_the_first_incarnation_and_refuse_another(tmp_path):
     assert known.admit(2, 111) is None
     assert known.admit(2, 111) is None
     refusal = known.admit(2, 222)
-    assert refusal is not None and "node 2 came back with other data" in refusal and "new id" in refusal
+    assert refusal is not None and "node 2 came back with other data" in refusal and "rebuild" in refusal
     assert "111" not in refusal, "a refusal must not tell the caller the incarnation that would be admitted"
     assert known.admit(3, 333) is None
     # Kept across a restart: the record was written before admit() returned.
