@@ -250,11 +250,7 @@ class Client:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                if maybe_sent:
-                    raise Unknown(f"{what}: outcome unknown after {self.timeout}s ({last_error})")
-                if not answered:
-                    raise Unreachable(f"{what}: no node answered within {self.timeout}s ({last_error})")
-                raise Failed(f"{what}: no leader accepted it within {self.timeout}s ({last_error})")
+                raise self._out_of_time(what, maybe_sent, answered, last_error)
             target = self._target
             if maybe_sent and body.get("t") == "req":
                 body["retry"] = True  # the store must not open a new session for it
@@ -278,12 +274,7 @@ class Client:
                 if status == "error":
                     raise Failed(f"{what}: rejected: {answer.get('error')}")
                 if status == "session_expired":
-                    if body.get("retry") or not self._registers:
-                        raise Unknown(f"{what}: {answer.get('error')}")
-                    # No attempt of this request can have been applied: a fresh id
-                    # makes it a first attempt again.
-                    self.client_id = None
-                    body["client"] = self._session(deadline)
+                    self._renew_session(body, f"{what}: {answer.get('error')}", deadline)
                     continue
                 if status == "redirect":
                     self._target = self._redirected(answer, target)
@@ -299,6 +290,22 @@ class Client:
                         self._target = self._other_node(target)
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, self.max_backoff)
+
+    def _out_of_time(self, what: str, maybe_sent: bool, answered: bool, last_error: str) -> ClientError:
+        if maybe_sent:
+            return Unknown(f"{what}: outcome unknown after {self.timeout}s ({last_error})")
+        if not answered:
+            return Unreachable(f"{what}: no node answered within {self.timeout}s ({last_error})")
+        return Failed(f"{what}: no leader accepted it within {self.timeout}s ({last_error})")
+
+    def _renew_session(self, body: dict[str, Any], expired: str, deadline: float) -> None:
+        """The cluster forgot this client's session. A retry may have been applied
+        before it did: Unknown. A first attempt was not: a fresh id makes it a first
+        attempt again."""
+        if body.get("retry") or not self._registers:
+            raise Unknown(expired)
+        self.client_id = None
+        body["client"] = self._session(deadline)
 
     def _note_attempt(self, address: Address, status: str, leader: Any = None) -> None:
         node = self.node_at(address)

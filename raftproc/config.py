@@ -65,6 +65,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from raftproc.core.config import Config as RaftConfig
 from raftproc.runtime.addresses import Address, parse_address
@@ -193,6 +194,12 @@ _INT_KEYS = (
 _BOOL_KEYS = ("background_sync", "pre_vote", "check_quorum", "link_faults")
 
 
+def _drift(value: Any, source: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 0.5:
+        raise ConfigError(f"{source}: max_clock_drift must be a number from 0 to below 0.5 (0.05: clocks within 5%)")
+    return float(value)
+
+
 def load_config(path: str | Path | None) -> ClusterConfig:
     """The built-in defaults when `path` is None; otherwise the file, checked."""
     if path is None:
@@ -258,10 +265,7 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
                 raise ConfigError(f"{source}: {key} must be true or false")
             changes[key] = raw[key]
     if "max_clock_drift" in raw:
-        drift = raw["max_clock_drift"]
-        if isinstance(drift, bool) or not isinstance(drift, (int, float)) or not 0 <= drift < 0.5:
-            raise ConfigError(f"{source}: max_clock_drift must be a number from 0 to below 0.5 (0.05: clocks within 5%)")
-        changes["max_clock_drift"] = float(drift)
+        changes["max_clock_drift"] = _drift(raw["max_clock_drift"], source)
     if "log_level" in raw:
         if raw["log_level"] not in LOG_LEVELS:
             raise ConfigError(f"{source}: log_level must be one of {LOG_LEVELS}")

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from raftproc.config import ClusterConfig, ConfigError, load_config
@@ -77,6 +78,27 @@ def checked_config(path: str | None, node_id: int) -> tuple[ClusterConfig, LinkF
     return cfg, link_faults
 
 
+def claim_data_dir(cfg: ClusterConfig, node_id: int, *, rebuild: bool) -> int:
+    """Lock the node's data directory (its descriptor); with `rebuild`, wipe it first."""
+    fd = lock_data_dir(cfg.node_data_dir(node_id))
+    if rebuild:
+        rebuild_data_dir(cfg.node_data_dir(node_id))
+        print(f"raftproc.node: node {node_id}: data directory {cfg.node_data_dir(node_id)} wiped; it waits to be added "
+              f"(`member add {node_id} PEER CLIENT` on the leader) and catches up from it", file=sys.stderr)
+    return fd
+
+
+def warn_if_insecure(cfg: ClusterConfig, node_id: int, log: Callable[..., None]) -> None:
+    insecure = [f"{h}:{p}" for h, p in (cfg.node(node_id).peer, cfg.node(node_id).client) if not is_loopback(h)]
+    if cfg.tls is None and insecure:
+        print(
+            f"raftproc.node: WARNING: node {node_id} listens on {', '.join(insecure)} WITHOUT TLS: anyone who reaches "
+            "these ports can read and write every key and rewrite the cluster. Add a [tls] table (docs/operations.md, Security).",
+            file=sys.stderr,
+        )
+        log("insecure_transport", level="warning", addresses=insecure)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m raftproc.node", description="Run one raftproc server.")
     p.add_argument("--id", type=int, required=True, help="this node's id in the cluster config")
@@ -95,13 +117,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Before the log file is opened or the WAL read: a second copy of this node
         # must touch neither. The descriptor stays open (and locked) until exit.
-        data_dir_lock = lock_data_dir(cfg.node_data_dir(args.id))  # noqa: F841 (held open until exit)
+        data_dir_lock = claim_data_dir(cfg, args.id, rebuild=args.rebuild)  # noqa: F841 (held open until exit)
     except DataDirInUse as e:
         return fail(EXIT_STARTUP, f"node {args.id}: {e}")
-    if args.rebuild:
-        rebuild_data_dir(cfg.node_data_dir(args.id))
-        print(f"raftproc.node: node {args.id}: data directory {cfg.node_data_dir(args.id)} wiped; it waits to be added "
-              f"(`member add {args.id} PEER CLIENT` on the leader) and catches up from it", file=sys.stderr)
 
     host = None
     log = configure(
@@ -110,15 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     from raftproc.server.host import open_host  # after logging is configured
 
-    insecure = [f"{h}:{p}" for h, p in (cfg.node(args.id).peer, cfg.node(args.id).client) if not is_loopback(h)]
-    if cfg.tls is None and insecure:
-        print(
-            f"raftproc.node: WARNING: node {args.id} listens on {', '.join(insecure)} WITHOUT TLS: anyone who reaches "
-            "these ports can read and write every key and rewrite the cluster. Add a [tls] table (docs/operations.md, Security).",
-            file=sys.stderr,
-        )
-        log("insecure_transport", level="warning", addresses=insecure)
-
+    warn_if_insecure(cfg, args.id, log)
     try:
         host = open_host(cfg, args.id, log=log, link_faults=link_faults, clock=clock_for(args.id))
     except WalCorruption as e:

@@ -146,6 +146,25 @@ def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
     return 2 if alarms else 0
 
 
+def cmd_membership(cluster: Cluster, args: argparse.Namespace) -> int:
+    if args.cmd == "join":
+        print("starting a new node and adding it: a learner first, a voter once caught up (up to 60 s)", file=sys.stderr)
+        node = cluster.join()
+        print(f"node {node} joined: voters {cluster.members()['voters']}")
+        return 0
+    if args.cmd == "members":
+        m = cluster.members()
+        print(f"leader {m['leader']} (term {m['term']}), voters {m['voters']}, learners {m['learners']}")
+        for node, info in sorted(m["nodes"].items()):
+            print(f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}")
+        return 0
+    if args.cmd == "rebuild":
+        print(f"rebuilding node {args.id}: remove, wipe, start as a new incarnation, add back (up to 120 s)", file=sys.stderr)
+    result = getattr(cluster, args.cmd)(args.id)
+    print(f"{args.cmd} node {args.id}: done; voters {result['membership']['voters']}")
+    return 0
+
+
 def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
     if args.node is not None and args.node not in cluster.config.nodes:
         raise ClusterError(f"node {args.node} is not in the cluster (nodes {sorted(cluster.config.nodes)})")
@@ -259,26 +278,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
                   f"leaderless time at each handover (TimeoutNow to new leader): {gaps}")
             return 0
-        if args.cmd == "join":
-            print("starting a new node and adding it: a learner first, a voter once caught up (up to 60 s)", file=sys.stderr)
-            node = cluster.join()
-            print(f"node {node} joined: voters {cluster.members()['voters']}")
-            return 0
-        if args.cmd == "members":
-            m = cluster.members()
-            print(f"leader {m['leader']} (term {m['term']}), voters {m['voters']}, learners {m['learners']}")
-            for node, info in sorted(m["nodes"].items()):
-                print(f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}")
-            return 0
-        if args.cmd in ("add", "remove"):
-            result = getattr(cluster, args.cmd)(args.id)
-            print(f"{args.cmd} node {args.id}: done; voters {result['membership']['voters']}")
-            return 0
-        if args.cmd == "rebuild":
-            print(f"rebuilding node {args.id}: remove, wipe, start as a new incarnation, add back (up to 120 s)", file=sys.stderr)
-            result = cluster.rebuild(args.id)
-            print(f"rebuild node {args.id}: done; voters {result['membership']['voters']}")
-            return 0
+        if args.cmd in ("join", "members", "add", "remove", "rebuild"):
+            return cmd_membership(cluster, args)
         if args.cmd == "stop":
             new_leader = cluster.graceful_stop(args.id)
             print(f"stop node {args.id}: done" + (f" (node {new_leader} leads now)" if new_leader else ""))

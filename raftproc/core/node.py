@@ -116,19 +116,7 @@ class RaftNode(ConfigChanges):
         self._log_fn = log
 
         hs = hard_state or HardState()
-        bootstrap = voters if isinstance(voters, Membership) else Membership(tuple(voters))
-        snap = snapshot or SnapshotMeta(0, 0, bootstrap)
-        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term, membership=snap.membership,
-                           snapshot_hash=snap.hash if snap.index else ZERO_HASH)
-        self.current_term = hs.current_term
-        self.voted_for: NodeId | None = hs.voted_for
-        # A persisted commit index is only a hint; never trust it past the log we
-        # found. A snapshot only ever holds committed entries.
-        self.commit_index = max(min(hs.commit_index, self.log.last_index), snap.index)
-        self.applied = max(min(applied, self.commit_index), snap.index)
-        self._pending_snapshot: SnapshotMeta | None = None
-        self._persisted_hard_state = hs
-
+        self._recover(voters, hs, entries, snapshot, applied)
         self.role: Role = FOLLOWER
         self.leader_id: NodeId | None = None
         self.election_elapsed = 0
@@ -155,6 +143,22 @@ class RaftNode(ConfigChanges):
         self.diverged: Divergence | None = None
         self.peer_divergences: dict[NodeId, int] = {}
         self._reset_election_timer()
+
+    def _recover(self, voters: Iterable[NodeId] | Membership, hs: HardState, entries: Iterable[Entry],
+                 snapshot: SnapshotMeta | None, applied: int) -> None:
+        """The log, term, vote and indexes from what the node persisted."""
+        bootstrap = voters if isinstance(voters, Membership) else Membership(tuple(voters))
+        snap = snapshot or SnapshotMeta(0, 0, bootstrap)
+        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term, membership=snap.membership,
+                           snapshot_hash=snap.hash if snap.index else ZERO_HASH)
+        self.current_term = hs.current_term
+        self.voted_for: NodeId | None = hs.voted_for
+        # A persisted commit index is only a hint; never trust it past the log we
+        # found. A snapshot only ever holds committed entries.
+        self.commit_index = max(min(hs.commit_index, self.log.last_index), snap.index)
+        self.applied = max(min(applied, self.commit_index), snap.index)
+        self._pending_snapshot: SnapshotMeta | None = None
+        self._persisted_hard_state = hs
 
     @property
     def membership(self) -> Membership:

@@ -146,21 +146,51 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
         tls=client_context_for(cfg.client_tls()), members=lambda: _member_addresses(cluster),
         history=out / "history.jsonl",
     )
-    schedule = plan(opts.seed, faults, opts.duration)
     # On a terminal the progress line rewrites itself (\r); into a file or a pipe,
     # each line stands alone and the progress comes every 5 s instead of twice a second.
     tty = sys.stdout.isatty()
     back = "\r" if tty else ""
-    nemesis = Nemesis(cluster, random.Random(opts.seed), lab, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")),
-                      note=recorder.note)
+    nemesis = _nemesis(cluster, cfg, lab, opts.seed, recorder, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")))
+    stopped = _drive(plan(opts.seed, faults, opts.duration), opts.duration, nemesis, workload, tty, mono0)
+    say(f"{back}{_clock(mono0)} healing everything and checking")
+    nemesis.heal_all()
+
+    verdicts = _judge_service(cluster, nemesis, workload, out, opts.clients)
+    cluster.down(timeout=5)
+    cfg = cluster.config  # with the nodes that joined during the run
+    verdicts.append(_judge_storage(cfg))
+    events, counted = _logged(cfg, wall0, mono0)
+    verdicts += _judge_alarms(nemesis, faults, counted)
+    summary = _summary(opts, keys, workload.history, nemesis, events, counted)
+    fault_rows = [
+        {"kind": r.kind, "victims": r.victims, "nodes": r.nodes, "detail": r.detail, "skipped": r.skipped,
+         "start": r.start_ns / 1e9, "end": None if r.end_ns is None else r.end_ns / 1e9}
+        for r in nemesis.records
+    ]
+    (out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
+    write_report(
+        out / "report.html", title=f"raftproc chaos, seed {opts.seed}", nodes=sorted(cfg.nodes), t0=mono0,
+        t1=stopped, faults=fault_rows, events=events, history=workload.history.read(), verdicts=verdicts, summary=summary,
+        replay=f"python scripts/supervisor.py web --replay {out}",
+    )
+    return ChaosResult(verdicts, summary, notes)
+
+
+def _nemesis(cluster: Cluster, cfg: ClusterConfig, lab: NetnsLab | None, seed: int, recorder: Collector,
+             log: Callable[[str], None]) -> Nemesis:
+    nemesis = Nemesis(cluster, random.Random(seed), lab, log=log, note=recorder.note)
     if CLOCK_DIR_ENV in cluster.env:
         nemesis.clock_dir, nemesis.max_clock_drift = Path(cluster.env[CLOCK_DIR_ENV]), cfg.max_clock_drift
     if lab is not None:
         nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
         nemesis.max_node_id = len(lab.nodes)
-    start = time.monotonic()
-    workload.start(until=start + opts.duration)
+    return nemesis
 
+
+def _drive(schedule: list, duration: float, nemesis: Nemesis, workload: Workload, tty: bool, mono0: float) -> float:
+    """Run the workload and the fault schedule for `duration`; returns when it stopped."""
+    start = time.monotonic()
+    workload.start(until=start + duration)
     last_progress = [0.0]
 
     def progress() -> None:
@@ -183,12 +213,13 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
         heal = nemesis.inject(fault)
         wait_until(time.monotonic() + fault.hold)
         heal()
-    wait_until(start + opts.duration)
+    wait_until(start + duration)
     workload.stop()
-    stopped = time.monotonic()
-    say(f"{back}{_clock(mono0)} healing everything and checking")
-    nemesis.heal_all()
+    return time.monotonic()
 
+
+def _judge_service(cluster: Cluster, nemesis: Nemesis, workload: Workload, out: Path, final_client: int) -> list[tuple[str, bool, str]]:
+    """What clients were promised: one converged cluster, a linearizable history, nothing lost."""
     verdicts: list[tuple[str, bool, str]] = []
     try:
         cluster.wait_for_leader(timeout=20)
@@ -200,56 +231,55 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     unfinished = workload.final_reads()
     if unfinished:
         verdicts.append(("final reads finished", False, unfinished))
-    history = workload.history
-    history.close()
+    workload.history.close()
     lost: list[str] = []
     result = check_history_file(out / "history.jsonl", out / "check-scratch",
-                                visit=lambda key, records: lost.extend(lost_writes(records, opts.clients)))
+                                visit=lambda key, records: lost.extend(lost_writes(records, final_client)))
     shutil.rmtree(out / "check-scratch", ignore_errors=True)
     verdicts.append(("linearizable", result.ok, result.summary()))
     verdicts.append(("no acknowledged write lost", not lost, "\n".join(lost) or "every final read returns a written value"))
-    cluster.down(timeout=5)
-    cfg = cluster.config  # with the nodes that joined during the run
+    return verdicts
+
+
+def _judge_storage(cfg: ClusterConfig) -> tuple[str, bool, str]:
     bad = []
     for n in cfg.nodes:
         try:
             open_storage(cfg.node_data_dir(n), warn=lambda event, **f: None, segment_bytes=cfg.segment_bytes).wal.close()
         except WalCorruption as e:
             bad.append(str(e))
-    verdicts.append(("storage recovers cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} nodes' snapshots and WALs recovered"))
+    return ("storage recovers cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} nodes' snapshots and WALs recovered")
 
-    events, snapshot_events = _logged(cfg, wall0, mono0)
-    diverged = snapshot_events["log_diverged"] + snapshot_events["peer_diverged"]
+
+DIVERGENCE_EVENTS = ("log_diverged", "peer_diverged", "peer_log_regressed")
+
+
+def _judge_alarms(nemesis: Nemesis, faults: list[str], counted: dict[str, int]) -> list[tuple[str, bool, str]]:
+    verdicts = []
     if nemesis.violations or "corrupt" in faults:
         verdicts.append(("corrupt storage refused", not nemesis.violations,
                          "\n".join(nemesis.violations) or "every node whose WAL was corrupted refused to start and was rebuilt"))
+    diverged = sum(counted[e] for e in DIVERGENCE_EVENTS)
     verdicts.append(("no history diverged", not diverged,
-                     f"{diverged} divergence alarms in the nodes' logs (log_diverged, peer_diverged)" if diverged else
+                     f"{diverged} divergence alarms in the nodes' logs ({', '.join(DIVERGENCE_EVENTS)})" if diverged else
                      "no node found its log contradicting another's"))
-    leader_changes = sum(1 for e in events if e["event"] == "became_leader")
+    return verdicts
+
+
+def _summary(opts: ChaosOptions, keys: int, history: Any, nemesis: Nemesis, events: list[dict[str, Any]],
+             counted: dict[str, int]) -> list[tuple[str, Any]]:
     c = history.counts
-    summary = [
-        ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("transport", "mutual TLS" if opts.tls else "plaintext"), ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
+    return [
+        ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("transport", "mutual TLS" if opts.tls else "plaintext"),
+        ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
         ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
         ("faults injected", sum(not r.skipped for r in nemesis.records)), ("faults skipped", sum(r.skipped for r in nemesis.records)),
-        ("leader changes", leader_changes),
-        ("snapshots taken", snapshot_events["snapshot_saved"]), ("snapshots installed", snapshot_events["snapshot_installed"]),
+        ("leader changes", sum(1 for e in events if e["event"] == "became_leader")),
+        ("snapshots taken", counted["snapshot_saved"]), ("snapshots installed", counted["snapshot_installed"]),
         # The history streams to disk and is checked a key at a time: this stays flat with the run's length.
         ("chaos process peak RSS MB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
         ("faults", ", ".join(f"{r.kind}:{r.victims}" for r in nemesis.records if not r.skipped) or "none"),
     ]
-    fault_rows = [
-        {"kind": r.kind, "victims": r.victims, "nodes": r.nodes, "detail": r.detail, "skipped": r.skipped,
-         "start": r.start_ns / 1e9, "end": None if r.end_ns is None else r.end_ns / 1e9}
-        for r in nemesis.records
-    ]
-    (out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
-    write_report(
-        out / "report.html", title=f"raftproc chaos, seed {opts.seed}", nodes=sorted(cfg.nodes), t0=mono0,
-        t1=stopped, faults=fault_rows, events=events, history=history.read(), verdicts=verdicts, summary=summary,
-        replay=f"python scripts/supervisor.py web --replay {out}",
-    )
-    return ChaosResult(verdicts, summary, notes)
 
 
 def _member_addresses(cluster: Cluster) -> dict[int, Any]:
@@ -263,7 +293,7 @@ def _logged(cfg, wall0: float, mono0: float) -> tuple[list[dict[str, Any]], dict
     their time on the run's monotonic clock), and how many snapshots were taken and
     installed and divergence alarms raised."""
     events = []
-    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0, "log_diverged": 0, "peer_diverged": 0}
+    snapshot_events = {"snapshot_saved": 0, "snapshot_installed": 0, **{e: 0 for e in DIVERGENCE_EVENTS}}
     for n in cfg.nodes:
         path = cfg.node_log_file(n)
         if path.exists():

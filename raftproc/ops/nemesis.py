@@ -145,65 +145,62 @@ class Nemesis:
                 leader = self.cluster.wait_for_leader(timeout=LEADER_WAIT_S)
             except ClusterError:
                 leader = None
-        followers = [i for i in ids if i != leader]
-        minority = len(ids) // 2
-
-        def pick(victims: str) -> list[int]:
-            if victims == "leader":
-                return [leader] if leader else [self.rng.choice(ids)]
-            if victims == "follower":
-                return [self.rng.choice(followers)]
-            if victims == "minority":
-                return self.rng.sample(ids, max(1, minority))
-            if victims == "majority":
-                return self.rng.sample(ids, minority + 1)
-            return list(ids)
-
         record = FaultRecord(fault.kind, fault.victims, [], time.monotonic_ns())
-        if fault.kind in ("kill", "power", "stop", "pause"):
-            nodes = [n for n in pick(fault.victims) if self.cluster.process(n).state == "running"]
-            record.nodes = nodes
-            for n in nodes:
-                if fault.kind == "pause":
-                    self.cluster.pause(n)
-                elif fault.kind == "stop":
-                    self.cluster.stop(n)
-                else:
-                    self.cluster.kill(n)
-            heal = self._resume(nodes) if fault.kind == "pause" else self._restart(nodes)
-        elif fault.kind == "partition":
-            assert self.lab is not None
-            record.nodes, record.detail = self._partition(fault.victims, ids, leader)
-            heal = self.lab.heal_cuts
-        elif fault.kind == "transfer":
-            record.nodes, record.detail = self._transfer(leader, followers)
-            heal = lambda: None  # noqa: E731 - a handover needs no healing
-        elif fault.kind == "member":
-            record.nodes, record.detail = self._member(fault.victims, leader, followers)
-            heal = self.settle_members
-        elif fault.kind == "rolling":
-            record.nodes, record.detail = self._rolling()
-            heal = lambda: None  # noqa: E731 - every node is back when it returns
-        elif fault.kind == "corrupt":
-            record.nodes, record.detail = self._corrupt(leader, followers)
-            heal = self.rebuild_corrupted
-        elif fault.kind == "clock":
-            nodes = pick(fault.victims)
-            record.nodes, record.detail = nodes, self._skew(nodes)
-            heal = lambda: self._skew(nodes, real=True)  # noqa: E731
-        elif fault.kind == "slow":
-            assert self.lab is not None
-            nodes = pick(fault.victims)
-            record.nodes = nodes
-            record.detail = ",".join(sorted({self.lab.slow(n) for n in nodes}))
-            heal = self.lab.heal_slow
-        else:
-            raise ValueError(f"unknown fault {fault.kind!r}")
+        heal = self._start(fault, record, ids, leader)
         record.skipped = not record.nodes
         self.records.append(record)
         self.log(f"fault {fault.kind} {fault.victims} nodes {record.nodes} {record.detail}".rstrip())
         self._record("start", record, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
         return self._healer(heal, record)
+
+    def _pick(self, victims: str, ids: list[int], leader: int | None) -> list[int]:
+        followers = [i for i in ids if i != leader]
+        if victims == "leader":
+            return [leader] if leader else [self.rng.choice(ids)]
+        if victims == "follower":
+            return [self.rng.choice(followers)]
+        if victims == "minority":
+            return self.rng.sample(ids, max(1, len(ids) // 2))
+        if victims == "majority":
+            return self.rng.sample(ids, len(ids) // 2 + 1)
+        return list(ids)
+
+    def _start(self, fault: PlannedFault, record: FaultRecord, ids: list[int], leader: int | None) -> Callable[[], None]:
+        """Inject `fault`, filling in `record`; return what heals it."""
+        followers = [i for i in ids if i != leader]
+        kind = fault.kind
+        if kind in ("kill", "power", "stop", "pause"):
+            record.nodes = [n for n in self._pick(fault.victims, ids, leader) if self.cluster.process(n).state == "running"]
+            act = {"pause": self.cluster.pause, "stop": self.cluster.stop}.get(kind, self.cluster.kill)
+            for n in record.nodes:
+                act(n)
+            return self._resume(record.nodes) if kind == "pause" else self._restart(record.nodes)
+        if kind == "partition":
+            assert self.lab is not None
+            record.nodes, record.detail = self._partition(fault.victims, ids, leader)
+            return self.lab.heal_cuts
+        if kind == "slow":
+            assert self.lab is not None
+            record.nodes = self._pick(fault.victims, ids, leader)
+            record.detail = ",".join(sorted({self.lab.slow(n) for n in record.nodes}))
+            return self.lab.heal_slow
+        if kind == "clock":
+            nodes = self._pick(fault.victims, ids, leader)
+            record.nodes, record.detail = nodes, self._skew(nodes)
+            return lambda: self._skew(nodes, real=True)
+        if kind == "transfer":
+            record.nodes, record.detail = self._transfer(leader, followers)
+        elif kind == "member":
+            record.nodes, record.detail = self._member(fault.victims, leader, followers)
+            return self.settle_members
+        elif kind == "rolling":
+            record.nodes, record.detail = self._rolling()  # every node is back when it returns
+        elif kind == "corrupt":
+            record.nodes, record.detail = self._corrupt(leader, followers)
+            return self.rebuild_corrupted
+        else:
+            raise ValueError(f"unknown fault {kind!r}")
+        return lambda: None  # a handover or a rolling restart needs no healing
 
     def _healer(self, heal: Callable[[], None], record: FaultRecord) -> Callable[[], None]:
         def heal_and_record() -> None:

@@ -445,6 +445,20 @@ def _serve_metrics(host: NodeHost, address: tuple[str, int], feed: EventFeed, sh
     host.metrics = MetricsServer(host.loop, address, host.reading, timeout=host.cfg.handshake_timeout_ms / 1000, log=host.log, watch=watch)
 
 
+def _recover_state(cfg: ClusterConfig, node_id: int, st: Any, rng: random.Random, log: Log) -> tuple[KeyValueStore, RaftNode]:
+    """The store from the newest snapshot, and the core from it and the WAL after it."""
+    kv = KeyValueStore()
+    if st.meta is not None and st.image is not None:
+        kv.restore(st.meta.index, st.image)
+    # A rebuilt node is not a voter of the first configuration: it waits to be added.
+    voters = tuple(v for v in cfg.bootstrap_voters() if not (v == node_id and is_joining(cfg.node_data_dir(node_id))))
+    raft = RaftNode(
+        node_id, voters, rng=rng, config=cfg.raft(), hard_state=st.log.hard_state,
+        entries=st.log.entries, snapshot=st.meta, applied=st.meta.index if st.meta else 0, log=core_logger(log),
+    )
+    return kv, raft
+
+
 def open_host(
     cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time.monotonic, rng: random.Random | None = None,
     link_faults: LinkFaults = NO_FAULTS,
@@ -465,15 +479,7 @@ def open_host(
     tls_files = cfg.node_tls(node_id)
     tls = TlsContexts(tls_files) if tls_files is not None else None
     handshake_timeout = cfg.handshake_timeout_ms / 1000
-    kv = KeyValueStore()
-    if meta is not None and st.image is not None:
-        kv.restore(meta.index, st.image)
-    # A rebuilt node is not a voter of the first configuration: it waits to be added.
-    voters = tuple(v for v in cfg.bootstrap_voters() if not (v == node_id and is_joining(data_dir)))
-    raft = RaftNode(
-        node_id, voters, rng=rng, config=cfg.raft(), hard_state=rec.hard_state,
-        entries=rec.entries, snapshot=meta, applied=meta.index if meta else 0, log=core_logger(log),
-    )
+    kv, raft = _recover_state(cfg, node_id, st, rng, log)
     loop = EventLoop(clock)
     shaper = LinkShaper(loop, cfg.peer_buffer, link_faults)
     host: NodeHost | None = None  # the rooms' callbacks reach it once it exists
