@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +20,15 @@ from raftproc.ops.cluster import ClusterError
 from raftproc.ops.corrupt import corrupt_wal
 
 pytestmark = pytest.mark.process
+
+
+SUPERVISOR = Path(__file__).resolve().parents[2] / "scripts" / "supervisor.py"
+
+
+def metrics(cluster, node: int) -> str:
+    host, port = cluster.config.node(node).metrics
+    with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=2) as r:
+        return r.read().decode()
 
 
 def health(cluster, node: int) -> tuple[int, dict]:
@@ -104,6 +116,14 @@ def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp
             code, body = health(cluster, n)
             if st["diverged"]:
                 assert code == 503 and ("diverged" in body["reason"] or "differs" in body["reason"]), body
+                assert "raftproc_log_diverged{node=\"%d\"} 1.0" % n in metrics(cluster, n)
+        # The operator's two views say so too, with exit codes a script can act on.
+        sup = subprocess.run([sys.executable, str(SUPERVISOR), "--run-dir", str(cluster.run_dir), "status"],
+                             capture_output=True, text=True, timeout=60)
+        assert sup.returncode == 2 and "ALARM node" in sup.stdout, sup.stdout
+        cli = subprocess.run([sys.executable, "-m", "raftproc.client", "--config", str(cluster.config_path), "status"],
+                             capture_output=True, text=True, timeout=60)
+        assert cli.returncode == 6 and "DIVERGED HISTORIES" in cli.stderr, (cli.stdout, cli.stderr)
         lines = [json.loads(x) for n in range(1, 6)
                  for x in cluster.config.node_log_file(n).read_text().splitlines() if '"log_diverged"' in x]
         assert lines and all(line["level"] == "error" and {"index", "leader", "local_term"} <= set(line) for line in lines)

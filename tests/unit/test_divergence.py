@@ -170,3 +170,17 @@ def test_a_follower_that_refuses_what_it_acknowledged_has_lost_data_and_is_alarm
     leader.step(AppendEntriesResponse(src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked,
                                       conflict_index=2, context=leader.reads.round))
     assert leader.peer_divergences == {2: acked} and leader.progress[2].diverged
+
+
+def test_a_chaos_run_fails_on_any_divergence_alarm_in_the_logs():
+    from raftproc.ops.chaos import _judge_alarms
+    from raftproc.ops.nemesis import Nemesis
+
+    nemesis = Nemesis(cluster=None, rng=random.Random(1))  # type: ignore[arg-type]
+    quiet = {"log_diverged": 0, "peer_diverged": 0, "peer_log_regressed": 0}
+    assert _judge_alarms(nemesis, ["kill"], quiet) == [("no history diverged", True, "no node found its log contradicting another's")]
+    for event in quiet:
+        [(name, ok, said)] = _judge_alarms(nemesis, ["kill"], {**quiet, event: 1})
+        assert name == "no history diverged" and not ok and "1 divergence alarms" in said
+    nemesis.violations.append("node 2 started on a corrupt WAL")
+    assert ("corrupt storage refused", False, "node 2 started on a corrupt WAL") in _judge_alarms(nemesis, ["corrupt"], quiet)
