@@ -10,6 +10,7 @@ holds one key's operations, not the run's.
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,10 @@ SPILL_BYTES = 32 * 1024 * 1024  # buffered lines, all keys together, before they
 
 
 def split_by_key(history: Path, scratch: Path) -> dict[str, Path]:
-    """Write each key's lines of `history` to a file of its own in `scratch`."""
-    scratch.mkdir(parents=True, exist_ok=True)
+    """Write each key's lines of `history` to a file of its own in `scratch` (emptied
+    first: lines left by an earlier check must not join this one)."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
     files: dict[str, Path] = {}
     buffers: dict[str, list[str]] = {}
     held = 0

@@ -115,6 +115,8 @@ class ConfigChanges:
         for gone in set(self.progress) - targets:
             del self.progress[gone]
             self.reads.forget(gone)
+            # Removed (to be rebuilt, say): its old history no longer raises the alarm.
+            self.peer_divergences.pop(gone, None)
 
     def _advance_config_change(self) -> None:
         """After a commit: a committed joint configuration is left for the new one;

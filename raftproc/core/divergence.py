@@ -64,8 +64,18 @@ def check_append(log: RaftLog, msg: AppendEntries, commit_index: int) -> Diverge
 def check_snapshot(log: RaftLog, snap: SnapshotMeta, leader: NodeId, commit_index: int) -> Divergence | None:
     """A snapshot from the leader: does it contradict what we hold at its index?"""
     local = log.term_at(snap.index)
-    if local is None:
+    if local is None and snap.index > log.last_index:
+        # The snapshot reaches past our log. Its links before snap.index are gone, so
+        # only terms can be compared: a committed entry of ours whose term is past the
+        # snapshot's last term cannot be among the entries the snapshot covers.
+        known = min(commit_index, log.last_index)
+        known_term = log.term_at(known)
+        if known > log.snapshot_index and known_term is not None and known_term > snap.term:
+            return Divergence(known, known_term, snap.term, leader,
+                              "the leader's snapshot covers an entry this node knows is committed, from a later term")
         return None
+    if local is None:
+        return None  # an older snapshot than ours: nothing of it is left to compare
     if local != snap.term:
         if snap.index <= commit_index:
             return Divergence(snap.index, local, snap.term, leader, "the leader's snapshot contradicts an entry this node knows is committed")

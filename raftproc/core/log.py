@@ -29,8 +29,9 @@ on everything up to it; that is a theorem about correct storage. A node whose di
 lost writes it had reported durable, or whose data directory was put back to an
 older copy, can hold another history under the same terms. Comparing chain links
 tells the two apart (raftproc.core.divergence). A snapshot written before the
-chain existed has no link: `snapshot_hash` is None, and so is every link after it
-until a snapshot with one replaces it (nothing is compared meanwhile).
+chain existed has no link: `snapshot_hash` is None, and so is every link after it,
+and every snapshot taken from such a log (nothing is compared; a rebuilt node
+starts a known chain from its leader's snapshot only if that one has a link).
 
 Invariant: terms never decrease along the log (enforced on every append).
 Invariant: snapshot_index <= stable_index <= written_index <= last_index.

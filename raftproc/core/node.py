@@ -304,6 +304,8 @@ class RaftNode(ConfigChanges):
             raise NotLeader(self.leader_id)
         if target == self.id or target not in self.membership.voters:
             raise ValueError(f"node {target} is not another voter of this cluster")
+        if self.progress[target].diverged:
+            raise ValueError(f"node {target} reported a history that contradicts this leader's: it cannot lead")
         self.transferee = target
         self._transfer_elapsed = 0
         self._timeout_now_sent = False
@@ -327,7 +329,7 @@ class RaftNode(ConfigChanges):
         self.transferee = None
 
     def _handle_timeout_now(self, msg: TimeoutNow) -> None:
-        if self.role == LEADER or not self.is_voter():
+        if self.role == LEADER or not self.is_voter() or self.diverged is not None:
             return
         self._log("leadership_transfer_received", leader=msg.src)
         self.become_candidate()
@@ -664,6 +666,7 @@ class RaftNode(ConfigChanges):
             self.become_follower(self.current_term, msg.src)
         self._reset_election_timer()
         if self.diverged is not None:
+            self.leader_id = None  # it follows nobody, whoever writes to it
             self._reject_append(msg, None, diverged=True)
             return
         if msg.prev_log_index < self.log.snapshot_index:
@@ -763,6 +766,12 @@ class RaftNode(ConfigChanges):
         return AppendEntriesResponse(
             src=self.id, dst=leader, term=self.current_term, success=True, match_index=match_index, context=context,
         )
+
+    def mark_diverged(self, divergence: Divergence) -> None:
+        """The host found the alarm recorded before a restart: the log still
+        contradicts the cluster's, so the node goes on following nobody."""
+        self._check_not_in_ready()
+        self._diverge(divergence)
 
     def _diverge(self, divergence: Divergence) -> None:
         """Keep the log as evidence and follow nobody (raftproc.core.divergence)."""

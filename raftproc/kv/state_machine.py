@@ -144,7 +144,8 @@ class KeyValueStore:
     def _learn_incarnation(self, cmd: Command) -> Result:
         """Only a leader proposes these (clients cannot send the op); still, the
         command is checked here, so every replica reads it the same way."""
-        if not (cmd.key.isdigit() and (cmd.value or "").isdigit() and len(cmd.key) <= 20 and len(cmd.value or "") <= 20):
+        value = cmd.value or ""
+        if not (_decimal(cmd.key) and _decimal(value)):
             return {"ok": False, "error": "malformed incarnation"}
         self.incarnations.setdefault(int(cmd.key), int(cmd.value))  # type: ignore[arg-type]
         return OK
@@ -217,6 +218,11 @@ class KeyValueStore:
 
 
 _MOD = 1 << 128
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only ("²".isdigit() is true, and int() refuses it), at most 20."""
+    return 0 < len(text) <= 20 and text.isascii() and text.isdecimal()
 SESSION_EXPIRED = (
     "session expired: the cluster forgot this client's session (it keeps the most recent "
     f"{MAX_SESSIONS:,}) before this retry arrived, so whether the first attempt was applied is unknown"

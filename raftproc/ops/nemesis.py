@@ -55,7 +55,8 @@ ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer",
 PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member", "rolling", "corrupt", "clock")
 MEMBER_FAULTS = ("remove-leader", "remove-follower", "replace-leader", "replace-follower")
 NEED_A_LEADER = ("transfer", "member", "rolling", "corrupt")
-LEADER_WAIT_S = 5.0
+LEADER_WAIT_S = 10.0
+CORRUPT_START_S = 30.0  # a node on a corrupt WAL exits within this, however loaded the machine
 
 
 @dataclass
@@ -285,13 +286,15 @@ class Nemesis:
             return [], f"skipped: {e}"
         self.corrupted.add(victim)
         try:
-            self.cluster.start(victim)
+            self.cluster.start(victim, wait=CORRUPT_START_S)
         except ClusterError as e:
             refused = "code 4" in str(e)
             if not refused:
                 self.violations.append(f"node {victim} with a corrupt WAL ({done}) failed otherwise: {e}")
             return [victim], f"{done}; refused to start: {str(e)[:200]}"
-        self.violations.append(f"node {victim} started on a corrupt WAL ({done})")
+        answered = self.cluster.node_status(victim) is not None
+        self.violations.append(f"node {victim} " + (f"started on a corrupt WAL ({done})" if answered else
+                               f"neither refused nor started on a corrupt WAL within {CORRUPT_START_S:.0f} s ({done})"))
         return [victim], f"{done}; NOT refused"
 
     def rebuild_corrupted(self) -> None:

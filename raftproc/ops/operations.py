@@ -97,10 +97,12 @@ class ClusterOperations:
                     f"answer, fewer than the {need} a quorum needs: bring nodes {sorted(rest - live)} back first")
         c = self.client(timeout=timeout)
         try:
-            if node_id in {int(n) for n in m["nodes"]}:
-                c.member("remove", node_id)
+            # Stopped before it is removed: once peers forget its incarnation, a redial
+            # from the old process must not be the one they record.
             if self.process(node_id).state in ("running", "paused"):
                 self.stop(node_id)
+            if node_id in {int(n) for n in m["nodes"]}:
+                c.member("remove", node_id)
             self.start(node_id, rebuild=True)
             a = self.config.node(node_id)
             self._set_removed(self.removed() - {node_id})

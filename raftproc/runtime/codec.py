@@ -60,6 +60,9 @@ _BOOLS = ("vote_granted", "success", "pre_vote", "ok", "transfer", "diverged")
 _BYTES = ("data",)
 _HASHES = ("prev_log_hash",)  # a log chain link (raftproc.core.log) or None
 HASH_BYTES = 16
+# Fields added after version 2 shipped: a peer that predates them sends none, which
+# reads as their default (no chain link, no divergence), so a rolling upgrade works.
+_OPTIONAL = ("prev_log_hash", "diverged")
 _STRS = ("reason",)
 
 
@@ -83,6 +86,8 @@ def decode_message(data: bytes) -> PeerFrame:
     kwargs: dict[str, Any] = {}
     for name in _FIELDS[cls]:
         if name not in body:
+            if name in _OPTIONAL:
+                continue
             raise RemoteProtocolError(f"{cls.__name__} without field {name!r}")
         value = body[name]
         if name == "entries":

@@ -41,6 +41,7 @@ from raftproc.runtime.wal import fsync_dir, write_all
 IDENTITY_FILE = "identity"
 PEERS_FILE = "peers"
 JOINING_FILE = "joining"
+DIVERGED_FILE = "diverged"
 KEEP_ON_REBUILD = ("LOCK",)  # held by the process that rebuilds (raftproc.runtime.dirlock)
 
 
@@ -127,19 +128,36 @@ class KnownPeers:
 
 def rebuild_data_dir(data_dir: Path, *, sync: bool = True) -> None:
     """Empty `data_dir` (but its lock) and mark it joining: the node comes back as a
-    new incarnation that waits to be added, and catches up from the leader."""
+    new incarnation that waits to be added, and catches up from the leader. The
+    marker is written and the old identity dropped first: a crash part-way must not
+    leave the old incarnation over a half-wiped log."""
+    _replace(data_dir / JOINING_FILE, {"joining": True}, sync)
+    (data_dir / IDENTITY_FILE).unlink(missing_ok=True)
+    if sync:
+        fsync_dir(data_dir)
     for path in data_dir.iterdir():
-        if path.name in KEEP_ON_REBUILD:
+        if path.name in KEEP_ON_REBUILD or path.name == JOINING_FILE:
             continue
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
             path.unlink()
-    _replace(data_dir / JOINING_FILE, {"joining": True}, sync)
 
 
 def is_joining(data_dir: Path) -> bool:
     return (data_dir / JOINING_FILE).exists()
+
+
+def record_divergence(data_dir: Path, fields: dict, *, sync: bool = True) -> None:
+    """Keep the divergence alarm (raftproc.core.divergence) across restarts: a node
+    that forgot it would vote and campaign again on a history that contradicts the
+    cluster's. Only a rebuild (which empties the directory) clears it."""
+    _replace(data_dir / DIVERGED_FILE, fields, sync)
+
+
+def recorded_divergence(data_dir: Path) -> dict | None:
+    path = data_dir / DIVERGED_FILE
+    return _read_map(path) if path.exists() else None
 
 
 def _read_map(path: Path) -> dict:

@@ -208,7 +208,10 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
         elif "sessions" in body:
             sessions = {c: (seq, result) for c, seq, result in body["sessions"]}
         elif "incarnations" in body:
-            incarnations = {int(n): int(i) for n, i in body["incarnations"]}
+            try:
+                incarnations = {int(n): int(i) for n, i in body["incarnations"]}
+            except (TypeError, ValueError):
+                raise SnapshotCorrupt(f"{path}: incarnations record is not a table of ids") from None
         elif "end" in body:
             end = body["end"]
             if end.get("records") != records - 1 or end.get("keys") != len(data):

@@ -255,7 +255,7 @@ class ClientService:
             self._answer(conn, req.id, status="ok", result={"target": self.me, "already": True})
             return
         if target is None:  # the voter with the longest log, among those connected
-            voters = [p for p in raft.membership.voters if p != self.me]
+            voters = [p for p in raft.membership.voters if p != self.me and not raft.progress[p].diverged]
             live = [p for p in voters if self.peers.is_connected(p)] or voters
             target = max(live, key=lambda p: raft.progress[p].match_index) if live else None
         try:

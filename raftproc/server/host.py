@@ -28,6 +28,7 @@ write, and once it succeeds the node goes on where it stopped (`disk_write_resum
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
 import random
@@ -37,11 +38,12 @@ from typing import Any
 
 from raftproc.config import ClusterConfig
 from raftproc.core.config import LEADER, CommittedConflict
+from raftproc.core.divergence import Divergence
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 from raftproc.core.node import RaftNode
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.histogram import Histogram
-from raftproc.runtime.identity import KnownPeers, is_joining, load_identity
+from raftproc.runtime.identity import KnownPeers, is_joining, load_identity, record_divergence, recorded_divergence
 from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import EventLoop
@@ -148,6 +150,7 @@ class NodeHost:
         self.frozen_since: float | None = None  # the disk was full at this time (clock)
         self._unreachable_while_frozen: set[int] = set()
         self._linked_membership = None
+        self._divergence_recorded = raft.diverged is not None  # recorded already, or not yet diverged
         self._reconcile_links()
         loop.after_pass.append(self._after_pass)
         self._tick_interval = cfg.tick_ms / 1000
@@ -256,10 +259,22 @@ class NodeHost:
             self._freeze()
             return
         self.clients.settle_leadership()
+        if self.raft.diverged is not None and not self._divergence_recorded:
+            self._record_divergence()
         self.snapshots.drop_unwanted()
         if self.raft.membership is not self._linked_membership:
             self._reconcile_links()
         self.snapshots.maybe_take()
+
+    def _record_divergence(self) -> None:
+        d = self.raft.diverged
+        assert d is not None
+        try:
+            record_divergence(self.cfg.node_data_dir(self.id), dataclasses.asdict(d), sync=self.wal.sync_enabled)
+        except OSError as e:
+            self.log("divergence_record_failed", level="error", error=str(e))
+            return
+        self._divergence_recorded = True
 
     def _on_synced(self) -> None:
         """On the loop thread, after the sync thread made writes durable (or failed)."""
@@ -480,6 +495,9 @@ def open_host(
     tls = TlsContexts(tls_files) if tls_files is not None else None
     handshake_timeout = cfg.handshake_timeout_ms / 1000
     kv, raft = _recover_state(cfg, node_id, st, rng, log)
+    recorded = recorded_divergence(data_dir)
+    if recorded is not None:
+        raft.mark_diverged(Divergence(**recorded))
     loop = EventLoop(clock)
     shaper = LinkShaper(loop, cfg.peer_buffer, link_faults)
     host: NodeHost | None = None  # the rooms' callbacks reach it once it exists

@@ -124,6 +124,11 @@ def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp
         cli = subprocess.run([sys.executable, "-m", "raftproc.client", "--config", str(cluster.config_path), "status"],
                              capture_output=True, text=True, timeout=60)
         assert cli.returncode == 6 and "DIVERGED HISTORIES" in cli.stderr, (cli.stdout, cli.stderr)
+        # The alarm outlives a restart: the node would otherwise vote on its history again.
+        follower_side = next(n for n, st in statuses.items() if (st["diverged"] or "").startswith("log diverged"))
+        cluster.restart(follower_side)
+        again = wait_until(lambda: cluster.node_status(follower_side), 20, "the restarted node to answer")
+        assert again["diverged"] == statuses[follower_side]["diverged"] and again["leader"] is None
         lines = [json.loads(x) for n in range(1, 6)
                  for x in cluster.config.node_log_file(n).read_text().splitlines() if '"log_diverged"' in x]
         assert lines and all(line["level"] == "error" and {"index", "leader", "local_term"} <= set(line) for line in lines)
@@ -146,7 +151,7 @@ def test_a_corrupt_wal_refuses_to_start_and_rebuild_brings_the_node_back(tmp_pat
         cluster.stop(victim)
         done = corrupt_wal(cluster.config.node_data_dir(victim), random.Random(7))
         with pytest.raises(ClusterError, match="exited during start-up with code 4") as err:
-            cluster.start(victim)
+            cluster.start(victim, wait=30)
         assert "corrupt" in str(err.value), err.value
         corrupted = sorted(p.name for p in cluster.config.node_data_dir(victim).iterdir())
 

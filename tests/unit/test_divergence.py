@@ -184,3 +184,37 @@ def test_a_chaos_run_fails_on_any_divergence_alarm_in_the_logs():
         assert name == "no history diverged" and not ok and "1 divergence alarms" in said
     nemesis.violations.append("node 2 started on a corrupt WAL")
     assert ("corrupt storage refused", False, "node 2 started on a corrupt WAL") in _judge_alarms(nemesis, ["corrupt"], quiet)
+
+
+def test_a_snapshot_past_our_log_that_contradicts_a_committed_entry_by_term_is_divergence():
+    """The leader compacted past our log, so no append with a content check comes:
+    a committed entry of a later term than the snapshot's last cannot be in it."""
+    ours = [Entry(1, 1, b"a"), Entry(3, 2, b"committed in term 3")]
+    node = follower(ours, commit=2, term=3)
+    node.step(InstallSnapshot(src=1, dst=2, term=4, snapshot=SnapshotMeta(10, 2, Membership(VOTERS), hash=bytes(16))))
+    [reply] = answers(node)
+    assert reply.diverged and node.log.last_index == 2, "kept as evidence, not replaced"
+    # The same snapshot over entries of an earlier term is an ordinary catch-up.
+    behind = follower([Entry(1, 1, b"a"), Entry(2, 2, b"b")], commit=2, term=3)
+    behind.step(InstallSnapshot(src=1, dst=2, term=4, snapshot=SnapshotMeta(10, 2, Membership(VOTERS), hash=bytes(16))))
+    answers(behind)
+    assert behind.diverged is None and behind.log.snapshot_index == 10
+
+
+def test_a_diverged_node_takes_no_timeout_now_and_is_never_a_transfer_target():
+    node = follower([Entry(1, 1, b"a"), Entry(2, 2, b"mine")])
+    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=(Entry(2, 2, b"yours"),),
+                            leader_commit=2))
+    answers(node)
+    from raftproc.core.messages import TimeoutNow
+
+    node.step(TimeoutNow(src=1, dst=2, term=3))
+    assert node.role == "follower" and not answers(node), "no campaign, even when asked to take over"
+    leader = _leader_with_acks()
+    leader.read_index(7)
+    answers(leader)
+    leader.step(AppendEntriesResponse(src=2, dst=1, term=leader.current_term, success=False, rejected_index=0, diverged=True))
+    import pytest
+
+    with pytest.raises(ValueError, match="cannot lead"):
+        leader.transfer_leadership(2)

@@ -178,3 +178,23 @@ def test_the_ok_answer_template_is_the_encoded_map(request_id):
 def test_a_status_state_flag_must_be_a_bool():
     with pytest.raises(RemoteProtocolError):
         decode_request(encode({"t": "status", "id": 1, "state": 1}))
+
+
+def test_a_peer_from_before_the_chain_sends_no_link_and_no_divergence_flag():
+    """A rolling upgrade: an older node's AppendEntries and answers lack the fields
+    added since; they read as "no link" and "not diverged"."""
+    import cbor2
+
+    from raftproc.core.messages import AppendEntries, AppendEntriesResponse
+    from raftproc.runtime.codec import PROTOCOL_VERSION, decode_message
+
+    ae = {"v": PROTOCOL_VERSION, "t": "ae", "src": 1, "dst": 2, "term": 3, "prev_log_index": 0, "prev_log_term": 0,
+          "entries": [], "leader_commit": 0, "context": 0}
+    aer = {"v": PROTOCOL_VERSION, "t": "aer", "src": 2, "dst": 1, "term": 3, "success": True, "match_index": 0,
+           "rejected_index": 0, "conflict_term": None, "conflict_index": 0, "context": 0}
+    old_ae, old_aer = decode_message(cbor2.dumps(ae)), decode_message(cbor2.dumps(aer))
+    assert isinstance(old_ae, AppendEntries) and old_ae.prev_log_hash is None
+    assert isinstance(old_aer, AppendEntriesResponse) and old_aer.diverged is False
+    for bad in (b"short", 7, "text"):
+        with pytest.raises(RemoteProtocolError, match="16-byte hash"):
+            decode_message(cbor2.dumps({**ae, "prev_log_hash": bad}))
