@@ -142,23 +142,30 @@ def _status(client: Client, out: Output, *, health: bool) -> int:
     leaders = {r.get("leader") for r in rows if r["role"] != "down"}
     diverged = [f"node {r['node']}: {str(r['diverged'])[:300]}" for r in rows if r.get("diverged")]
     code = EXIT_UNREACHABLE if down else EXIT_OK if len(leaders) == 1 and None not in leaders and not diverged else EXIT_NO_LEADER
-    verdict = {EXIT_OK: "healthy", EXIT_UNREACHABLE: f"unhealthy: nodes {down} do not answer",
-               EXIT_NO_LEADER: f"unhealthy: leaders seen {sorted(map(str, leaders))}"}[code]
+    verdict = {
+        EXIT_OK: "healthy",
+        EXIT_UNREACHABLE: f"unhealthy: nodes {down} do not answer",
+        EXIT_NO_LEADER: f"unhealthy: leaders seen {sorted(map(str, leaders))}",
+    }[code]
     if diverged:
         verdict = "unhealthy: DIVERGED HISTORIES, acknowledged writes may be lost (docs/storage.md): " + "; ".join(diverged)
     if out.json:
         out.emit({"healthy": code == EXIT_OK, "verdict": verdict, **({} if health else {"nodes": rows})}, "")
         return code
     if not health:
-        print(f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>8} {'applied':>8} {'snapshot':>8} "
-              f"{'log':>7} {'wal MiB':>8}  log digest")
+        print(
+            f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>8} {'applied':>8} {'snapshot':>8} "
+            f"{'log':>7} {'wal MiB':>8}  log digest"
+        )
         for s in rows:
             if s["role"] == "down":
                 print(f"{s['node']:>4} {'down':<9} ({s['error']})")
                 continue
-            print(f"{s['node']:>4} {s['role']:<9} {s['term']:>5} {str(s['leader']):>6} "
-                  f"{s['commit_index']:>8} {s['last_applied']:>8} {s.get('snapshot_index', 0):>8} "
-                  f"{s.get('log_entries', 0):>7} {s.get('wal_bytes', 0) / 2**20:>8.1f}  {s['log_digest'][:12]}")
+            print(
+                f"{s['node']:>4} {s['role']:<9} {s['term']:>5} {str(s['leader']):>6} "
+                f"{s['commit_index']:>8} {s['last_applied']:>8} {s.get('snapshot_index', 0):>8} "
+                f"{s.get('log_entries', 0):>7} {s.get('wal_bytes', 0) / 2**20:>8.1f}  {s['log_digest'][:12]}"
+            )
     print(verdict, file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code
 
@@ -167,8 +174,10 @@ def _member(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.member_cmd == "list":
         r = client.member("list")
         lines = [f"leader {r['leader']}, term {r['term']}, last index {r['last_index']}"]
-        lines += [f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}"
-                  for node, info in sorted(r["nodes"].items())]
+        lines += [
+            f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}"
+            for node, info in sorted(r["nodes"].items())
+        ]
         if r["outgoing"]:
             lines.append(f"  changing from voters {r['outgoing']} (joint consensus)")
         out.emit(r, "\n".join(lines))
@@ -178,7 +187,9 @@ def _member(client: Client, args: argparse.Namespace, out: Output) -> int:
             if parse_optional_address(text) is None:
                 print(f"raftproc.client: {text!r} is not HOST:PORT", file=sys.stderr)
                 return EXIT_USAGE
-        print(f"adding node {args.id}: it joins as a learner and votes once caught up; waiting up to {client.timeout:.0f} s", file=sys.stderr)
+        print(
+            f"adding node {args.id}: it joins as a learner and votes once caught up; waiting up to {client.timeout:.0f} s", file=sys.stderr
+        )
         r = client.member("add", args.id, args.peer, args.client)
     else:
         print(f"removing node {args.id} (a leader hands over first); waiting up to {client.timeout:.0f} s", file=sys.stderr)
@@ -221,8 +232,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--cacert", dest="tls_ca", help="CA bundle to verify the nodes with (default: the config's [tls] ca)")
     p.add_argument("--cert", dest="tls_cert", help="client certificate to present (default: the config's admin_cert, else client_cert)")
     p.add_argument("--key", dest="tls_key", help="the certificate's private key")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds to reach a definite outcome (default 5; 60 for member add and remove, which wait for a catch-up)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="seconds to reach a definite outcome (default 5; 60 for member add and remove, which wait for a catch-up)",
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("set", help="set KEY VALUE")
     s.add_argument("key")
@@ -237,7 +252,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("expected")
     c.add_argument("new")
     sub.add_parser("transfer", help="hand leadership to node ID (default: the most up-to-date follower)").add_argument(
-        "id", type=int, nargs="?", default=None)
+        "id", type=int, nargs="?", default=None
+    )
     m = sub.add_parser("member", help="member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID")
     msub = m.add_subparsers(dest="member_cmd", required=True)
     msub.add_parser("list", help="voters, learners and each member's addresses and match index")
@@ -246,7 +262,9 @@ def _parser() -> argparse.ArgumentParser:
     ma.add_argument("peer", help="HOST:PORT where the node listens for peers")
     ma.add_argument("client", help="HOST:PORT where the node listens for clients")
     msub.add_parser("remove", help="remove node ID (the leader too: it hands over first)").add_argument("id", type=int)
-    sub.add_parser("status", help="each node's role, term, leader, commit and applied index, snapshot, log, WAL size (exit 5/6 if unhealthy)")
+    sub.add_parser(
+        "status", help="each node's role, term, leader, commit and applied index, snapshot, log, WAL size (exit 5/6 if unhealthy)"
+    )
     sub.add_parser("health", help="one verdict: every node answers and all name the same leader (exit 0), else 5 or 6")
     return p
 

@@ -36,7 +36,6 @@ if __name__ == "__main__":
 import random
 import socket
 import ssl
-import sys
 import time
 from typing import Any
 
@@ -164,8 +163,18 @@ class Client:
         mode = read or (self.read_mode if self.read_mode != "log" else "index")
         while True:
             self.seq += 1
-            body = {"t": "req", "op": "scan", "key": prefix, "value": None, "expect": None, "client": self.client_id or 0,
-                    "seq": self.seq, "read": mode, "after": after, "limit": page}
+            body = {
+                "t": "req",
+                "op": "scan",
+                "key": prefix,
+                "value": None,
+                "expect": None,
+                "client": self.client_id or 0,
+                "seq": self.seq,
+                "read": mode,
+                "after": after,
+                "limit": page,
+            }
             result = self._ask(body, f"scan {prefix}")
             items += [(k, v) for k, v in result["items"]]
             if not result["more"] or not result["items"]:
@@ -179,7 +188,14 @@ class Client:
         return self.request("cas", key, value=new, expect=expect)
 
     def request(
-        self, op: str, key: str, *, value: str | None = None, expect: str | None = None, read: str = "log", trace: bool = False,
+        self,
+        op: str,
+        key: str,
+        *,
+        value: str | None = None,
+        expect: str | None = None,
+        read: str = "log",
+        trace: bool = False,
     ) -> dict[str, Any]:
         """Run one operation to a definite outcome within the deadline, or raise."""
         deadline = time.monotonic() + self.timeout

@@ -185,9 +185,21 @@ def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 
 
 
 _INT_KEYS = (
-    "tick_ms", "election_timeout_min", "election_timeout_max", "heartbeat_interval", "max_frame", "peer_buffer",
-    "snapshot_entries", "snapshot_bytes", "snapshot_chunk_bytes", "segment_bytes", "max_request_bytes",
-    "max_message_bytes", "max_clients", "idle_timeout_ms", "handshake_timeout_ms",
+    "tick_ms",
+    "election_timeout_min",
+    "election_timeout_max",
+    "heartbeat_interval",
+    "max_frame",
+    "peer_buffer",
+    "snapshot_entries",
+    "snapshot_bytes",
+    "snapshot_chunk_bytes",
+    "segment_bytes",
+    "max_request_bytes",
+    "max_message_bytes",
+    "max_clients",
+    "idle_timeout_ms",
+    "handshake_timeout_ms",
 )
 
 
@@ -241,8 +253,12 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
         if n["id"] in nodes:
             raise ConfigError(f"{source}: node id {n['id']} appears twice")
         nodes[n["id"]] = NodeAddress(
-            n["id"], _address(n["peer"], source), _address(n["client"], source), n.get("join", False),
-            cert=_path(n.get("cert"), base, source, "cert"), key=_path(n.get("key"), base, source, "key"),
+            n["id"],
+            _address(n["peer"], source),
+            _address(n["client"], source),
+            n.get("join", False),
+            cert=_path(n.get("cert"), base, source, "cert"),
+            key=_path(n.get("key"), base, source, "key"),
             metrics=_address(n["metrics"], source) if "metrics" in n else None,
         )
     if all(n.join for n in nodes.values()):

@@ -18,12 +18,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from raftproc.config import ClusterConfig, ConfigError, load_config
-from raftproc.runtime.dirlock import DataDirInUse, lock_data_dir
-from raftproc.runtime.logging import configure
 from raftproc.runtime.addresses import is_loopback
+from raftproc.runtime.dirlock import DataDirInUse, lock_data_dir
 from raftproc.runtime.identity import IdentityError, rebuild_data_dir
 from raftproc.runtime.linkfaults import ENV as LINK_FAULTS_ENV
 from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults, LinkFaultsError, parse_link_faults
+from raftproc.runtime.logging import configure
 from raftproc.runtime.skew import clock_for
 from raftproc.runtime.tls import TlsError
 from raftproc.runtime.wal import SyncFailed, WalCorruption
@@ -83,8 +83,11 @@ def claim_data_dir(cfg: ClusterConfig, node_id: int, *, rebuild: bool) -> int:
     fd = lock_data_dir(cfg.node_data_dir(node_id))
     if rebuild:
         rebuild_data_dir(cfg.node_data_dir(node_id))
-        print(f"raftproc.node: node {node_id}: data directory {cfg.node_data_dir(node_id)} wiped; it waits to be added "
-              f"(`member add {node_id} PEER CLIENT` on the leader) and catches up from it", file=sys.stderr)
+        print(
+            f"raftproc.node: node {node_id}: data directory {cfg.node_data_dir(node_id)} wiped; it waits to be added "
+            f"(`member add {node_id} PEER CLIENT` on the leader) and catches up from it",
+            file=sys.stderr,
+        )
     return fd
 
 
@@ -104,9 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--id", type=int, required=True, help="this node's id in the cluster config")
     p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="overrides the config")
-    p.add_argument("--rebuild", action="store_true",
-                   help="wipe this node's data directory and come back as a new incarnation that waits to be added "
-                        "(after `member remove ID`; then `member add ID ...`: docs/storage.md)")
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="wipe this node's data directory and come back as a new incarnation that waits to be added "
+        "(after `member remove ID`; then `member add ID ...`: docs/storage.md)",
+    )
     args = p.parse_args(argv)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the node can reload; never a reason to die
 
@@ -123,7 +129,9 @@ def main(argv: list[str] | None = None) -> int:
 
     host = None
     log = configure(
-        args.id, cfg.node_log_file(args.id), args.log_level or cfg.log_level,
+        args.id,
+        cfg.node_log_file(args.id),
+        args.log_level or cfg.log_level,
         state=lambda: (host.raft.current_term, host.raft.role) if host else (0, "starting"),
     )
     from raftproc.server.host import open_host  # after logging is configured
@@ -160,8 +168,11 @@ def main(argv: list[str] | None = None) -> int:
         # Retrying could report durable what the kernel already dropped; a restart
         # recovers from what the disk really holds.
         log("wal_sync_failed", level="error", error=str(e))
-        return fail(EXIT_DISK, f"node {args.id} stopped: {e}. After a failed fsync nothing written since the last good one "
-                    "can be trusted; check the disk, then start the node again (it recovers from what is on disk).")
+        return fail(
+            EXIT_DISK,
+            f"node {args.id} stopped: {e}. After a failed fsync nothing written since the last good one "
+            "can be trusted; check the disk, then start the node again (it recovers from what is on disk).",
+        )
     return 0
 
 

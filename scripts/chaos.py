@@ -29,8 +29,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keys", type=int, help="default: clients / 2, so operations collide")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", default=None, help="default: runs/seed-N")
-    p.add_argument("--snapshot-every", type=int, default=None, metavar="N",
-                   help="snapshot every N entries (default: the node default, 10000); ~100 makes snapshots and InstallSnapshot happen during faults")
+    p.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=None,
+        metavar="N",
+        help="snapshot every N entries (default: the node default, 10000); ~100 makes snapshots and InstallSnapshot happen during faults",
+    )
     p.add_argument("--tls", action="store_true", help="mutual TLS on every connection, nodes' and clients'")
     p.add_argument("--read-mode", choices=("index", "log", "lease"), default="index", help="how clients read (default: ReadIndex)")
     args = p.parse_args(argv)
@@ -39,8 +44,20 @@ def main(argv: list[str] | None = None) -> int:
     if bad:
         p.error(f"unknown faults {sorted(bad)}; choose from {', '.join(ALL_FAULTS)}")
     out = Path(args.out or f"runs/seed-{args.seed}")
-    result = run_chaos(ChaosOptions(out=out, nodes=args.nodes, duration=args.duration, faults=faults, clients=args.clients, seed=args.seed, keys=args.keys,
-                                    snapshot_every=args.snapshot_every, read_mode=args.read_mode, tls=args.tls))
+    result = run_chaos(
+        ChaosOptions(
+            out=out,
+            nodes=args.nodes,
+            duration=args.duration,
+            faults=faults,
+            clients=args.clients,
+            seed=args.seed,
+            keys=args.keys,
+            snapshot_every=args.snapshot_every,
+            read_mode=args.read_mode,
+            tls=args.tls,
+        )
+    )
     print()
     for name, value in result.summary:
         print(f"  {name:<20} {value}")

@@ -91,7 +91,11 @@ def main() -> int:
     print(f"  node {leader} is the leader")
 
     client = cluster.client(timeout=10)
-    for label, op in (("SET x=1", lambda: client.set("x", "1")), ("SET y=3", lambda: client.set("y", "3")), ("DEL x", lambda: client.delete("x"))):
+    for label, op in (
+        ("SET x=1", lambda: client.set("x", "1")),
+        ("SET y=3", lambda: client.set("y", "3")),
+        ("DEL x", lambda: client.delete("x")),
+    ):
         op()
         print(f"  {label}: OK")
     print(f"  GET x -> {client.get('x')!r}, GET y -> {client.get('y')!r}")

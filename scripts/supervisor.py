@@ -79,14 +79,18 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
             raise ClusterError(
                 f"{cluster.run_dir} holds a cluster already, and `up` was asked for {'; '.join(contrary)}. "
                 f"Run `up` without those options to start it as it is, or `down`, then `up --fresh` (or another --run-dir) "
-                "to make a new cluster (remove its data directory first: the old logs name their own members).")
+                "to make a new cluster (remove its data directory first: the old logs name their own members)."
+            )
         running = [p.node_id for p in cluster.processes() if p.state in ("running", "paused")]
         if running:
             raise ClusterError(f"a cluster is already running from {cluster.run_dir} (nodes {running}); run `down` first")
         cluster.up(wait=args.wait)
         removed = sorted(cluster.removed())
-        print(f"cluster from {cluster.config_path} up again; leader is node {cluster.leader()}"
-              + (f"; removed nodes {removed} stay stopped" if removed else "") + " (`up --fresh` makes a new cluster)")
+        print(
+            f"cluster from {cluster.config_path} up again; leader is node {cluster.leader()}"
+            + (f"; removed nodes {removed} stay stopped" if removed else "")
+            + " (`up --fresh` makes a new cluster)"
+        )
         return cmd_status(cluster, args)
     run_dir = cluster.run_dir
     data_dir = Path(args.data_dir) if args.data_dir else run_dir / "data"
@@ -102,7 +106,9 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
     cluster.up(wait=args.wait * slow)
     slow_said = f"; Raft timers {slow}x slower" if slow > 1 else ""
     delay = f"; every peer message held back {args.link_delay} ms" if args.link_delay else ""
-    print(f"cluster of {len(cfg.nodes)} up{' with mutual TLS' if args.tls else ''}{slow_said}{delay}; leader is node {cluster.leader()}; config {cluster.config_path}")
+    print(
+        f"cluster of {len(cfg.nodes)} up{' with mutual TLS' if args.tls else ''}{slow_said}{delay}; leader is node {cluster.leader()}; config {cluster.config_path}"
+    )
     return cmd_status(cluster, args)
 
 
@@ -119,11 +125,17 @@ def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
         done = "cluster split into " + " | ".join(",".join(map(str, g)) for g in groups)
     elif args.cmd == "slow":
         missed = cluster.slow_link(args.src, args.dst, args.ms)
-        done = f"what node {args.src} sends node {args.dst} is held back {args.ms} ms" if args.ms else f"link {args.src} -> {args.dst} at full speed"
+        done = (
+            f"what node {args.src} sends node {args.dst} is held back {args.ms} ms"
+            if args.ms
+            else f"link {args.src} -> {args.dst} at full speed"
+        )
     else:
         missed = cluster.heal()
         base = cluster.links().base_ms
-        done = "every link is whole again" + (f" (every message still held back {base} ms: the slow motion of `up --link-delay`)" if base else "")
+        done = "every link is whole again" + (
+            f" (every message still held back {base} ms: the slow motion of `up --link-delay`)" if base else ""
+        )
     print(done)
     for node, why in sorted(missed.items()):
         print(f"  node {node} did not take it now ({why}); it will when it next starts", file=sys.stderr)
@@ -131,7 +143,9 @@ def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
 
 
 def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
-    print(f"{'node':>4} {'pid':>7} {'state':<11} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7} {'rss MB':>7} {'cpu s':>6}  digest")
+    print(
+        f"{'node':>4} {'pid':>7} {'state':<11} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7} {'rss MB':>7} {'cpu s':>6}  digest"
+    )
     rows = cluster.status_table()
     for r in rows:
         g = r.get
@@ -209,16 +223,26 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up")
     up.add_argument("-n", "--nodes", type=_node_count, default=None, help="1 to 99 (default 5)")
-    up.add_argument("--base-port", type=int, default=None,
-                    help="peers on BASE+100+N, clients on BASE+200+N (default 7000); 0: free ports the kernel picks")
+    up.add_argument(
+        "--base-port",
+        type=int,
+        default=None,
+        help="peers on BASE+100+N, clients on BASE+200+N (default 7000); 0: free ports the kernel picks",
+    )
     up.add_argument("--data-dir", default=None, help="default: RUN_DIR/data")
     up.add_argument("--log-dir", default=None, help="default: RUN_DIR/logs")
     up.add_argument("--wait", type=float, default=15.0, help="seconds to wait for a leader")
     up.add_argument("--tls", action="store_true", help="mint a CA and certificates in the run directory and run mutual TLS on both ports")
-    up.add_argument("--fresh", action="store_true", help="write a new cluster config even if the run directory holds one "
-                    "(the data directory should be empty: its logs name their own members)")
+    up.add_argument(
+        "--fresh",
+        action="store_true",
+        help="write a new cluster config even if the run directory holds one "
+        "(the data directory should be empty: its logs name their own members)",
+    )
     up.add_argument("--slow", type=_slowness, default=None, help="run every Raft timer N times slower (tick_ms x N), to watch elections")
-    up.add_argument("--link-delay", type=int, default=0, metavar="MS", help="hold back every peer message MS ms (slow motion: `heal` keeps it)")
+    up.add_argument(
+        "--link-delay", type=int, default=0, metavar="MS", help="hold back every peer message MS ms (slow motion: `heal` keeps it)"
+    )
     web = sub.add_parser("web")
     web.add_argument("--listen", default="127.0.0.1:7500", help="HOST:PORT; a non-loopback host needs the token the command prints")
     web.add_argument("--replay", metavar="RUN_DIR|FILE", help="play a recorded run instead of watching the cluster")
@@ -275,8 +299,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "rolling-restart":
             result = cluster.rolling_restart(say=print)
             gaps = ", ".join(f"{g * 1000:.1f} ms" for g in result["handover_gaps_s"]) or "none logged"
-            print(f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
-                  f"leaderless time at each handover (TimeoutNow to new leader): {gaps}")
+            print(
+                f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
+                f"leaderless time at each handover (TimeoutNow to new leader): {gaps}"
+            )
             return 0
         if args.cmd in ("join", "members", "add", "remove", "rebuild"):
             return cmd_membership(cluster, args)

@@ -27,7 +27,13 @@ def everything(msg: Message) -> bool:
 
 class Cluster:
     def __init__(
-        self, n: int, *, node_cls: type[RaftNode] = RaftNode, config: Config = SCRIPT_CONFIG, seed: int = 0, spares: int = 0,
+        self,
+        n: int,
+        *,
+        node_cls: type[RaftNode] = RaftNode,
+        config: Config = SCRIPT_CONFIG,
+        seed: int = 0,
+        spares: int = 0,
     ) -> None:
         """Nodes 1..n bootstrap the cluster; `spares` more ids (n+1, ...) have storage
         but are not started: start(i) brings one up to join."""
@@ -48,8 +54,14 @@ class Cluster:
     def start(self, i: int) -> RaftNode:
         st = self.storage[i]
         node = self.node_cls(
-            i, self.ids, rng=random.Random(self.rng.getrandbits(32)), config=self.config,
-            hard_state=st.hard_state, entries=list(st.entries), snapshot=st.snapshot, applied=st.snapshot_index,
+            i,
+            self.ids,
+            rng=random.Random(self.rng.getrandbits(32)),
+            config=self.config,
+            hard_state=st.hard_state,
+            entries=list(st.entries),
+            snapshot=st.snapshot,
+            applied=st.snapshot_index,
         )
         self.nodes[i] = node
         self.applied[i] = []

@@ -54,8 +54,16 @@ class Operation:
     def from_record(cls, i: int, r: dict[str, Any]) -> Operation:
         ret = r.get("return")
         return cls(
-            id=i, client=r["client"], op=r["op"], key=r["key"], value=r.get("value"), expect=r.get("expect"),
-            call=r["call"], ret=INFINITY if ret is None else ret, ok=r.get("ok"), output=r.get("output"),
+            id=i,
+            client=r["client"],
+            op=r["op"],
+            key=r["key"],
+            value=r.get("value"),
+            expect=r.get("expect"),
+            call=r["call"],
+            ret=INFINITY if ret is None else ret,
+            ok=r.get("ok"),
+            output=r.get("output"),
             mismatch=bool(r.get("mismatch")),
         )
 

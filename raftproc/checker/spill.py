@@ -61,7 +61,10 @@ def records_by_key(history: Path, scratch: Path) -> Iterator[tuple[str, list[dic
 
 
 def check_history_file(
-    history: Path, scratch: Path, *, visit: Callable[[str, list[dict[str, Any]]], None] | None = None,
+    history: Path,
+    scratch: Path,
+    *,
+    visit: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> CheckResult:
     """check_history over a file, a key at a time; `visit(key, records)` sees each
     key's records too (the chaos run's lost-write check)."""

@@ -23,7 +23,22 @@ from raftproc.core.node import RaftNode
 from raftproc.core.ready import HardState, Ready
 
 __all__ = [
-    "AppendEntries", "AppendEntriesResponse", "CANDIDATE", "Config", "ConfigChangeRefused", "Entry", "FOLLOWER",
-    "HardState", "LEADER", "Membership", "Message", "NodeId", "NotLeader", "RaftNode", "Ready",
-    "RequestVote", "RequestVoteResponse", "describe",
+    "AppendEntries",
+    "AppendEntriesResponse",
+    "CANDIDATE",
+    "Config",
+    "ConfigChangeRefused",
+    "Entry",
+    "FOLLOWER",
+    "HardState",
+    "LEADER",
+    "Membership",
+    "Message",
+    "NodeId",
+    "NotLeader",
+    "RaftNode",
+    "Ready",
+    "RequestVote",
+    "RequestVoteResponse",
+    "describe",
 ]

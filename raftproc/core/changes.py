@@ -34,7 +34,10 @@ class ConfigChanges:
     role, commit_index, ...) and helpers (_log, _send_timeout_now, become_follower)."""
 
     def propose_config(
-        self, voters: Iterable[NodeId], learners: Iterable[NodeId] = (), context: bytes | None = None,
+        self,
+        voters: Iterable[NodeId],
+        learners: Iterable[NodeId] = (),
+        context: bytes | None = None,
     ) -> tuple[int, int]:
         """Move the cluster to the configuration `voters` + `learners` (see the
         module doc and raftproc.core.membership). Returns the (index, term) of the
@@ -70,7 +73,9 @@ class ConfigChanges:
         if voters & learners:
             return ConfigChangeRefused(f"nodes {sorted(voters & learners)} cannot be voters and learners at once")
         if learners & set(current.voters):
-            return ConfigChangeRefused(f"nodes {sorted(learners & set(current.voters))} must stop voting (be removed) before they rejoin as learners")
+            return ConfigChangeRefused(
+                f"nodes {sorted(learners & set(current.voters))} must stop voting (be removed) before they rejoin as learners"
+            )
         strangers = voters - set(current.voters) - set(current.learners)
         if strangers:
             return ConfigChangeRefused(f"nodes {sorted(strangers)} must join as learners and catch up before they vote")
@@ -81,8 +86,12 @@ class ConfigChanges:
                 # REPLICATE: it has accepted an append from this leader, so its log
                 # really matches ours up to match_index (a silent node matches nothing).
                 if pr.match_index == 0 and pr.state != REPLICATE:
-                    return ConfigChangeBusy(f"learner {node} has not answered this leader yet (is it running, and reachable at the address given?)")
-                return ConfigChangeBusy(f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.config.promote_lag_entries}")
+                    return ConfigChangeBusy(
+                        f"learner {node} has not answered this leader yet (is it running, and reachable at the address given?)"
+                    )
+                return ConfigChangeBusy(
+                    f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.config.promote_lag_entries}"
+                )
         if voters == set(current.voters) and learners == set(current.learners):
             return ConfigChangeRefused(f"the cluster already has that configuration ({current.describe()})")
         return None

@@ -103,4 +103,3 @@ class CommittedConflict(Exception):
     """A message contradicts an entry this node knows to be committed: the sender is
     broken or hostile. The node changed nothing for it; the host drops the sender's
     connection."""
-

@@ -37,8 +37,10 @@ class Divergence:
     reason: str
 
     def describe(self) -> str:
-        return (f"log diverged from leader {self.leader}'s at index {self.index} (term {self.local_term} here, "
-                f"{self.leader_term} on the leader): {self.reason}")
+        return (
+            f"log diverged from leader {self.leader}'s at index {self.index} (term {self.local_term} here, "
+            f"{self.leader_term} on the leader): {self.reason}"
+        )
 
 
 def check_append(log: RaftLog, msg: AppendEntries, commit_index: int) -> Divergence | None:
@@ -46,8 +48,13 @@ def check_append(log: RaftLog, msg: AppendEntries, commit_index: int) -> Diverge
     prev = msg.prev_log_index
     ours = log.hash_at(prev)
     if msg.prev_log_hash is not None and ours is not None and ours != msg.prev_log_hash:
-        return Divergence(prev, msg.prev_log_term, msg.prev_log_term, msg.src,
-                          "the same term there, but a different history up to it (chain links differ)")
+        return Divergence(
+            prev,
+            msg.prev_log_term,
+            msg.prev_log_term,
+            msg.src,
+            "the same term there, but a different history up to it (chain links differ)",
+        )
     for e in msg.entries:
         local = log.term_at(e.index)
         if local is None:
@@ -71,14 +78,21 @@ def check_snapshot(log: RaftLog, snap: SnapshotMeta, leader: NodeId, commit_inde
         known = min(commit_index, log.last_index)
         known_term = log.term_at(known)
         if known > log.snapshot_index and known_term is not None and known_term > snap.term:
-            return Divergence(known, known_term, snap.term, leader,
-                              "the leader's snapshot covers an entry this node knows is committed, from a later term")
+            return Divergence(
+                known,
+                known_term,
+                snap.term,
+                leader,
+                "the leader's snapshot covers an entry this node knows is committed, from a later term",
+            )
         return None
     if local is None:
         return None  # an older snapshot than ours: nothing of it is left to compare
     if local != snap.term:
         if snap.index <= commit_index:
-            return Divergence(snap.index, local, snap.term, leader, "the leader's snapshot contradicts an entry this node knows is committed")
+            return Divergence(
+                snap.index, local, snap.term, leader, "the leader's snapshot contradicts an entry this node knows is committed"
+            )
         return None
     ours = log.hash_at(snap.index)
     if snap.hash is not None and ours is not None and ours != snap.hash:

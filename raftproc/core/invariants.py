@@ -77,11 +77,15 @@ def check_transition(before: NodeView, after: NodeView, *, restarted: bool = Fal
     same_term = after.current_term == before.current_term
     if same_term and before.voted_for is not None:
         if not (after.voted_for == before.voted_for):
-            raise InvariantViolation(f"node {after.node_id}: voted for {before.voted_for} then {after.voted_for} in term {after.current_term}")
+            raise InvariantViolation(
+                f"node {after.node_id}: voted for {before.voted_for} then {after.voted_for} in term {after.current_term}"
+            )
     if restarted:
         return
     if not (after.commit_index >= before.commit_index):
         raise InvariantViolation(f"node {after.node_id}: commit_index went back {before.commit_index} -> {after.commit_index}")
     if same_term and before.leader_id is not None and after.leader_id is not None:
         if not (after.leader_id == before.leader_id):
-            raise InvariantViolation(f"node {after.node_id}: leader of term {after.current_term} changed {before.leader_id} -> {after.leader_id}")
+            raise InvariantViolation(
+                f"node {after.node_id}: leader of term {after.current_term} changed {before.leader_id} -> {after.leader_id}"
+            )

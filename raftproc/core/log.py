@@ -73,8 +73,15 @@ class LogInvariantError(AssertionError):
 
 class RaftLog:
     __slots__ = (
-        "_configs", "_entries", "_hashes", "snapshot_hash", "snapshot_index", "snapshot_membership", "snapshot_term",
-        "stable_index", "written_index",
+        "_configs",
+        "_entries",
+        "_hashes",
+        "snapshot_hash",
+        "snapshot_index",
+        "snapshot_membership",
+        "snapshot_term",
+        "stable_index",
+        "written_index",
     )
 
     def __init__(

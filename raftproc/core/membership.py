@@ -68,9 +68,7 @@ class Membership:
         """Do `nodes` include a majority of every half? (Never, with no voters.)"""
         present = set(nodes)
         return bool(self.voters) and all(
-            sum(1 for v in half if v in present) >= majority(len(half))
-            for half in (self.voters, self.outgoing)
-            if half
+            sum(1 for v in half if v in present) >= majority(len(half)) for half in (self.voters, self.outgoing) if half
         )
 
     def vote_won(self, votes: Mapping[NodeId, bool]) -> bool:

@@ -173,8 +173,7 @@ def describe(msg: Message) -> str:
             return f"{head} granted={msg.vote_granted}"
         case AppendEntries():
             return (
-                f"{head} prev={msg.prev_log_term}/{msg.prev_log_index} "
-                f"entries={describe_entries(msg.entries)} commit={msg.leader_commit}"
+                f"{head} prev={msg.prev_log_term}/{msg.prev_log_index} entries={describe_entries(msg.entries)} commit={msg.leader_commit}"
             )
         case InstallSnapshot():
             return f"{head} snapshot={msg.snapshot.term}/{msg.snapshot.index}"
@@ -183,8 +182,5 @@ def describe(msg: Message) -> str:
         case AppendEntriesResponse():
             if msg.success:
                 return f"{head} ok match={msg.match_index}"
-            return (
-                f"{head} reject at={msg.rejected_index} "
-                f"hint={msg.conflict_term}/{msg.conflict_index}"
-            )
+            return f"{head} reject at={msg.rejected_index} hint={msg.conflict_term}/{msg.conflict_index}"
     raise TypeError(f"not a raft message: {msg!r}")

@@ -144,13 +144,19 @@ class RaftNode(ConfigChanges):
         self.peer_divergences: dict[NodeId, int] = {}
         self._reset_election_timer()
 
-    def _recover(self, voters: Iterable[NodeId] | Membership, hs: HardState, entries: Iterable[Entry],
-                 snapshot: SnapshotMeta | None, applied: int) -> None:
+    def _recover(
+        self, voters: Iterable[NodeId] | Membership, hs: HardState, entries: Iterable[Entry], snapshot: SnapshotMeta | None, applied: int
+    ) -> None:
         """The log, term, vote and indexes from what the node persisted."""
         bootstrap = voters if isinstance(voters, Membership) else Membership(tuple(voters))
         snap = snapshot or SnapshotMeta(0, 0, bootstrap)
-        self.log = RaftLog(entries, snapshot_index=snap.index, snapshot_term=snap.term, membership=snap.membership,
-                           snapshot_hash=snap.hash if snap.index else ZERO_HASH)
+        self.log = RaftLog(
+            entries,
+            snapshot_index=snap.index,
+            snapshot_term=snap.term,
+            membership=snap.membership,
+            snapshot_hash=snap.hash if snap.index else ZERO_HASH,
+        )
         self.current_term = hs.current_term
         self.voted_for: NodeId | None = hs.voted_for
         # A persisted commit index is only a hint; never trust it past the log we
@@ -235,11 +241,7 @@ class RaftNode(ConfigChanges):
             # Just restarted: a leader may count on our refusal from before the
             # crash for its read lease, so honour it for one minimum timeout.
             return True
-        return (
-            self.role in (FOLLOWER, LEADER)
-            and self.leader_id is not None
-            and self.election_elapsed < self.config.election_timeout_min
-        )
+        return self.role in (FOLLOWER, LEADER) and self.leader_id is not None and self.election_elapsed < self.config.election_timeout_min
 
     @staticmethod
     def _is_pre_vote_traffic(msg: Message) -> bool:
@@ -598,8 +600,13 @@ class RaftNode(ConfigChanges):
                 continue
             self._send(
                 RequestVote(
-                    src=self.id, dst=peer, term=term, last_log_index=self.log.last_index,
-                    last_log_term=self.log.last_term, pre_vote=pre_vote, transfer=transfer,
+                    src=self.id,
+                    dst=peer,
+                    term=term,
+                    last_log_index=self.log.last_index,
+                    last_log_term=self.log.last_term,
+                    pre_vote=pre_vote,
+                    transfer=transfer,
                 )
             )
 
@@ -697,7 +704,10 @@ class RaftNode(ConfigChanges):
             self._send(self._append_ok(msg.src, self.commit_index, msg.context))
             return None
         return dataclasses.replace(
-            msg, prev_log_index=self.log.snapshot_index, prev_log_term=self.log.snapshot_term, entries=msg.entries[skip:],
+            msg,
+            prev_log_index=self.log.snapshot_index,
+            prev_log_term=self.log.snapshot_term,
+            entries=msg.entries[skip:],
             prev_log_hash=None,  # the leader's link here is not in the message; the entries' bytes still are
         )
 
@@ -709,8 +719,11 @@ class RaftNode(ConfigChanges):
         divergence = self.diverged or check_snapshot(self.log, snap, msg.src, self.commit_index)
         if divergence is not None:
             self._diverge(divergence)
-            self._send(AppendEntriesResponse(src=self.id, dst=msg.src, term=self.current_term, success=False,
-                                             rejected_index=snap.index, diverged=True))
+            self._send(
+                AppendEntriesResponse(
+                    src=self.id, dst=msg.src, term=self.current_term, success=False, rejected_index=snap.index, diverged=True
+                )
+            )
             return
         if snap.index <= self.commit_index:
             self._log("snapshot_ignored", index=snap.index, reason="already committed", commit_index=self.commit_index)
@@ -764,7 +777,12 @@ class RaftNode(ConfigChanges):
 
     def _append_ok(self, leader: NodeId, match_index: int, context: int = 0) -> AppendEntriesResponse:
         return AppendEntriesResponse(
-            src=self.id, dst=leader, term=self.current_term, success=True, match_index=match_index, context=context,
+            src=self.id,
+            dst=leader,
+            term=self.current_term,
+            success=True,
+            match_index=match_index,
+            context=context,
         )
 
     def mark_diverged(self, divergence: Divergence) -> None:
@@ -777,8 +795,14 @@ class RaftNode(ConfigChanges):
         """Keep the log as evidence and follow nobody (raftproc.core.divergence)."""
         if self.diverged is None:
             self.diverged = divergence
-            self._log("log_diverged", index=divergence.index, local_term=divergence.local_term,
-                      leader_term=divergence.leader_term, leader=divergence.leader, reason=divergence.reason)
+            self._log(
+                "log_diverged",
+                index=divergence.index,
+                local_term=divergence.local_term,
+                leader_term=divergence.leader_term,
+                leader=divergence.leader,
+                reason=divergence.reason,
+            )
         self.leader_id = None
 
     def _reject_append(self, msg: AppendEntries, local_term: int | None, *, diverged: bool = False) -> None:
@@ -787,14 +811,24 @@ class RaftNode(ConfigChanges):
         else:
             conflict_term, conflict_index = local_term, self.log.first_index_of_term(msg.prev_log_index)
         self._log(
-            "append_rejected", leader=msg.src, prev_log_index=msg.prev_log_index,
-            prev_log_term=msg.prev_log_term, conflict_term=conflict_term, conflict_index=conflict_index,
+            "append_rejected",
+            leader=msg.src,
+            prev_log_index=msg.prev_log_index,
+            prev_log_term=msg.prev_log_term,
+            conflict_term=conflict_term,
+            conflict_index=conflict_index,
         )
         self._send(
             AppendEntriesResponse(
-                src=self.id, dst=msg.src, term=self.current_term, success=False,
-                rejected_index=msg.prev_log_index, conflict_term=conflict_term, conflict_index=conflict_index,
-                context=msg.context, diverged=diverged,
+                src=self.id,
+                dst=msg.src,
+                term=self.current_term,
+                success=False,
+                rejected_index=msg.prev_log_index,
+                conflict_term=conflict_term,
+                conflict_index=conflict_index,
+                context=msg.context,
+                diverged=diverged,
             )
         )
 
@@ -908,9 +942,15 @@ class RaftNode(ConfigChanges):
         assert prev_term is not None, "Invariant: next_index <= last_index + 1"
         self._send(
             AppendEntries(
-                src=self.id, dst=peer, term=self.current_term, prev_log_index=prev,
-                prev_log_term=prev_term, entries=entries, leader_commit=self.commit_index,
-                context=self.reads.round, prev_log_hash=self.log.hash_at(prev),
+                src=self.id,
+                dst=peer,
+                term=self.current_term,
+                prev_log_index=prev,
+                prev_log_term=prev_term,
+                entries=entries,
+                leader_commit=self.commit_index,
+                context=self.reads.round,
+                prev_log_hash=self.log.hash_at(prev),
             )
         )
         self.reads.round_fresh = False
@@ -933,9 +973,15 @@ class RaftNode(ConfigChanges):
         snapshot of ours holds; its success ends the SNAPSHOT state."""
         self._send(
             AppendEntries(
-                src=self.id, dst=peer, term=self.current_term, prev_log_index=self.log.snapshot_index,
-                prev_log_term=self.log.snapshot_term, entries=(), leader_commit=self.commit_index,
-                context=self.reads.round, prev_log_hash=self.log.snapshot_hash,
+                src=self.id,
+                dst=peer,
+                term=self.current_term,
+                prev_log_index=self.log.snapshot_index,
+                prev_log_term=self.log.snapshot_term,
+                entries=(),
+                leader_commit=self.commit_index,
+                context=self.reads.round,
+                prev_log_hash=self.log.snapshot_hash,
             )
         )
         self.reads.round_fresh = False
@@ -951,14 +997,20 @@ class RaftNode(ConfigChanges):
             case AppendEntries():
                 self._send(
                     AppendEntriesResponse(
-                        src=self.id, dst=msg.src, term=self.current_term, success=False,
+                        src=self.id,
+                        dst=msg.src,
+                        term=self.current_term,
+                        success=False,
                         rejected_index=msg.prev_log_index,
                     )
                 )
             case InstallSnapshot():
                 self._send(
                     AppendEntriesResponse(
-                        src=self.id, dst=msg.src, term=self.current_term, success=False,
+                        src=self.id,
+                        dst=msg.src,
+                        term=self.current_term,
+                        success=False,
                         rejected_index=msg.snapshot.index,
                     )
                 )
@@ -968,11 +1020,7 @@ class RaftNode(ConfigChanges):
 
     def _hard_state_changed(self) -> bool:
         p = self._persisted_hard_state
-        return (
-            p.current_term != self.current_term
-            or p.voted_for != self.voted_for
-            or p.commit_index != self.commit_index
-        )
+        return p.current_term != self.current_term or p.voted_for != self.voted_for or p.commit_index != self.commit_index
 
     def _hard_state(self) -> HardState:
         return HardState(self.current_term, self.voted_for, self.commit_index)
@@ -990,5 +1038,3 @@ class RaftNode(ConfigChanges):
             f"leader={self.leader_id} last={self.log.last_term}/{self.log.last_index} "
             f"commit={self.commit_index} applied={self.applied}"
         )
-
-

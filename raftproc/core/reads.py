@@ -41,6 +41,8 @@ def lease_ticks(election_timeout_min: int, max_clock_drift: float) -> int:
     """How many of the leader's ticks a lease lasts (0: no lease at all)."""
     scaled = int(election_timeout_min * (1 - max_clock_drift) / (1 + max_clock_drift))
     return max(scaled - LEASE_MARGIN_TICKS, 0)
+
+
 _NEVER = -(10**9)
 
 

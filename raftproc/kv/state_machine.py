@@ -223,6 +223,8 @@ _MOD = 1 << 128
 def _decimal(text: str) -> bool:
     """ASCII digits only ("²".isdigit() is true, and int() refuses it), at most 20."""
     return 0 < len(text) <= 20 and text.isascii() and text.isdecimal()
+
+
 SESSION_EXPIRED = (
     "session expired: the cluster forgot this client's session (it keeps the most recent "
     f"{MAX_SESSIONS:,}) before this retry arrived, so whether the first attempt was applied is unknown"

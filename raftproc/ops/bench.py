@@ -48,7 +48,10 @@ class Point:
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["median"] = {k: self.median(k) for k in ("ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "node_cpu_us_per_op", "loadgen_cpu_s", "leader_changes")}
+        d["median"] = {
+            k: self.median(k)
+            for k in ("ops_per_s", "p50_ms", "p99_ms", "p999_ms", "node_cpu_s", "node_cpu_us_per_op", "loadgen_cpu_s", "leader_changes")
+        }
         return d
 
 
@@ -74,18 +77,51 @@ def fdatasync_ms(directory: Path, samples: int = 300, record_bytes: int = 128) -
 
 
 def run_loadgens(
-    target: tuple[str, int], inflight: int, generators: int, warmup: float, window: float, value_size: int, keys: int,
-    protocol: str = "raftproc", rate: float = 0.0, read: str = "", config: Path | None = None,
+    target: tuple[str, int],
+    inflight: int,
+    generators: int,
+    warmup: float,
+    window: float,
+    value_size: int,
+    keys: int,
+    protocol: str = "raftproc",
+    rate: float = 0.0,
+    read: str = "",
+    config: Path | None = None,
 ) -> list[dict[str, Any]]:
     gens = min(generators, inflight)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{target[0]}:{target[1]}",
-             "--inflight", str(max(1, inflight // gens)), "--connections", str(max(1, min(16, inflight // gens))),
-             "--warmup", str(warmup), "--window", str(window), "--value-size", str(value_size), "--keys", str(keys),
-             "--seed", str(g + 1), "--protocol", protocol, "--rate", str(rate / gens)] + (["--read", read] if read else [])
+            [
+                sys.executable,
+                "-m",
+                "raftproc.ops.loadgen",
+                "--target",
+                f"{target[0]}:{target[1]}",
+                "--inflight",
+                str(max(1, inflight // gens)),
+                "--connections",
+                str(max(1, min(16, inflight // gens))),
+                "--warmup",
+                str(warmup),
+                "--window",
+                str(window),
+                "--value-size",
+                str(value_size),
+                "--keys",
+                str(keys),
+                "--seed",
+                str(g + 1),
+                "--protocol",
+                protocol,
+                "--rate",
+                str(rate / gens),
+            ]
+            + (["--read", read] if read else [])
             + (["--config", str(config)] if config else []),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for g in range(gens)
     ]
@@ -131,7 +167,10 @@ class RaftprocTarget:
         self.cluster = Cluster(self.tmp / "run", env={"PYTHONPATH": str(source)} if source is not None else None)
         # An older checkout may not know the metrics address: its config leaves it out.
         ports = free_ports(2 * nodes) if source is not None else None
-        self.cluster.create(local_config(nodes, self.tmp / "data", self.tmp / "logs", ports=ports, log_level="warning", background_sync=background_sync), tls=tls)
+        self.cluster.create(
+            local_config(nodes, self.tmp / "data", self.tmp / "logs", ports=ports, log_level="warning", background_sync=background_sync),
+            tls=tls,
+        )
         self.config = self.cluster.config_path if tls else None
         self.cluster.up(wait=20)
 
@@ -170,7 +209,15 @@ def measure(target: Any, point: Point, *, warmup: float, window: float, generato
     pids = target.node_pids()
     cpu_before = cpu_seconds(pids)
     parts = run_loadgens(
-        address, point.inflight, generators, warmup, window, point.value_size, point.keys, target.protocol, point.rate,
+        address,
+        point.inflight,
+        generators,
+        warmup,
+        window,
+        point.value_size,
+        point.keys,
+        target.protocol,
+        point.rate,
         config=getattr(target, "config", None),
     )
     run = combine(parts)
@@ -185,7 +232,6 @@ def measure(target: Any, point: Point, *, warmup: float, window: float, generato
 
 def failover(target: RaftprocTarget, rounds: int) -> list[float]:
     """Kill -9 the leader with a writer running; seconds until a write commits again."""
-    from raftproc.client import Client
 
     cluster = target.cluster
     times = []
@@ -259,10 +305,29 @@ class EtcdTarget(ProcessTarget):
         cluster = ",".join(f"n{i}=http://127.0.0.1:{ports[i]}" for i in range(nodes))
         for i in range(nodes):
             self.spawn(
-                [binary, "--name", f"n{i}", "--data-dir", str(self.tmp / f"n{i}"),
-                 "--listen-peer-urls", f"http://127.0.0.1:{ports[i]}", "--initial-advertise-peer-urls", f"http://127.0.0.1:{ports[i]}",
-                 "--listen-client-urls", f"http://127.0.0.1:{ports[nodes + i]}", "--advertise-client-urls", f"http://127.0.0.1:{ports[nodes + i]}",
-                 "--initial-cluster", cluster, "--initial-cluster-state", "new", "--logger", "zap", "--log-level", "error"],
+                [
+                    binary,
+                    "--name",
+                    f"n{i}",
+                    "--data-dir",
+                    str(self.tmp / f"n{i}"),
+                    "--listen-peer-urls",
+                    f"http://127.0.0.1:{ports[i]}",
+                    "--initial-advertise-peer-urls",
+                    f"http://127.0.0.1:{ports[i]}",
+                    "--listen-client-urls",
+                    f"http://127.0.0.1:{ports[nodes + i]}",
+                    "--advertise-client-urls",
+                    f"http://127.0.0.1:{ports[nodes + i]}",
+                    "--initial-cluster",
+                    cluster,
+                    "--initial-cluster-state",
+                    "new",
+                    "--logger",
+                    "zap",
+                    "--log-level",
+                    "error",
+                ],
                 f"n{i}",
             )
         self.leader_address()
@@ -359,17 +424,40 @@ class RssSampler:
         return self.peak_mb
 
 
-def write_load(cluster: Cluster, count: int, *, unique: bool, keys: int = 1000, generators: int = 4, inflight: int = 64, value_size: int = 16) -> float:
+def write_load(
+    cluster: Cluster, count: int, *, unique: bool, keys: int = 1000, generators: int = 4, inflight: int = 64, value_size: int = 16
+) -> float:
     """`count` writes through `generators` closed-loop load generators; returns ops/s."""
     leader = cluster.wait_for_leader(timeout=30)
     host, port = cluster.config.nodes[leader].client
     per = count // generators
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{host}:{port}", "--inflight", str(inflight),
-             "--connections", "8", "--count", str(per), "--window", "1800", "--value-size", str(value_size),
-             "--keys", str(keys), "--seed", str(g + 1)] + (["--unique"] if unique else []),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "raftproc.ops.loadgen",
+                "--target",
+                f"{host}:{port}",
+                "--inflight",
+                str(inflight),
+                "--connections",
+                "8",
+                "--count",
+                str(per),
+                "--window",
+                "1800",
+                "--value-size",
+                str(value_size),
+                "--keys",
+                str(keys),
+                "--seed",
+                str(g + 1),
+            ]
+            + (["--unique"] if unique else []),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for g in range(generators)
     ]
@@ -424,12 +512,12 @@ def snapshot_bench(*, keys: int, churn_writes: int, churn_keys: int, repeats: in
             leader = cluster.wait_for_leader(timeout=30)
             behind = next(i for i in cluster.config.nodes if i != leader)
             cluster.kill(behind)
-            sampler = RssSampler(lambda: _running_pid(cluster, leader))
+            sampler = RssSampler(lambda leader=leader: _running_pid(cluster, leader))
             rate = write_load(cluster, keys, unique=True)  # the same key names each round: the store stays at `keys`
             leader_peak_load = max(sampler.stop().values(), default=0.0)
             status = cluster.node_status(leader)
             say(f"round {r + 1}: {keys} writes at {rate:,.0f}/s with node {behind} down; leader snapshot at {status['snapshot_index']}")
-            sampler = RssSampler(lambda: _running_pid(cluster, leader))
+            sampler = RssSampler(lambda leader=leader: _running_pid(cluster, leader))
             catch = time_until_caught_up(cluster, behind, status["commit_index"])
             catch["leader_peak_rss_mb"] = max(sampler.stop().values(), default=0.0)
             catch["leader_peak_rss_mb_during_load"] = leader_peak_load
@@ -470,9 +558,13 @@ def disk_bound(writes: int, keys: int, say: Callable[[str], None], steps: int = 
             disk = [_dir_mb(cluster.config.node_data_dir(n)) for n in cluster.config.nodes]
             statuses = [cluster.node_status(n) for n in cluster.config.nodes]
             row = {
-                "writes": done, "ops_per_s": rate, "max_node_disk_mb": max(disk),
+                "writes": done,
+                "ops_per_s": rate,
+                "max_node_disk_mb": max(disk),
                 "max_log_entries": max(s["log_entries"] for s in statuses if s),
-                "max_rss_mb": max(psutil.Process(pid).memory_info().rss / 2**20 for n in cluster.config.nodes for pid in _running_pid(cluster, n)),
+                "max_rss_mb": max(
+                    psutil.Process(pid).memory_info().rss / 2**20 for n in cluster.config.nodes for pid in _running_pid(cluster, n)
+                ),
             }
             rows.append(row)
             say(f"  {done:,} writes to {keys:,} keys: {row}")
@@ -482,7 +574,9 @@ def disk_bound(writes: int, keys: int, say: Callable[[str], None], steps: int = 
     return rows
 
 
-def read_bench(*, inflights: list[int], repeats: int, warmup: float, window: float, generators: int, say: Callable[[str], None]) -> list[dict[str, Any]]:
+def read_bench(
+    *, inflights: list[int], repeats: int, warmup: float, window: float, generators: int, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
     """Gets through the log, by ReadIndex and by lease, interleaved on one cluster."""
     target = RaftprocTarget(3)
     rows: dict[tuple[str, int], list[dict[str, Any]]] = {}
@@ -495,13 +589,19 @@ def read_bench(*, inflights: list[int], repeats: int, warmup: float, window: flo
                     gens = 1 if inflight == 1 else generators
                     run = combine(run_loadgens(address, inflight, gens, warmup, window, 64, 1000, read=mode))
                     rows.setdefault((mode, inflight), []).append(run)
-                    say(f"  read={mode:<5} inflight={inflight:<4} {run['ops_per_s']:>9.0f} ops/s  p50 {run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms")
+                    say(
+                        f"  read={mode:<5} inflight={inflight:<4} {run['ops_per_s']:>9.0f} ops/s  p50 {run['p50_ms']:.2f} ms  p99 {run['p99_ms']:.2f} ms"
+                    )
     finally:
         target.close()
     out = []
     for (mode, inflight), runs in rows.items():
-        out.append({
-            "read": mode, "inflight": inflight, "runs": runs,
-            "median": {k: statistics.median(r[k] for r in runs) for k in ("ops_per_s", "p50_ms", "p99_ms")},
-        })
+        out.append(
+            {
+                "read": mode,
+                "inflight": inflight,
+                "runs": runs,
+                "median": {k: statistics.median(r[k] for r in runs) for k in ("ops_per_s", "p50_ms", "p99_ms")},
+            }
+        )
     return out

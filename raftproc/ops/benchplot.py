@@ -54,18 +54,24 @@ def write_plot(path: Path, points: list[Point], *, title: str = "") -> bool:
         color = colors(i % colors.N)
         xs = [p.median("ops_per_s") for p in pts]
         ys = [p.median("p99_ms") for p in pts]
-        x_lo, x_hi = zip(*(p.span("ops_per_s") for p in pts))
-        y_lo, y_hi = zip(*(p.span("p99_ms") for p in pts))
+        x_lo, x_hi = zip(*(p.span("ops_per_s") for p in pts), strict=True)
+        y_lo, y_hi = zip(*(p.span("p99_ms") for p in pts), strict=True)
         ax.errorbar(
-            xs, ys,
-            xerr=[[x - lo for x, lo in zip(xs, x_lo)], [hi - x for x, hi in zip(xs, x_hi)]],
-            yerr=[[y - lo for y, lo in zip(ys, y_lo)], [hi - y for y, hi in zip(ys, y_hi)]],
-            color=color, marker="o", markersize=4, linewidth=1.6, capsize=2, elinewidth=0.8,
-            linestyle="--" if system in NO_FSYNC else "-", label=series_label(system, nodes, size),
+            xs,
+            ys,
+            xerr=[[x - lo for x, lo in zip(xs, x_lo, strict=True)], [hi - x for x, hi in zip(xs, x_hi, strict=True)]],
+            yerr=[[y - lo for y, lo in zip(ys, y_lo, strict=True)], [hi - y for y, hi in zip(ys, y_hi, strict=True)]],
+            color=color,
+            marker="o",
+            markersize=4,
+            linewidth=1.6,
+            capsize=2,
+            elinewidth=0.8,
+            linestyle="--" if system in NO_FSYNC else "-",
+            label=series_label(system, nodes, size),
         )
         # The load of the last point says how far the curve was pushed.
-        ax.annotate(f"{pts[-1].inflight} in flight", (xs[-1], ys[-1]), textcoords="offset points",
-                    xytext=(4, 4), fontsize=7, color=color)
+        ax.annotate(f"{pts[-1].inflight} in flight", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 4), fontsize=7, color=color)
     plotting.log_y_axis(ax)
     ax.set_xlabel("throughput, ops/s (median of runs; bars: min to max)")
     ax.set_ylabel("p99 latency, ms (log scale)")

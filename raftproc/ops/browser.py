@@ -18,9 +18,18 @@ from pathlib import Path
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # Without the networking flags Chromium reaches for Google's hosts at every start;
 # a machine with a closed network refuses them and the run gets slow and noisy.
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--allow-file-access-from-files")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--allow-file-access-from-files",
+)
 
 
 def find_chromium() -> str | None:
@@ -34,9 +43,17 @@ def screenshot(page: Path, png: Path, *, width: int = 1300, height: int = 1800, 
         raise FileNotFoundError("no Chromium found (Debian: apt-get install chromium)")
     with tempfile.TemporaryDirectory(prefix="raftproc-chromium-") as profile:
         proc = subprocess.run(
-            [chromium, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-             f"--screenshot={png.resolve()}", page.resolve().as_uri()],
-            capture_output=True, text=True, timeout=timeout,
+            [
+                chromium,
+                *FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={width},{height}",
+                f"--screenshot={png.resolve()}",
+                page.resolve().as_uri(),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
         )
     if proc.returncode != 0 or not png.exists():
         raise RuntimeError(f"chromium exited {proc.returncode}: {proc.stderr[-2000:]}")

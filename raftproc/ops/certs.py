@@ -52,7 +52,7 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def _now() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)
 
 
 def make_ca(directory: Path, *, name: str = "raftproc cluster CA") -> tuple[Path, Path]:
@@ -148,7 +148,9 @@ def node_with_cert(node: NodeAddress, directory: Path) -> NodeAddress:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m raftproc.ops.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m raftproc.ops.certs", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     sub.add_parser("ca", help="a new CA").add_argument("dir", type=Path)
     n = sub.add_parser("node", help="a node's certificate")

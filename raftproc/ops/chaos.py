@@ -22,10 +22,11 @@ import resource
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from raftproc.checker.spill import check_history_file
 from raftproc.config import ClusterConfig, NodeAddress
@@ -33,18 +34,18 @@ from raftproc.ops.cluster import Cluster, ClusterError
 from raftproc.ops.layout import local_config
 from raftproc.ops.logs import read_lines
 from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
-
-# Network namespaces made beyond the cluster's first nodes, for nodes that join
-# during a run with member faults (a replace when none is left removes and re-adds).
-SPARE_SLOTS = 4
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.watch import Collector
 from raftproc.ops.workload import Workload
-from raftproc.runtime.tls import client_context_for
-from raftproc.runtime.storage import open_storage
 from raftproc.runtime.skew import CLOCK_DIR_ENV
+from raftproc.runtime.storage import open_storage
+from raftproc.runtime.tls import client_context_for
 from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption
+
+# Network namespaces made beyond the cluster's first nodes, for nodes that join
+# during a run with member faults (a replace when none is left removes and re-adds).
+SPARE_SLOTS = 4
 
 
 @dataclass
@@ -103,8 +104,12 @@ def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosRe
         storage = dict(snapshot_entries=opts.snapshot_every, segment_bytes=max(4096, opts.snapshot_every * 100))
     if lab is not None:
         cfg = ClusterConfig(
-            nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300)) for i in range(1, opts.nodes + 1)},
-            data_dir=out / "data", log_dir=out / "logs", **storage,
+            nodes={
+                i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300)) for i in range(1, opts.nodes + 1)
+            },
+            data_dir=out / "data",
+            log_dir=out / "logs",
+            **storage,
         )
         in_namespace = lab.launcher()[:-3]  # ip netns exec <ns of node {id}>
         launcher = in_namespace + (opts.launcher or [sys.executable, "-m", "raftproc.node"])
@@ -128,7 +133,9 @@ def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResu
     out = opts.out.resolve()
     # The whole run is recorded for `supervisor.py web --replay OUT` (raftproc.ops.watch).
     recorder = Collector(
-        lambda: cluster.config, processes=cluster.process_states, record_to=out / "watch" / "events.jsonl",
+        lambda: cluster.config,
+        processes=cluster.process_states,
+        record_to=out / "watch" / "events.jsonl",
     )
     recorder.start()
     try:
@@ -142,8 +149,14 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     cluster.up(wait=20)
     keys = opts.keys or max(2, opts.clients // 2)
     workload = Workload(
-        cfg.client_addresses(), clients=opts.clients, keys=keys, seed=opts.seed, op_timeout=opts.op_timeout, read_mode=opts.read_mode,
-        tls=client_context_for(cfg.client_tls()), members=lambda: _member_addresses(cluster),
+        cfg.client_addresses(),
+        clients=opts.clients,
+        keys=keys,
+        seed=opts.seed,
+        op_timeout=opts.op_timeout,
+        read_mode=opts.read_mode,
+        tls=client_context_for(cfg.client_tls()),
+        members=lambda: _member_addresses(cluster),
         history=out / "history.jsonl",
     )
     # On a terminal the progress line rewrites itself (\r); into a file or a pipe,
@@ -163,21 +176,37 @@ def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, rec
     verdicts += _judge_alarms(nemesis, faults, counted)
     summary = _summary(opts, keys, workload.history, nemesis, events, counted)
     fault_rows = [
-        {"kind": r.kind, "victims": r.victims, "nodes": r.nodes, "detail": r.detail, "skipped": r.skipped,
-         "start": r.start_ns / 1e9, "end": None if r.end_ns is None else r.end_ns / 1e9}
+        {
+            "kind": r.kind,
+            "victims": r.victims,
+            "nodes": r.nodes,
+            "detail": r.detail,
+            "skipped": r.skipped,
+            "start": r.start_ns / 1e9,
+            "end": None if r.end_ns is None else r.end_ns / 1e9,
+        }
         for r in nemesis.records
     ]
     (out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
     write_report(
-        out / "report.html", title=f"raftproc chaos, seed {opts.seed}", nodes=sorted(cfg.nodes), t0=mono0,
-        t1=stopped, faults=fault_rows, events=events, history=workload.history.read(), verdicts=verdicts, summary=summary,
+        out / "report.html",
+        title=f"raftproc chaos, seed {opts.seed}",
+        nodes=sorted(cfg.nodes),
+        t0=mono0,
+        t1=stopped,
+        faults=fault_rows,
+        events=events,
+        history=workload.history.read(),
+        verdicts=verdicts,
+        summary=summary,
         replay=f"python scripts/supervisor.py web --replay {out}",
     )
     return ChaosResult(verdicts, summary, notes)
 
 
-def _nemesis(cluster: Cluster, cfg: ClusterConfig, lab: NetnsLab | None, seed: int, recorder: Collector,
-             log: Callable[[str], None]) -> Nemesis:
+def _nemesis(
+    cluster: Cluster, cfg: ClusterConfig, lab: NetnsLab | None, seed: int, recorder: Collector, log: Callable[[str], None]
+) -> Nemesis:
     nemesis = Nemesis(cluster, random.Random(seed), lab, log=log, note=recorder.note)
     if CLOCK_DIR_ENV in cluster.env:
         nemesis.clock_dir, nemesis.max_clock_drift = Path(cluster.env[CLOCK_DIR_ENV]), cfg.max_clock_drift
@@ -224,7 +253,13 @@ def _judge_service(cluster: Cluster, nemesis: Nemesis, workload: Workload, out: 
     try:
         cluster.wait_for_leader(timeout=20)
         statuses = cluster.wait_converged(timeout=30)
-        verdicts.append(("converged", True, f"{len(statuses)} nodes applied the same log (index {statuses[0]['last_applied']}, digest {statuses[0]['log_digest'][:16]})"))
+        verdicts.append(
+            (
+                "converged",
+                True,
+                f"{len(statuses)} nodes applied the same log (index {statuses[0]['last_applied']}, digest {statuses[0]['log_digest'][:16]})",
+            )
+        )
         verdicts.append(settled_configuration(statuses, nemesis.members()))
     except ClusterError as e:
         verdicts.append(("converged", False, str(e)))
@@ -233,8 +268,9 @@ def _judge_service(cluster: Cluster, nemesis: Nemesis, workload: Workload, out: 
         verdicts.append(("final reads finished", False, unfinished))
     workload.history.close()
     lost: list[str] = []
-    result = check_history_file(out / "history.jsonl", out / "check-scratch",
-                                visit=lambda key, records: lost.extend(lost_writes(records, final_client)))
+    result = check_history_file(
+        out / "history.jsonl", out / "check-scratch", visit=lambda key, records: lost.extend(lost_writes(records, final_client))
+    )
     shutil.rmtree(out / "check-scratch", ignore_errors=True)
     verdicts.append(("linearizable", result.ok, result.summary()))
     verdicts.append(("no acknowledged write lost", not lost, "\n".join(lost) or "every final read returns a written value"))
@@ -257,25 +293,46 @@ DIVERGENCE_EVENTS = ("log_diverged", "peer_diverged", "peer_log_regressed")
 def _judge_alarms(nemesis: Nemesis, faults: list[str], counted: dict[str, int]) -> list[tuple[str, bool, str]]:
     verdicts = []
     if nemesis.violations or "corrupt" in faults:
-        verdicts.append(("corrupt storage refused", not nemesis.violations,
-                         "\n".join(nemesis.violations) or "every node whose WAL was corrupted refused to start and was rebuilt"))
+        verdicts.append(
+            (
+                "corrupt storage refused",
+                not nemesis.violations,
+                "\n".join(nemesis.violations) or "every node whose WAL was corrupted refused to start and was rebuilt",
+            )
+        )
     diverged = sum(counted[e] for e in DIVERGENCE_EVENTS)
-    verdicts.append(("no history diverged", not diverged,
-                     f"{diverged} divergence alarms in the nodes' logs ({', '.join(DIVERGENCE_EVENTS)})" if diverged else
-                     "no node found its log contradicting another's"))
+    verdicts.append(
+        (
+            "no history diverged",
+            not diverged,
+            f"{diverged} divergence alarms in the nodes' logs ({', '.join(DIVERGENCE_EVENTS)})"
+            if diverged
+            else "no node found its log contradicting another's",
+        )
+    )
     return verdicts
 
 
-def _summary(opts: ChaosOptions, keys: int, history: Any, nemesis: Nemesis, events: list[dict[str, Any]],
-             counted: dict[str, int]) -> list[tuple[str, Any]]:
+def _summary(
+    opts: ChaosOptions, keys: int, history: Any, nemesis: Nemesis, events: list[dict[str, Any]], counted: dict[str, int]
+) -> list[tuple[str, Any]]:
     c = history.counts
     return [
-        ("seed", opts.seed), ("nodes", opts.nodes), ("reads", opts.read_mode), ("transport", "mutual TLS" if opts.tls else "plaintext"),
-        ("duration s", opts.duration), ("clients", opts.clients), ("keys", keys),
-        ("operations ok", c["ok"]), ("operations failed", c["failed"]), ("operations unknown", c["unknown"]),
-        ("faults injected", sum(not r.skipped for r in nemesis.records)), ("faults skipped", sum(r.skipped for r in nemesis.records)),
+        ("seed", opts.seed),
+        ("nodes", opts.nodes),
+        ("reads", opts.read_mode),
+        ("transport", "mutual TLS" if opts.tls else "plaintext"),
+        ("duration s", opts.duration),
+        ("clients", opts.clients),
+        ("keys", keys),
+        ("operations ok", c["ok"]),
+        ("operations failed", c["failed"]),
+        ("operations unknown", c["unknown"]),
+        ("faults injected", sum(not r.skipped for r in nemesis.records)),
+        ("faults skipped", sum(r.skipped for r in nemesis.records)),
         ("leader changes", sum(1 for e in events if e["event"] == "became_leader")),
-        ("snapshots taken", counted["snapshot_saved"]), ("snapshots installed", counted["snapshot_installed"]),
+        ("snapshots taken", counted["snapshot_saved"]),
+        ("snapshots installed", counted["snapshot_installed"]),
         # The history streams to disk and is checked a key at a time: this stays flat with the run's length.
         ("chaos process peak RSS MB", round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)),
         ("faults", ", ".join(f"{r.kind}:{r.victims}" for r in nemesis.records if not r.skipped) or "none"),

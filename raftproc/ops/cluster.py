@@ -43,7 +43,11 @@ class NodeProcess:
 
 class Cluster(ClusterOperations):
     def __init__(
-        self, run_dir: str | Path = "run", *, launcher: list[str] | None = None, env: dict[str, str] | None = None,
+        self,
+        run_dir: str | Path = "run",
+        *,
+        launcher: list[str] | None = None,
+        env: dict[str, str] | None = None,
         config_path: str | Path | None = None,
     ) -> None:
         """`launcher` is what runs a node before its `--id N --config PATH`
@@ -111,8 +115,10 @@ class Cluster(ClusterOperations):
                 s = self.node_status(n, timeout=0.3)
                 if s is not None and s.get("pid") != p.pid:
                     a = self.config.node(n).client
-                    raise ClusterError(f"{a[0]}:{a[1]} is answered by another process (pid {s.get('pid')}), not node {n} (pid {p.pid}): "
-                                       "another cluster holds these ports")
+                    raise ClusterError(
+                        f"{a[0]}:{a[1]} is answered by another process (pid {s.get('pid')}), not node {n} (pid {p.pid}): "
+                        "another cluster holds these ports"
+                    )
                 if s is not None:
                     waiting.discard(n)
             if waiting and time.monotonic() > deadline:
@@ -159,7 +165,11 @@ class Cluster(ClusterOperations):
         env = {**os.environ, **self.env, **self.links().env_for(node_id)}
         proc = subprocess.Popen(
             [*(part.format(id=node_id) for part in self.launcher), "--id", str(node_id), "--config", str(self.config_path), *extra],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True, env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            env=env,
             cwd=self.run_dir,
         )
         out.close()
@@ -239,8 +249,9 @@ class Cluster(ClusterOperations):
         node its part. Returns the running nodes that did not take it, and why (they
         get it when they next start; the other end of each cut holds meanwhile)."""
         if not self.config.link_faults:
-            raise ClusterError(f"the nodes of {self.config_path} do not take injected link faults: "
-                               "their config needs link_faults = true (`up` sets it)")
+            raise ClusterError(
+                f"the nodes of {self.config_path} do not take injected link faults: their config needs link_faults = true (`up` sets it)"
+            )
         table = self.links()
         try:
             change(table)
@@ -412,8 +423,10 @@ class Cluster(ClusterOperations):
                 if leader and len(digests) == 1 and statuses[0]["last_applied"] == leader[0]["commit_index"]:
                     return statuses
             time.sleep(0.05)  # poll interval of a wait-until loop
-        raise ClusterError(f"nodes did not converge within {timeout}s: " + ", ".join(
-            f"node {s['node']} applied {s['last_applied']} digest {s['log_digest'][:12]}" for s in statuses))
+        raise ClusterError(
+            f"nodes did not converge within {timeout}s: "
+            + ", ".join(f"node {s['node']} applied {s['last_applied']} digest {s['log_digest'][:12]}" for s in statuses)
+        )
 
     def last_output(self, node_id: int, lines: int = 3) -> str:
         path = self.run_dir / f"node-{node_id}.out"
@@ -476,4 +489,3 @@ class Cluster(ClusterOperations):
         except psutil.Error:
             pass
         return True
-

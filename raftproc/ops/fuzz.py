@@ -38,10 +38,33 @@ def peer_bodies(me: int, target: int, incarnation: int) -> list[dict[str, Any]]:
     return [
         {"v": v, "t": "rv", "src": s, "dst": d, "term": 5, "last_log_index": 3, "last_log_term": 2, "pre_vote": False, "transfer": False},
         {"v": v, "t": "rvr", "src": s, "dst": d, "term": 5, "vote_granted": True, "pre_vote": False},
-        {"v": v, "t": "ae", "src": s, "dst": d, "term": 5, "prev_log_index": 0, "prev_log_term": 0,
-         "entries": [[5, 1, b"x"], [5, 2, None, [[1, 2, 3], [], []]]], "leader_commit": 0, "context": 1, "prev_log_hash": bytes(16)},
-        {"v": v, "t": "aer", "src": s, "dst": d, "term": 5, "success": True, "match_index": 2, "rejected_index": 0,
-         "conflict_term": None, "conflict_index": 0, "context": 1, "diverged": False},
+        {
+            "v": v,
+            "t": "ae",
+            "src": s,
+            "dst": d,
+            "term": 5,
+            "prev_log_index": 0,
+            "prev_log_term": 0,
+            "entries": [[5, 1, b"x"], [5, 2, None, [[1, 2, 3], [], []]]],
+            "leader_commit": 0,
+            "context": 1,
+            "prev_log_hash": bytes(16),
+        },
+        {
+            "v": v,
+            "t": "aer",
+            "src": s,
+            "dst": d,
+            "term": 5,
+            "success": True,
+            "match_index": 2,
+            "rejected_index": 0,
+            "conflict_term": None,
+            "conflict_index": 0,
+            "context": 1,
+            "diverged": False,
+        },
         {"v": v, "t": "tn", "src": s, "dst": d, "term": 5},
         {"v": v, "t": "sc", "src": s, "dst": d, "term": 5, "index": 9, "snap_term": 2, "offset": 0, "total": 3, "data": b"abc"},
         {"v": v, "t": "sa", "src": s, "dst": d, "term": 5, "index": 9, "snap_term": 2, "next_offset": 3, "ok": True},
@@ -63,8 +86,25 @@ def client_bodies() -> list[dict[str, Any]]:
 
 
 _ODD_VALUES: list[Any] = [
-    -1, 0, 2**64, 10**5000, -(10**5000), 1.5, float("nan"), True, None, "", "x" * 10_000, b"\0" * 100, [], {}, [[[]]],
-    {"t": "rv"}, ["tn"], "127.0.0.1\0:7", "h:99999999999999999999",
+    -1,
+    0,
+    2**64,
+    10**5000,
+    -(10**5000),
+    1.5,
+    float("nan"),
+    True,
+    None,
+    "",
+    "x" * 10_000,
+    b"\0" * 100,
+    [],
+    {},
+    [[[]]],
+    {"t": "rv"},
+    ["tn"],
+    "127.0.0.1\0:7",
+    "h:99999999999999999999",
 ]
 
 
@@ -196,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config)
     node = cfg.node(args.node)
     stats = fuzz(node.peer, node.client, me=args.me, target=args.node, frames=args.frames, seed=args.seed)
-    print(f"{stats.frames} frames over {stats.connections} connections ({stats.closed_by_node} closed by the node) in {stats.seconds:.1f} s")
+    print(
+        f"{stats.frames} frames over {stats.connections} connections ({stats.closed_by_node} closed by the node) in {stats.seconds:.1f} s"
+    )
     return 0
 
 

@@ -38,7 +38,9 @@ def local_config(
             ports = [base_port + kind * 100 + i for kind in (1, 2, 3) for i in range(1, nodes + 1)]
     addrs = {
         i: NodeAddress(
-            i, ("127.0.0.1", ports[i - 1]), ("127.0.0.1", ports[nodes + i - 1]),
+            i,
+            ("127.0.0.1", ports[i - 1]),
+            ("127.0.0.1", ports[nodes + i - 1]),
             metrics=("127.0.0.1", ports[2 * nodes + i - 1]) if len(ports) >= 3 * nodes else None,
         )
         for i in range(1, nodes + 1)

@@ -46,8 +46,11 @@ class LinkTable:
 
     def describe(self) -> dict[str, Any]:
         """As links.json and the live page's `links` event have it."""
-        return {"cuts": sorted([a, b] for a, b in self.cuts), "delays": sorted([a, b, ms] for (a, b), ms in self.delays.items()),
-                "base_ms": self.base_ms}
+        return {
+            "cuts": sorted([a, b] for a, b in self.cuts),
+            "delays": sorted([a, b, ms] for (a, b), ms in self.delays.items()),
+            "base_ms": self.base_ms,
+        }
 
     def faults_for(self, node: int) -> LinkFaults:
         return LinkFaults(

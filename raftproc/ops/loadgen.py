@@ -35,15 +35,33 @@ def summarize(latencies: list[int], done: int, errors: int, window: float, cpu: 
         return latencies[min(len(latencies) - 1, int(p * len(latencies)))] / 1e6 if latencies else float("nan")
 
     return {
-        "ops": done, "errors": errors, "window": window, "ops_per_s": done / window,
-        "p50_ms": pct(0.50), "p99_ms": pct(0.99), "p999_ms": pct(0.999), "cpu_s": cpu,
+        "ops": done,
+        "errors": errors,
+        "window": window,
+        "ops_per_s": done / window,
+        "p50_ms": pct(0.50),
+        "p99_ms": pct(0.99),
+        "p999_ms": pct(0.999),
+        "cpu_s": cpu,
     }
 
 
 def run(
-    target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, connections: int,
-    seed: int, protocol: str = "raftproc", rate: float = 0.0, count: int = 0, unique: bool = False, read: str = "",
-    tls: ssl.SSLContext | None = None, fresh_clients: bool = False,
+    target: tuple[str, int],
+    inflight: int,
+    warmup: float,
+    window: float,
+    value_size: int,
+    keys: int,
+    connections: int,
+    seed: int,
+    protocol: str = "raftproc",
+    rate: float = 0.0,
+    count: int = 0,
+    unique: bool = False,
+    read: str = "",
+    tls: ssl.SSLContext | None = None,
+    fresh_clients: bool = False,
 ) -> dict:
     """Closed loop: `inflight` requests always outstanding. With `rate` > 0, open loop:
     requests leave on a fixed schedule (up to `inflight` outstanding) and latency runs
@@ -60,7 +78,7 @@ def run(
     conns = []
     per_conn = max(1, inflight // connections)
     value = "v" * value_size
-    for c in range(min(connections, inflight)):
+    for _ in range(min(connections, inflight)):
         s = socket.create_connection(target, timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if tls is not None:
@@ -82,7 +100,16 @@ def run(
         if fresh_clients:
             st["client"], st["seq"] = rng.getrandbits(60) + 1, 1
         key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
-        body = {"t": "req", "id": st["id"], "op": "set", "key": key, "value": value, "expect": None, "client": st["client"], "seq": st["seq"]}
+        body = {
+            "t": "req",
+            "id": st["id"],
+            "op": "set",
+            "key": key,
+            "value": value,
+            "expect": None,
+            "client": st["client"],
+            "seq": st["seq"],
+        }
         if read:
             body.update(op="get", value=None)
             if read != "log":
@@ -250,8 +277,21 @@ def main() -> int:
         tls = client_context_for(load_config(a.config).client_tls())
     host, _, port = a.target.rpartition(":")
     result = run(
-        (host, int(port)), a.inflight, a.warmup, a.window, a.value_size, a.keys, a.connections, a.seed, a.protocol, a.rate,
-        a.count, a.unique, a.read, tls, a.fresh_clients,
+        (host, int(port)),
+        a.inflight,
+        a.warmup,
+        a.window,
+        a.value_size,
+        a.keys,
+        a.connections,
+        a.seed,
+        a.protocol,
+        a.rate,
+        a.count,
+        a.unique,
+        a.read,
+        tls,
+        a.fresh_clients,
     )
     print(json.dumps(result))
     return 0

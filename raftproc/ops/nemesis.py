@@ -293,8 +293,14 @@ class Nemesis:
                 self.violations.append(f"node {victim} with a corrupt WAL ({done}) failed otherwise: {e}")
             return [victim], f"{done}; refused to start: {str(e)[:200]}"
         answered = self.cluster.node_status(victim) is not None
-        self.violations.append(f"node {victim} " + (f"started on a corrupt WAL ({done})" if answered else
-                               f"neither refused nor started on a corrupt WAL within {CORRUPT_START_S:.0f} s ({done})"))
+        self.violations.append(
+            f"node {victim} "
+            + (
+                f"started on a corrupt WAL ({done})"
+                if answered
+                else f"neither refused nor started on a corrupt WAL within {CORRUPT_START_S:.0f} s ({done})"
+            )
+        )
         return [victim], f"{done}; NOT refused"
 
     def rebuild_corrupted(self) -> None:
@@ -309,8 +315,9 @@ class Nemesis:
     def _skew(self, nodes: list[int], *, real: bool = False) -> str:
         """Each node's clock a little fast or slow, within max_clock_drift (or back to real time)."""
         assert self.clock_dir is not None, "the cluster must run with RAFTPROC_CLOCK_DIR for clock faults"
-        rates = {n: 1.0 if real else round(1 + self.rng.choice((-1, 1)) * self.rng.uniform(0.5, 1.0) * self.max_clock_drift, 4)
-                 for n in nodes}
+        rates = {
+            n: 1.0 if real else round(1 + self.rng.choice((-1, 1)) * self.rng.uniform(0.5, 1.0) * self.max_clock_drift, 4) for n in nodes
+        }
         for n, rate in rates.items():
             write_rate(self.clock_dir, n, rate)
         return " ".join(f"{n}:x{rate}" for n, rate in rates.items())
@@ -320,6 +327,7 @@ class Nemesis:
             for n in nodes:
                 if self.cluster.process(n).state not in ("running", "paused"):
                     self.cluster.start(n)
+
         return heal
 
     def _resume(self, nodes: list[int]) -> Callable[[], None]:
@@ -327,6 +335,7 @@ class Nemesis:
             for n in nodes:
                 if self.cluster.process(n).state == "paused":
                     self.cluster.resume(n)
+
         return heal
 
     def _partition(self, victims: str, ids: list[int], leader: int | None) -> tuple[list[int], str]:

@@ -111,7 +111,8 @@ class NetnsLab:
         for name, qdisc in shapes:
             r = subprocess.run(
                 ["ip", "netns", "exec", self.ns(n), "tc", "qdisc", "add", "dev", "eth0", "root", *qdisc],
-                capture_output=True, text=True,
+                capture_output=True,
+                text=True,
             )
             if r.returncode == 0:
                 self.slowed.add(n)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from raftproc.config import Address, NodeAddress, to_toml
@@ -94,7 +94,8 @@ class ClusterOperations:
             if len(live) < need:
                 raise ClusterError(
                     f"rebuilding node {node_id} removes it first, and then only {len(live)} of the {len(rest)} voters left "
-                    f"answer, fewer than the {need} a quorum needs: bring nodes {sorted(rest - live)} back first")
+                    f"answer, fewer than the {need} a quorum needs: bring nodes {sorted(rest - live)} back first"
+                )
         c = self.client(timeout=timeout)
         try:
             # Stopped before it is removed: once peers forget its incarnation, a redial
@@ -117,14 +118,13 @@ class ClusterOperations:
         finally:
             c.close()
 
-
     def rolling_restart(self, timeout: float = 30.0, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
         """Restart every node in turn, followers first and the leader last (handing
         over leadership first), each back and caught up before the next goes.
         Reports how long each handover left the cluster without a leader, from the
         nodes' logs: TimeoutNow sent by the old leader to `became_leader` of the new."""
         started = time.monotonic()
-        since = datetime.now(timezone.utc).isoformat()
+        since = datetime.now(UTC).isoformat()
         leader = self._leader_now("a rolling restart")
         running = [p.node_id for p in self.processes() if p.state == "running"]
         skipped = [i for i in sorted(self.config.nodes) if i not in running and i not in self.removed()]
@@ -145,7 +145,11 @@ class ClusterOperations:
                     raise ClusterError(f"node {node_id} did not catch up within {timeout}s after its restart")
                 time.sleep(0.02)  # poll interval of a wait-until loop
             say(f"node {node_id} restarted" + (f" (handed leadership to node {handed_to})" if handed_to else ""))
-        return {"order": order, "seconds": time.monotonic() - started, "handover_gaps_s": handover_gaps(sorted(self.config.log_dir.glob("node-*.jsonl")), since)}
+        return {
+            "order": order,
+            "seconds": time.monotonic() - started,
+            "handover_gaps_s": handover_gaps(sorted(self.config.log_dir.glob("node-*.jsonl")), since),
+        }
 
     def transfer(self, target: int | None = None, timeout: float = 10.0) -> int:
         """Hand leadership to `target` (None: the leader picks its most up-to-date

@@ -164,9 +164,19 @@ class _Timeline:
         kind, node, t = e.get("kind"), e.get("node"), e["t"]
         if kind == "state":
             if self.leaders.apply(e):
-                self.markers.append({"t": t, "kind": "leader", "node": node, "term": e["term"], "label": f"node {node} leads term {e['term']}"})
+                self.markers.append(
+                    {"t": t, "kind": "leader", "node": node, "term": e["term"], "label": f"node {node} leads term {e['term']}"}
+                )
             if e.get("role") == "candidate" and self.roles.get(node) != "candidate":
-                self.markers.append({"t": t, "kind": "election", "node": node, "term": e.get("term"), "label": f"node {node} stands for term {e.get('term')}"})
+                self.markers.append(
+                    {
+                        "t": t,
+                        "kind": "election",
+                        "node": node,
+                        "term": e.get("term"),
+                        "label": f"node {node} stands for term {e.get('term')}",
+                    }
+                )
             self.roles[node] = e.get("role")
             if isinstance(e.get("commit"), int):
                 second = int(t)

@@ -22,16 +22,24 @@ from typing import Any
 
 from raftproc.ops import plotting
 
-COLORS = {"kill": "#e4572e", "power": "#a23b72", "pause": "#f3a712", "stop": "#888888", "partition": "#2e86ab",
-          "slow": "#76b041", "transfer": "#6a4c93", "member": "#17becf", "rolling": "#bcbd22"}
+COLORS = {
+    "kill": "#e4572e",
+    "power": "#a23b72",
+    "pause": "#f3a712",
+    "stop": "#888888",
+    "partition": "#2e86ab",
+    "slow": "#76b041",
+    "transfer": "#6a4c93",
+    "member": "#17becf",
+    "rolling": "#bcbd22",
+}
 # A process that is killed, stopped or paused leads no longer, whatever it last logged.
 ENDS_LEADERSHIP = ("kill", "power", "stop", "pause")
 LEADER_COLOR = "#14213d"  # navy, not black: nothing else on the page has it
 LEADER_ENDS = ("became_follower", "node_stopped", "wal_recovered")
 
 
-def leader_spans(events: list[dict[str, Any]], t1: float,
-                 faults: Sequence[dict[str, Any]] = ()) -> list[tuple[int, int, float, float]]:
+def leader_spans(events: list[dict[str, Any]], t1: float, faults: Sequence[dict[str, Any]] = ()) -> list[tuple[int, int, float, float]]:
     """(node, term, start, end) from became_leader to the node's next role change,
     or to the start of a kill, stop or pause of that node if one comes first."""
     spans: list[tuple[int, int, float, float]] = []
@@ -104,8 +112,9 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
-def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]], events: list[dict[str, Any]],
-             history: Iterable[dict[str, Any]]) -> str | None:
+def draw_run(
+    *, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]], events: list[dict[str, Any]], history: Iterable[dict[str, Any]]
+) -> str | None:
     """The run's picture as SVG text, or None without matplotlib."""
     if not plotting.have_matplotlib():
         return None
@@ -113,8 +122,9 @@ def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, A
     from matplotlib.patches import Patch
 
     span = max(t1 - t0, 1.0)
-    fig, (lead, rate, lat) = plt.subplots(3, 1, sharex=True, figsize=(12, 2.2 + 0.35 * len(nodes) + 5.0),
-                                          gridspec_kw={"height_ratios": [0.5 + 0.3 * len(nodes), 2.2, 2.8]})
+    fig, (lead, rate, lat) = plt.subplots(
+        3, 1, sharex=True, figsize=(12, 2.2 + 0.35 * len(nodes) + 5.0), gridspec_kw={"height_ratios": [0.5 + 0.3 * len(nodes), 2.2, 2.8]}
+    )
     for f in faults:
         start = f["start"] - t0
         end = (f["end"] if f["end"] is not None else t1) - t0
@@ -135,8 +145,13 @@ def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, A
     lead.set_title("Leaders (dark bars, labelled with the term) and faults per node (shaded)", fontsize=10, loc="left")
     kinds = sorted({f["kind"] for f in faults})
     if kinds:
-        lead.legend(handles=[Patch(color=COLORS.get(k, "#cccccc"), alpha=0.6, label=k) for k in kinds],
-                    loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+        lead.legend(
+            handles=[Patch(color=COLORS.get(k, "#cccccc"), alpha=0.6, label=k) for k in kinds],
+            loc="upper left",
+            bbox_to_anchor=(1.005, 1.0),
+            fontsize=8,
+            frameon=False,
+        )
 
     sec = per_second(history, t0, t1)
     xs = [i + 0.5 for i in range(len(sec.ok))]
@@ -166,12 +181,23 @@ def draw_run(*, nodes: list[int], t0: float, t1: float, faults: list[dict[str, A
     fig.savefig(out, format="svg", metadata={"Date": None})
     plt.close(fig)
     svg = out.getvalue()
-    return svg[svg.index("<svg"):]  # drop the XML prolog and doctype: the SVG sits inside HTML
+    return svg[svg.index("<svg") :]  # drop the XML prolog and doctype: the SVG sits inside HTML
 
 
-def write_report(path: Path, *, title: str, nodes: list[int], t0: float, t1: float, faults: list[dict[str, Any]],
-                 events: list[dict[str, Any]], history: Iterable[dict[str, Any]], verdicts: list[tuple[str, bool, str]],
-                 summary: list[tuple[str, Any]], replay: str | None = None) -> None:
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    nodes: list[int],
+    t0: float,
+    t1: float,
+    faults: list[dict[str, Any]],
+    events: list[dict[str, Any]],
+    history: Iterable[dict[str, Any]],
+    verdicts: list[tuple[str, bool, str]],
+    summary: list[tuple[str, Any]],
+    replay: str | None = None,
+) -> None:
     """`replay`: the command that plays the run's recording on the live page."""
     picture = draw_run(nodes=nodes, t0=t0, t1=t1, faults=faults, events=events, history=history)
     if picture is None:
@@ -186,7 +212,8 @@ def write_report(path: Path, *, title: str, nodes: list[int], t0: float, t1: flo
         for name, ok, detail in verdicts
     )
     summary_rows = "".join(f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(str(v))}</td></tr>" for k, v in summary)
-    path.write_text(f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+    path.write_text(
+        f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:20px}} td{{padding:2px 10px;vertical-align:top}} pre{{margin:0;white-space:pre-wrap}}
 svg{{max-width:100%;height:auto}}</style></head>
 <body><h1>{html.escape(title)}</h1>
@@ -195,11 +222,15 @@ svg{{max-width:100%;height:auto}}</style></head>
 <h2>The run</h2><div id="picture">{picture}</div>
 <h2>Summary</h2><table id="summary">{summary_rows}</table>
 <h2>Leaders</h2><table id="leaders"><tr><th>term</th><th>leader</th><th>from</th><th>until</th></tr>{leader_rows}</table>
-</body></html>""", encoding="utf-8")
+</body></html>""",
+        encoding="utf-8",
+    )
 
 
 def _replay_note(command: str | None) -> str:
     if command is None:
         return ""
-    return (f'<p id="replay">Watch this run again, every election, message and fault, on the live page: '
-            f'<code>{html.escape(command)}</code>, then open the address it prints.</p>')
+    return (
+        f'<p id="replay">Watch this run again, every election, message and fault, on the live page: '
+        f"<code>{html.escape(command)}</code>, then open the address it prints.</p>"
+    )

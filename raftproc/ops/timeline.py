@@ -25,23 +25,32 @@ def story(records: Iterable[Record]) -> list[tuple[float, int, str]]:
         return []
     write = writes[-1]
     leader, term, index = write.get("node"), write.get("term"), write.get("index")
-    lines = _election(records, leader, term, write["ts"]) + [r for r in records if r.get("event", "").startswith("trace_") and r.get("index") == index and r["ts"] >= write["ts"]]
+    lines = _election(records, leader, term, write["ts"]) + [
+        r for r in records if r.get("event", "").startswith("trace_") and r.get("index") == index and r["ts"] >= write["ts"]
+    ]
     lines.sort(key=lambda r: r["ts"])
     t0 = _seconds(lines[0]["ts"])
     return [(_seconds(r["ts"]) - t0, r.get("node", 0), _say(r, leader)) for r in lines]
 
 
 def _election(records: list[Record], leader: Any, term: Any, before: str) -> list[Record]:
-    won = [r for r in records if r.get("event") == "became_leader" and r.get("node") == leader and r.get("term") == term and r["ts"] <= before]
+    won = [
+        r for r in records if r.get("event") == "became_leader" and r.get("node") == leader and r.get("term") == term and r["ts"] <= before
+    ]
     if not won:
         return []
     end = won[-1]["ts"]
-    started = [r for r in records if r.get("event") in ("pre_vote_started", "election_started") and r.get("node") == leader and r["ts"] <= end]
+    started = [
+        r for r in records if r.get("event") in ("pre_vote_started", "election_started") and r.get("node") == leader and r["ts"] <= end
+    ]
     # The candidacy that won: the last pre-vote (or election) the leader began before winning.
     start = next((r["ts"] for r in reversed(started) if r.get("event") == "pre_vote_started"), started[-1]["ts"] if started else end)
     out = []
     for r in records:
-        if not (start <= r["ts"] <= end or (r.get("event") == "became_follower" and r.get("leader") == leader and r.get("term") == term and r["ts"] <= before)):
+        if not (
+            start <= r["ts"] <= end
+            or (r.get("event") == "became_follower" and r.get("leader") == leader and r.get("term") == term and r["ts"] <= before)
+        ):
             continue
         e = r.get("event")
         if e in ("pre_vote_started", "election_started", "became_leader") and r.get("node") == leader:

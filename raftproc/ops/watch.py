@@ -58,14 +58,21 @@ class Picture:
     def keyframe(self, t: float, nodes: list[int]) -> dict[str, Any]:
         ids = sorted(set(nodes) | set(self.states) | set(self.procs))
         return {
-            "t": t, "kind": "keyframe",
+            "t": t,
+            "kind": "keyframe",
             "nodes": {str(n): {"state": self.states.get(n), "proc": self.procs.get(n)} for n in ids},
-            "links": self.links, "recent": list(self.recent),
+            "links": self.links,
+            "recent": list(self.recent),
         }
 
     def copy(self) -> Picture:
         p = Picture(self.recent.maxlen or RECENT)
-        p.states, p.procs, p.links, p.recent = dict(self.states), dict(self.procs), self.links, deque(self.recent, maxlen=self.recent.maxlen)
+        p.states, p.procs, p.links, p.recent = (
+            dict(self.states),
+            dict(self.procs),
+            self.links,
+            deque(self.recent, maxlen=self.recent.maxlen),
+        )
         return p
 
 
@@ -145,7 +152,9 @@ class Collector:
         self._readers: dict[int, threading.Thread] = {}
         self._threads: list[threading.Thread] = []
         cfg = config()
-        self.recorder = Recorder(record_to, {"t": now(), "kind": "recording", "version": 1, "nodes": sorted(cfg.nodes)}) if record_to else None
+        self.recorder = (
+            Recorder(record_to, {"t": now(), "kind": "recording", "version": 1, "nodes": sorted(cfg.nodes)}) if record_to else None
+        )
 
     # --- life -----------------------------------------------------------------------
 

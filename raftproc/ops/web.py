@@ -58,8 +58,16 @@ class Refused(Exception):
 class Page:
     """What every request handler shares: the cluster, the stream, the replay."""
 
-    def __init__(self, cluster: Cluster, *, collector: Collector | None, recording: Recording | None, controls: bool,
-                 token: str | None, hosts: set[str]) -> None:
+    def __init__(
+        self,
+        cluster: Cluster,
+        *,
+        collector: Collector | None,
+        recording: Recording | None,
+        controls: bool,
+        token: str | None,
+        hosts: set[str],
+    ) -> None:
         self.cluster = cluster
         self.collector = collector
         self.recording = recording
@@ -76,13 +84,26 @@ class Page:
 
     def meta(self) -> dict[str, Any]:
         if self.recording is not None:
-            return {"mode": "replay", "nodes": self.recording.nodes, "controllable": [], "now": time.time(),
-                    "recording": str(self.recording.path), "tls": False, "link_faults": False}
+            return {
+                "mode": "replay",
+                "nodes": self.recording.nodes,
+                "controllable": [],
+                "now": time.time(),
+                "recording": str(self.recording.path),
+                "tls": False,
+                "link_faults": False,
+            }
         cfg = self.cluster.config
         assert self.collector is not None and self.collector.recorder is not None
-        return {"mode": "live", "nodes": sorted(cfg.nodes), "controllable": sorted(cfg.nodes) if self.controls else [],
-                "now": time.time(), "tls": cfg.tls is not None, "recording": str(self.collector.recorder.path),
-                "link_faults": cfg.link_faults and self.controls}
+        return {
+            "mode": "live",
+            "nodes": sorted(cfg.nodes),
+            "controllable": sorted(cfg.nodes) if self.controls else [],
+            "now": time.time(),
+            "tls": cfg.tls is not None,
+            "recording": str(self.collector.recorder.path),
+            "link_faults": cfg.link_faults and self.controls,
+        }
 
     # --- controls -------------------------------------------------------------------
 
@@ -341,8 +362,9 @@ def _number(query: dict[str, list[str]], name: str, default: float) -> float:
 class WebServer:
     """The page's server in a thread of its own (`serve` runs one until Ctrl-C)."""
 
-    def __init__(self, cluster: Cluster, *, listen: str = "127.0.0.1:7500", replay: str | Path | None = None,
-                 config: str | Path | None = None) -> None:
+    def __init__(
+        self, cluster: Cluster, *, listen: str = "127.0.0.1:7500", replay: str | Path | None = None, config: str | Path | None = None
+    ) -> None:
         host, port = _listen_address(listen)
         self.token = None if is_loopback(host) else secrets.token_urlsafe(18)
         collector, recording = None, None
@@ -364,8 +386,9 @@ class WebServer:
         self.httpd.daemon_threads = True
         port = self.httpd.server_address[1]
         hosts = {f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"} if is_loopback(host) else set()
-        page = Page(watched, collector=collector, recording=recording, controls=config is None and replay is None,
-                    token=self.token, hosts=hosts)
+        page = Page(
+            watched, collector=collector, recording=recording, controls=config is None and replay is None, token=self.token, hosts=hosts
+        )
         self.page = page
         self.httpd.RequestHandlerClass = type("PageHandler", (Handler,), {"page": page})
         self.url = f"http://{host}:{port}/" + (f"?token={self.token}" if self.token else "")

@@ -108,8 +108,17 @@ class Workload:
     """`clients` threads, each with its own Client, until stop() or `until` passes."""
 
     def __init__(
-        self, addresses: dict[int, Address], *, clients: int, keys: int, seed: int, op_timeout: float = 3.0, read_mode: str = "index",
-        tls: ssl.SSLContext | None = None, members: Callable[[], dict[int, Address]] | None = None, history: Path | None = None,
+        self,
+        addresses: dict[int, Address],
+        *,
+        clients: int,
+        keys: int,
+        seed: int,
+        op_timeout: float = 3.0,
+        read_mode: str = "index",
+        tls: ssl.SSLContext | None = None,
+        members: Callable[[], dict[int, Address]] | None = None,
+        history: Path | None = None,
     ) -> None:
         """`tls`: the client context every client connects with (None: plaintext).
         `members`: the current members' client addresses, asked again after an

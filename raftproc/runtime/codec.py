@@ -138,6 +138,7 @@ def _decode_entries(value: Any) -> tuple[Entry, ...]:
 
 # --- clients ---------------------------------------------------------------------
 
+
 def encode(body: dict[str, Any]) -> bytes:
     """A client-protocol body (request or answer), version stamped."""
     return cbor2.dumps({"v": PROTOCOL_VERSION, **body})

@@ -10,8 +10,8 @@ from typing import Any
 
 import cbor2
 
-from raftproc.runtime.addresses import parse_address
 from raftproc.core.messages import Entry, Membership
+from raftproc.runtime.addresses import parse_address
 
 
 def encode_entry(e: Entry) -> list[Any]:

@@ -38,13 +38,21 @@ class LinkFaults:
         return bool(self.drop_to or self.drop_from or self.delay_ms or self.base_delay_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from), "delay_ms": [list(p) for p in self.delay_ms],
-                "base_delay_ms": self.base_delay_ms}
+        return {
+            "drop_to": sorted(self.drop_to),
+            "drop_from": sorted(self.drop_from),
+            "delay_ms": [list(p) for p in self.delay_ms],
+            "base_delay_ms": self.base_delay_ms,
+        }
 
     def describe(self) -> dict[str, Any]:
         """As the event stream shows it (JSON object keys are strings)."""
-        return {"drop_to": sorted(self.drop_to), "drop_from": sorted(self.drop_from), "delay_ms": {str(p): ms for p, ms in self.delay_ms},
-                "base_delay_ms": self.base_delay_ms}
+        return {
+            "drop_to": sorted(self.drop_to),
+            "drop_from": sorted(self.drop_from),
+            "delay_ms": {str(p): ms for p, ms in self.delay_ms},
+            "base_delay_ms": self.base_delay_ms,
+        }
 
 
 NO_FAULTS = LinkFaults()

@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +29,20 @@ def configure(node_id: int, path: Path | None, level: str, state: StateFn) -> Ca
 
     `state()` gives the node's current (term, role) for lines that do not carry them.
     """
+
     def dropped_line(lines: int) -> str:
         term, role = state()
-        now = datetime.now(timezone.utc).isoformat(timespec="microseconds")
-        return json.dumps({"ts": now, "node": node_id, "term": term, "role": role, "event": "log_lines_dropped", "level": "warning", "lines": lines})
+        now = datetime.now(UTC).isoformat(timespec="microseconds")
+        return json.dumps(
+            {"ts": now, "node": node_id, "term": term, "role": role, "event": "log_lines_dropped", "level": "warning", "lines": lines}
+        )
 
     stream = sys.stderr if path is None else LossyFile(open(path, "a", buffering=1, encoding="utf-8"), dropped_line)  # noqa: SIM115
 
     def lead_with_raft_state(logger: Any, method: str, event_dict: dict) -> dict:
         term, role = state()
         line = {
-            "ts": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
+            "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
             "node": node_id,
             "term": event_dict.pop("term", term),
             "role": event_dict.pop("role", role),

@@ -360,7 +360,12 @@ class Connection:
             return
         if not data:
             if self.decoder.buffered:
-                self.log("frame_error", level="warning", conn=self.name, error=f"connection closed inside a frame ({self.decoder.buffered} bytes)")
+                self.log(
+                    "frame_error",
+                    level="warning",
+                    conn=self.name,
+                    error=f"connection closed inside a frame ({self.decoder.buffered} bytes)",
+                )
             self.close("closed by peer")
             return
         try:
@@ -381,7 +386,9 @@ class Connection:
                 # Whatever a frame provokes costs its connection, never the process.
                 # Handlers turn the faults they expect into a frame_error themselves;
                 # this is for the ones nobody foresaw.
-                self.log("bad_frame", level="error", conn=self.name, error=describe_error(e), bytes=len(body), excerpt=body[:EXCERPT_BYTES].hex())
+                self.log(
+                    "bad_frame", level="error", conn=self.name, error=describe_error(e), bytes=len(body), excerpt=body[:EXCERPT_BYTES].hex()
+                )
                 self.close("bad frame")
                 return
 
@@ -480,7 +487,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        delay = min(self.cap, self.base * (2 ** self.attempt))
+        delay = min(self.cap, self.base * (2**self.attempt))
         self.attempt = min(self.attempt + 1, 16)
         return self.rng.uniform(delay / 2, delay)
 

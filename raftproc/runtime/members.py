@@ -48,7 +48,9 @@ class MemberChange:
             self.answer(status="unknown", error="leadership moved during the change; run the same command again to go on")
             return True
         if now > self.deadline:
-            self.answer(status="unknown", error=f"timed out ({self.last_refusal or 'waiting for a commit'}); run the same command again to go on")
+            self.answer(
+                status="unknown", error=f"timed out ({self.last_refusal or 'waiting for a commit'}); run the same command again to go on"
+            )
             return True
         if not settled:
             return False

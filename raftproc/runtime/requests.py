@@ -135,9 +135,18 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
     if not isinstance(retry, bool) or not isinstance(trace, bool):
         raise RemoteProtocolError("retry and trace must be true or false")
     return KvRequest(
-        id=request_id, op=op, key=key, value=value if op in ("set", "cas") else None,
-        expect=expect if op == "cas" else None, client=client, seq=seq, read=read, retry=retry, trace=trace,
-        after=after if op == "scan" else None, limit=limit if op == "scan" else 0,
+        id=request_id,
+        op=op,
+        key=key,
+        value=value if op in ("set", "cas") else None,
+        expect=expect if op == "cas" else None,
+        client=client,
+        seq=seq,
+        read=read,
+        retry=retry,
+        trace=trace,
+        after=after if op == "scan" else None,
+        limit=limit if op == "scan" else 0,
     )
 
 

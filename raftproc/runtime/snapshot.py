@@ -164,10 +164,19 @@ def write_snapshot(directory: Path, meta: SnapshotMeta, image: KvImage, *, floor
 
 def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     yield MAGIC
-    yield frame_record(cbor2.dumps({"meta": {
-        "index": meta.index, "term": meta.term, "membership": encode_membership(meta.membership), "context": meta.context,
-        "hash": meta.hash,
-    }}))
+    yield frame_record(
+        cbor2.dumps(
+            {
+                "meta": {
+                    "index": meta.index,
+                    "term": meta.term,
+                    "membership": encode_membership(meta.membership),
+                    "context": meta.context,
+                    "hash": meta.hash,
+                }
+            }
+        )
+    )
     records = 1
     batch: list[list[str]] = []
     for key, value in image.data.items():

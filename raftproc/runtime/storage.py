@@ -4,13 +4,14 @@ directory after a run (chaos verdicts)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from raftproc.core.messages import SnapshotMeta
-from raftproc.runtime import snapshot
 from raftproc.kv.state_machine import KvImage
+from raftproc.runtime import snapshot
 from raftproc.runtime.snapshot import SnapshotFile
 from raftproc.runtime.wal import SEGMENT_BYTES, Recovered, WriteAheadLog
 

@@ -65,8 +65,16 @@ class SnapshotSender:
     """One snapshot on its way to one follower."""
 
     def __init__(
-        self, *, me: NodeId, peer: NodeId, term: int, snap: SnapshotFile, chunk_bytes: int, window: int,
-        send: Callable[[SnapshotChunk], bool], now: float,
+        self,
+        *,
+        me: NodeId,
+        peer: NodeId,
+        term: int,
+        snap: SnapshotFile,
+        chunk_bytes: int,
+        window: int,
+        send: Callable[[SnapshotChunk], bool],
+        now: float,
     ) -> None:
         self.me, self.peer, self.term, self.snap = me, peer, term, snap
         self.chunk_bytes = chunk_bytes
@@ -89,8 +97,14 @@ class SnapshotSender:
                 self.finish(False)
                 return
             chunk = SnapshotChunk(
-                src=self.me, dst=self.peer, term=self.term, index=self.snap.index, snap_term=self.snap.term,
-                offset=self.sent, total=self.total, data=data,
+                src=self.me,
+                dst=self.peer,
+                term=self.term,
+                index=self.snap.index,
+                snap_term=self.snap.term,
+                offset=self.sent,
+                total=self.total,
+                data=data,
             )
             if not self._send(chunk):
                 self.finish(False)  # the link is down or its buffer full
@@ -163,13 +177,21 @@ class SnapshotReceiver:
             return self._ack(chunk, 0, False), None, "chunk outside the snapshot's size"
         cur = self._cur
         same = cur is not None and (cur.leader, cur.term, cur.index, cur.snap_term, cur.total) == (
-            chunk.src, chunk.term, chunk.index, chunk.snap_term, chunk.total
+            chunk.src,
+            chunk.term,
+            chunk.index,
+            chunk.snap_term,
+            chunk.total,
         )
         if chunk.offset == 0 and not same:
             self._start(chunk)
         cur = self._cur
         if cur is None or (cur.leader, cur.term, cur.index, cur.snap_term, cur.total) != (
-            chunk.src, chunk.term, chunk.index, chunk.snap_term, chunk.total
+            chunk.src,
+            chunk.term,
+            chunk.index,
+            chunk.snap_term,
+            chunk.total,
         ):
             return self._ack(chunk, 0, False), None, "chunk of a transfer not in progress"
         if chunk.offset < cur.received:
@@ -219,6 +241,11 @@ class SnapshotReceiver:
 
     def _ack(self, chunk: SnapshotChunk, next_offset: int, ok: bool) -> SnapshotAck:
         return SnapshotAck(
-            src=self.me, dst=chunk.src, term=chunk.term, index=chunk.index, snap_term=chunk.snap_term,
-            next_offset=next_offset, ok=ok,
+            src=self.me,
+            dst=chunk.src,
+            term=chunk.term,
+            index=chunk.index,
+            snap_term=chunk.snap_term,
+            next_offset=next_offset,
+            ok=ok,
         )

@@ -74,9 +74,9 @@ from pathlib import Path
 import cbor2
 
 from raftproc.core.messages import Entry
+from raftproc.core.ready import HardState, Ready
 from raftproc.runtime.entries import decode_entry, encode_entry
 from raftproc.runtime.histogram import Histogram
-from raftproc.core.ready import HardState, Ready
 
 HEADER = struct.Struct(">II")
 POWER_LOSS_ENV = "RAFTPROC_WAL_POWER_LOSS"

@@ -44,7 +44,6 @@ from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Connection, EventLoop, Listener, idle
-from raftproc.runtime.tls import ADMIN, CLIENT, TlsContexts
 from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.requests import (
     ClientRequest,
@@ -55,6 +54,7 @@ from raftproc.runtime.requests import (
     TransferRequest,
     decode_request,
 )
+from raftproc.runtime.tls import ADMIN, CLIENT, TlsContexts
 from raftproc.server.links import LinkShaper
 from raftproc.server.peers import Peers
 from raftproc.server.trace import Tracer
@@ -159,13 +159,27 @@ class ClientService:
         if len(self.connections) >= self.max_clients:
             self.refused_clients += 1
             if worth_logging(self.refused_clients):
-                self.log("client_refused", level="warning", reason="max_clients reached", max_clients=self.max_clients, refused=self.refused_clients)
+                self.log(
+                    "client_refused",
+                    level="warning",
+                    reason="max_clients reached",
+                    max_clients=self.max_clients,
+                    refused=self.refused_clients,
+                )
             sock.close()
             return
         conn = Connection(
-            self.loop, sock, name=f"client-{addr[0]}:{addr[1]}", on_frame=self._on_frame, on_close=self._on_close,
-            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.remote_log,
-            tls=self.tls.server if self.tls else None, server_side=True, handshake_timeout=self.handshake_timeout,
+            self.loop,
+            sock,
+            name=f"client-{addr[0]}:{addr[1]}",
+            on_frame=self._on_frame,
+            on_close=self._on_close,
+            max_frame=self.max_frame,
+            max_buffer=self.max_buffer,
+            log=self.remote_log,
+            tls=self.tls.server if self.tls else None,
+            server_side=True,
+            handshake_timeout=self.handshake_timeout,
             on_connected=self._check_role,
         )
         if not conn.closed:
@@ -189,11 +203,21 @@ class ClientService:
             conn.close("protocol error")
             return
         if len(body) > self.max_request_bytes:
-            self._answer(conn, req.id, status="error", error=f"request of {len(body)} bytes is over the limit of {self.max_request_bytes} (max_request_bytes)")
+            self._answer(
+                conn,
+                req.id,
+                status="error",
+                error=f"request of {len(body)} bytes is over the limit of {self.max_request_bytes} (max_request_bytes)",
+            )
             return
         if self.tls is not None and _needs_admin(req) and (conn.identity is None or conn.identity.role != ADMIN):
             self.remote_log("permission_denied", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__)
-            self._answer(conn, req.id, status="error", error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})")
+            self._answer(
+                conn,
+                req.id,
+                status="error",
+                error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})",
+            )
             return
         if self.disk_full and not isinstance(req, StatusRequest):
             self._answer(conn, req.id, status="disk_full", error=f"node {self.me} cannot write its log: its disk is full; ask another node")
@@ -269,7 +293,12 @@ class ClientService:
 
     def _set_link_faults(self, conn: Connection, req: LinkFaultsRequest) -> None:
         if self.link_faults is None:
-            self._answer(conn, req.id, status="error", error=f"node {self.me} does not take injected link faults (its config lacks link_faults = true)")
+            self._answer(
+                conn,
+                req.id,
+                status="error",
+                error=f"node {self.me} does not take injected link faults (its config lacks link_faults = true)",
+            )
             return
         self.link_faults.set(req.faults)
         self.log("link_faults_set", **req.faults.to_wire())
@@ -290,22 +319,32 @@ class ClientService:
         node = req.node
         if req.op == "remove" and node not in raft.membership.members:
             m = raft.membership
-            self._answer(conn, req.id, status="error", error=(
-                f"node {node} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)}); "
-                "if an earlier remove of it answered unknown, that remove has finished"))
+            self._answer(
+                conn,
+                req.id,
+                status="error",
+                error=(
+                    f"node {node} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)}); "
+                    "if an earlier remove of it answered unknown, that remove has finished"
+                ),
+            )
             return
         if req.op == "add":
             assert req.addresses is not None
             peer, client = req.addresses
             known = self.peers.book.get(node)
             if node in raft.membership.members and known is not None and (known.peer, known.client) != (peer, client):
-                self._answer(conn, req.id, status="error", error=f"node {node} is a member at another address (peer {known.peer[0]}:{known.peer[1]})")
+                self._answer(
+                    conn, req.id, status="error", error=f"node {node} is a member at another address (peer {known.peer[0]}:{known.peer[1]})"
+                )
                 return
             if node not in raft.membership.members:
                 self.peers.book[node] = NodeAddress(node, peer, client, join=True)
         request_id = req.id
         self.member_change = MemberChange(
-            req.op, node, self.clock() + MEMBER_CHANGE_TIMEOUT,
+            req.op,
+            node,
+            self.clock() + MEMBER_CHANGE_TIMEOUT,
             answer=lambda **fields: self._answer(conn, request_id, **fields),
         )
         self.log("member_change_started", op=req.op, peer_id=node)
@@ -322,7 +361,13 @@ class ClientService:
                 "client": f"{a.client[0]}:{a.client[1]}" if a else None,
                 "match_index": raft.log.last_index if node == self.me else (pr.match_index if pr else 0),
             }
-        return {"leader": self.me, "term": raft.current_term, "last_index": raft.log.last_index, **describe(raft.membership), "nodes": nodes}
+        return {
+            "leader": self.me,
+            "term": raft.current_term,
+            "last_index": raft.log.last_index,
+            **describe(raft.membership),
+            "nodes": nodes,
+        }
 
     # --- the Ready driver's state machine ----------------------------------------------
 

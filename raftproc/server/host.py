@@ -304,8 +304,13 @@ class NodeHost:
     def _freeze(self) -> None:
         self.frozen_since = self.clock()
         self.clients.disk_full = True
-        self.log("disk_full", level="error", error=self.driver.disk_full_error, wal=str(self.wal.dir),
-                 action="refusing writes and peer messages; retrying the write every 0.5 s")
+        self.log(
+            "disk_full",
+            level="error",
+            error=self.driver.disk_full_error,
+            wal=str(self.wal.dir),
+            action="refusing writes and peer messages; retrying the write every 0.5 s",
+        )
         self.loop.call_later(DISK_RETRY_INTERVAL, self._retry_write)
 
     def _retry_write(self) -> None:
@@ -380,12 +385,22 @@ class NodeHost:
         """The node as a scrape sees it (raftproc.server.metrics)."""
         r = self.raft
         return Reading(
-            node=self.id, term=r.current_term, is_leader=r.role == LEADER, has_leader=r.leader_id is not None,
-            leader_changes=self.leader_changes, committed=r.commit_index, applied=self.kv.last_applied,
-            pending=len(self.clients.waiting), failed=self.clients.proposals_failed,
-            client_connections=len(self.clients.connections), disk_full=self.frozen_since is not None,
-            fsync=self.wal.sync_latency, snapshot_save=self.snapshots.save_latency, peer_rtt=dict(self.transport.rtt),
-            health_problem=self._health_problem(), diverged=self.divergence() is not None,
+            node=self.id,
+            term=r.current_term,
+            is_leader=r.role == LEADER,
+            has_leader=r.leader_id is not None,
+            leader_changes=self.leader_changes,
+            committed=r.commit_index,
+            applied=self.kv.last_applied,
+            pending=len(self.clients.waiting),
+            failed=self.clients.proposals_failed,
+            client_connections=len(self.clients.connections),
+            disk_full=self.frozen_since is not None,
+            fsync=self.wal.sync_latency,
+            snapshot_save=self.snapshots.save_latency,
+            peer_rtt=dict(self.transport.rtt),
+            health_problem=self._health_problem(),
+            diverged=self.divergence() is not None,
         )
 
     def _health_problem(self) -> str | None:
@@ -468,14 +483,26 @@ def _recover_state(cfg: ClusterConfig, node_id: int, st: Any, rng: random.Random
     # A rebuilt node is not a voter of the first configuration: it waits to be added.
     voters = tuple(v for v in cfg.bootstrap_voters() if not (v == node_id and is_joining(cfg.node_data_dir(node_id))))
     raft = RaftNode(
-        node_id, voters, rng=rng, config=cfg.raft(), hard_state=st.log.hard_state,
-        entries=st.log.entries, snapshot=st.meta, applied=st.meta.index if st.meta else 0, log=core_logger(log),
+        node_id,
+        voters,
+        rng=rng,
+        config=cfg.raft(),
+        hard_state=st.log.hard_state,
+        entries=st.log.entries,
+        snapshot=st.meta,
+        applied=st.meta.index if st.meta else 0,
+        log=core_logger(log),
     )
     return kv, raft
 
 
 def open_host(
-    cfg: ClusterConfig, node_id: int, *, log: Log, clock: Clock = time.monotonic, rng: random.Random | None = None,
+    cfg: ClusterConfig,
+    node_id: int,
+    *,
+    log: Log,
+    clock: Clock = time.monotonic,
+    rng: random.Random | None = None,
     link_faults: LinkFaults = NO_FAULTS,
 ) -> NodeHost:
     """Recover node `node_id` from its data directory (newest valid snapshot, then
@@ -502,48 +529,116 @@ def open_host(
     shaper = LinkShaper(loop, cfg.peer_buffer, link_faults)
     host: NodeHost | None = None  # the rooms' callbacks reach it once it exists
     peers = Peers(
-        me=node_id, incarnation=incarnation, book=dict(cfg.nodes), known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
-        loop=loop, rng=rng, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer, log=log,
-        on_frame=lambda frame: host.on_peer_frame(frame), on_link_down=lambda peer: host.on_link_down(peer),
-        tls=tls, handshake_timeout=handshake_timeout, shaper=shaper, feed=feed, logged_incarnations=lambda: kv.incarnations,
+        me=node_id,
+        incarnation=incarnation,
+        book=dict(cfg.nodes),
+        known_peers=KnownPeers(data_dir, sync=wal.sync_enabled),
+        loop=loop,
+        rng=rng,
+        max_frame=cfg.max_frame,
+        max_buffer=cfg.peer_buffer,
+        log=log,
+        on_frame=lambda frame: host.on_peer_frame(frame),
+        on_link_down=lambda peer: host.on_link_down(peer),
+        tls=tls,
+        handshake_timeout=handshake_timeout,
+        shaper=shaper,
+        feed=feed,
+        logged_incarnations=lambda: kv.incarnations,
     )
     _learn_addresses(peers, meta, rec.entries)
     snapshots = Snapshots(
-        me=node_id, data_dir=data_dir, wal=wal, newest=st.snapshot, floor=st.floor, raft=raft, kv=kv, peers=peers, loop=loop,
-        policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes), clock=clock, log=log,
+        me=node_id,
+        data_dir=data_dir,
+        wal=wal,
+        newest=st.snapshot,
+        floor=st.floor,
+        raft=raft,
+        kv=kv,
+        peers=peers,
+        loop=loop,
+        policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes),
+        clock=clock,
+        log=log,
     )
     tracer = Tracer(node_id, log)
     clients = ClientService(
-        me=node_id, raft=raft, kv=kv, peers=peers, loop=loop, max_frame=cfg.max_frame, max_buffer=cfg.peer_buffer,
-        max_request_bytes=cfg.max_request_bytes, max_clients=cfg.max_clients, clock=clock, log=log, status=lambda state: host.status(state=state), on_applied=snapshots.applied,
-        tls=tls, handshake_timeout=handshake_timeout, tracer=tracer, link_faults=shaper if cfg.link_faults else None,
+        me=node_id,
+        raft=raft,
+        kv=kv,
+        peers=peers,
+        loop=loop,
+        max_frame=cfg.max_frame,
+        max_buffer=cfg.peer_buffer,
+        max_request_bytes=cfg.max_request_bytes,
+        max_clients=cfg.max_clients,
+        clock=clock,
+        log=log,
+        status=lambda state: host.status(state=state),
+        on_applied=snapshots.applied,
+        tls=tls,
+        handshake_timeout=handshake_timeout,
+        tracer=tracer,
+        link_faults=shaper if cfg.link_faults else None,
     )
     syncer = None
     if cfg.background_sync:
         wake = loop.make_waker(lambda: host._on_synced())
         syncer = BackgroundSync(wal, lambda seq: wake())
     driver = Driver(
-        raft, storage=wal, transport=PeerTransport(peers, snapshots, loop, tracer), state_machine=clients, installer=snapshots,
-        syncer=syncer, on_ready=lambda rd: host.on_ready(rd),
+        raft,
+        storage=wal,
+        transport=PeerTransport(peers, snapshots, loop, tracer),
+        state_machine=clients,
+        installer=snapshots,
+        syncer=syncer,
+        on_ready=lambda rd: host.on_ready(rd),
     )
     log(
-        "wal_recovered", term=rec.hard_state.current_term, role=raft.role, segments=rec.segments, records=rec.records,
-        entries=len(rec.entries), voted_for=rec.hard_state.voted_for, commit_index=rec.hard_state.commit_index,
-        snapshot_index=meta.index if meta else 0, keys=len(kv.data), wal_floor=st.floor,
-        torn_tail_bytes=rec.torn_tail_bytes, ms=round((clock() - started) * 1000, 1),
+        "wal_recovered",
+        term=rec.hard_state.current_term,
+        role=raft.role,
+        segments=rec.segments,
+        records=rec.records,
+        entries=len(rec.entries),
+        voted_for=rec.hard_state.voted_for,
+        commit_index=rec.hard_state.commit_index,
+        snapshot_index=meta.index if meta else 0,
+        keys=len(kv.data),
+        wal_floor=st.floor,
+        torn_tail_bytes=rec.torn_tail_bytes,
+        ms=round((clock() - started) * 1000, 1),
     )
     peers.listen(me.peer)
     clients.listen(me.client)
     host = NodeHost(
-        node_id=node_id, cfg=cfg, loop=loop, raft=raft, kv=kv, wal=wal, syncer=syncer, peers=peers, snapshots=snapshots,
-        clients=clients, driver=driver, clock=clock, log=log, tls=tls,
+        node_id=node_id,
+        cfg=cfg,
+        loop=loop,
+        raft=raft,
+        kv=kv,
+        wal=wal,
+        syncer=syncer,
+        peers=peers,
+        snapshots=snapshots,
+        clients=clients,
+        driver=driver,
+        clock=clock,
+        log=log,
+        tls=tls,
         incarnations=IncarnationRegistry(node_id, incarnation, raft, kv, peers.known_peers, clock, log),
     )
     if me.metrics is not None:
         _serve_metrics(host, me.metrics, feed, shaper)
     log(
-        "node_started", term=raft.current_term, role=raft.role, peer=f"{me.peer[0]}:{me.peer[1]}", client=f"{me.client[0]}:{me.client[1]}",
-        pid=os.getpid(), transport="tls" if tls else "plaintext", tick_ms=cfg.tick_ms,
+        "node_started",
+        term=raft.current_term,
+        role=raft.role,
+        peer=f"{me.peer[0]}:{me.peer[1]}",
+        client=f"{me.client[0]}:{me.client[1]}",
+        pid=os.getpid(),
+        transport="tls" if tls else "plaintext",
+        tick_ms=cfg.tick_ms,
         **({"link_faults": link_faults.to_wire()} if link_faults.active else {}),
         metrics=f"{me.metrics[0]}:{me.metrics[1]}" if me.metrics else None,
     )

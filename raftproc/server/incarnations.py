@@ -23,8 +23,16 @@ RETRY_S = 2.0  # a proposal lost with a leadership change is proposed again afte
 
 
 class IncarnationRegistry:
-    def __init__(self, me: int, incarnation: int, raft: RaftNode, kv: KeyValueStore, known_peers: KnownPeers,
-                 clock: Callable[[], float], log: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        me: int,
+        incarnation: int,
+        raft: RaftNode,
+        kv: KeyValueStore,
+        known_peers: KnownPeers,
+        clock: Callable[[], float],
+        log: Callable[..., None],
+    ) -> None:
         self.me = me
         self.incarnation = incarnation
         self.raft = raft

@@ -91,12 +91,18 @@ class NodeCollector:
         yield gauge("raftproc_server_term", "The current term", r.term)
         yield gauge("raftproc_server_client_connections", "Open client connections", r.client_connections)
         yield gauge("raftproc_disk_full", "1 while a write waits for room on the disk", int(r.disk_full))
-        yield gauge("raftproc_log_diverged", "1 once this node found its history differs from a leader's or a follower's "
-                    "where Raft says they agree (acknowledged writes may be lost)", int(r.diverged))
+        yield gauge(
+            "raftproc_log_diverged",
+            "1 once this node found its history differs from a leader's or a follower's "
+            "where Raft says they agree (acknowledged writes may be lost)",
+            int(r.diverged),
+        )
         yield _histogram("raftproc_disk_wal_fsync_duration_seconds", "WAL fdatasync latency", r.fsync, ["node"], node)
         yield _histogram("raftproc_snapshot_save_duration_seconds", "Time to write a snapshot durably", r.snapshot_save, ["node"], node)
         rtt = HistogramMetricFamily(
-            "raftproc_network_peer_round_trip_time_seconds", "AppendEntries round trip to each peer", labels=["node", "peer"],
+            "raftproc_network_peer_round_trip_time_seconds",
+            "AppendEntries round trip to each peer",
+            labels=["node", "peer"],
         )
         for peer, h in sorted(r.peer_rtt.items()):
             rtt.add_metric([str(r.node), str(peer)], h.cumulative(), sum_value=h.total)
@@ -111,7 +117,14 @@ def _histogram(name: str, doc: str, h: Histogram, labels: list[str], values: lis
 
 class MetricsServer:
     def __init__(
-        self, loop: EventLoop, address: tuple[str, int], read: Callable[[], Reading], *, timeout: float, log: Log, watch: Watch | None = None,
+        self,
+        loop: EventLoop,
+        address: tuple[str, int],
+        read: Callable[[], Reading],
+        *,
+        timeout: float,
+        log: Log,
+        watch: Watch | None = None,
     ) -> None:
         self.loop = loop
         self.read = read
@@ -152,8 +165,7 @@ class MetricsServer:
 
 
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed", 503: "Service Unavailable"}
-STREAM_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\n"
-               b"Connection: close\r\n\r\n")
+STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
 
 
 class _Exchange:

@@ -88,9 +88,18 @@ class PeerLink:
             pass  # reported through SO_ERROR when the socket turns writable
         p = self.peers
         self.conn = Connection(
-            p.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close,
-            max_frame=p.max_frame, max_buffer=p.max_buffer, log=p.remote_log, connecting=True, on_connected=self._on_connected,
-            tls=p.tls.client if p.tls else None, handshake_timeout=p.handshake_timeout,
+            p.loop,
+            sock,
+            name=f"peer-out-{self.peer_id}",
+            on_frame=self._on_frame,
+            on_close=self._on_close,
+            max_frame=p.max_frame,
+            max_buffer=p.max_buffer,
+            log=p.remote_log,
+            connecting=True,
+            on_connected=self._on_connected,
+            tls=p.tls.client if p.tls else None,
+            handshake_timeout=p.handshake_timeout,
         )
         # Queued ahead of anything else, so it is the connection's first frame.
         self.conn.send(encode_message(PeerHello(p.me, self.peer_id, p.incarnation)))
@@ -98,7 +107,10 @@ class PeerLink:
     def _on_connected(self, conn: Connection) -> None:
         if self.peers.tls is not None and conn.identity != node_identity(self.peer_id):
             self.peers.remote_log(
-                "peer_identity_refused", level="error", peer_id=self.peer_id, conn=conn.name,
+                "peer_identity_refused",
+                level="error",
+                peer_id=self.peer_id,
+                conn=conn.name,
                 reason=f"dialled node {self.peer_id}, the certificate names {conn.identity or 'nobody we know'}",
             )
             conn.close("wrong certificate")
@@ -276,9 +288,17 @@ class Peers:
 
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
         conn = Connection(
-            self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_inbound_frame, on_close=self._on_inbound_close,
-            max_frame=self.max_frame, max_buffer=self.max_buffer, log=self.remote_log,
-            tls=self.tls.server if self.tls else None, server_side=True, handshake_timeout=self.handshake_timeout,
+            self.loop,
+            sock,
+            name=f"peer-in-{addr[0]}:{addr[1]}",
+            on_frame=self._on_inbound_frame,
+            on_close=self._on_inbound_close,
+            max_frame=self.max_frame,
+            max_buffer=self.max_buffer,
+            log=self.remote_log,
+            tls=self.tls.server if self.tls else None,
+            server_side=True,
+            handshake_timeout=self.handshake_timeout,
         )
         if not conn.closed:
             self.inbound.add(conn)
@@ -352,8 +372,10 @@ class Peers:
         if logged is None:
             return self.known_peers.admit(hello.src, hello.incarnation)
         if logged != hello.incarnation:
-            return (f"node {hello.src} came back with other data than the cluster's log recorded for it: it lost what it "
-                    "promised; rebuild it (supervisor.py rebuild, docs/storage.md)")
+            return (
+                f"node {hello.src} came back with other data than the cluster's log recorded for it: it lost what it "
+                "promised; rebuild it (supervisor.py rebuild, docs/storage.md)"
+            )
         self.known_peers.record(hello.src, hello.incarnation)
         return None
 

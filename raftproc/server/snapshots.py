@@ -196,8 +196,16 @@ class Snapshots:
         old = snapshot.remove_older(self.data_dir, keep_files)
         snapshot.failpoint("wal_compacted")
         self.log(
-            "snapshot_saved", index=result.index, snapshot_term=result.term, bytes=result.size, keys=len(self.kv.data), ms=ms,
-            copy_ms=self._copy_ms, log_entries=len(self.raft.log), wal_segments_removed=len(removed), snapshots_removed=len(old),
+            "snapshot_saved",
+            index=result.index,
+            snapshot_term=result.term,
+            bytes=result.size,
+            keys=len(self.kv.data),
+            ms=ms,
+            copy_ms=self._copy_ms,
+            log_entries=len(self.raft.log),
+            wal_segments_removed=len(removed),
+            snapshots_removed=len(old),
         )
 
     # --- installing a received one (the driver's SnapshotInstaller) ------------------
@@ -227,8 +235,14 @@ class Snapshots:
         removed = self.wal.remove_covered(meta.index, floor)
         old = snapshot.remove_older(self.data_dir, [final])
         self.log(
-            "snapshot_installed", index=meta.index, snapshot_term=meta.term, leader=inc.leader, bytes=self.newest.size,
-            keys=len(self.kv.data), wal_segments_removed=len(removed), snapshots_removed=len(old),
+            "snapshot_installed",
+            index=meta.index,
+            snapshot_term=meta.term,
+            leader=inc.leader,
+            bytes=self.newest.size,
+            keys=len(self.kv.data),
+            wal_segments_removed=len(removed),
+            snapshots_removed=len(old),
             ms=round((self.clock() - started) * 1000, 1),
         )
 
@@ -255,9 +269,14 @@ class Snapshots:
             self._unreachable.add(peer)
             return
         self.senders[peer] = sender = SnapshotSender(
-            me=self.me, peer=peer, term=msg.term, snap=snap, chunk_bytes=self.policy.chunk_bytes,
+            me=self.me,
+            peer=peer,
+            term=msg.term,
+            snap=snap,
+            chunk_bytes=self.policy.chunk_bytes,
             window=SNAPSHOT_WINDOW_CHUNKS * self.policy.chunk_bytes,
-            send=self.peers.send, now=self.clock(),
+            send=self.peers.send,
+            now=self.clock(),
         )
         self.log("snapshot_send_started", peer=peer, index=snap.index, snapshot_term=snap.term, bytes=sender.total)
         sender.pump()
@@ -290,8 +309,13 @@ class Snapshots:
                 continue
             del self.senders[peer]
             self.log(
-                "snapshot_send_finished", level="info" if sender.outcome else "warning", peer=peer, index=sender.snap.index,
-                success=sender.outcome, bytes=sender.acked, ms=round((now - sender.started) * 1000, 1),
+                "snapshot_send_finished",
+                level="info" if sender.outcome else "warning",
+                peer=peer,
+                index=sender.snap.index,
+                success=sender.outcome,
+                bytes=sender.acked,
+                ms=round((now - sender.started) * 1000, 1),
             )
             self.raft.report_snapshot(peer, success=sender.outcome)
 
@@ -367,4 +391,3 @@ def compaction_index(log: RaftLog, snapshot_index: int, keep_entries: int, keep_
         kept += size
         index -= 1
     return index
-

@@ -60,7 +60,9 @@ class Tracer:
         for e in entries:
             if is_traced(e.command) and e.index not in self.watching:
                 self._watch(e.index, _describe(e.command))
-                self.log("trace_appended", index=e.index, entry_term=e.term, command=self.watching[e.index].command, by="follower", leader=leader)
+                self.log(
+                    "trace_appended", index=e.index, entry_term=e.term, command=self.watching[e.index].command, by="follower", leader=leader
+                )
 
     def sending(self, msg: Any) -> None:
         if not self.watching:

@@ -50,16 +50,42 @@ LOG_TAIL = 12  # entries of the log each state event shows
 MAX_FIELD_CHARS = 200
 # Sent one event per message: elections and handovers are the story, and rare.
 ONE_BY_ONE = frozenset({"prevote", "prevote_resp", "vote", "vote_resp", "timeout_now"})
-SHOWN_EVENTS = frozenset({
-    "pre_vote_started", "pre_vote_granted", "pre_vote_rejected", "election_started", "vote_granted", "vote_rejected",
-    "became_leader", "became_follower", "leader_stepped_down",
-    "leadership_transfer_started", "timeout_now_sent", "leadership_transfer_received", "leadership_transfer_aborted",
-    "config_change_appended", "joint_config_committed", "config_applied", "leader_removed",
-    "log_compacted", "snapshot_send_started", "snapshot_received", "snapshot_restored",
-    "disk_full", "disk_write_resumed",
-    "trace_appended", "trace_sent", "trace_acknowledged", "trace_ack_received", "trace_committed", "trace_applied",
-    "node_started", "peer_connected", "peer_disconnected",
-})
+SHOWN_EVENTS = frozenset(
+    {
+        "pre_vote_started",
+        "pre_vote_granted",
+        "pre_vote_rejected",
+        "election_started",
+        "vote_granted",
+        "vote_rejected",
+        "became_leader",
+        "became_follower",
+        "leader_stepped_down",
+        "leadership_transfer_started",
+        "timeout_now_sent",
+        "leadership_transfer_received",
+        "leadership_transfer_aborted",
+        "config_change_appended",
+        "joint_config_committed",
+        "config_applied",
+        "leader_removed",
+        "log_compacted",
+        "snapshot_send_started",
+        "snapshot_received",
+        "snapshot_restored",
+        "disk_full",
+        "disk_write_resumed",
+        "trace_appended",
+        "trace_sent",
+        "trace_acknowledged",
+        "trace_ack_received",
+        "trace_committed",
+        "trace_applied",
+        "node_started",
+        "peer_connected",
+        "peer_disconnected",
+    }
+)
 
 
 class Watcher(Protocol):
@@ -156,10 +182,23 @@ class EventFeed:
                 w.close()
 
 
-def _msg_event(t: float, me: int, direction: str, peer: int, kind: str, term: int, ok: bool | None, lost: bool,
-               n: int, entries: int, last: float) -> dict[str, Any]:
-    return {"t": t, "kind": "msg", "node": me, "dir": direction, "peer": peer, "type": kind, "term": term,
-            "n": n, "entries": entries, "ok": ok, "lost": lost, "t_last": last}
+def _msg_event(
+    t: float, me: int, direction: str, peer: int, kind: str, term: int, ok: bool | None, lost: bool, n: int, entries: int, last: float
+) -> dict[str, Any]:
+    return {
+        "t": t,
+        "kind": "msg",
+        "node": me,
+        "dir": direction,
+        "peer": peer,
+        "type": kind,
+        "term": term,
+        "n": n,
+        "entries": entries,
+        "ok": ok,
+        "lost": lost,
+        "t_last": last,
+    }
 
 
 def _bounded(fields: dict[str, Any]) -> dict[str, Any]:
@@ -177,8 +216,17 @@ def _bounded(fields: dict[str, Any]) -> dict[str, Any]:
 class Watch:
     """The node's Raft state for the page, added to the feed at the end of each pass."""
 
-    def __init__(self, feed: EventFeed, *, raft: RaftNode, kv: KeyValueStore, loop: EventLoop, shaper: LinkShaper,
-                 tick_ms: int, disk_full: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        feed: EventFeed,
+        *,
+        raft: RaftNode,
+        kv: KeyValueStore,
+        loop: EventLoop,
+        shaper: LinkShaper,
+        tick_ms: int,
+        disk_full: Callable[[], bool],
+    ) -> None:
         self.feed = feed
         self.raft = raft
         self.kv = kv
@@ -239,14 +287,30 @@ class Watch:
 
     def _urgent(self) -> tuple:
         r = self.raft
-        return (r.role, r.current_term, r.voted_for, r.leader_id, r.membership, self.shaper.faults, self.disk_full(),
-                r.transferee, len(r.votes) if r.role in (CANDIDATE, PRE_CANDIDATE) else 0)
+        return (
+            r.role,
+            r.current_term,
+            r.voted_for,
+            r.leader_id,
+            r.membership,
+            self.shaper.faults,
+            self.disk_full(),
+            r.transferee,
+            len(r.votes) if r.role in (CANDIDATE, PRE_CANDIDATE) else 0,
+        )
 
     def _routine(self) -> tuple:
         r = self.raft
         progress = tuple((p, pr.match_index, pr.next_index) for p, pr in r.progress.items()) if r.role == LEADER else ()
-        return (r.commit_index, self.kv.last_applied, r.log.last_index, r.log.snapshot_index, self._timer_resets,
-                r.randomized_election_timeout, progress)
+        return (
+            r.commit_index,
+            self.kv.last_applied,
+            r.log.last_index,
+            r.log.snapshot_index,
+            self._timer_resets,
+            r.randomized_election_timeout,
+            progress,
+        )
 
     def _state_event(self, now: float) -> dict[str, Any]:
         r = self.raft
@@ -256,17 +320,31 @@ class Watch:
         campaigning = r.role in (CANDIDATE, PRE_CANDIDATE)
         m = r.membership
         return {
-            "t": now, "kind": "state", "node": r.id, "role": str(r.role), "term": r.current_term, "vote": r.voted_for,
-            "leader": r.leader_id, "commit": r.commit_index, "applied": self.kv.last_applied,
-            "first": r.log.first_index, "last": r.log.last_index, "snapshot": [r.log.snapshot_index, r.log.snapshot_term],
+            "t": now,
+            "kind": "state",
+            "node": r.id,
+            "role": str(r.role),
+            "term": r.current_term,
+            "vote": r.voted_for,
+            "leader": r.leader_id,
+            "commit": r.commit_index,
+            "applied": self.kv.last_applied,
+            "first": r.log.first_index,
+            "last": r.log.last_index,
+            "snapshot": [r.log.snapshot_index, r.log.snapshot_term],
             "timer": None if r.role == LEADER else [r.election_elapsed * self.tick_ms, r.randomized_election_timeout * self.tick_ms],
             "heartbeat_ms": r.config.heartbeat_interval * self.tick_ms,
             "votes": sorted(p for p, granted in r.votes.items() if granted) if campaigning else None,
             "log": self._tail(),
             "progress": {str(p): [pr.match_index, pr.next_index, str(pr.state)] for p, pr in sorted(r.progress.items())}
-            if r.role == LEADER else None,
-            "voters": list(m.all_voters), "learners": list(m.learners), "transfer": r.transferee,
-            "disk_full": self.disk_full(), "links": self.shaper.faults.describe(), "tick_ms": self.tick_ms,
+            if r.role == LEADER
+            else None,
+            "voters": list(m.all_voters),
+            "learners": list(m.learners),
+            "transfer": r.transferee,
+            "disk_full": self.disk_full(),
+            "links": self.shaper.faults.describe(),
+            "tick_ms": self.tick_ms,
         }
 
     def _tail(self) -> list[list[Any]]:

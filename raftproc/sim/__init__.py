@@ -11,6 +11,11 @@ from raftproc.sim.cluster import (
 )
 
 __all__ = [
-    "FaultConfig", "LivenessViolation", "SafetyViolation", "SimConfig", "SimStats",
-    "Simulation", "replay_command",
+    "FaultConfig",
+    "LivenessViolation",
+    "SafetyViolation",
+    "SimConfig",
+    "SimStats",
+    "Simulation",
+    "replay_command",
 ]

@@ -1,8 +1,8 @@
 """Replay one simulated run, or sweep many.
 
-    python -m raftproc.sim --seed 7                  # one run, full trace
-    python -m raftproc.sim --seed 7 --nodes 3 --steps 500
-    python -m raftproc.sim --seeds 1000 --steps 2000  # sweep seeds 0..999 over 3, 5, 7 nodes
+python -m raftproc.sim --seed 7                  # one run, full trace
+python -m raftproc.sim --seed 7 --nodes 3 --steps 500
+python -m raftproc.sim --seeds 1000 --steps 2000  # sweep seeds 0..999 over 3, 5, 7 nodes
 """
 
 from __future__ import annotations

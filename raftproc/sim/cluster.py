@@ -63,7 +63,6 @@ checked: a leader is elected and a fresh proposal is applied on every member wit
 a bounded number of steps.
 """
 
-
 from __future__ import annotations
 
 import heapq
@@ -149,9 +148,23 @@ class SimStats:
     config_changes: int = 0
 
 
-
 class SimNode:
-    __slots__ = ("id", "node", "driver", "storage", "view", "applied_index", "down_until", "received", "durable_floor", "retired", "full_until", "last_tick", "deferred", "rate")
+    __slots__ = (
+        "id",
+        "node",
+        "driver",
+        "storage",
+        "view",
+        "applied_index",
+        "down_until",
+        "received",
+        "durable_floor",
+        "retired",
+        "full_until",
+        "last_tick",
+        "deferred",
+        "rate",
+    )
 
     def __init__(self, node_id: NodeId) -> None:
         self.id = node_id
@@ -322,7 +335,9 @@ class Simulation(Nemesis, PropertyChecks):
         deadline = self.now + self.cfg.convergence_steps
         while not all(sn.applied_index >= probe[0] for sn in self.nodes.values() if not sn.retired):
             if self.now >= deadline:
-                raise self._violation(LivenessViolation, f"command {probe} not applied on every node within {self.cfg.convergence_steps} steps")
+                raise self._violation(
+                    LivenessViolation, f"command {probe} not applied on every node within {self.cfg.convergence_steps} steps"
+                )
             self.step(faults=False, clients=False)
 
     def _is_committed(self, entry: tuple[int, int]) -> bool:
@@ -367,8 +382,13 @@ class Simulation(Nemesis, PropertyChecks):
         )
         host = SimHost(self, sn)
         sn.driver = self.driver_factory(
-            sn.node, storage=st, transport=host, state_machine=host, installer=host,
-            syncer=st if self.background_sync else None, on_ready=host.on_ready,
+            sn.node,
+            storage=st,
+            transport=host,
+            state_machine=host,
+            installer=host,
+            syncer=st if self.background_sync else None,
+            on_ready=host.on_ready,
         )
         sn.received = {}
         sn.applied_index = st.snapshot_index
@@ -456,7 +476,9 @@ class Simulation(Nemesis, PropertyChecks):
             return  # a background write is still on its way: snapshot later (RaftNode.compact)
         term = node.log.term_at(index)
         assert term is not None
-        st.save_snapshot(SnapshotMeta(index, term, node.log.membership_at(index), hash=node.log.hash_at(index)), tuple(self.committed[:index]))
+        st.save_snapshot(
+            SnapshotMeta(index, term, node.log.membership_at(index), hash=node.log.hash_at(index)), tuple(self.committed[:index])
+        )
         node.compact(index)
         self.stats.snapshots_taken += 1
 
@@ -533,14 +555,12 @@ class Simulation(Nemesis, PropertyChecks):
                 self.stats.messages_dropped += 1
                 # A dead process or a cut link breaks the sender's connection, which
                 # its transport reports; a plain lost packet does not.
-                dst = msg.dst
-                self._report(self.nodes[msg.src], lambda node: node.report_unreachable(dst))
+                self._report(self.nodes[msg.src], lambda node, dst=msg.dst: node.report_unreachable(dst))
                 continue
             if self.trace:
                 self.trace(f"t={self.now} {describe(msg)}")
             sn.node.step(msg)
             self._handle_ready(sn)
-
 
     # --- clients ------------------------------------------------------------------
 

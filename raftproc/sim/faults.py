@@ -204,4 +204,3 @@ class Nemesis:
                 self.blocked.add((a, b))
                 if both_ways:
                     self.blocked.add((b, a))
-

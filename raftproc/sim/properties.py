@@ -52,8 +52,9 @@ class PropertyChecks:
             if node.diverged is not None or node.peer_divergences:
                 # Storage here keeps what it acknowledged: two histories under one
                 # term can only come from a bug in the core or the driver.
-                raise SafetyViolation(f"node {sn.id}: {node.diverged.describe() if node.diverged else ''} "
-                                      f"peers reported divergence: {node.peer_divergences}")
+                raise SafetyViolation(
+                    f"node {sn.id}: {node.diverged.describe() if node.diverged else ''} peers reported divergence: {node.peer_divergences}"
+                )
             view = NodeView.of(node)
             assert sn.view is not None
             check_transition(sn.view, view)
@@ -93,18 +94,14 @@ class PropertyChecks:
                 e = self.committed[i]
                 # Compacted entries were applied here (State Machine Safety checks them).
                 if e.index > node.log.snapshot_index and node.log.term_at(e.index) != e.term:
-                    raise SafetyViolation(
-                        f"Leader Completeness: leader {node.id} of term {term} lacks committed entry {e.term}/{e.index}"
-                    )
+                    raise SafetyViolation(f"Leader Completeness: leader {node.id} of term {term} lacks committed entry {e.term}/{e.index}")
                 break
 
     def _check_durable(self, e: Entry) -> None:
         lacking = [sn for sn in self.nodes.values() if sn.storage.term_at(e.index) != e.term]
         holders = len(self.nodes) - len(lacking)
         if not self.stats.config_changes and holders < self.quorum:
-            raise SafetyViolation(
-                f"Durability: committed entry {e.term}/{e.index} is stored on {holders} nodes, fewer than a majority"
-            )
+            raise SafetyViolation(f"Durability: committed entry {e.term}/{e.index} is stored on {holders} nodes, fewer than a majority")
         for sn in lacking:
             st = sn.storage
             last_term = st.term_at(st.last_index)
@@ -126,9 +123,7 @@ class PropertyChecks:
         identity = (e.command, prev_term)
         known = self.entry_identity.setdefault(key, identity)
         if known != identity:
-            raise SafetyViolation(
-                f"Log Matching: node {node_id} stores {e.term}/{e.index} as {identity}, another node as {known}"
-            )
+            raise SafetyViolation(f"Log Matching: node {node_id} stores {e.term}/{e.index} as {identity}, another node as {known}")
 
     def _check_stored(self, node_id: NodeId, storage: MemoryStorage, entries: tuple[Entry, ...]) -> None:
         """A write reaches storage: it continues the stored log without a gap, and
@@ -192,11 +187,9 @@ class PropertyChecks:
                 raise SafetyViolation(f"node {sn.id} acknowledges entries it has not persisted: {describe(msg)}")
 
 
-
 def _at_least_as_up_to_date(candidate: MemoryStorage, voter: MemoryStorage) -> bool:
     """§5.4.1 between two stored logs: would `voter` find `candidate` up to date?"""
     c_term, v_term = candidate.term_at(candidate.last_index), voter.term_at(voter.last_index)
     if c_term != v_term:
         return c_term > v_term
     return candidate.last_index >= voter.last_index
-

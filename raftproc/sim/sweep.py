@@ -41,6 +41,6 @@ def sweep(seeds: Iterable[int], *, steps: int, workers: int | None = None) -> li
     workers = workers or os.cpu_count() or 1
     if workers == 1:
         return _run_chunk((seeds, steps))
-    chunks = [(seeds[i::workers * 4], steps) for i in range(workers * 4)]
+    chunks = [(seeds[i :: workers * 4], steps) for i in range(workers * 4)]
     with ProcessPoolExecutor(workers) as pool:
         return [f for part in pool.map(_run_chunk, chunks) for f in part]

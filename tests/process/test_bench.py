@@ -16,7 +16,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench.py"
 
 def test_bench_tiny_run_writes_results_and_plot(tmp_path):
     out, plot = tmp_path / "b.json", tmp_path / "b.svg"
-    r = subprocess.run([sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--plot", str(plot)], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--tiny", "--out", str(out), "--plot", str(plot)], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     data = json.loads(out.read_text())
     (point,) = data["points"]

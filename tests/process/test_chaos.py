@@ -45,8 +45,15 @@ def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     )
     assert result.ok, result.verdicts
     names = {name for name, _, _ in result.verdicts}
-    assert names == {"converged", "one settled configuration", "linearizable", "no acknowledged write lost", "storage recovers cleanly",
-                     "no history diverged", "corrupt storage refused"}
+    assert names == {
+        "converged",
+        "one settled configuration",
+        "linearizable",
+        "no acknowledged write lost",
+        "storage recovers cleanly",
+        "no history diverged",
+        "corrupt storage refused",
+    }
     # Seed 385 draws a corrupt WAL (refused, then rebuilt) and skewed clocks under lease reads.
     ran = {f["kind"]: f for f in json.loads((out / "faults.json").read_text()) if not f["skipped"]}
     assert "refused to start" in ran["corrupt"]["detail"] and "x" in ran["clock"]["detail"], ran
@@ -74,7 +81,6 @@ def test_chaos_smoke_every_verdict_passes(tmp_path, capsys):
     assert "ops ok" in printed and "\r" not in printed, "progress into a pipe is plain lines"
 
 
-
 def test_chaos_member_faults_every_verdict_passes(tmp_path):
     """Nodes removed (the leader too) and added back with their data, a node
     replaced by a new one, with a kill in between, while clients write and read."""
@@ -82,7 +88,9 @@ def test_chaos_member_faults_every_verdict_passes(tmp_path):
     faults = ["member", "kill"]
     kinds = [(f.kind, f.victims) for f in plan(2, faults, 20)]
     assert ("member", "remove-leader") in kinds and ("member", "replace-follower") in kinds
-    result = run_chaos(ChaosOptions(out=out, nodes=3, duration=20, faults=faults, clients=4, seed=2, snapshot_every=100), say=lambda m: None)
+    result = run_chaos(
+        ChaosOptions(out=out, nodes=3, duration=20, faults=faults, clients=4, seed=2, snapshot_every=100), say=lambda m: None
+    )
     assert result.ok, result.verdicts
     summary = dict(result.summary)
     # Failed operations are safe (never applied) but should be rare: a margin that

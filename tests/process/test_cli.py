@@ -11,7 +11,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import make_cluster, wait_until
 
 pytestmark = pytest.mark.process
@@ -71,9 +70,13 @@ def test_cli_endpoints_json_and_exit_codes(tmp_path):
                 cluster.kill(n)
         # A test worker may run with SIGINT ignored, which a child inherits: a shell's
         # Ctrl-C reaches a CLI with the default disposition, so the child gets that.
-        waiting = subprocess.Popen([sys.executable, "-m", "raftproc.client", *ep, "--timeout", "60", "set", "z", "1"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                   preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        waiting = subprocess.Popen(
+            [sys.executable, "-m", "raftproc.client", *ep, "--timeout", "60", "set", "z", "1"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
         wait_until(lambda: _has_imported(waiting.pid), 20, "the CLI to start")
         waiting.send_signal(signal.SIGINT)
         out, err = waiting.communicate(timeout=20)

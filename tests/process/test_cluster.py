@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import log_events, wait_until
 
 pytestmark = pytest.mark.process

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import log_events
+
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.layout import local_config
 from raftproc.runtime.codec import decode_answer, encode
@@ -45,7 +45,11 @@ def test_leader_killed_after_fsync_before_replying_loses_no_acknowledged_write(t
         # commit it and the leader answer before its sync thread finishes: then the
         # write was acknowledged, and must survive like any other.
         with socket.create_connection(cluster.config.nodes[leader].client, timeout=5) as s:
-            s.sendall(encode_frame(encode({"t": "req", "id": 1, "client": 99, "seq": 1, "op": "set", "key": "m", "value": "CRASH-HERE", "expect": None})))
+            s.sendall(
+                encode_frame(
+                    encode({"t": "req", "id": 1, "client": 99, "seq": 1, "op": "set", "key": "m", "value": "CRASH-HERE", "expect": None})
+                )
+            )
             answers = []
             try:
                 answers = FrameDecoder().feed(s.recv(4096))

@@ -11,8 +11,8 @@ import os
 import subprocess
 
 import pytest
-
 from conftest import log_events, make_cluster, wait_until
+
 from raftproc.client import Unknown
 from raftproc.runtime import codec
 from raftproc.runtime.framing import FrameDecoder, encode_frame

@@ -7,7 +7,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import wait_until
 
 pytestmark = pytest.mark.process
@@ -25,7 +24,7 @@ def test_follower_behind_400_writes_of_100kb_catches_up(cluster_factory):
     goal = max(s["commit_index"] for s in (cluster.node_status(n) for n in cluster.config.nodes if n != behind) if s)
     started = time.monotonic()
     cluster.start(behind)
-    wait_until(lambda: ((cluster.node_status(behind) or {}).get("last_applied", 0) >= goal), 30, "the follower to catch up")
+    wait_until(lambda: (cluster.node_status(behind) or {}).get("last_applied", 0) >= goal, 30, "the follower to catch up")
     print(f"caught up {goal} entries of 100 KB in {time.monotonic() - started:.1f} s")
     assert client.get("k399") == value
     client.close()

@@ -9,8 +9,8 @@ import time
 from dataclasses import replace
 
 import pytest
-
 from conftest import log_events, wait_until
+
 from raftproc.client import ClientError
 from raftproc.config import to_toml
 
@@ -123,13 +123,19 @@ def test_restarted_node_reaches_an_added_node_its_config_file_does_not_list(clus
         cluster.config_path.write_text(to_toml(replace(cfg, nodes={i: a for i, a in cfg.nodes.items() if i != new})))
         follower = next(i for i in (1, 2, 3) if i != cluster.wait_for_leader())
         cluster.restart(follower)
-        wait_until(lambda: (cluster.node_status(follower) or {}).get("membership", {}).get("voters") == [1, 2, 3, new],
-                   20, "restarted node back with the 4-voter configuration")
+        wait_until(
+            lambda: (cluster.node_status(follower) or {}).get("membership", {}).get("voters") == [1, 2, 3, new],
+            20,
+            "restarted node back with the 4-voter configuration",
+        )
         learned = [e for e in log_events(cluster, follower) if e["event"] == "peer_address_learned"]
         assert learned and learned[-1]["peer_id"] == new
         client.set("after", "2")
-        wait_until(lambda: (cluster.node_status(follower) or {}).get("last_applied", 0) >= (cluster.node_status(new) or {}).get("commit_index", 1),
-                   20, "restarted node applies what the cluster commits")
+        wait_until(
+            lambda: (cluster.node_status(follower) or {}).get("last_applied", 0) >= (cluster.node_status(new) or {}).get("commit_index", 1),
+            20,
+            "restarted node applies what the cluster commits",
+        )
     finally:
         client.close()
         cluster.config_path.write_text(full)  # so teardown stops node 4 too

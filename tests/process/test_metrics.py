@@ -11,18 +11,26 @@ import urllib.error
 import urllib.request
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import make_cluster, wait_until
+from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.process
 
 SERIES = {
-    "raftproc_server_has_leader", "raftproc_server_is_leader", "raftproc_server_leader_changes_seen",
-    "raftproc_server_proposals_committed", "raftproc_server_proposals_applied", "raftproc_server_proposals_pending",
-    "raftproc_server_proposals_failed", "raftproc_server_term", "raftproc_disk_wal_fsync_duration_seconds",
-    "raftproc_snapshot_save_duration_seconds", "raftproc_network_peer_round_trip_time_seconds",
-    "raftproc_server_client_connections", "process_resident_memory_bytes", "process_open_fds",
+    "raftproc_server_has_leader",
+    "raftproc_server_is_leader",
+    "raftproc_server_leader_changes_seen",
+    "raftproc_server_proposals_committed",
+    "raftproc_server_proposals_applied",
+    "raftproc_server_proposals_pending",
+    "raftproc_server_proposals_failed",
+    "raftproc_server_term",
+    "raftproc_disk_wal_fsync_duration_seconds",
+    "raftproc_snapshot_save_duration_seconds",
+    "raftproc_network_peer_round_trip_time_seconds",
+    "raftproc_server_client_connections",
+    "process_resident_memory_bytes",
+    "process_open_fds",
 }
 
 
@@ -72,7 +80,11 @@ def test_every_node_serves_metrics_and_health(tmp_path):
             client.set(f"k{i}", "v")
         leader = cluster.wait_for_leader()
         target = client.status(leader)["commit_index"]
-        wait_until(lambda: all(value(scrape(n.metrics), "raftproc_server_proposals_applied") >= target for n in cfg.nodes.values()), 20, "every node to apply")
+        wait_until(
+            lambda: all(value(scrape(n.metrics), "raftproc_server_proposals_applied") >= target for n in cfg.nodes.values()),
+            20,
+            "every node to apply",
+        )
         scraped = {i: scrape(n.metrics) for i, n in cfg.nodes.items()}
         for i, families in scraped.items():
             assert SERIES <= set(families), SERIES - set(families)
@@ -98,9 +110,11 @@ def test_every_node_serves_metrics_and_health(tmp_path):
         # Alone, a node knows no leader: 503, and it says why.
         for n in (2, 3):
             cluster.kill(n)
+
         def unhealthy():
             status, body = health(cfg.node(1).metrics)
             return body if status == 503 else None
+
         body = wait_until(unhealthy, 20, "node 1 to report itself unhealthy")
         assert body["reason"] == "no leader known"
         client.close()

@@ -11,8 +11,8 @@ import sys
 
 import cbor2
 import pytest
-
 from conftest import log_events, wait_until
+
 from raftproc.runtime.codec import encode
 from raftproc.runtime.framing import FrameDecoder, encode_frame
 
@@ -89,7 +89,11 @@ def test_retry_with_same_sequence_number_is_applied_once(cluster_factory):
 
 def run_node(args, cwd, timeout=10):
     return subprocess.run(
-        [sys.executable, "-m", "raftproc.node", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "raftproc.node", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

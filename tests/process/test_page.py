@@ -84,9 +84,16 @@ class Live:
 
     def result(self, action: str, timeout: float) -> str:
         status = self.page.locator("#action-status")
-        self.until(lambda: status.get_attribute("data-ok") in ("true", "false") and action in (status.text_content() or "").lower()
-                   or status.get_attribute("data-ok") in ("true", "false") and status.get_attribute("data-action") == action,
-                   timeout, f"the result of {action}")
+        self.until(
+            lambda: (
+                status.get_attribute("data-ok") in ("true", "false")
+                and action in (status.text_content() or "").lower()
+                or status.get_attribute("data-ok") in ("true", "false")
+                and status.get_attribute("data-action") == action
+            ),
+            timeout,
+            f"the result of {action}",
+        )
         text = status.text_content() or ""
         assert status.get_attribute("data-ok") == "true", f"{action} failed: {text}"
         status.evaluate("el => { el.removeAttribute('data-ok'); el.removeAttribute('data-action'); }")
@@ -140,8 +147,11 @@ def test_kill_the_leader_see_a_new_one_restart_it_and_watch_a_write_commit_every
     assert time.monotonic() - started < 5
     new = view.leaders()[0]
     view.act(old, "start")
-    view.until(lambda: view.attr(old, "proc") == "running" and view.attr(old, "role") == "follower"
-               and _term(view, old) == _term(view, new), 10, "the old leader following the new one")
+    view.until(
+        lambda: view.attr(old, "proc") == "running" and view.attr(old, "role") == "follower" and _term(view, old) == _term(view, new),
+        10,
+        "the old leader following the new one",
+    )
     view.page.select_option("#client-op", "set")
     view.page.fill("#client-key", "x")
     view.page.fill("#client-value", "10")
@@ -177,7 +187,7 @@ def test_every_other_control_has_its_effect_drawn(live):
 
     view.act(a, "partition")
     view.until(lambda: view.attr(a, "partitioned") == "true", 5, "the node drawn cut off")
-    cut = view.page.locator(f'line.link[data-cut="true"]')
+    cut = view.page.locator('line.link[data-cut="true"]')
     view.until(lambda: cut.count() == 2, 5, "both of its links drawn cut")
     # Cut off, its election timer fires and it asks for votes nobody hears: the rest go on.
     view.until(lambda: view.attr(a, "role") in ("pre_candidate", "candidate"), 10, "the cut-off node campaigning")
@@ -213,7 +223,9 @@ def test_every_other_control_has_its_effect_drawn(live):
     view.page.select_option("#client-op", "get")
     view.page.fill("#client-key", "k")
     view.page.click("#client-submit")
-    view.until(lambda: "v1" in (result.text_content() or "") and result.get_attribute("data-ok") == "true", 10, "GET k shown with its value")
+    view.until(
+        lambda: "v1" in (result.text_content() or "") and result.get_attribute("data-ok") == "true", 10, "GET k shown with its value"
+    )
     assert int(result.get_attribute("data-answered-by")) == b
 
     view.toolbar("join", timeout=90)
@@ -238,9 +250,25 @@ def test_under_heavy_load_the_stream_and_the_tab_stay_bounded(live):
     counted = [collector.counted]
     rates: list[float] = []
     load = subprocess.Popen(
-        [sys.executable, "-m", "raftproc.ops.loadgen", "--target", f"{target[0]}:{target[1]}", "--inflight", "512",
-         "--rate", "10000", "--warmup", "0", "--window", "10", "--connections", "8"],
-        stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "raftproc.ops.loadgen",
+            "--target",
+            f"{target[0]}:{target[1]}",
+            "--inflight",
+            "512",
+            "--rate",
+            "10000",
+            "--warmup",
+            "0",
+            "--window",
+            "10",
+            "--connections",
+            "8",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 40
     while load.poll() is None and time.monotonic() < deadline:
@@ -251,7 +279,9 @@ def test_under_heavy_load_the_stream_and_the_tab_stay_bounded(live):
     report = json.loads(out.strip().splitlines()[-1])
     heap_after = cdp.send("Runtime.getHeapUsage")["usedSize"]
     stats = view.page.evaluate("window.raftproc.stats")
-    print(f"load {report['ops_per_s']:.0f} writes/s; stream max {max(rates):.0f} events/s; heap {heap_before / 1e6:.1f} -> {heap_after / 1e6:.1f} MB; page {stats}")
+    print(
+        f"load {report['ops_per_s']:.0f} writes/s; stream max {max(rates):.0f} events/s; heap {heap_before / 1e6:.1f} -> {heap_after / 1e6:.1f} MB; page {stats}"
+    )
     assert report["ops_per_s"] > 2000, report  # heavy load did happen (the bound is what is tested)
     assert max(rates) < STREAM_EVENTS_PER_S, rates
     assert heap_after < HEAP_MB * 1e6
@@ -281,11 +311,17 @@ def test_a_recorded_run_plays_back_in_the_page(live, browser):
         wait_until(lambda: markers.count() >= 2, 10, "leader changes on the replay's timeline")
         markers.nth(markers.count() - 1).click()
         node = lambda n: page.locator(f'g.node[data-node="{n}"]')  # noqa: E731
-        wait_until(lambda: node(new).get_attribute("data-role") == "leader" and node(old).get_attribute("data-proc") == "dead",
-                   10, "the picture at the second leader's marker")
+        wait_until(
+            lambda: node(new).get_attribute("data-role") == "leader" and node(old).get_attribute("data-proc") == "dead",
+            10,
+            "the picture at the second leader's marker",
+        )
         markers.first.click()
-        wait_until(lambda: node(old).get_attribute("data-role") == "leader" and node(old).get_attribute("data-proc") == "running",
-                   10, "the picture at the first leader's marker")
+        wait_until(
+            lambda: node(old).get_attribute("data-role") == "leader" and node(old).get_attribute("data-proc") == "running",
+            10,
+            "the picture at the first leader's marker",
+        )
         page.click("#play")
         clock = page.locator("#clock")
         t0 = float(clock.get_attribute("data-t"))

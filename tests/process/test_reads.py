@@ -6,8 +6,8 @@ from __future__ import annotations
 import socket
 
 import pytest
-
 from conftest import wait_until
+
 from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.netns import NetnsLab, available
@@ -39,7 +39,8 @@ def test_a_paused_and_cut_off_leader_never_serves_a_stale_read(tmp_path, mode):
     lab.setup()
     cfg = ClusterConfig(
         nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200)) for i in (1, 2, 3)},
-        data_dir=tmp_path / "data", log_dir=tmp_path / "logs",
+        data_dir=tmp_path / "data",
+        log_dir=tmp_path / "logs",
     )
     cluster = Cluster(tmp_path / "run", launcher=lab.launcher())
     cluster.create(cfg)

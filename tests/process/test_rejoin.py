@@ -6,8 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import log_events, wait_until
+
 from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.netns import NetnsLab, available
@@ -22,7 +22,10 @@ def partition_and_rejoin(tmp_path, *, pre_vote: bool) -> dict[str, int]:
     lab.setup()
     cfg = ClusterConfig(
         nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200)) for i in (1, 2, 3)},
-        data_dir=tmp_path / "data", log_dir=tmp_path / "logs", pre_vote=pre_vote, check_quorum=pre_vote,
+        data_dir=tmp_path / "data",
+        log_dir=tmp_path / "logs",
+        pre_vote=pre_vote,
+        check_quorum=pre_vote,
     )
     cluster = Cluster(tmp_path / "run", launcher=lab.launcher())
     cluster.create(cfg)

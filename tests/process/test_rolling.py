@@ -9,8 +9,8 @@ import threading
 import time
 
 import pytest
-
 from conftest import log_events
+
 from raftproc.client import ClientError
 
 pytestmark = pytest.mark.process

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import log_events, wait_until
+
 from raftproc.client import Client, ClientError
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.layout import local_config

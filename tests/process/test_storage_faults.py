@@ -14,8 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import make_cluster, wait_until
+
 from raftproc.ops.cluster import ClusterError
 from raftproc.ops.corrupt import corrupt_wal
 
@@ -106,7 +106,9 @@ def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp
         try:
             statuses = wait_until(alarmed, 60, "the divergence alarm on both sides")
         except AssertionError:
-            brief = {n: s and {k: s[k] for k in ("role", "term", "leader", "commit_index", "last_index", "diverged")} for n, s in seen[0].items()}
+            brief = {
+                n: s and {k: s[k] for k in ("role", "term", "leader", "commit_index", "last_index", "diverged")} for n, s in seen[0].items()
+            }
             raise AssertionError(f"holders {holders_side}; other side {other} led by {b_leader}: {brief}") from None
         for n in holders_side:
             assert statuses[n]["last_index"] >= holders[n]["last_index"], "the acknowledged writes are kept as evidence"
@@ -116,21 +118,27 @@ def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp
             code, body = health(cluster, n)
             if st["diverged"]:
                 assert code == 503 and ("diverged" in body["reason"] or "differs" in body["reason"]), body
-                assert "raftproc_log_diverged{node=\"%d\"} 1.0" % n in metrics(cluster, n)
+                assert 'raftproc_log_diverged{node="%d"} 1.0' % n in metrics(cluster, n)
         # The operator's two views say so too, with exit codes a script can act on.
-        sup = subprocess.run([sys.executable, str(SUPERVISOR), "--run-dir", str(cluster.run_dir), "status"],
-                             capture_output=True, text=True, timeout=60)
+        sup = subprocess.run(
+            [sys.executable, str(SUPERVISOR), "--run-dir", str(cluster.run_dir), "status"], capture_output=True, text=True, timeout=60
+        )
         assert sup.returncode == 2 and "ALARM node" in sup.stdout, sup.stdout
-        cli = subprocess.run([sys.executable, "-m", "raftproc.client", "--config", str(cluster.config_path), "status"],
-                             capture_output=True, text=True, timeout=60)
+        cli = subprocess.run(
+            [sys.executable, "-m", "raftproc.client", "--config", str(cluster.config_path), "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cli.returncode == 6 and "DIVERGED HISTORIES" in cli.stderr, (cli.stdout, cli.stderr)
         # The alarm outlives a restart: the node would otherwise vote on its history again.
         follower_side = next(n for n, st in statuses.items() if (st["diverged"] or "").startswith("log diverged"))
         cluster.restart(follower_side)
         again = wait_until(lambda: cluster.node_status(follower_side), 20, "the restarted node to answer")
         assert again["diverged"] == statuses[follower_side]["diverged"] and again["leader"] is None
-        lines = [json.loads(x) for n in range(1, 6)
-                 for x in cluster.config.node_log_file(n).read_text().splitlines() if '"log_diverged"' in x]
+        lines = [
+            json.loads(x) for n in range(1, 6) for x in cluster.config.node_log_file(n).read_text().splitlines() if '"log_diverged"' in x
+        ]
         assert lines and all(line["level"] == "error" and {"index", "leader", "local_term"} <= set(line) for line in lines)
     finally:
         cluster.down(timeout=3)
@@ -192,8 +200,11 @@ def test_a_follower_whose_log_went_backwards_under_a_live_leader_is_alarmed(tmp_
         cluster.start(follower)
         for i in range(50):
             client.set(f"acked{i}", "v")
-        wait_until(lambda: (s := cluster.node_status(follower)) and s["last_index"] >= cluster.node_status(leader)["commit_index"],
-                   30, "the follower to hold every write")
+        wait_until(
+            lambda: (s := cluster.node_status(follower)) and s["last_index"] >= cluster.node_status(leader)["commit_index"],
+            30,
+            "the follower to hold every write",
+        )
         cluster.stop(follower)
         shutil.rmtree(cluster.config.node_data_dir(follower))
         shutil.copytree(backup, cluster.config.node_data_dir(follower))

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import wait_until
+
 from raftproc.ops.cluster import Cluster
 
 pytestmark = pytest.mark.process
@@ -91,7 +91,9 @@ def test_supervisor_membership_survives_down_and_up(tmp_path):
         assert {s["node"] for s in cluster.wait_converged(20)} == {2, 3, 4}
         # `up --fresh` is a new cluster: nobody removed.
         sup(run, "down")
-        sup(run, "up", "--fresh", "-n", "3", "--base-port", "0", "--data-dir", str(tmp_path / "data2"), "--log-dir", str(tmp_path / "logs2"))
+        sup(
+            run, "up", "--fresh", "-n", "3", "--base-port", "0", "--data-dir", str(tmp_path / "data2"), "--log-dir", str(tmp_path / "logs2")
+        )
         assert [p.node_id for p in cluster.processes() if p.state == "running"] == [1, 2, 3]
     finally:
         sup(run, "down", check=False)
@@ -132,8 +134,11 @@ def test_mistakes_get_precise_answers_and_a_down_cluster_fails_fast(tmp_path):
     run = tmp_path / "run"
     try:
         sup(run, "up", "-n", "3", "--base-port", "0")
-        for args, says in ((["kill", "9"], "node 9 is not in the cluster"), (["logs", "--node", "9"], "node 9 is not in the cluster"),
-                           (["start", "9"], "node 9 is not in the cluster")):
+        for args, says in (
+            (["kill", "9"], "node 9 is not in the cluster"),
+            (["logs", "--node", "9"], "node 9 is not in the cluster"),
+            (["start", "9"], "node 9 is not in the cluster"),
+        ):
             r = sup(run, *args, check=False)
             assert r.returncode == 1 and says in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
         sup(run, "down")
@@ -152,9 +157,11 @@ def test_nothing_is_started_twice_or_started_other_than_asked(tmp_path):
     try:
         sup(run, "up", "-n", "3", "--base-port", "0")
         sup(run, "down")
-        for args, says in ((["--tls"], "--tls, but the cluster there runs without TLS"),
-                           (["-n", "5"], "-n 5, but the cluster there has 3 nodes"),
-                           (["--base-port", "7700"], "--base-port 7700, but node 1 there listens for peers on")):
+        for args, says in (
+            (["--tls"], "--tls, but the cluster there runs without TLS"),
+            (["-n", "5"], "-n 5, but the cluster there has 3 nodes"),
+            (["--base-port", "7700"], "--base-port 7700, but node 1 there listens for peers on"),
+        ):
             r = sup(run, "up", *args, check=False)
             assert r.returncode == 1 and says in r.stderr and "up --fresh" in r.stderr, (args, r.stderr)
             assert all(p.state == "stopped" for p in Cluster(run).processes()), "refused before starting anything"
@@ -165,11 +172,16 @@ def test_nothing_is_started_twice_or_started_other_than_asked(tmp_path):
 
         def started_lines() -> int:
             return sum('"node_started"' in line for line in log_file.read_text().splitlines())
+
         before = started_lines()
         # A second node 1: refused on the data directory's lock before it reads the
         # WAL, binds a port or writes a line of the live node's log.
-        second = subprocess.run([sys.executable, "-m", "raftproc.node", "--id", "1", "--config", str(run / "config.toml")],
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [sys.executable, "-m", "raftproc.node", "--id", "1", "--config", str(run / "config.toml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 3 and f"is in use by pid {live}" in second.stderr, second.stderr
         assert started_lines() == before
         # The supervisor lost track of node 1 (its pid file is gone): `start` reports the

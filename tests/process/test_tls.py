@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import log_events, make_cluster, wait_until
+
 from raftproc.core.messages import RequestVote
 from raftproc.ops.certs import make_cert
 from raftproc.runtime import codec
@@ -110,8 +110,10 @@ def test_a_tls_client_without_a_certificate_gets_no_answer(cluster):
 
 
 def test_an_expired_certificate_gets_no_answer(cluster, tmp_path):
-    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=1)
-    cert, key = make_cert(tmp_path, Identity(CLIENT, "expired"), ca_dir=_pki(cluster), not_before=past - datetime.timedelta(days=10), not_after=past)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=1)
+    cert, key = make_cert(
+        tmp_path, Identity(CLIENT, "expired"), ca_dir=_pki(cluster), not_before=past - datetime.timedelta(days=10), not_after=past
+    )
     node = cluster.config.node(1)
     try:
         sock = _tls_connect(node.client, TlsFiles(_pki(cluster) / "ca.pem", cert, key))
@@ -218,7 +220,9 @@ def test_join_mints_the_new_nodes_certificate(cluster):
     c = cluster.client(timeout=10)
     try:
         c.set("joined", str(node))
-        assert wait_until(lambda: (cluster.node_status(node) or {}).get("last_applied", 0) >= c.status(1)["commit_index"], 20, "the new node to apply")
+        assert wait_until(
+            lambda: (cluster.node_status(node) or {}).get("last_applied", 0) >= c.status(1)["commit_index"], 20, "the new node to apply"
+        )
     finally:
         c.close()
 
@@ -230,7 +234,11 @@ def test_a_node_on_a_public_address_without_tls_warns_loudly(tmp_path):
 
     peer, client = free_ports(2)
     cluster = Cluster(tmp_path / "run")
-    cluster.create(ClusterConfig(nodes={1: NodeAddress(1, ("0.0.0.0", peer), ("0.0.0.0", client))}, data_dir=tmp_path / "data", log_dir=tmp_path / "logs"))
+    cluster.create(
+        ClusterConfig(
+            nodes={1: NodeAddress(1, ("0.0.0.0", peer), ("0.0.0.0", client))}, data_dir=tmp_path / "data", log_dir=tmp_path / "logs"
+        )
+    )
     try:
         cluster.start(1)
         wait_until(lambda: any(e["event"] == "insecure_transport" for e in log_events(cluster, 1)), 20, "insecure_transport")

@@ -43,8 +43,13 @@ def test_slow_motion_stretches_the_election_and_the_vote_travels_the_injected_de
         wait_until(lambda: events.extend(sub.take(0.1)) or sum(e["kind"] == "stream" for e in events) >= 3, 20, "every node's stream")
         cluster.kill(old)
         new = cluster.wait_for_leader(timeout=60, other_than=old)
-        wait_until(lambda: events.extend(sub.take(0.1)) or any(
-            e["kind"] == "state" and e["node"] == new and e["role"] == "leader" for e in events), 20, "the new leader in the stream")
+        wait_until(
+            lambda: (
+                events.extend(sub.take(0.1)) or any(e["kind"] == "state" and e["node"] == new and e["role"] == "leader" for e in events)
+            ),
+            20,
+            "the new leader in the stream",
+        )
     finally:
         collector.stop()
         cluster.down(timeout=3)
@@ -52,14 +57,26 @@ def test_slow_motion_stretches_the_election_and_the_vote_travels_the_injected_de
     started = [e for e in events if e["kind"] == "log" and e["node"] == new and e["event"] == "pre_vote_started" and e["t"] > killed_at]
     assert started, "the new leader's campaign is not in the stream"
     campaign = started[0]["t"]
-    heard = [e["t_last"] for e in events if e["kind"] == "msg" and e["node"] == new and e["dir"] == "recv" and e["peer"] == old
-             and e["type"] in ("heartbeat", "append") and e["t_last"] < campaign]
+    heard = [
+        e["t_last"]
+        for e in events
+        if e["kind"] == "msg"
+        and e["node"] == new
+        and e["dir"] == "recv"
+        and e["peer"] == old
+        and e["type"] in ("heartbeat", "append")
+        and e["t_last"] < campaign
+    ]
     waited = campaign - max(heard)
     tick = 0.010 * SLOW  # a normal tick, ten times over
     # The timer counts whole ticks and the first one after a heartbeat may come at once.
     assert waited >= (cfg.election_timeout_min - 1) * tick, f"campaign {waited:.2f} s after the last heartbeat"
     requests = [e for e in events if e["kind"] == "msg" and e["node"] == new and e["dir"] == "sent" and e["type"] in ("prevote", "vote")]
-    grants = [e for e in events if e["kind"] == "msg" and e["peer"] == new and e["dir"] == "sent" and e["type"] in ("prevote_resp", "vote_resp") and e["ok"]]
+    grants = [
+        e
+        for e in events
+        if e["kind"] == "msg" and e["peer"] == new and e["dir"] == "sent" and e["type"] in ("prevote_resp", "vote_resp") and e["ok"]
+    ]
     assert grants, "no vote granted to the new leader in the stream"
     for g in grants:
         asked = [r["t"] for r in requests if r["peer"] == g["node"] and r["type"] + "_resp" == g["type"] and r["t"] <= g["t"]]
@@ -72,7 +89,9 @@ def _get(url: str) -> dict:
 
 
 def _post(base: str, path: str, body: dict) -> dict:
-    req = urllib.request.Request(base + path, data=json.dumps(body).encode(), headers={"X-Raftproc-Page": "1", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), headers={"X-Raftproc-Page": "1", "Content-Type": "application/json"}
+    )
     return json.loads(urllib.request.urlopen(req, timeout=60).read())
 
 
@@ -156,7 +175,11 @@ def test_the_page_watches_and_controls_a_tls_cluster_with_the_admin_certificate(
         leader = cluster.wait_for_leader()
         follower = next(n for n in (1, 2, 3) if n != leader)
         assert _post(base, "/api/action", {"action": "partition", "node": follower})["ok"]
-        wait_until(lambda: server.collector.picture.states[follower]["links"]["drop_to"] == sorted({1, 2, 3} - {follower}), 10, "the cut in the node's own state")
+        wait_until(
+            lambda: server.collector.picture.states[follower]["links"]["drop_to"] == sorted({1, 2, 3} - {follower}),
+            10,
+            "the cut in the node's own state",
+        )
         assert _post(base, "/api/action", {"action": "heal"})["ok"]
         assert _post(base, "/api/action", {"action": "transfer", "node": follower})["ok"]
         answer = _post(base, "/api/client", {"op": "set", "key": "x", "value": "10"})

@@ -10,8 +10,8 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import log_events, wait_until
+
 from raftproc.runtime.identity import IDENTITY_FILE, KnownPeers
 
 pytestmark = pytest.mark.process
@@ -34,7 +34,8 @@ def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(clu
         # its peers file): wait until every node knows every other's incarnation.
         ids = set(cluster.config.nodes)
         wait_until(
-            lambda: all(set(KnownPeers(cluster.config.node_data_dir(n)).seen) >= ids - {n} for n in ids), 20,
+            lambda: all(set(KnownPeers(cluster.config.node_data_dir(n)).seen) >= ids - {n} for n in ids),
+            20,
             "every node to have recorded every other's incarnation",
         )
         for n in behind:
@@ -57,8 +58,11 @@ def test_wiped_voter_cannot_help_elect_a_leader_that_lacks_a_committed_write(clu
         def elected() -> bool:
             return {n: count(cluster, n, "became_leader") for n in survivors} != leaders_before
 
-        wait_until(lambda: elected() or sum(count(cluster, n, "pre_vote_started") for n in behind) >= rounds_before + 6, 20,
-                   "several election rounds among the wiped node and the two behind")
+        wait_until(
+            lambda: elected() or sum(count(cluster, n, "pre_vote_started") for n in behind) >= rounds_before + 6,
+            20,
+            "several election rounds among the wiped node and the two behind",
+        )
         assert not elected(), "a leader was elected with the wiped node's vote"
         # The nodes that hold x come back; x is still there.
         cluster.start(leader)
@@ -84,8 +88,11 @@ def test_a_peer_that_never_met_the_node_refuses_it_wiped_by_what_the_log_recorde
     client = cluster.client(timeout=20)
     try:
         client.set("first", "life")
-        wait_until(lambda: all((s := cluster.node_status(n)) and s["incarnations_logged"] >= 2 for n in (1, 2)), 20,
-                   "nodes 1 and 2 to have their incarnations in the log")
+        wait_until(
+            lambda: all((s := cluster.node_status(n)) and s["incarnations_logged"] >= 2 for n in (1, 2)),
+            20,
+            "nodes 1 and 2 to have their incarnations in the log",
+        )
         cluster.stop(2)
         shutil.rmtree(cluster.config.node_data_dir(2))
         cluster.start(3)  # first start ever: it never heard node 2's first hello
@@ -93,8 +100,11 @@ def test_a_peer_that_never_met_the_node_refuses_it_wiped_by_what_the_log_recorde
         wait_until(lambda: (s := cluster.node_status(3)) and s["incarnations_logged"] >= 2, 20, "node 3 to apply the incarnations")
         assert 2 not in KnownPeers(cluster.config.node_data_dir(3)).seen, "node 3 never met node 2 itself"
         cluster.start(2)
-        refusal = wait_until(lambda: next((e for e in log_events(cluster, 3) if e["event"] == "peer_refused" and e["peer_id"] == 2), None),
-                             20, "node 3 to refuse the wiped node 2")
+        refusal = wait_until(
+            lambda: next((e for e in log_events(cluster, 3) if e["event"] == "peer_refused" and e["peer_id"] == 2), None),
+            20,
+            "node 3 to refuse the wiped node 2",
+        )
         assert "log recorded" in refusal["reason"] and "rebuild" in refusal["reason"]
     finally:
         client.close()
@@ -111,7 +121,9 @@ def test_data_directory_of_another_node_refuses_to_start(cluster_factory):
     shutil.copytree(one, two)
     r = subprocess.run(
         [sys.executable, "-m", "raftproc.node", "--id", "2", "--config", str(cluster.config_path)],
-        capture_output=True, text=True, timeout=30,
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert r.returncode != 0
     assert "holds node 1's data, not node 2's" in r.stderr

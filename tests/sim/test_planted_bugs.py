@@ -6,13 +6,13 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from harness import Cluster, between
+
 from raftproc.core import Entry, RaftNode
 from raftproc.core.messages import AppendEntries
 from raftproc.core.ready import ReadState
-from raftproc.sim import LivenessViolation, SafetyViolation, SimConfig, Simulation
 from raftproc.server.driver import Driver
+from raftproc.sim import LivenessViolation, SafetyViolation, SimConfig, Simulation
 
 SEEDS_TO_TRY = 300
 DRIVER_SEEDS = 1000  # the issue's bar for the driver bugs: caught within a 1,000-seed sweep
@@ -172,9 +172,15 @@ def first_caught(make_sim, seeds: int = SEEDS_TO_TRY) -> tuple[int, str] | None:
 @pytest.mark.parametrize(
     "node_cls",
     [
-        CommitsPreviousTermByCounting, VotesWithoutUpToDateCheck, VotesTwicePerTerm, TruncatesOnPresentEntries,
-        LeaderCountsUnpersistedEntries, DiscardsLogOnEverySnapshot,
-        ReadsWithoutHeartbeatRound, LeaseNeverExpires, TwoConfigChangesInFlight,
+        CommitsPreviousTermByCounting,
+        VotesWithoutUpToDateCheck,
+        VotesTwicePerTerm,
+        TruncatesOnPresentEntries,
+        LeaderCountsUnpersistedEntries,
+        DiscardsLogOnEverySnapshot,
+        ReadsWithoutHeartbeatRound,
+        LeaseNeverExpires,
+        TwoConfigChangesInFlight,
     ],
 )
 def test_sim_catches_planted_core_bug(node_cls):
@@ -217,7 +223,14 @@ def test_figure_8_previous_term_entry_is_not_committed_by_counting():
     """The paper's Figure 8, scripted. Reference: §5.4.2"""
     from raftproc.core import Config
 
-    cfg = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=1, pre_vote=False, check_quorum=False)
+    cfg = Config(
+        election_timeout_min=10,
+        election_timeout_max=20,
+        heartbeat_interval=3,
+        max_entries_per_message=1,
+        pre_vote=False,
+        check_quorum=False,
+    )
     for node_cls, should_lose_commit in ((RaftNode, False), (CommitsPreviousTermByCounting, True)):
         c = Cluster(5, node_cls=node_cls, config=cfg)
         # (a) S1 leads term 1; the no-op commits everywhere; x reaches only S2.
@@ -258,5 +271,5 @@ def test_figure_8_previous_term_entry_is_not_committed_by_counting():
         assert s5.log.entry(x_index).command != b"x"
         assert s5.commit_index >= x_index
         # With the bug, x was applied at x_index on S1 and now something else is.
-        lost = c.applied[1][x_index - 1:x_index] == [b"x"] and c.applied[5][x_index - 1] != b"x"
+        lost = c.applied[1][x_index - 1 : x_index] == [b"x"] and c.applied[5][x_index - 1] != b"x"
         assert lost is should_lose_commit

@@ -17,7 +17,10 @@ def test_a_write_landing_after_a_local_snapshot_still_truncates_past_it(tmp_path
     """The sequence a background write produces: entries 1..21 of term 34 stored; a
     new leader's 16..20 (term 41) replace 16 on; a snapshot at 20 is saved before that
     write lands. Entry 21 of term 34 must be gone, as it is from the WAL."""
-    readies = [Ready(hard_state=HardState(34, 5, 0), entries=entries(1, 21, 34)), Ready(hard_state=HardState(41, None, 20), entries=entries(16, 20, 41))]
+    readies = [
+        Ready(hard_state=HardState(34, 5, 0), entries=entries(1, 21, 34)),
+        Ready(hard_state=HardState(41, None, 20), entries=entries(16, 20, 41)),
+    ]
     snapshot_at_20 = SnapshotMeta(20, 41, Membership((1, 2, 3)))
     data = entries(1, 15, 34) + entries(16, 20, 41)
 

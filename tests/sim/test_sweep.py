@@ -50,8 +50,8 @@ def test_sim_cli_replays_a_seed_with_a_readable_trace(capsys):
 
 
 def test_sim_failure_names_the_replay_command():
-    from raftproc.sim import SafetyViolation, SimConfig, Simulation
     from raftproc.core import RaftNode
+    from raftproc.sim import SafetyViolation, SimConfig, Simulation
 
     class NeverChecksLog(RaftNode):
         def _vote_refusal(self, msg):

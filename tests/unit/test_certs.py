@@ -28,8 +28,14 @@ def test_mint_a_ca_a_node_and_an_admin_by_hand(tmp_path):
     assert main(["client", str(d), "--name", "a/b"]) == 2
     assert _identity(d / "node-7.pem") == node_identity(7)
     assert _identity(d / "admin-ops.pem") == Identity(ADMIN, "ops")
-    sans = x509.load_pem_x509_certificate((d / "node-7.pem").read_bytes()).extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert sans.get_values_for_type(x509.DNSName) == ["db7.example"] and [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
+    sans = (
+        x509.load_pem_x509_certificate((d / "node-7.pem").read_bytes())
+        .extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        .value
+    )
+    assert sans.get_values_for_type(x509.DNSName) == ["db7.example"] and [str(a) for a in sans.get_values_for_type(x509.IPAddress)] == [
+        "10.0.0.7"
+    ]
     for key in ("ca-key.pem", "node-7-key.pem", "admin-ops-key.pem"):
         assert os.stat(d / key).st_mode & 0o777 == 0o600
     # What was minted loads as a TLS 1.3 client context.

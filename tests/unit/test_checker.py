@@ -8,7 +8,17 @@ from raftproc.checker import check_history
 
 
 def op(client, kind, key, call, ret, *, value=None, expect=None, ok=True, output=None, mismatch=False):
-    r = {"client": client, "op": kind, "key": key, "value": value, "expect": expect, "call": call, "return": ret, "ok": ok, "output": output}
+    r = {
+        "client": client,
+        "op": kind,
+        "key": key,
+        "value": value,
+        "expect": expect,
+        "call": call,
+        "return": ret,
+        "ok": ok,
+        "output": output,
+    }
     if mismatch:
         r["mismatch"] = True
     return r

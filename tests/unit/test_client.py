@@ -187,6 +187,7 @@ def _registering(answers):
         if req["op"] == "register":
             return {"status": "ok", "result": {"ok": True, "client": next(issued)}}
         return next(answers)
+
     return script
 
 
@@ -228,6 +229,7 @@ def test_status_after_the_node_dropped_the_connection_reconnects(fake):
     def script(req):
         calls.append(req)
         return None if len(calls) == 2 else {"status": "ok", "result": {"id": 1}}
+
     node = fake(script)
     c = client_for(node)
     assert c.status(1)["id"] == 1

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from harness import Cluster, between
+
 from raftproc.core import FOLLOWER, LEADER, Config, NotLeader
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse
 
@@ -41,7 +41,9 @@ def test_read_index_waits_for_a_majority_to_answer_a_round_started_after_it():
 
 def test_an_answer_to_an_older_round_does_not_confirm_a_read():
     c, leader = leader_with_commit()
-    leader.tick(); leader.tick(); leader.tick()  # a heartbeat round goes out before the read
+    leader.tick()
+    leader.tick()
+    leader.tick()  # a heartbeat round goes out before the read
     c.process(1)
     old = [m for m in c.queue if isinstance(m, AppendEntries)]
     c.queue = []

@@ -5,8 +5,8 @@ scripts pin each rule down on its own."""
 from __future__ import annotations
 
 import pytest
-
 from harness import Cluster
+
 from raftproc.core import Entry, RaftNode
 from raftproc.core.log import LogInvariantError, RaftLog
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Membership, SnapshotMeta
@@ -98,7 +98,9 @@ def test_follower_keeps_entries_after_a_snapshot_its_log_already_holds():
 
 def test_append_starting_inside_the_snapshot_keeps_only_what_follows_it():
     follower = RaftNode(2, (1, 2, 3), rng=__import__("random").Random(1), snapshot=SnapshotMeta(5, 1, Membership((1, 2, 3))), applied=5)
-    msg = AppendEntries(src=1, dst=2, term=1, prev_log_index=3, prev_log_term=1, entries=tuple(Entry(1, i) for i in range(4, 9)), leader_commit=8)
+    msg = AppendEntries(
+        src=1, dst=2, term=1, prev_log_index=3, prev_log_term=1, entries=tuple(Entry(1, i) for i in range(4, 9)), leader_commit=8
+    )
     follower.step(msg)
     rd = follower.ready()
     assert [e.index for e in rd.entries] == [6, 7, 8]
@@ -123,7 +125,9 @@ def test_snapshot_transfer_outcome_moves_the_leader_on():
     assert pr.state == SNAPSHOT and pr.pending_snapshot == 5
     leader.report_snapshot(2, success=False)
     assert pr.state != SNAPSHOT and pr.next_index == 1
-    leader.tick(); leader.tick(); leader.tick()
+    leader.tick()
+    leader.tick()
+    leader.tick()
     assert pr.state == SNAPSHOT
     leader.report_snapshot(2, success=True)
     assert pr.next_index == 6

@@ -125,8 +125,9 @@ class FullStorage:
 
 
 def test_the_driver_stalls_a_ready_on_a_full_disk_and_finishes_it_on_retry():
-    from raftproc.core.node import RaftNode
     import random
+
+    from raftproc.core.node import RaftNode
 
     raft = RaftNode(1, (1,), rng=random.Random(1))
     storage, stub = FullStorage(), Stub()

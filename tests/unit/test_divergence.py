@@ -51,8 +51,18 @@ def test_same_term_at_prev_with_another_history_is_divergence_not_a_match():
     different entries at 2; the follower's term at prev matches, its history does not."""
     node = follower([Entry(1, 1, b"a"), Entry(2, 2, b"acked by a majority")])
     theirs = links([Entry(1, 1, b"a"), Entry(2, 2, b"the other side's write")])
-    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=2, prev_log_term=2, entries=(Entry(3, 3, b"new"),),
-                            leader_commit=3, prev_log_hash=theirs[1]))
+    node.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=3,
+            prev_log_index=2,
+            prev_log_term=2,
+            entries=(Entry(3, 3, b"new"),),
+            leader_commit=3,
+            prev_log_hash=theirs[1],
+        )
+    )
     [reply] = answers(node)
     assert isinstance(reply, AppendEntriesResponse) and not reply.success and reply.diverged
     assert node.diverged is not None and node.diverged.index == 2 and node.diverged.leader == 1
@@ -62,8 +72,18 @@ def test_same_term_at_prev_with_another_history_is_divergence_not_a_match():
 
 def test_an_entry_held_under_the_same_term_with_other_bytes_is_divergence():
     node = follower([Entry(1, 1, b"a"), Entry(2, 2, b"mine")])
-    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=(Entry(2, 2, b"yours"),),
-                            leader_commit=2, prev_log_hash=links([Entry(1, 1, b"a")])[0]))
+    node.step(
+        AppendEntries(
+            src=1,
+            dst=2,
+            term=3,
+            prev_log_index=1,
+            prev_log_term=1,
+            entries=(Entry(2, 2, b"yours"),),
+            leader_commit=2,
+            prev_log_hash=links([Entry(1, 1, b"a")])[0],
+        )
+    )
     [reply] = answers(node)
     assert reply.diverged and node.diverged.index == 2 and "different command" in node.diverged.reason
 
@@ -79,8 +99,7 @@ def test_a_leader_contradicting_a_committed_entry_is_divergence_and_changes_noth
 
 def test_a_diverged_node_follows_votes_and_campaigns_for_nobody():
     node = follower([Entry(1, 1, b"a"), Entry(2, 2, b"mine")])
-    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=(Entry(2, 2, b"yours"),),
-                            leader_commit=2))
+    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=(Entry(2, 2, b"yours"),), leader_commit=2))
     answers(node)
     # A later, correct-looking append is refused as well: the node follows nobody.
     node.step(AppendEntries(src=3, dst=2, term=4, prev_log_index=0, prev_log_term=0, entries=(), leader_commit=0))
@@ -127,14 +146,20 @@ def test_correct_logs_never_look_diverged():
     node = follower([Entry(1, 1, b"a"), Entry(2, 2, b"deposed leader's, uncommitted")])
     leader_log = [Entry(1, 1, b"a"), Entry(3, 2, None), Entry(3, 3, b"c")]
     hashes = links(leader_log)
-    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=tuple(leader_log[1:]),
-                            leader_commit=3, prev_log_hash=hashes[0]))
+    node.step(
+        AppendEntries(
+            src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=tuple(leader_log[1:]), leader_commit=3, prev_log_hash=hashes[0]
+        )
+    )
     [reply] = answers(node)
     assert reply.success and not reply.diverged and node.diverged is None
     assert node.log.hash_at(3) == hashes[2]
     # A duplicate of the same append: entries held under the same term and bytes.
-    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=tuple(leader_log[1:]),
-                            leader_commit=3, prev_log_hash=hashes[0]))
+    node.step(
+        AppendEntries(
+            src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=tuple(leader_log[1:]), leader_commit=3, prev_log_hash=hashes[0]
+        )
+    )
     [again] = answers(node)
     assert again.success and node.diverged is None
 
@@ -150,8 +175,11 @@ def _leader_with_acks() -> RaftNode:
         leader.propose(b"w")
     answers(leader)
     for peer in (2, 3):
-        leader.step(AppendEntriesResponse(src=peer, dst=1, term=leader.current_term, success=True,
-                                          match_index=leader.log.last_index, context=leader.reads.round))
+        leader.step(
+            AppendEntriesResponse(
+                src=peer, dst=1, term=leader.current_term, success=True, match_index=leader.log.last_index, context=leader.reads.round
+            )
+        )
     answers(leader)
     return leader
 
@@ -162,13 +190,25 @@ def test_a_follower_that_refuses_what_it_acknowledged_has_lost_data_and_is_alarm
     leader = _leader_with_acks()
     acked = leader.progress[2].match_index
     # A reject from before the acknowledgement (an earlier round) is stale, not an alarm.
-    leader.step(AppendEntriesResponse(src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked,
-                                      conflict_index=2, context=leader.progress[2].match_round))
+    leader.step(
+        AppendEntriesResponse(
+            src=2,
+            dst=1,
+            term=leader.current_term,
+            success=False,
+            rejected_index=acked,
+            conflict_index=2,
+            context=leader.progress[2].match_round,
+        )
+    )
     assert leader.peer_divergences == {}
     leader.read_index(7)  # a new round of heartbeats, sent after the acknowledgement arrived
     answers(leader)
-    leader.step(AppendEntriesResponse(src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked,
-                                      conflict_index=2, context=leader.reads.round))
+    leader.step(
+        AppendEntriesResponse(
+            src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked, conflict_index=2, context=leader.reads.round
+        )
+    )
     assert leader.peer_divergences == {2: acked} and leader.progress[2].diverged
 
 
@@ -203,8 +243,7 @@ def test_a_snapshot_past_our_log_that_contradicts_a_committed_entry_by_term_is_d
 
 def test_a_diverged_node_takes_no_timeout_now_and_is_never_a_transfer_target():
     node = follower([Entry(1, 1, b"a"), Entry(2, 2, b"mine")])
-    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=(Entry(2, 2, b"yours"),),
-                            leader_commit=2))
+    node.step(AppendEntries(src=1, dst=2, term=3, prev_log_index=1, prev_log_term=1, entries=(Entry(2, 2, b"yours"),), leader_commit=2))
     answers(node)
     from raftproc.core.messages import TimeoutNow
 

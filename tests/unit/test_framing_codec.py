@@ -41,8 +41,16 @@ MESSAGES = [
     AppendEntriesResponse(src=3, dst=1, term=4, success=False, rejected_index=5, conflict_term=None, conflict_index=3),
     AppendEntriesResponse(src=3, dst=1, term=4, success=True, match_index=7),
     AppendEntries(
-        src=1, dst=3, term=4, prev_log_index=5, prev_log_term=3, leader_commit=5,
-        entries=(Entry(4, 6, b"addresses", Membership((1, 2, 4), outgoing=(1, 2, 3), learners=(5,))), Entry(4, 7, None, Membership((1, 2)))),
+        src=1,
+        dst=3,
+        term=4,
+        prev_log_index=5,
+        prev_log_term=3,
+        leader_commit=5,
+        entries=(
+            Entry(4, 6, b"addresses", Membership((1, 2, 4), outgoing=(1, 2, 3), learners=(5,))),
+            Entry(4, 7, None, Membership((1, 2))),
+        ),
     ),
     TimeoutNow(src=1, dst=2, term=9),
     SnapshotChunk(src=1, dst=2, term=3, index=40, snap_term=2, offset=0, total=3, data=b"abc"),
@@ -81,7 +89,13 @@ def test_codec_round_trips_cover_every_message_type():
 
 def test_codec_refuses_integers_past_64_bits_and_unhashable_tags():
     base = {"v": 2, "t": "tn", "src": 1, "dst": 2, "term": 1}
-    for bad in ({**base, "term": 2**64}, {**base, "term": 10**5000}, {**base, "t": ["tn"]}, {**base, "t": {"x": 1}}, {**base, "v": 10**5000}):
+    for bad in (
+        {**base, "term": 2**64},
+        {**base, "term": 10**5000},
+        {**base, "t": ["tn"]},
+        {**base, "t": {"x": 1}},
+        {**base, "v": 10**5000},
+    ):
         with pytest.raises(RemoteProtocolError):
             decode_message(cbor2.dumps(bad))
 
@@ -123,13 +137,75 @@ def test_client_requests_decode_to_their_typed_request(body, expected):
         cbor2.dumps({"v": 2, "t": "rv", "src": 1, "dst": 2, "term": 1}),
         cbor2.dumps({"v": 2, "t": "rv", "src": 1, "dst": 2, "term": -1, "last_log_index": 0, "last_log_term": 0}),
         cbor2.dumps({"v": 2, "t": "rvr", "src": 1, "dst": 2, "term": 1, "vote_granted": 1}),
-        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 5, b"x"]], "leader_commit": 0}),
-        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[9, 1, b"x"]], "leader_commit": 0}),
-        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": "x", "leader_commit": 0}),
+        cbor2.dumps(
+            {
+                "v": 2,
+                "t": "ae",
+                "src": 1,
+                "dst": 2,
+                "term": 1,
+                "prev_log_index": 0,
+                "prev_log_term": 0,
+                "entries": [[1, 5, b"x"]],
+                "leader_commit": 0,
+            }
+        ),
+        cbor2.dumps(
+            {
+                "v": 2,
+                "t": "ae",
+                "src": 1,
+                "dst": 2,
+                "term": 1,
+                "prev_log_index": 0,
+                "prev_log_term": 0,
+                "entries": [[9, 1, b"x"]],
+                "leader_commit": 0,
+            }
+        ),
+        cbor2.dumps(
+            {"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": "x", "leader_commit": 0}
+        ),
         # configuration entries: a voter that is also a learner, node id 0, not a configuration
-        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 1, None, [[1], [], [1]]]], "leader_commit": 0}),
-        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 1, None, [[0], [], []]]], "leader_commit": 0}),
-        cbor2.dumps({"v": 2, "t": "ae", "src": 1, "dst": 2, "term": 1, "prev_log_index": 0, "prev_log_term": 0, "entries": [[1, 1, None, "x"]], "leader_commit": 0}),
+        cbor2.dumps(
+            {
+                "v": 2,
+                "t": "ae",
+                "src": 1,
+                "dst": 2,
+                "term": 1,
+                "prev_log_index": 0,
+                "prev_log_term": 0,
+                "entries": [[1, 1, None, [[1], [], [1]]]],
+                "leader_commit": 0,
+            }
+        ),
+        cbor2.dumps(
+            {
+                "v": 2,
+                "t": "ae",
+                "src": 1,
+                "dst": 2,
+                "term": 1,
+                "prev_log_index": 0,
+                "prev_log_term": 0,
+                "entries": [[1, 1, None, [[0], [], []]]],
+                "leader_commit": 0,
+            }
+        ),
+        cbor2.dumps(
+            {
+                "v": 2,
+                "t": "ae",
+                "src": 1,
+                "dst": 2,
+                "term": 1,
+                "prev_log_index": 0,
+                "prev_log_term": 0,
+                "entries": [[1, 1, None, "x"]],
+                "leader_commit": 0,
+            }
+        ),
         # the version before configuration entries
         cbor2.dumps({"v": 1, "t": "rv", "src": 1, "dst": 2, "term": 1, "last_log_index": 0, "last_log_term": 0}),
     ],
@@ -161,8 +237,12 @@ def test_member_request_validation():
     assert decode_request(encode(add)).addresses == (("127.0.0.1", 7106), ("127.0.0.1", 7206))
     assert decode_request(encode({"t": "member", "id": 2, "op": "list"})).op == "list"
     for bad in (
-        {**add, "op": "grow"}, {**add, "node": 0}, {**add, "node": "6"}, {**add, "addresses": ["127.0.0.1:7106"]},
-        {**add, "addresses": ["127.0.0.1:7106", "nowhere"]}, {"t": "member", "id": 3, "op": "remove"},
+        {**add, "op": "grow"},
+        {**add, "node": 0},
+        {**add, "node": "6"},
+        {**add, "addresses": ["127.0.0.1:7106"]},
+        {**add, "addresses": ["127.0.0.1:7106", "nowhere"]},
+        {"t": "member", "id": 3, "op": "remove"},
     ):
         with pytest.raises(RemoteProtocolError):
             decode_request(encode(bad))
@@ -188,10 +268,31 @@ def test_a_peer_from_before_the_chain_sends_no_link_and_no_divergence_flag():
     from raftproc.core.messages import AppendEntries, AppendEntriesResponse
     from raftproc.runtime.codec import PROTOCOL_VERSION, decode_message
 
-    ae = {"v": PROTOCOL_VERSION, "t": "ae", "src": 1, "dst": 2, "term": 3, "prev_log_index": 0, "prev_log_term": 0,
-          "entries": [], "leader_commit": 0, "context": 0}
-    aer = {"v": PROTOCOL_VERSION, "t": "aer", "src": 2, "dst": 1, "term": 3, "success": True, "match_index": 0,
-           "rejected_index": 0, "conflict_term": None, "conflict_index": 0, "context": 0}
+    ae = {
+        "v": PROTOCOL_VERSION,
+        "t": "ae",
+        "src": 1,
+        "dst": 2,
+        "term": 3,
+        "prev_log_index": 0,
+        "prev_log_term": 0,
+        "entries": [],
+        "leader_commit": 0,
+        "context": 0,
+    }
+    aer = {
+        "v": PROTOCOL_VERSION,
+        "t": "aer",
+        "src": 2,
+        "dst": 1,
+        "term": 3,
+        "success": True,
+        "match_index": 0,
+        "rejected_index": 0,
+        "conflict_term": None,
+        "conflict_index": 0,
+        "context": 0,
+    }
     old_ae, old_aer = decode_message(cbor2.dumps(ae)), decode_message(cbor2.dumps(aer))
     assert isinstance(old_ae, AppendEntries) and old_ae.prev_log_hash is None
     assert isinstance(old_aer, AppendEntriesResponse) and old_aer.diverged is False

@@ -18,7 +18,9 @@ def test_host_in_process_with_an_injected_clock_serves_a_client(tmp_path):
     # tick and deadline from it, not from time.monotonic().
     start = time.monotonic()
     fast = lambda: start + (time.monotonic() - start) * 10  # noqa: E731
-    cfg = ClusterConfig(nodes={1: NodeAddress(1, ("127.0.0.1", 0), ("127.0.0.1", 0))}, data_dir=tmp_path / "data", log_dir=tmp_path / "logs")
+    cfg = ClusterConfig(
+        nodes={1: NodeAddress(1, ("127.0.0.1", 0), ("127.0.0.1", 0))}, data_dir=tmp_path / "data", log_dir=tmp_path / "logs"
+    )
     events: list[str] = []
     host = open_host(cfg, 1, log=lambda event, **fields: events.append(event), clock=fast)
     address = host.clients.listener.sock.getsockname()

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cbor2
 import pytest
-
-from dataclasses import replace
 
 from raftproc.config import ConfigError, NodeAddress, default_config, load_config, parse_config, to_toml
 from raftproc.kv.commands import REGISTERED, Command
@@ -29,8 +29,13 @@ def test_kv_operations():
     )
     assert r[0] is None
     assert r[1:] == [
-        {"ok": True}, {"ok": True, "value": "1"}, {"ok": False, "mismatch": True, "value": "1"},
-        {"ok": True}, {"ok": True, "existed": True}, {"ok": True, "existed": False}, {"ok": True},
+        {"ok": True},
+        {"ok": True, "value": "1"},
+        {"ok": False, "mismatch": True, "value": "1"},
+        {"ok": True},
+        {"ok": True, "existed": True},
+        {"ok": True, "existed": False},
+        {"ok": True},
     ]
     assert kv.data == {"y": "new"}
 
@@ -126,7 +131,10 @@ def test_config_round_trips_through_toml(tmp_path):
     [
         ("node = 3", "[[node]]"),
         ("[[node]]\nid = 1\npeer = 'x'\nclient = '127.0.0.1:1'", "HOST:PORT"),
-        ("[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'\n[[node]]\nid = 1\npeer = '127.0.0.1:3'\nclient = '127.0.0.1:4'", "twice"),
+        (
+            "[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'\n[[node]]\nid = 1\npeer = '127.0.0.1:3'\nclient = '127.0.0.1:4'",
+            "twice",
+        ),
         ("tick_ms = 0\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "tick_ms"),
         ("heartbeat_interval = 9\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "heartbeat"),
         ("colour = 'red'\n[[node]]\nid = 1\npeer = '127.0.0.1:1'\nclient = '127.0.0.1:2'", "unknown keys"),
@@ -229,8 +237,12 @@ def test_scan_pages_through_a_prefix_in_order_bounded_in_count_and_bytes():
 def test_applying_the_proposed_command_equals_decoding_its_bytes():
     """The leader hands apply() the Command it proposed; a follower decodes the bytes.
     Both must leave the same store, digest and answers."""
-    commands = [Command("set", "x", "1", client=1, seq=1), Command("cas", "x", "2", expect="1", client=1, seq=2),
-                Command("del", "x", client=2, seq=1), Command("set", "x", "1", client=1, seq=2)]
+    commands = [
+        Command("set", "x", "1", client=1, seq=1),
+        Command("cas", "x", "2", expect="1", client=1, seq=2),
+        Command("del", "x", client=2, seq=1),
+        Command("set", "x", "1", client=1, seq=2),
+    ]
     leader, follower = KeyValueStore(), KeyValueStore()
     for i, cmd in enumerate(commands, 1):
         assert leader.apply(i, cmd.encode(), cmd) == follower.apply(i, cmd.encode())

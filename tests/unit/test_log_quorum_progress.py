@@ -97,10 +97,17 @@ def test_appends_to_a_follower_far_behind_are_capped_in_bytes():
     (an entry larger than the cap travels alone), so no message outgrows the
     transport's frame limit and the follower catches up."""
     from harness import Cluster
+
     from raftproc.core import AppendEntries, Config
 
-    cfg = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False,
-                 max_bytes_per_message=250_000)
+    cfg = Config(
+        election_timeout_min=10,
+        election_timeout_max=20,
+        heartbeat_interval=3,
+        pre_vote=False,
+        check_quorum=False,
+        max_bytes_per_message=250_000,
+    )
     c = Cluster(3, config=cfg)
     leader = c.elect(1)
     c.deliver()

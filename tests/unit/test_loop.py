@@ -22,8 +22,26 @@ def _pair(loop: EventLoop, *, max_buffer: int = 1 << 20):
     closed: list[str] = []
     events: list[str] = []
     log = lambda event, **f: events.append(event)  # noqa: E731
-    sender = Connection(loop, a, name="a", on_frame=lambda c, body: None, on_close=lambda c, r: closed.append(r), max_frame=1 << 20, max_buffer=max_buffer, log=log)
-    receiver = Connection(loop, b, name="b", on_frame=lambda c, body: got.append(body), on_close=lambda c, r: closed.append(r), max_frame=1 << 20, max_buffer=max_buffer, log=log)
+    sender = Connection(
+        loop,
+        a,
+        name="a",
+        on_frame=lambda c, body: None,
+        on_close=lambda c, r: closed.append(r),
+        max_frame=1 << 20,
+        max_buffer=max_buffer,
+        log=log,
+    )
+    receiver = Connection(
+        loop,
+        b,
+        name="b",
+        on_frame=lambda c, body: got.append(body),
+        on_close=lambda c, r: closed.append(r),
+        max_frame=1 << 20,
+        max_buffer=max_buffer,
+        log=log,
+    )
     return sender, receiver, got, closed
 
 
@@ -82,15 +100,23 @@ def test_a_frame_whose_handler_raises_costs_its_connection_not_the_loop():
     def explode(conn, body):
         raise ValueError("Exceeds the limit (4300 digits) for integer string conversion" + "9" * 5000)
 
-    Connection(loop, b, name="victim", on_frame=explode, on_close=lambda c, r: closed.append(r), max_frame=1 << 20, max_buffer=1 << 20,
-               log=lambda event, **f: events.append((event, f)))
+    Connection(
+        loop,
+        b,
+        name="victim",
+        on_frame=explode,
+        on_close=lambda c, r: closed.append(r),
+        max_frame=1 << 20,
+        max_buffer=1 << 20,
+        log=lambda event, **f: events.append((event, f)),
+    )
     a.sendall(encode_frame(b"\xff" * 100))
     for _ in range(100):
         if closed:
             break
         loop.run_once(max_wait=0.05)
     assert closed == ["bad frame"]
-    (event, fields), = events
+    ((event, fields),) = events
     assert event == "bad_frame" and fields["level"] == "error"
     assert len(fields["error"]) <= 200 and fields["excerpt"] == "ff" * 32 and fields["bytes"] == 100
     a.close()

@@ -5,6 +5,7 @@ and promotion, and answers the client exactly once. Scripted with the harness.""
 from __future__ import annotations
 
 from harness import Cluster
+
 from raftproc.core import Config
 from raftproc.runtime.members import MemberChange
 

@@ -4,8 +4,8 @@ time, a removed leader, configurations in logs and snapshots. Scripted."""
 from __future__ import annotations
 
 import pytest
-
 from harness import Cluster, between
+
 from raftproc.core import FOLLOWER, LEADER, Config, ConfigChangeRefused, Membership
 from raftproc.core.log import RaftLog
 from raftproc.core.messages import Entry, InstallSnapshot, SnapshotMeta, TimeoutNow
@@ -193,7 +193,8 @@ def test_a_joining_node_takes_the_configuration_from_the_snapshot_it_installs():
     c.deliver(lambda m: 4 not in (m.src, m.dst), drop_rest=True)
     snap_at = leader.applied
     c.storage[1].save_snapshot(
-        SnapshotMeta(snap_at, leader.log.term_at(snap_at), leader.log.membership_at(snap_at)), (),
+        SnapshotMeta(snap_at, leader.log.term_at(snap_at), leader.log.membership_at(snap_at)),
+        (),
     )
     leader.compact(snap_at)
     assert leader.log.snapshot_membership == Membership((1, 2, 3), learners=(4,))

@@ -104,7 +104,8 @@ def test_an_untraced_write_shows_its_operation_only_and_a_traced_one_its_command
 def _host(tmp_path):
     cfg = ClusterConfig(
         nodes={1: NodeAddress(1, ("127.0.0.1", 0), ("127.0.0.1", 0), metrics=("127.0.0.1", 0))},
-        data_dir=tmp_path / "data", log_dir=tmp_path / "logs",
+        data_dir=tmp_path / "data",
+        log_dir=tmp_path / "logs",
     )
     return open_host(cfg, 1, log=lambda event, **fields: None)
 

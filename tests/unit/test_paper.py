@@ -6,8 +6,8 @@ from __future__ import annotations
 import random
 
 import pytest
-
 from harness import SCRIPT_CONFIG, Cluster, between
+
 from raftproc.core import (
     CANDIDATE,
     FOLLOWER,
@@ -26,8 +26,12 @@ from raftproc.core import (
 
 def make_node(node_id: int = 1, n: int = 3, *, term: int = 0, entries=(), vote=None, seed: int = 0) -> RaftNode:
     return RaftNode(
-        node_id, range(1, n + 1), rng=random.Random(seed), config=SCRIPT_CONFIG,
-        hard_state=HardState(term, vote, 0), entries=entries,
+        node_id,
+        range(1, n + 1),
+        rng=random.Random(seed),
+        config=SCRIPT_CONFIG,
+        hard_state=HardState(term, vote, 0),
+        entries=entries,
     )
 
 
@@ -207,10 +211,10 @@ def test_follower_knows_its_leader_for_redirects():
 @pytest.mark.parametrize(
     "voter_log, cand_last_term, cand_last_index, granted",
     [
-        ((1, 1, 2), 2, 3, True),   # same last term, same length
-        ((1, 1, 2), 2, 4, True),   # same last term, longer
+        ((1, 1, 2), 2, 3, True),  # same last term, same length
+        ((1, 1, 2), 2, 4, True),  # same last term, longer
         ((1, 1, 2), 2, 2, False),  # same last term, shorter
-        ((1, 1, 2), 3, 1, True),   # higher last term wins even when shorter
+        ((1, 1, 2), 3, 1, True),  # higher last term wins even when shorter
         ((1, 1, 2), 1, 9, False),  # lower last term loses even when longer
     ],
 )
@@ -265,7 +269,9 @@ def test_duplicated_or_reordered_append_never_truncates():
     a late copy of an old message must not erase acknowledged entries. Reference: §5.3"""
     node = make_node(1, n=3, term=1)
     first = AppendEntries(src=2, dst=1, term=1, prev_log_index=0, prev_log_term=0, entries=(Entry(1, 1, b"a"),), leader_commit=0)
-    second = AppendEntries(src=2, dst=1, term=1, prev_log_index=0, prev_log_term=0, entries=(Entry(1, 1, b"a"), Entry(1, 2, b"b")), leader_commit=0)
+    second = AppendEntries(
+        src=2, dst=1, term=1, prev_log_index=0, prev_log_term=0, entries=(Entry(1, 1, b"a"), Entry(1, 2, b"b")), leader_commit=0
+    )
     node.step(second)
     node.step(first)
     node.step(first)
@@ -287,7 +293,17 @@ def test_follower_commit_is_min_of_leader_commit_and_last_new_entry():
 def test_leader_skips_a_whole_conflicting_term_per_round_trip():
     """With the conflict hint the leader backs up one term per round trip, not one
     entry. Reference: §5.3 (the optimisation sketched at its end)"""
-    c = Cluster(3, config=Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, max_entries_per_message=4, pre_vote=False, check_quorum=False))
+    c = Cluster(
+        3,
+        config=Config(
+            election_timeout_min=10,
+            election_timeout_max=20,
+            heartbeat_interval=3,
+            max_entries_per_message=4,
+            pre_vote=False,
+            check_quorum=False,
+        ),
+    )
     # Node 3 holds 30 entries of an old term 1; the leader's log diverges at index 1.
     c.storage[3].entries = log_of(*[1] * 30)
     c.storage[3].hard_state = HardState(1, None, 0)

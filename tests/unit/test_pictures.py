@@ -31,7 +31,7 @@ def pixels_near(png: Path, hex_color: str, *, alpha: float = 1.0, tolerance: int
     from matplotlib.image import imread
 
     rgb = imread(png)[:, :, :3] * 255
-    want = np.array([int(hex_color[i:i + 2], 16) for i in (1, 3, 5)]) * alpha + 255 * (1 - alpha)
+    want = np.array([int(hex_color[i : i + 2], 16) for i in (1, 3, 5)]) * alpha + 255 * (1 - alpha)
     return int((np.abs(rgb - want).max(axis=2) <= tolerance).sum())
 
 
@@ -52,7 +52,9 @@ def synthetic_run(seconds: float = 300.0, ops_per_s: int = 2000, seed: int = 1):
         leader = rng.randint(1, 5)
         events.append({"node": leader, "event": "became_leader", "term": term, "_t": t, "role": "leader"})
         kind = rng.choice(["kill", "pause", "partition", "slow", "stop"])
-        faults.append({"kind": kind, "victims": "leader", "nodes": [leader], "detail": "", "start": t + 4, "end": t + 4 + rng.uniform(2, 6)})
+        faults.append(
+            {"kind": kind, "victims": "leader", "nodes": [leader], "detail": "", "start": t + 4, "end": t + 4 + rng.uniform(2, 6)}
+        )
         events.append({"node": leader, "event": "became_follower", "term": term + 1, "_t": t + 11, "role": "follower"})
         t, term = t + rng.uniform(12, 18), term + 1
     return dict(nodes=[1, 2, 3, 4, 5], t0=T0, t1=t1, faults=faults, events=events, history=history)
@@ -79,8 +81,7 @@ def test_leader_bar_ends_where_the_leader_was_killed_or_paused():
 
 
 def test_a_second_term_closes_the_first_when_the_logs_skip_the_restart():
-    events = [{"node": 1, "event": "became_leader", "term": 2, "_t": 1.0},
-              {"node": 1, "event": "became_leader", "term": 5, "_t": 9.0}]
+    events = [{"node": 1, "event": "became_leader", "term": 2, "_t": 1.0}, {"node": 1, "event": "became_leader", "term": 5, "_t": 9.0}]
     assert sorted(leader_spans(events, 12.0)) == [(1, 2, 1.0, 9.0), (1, 5, 9.0, 12.0)]
 
 

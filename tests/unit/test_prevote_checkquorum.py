@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from harness import Cluster
+
 from raftproc.core import CANDIDATE, FOLLOWER, LEADER, Config, RequestVote
 from raftproc.core.config import PRE_CANDIDATE
 

@@ -28,7 +28,7 @@ def pki(tmp_path_factory) -> Path:
     make_cert(d, node_identity(1), hosts=("127.0.0.1",))
     make_cert(d, node_identity(2))
     make_cert(d, Identity(CLIENT, "alice"))
-    past = datetime.datetime.now(datetime.timezone.utc) - datetime.timedelta(days=2)
+    past = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=2)
     make_cert(d, Identity(CLIENT, "old"), not_before=past - datetime.timedelta(days=30), not_after=past)
     return d
 
@@ -56,11 +56,21 @@ class Ends:
         self.events.append(event)
 
     def _accept(self, sock: socket.socket, addr) -> None:
-        self.server_conns.append(Connection(
-            self.loop, sock, name="server", on_frame=lambda c, b: self.got_server.append(b), on_close=lambda c, r: self.closed.append(f"server: {r}"),
-            max_frame=8 << 20, max_buffer=64 << 20, log=self.log, tls=self.server_ctx.server, server_side=True,
-            handshake_timeout=self.handshake_timeout,
-        ))
+        self.server_conns.append(
+            Connection(
+                self.loop,
+                sock,
+                name="server",
+                on_frame=lambda c, b: self.got_server.append(b),
+                on_close=lambda c, r: self.closed.append(f"server: {r}"),
+                max_frame=8 << 20,
+                max_buffer=64 << 20,
+                log=self.log,
+                tls=self.server_ctx.server,
+                server_side=True,
+                handshake_timeout=self.handshake_timeout,
+            )
+        )
 
     def dial(self) -> Connection:
         sock = socket.socket()
@@ -70,8 +80,17 @@ class Ends:
         except BlockingIOError:
             pass
         return Connection(
-            self.loop, sock, name="client", on_frame=lambda c, b: self.got_client.append(b), on_close=lambda c, r: self.closed.append(f"client: {r}"),
-            max_frame=8 << 20, max_buffer=64 << 20, log=self.log, connecting=True, tls=self.client_ctx, handshake_timeout=self.handshake_timeout,
+            self.loop,
+            sock,
+            name="client",
+            on_frame=lambda c, b: self.got_client.append(b),
+            on_close=lambda c, r: self.closed.append(f"client: {r}"),
+            max_frame=8 << 20,
+            max_buffer=64 << 20,
+            log=self.log,
+            connecting=True,
+            tls=self.client_ctx,
+            handshake_timeout=self.handshake_timeout,
         )
 
     def run_until(self, condition, timeout: float = 20.0) -> None:
@@ -130,7 +149,7 @@ def test_a_handshake_that_never_finishes_is_closed_at_its_deadline(pki):
 def test_plaintext_on_a_tls_port_gets_no_answer(pki):
     ends = Ends(pki)
     plain = socket.create_connection(ends.listener.sock.getsockname())
-    plain.sendall(encode_frame(b'\xa2atfstatusbid\x01'))
+    plain.sendall(encode_frame(b"\xa2atfstatusbid\x01"))
     ends.run_until(lambda: ends.closed)
     assert ends.closed == ["server: TLS handshake failed"] and not ends.got_server
     plain.settimeout(5)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-
 from harness import Cluster, between
+
 from raftproc.core import FOLLOWER, LEADER, Config
-from raftproc.core.messages import TimeoutNow
 from raftproc.core.config import TransferInProgress
+from raftproc.core.messages import TimeoutNow
 
 PREVOTE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 

@@ -28,7 +28,10 @@ class KV(SyncObj):
         # appendEntriesPeriod: PySyncObj ships new commands on this timer (default
         # 100 ms); 1 ms is its best latency short of a busy loop.
         conf = SyncObjConf(
-            journalFile=journal, dynamicMembershipChange=False, appendEntriesUseBatch=True, autoTick=False,
+            journalFile=journal,
+            dynamicMembershipChange=False,
+            appendEntriesUseBatch=True,
+            autoTick=False,
             appendEntriesPeriod=float(os.environ.get("PYSYNCOBJ_APPEND_PERIOD", "0.001")),
         )
         super().__init__(self_addr, peers, conf)
