@@ -67,7 +67,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from raftproc.core.config import Config as RaftConfig
+from raftproc.core.types import RaftOptions
 from raftproc.runtime.addresses import Address, parse_address
 from raftproc.runtime.tls import TlsFiles
 
@@ -127,8 +127,8 @@ class ClusterConfig:
     tls: TlsConfig | None = None
     source: str = field(default="built-in defaults", compare=False)
 
-    def raft(self) -> RaftConfig:
-        return RaftConfig(
+    def raft(self) -> RaftOptions:
+        return RaftOptions(
             election_timeout_min=self.election_timeout_min,
             election_timeout_max=self.election_timeout_max,
             heartbeat_interval=self.heartbeat_interval,

@@ -11,14 +11,14 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from raftproc.core import LEADER, Config, Message, RaftNode
+from raftproc.core import LEADER, Message, RaftNode, RaftOptions
 from raftproc.server.driver import Driver
 from raftproc.sim.storage import MemoryStorage
 
 Pick = Callable[[Message], bool]
 
 # The paper's Raft, without PreVote and CheckQuorum, so scripts replay its scenarios.
-SCRIPT_CONFIG = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False)
+SCRIPT_CONFIG = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False)
 
 
 def everything(msg: Message) -> bool:
@@ -31,7 +31,7 @@ class Cluster:
         n: int,
         *,
         node_cls: type[RaftNode] = RaftNode,
-        config: Config = SCRIPT_CONFIG,
+        config: RaftOptions = SCRIPT_CONFIG,
         seed: int = 0,
         spares: int = 0,
     ) -> None:
@@ -57,7 +57,7 @@ class Cluster:
             i,
             self.ids,
             rng=random.Random(self.rng.getrandbits(32)),
-            config=self.config,
+            options=self.config,
             hard_state=st.hard_state,
             entries=list(st.entries),
             snapshot=st.snapshot,

@@ -1,13 +1,5 @@
 """The Raft core: a deterministic, IO-free state machine (see node.py)."""
 
-from raftproc.core.config import (
-    CANDIDATE,
-    FOLLOWER,
-    LEADER,
-    Config,
-    ConfigChangeRefused,
-    NotLeader,
-)
 from raftproc.core.membership import Membership
 from raftproc.core.messages import (
     AppendEntries,
@@ -21,13 +13,21 @@ from raftproc.core.messages import (
 )
 from raftproc.core.node import RaftNode
 from raftproc.core.ready import HardState, Ready
+from raftproc.core.types import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    MembershipChangeRefused,
+    NotLeader,
+    RaftOptions,
+)
 
 __all__ = [
     "AppendEntries",
     "AppendEntriesResponse",
     "CANDIDATE",
-    "Config",
-    "ConfigChangeRefused",
+    "RaftOptions",
+    "MembershipChangeRefused",
     "Entry",
     "FOLLOWER",
     "HardState",

@@ -2,7 +2,7 @@
 kept apart so each file reads as one concern; raftproc.core.membership holds the
 configurations themselves and their quorums.
 
-`propose_config(voters, learners)` appends the next configuration; every node
+`propose_membership(voters, learners)` appends the next configuration; every node
 uses the newest one its log holds. Voters change through a joint configuration
 that the leader leaves by itself once it commits. One change at a time: none is
 accepted while the newest configuration entry is uncommitted or joint, nor before
@@ -17,34 +17,34 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from raftproc.core.config import (
-    LEADER,
-    ConfigChangeBusy,
-    ConfigChangeRefused,
-    NotLeader,
-    TransferInProgress,
-)
 from raftproc.core.membership import Membership
 from raftproc.core.messages import Entry, NodeId
 from raftproc.core.progress import REPLICATE, Progress
+from raftproc.core.types import (
+    LEADER,
+    MembershipChangeBusy,
+    MembershipChangeRefused,
+    NotLeader,
+    TransferInProgress,
+)
 
 
-class ConfigChanges:
+class MembershipChanges:
     """The membership half of RaftNode; the node supplies its state (log, progress,
     role, commit_index, ...) and helpers (_log, _send_timeout_now, become_follower)."""
 
-    def propose_config(
+    def propose_membership(
         self,
         voters: Iterable[NodeId],
         learners: Iterable[NodeId] = (),
-        context: bytes | None = None,
+        description: bytes | None = None,
     ) -> tuple[int, int]:
         """Move the cluster to the configuration `voters` + `learners` (see the
         module doc and raftproc.core.membership). Returns the (index, term) of the
         entry appended now: the whole change if only learners change, else the
         joint configuration, after which this leader appends the final one by
-        itself. `context` travels in the entry for the host (addresses, say).
-        Raises ConfigChangeRefused with the reason when the change must wait or
+        itself. `description` travels in the entry for the host (addresses, say).
+        Raises MembershipChangeRefused with the reason when the change must wait or
         is not allowed."""
         self._check_not_in_ready()
         if self.role != LEADER:
@@ -52,52 +52,54 @@ class ConfigChanges:
         if self.transferee is not None:
             raise TransferInProgress(f"leadership is being handed to node {self.transferee}")
         new_voters, new_learners = set(voters), set(learners)
-        refusal = self._config_change_refusal(new_voters, new_learners)
+        refusal = self._membership_change_refusal(new_voters, new_learners)
         if refusal is not None:
             raise refusal
         current = self.membership
         outgoing = () if new_voters == set(current.voters) else current.voters
-        return self._append_config(Membership(tuple(new_voters), outgoing, tuple(new_learners)), context)
+        return self._append_membership(Membership(tuple(new_voters), outgoing, tuple(new_learners)), description)
 
-    def _config_change_refusal(self, voters: set[NodeId], learners: set[NodeId]) -> ConfigChangeRefused | None:
+    def _membership_change_refusal(self, voters: set[NodeId], learners: set[NodeId]) -> MembershipChangeRefused | None:
         current = self.membership
         if self.log.term_at(self.commit_index) != self.current_term:
             # The single-server change bug (Ongaro, raft-dev, 2015): until it commits
             # in its own term, a new leader may hold a configuration that an earlier
             # leader's uncommitted change, elsewhere, is about to replace.
-            return ConfigChangeBusy("the leader has not committed an entry of its term yet; retry shortly")
-        if self._config_change_pending():
-            return ConfigChangeBusy(f"a configuration change is still in progress ({current.describe()}, entry {self.log.config_index})")
+            return MembershipChangeBusy("the leader has not committed an entry of its term yet; retry shortly")
+        if self._membership_change_pending():
+            return MembershipChangeBusy(
+                f"a configuration change is still in progress ({current.describe()}, entry {self.log.config_index})"
+            )
         if not voters:
-            return ConfigChangeRefused("a cluster needs at least one voter")
+            return MembershipChangeRefused("a cluster needs at least one voter")
         if voters & learners:
-            return ConfigChangeRefused(f"nodes {sorted(voters & learners)} cannot be voters and learners at once")
+            return MembershipChangeRefused(f"nodes {sorted(voters & learners)} cannot be voters and learners at once")
         if learners & set(current.voters):
-            return ConfigChangeRefused(
+            return MembershipChangeRefused(
                 f"nodes {sorted(learners & set(current.voters))} must stop voting (be removed) before they rejoin as learners"
             )
         strangers = voters - set(current.voters) - set(current.learners)
         if strangers:
-            return ConfigChangeRefused(f"nodes {sorted(strangers)} must join as learners and catch up before they vote")
+            return MembershipChangeRefused(f"nodes {sorted(strangers)} must join as learners and catch up before they vote")
         for node in sorted(voters - set(current.voters)):
             pr = self.progress[node]
             behind = self.log.last_index - pr.match_index
-            if pr.state != REPLICATE or behind > self.config.promote_lag_entries:
+            if pr.state != REPLICATE or behind > self.options.promote_lag_entries:
                 # REPLICATE: it has accepted an append from this leader, so its log
                 # really matches ours up to match_index (a silent node matches nothing).
                 if pr.match_index == 0 and pr.state != REPLICATE:
-                    return ConfigChangeBusy(
+                    return MembershipChangeBusy(
                         f"learner {node} has not answered this leader yet (is it running, and reachable at the address given?)"
                     )
-                return ConfigChangeBusy(
-                    f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.config.promote_lag_entries}"
+                return MembershipChangeBusy(
+                    f"learner {node} is {behind} entries behind the leader; promote it once it is within {self.options.promote_lag_entries}"
                 )
         if voters == set(current.voters) and learners == set(current.learners):
-            return ConfigChangeRefused(f"the cluster already has that configuration ({current.describe()})")
+            return MembershipChangeRefused(f"the cluster already has that configuration ({current.describe()})")
         return None
 
-    def _append_config(self, target: Membership, context: bytes | None) -> tuple[int, int]:
-        entry = Entry(self.current_term, self.log.last_index + 1, context, target)
+    def _append_membership(self, target: Membership, description: bytes | None) -> tuple[int, int]:
+        entry = Entry(self.current_term, self.log.last_index + 1, description, target)
         self.log.append((entry,))  # in force from here on, committed or not (§6)
         self._log("config_change_appended", index=entry.index, membership=target.describe())
         self._sync_progress()
@@ -127,7 +129,7 @@ class ConfigChanges:
             # Removed (to be rebuilt, say): its old history no longer raises the alarm.
             self.peer_divergences.pop(gone, None)
 
-    def _advance_config_change(self) -> None:
+    def _advance_membership_change(self) -> None:
         """After a commit: a committed joint configuration is left for the new one;
         a leader that the committed configuration leaves out steps down (§6)."""
         if self.role != LEADER or self.log.config_index > self.commit_index:
@@ -136,7 +138,7 @@ class ConfigChanges:
         m = self.membership
         if m.is_joint:
             self._log("joint_config_committed", index=self.log.config_index, membership=m.describe())
-            self._append_config(Membership(m.voters, (), m.learners), None)
+            self._append_membership(Membership(m.voters, (), m.learners), None)
         elif self.id not in m.voters:
             self._step_down_removed()
 
@@ -152,5 +154,5 @@ class ConfigChanges:
         self.leader_id = None
         self.become_follower(self.current_term, None)
 
-    def _config_change_pending(self) -> bool:
+    def _membership_change_pending(self) -> bool:
         return self.membership.is_joint or self.log.config_index > self.commit_index

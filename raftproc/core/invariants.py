@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raftproc.core.config import LEADER
 from raftproc.core.messages import NodeId
 from raftproc.core.node import RaftNode
+from raftproc.core.types import LEADER
 
 
 class InvariantViolation(AssertionError):

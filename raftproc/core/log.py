@@ -59,8 +59,8 @@ def chain(prev: bytes, entry: Entry) -> bytes:
     and a configuration entry hash apart (their tag byte)."""
     h = hashlib.sha256(prev)
     h.update(entry.term.to_bytes(8, "big"))
-    if entry.config is not None:
-        h.update(b"c" + entry.config.describe().encode())
+    if entry.membership is not None:
+        h.update(b"c" + entry.membership.describe().encode())
     if entry.command is not None:
         h.update(b"b")
         h.update(entry.command)
@@ -226,8 +226,8 @@ class RaftLog:
                 raise LogInvariantError(f"term {e.term} at {e.index} after term {self.last_term}")
             self._entries.append(e)
             self._hashes.append(chain(self._hashes[-1] if self._hashes else self.snapshot_hash or ZERO_HASH, e))
-            if e.config is not None:
-                self._configs.append((e.index, e.config))
+            if e.membership is not None:
+                self._configs.append((e.index, e.membership))
 
     def truncate_from(self, index: int) -> None:
         """Drop every entry with index >= `index`."""

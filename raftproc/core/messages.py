@@ -17,7 +17,7 @@ from raftproc.core.membership import Membership, NodeId
 class Entry:
     """One log entry. `command` is None for the no-op a new leader appends (§8).
 
-    A configuration entry (raftproc.core.membership) carries the new `config`; its
+    A configuration entry (raftproc.core.membership) carries the new `membership`; its
     `command` is then the host's own description of it (addresses, say), opaque to
     the core and never applied to the state machine.
     """
@@ -25,19 +25,19 @@ class Entry:
     term: int
     index: int
     command: bytes | None = None
-    config: Membership | None = None
+    membership: Membership | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SnapshotMeta:
     """What a snapshot covers: every entry up to `index` (whose term is `term`),
     applied, under the cluster configuration `membership` (the newest one in those
-    entries), which the host described with `context`, as in its entry."""
+    entries), whose addresses the host described in `addresses`, as in its entry."""
 
     index: int
     term: int
     membership: Membership
-    context: bytes | None = None
+    addresses: bytes | None = None  # opaque to the core: the host's address book of the members
     hash: bytes | None = None  # the log's chain link at `index` (raftproc.core.log); None: unknown
 
 
@@ -77,7 +77,7 @@ class AppendEntries:
     # The leader's read round when it sent this (ReadIndex, raftproc.core.node):
     # echoed in the answer, it proves the follower still took this node for its
     # leader after every read of that round or earlier arrived.
-    context: int = 0
+    read_round: int = 0
     # The leader's chain link at prev_log_index (raftproc.core.log): the same term
     # there must also mean the same history (raftproc.core.divergence). None: unknown.
     prev_log_hash: bytes | None = None
@@ -106,7 +106,7 @@ class AppendEntriesResponse:
     rejected_index: int = 0
     conflict_term: int | None = None
     conflict_index: int = 0
-    context: int = 0  # the request's context, echoed
+    read_round: int = 0  # the request's read round, echoed
     # The follower found its history differs from the leader's where Raft says they
     # agree (raftproc.core.divergence): it follows nobody until an operator acts.
     diverged: bool = False

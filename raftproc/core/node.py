@@ -44,20 +44,7 @@ import dataclasses
 import random
 from collections.abc import Callable, Iterable
 
-from raftproc.core.changes import ConfigChanges
-from raftproc.core.config import (
-    CANDIDATE,
-    FOLLOWER,
-    LEADER,
-    PRE_CANDIDATE,
-    CommittedConflict,
-    Config,
-    NotLeader,
-    Role,
-    RoleError,
-    TransferInProgress,
-    worth_logging,
-)
+from raftproc.core.changes import MembershipChanges
 from raftproc.core.divergence import Divergence, check_append, check_snapshot
 from raftproc.core.log import ZERO_HASH, LogInvariantError, RaftLog
 from raftproc.core.membership import Membership
@@ -76,6 +63,19 @@ from raftproc.core.messages import (
 from raftproc.core.progress import PROBE, REPLICATE, SNAPSHOT, Progress
 from raftproc.core.reads import LeaderReads, lease_ticks
 from raftproc.core.ready import HardState, ReadState, Ready
+from raftproc.core.types import (
+    CANDIDATE,
+    FOLLOWER,
+    LEADER,
+    PRE_CANDIDATE,
+    CommittedConflict,
+    NotLeader,
+    RaftOptions,
+    Role,
+    RoleError,
+    TransferInProgress,
+    worth_logging,
+)
 
 LogFn = Callable[..., None]
 
@@ -84,14 +84,14 @@ def _no_log(event: str, **fields: object) -> None:
     return None
 
 
-class RaftNode(ConfigChanges):
+class RaftNode(MembershipChanges):
     def __init__(
         self,
         node_id: NodeId,
         voters: Iterable[NodeId] | Membership,
         *,
         rng: random.Random,
-        config: Config | None = None,
+        options: RaftOptions | None = None,
         hard_state: HardState | None = None,
         entries: Iterable[Entry] = (),
         snapshot: SnapshotMeta | None = None,
@@ -111,7 +111,7 @@ class RaftNode(ConfigChanges):
         again through ready().
         """
         self.id = node_id
-        self.config = config or Config()
+        self.options = options or RaftOptions()
         self._rng = rng
         self._log_fn = log
 
@@ -235,13 +235,13 @@ class RaftNode(ConfigChanges):
                 raise TypeError(f"not a raft message: {msg!r}")
 
     def _in_lease(self) -> bool:
-        if not self.config.check_quorum:
+        if not self.options.check_quorum:
             return False
-        if self._restarted and self._ticks < self.config.election_timeout_min:
+        if self._restarted and self._ticks < self.options.election_timeout_min:
             # Just restarted: a leader may count on our refusal from before the
             # crash for its read lease, so honour it for one minimum timeout.
             return True
-        return self.role in (FOLLOWER, LEADER) and self.leader_id is not None and self.election_elapsed < self.config.election_timeout_min
+        return self.role in (FOLLOWER, LEADER) and self.leader_id is not None and self.election_elapsed < self.options.election_timeout_min
 
     @staticmethod
     def _is_pre_vote_traffic(msg: Message) -> bool:
@@ -281,21 +281,21 @@ class RaftNode(ConfigChanges):
         if self.membership.has_quorum((self.id,)) or (lease and self._lease_valid()):
             self.reads.states.append(ReadState(request, self.commit_index))
             return
-        self.reads.ask(request, self.commit_index, self._ticks, self.config.election_timeout_max)
+        self.reads.ask(request, self.commit_index, self._ticks, self.options.election_timeout_max)
         self._broadcast_pending = True
         self._heartbeat_pending = True
 
     def _new_round(self) -> None:
-        self.reads.new_round(self._ticks, self.config.election_timeout_max)
+        self.reads.new_round(self._ticks, self.options.election_timeout_max)
 
     def _lease_valid(self) -> bool:
         """A majority answered messages sent recently enough that none of them will
         vote for another leader yet (check_quorum's vote refusal)."""
-        if not self.config.check_quorum or self.reads.lease_given_up or self._config_change_pending():
+        if not self.options.check_quorum or self.reads.lease_given_up or self._membership_change_pending():
             # While the configuration changes, the majority whose vote refusal the
             # lease counts on may not be the one that elects the next leader.
             return False
-        ticks = lease_ticks(self.config.election_timeout_min, self.config.max_clock_drift)
+        ticks = lease_ticks(self.options.election_timeout_min, self.options.max_clock_drift)
         return ticks > 0 and self.reads.lease_holds(self.membership, self.id, self._ticks, ticks)
 
     def transfer_leadership(self, target: NodeId) -> None:
@@ -543,7 +543,7 @@ class RaftNode(ConfigChanges):
                 # A learner, a joining node, a removed or a diverged one waits to be told.
                 self._reset_election_timer()
                 return
-            if self.config.pre_vote and len(self.voters) > 1:
+            if self.options.pre_vote and len(self.voters) > 1:
                 self.become_pre_candidate()
             else:
                 self._campaign()
@@ -552,9 +552,9 @@ class RaftNode(ConfigChanges):
         self.election_elapsed += 1
         if self.transferee is not None:
             self._transfer_elapsed += 1
-            if self._transfer_elapsed >= self.config.election_timeout_max:
+            if self._transfer_elapsed >= self.options.election_timeout_max:
                 self._abort_transfer("target did not take over within an election timeout")
-        if self.config.check_quorum and self.election_elapsed >= self.config.election_timeout_min:
+        if self.options.check_quorum and self.election_elapsed >= self.options.election_timeout_min:
             self.election_elapsed = 0
             heard = self._recent_active | {self.id}
             self._recent_active = set()
@@ -564,7 +564,7 @@ class RaftNode(ConfigChanges):
                 self.become_follower(self.current_term, None)
                 return
         self.heartbeat_elapsed += 1
-        if self.heartbeat_elapsed >= self.config.heartbeat_interval:
+        if self.heartbeat_elapsed >= self.options.heartbeat_interval:
             self.heartbeat_elapsed = 0
             self._new_round()  # heartbeats renew the read lease
             self._heartbeat_all()
@@ -576,7 +576,7 @@ class RaftNode(ConfigChanges):
 
     def _reset_election_timer(self) -> None:
         self.election_elapsed = 0
-        cfg = self.config
+        cfg = self.options
         self.randomized_election_timeout = self._rng.randrange(cfg.election_timeout_min, cfg.election_timeout_max)
 
     def campaign(self) -> None:
@@ -692,7 +692,7 @@ class RaftNode(ConfigChanges):
             return
         last_new = self._append_from_leader(msg)
         self._follower_commit(msg.leader_commit, last_new)
-        self._send(self._append_ok(msg.src, last_new, msg.context))
+        self._send(self._append_ok(msg.src, last_new, msg.read_round))
 
     def _skip_compacted(self, msg: AppendEntries) -> AppendEntries | None:
         """An append that starts inside our snapshot. Everything the snapshot covers is
@@ -701,7 +701,7 @@ class RaftNode(ConfigChanges):
         nothing past it, acknowledge what we know matches: our commit index."""
         skip = self.log.snapshot_index - msg.prev_log_index
         if len(msg.entries) <= skip:
-            self._send(self._append_ok(msg.src, self.commit_index, msg.context))
+            self._send(self._append_ok(msg.src, self.commit_index, msg.read_round))
             return None
         return dataclasses.replace(
             msg,
@@ -775,14 +775,14 @@ class RaftNode(ConfigChanges):
             self.commit_index = commit
             self._log("commit_advanced", commit_index=commit)
 
-    def _append_ok(self, leader: NodeId, match_index: int, context: int = 0) -> AppendEntriesResponse:
+    def _append_ok(self, leader: NodeId, match_index: int, read_round: int = 0) -> AppendEntriesResponse:
         return AppendEntriesResponse(
             src=self.id,
             dst=leader,
             term=self.current_term,
             success=True,
             match_index=match_index,
-            context=context,
+            read_round=read_round,
         )
 
     def mark_diverged(self, divergence: Divergence) -> None:
@@ -827,7 +827,7 @@ class RaftNode(ConfigChanges):
                 rejected_index=msg.prev_log_index,
                 conflict_term=conflict_term,
                 conflict_index=conflict_index,
-                context=msg.context,
+                read_round=msg.read_round,
                 diverged=diverged,
             )
         )
@@ -837,7 +837,7 @@ class RaftNode(ConfigChanges):
     def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
         if self.role != LEADER:
             return
-        self.reads.on_ack(msg.src, msg.context, self.membership, self.id)
+        self.reads.on_ack(msg.src, msg.read_round, self.membership, self.id)
         pr = self.progress.get(msg.src)
         if pr is None:
             return  # not (or no longer) a member we replicate to
@@ -861,7 +861,7 @@ class RaftNode(ConfigChanges):
             return
         if pr.state == SNAPSHOT:
             return  # a heartbeat's answer while the snapshot is on its way
-        if msg.rejected_index <= pr.match_index and msg.context > pr.match_round:
+        if msg.rejected_index <= pr.match_index and msg.read_round > pr.match_round:
             # It refused an index it had acknowledged, answering a message sent after
             # the acknowledgement arrived: its log went backwards (a restored copy, a
             # disk that lied). It holds less than it promised; count on it no more.
@@ -898,7 +898,7 @@ class RaftNode(ConfigChanges):
                 waiting, self.reads.before_commit = self.reads.before_commit, []
                 for request, lease in waiting:
                     self._start_read(request, lease)
-            self._advance_config_change()
+            self._advance_membership_change()
             return True
         return False
 
@@ -930,11 +930,11 @@ class RaftNode(ConfigChanges):
             return
         last = self.log.last_index
         entries: tuple[Entry, ...] = ()
-        if pr.state == PROBE or pr.inflight() < self.config.max_inflight_entries:
-            hi = min(last + 1, pr.next_index + self.config.max_entries_per_message)
+        if pr.state == PROBE or pr.inflight() < self.options.max_inflight_entries:
+            hi = min(last + 1, pr.next_index + self.options.max_entries_per_message)
             # Capped in bytes too: a follower far behind on large values must get
             # messages its transport accepts, or it never catches up.
-            entries = self.log.slice_bytes(pr.next_index, hi, self.config.max_bytes_per_message)
+            entries = self.log.slice_bytes(pr.next_index, hi, self.options.max_bytes_per_message)
         if not entries and not heartbeat and pr.state == REPLICATE:
             return
         prev = pr.next_index - 1
@@ -949,7 +949,7 @@ class RaftNode(ConfigChanges):
                 prev_log_term=prev_term,
                 entries=entries,
                 leader_commit=self.commit_index,
-                context=self.reads.round,
+                read_round=self.reads.round,
                 prev_log_hash=self.log.hash_at(prev),
             )
         )
@@ -980,7 +980,7 @@ class RaftNode(ConfigChanges):
                 prev_log_term=self.log.snapshot_term,
                 entries=(),
                 leader_commit=self.commit_index,
-                context=self.reads.round,
+                read_round=self.reads.round,
                 prev_log_hash=self.log.snapshot_hash,
             )
         )

@@ -4,7 +4,7 @@ ReadIndex: `RaftNode.read_index(request)` on the leader records its commit index
 for the read and confirms it is still the leader with a round of heartbeats that
 starts after the read arrived; once a majority answered that round the read comes
 out in Ready.read_states and the host serves it when its state machine has
-applied the index. Rounds number the leader's AppendEntries (`context`, echoed in
+applied the index. Rounds number the leader's AppendEntries (`read_round`, echoed in
 answers), so every read arriving between two broadcasts shares one round, and
 ordinary replication traffic confirms them as well as heartbeats do. A leader
 answers reads only after committing an entry of its own term: before that its
@@ -74,10 +74,10 @@ class LeaderReads:
             self.new_round(ticks, keep_ticks)
         self.pending.append((self.round, request, index))
 
-    def on_ack(self, peer: NodeId, context: int, membership: Membership, me: NodeId) -> None:
+    def on_ack(self, peer: NodeId, read_round: int, membership: Membership, me: NodeId) -> None:
         """Any answer in the leader's term, success or not, says `peer` still follows."""
-        if context > self.acked.get(peer, 0) and context <= self.round:
-            self.acked[peer] = context
+        if read_round > self.acked.get(peer, 0) and read_round <= self.round:
+            self.acked[peer] = read_round
             if self.pending:
                 self._release(membership, me)
 

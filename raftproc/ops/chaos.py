@@ -38,8 +38,8 @@ from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.watch import Collector
 from raftproc.ops.workload import Workload
+from raftproc.runtime.recovery import recover_state
 from raftproc.runtime.skew import CLOCK_DIR_ENV
-from raftproc.runtime.storage import open_storage
 from raftproc.runtime.tls import client_context_for
 from raftproc.runtime.wal import POWER_LOSS_ENV, WalCorruption
 
@@ -281,7 +281,7 @@ def _judge_storage(cfg: ClusterConfig) -> tuple[str, bool, str]:
     bad = []
     for n in cfg.nodes:
         try:
-            open_storage(cfg.node_data_dir(n), warn=lambda event, **f: None, segment_bytes=cfg.segment_bytes).wal.close()
+            recover_state(cfg.node_data_dir(n), warn=lambda event, **f: None, segment_bytes=cfg.segment_bytes).wal.close()
         except WalCorruption as e:
             bad.append(str(e))
     return ("storage recovers cleanly", not bad, "\n".join(bad) or f"{len(cfg.nodes)} nodes' snapshots and WALs recovered")

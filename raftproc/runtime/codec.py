@@ -64,6 +64,8 @@ HASH_BYTES = 16
 # reads as their default (no chain link, no divergence), so a rolling upgrade works.
 _OPTIONAL = ("prev_log_hash", "diverged")
 _STRS = ("reason",)
+# Fields renamed after version 2 shipped keep their name on the wire.
+_WIRE_NAMES = {"read_round": "context"}
 
 
 def encode_message(msg: PeerFrame) -> bytes:
@@ -73,7 +75,7 @@ def encode_message(msg: PeerFrame) -> bytes:
         value = getattr(msg, name)
         if name == "entries":
             value = [encode_entry(e) for e in value]
-        body[name] = value
+        body[_WIRE_NAMES.get(name, name)] = value
     return cbor2.dumps(body)
 
 
@@ -85,11 +87,12 @@ def decode_message(data: bytes) -> PeerFrame:
         raise RemoteProtocolError("unknown message type")
     kwargs: dict[str, Any] = {}
     for name in _FIELDS[cls]:
-        if name not in body:
+        wire_name = _WIRE_NAMES.get(name, name)
+        if wire_name not in body:
             if name in _OPTIONAL:
                 continue
-            raise RemoteProtocolError(f"{cls.__name__} without field {name!r}")
-        value = body[name]
+            raise RemoteProtocolError(f"{cls.__name__} without field {wire_name!r}")
+        value = body[wire_name]
         if name == "entries":
             value = _decode_entries(value)
         elif name in _BOOLS:

@@ -15,9 +15,9 @@ from raftproc.runtime.addresses import parse_address
 
 
 def encode_entry(e: Entry) -> list[Any]:
-    if e.config is None:
+    if e.membership is None:
         return [e.term, e.index, e.command]
-    return [e.term, e.index, e.command, encode_membership(e.config)]
+    return [e.term, e.index, e.command, encode_membership(e.membership)]
 
 
 def decode_entry(item: Any) -> Entry:

@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from raftproc.core.config import worth_logging
+from raftproc.core.types import worth_logging
 
 LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raftproc.core.config import LEADER, ConfigChangeBusy, ConfigChangeRefused, NotLeader, TransferInProgress
 from raftproc.core.node import RaftNode
+from raftproc.core.types import LEADER, MembershipChangeBusy, MembershipChangeRefused, NotLeader, TransferInProgress
 
 Address = tuple[str, int]
 Answer = Callable[..., None]
@@ -36,8 +36,8 @@ class MemberChange:
     addresses: tuple[Address, Address] | None = None  # add: (peer, client)
     last_refusal: str = ""
 
-    def poll(self, raft: RaftNode, now: float, context: Callable[[int | None], bytes]) -> bool:
-        """One step forward; True once the client has its answer. `context(node)`
+    def poll(self, raft: RaftNode, now: float, describe: Callable[[int | None], bytes]) -> bool:
+        """One step forward; True once the client has its answer. `describe(node)`
         encodes the address book for the next configuration, with `node` added."""
         m = raft.membership
         settled = not m.is_joint and raft.log.config_index <= raft.commit_index
@@ -68,10 +68,10 @@ class MemberChange:
             learners.discard(self.node)
             with_node = None
         try:
-            raft.propose_config(voters, learners, context(with_node))
-        except (ConfigChangeBusy, TransferInProgress) as e:
+            raft.propose_membership(voters, learners, describe(with_node))
+        except (MembershipChangeBusy, TransferInProgress) as e:
             self.last_refusal = str(e)  # try again on a later pass
-        except (ConfigChangeRefused, NotLeader) as e:
+        except (MembershipChangeRefused, NotLeader) as e:
             self.answer(status="error", error=str(e))
             return True
         return False

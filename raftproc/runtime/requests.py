@@ -70,7 +70,7 @@ class KvRequest:
     limit: int = 0  # scan: at most this many keys in the page
 
     @property
-    def is_log_read(self) -> bool:
+    def through_log(self) -> bool:
         return self.read == "log"
 
 

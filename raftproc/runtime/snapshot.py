@@ -171,7 +171,7 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
                     "index": meta.index,
                     "term": meta.term,
                     "membership": encode_membership(meta.membership),
-                    "context": meta.context,
+                    "context": meta.addresses,
                     "hash": meta.hash,
                 }
             }

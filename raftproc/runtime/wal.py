@@ -124,7 +124,7 @@ def encode_record(rd: Ready) -> bytes:
             {
                 "hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index],
                 # The plain shape inline: this runs for every entry written.
-                "e": [[e.term, e.index, e.command] if e.config is None else encode_entry(e) for e in rd.entries],
+                "e": [[e.term, e.index, e.command] if e.membership is None else encode_entry(e) for e in rd.entries],
             }
         )
     )

@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from raftproc.config import NodeAddress
-from raftproc.core.config import LEADER, NotLeader, TransferInProgress, worth_logging
 from raftproc.core.messages import Entry
 from raftproc.core.node import RaftNode
 from raftproc.core.ready import ReadState
+from raftproc.core.types import LEADER, NotLeader, TransferInProgress, worth_logging
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import OK, KeyValueStore
 from raftproc.runtime import codec
@@ -240,7 +240,7 @@ class ClientService:
         if raft.role != LEADER:
             self._redirect(conn, req.id)
             return
-        if not req.is_log_read:
+        if not req.through_log:
             self._read(conn, req)
             return
         cmd = Command(req.op, req.key, req.value, req.expect, req.client, req.seq, req.retry, req.trace)
@@ -376,12 +376,12 @@ class ClientService:
             self._apply(entry)
 
     def _apply(self, entry: Entry) -> None:
-        if entry.config is not None:
+        if entry.membership is not None:
             # The configuration took effect when it was appended; to the store it is a no-op.
             self.kv.apply(entry.index, None)
-            self.log("config_applied", index=entry.index, membership=entry.config.describe())
-            self.kv.forget_incarnations(entry.config.members)
-            self.peers.forget_removed(entry.config.members)
+            self.log("config_applied", index=entry.index, membership=entry.membership.describe())
+            self.kv.forget_incarnations(entry.membership.members)
+            self.peers.forget_removed(entry.membership.members)
             return
         waiting = self.waiting.pop(entry.index, None)
         proposed = waiting.command if waiting is not None and waiting.term == entry.term else None
@@ -421,12 +421,12 @@ class ClientService:
 
     def poll_member_change(self) -> None:
         change = self.member_change
-        if change is not None and change.poll(self.raft, self.clock(), self._context_with):
+        if change is not None and change.poll(self.raft, self.clock(), self._addresses_with):
             self.member_change = None
 
     def _context_with(self, extra: int | None = None) -> bytes:
         members = set(self.raft.membership.members) | ({extra} if extra else set())
-        return self.peers.context(members)
+        return self.peers.address_book(members)
 
     def settle_leadership(self) -> None:
         """After a Ready: a node that no longer leads tells every waiting client."""

@@ -37,10 +37,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from raftproc.config import ClusterConfig
-from raftproc.core.config import LEADER, CommittedConflict
 from raftproc.core.divergence import Divergence
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse, InstallSnapshot, Message
 from raftproc.core.node import RaftNode
+from raftproc.core.types import LEADER, CommittedConflict
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.histogram import Histogram
 from raftproc.runtime.identity import KnownPeers, is_joining, load_identity, record_divergence, recorded_divergence
@@ -48,7 +48,7 @@ from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults
 from raftproc.runtime.logging import core_logger
 from raftproc.runtime.loop import EventLoop
 from raftproc.runtime.members import describe
-from raftproc.runtime.storage import open_storage
+from raftproc.runtime.recovery import recover_state
 from raftproc.runtime.tls import TlsContexts, TlsError
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.runtime.wal import BackgroundSync, SyncFailed, WriteAheadLog
@@ -365,7 +365,7 @@ class NodeHost:
         """Before the driver sends anything: configuration entries teach the address
         book their members' addresses, so links to new members can be dialled."""
         for entry in rd.entries:
-            if entry.config is not None:
+            if entry.membership is not None:
                 self.peers.learn(entry.command)
         if rd.entries and self.raft.role != LEADER:
             self.transport.tracer.appended(rd.entries, self.raft.leader_id)
@@ -463,9 +463,9 @@ def _learn_addresses(peers: Peers, meta: Any, entries: Sequence[Any]) -> None:
     """Addresses of nodes added after the config file was written: the snapshot's,
     then every configuration entry's, newest last."""
     if meta is not None:
-        peers.learn(meta.context)
+        peers.learn(meta.addresses)
     for entry in entries:
-        if entry.config is not None:
+        if entry.membership is not None:
             peers.learn(entry.command)
 
 
@@ -486,9 +486,9 @@ def _recover_state(cfg: ClusterConfig, node_id: int, st: Any, rng: random.Random
         node_id,
         voters,
         rng=rng,
-        config=cfg.raft(),
-        hard_state=st.log.hard_state,
-        entries=st.log.entries,
+        options=cfg.raft(),
+        hard_state=st.wal_tail.hard_state,
+        entries=st.wal_tail.entries,
         snapshot=st.meta,
         applied=st.meta.index if st.meta else 0,
         log=core_logger(log),
@@ -515,8 +515,8 @@ def open_host(
     log = feed.tap(log)
     me = cfg.node(node_id)
     data_dir = cfg.node_data_dir(node_id)
-    st = open_storage(data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
-    wal, rec, meta = st.wal, st.log, st.meta
+    st = recover_state(data_dir, warn=lambda event, **f: log(event, level="warning", **f), segment_bytes=cfg.segment_bytes)
+    wal, rec, meta = st.wal, st.wal_tail, st.meta
     incarnation = load_identity(data_dir, node_id, sync=wal.sync_enabled)
     tls_files = cfg.node_tls(node_id)
     tls = TlsContexts(tls_files) if tls_files is not None else None

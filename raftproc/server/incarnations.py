@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from raftproc.core.config import LEADER, NotLeader, TransferInProgress
 from raftproc.core.node import RaftNode
+from raftproc.core.types import LEADER, NotLeader, TransferInProgress
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.identity import KnownPeers

@@ -261,13 +261,13 @@ class Peers:
 
     # --- the address book ---------------------------------------------------------------
 
-    def learn(self, context: bytes | None) -> None:
+    def learn(self, addresses: bytes | None) -> None:
         """Addresses a configuration entry or snapshot carries; a changed address
         closes the old link (the next send dials the new one)."""
-        if context is None:
+        if addresses is None:
             return
         try:
-            book = decode_addresses(context)
+            book = decode_addresses(addresses)
         except ValueError as e:
             self.log("address_book_invalid", level="warning", error=str(e))
             return
@@ -280,7 +280,7 @@ class Peers:
                 if link is not None:
                     link.close()
 
-    def context(self, members) -> bytes:
+    def address_book(self, members) -> bytes:
         """The address book a configuration entry (or snapshot) carries: its members'."""
         return encode_addresses({i: (self.book[i].peer, self.book[i].client) for i in members if i in self.book})
 

@@ -28,10 +28,10 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-from raftproc.core.config import LEADER
 from raftproc.core.log import RaftLog
 from raftproc.core.messages import InstallSnapshot, SnapshotMeta
 from raftproc.core.node import RaftNode
+from raftproc.core.types import LEADER
 from raftproc.kv.state_machine import KeyValueStore, KvImage
 from raftproc.runtime import snapshot
 from raftproc.runtime.histogram import Histogram
@@ -143,7 +143,7 @@ class Snapshots:
         term = self.raft.log.term_at(index)
         assert term is not None, "Invariant: applied entries past the snapshot are in the log"
         membership = self.raft.log.membership_at(index)
-        meta = SnapshotMeta(index, term, membership, self.peers.context(membership.members), self.raft.log.hash_at(index))
+        meta = SnapshotMeta(index, term, membership, self.peers.address_book(membership.members), self.raft.log.hash_at(index))
         self._started = self.clock()
         image = self.kv.image()  # a copy: the store goes on applying while the thread writes
         self._copy_ms = round((self.clock() - self._started) * 1000, 1)
@@ -228,7 +228,7 @@ class Snapshots:
         image, self._incoming_image = self._incoming_image, None
         assert image is not None
         self.kv.restore(meta.index, image)
-        self.peers.learn(meta.context)
+        self.peers.learn(meta.addresses)
         self.floor = floor
         self.newest = SnapshotFile(final, meta.index, meta.term, floor, final.stat().st_size)
         self.bytes_since = 0

@@ -25,7 +25,6 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from raftproc.core.config import CANDIDATE, LEADER, PRE_CANDIDATE
 from raftproc.core.messages import (
     AppendEntries,
     AppendEntriesResponse,
@@ -35,6 +34,7 @@ from raftproc.core.messages import (
     TimeoutNow,
 )
 from raftproc.core.node import RaftNode
+from raftproc.core.types import CANDIDATE, LEADER, PRE_CANDIDATE
 from raftproc.kv.commands import Command, is_traced
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.loop import EventLoop
@@ -333,7 +333,7 @@ class Watch:
             "last": r.log.last_index,
             "snapshot": [r.log.snapshot_index, r.log.snapshot_term],
             "timer": None if r.role == LEADER else [r.election_elapsed * self.tick_ms, r.randomized_election_timeout * self.tick_ms],
-            "heartbeat_ms": r.config.heartbeat_interval * self.tick_ms,
+            "heartbeat_ms": r.options.heartbeat_interval * self.tick_ms,
             "votes": sorted(p for p, granted in r.votes.items() if granted) if campaigning else None,
             "log": self._tail(),
             "progress": {str(p): [pr.match_index, pr.next_index, str(pr.state)] for p, pr in sorted(r.progress.items())}
@@ -365,7 +365,7 @@ class Watch:
 def _label(entry: Any) -> tuple[str, bool]:
     """What the page may show of an entry: its kind and operation, and the whole
     command only for a write its client marked traced."""
-    if entry.config is not None:
+    if entry.membership is not None:
         return "config", False
     command = entry.command
     if command is None:

@@ -70,7 +70,6 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raftproc.core.config import LEADER, CommittedConflict, Config, TransferInProgress
 from raftproc.core.invariants import (
     InvariantViolation,
     NodeView,
@@ -89,6 +88,7 @@ from raftproc.core.messages import (
 )
 from raftproc.core.node import RaftNode
 from raftproc.core.quorum import majority
+from raftproc.core.types import LEADER, CommittedConflict, RaftOptions, TransferInProgress
 from raftproc.server.driver import Driver
 from raftproc.sim.faults import FaultConfig, Nemesis
 from raftproc.sim.host import NodeCrashed, SimHost
@@ -102,11 +102,11 @@ DriverFactory = Callable[..., Driver]
 __all__ = ["FaultConfig", "LivenessViolation", "SafetyViolation", "SimConfig", "SimStats", "Simulation", "replay_command"]
 
 
-def random_raft_config(rng: random.Random) -> Config:
+def random_raft_config(rng: random.Random) -> RaftOptions:
     """Short timeouts (elections happen often in 2,000 steps) and, drawn per run,
     message and pipeline limits: small ones cut AppendEntries inside runs of
     entries, where bugs in conflict handling and commitment show."""
-    return Config(
+    return RaftOptions(
         election_timeout_min=10,
         election_timeout_max=20,
         heartbeat_interval=rng.choice((2, 3)),
@@ -123,7 +123,7 @@ def random_raft_config(rng: random.Random) -> Config:
 class SimConfig:
     nodes: int = 5
     steps: int = 2000
-    raft: Config | None = None  # None: random_raft_config(seed)
+    raft: RaftOptions | None = None  # None: random_raft_config(seed)
     faults: FaultConfig = field(default_factory=FaultConfig)
     liveness_steps: int = 600
     convergence_steps: int = 4000
@@ -373,7 +373,7 @@ class Simulation(Nemesis, PropertyChecks):
             sn.id,
             self.bootstrap,
             rng=random.Random(self.rng.getrandbits(64)),
-            config=self.raft_config,
+            options=self.raft_config,
             hard_state=st.hard_state,
             entries=list(st.entries),
             snapshot=st.snapshot,

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from raftproc.core.config import LEADER, ConfigChangeRefused, TransferInProgress
 from raftproc.core.messages import NodeId
+from raftproc.core.types import LEADER, MembershipChangeRefused, TransferInProgress
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +141,8 @@ class Nemesis:
             voters.discard(rng.choice(sorted(voters)))
             voters.add(node)
         try:
-            leader.propose_config(voters, learners)
-        except (ConfigChangeRefused, TransferInProgress) as e:
+            leader.propose_membership(voters, learners)
+        except (MembershipChangeRefused, TransferInProgress) as e:
             self._note(f"node {leader.id} refuses to {move}: {e}")
             return
         self.stats.config_changes += 1

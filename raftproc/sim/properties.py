@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from raftproc.core.config import LEADER
 from raftproc.core.invariants import NodeView, check_node, check_transition
 from raftproc.core.messages import (
     AppendEntriesResponse,
@@ -24,6 +23,7 @@ from raftproc.core.messages import (
 )
 from raftproc.core.node import RaftNode
 from raftproc.core.ready import ReadState
+from raftproc.core.types import LEADER
 from raftproc.sim.storage import MemoryStorage
 
 if TYPE_CHECKING:

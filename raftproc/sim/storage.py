@@ -116,8 +116,8 @@ class MemoryStorage:
     def membership(self, bootstrap: Membership) -> Membership:
         """The configuration a node restarted from this storage would use."""
         for e in reversed(self.entries):
-            if e.config is not None:
-                return e.config
+            if e.membership is not None:
+                return e.membership
         return self.snapshot.membership if self.snapshot else bootstrap
 
     @property

@@ -116,7 +116,7 @@ class TwoConfigChangesInFlight(RaftNode):
     last one is uncommitted or joint, so a change can start from a configuration
     that never took hold and skip the majority of the one before it."""
 
-    def _config_change_pending(self) -> bool:
+    def _membership_change_pending(self) -> bool:
         return False
 
 
@@ -221,9 +221,9 @@ def test_correct_node_passes_the_seeds_that_catch_bugs():
 
 def test_figure_8_previous_term_entry_is_not_committed_by_counting():
     """The paper's Figure 8, scripted. Reference: §5.4.2"""
-    from raftproc.core import Config
+    from raftproc.core import RaftOptions
 
-    cfg = Config(
+    cfg = RaftOptions(
         election_timeout_min=10,
         election_timeout_max=20,
         heartbeat_interval=3,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from raftproc.config import ConfigError, parse_config, to_toml
-from raftproc.core.config import Config
 from raftproc.core.reads import LEASE_MARGIN_TICKS, lease_ticks
+from raftproc.core.types import RaftOptions
 
 
 @pytest.mark.parametrize("drift", [0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.49])
@@ -22,10 +22,10 @@ def test_a_lease_on_a_slow_leader_clock_ends_before_a_fast_followers_refusal(tim
 
 
 def test_the_default_bound_shortens_the_lease_and_a_bound_too_wide_for_the_timeout_disables_it():
-    assert lease_ticks(15, 0.0) == 13 and lease_ticks(15, Config().max_clock_drift) == 11
+    assert lease_ticks(15, 0.0) == 13 and lease_ticks(15, RaftOptions().max_clock_drift) == 11
     assert lease_ticks(3, 0.3) == 0, "no lease is better than an unsafe one"
     with pytest.raises(ValueError):
-        Config(max_clock_drift=0.5)
+        RaftOptions(max_clock_drift=0.5)
 
 
 def test_the_cluster_file_takes_the_bound_checks_it_and_writes_it_back():

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 from harness import Cluster, between
 
-from raftproc.core import FOLLOWER, LEADER, Config, NotLeader
+from raftproc.core import FOLLOWER, LEADER, NotLeader, RaftOptions
 from raftproc.core.messages import AppendEntries, AppendEntriesResponse
 
-LEASE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=True)
+LEASE = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=True)
 
 
 def read_states(c: Cluster, i: int) -> list:
@@ -18,7 +18,7 @@ def read_states(c: Cluster, i: int) -> list:
     return out
 
 
-def leader_with_commit(config: Config | None = None) -> tuple[Cluster, object]:
+def leader_with_commit(config: RaftOptions | None = None) -> tuple[Cluster, object]:
     c = Cluster(3, config=config) if config else Cluster(3)
     leader = c.elect(1)
     c.deliver()
@@ -33,7 +33,7 @@ def test_read_index_waits_for_a_majority_to_answer_a_round_started_after_it():
     leader.read_index(7)
     assert read_states(c, 1) == []  # a heartbeat round went out; nothing confirmed yet
     beats = [m for m in c.queue if isinstance(m, AppendEntries)]
-    assert {m.dst for m in beats} == {2, 3} and all(m.context == beats[0].context for m in beats)
+    assert {m.dst for m in beats} == {2, 3} and all(m.read_round == beats[0].read_round for m in beats)
     c.deliver(lambda m: m.dst == 2 or m.src == 2, drop_rest=True)  # one follower answers: a majority with us
     states = read_states(c, 1)
     assert [(s.request, s.index) for s in states] == [(7, 2)]

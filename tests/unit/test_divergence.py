@@ -177,7 +177,7 @@ def _leader_with_acks() -> RaftNode:
     for peer in (2, 3):
         leader.step(
             AppendEntriesResponse(
-                src=peer, dst=1, term=leader.current_term, success=True, match_index=leader.log.last_index, context=leader.reads.round
+                src=peer, dst=1, term=leader.current_term, success=True, match_index=leader.log.last_index, read_round=leader.reads.round
             )
         )
     answers(leader)
@@ -198,7 +198,7 @@ def test_a_follower_that_refuses_what_it_acknowledged_has_lost_data_and_is_alarm
             success=False,
             rejected_index=acked,
             conflict_index=2,
-            context=leader.progress[2].match_round,
+            read_round=leader.progress[2].match_round,
         )
     )
     assert leader.peer_divergences == {}
@@ -206,7 +206,7 @@ def test_a_follower_that_refuses_what_it_acknowledged_has_lost_data_and_is_alarm
     answers(leader)
     leader.step(
         AppendEntriesResponse(
-            src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked, conflict_index=2, context=leader.reads.round
+            src=2, dst=1, term=leader.current_term, success=False, rejected_index=acked, conflict_index=2, read_round=leader.reads.round
         )
     )
     assert leader.peer_divergences == {2: acked} and leader.progress[2].diverged

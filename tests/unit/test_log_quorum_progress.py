@@ -98,9 +98,9 @@ def test_appends_to_a_follower_far_behind_are_capped_in_bytes():
     transport's frame limit and the follower catches up."""
     from harness import Cluster
 
-    from raftproc.core import AppendEntries, Config
+    from raftproc.core import AppendEntries, RaftOptions
 
-    cfg = Config(
+    cfg = RaftOptions(
         election_timeout_min=10,
         election_timeout_max=20,
         heartbeat_interval=3,

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from harness import Cluster
 
-from raftproc.core import Config
+from raftproc.core import RaftOptions
 from raftproc.runtime.members import MemberChange
 
-CONFIG = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
+CONFIG = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 
 
 def running(spares: int = 1):

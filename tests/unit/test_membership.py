@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 from harness import Cluster, between
 
-from raftproc.core import FOLLOWER, LEADER, Config, ConfigChangeRefused, Membership
+from raftproc.core import FOLLOWER, LEADER, Membership, MembershipChangeRefused, RaftOptions
 from raftproc.core.log import RaftLog
 from raftproc.core.messages import Entry, InstallSnapshot, SnapshotMeta, TimeoutNow
 
-CONFIG = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
+CONFIG = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 
 
-def running(n: int = 3, spares: int = 1, config: Config = CONFIG) -> tuple[Cluster, object]:
+def running(n: int = 3, spares: int = 1, config: RaftOptions = CONFIG) -> tuple[Cluster, object]:
     c = Cluster(n, spares=spares, config=config)
     leader = c.elect(1)
     c.deliver()
@@ -21,7 +21,7 @@ def running(n: int = 3, spares: int = 1, config: Config = CONFIG) -> tuple[Clust
 
 
 def change(c: Cluster, leader, voters, learners=()) -> tuple[int, int]:
-    result = leader.propose_config(voters, learners)
+    result = leader.propose_membership(voters, learners)
     c.process(leader.id)
     return result
 
@@ -82,8 +82,8 @@ def test_a_learner_gets_the_log_but_neither_votes_nor_counts():
 def test_a_new_node_must_join_as_a_learner_before_it_votes():
     c, leader = running()
     c.start(4)
-    with pytest.raises(ConfigChangeRefused, match="must join as learners"):
-        leader.propose_config((1, 2, 3, 4))
+    with pytest.raises(MembershipChangeRefused, match="must join as learners"):
+        leader.propose_membership((1, 2, 3, 4))
 
 
 def test_a_learner_far_behind_is_not_promoted():
@@ -91,16 +91,16 @@ def test_a_learner_far_behind_is_not_promoted():
     c.start(4)
     change(c, leader, (1, 2, 3), (4,))
     c.deliver(lambda m: 4 not in (m.src, m.dst), drop_rest=True)  # the learner hears nothing
-    with pytest.raises(ConfigChangeRefused, match="learner 4 has not answered this leader yet"):
-        leader.propose_config((1, 2, 3, 4))
+    with pytest.raises(MembershipChangeRefused, match="learner 4 has not answered this leader yet"):
+        leader.propose_membership((1, 2, 3, 4))
     c.tick(1, CONFIG.heartbeat_interval)
     c.deliver()  # it answers, then falls behind again
     for k in range(CONFIG.promote_lag_entries + 1):
         leader.propose(b"w%d" % k)
     c.process(1)
     c.deliver(lambda m: 4 not in (m.src, m.dst), drop_rest=True)
-    with pytest.raises(ConfigChangeRefused, match="learner 4 is .* behind"):
-        leader.propose_config((1, 2, 3, 4))
+    with pytest.raises(MembershipChangeRefused, match="learner 4 is .* behind"):
+        leader.propose_membership((1, 2, 3, 4))
     c.tick(1, CONFIG.heartbeat_interval)
     c.deliver()  # it catches up
     change(c, leader, (1, 2, 3, 4))
@@ -118,7 +118,7 @@ def test_promotion_goes_through_a_joint_configuration_that_the_leader_leaves():
     assert leader.membership == Membership((1, 2, 3, 4), outgoing=(1, 2, 3))
     c.deliver()
     final = leader.log.entry(joint_index + 1)
-    assert final.config == Membership((1, 2, 3, 4))  # appended by the leader itself once the joint one committed
+    assert final.membership == Membership((1, 2, 3, 4))  # appended by the leader itself once the joint one committed
     assert leader.commit_index >= final.index
     for i in (1, 2, 3, 4):
         assert c.node(i).membership == Membership((1, 2, 3, 4))
@@ -140,8 +140,8 @@ def test_one_change_at_a_time():
     with_learner(c, leader)
     c.start(5)
     change(c, leader, (1, 2, 3, 4))
-    with pytest.raises(ConfigChangeRefused, match="still in progress"):
-        leader.propose_config((1, 2, 3, 4), (5,))
+    with pytest.raises(MembershipChangeRefused, match="still in progress"):
+        leader.propose_membership((1, 2, 3, 4), (5,))
     c.deliver(between(1, 2, 3, 4))  # joint committed, final appended
     c.deliver()
     change(c, leader, (1, 2, 3, 4), (5,))  # accepted once both committed
@@ -153,8 +153,8 @@ def test_a_new_leader_commits_in_its_term_before_it_changes_membership():
     c.deliver()
     c.start(4)
     leader = c.elect(2)  # its no-op is not committed yet
-    with pytest.raises(ConfigChangeRefused, match="has not committed an entry of its term"):
-        leader.propose_config((1, 2, 3), (4,))
+    with pytest.raises(MembershipChangeRefused, match="has not committed an entry of its term"):
+        leader.propose_membership((1, 2, 3), (4,))
     c.deliver()
     change(c, leader, (1, 2, 3), (4,))
 

@@ -14,11 +14,11 @@ from raftproc.core import (
     LEADER,
     AppendEntries,
     AppendEntriesResponse,
-    Config,
     Entry,
     HardState,
     NotLeader,
     RaftNode,
+    RaftOptions,
     RequestVote,
     RequestVoteResponse,
 )
@@ -29,7 +29,7 @@ def make_node(node_id: int = 1, n: int = 3, *, term: int = 0, entries=(), vote=N
         node_id,
         range(1, n + 1),
         rng=random.Random(seed),
-        config=SCRIPT_CONFIG,
+        options=SCRIPT_CONFIG,
         hard_state=HardState(term, vote, 0),
         entries=entries,
     )
@@ -295,7 +295,7 @@ def test_leader_skips_a_whole_conflicting_term_per_round_trip():
     entry. Reference: §5.3 (the optimisation sketched at its end)"""
     c = Cluster(
         3,
-        config=Config(
+        config=RaftOptions(
             election_timeout_min=10,
             election_timeout_max=20,
             heartbeat_interval=3,

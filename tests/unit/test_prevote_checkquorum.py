@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from harness import Cluster
 
-from raftproc.core import CANDIDATE, FOLLOWER, LEADER, Config, RequestVote
-from raftproc.core.config import PRE_CANDIDATE
+from raftproc.core import CANDIDATE, FOLLOWER, LEADER, RaftOptions, RequestVote
+from raftproc.core.types import PRE_CANDIDATE
 
-PREVOTE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
-CLASSIC = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False)
+PREVOTE = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
+CLASSIC = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=False)
 
 
 def not_involving(node_id):

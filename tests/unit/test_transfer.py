@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 from harness import Cluster, between
 
-from raftproc.core import FOLLOWER, LEADER, Config
-from raftproc.core.config import TransferInProgress
+from raftproc.core import FOLLOWER, LEADER, RaftOptions
 from raftproc.core.messages import TimeoutNow
+from raftproc.core.types import TransferInProgress
 
-PREVOTE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
+PREVOTE = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 
 
-def running(config: Config = PREVOTE) -> tuple[Cluster, object]:
+def running(config: RaftOptions = PREVOTE) -> tuple[Cluster, object]:
     c = Cluster(3, config=config)
     leader = c.elect(1)
     c.deliver()
@@ -68,7 +68,7 @@ def test_transfer_rejects_itself_and_strangers():
         leader.transfer_leadership(9)
 
 
-LEASE = Config(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=True)
+LEASE = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=False, check_quorum=True)
 
 
 def test_a_leader_that_sent_timeout_now_no_longer_trusts_its_lease():

@@ -1,4 +1,4 @@
-"""The core's vocabulary shared with its hosts: roles, the node's Config, and the
+"""The core's vocabulary shared with its hosts: roles, the node's RaftOptions, and the
 exceptions its inputs raise."""
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ class TransferInProgress(Exception):
     """propose() while the leader hands leadership to another node."""
 
 
-class ConfigChangeRefused(Exception):
-    """propose_config() that the leader does not accept, with the reason."""
+class MembershipChangeRefused(Exception):
+    """propose_membership() that the leader does not accept, with the reason."""
 
 
-class ConfigChangeBusy(ConfigChangeRefused):
+class MembershipChangeBusy(MembershipChangeRefused):
     """A change the leader accepts later: one is in flight, the leader has not
     committed in its term yet, or the learner to promote is still catching up."""
 
@@ -52,7 +52,7 @@ class NotLeader(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Config:
+class RaftOptions:
     """Timing in ticks. The defaults give 150-300 ms election timeouts and 50 ms
     heartbeats at a 10 ms tick."""
 

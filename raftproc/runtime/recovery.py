@@ -17,16 +17,16 @@ from raftproc.runtime.wal import SEGMENT_BYTES, Recovered, WriteAheadLog
 
 
 @dataclass
-class Storage:
+class RecoveredState:
     wal: WriteAheadLog
-    log: Recovered  # hard state and the entries after the snapshot
+    wal_tail: Recovered  # hard state and the entries after the snapshot
     snapshot: SnapshotFile | None
     meta: SnapshotMeta | None
     image: KvImage | None
     floor: int
 
 
-def open_storage(data_dir: Path, *, warn: Callable[..., Any], segment_bytes: int = SEGMENT_BYTES, **wal_options: Any) -> Storage:
+def recover_state(data_dir: Path, *, warn: Callable[..., Any], segment_bytes: int = SEGMENT_BYTES, **wal_options: Any) -> RecoveredState:
     """Raises WalCorruption when the WAL is corrupt or cannot continue the snapshot
     found (e.g. the newest snapshot was corrupt and the log behind the older one
     is gone)."""
@@ -39,4 +39,4 @@ def open_storage(data_dir: Path, *, warn: Callable[..., Any], segment_bytes: int
     wal, rec = WriteAheadLog.open(
         data_dir, warn=warn, base=meta.index if meta else 0, floor=floor, segment_bytes=segment_bytes, **wal_options
     )
-    return Storage(wal, rec, snap, meta, image, floor)
+    return RecoveredState(wal, rec, snap, meta, image, floor)
