@@ -4,6 +4,7 @@ port, driven pass by pass by the test."""
 
 from __future__ import annotations
 
+import errno
 import socket
 import threading
 import time
@@ -123,3 +124,48 @@ def test_a_connection_that_never_completes_a_first_frame_is_closed_before_the_id
     talker.close()
     host.close()
     silent.close()
+
+
+def test_a_snapshot_that_finishes_while_the_disk_is_full_waits_for_the_thaw(tmp_path, monkeypatch):
+    """The snapshot thread may finish while the driver holds a Ready stalled on a full
+    disk. Compacting the core then would step it mid-Ready (a RuntimeError that ends
+    the node); the compaction waits until the write went through."""
+    from raftproc.runtime import snapshot as snapshot_files
+
+    release = threading.Event()
+    real_write_snapshot = snapshot_files.write_snapshot
+
+    def held_write_snapshot(*args, **kwargs):
+        assert release.wait(30), "the test never released the snapshot writer"
+        return real_write_snapshot(*args, **kwargs)
+
+    monkeypatch.setattr(snapshot_files, "write_snapshot", held_write_snapshot)
+    host, address, events = _one_node(tmp_path, snapshot_entries=5, snapshot_bytes=1)
+    client = Client({1: address}, timeout=30)
+    done: dict[str, object] = {}
+    writer = threading.Thread(target=lambda: done.update(first=[client.set(f"k{i}", "v") for i in range(6)]))
+    writer.start()
+    assert _serve(host, lambda: host.snapshots._job is not None), "no snapshot was started"
+    assert _serve(host, lambda: not writer.is_alive())
+
+    real_wal_write = host.wal.write
+
+    def full(rd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    host.wal.write = full
+    blocked = threading.Thread(target=lambda: done.update(blocked=client.set("during", "v")))
+    blocked.start()
+    assert _serve(host, lambda: host.driver.stalled is not None), "the disk never filled"
+    release.set()
+    assert _serve(host, lambda: not host.snapshots._job.is_alive()), "the snapshot writer did not finish"
+    for _ in range(20):
+        host.loop.run_once(max_wait=0.01)  # the waker fires here: it must not compact mid-Ready
+    assert host.raft.log.snapshot_index == 0, "compacted while the core was mid-Ready"
+    host.wal.write = real_wal_write
+    assert _serve(host, lambda: not blocked.is_alive()), "the write did not go through after the disk had room"
+    assert _serve(host, lambda: host.raft.log.snapshot_index > 0), "the snapshot was never taken into account"
+    client.close()
+    host.close()
+    assert done["blocked"] == {"ok": True}
+    assert any(e == "snapshot_saved" for e, _ in events)
