@@ -26,7 +26,8 @@ class Histogram:
     def cumulative(self) -> list[tuple[str, int]]:
         """[(upper bound, observations at or below it)], ending with ("+Inf", count)."""
         out, running = [], 0
-        for bound, n in zip(self.bounds, self.counts, strict=True):
+        # counts has one more slot than bounds: the overflow, counted under +Inf below.
+        for bound, n in zip(self.bounds, self.counts[:-1], strict=True):
             running += n
             out.append((repr(bound), running))
         out.append(("+Inf", running + self.counts[-1]))
