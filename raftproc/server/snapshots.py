@@ -45,6 +45,7 @@ from raftproc.runtime.transfer import (
     SnapshotSender,
 )
 from raftproc.runtime.wal import WriteAheadLog, fsync_dir
+from raftproc.server.disk import DiskFreeze
 from raftproc.server.peers import Peers
 
 Log = Callable[..., None]
@@ -74,6 +75,7 @@ class Snapshots:
         peers: Peers,
         loop: EventLoop,
         policy: SnapshotPolicy,
+        disk: DiskFreeze,
         clock: Callable[[], float],
         log: Log,
     ) -> None:
@@ -87,6 +89,7 @@ class Snapshots:
         self.peers = peers
         self.loop = loop
         self.policy = policy
+        self.disk = disk
         self.clock = clock
         self.log = log
         self.bytes_since = 0  # command bytes applied since the newest snapshot
@@ -172,9 +175,11 @@ class Snapshots:
 
     def _on_written(self) -> None:
         """On the loop thread: the snapshot is durable (or failed). Compact the core's
-        log and delete what the previous snapshot makes useless."""
+        log and delete what the previous snapshot makes useless. While the disk is
+        full the core is mid-Ready and must not be compacted: `settle` finishes this
+        after the thaw."""
         job, result = self._job, self._result
-        if job is None or result is None:
+        if job is None or result is None or self.disk.frozen:
             return
         job.join()
         self._job, self._result = None, None
@@ -292,7 +297,10 @@ class Snapshots:
             sender.on_ack(ack, self.clock())
 
     def settle(self) -> None:
-        """Report finished, failed and stalled transfers to the core (outside a Ready)."""
+        """Outside a Ready: finish a snapshot written or loaded while the disk was
+        full, and report finished, failed and stalled transfers to the core."""
+        self._on_written()
+        self._on_loaded()
         if not (self.senders or self._unreachable):
             return
         for peer in self._unreachable:
@@ -352,8 +360,11 @@ class Snapshots:
         self._loader.start()
 
     def _on_loaded(self) -> None:
+        """On the loop thread: a received snapshot is decoded. It is stepped into the
+        core, which must not happen mid-Ready: while the disk is full `settle`
+        does it after the thaw."""
         loader, loaded = self._loader, self._loaded
-        if loader is None or loaded is None:
+        if loader is None or loaded is None or self.disk.frozen:
             return
         loader.join()
         self._loader, self._loaded = None, None
