@@ -78,6 +78,7 @@ def load_identity(data_dir: Path, node_id: int, *, sync: bool = True, rng: rando
             raise IdentityError(f"{path}: not a node identity")
         if node != node_id:
             raise IdentityError(f"{data_dir} holds node {node}'s data, not node {node_id}'s")
+        assert isinstance(incarnation, int)
         return incarnation
     incarnation = (rng or random.SystemRandom()).getrandbits(62) + 1
     _replace(path, {"node": node_id, "incarnation": incarnation}, sync)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -39,7 +39,7 @@ def configure(node_id: int, path: Path | None, level: str, state: StateFn) -> Ca
 
     stream = sys.stderr if path is None else LossyFile(open(path, "a", buffering=1, encoding="utf-8"), dropped_line)  # noqa: SIM115
 
-    def lead_with_raft_state(logger: Any, method: str, event_dict: dict) -> dict:
+    def lead_with_raft_state(logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> dict:
         term, role = state()
         line = {
             "ts": datetime.now(UTC).isoformat(timespec="microseconds"),
@@ -56,7 +56,7 @@ def configure(node_id: int, path: Path | None, level: str, state: StateFn) -> Ca
     structlog.configure(
         processors=[lead_with_raft_state, structlog.processors.JSONRenderer(default=str)],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(stream),
+        logger_factory=structlog.WriteLoggerFactory(stream),  # type: ignore[arg-type]  # LossyFile writes and flushes as a TextIO does
         cache_logger_on_first_use=True,
     )
     logger = structlog.get_logger()

@@ -24,6 +24,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from typing import Any
 
 from raftproc.runtime.framing import HEADER, FrameDecoder, FrameError
 from raftproc.runtime.tls import Identity, identity_of
@@ -154,7 +155,7 @@ class Connection:
         """`on_connected(conn)` runs once frames can flow: after the TCP connect, and
         after the handshake under TLS (`conn.identity` is then the peer's)."""
         self.loop = loop
-        self.sock = sock
+        self.sock: Any = sock  # a plain socket, or an ssl.SSLSocket once TLS wraps it
         self.name = name
         self.on_frame = on_frame
         self.on_close = on_close

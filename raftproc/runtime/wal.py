@@ -228,6 +228,7 @@ class WriteAheadLog:
             with self._buffer_lock:
                 self._unsynced += record
         else:
+            assert self._fd is not None, "write() opens a segment first"
             self._write_whole(self._fd, record)
         self._size += len(record)
 
@@ -270,6 +271,7 @@ class WriteAheadLog:
             self.sync_latency.observe(took)
 
     def _stall_for_test(self) -> None:
+        assert self.slow_sync_file is not None
         try:
             time.sleep(int(Path(self.slow_sync_file).read_text()) / 1000)
         except (OSError, ValueError):

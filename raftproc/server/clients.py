@@ -1,12 +1,11 @@
 """The client service: requests from clients in, answers out.
 
 Each frame is decoded into one typed request (raftproc.runtime.requests) and
-dispatched by its type. Writes and log reads are proposed to the core and answered
-when their entry is applied (this room is the Ready driver's state machine: it
-applies committed entries to the key-value store and answers whoever waits on
-them); ReadIndex and lease reads are answered once the core confirmed them and
-the store has applied their index. Membership changes and leadership transfers
-run on the leader.
+dispatched by its type. Writes and log reads are proposed to the core and wait in
+the applier (raftproc.server.applier) until their entry is applied; ReadIndex and
+lease reads wait there until the core confirmed them and the store has applied
+their index. Membership changes (raftproc.server.members) and leadership
+transfers run on the leader.
 
 Answers are honest about what is known:
 - "ok": the command was applied (its result says how, e.g. a cas mismatch);
@@ -27,24 +26,17 @@ node's config allows them (`link_faults = true`).
 
 from __future__ import annotations
 
-import heapq
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raftproc.config import NodeAddress
-from raftproc.core.messages import Entry
 from raftproc.core.node import RaftNode
-from raftproc.core.ready import ReadState
 from raftproc.core.types import LEADER, NotLeader, TransferInProgress, worth_logging
 from raftproc.kv.commands import Command
-from raftproc.kv.state_machine import OK, KeyValueStore
-from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Connection, EventLoop, Listener, idle
-from raftproc.runtime.members import MemberChange, describe
 from raftproc.runtime.requests import (
     ClientRequest,
     KvRequest,
@@ -55,30 +47,24 @@ from raftproc.runtime.requests import (
     decode_request,
 )
 from raftproc.runtime.tls import ADMIN, CLIENT, TlsContexts
+from raftproc.server.applier import Applier, AskedRead, Waiting
+from raftproc.server.disk import DiskFreeze
 from raftproc.server.links import LinkShaper
+from raftproc.server.members import MemberService
 from raftproc.server.peers import Peers
+from raftproc.server.replies import Replies
 from raftproc.server.trace import Tracer
 
 Log = Callable[..., None]
-MEMBER_CHANGE_TIMEOUT = 60.0  # seconds a `member add` may take (the learner's catch-up included)
-
-
-@dataclass(slots=True)
-class Waiting:
-    term: int
-    conn: Connection
-    request_id: int
-    # The command as proposed: the entry at this index and term holds exactly it (Log
-    # Matching), so applying it needs no second decode of the bytes just encoded.
-    command: Command | None = None
 
 
 @dataclass(frozen=True, slots=True)
-class AskedRead:
-    conn: Connection
-    request_id: int
-    key: str
-    scan: tuple[str | None, int] | None = None  # a range read: (after, limit)
+class ClientLimits:
+    max_frame: int  # bytes of one frame, either way
+    max_buffer: int  # bytes queued to one connection
+    max_request_bytes: int  # bytes of one request's body
+    max_clients: int  # connections at once
+    handshake_timeout: float  # seconds for TLS and a first frame
 
 
 class ClientService:
@@ -87,58 +73,44 @@ class ClientService:
         *,
         me: int,
         raft: RaftNode,
-        kv: KeyValueStore,
-        peers: Peers,
         loop: EventLoop,
-        max_frame: int,
-        max_buffer: int,
-        max_request_bytes: int,
-        max_clients: int,
-        clock: Callable[[], float],
-        log: Log,
+        limits: ClientLimits,
+        applier: Applier,
+        members: MemberService,
+        replies: Replies,
+        peers: Peers,
+        disk: DiskFreeze,
         status: Callable[[bool], dict[str, Any]],
-        on_applied: Callable[[bytes | None], None],
+        tracer: Tracer,
+        log: Log,
         tls: TlsContexts | None = None,
-        handshake_timeout: float = 5.0,
-        tracer: Tracer | None = None,
         link_faults: LinkShaper | None = None,
     ) -> None:
-        """`status()`: the node's status answer; `on_applied(command)` hears every applied command (the
-        snapshot policy counts bytes); `link_faults` takes an admin's injected faults (None: refused)."""
+        """`status(state)`: the node's status answer; `link_faults` takes an admin's
+        injected faults (None: refused)."""
         self.me = me
         self.raft = raft
-        self.kv = kv
-        self.peers = peers
         self.loop = loop
-        self.max_frame = max_frame
-        self.max_buffer = max_buffer
-        self.max_request_bytes = max_request_bytes
-        self.max_clients = max_clients
-        self.refused_clients = 0  # connections closed at once for want of room, since start
-        self.proposals_failed = 0  # writes proposed here, then answered failed or unknown
-        self.clock = clock
+        self.limits = limits
+        self.applier = applier
+        self.members = members
+        self.replies = replies
+        self.peers = peers
+        self.disk = disk
+        self.status = status
+        self.tracer = tracer
         self.log = log
         self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
-        self.status = status
-        self.on_applied = on_applied
         self.tls = tls
-        self.handshake_timeout = handshake_timeout
-        self.tracer = tracer or Tracer(me, log)
         self.link_faults = link_faults
-        self.disk_full = False  # set by the host while a write waits for room (no request reaches the core)
+        self.refused_clients = 0  # connections closed at once for want of room, since start
         self.connections: set[Connection] = set()
         self.listener: Listener | None = None
-        self.waiting: dict[int, Waiting] = {}  # log index -> the client waiting for it
-        # Reads asked of the core (token -> who asked), and confirmed ones waiting
-        # for their index to be applied (a heap by index).
         self._read_token = 0
-        self._reads_asked: dict[int, AskedRead] = {}
-        self._reads_confirmed: list[tuple[int, int, AskedRead]] = []
-        self.member_change: MemberChange | None = None
         self._dispatch: dict[type, Callable[[Connection, Any], None]] = {
             StatusRequest: self._status,
             TransferRequest: self._transfer,
-            MemberRequest: self._member,
+            MemberRequest: members.handle,
             KvRequest: self._kv,
             LinkFaultsRequest: self._set_link_faults,
         }
@@ -147,7 +119,7 @@ class ClientService:
         self.listener = Listener(self.loop, address, self._accept, log=self.log)
 
     def close(self) -> None:
-        self._fail_waiting("unknown", "node shutting down")
+        self.applier.fail_waiting("unknown", "node shutting down")
         for conn in list(self.connections):
             conn.close("node shutting down")
         if self.listener is not None:
@@ -156,14 +128,15 @@ class ClientService:
     # --- requests -----------------------------------------------------------------
 
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
-        if len(self.connections) >= self.max_clients:
+        limits = self.limits
+        if len(self.connections) >= limits.max_clients:
             self.refused_clients += 1
             if worth_logging(self.refused_clients):
                 self.log(
                     "client_refused",
                     level="warning",
                     reason="max_clients reached",
-                    max_clients=self.max_clients,
+                    max_clients=limits.max_clients,
                     refused=self.refused_clients,
                 )
             sock.close()
@@ -174,12 +147,12 @@ class ClientService:
             name=f"client-{addr[0]}:{addr[1]}",
             on_frame=self._on_frame,
             on_close=self._on_close,
-            max_frame=self.max_frame,
-            max_buffer=self.max_buffer,
+            max_frame=limits.max_frame,
+            max_buffer=limits.max_buffer,
             log=self.remote_log,
             tls=self.tls.server if self.tls else None,
             server_side=True,
-            handshake_timeout=self.handshake_timeout,
+            handshake_timeout=limits.handshake_timeout,
             on_connected=self._check_role,
         )
         if not conn.closed:
@@ -202,25 +175,27 @@ class ClientService:
             self.remote_log("frame_error", level="warning", conn=conn.name, error=str(e))
             conn.close("protocol error")
             return
-        if len(body) > self.max_request_bytes:
-            self._answer(
+        if len(body) > self.limits.max_request_bytes:
+            self.replies.answer(
                 conn,
                 req.id,
                 status="error",
-                error=f"request of {len(body)} bytes is over the limit of {self.max_request_bytes} (max_request_bytes)",
+                error=f"request of {len(body)} bytes is over the limit of {self.limits.max_request_bytes} (max_request_bytes)",
             )
             return
         if self.tls is not None and _needs_admin(req) and (conn.identity is None or conn.identity.role != ADMIN):
             self.remote_log("permission_denied", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__)
-            self._answer(
+            self.replies.answer(
                 conn,
                 req.id,
                 status="error",
                 error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})",
             )
             return
-        if self.disk_full and not isinstance(req, StatusRequest):
-            self._answer(conn, req.id, status="disk_full", error=f"node {self.me} cannot write its log: its disk is full; ask another node")
+        if self.disk.frozen and not isinstance(req, StatusRequest):
+            self.replies.answer(
+                conn, req.id, status="disk_full", error=f"node {self.me} cannot write its log: its disk is full; ask another node"
+            )
             return
         self._dispatch[type(req)](conn, req)
 
@@ -228,17 +203,18 @@ class ClientService:
         """Connections that completed no frame for `idle_seconds`, or none at all
         within `first_frame_seconds`, are closed (a connection that sends a byte and
         then nothing must not hold a slot)."""
-        for conn in idle(self.connections, self.clock(), idle_seconds, first_frame_seconds):
+        for conn in idle(self.connections, self.loop.clock(), idle_seconds, first_frame_seconds):
             self.remote_log("connection_idle_closed", level="info", conn=conn.name)
             conn.close("idle")
 
     def _status(self, conn: Connection, req: StatusRequest) -> None:
-        self._answer(conn, req.id, status="ok", result=self.status(req.state))
+        answer = {**self.status(req.state), "client_connections": len(self.connections), "clients_refused": self.refused_clients}
+        self.replies.answer(conn, req.id, status="ok", result=answer)
 
     def _kv(self, conn: Connection, req: KvRequest) -> None:
         raft = self.raft
         if raft.role != LEADER:
-            self._redirect(conn, req.id)
+            self.replies.redirect(conn, req.id)
             return
         if not req.through_log:
             self._read(conn, req)
@@ -247,13 +223,13 @@ class ClientService:
         try:
             index, term = raft.propose(cmd.encode())
         except NotLeader:
-            self._redirect(conn, req.id)
+            self.replies.redirect(conn, req.id)
             return
         except TransferInProgress as e:
             # Never reached the log: the client retries and finds the new leader.
-            self._answer(conn, req.id, status="no_leader", error=str(e))
+            self.replies.answer(conn, req.id, status="no_leader", error=str(e))
             return
-        self.waiting[index] = Waiting(term, conn, req.id, cmd)
+        self.applier.wait_for(index, Waiting(term, conn, req.id, cmd))
         if req.trace:
             self.tracer.proposed(index, term, cmd)
 
@@ -264,19 +240,19 @@ class ClientService:
         try:
             self.raft.read_index(token, lease=req.read == "lease")
         except NotLeader:
-            self._redirect(conn, req.id)
+            self.replies.redirect(conn, req.id)
             return
-        self._reads_asked[token] = AskedRead(conn, req.id, req.key, (req.after, req.limit) if req.op == "scan" else None)
+        self.applier.reads_asked[token] = AskedRead(conn, req.id, req.key, (req.after, req.limit) if req.op == "scan" else None)
 
     def _transfer(self, conn: Connection, req: TransferRequest) -> None:
         """Start handing leadership over; the client watches for the new leader."""
         raft = self.raft
         if raft.role != LEADER:
-            self._redirect(conn, req.id)
+            self.replies.redirect(conn, req.id)
             return
         target = req.target
         if target == self.me:
-            self._answer(conn, req.id, status="ok", result={"target": self.me, "already": True})
+            self.replies.answer(conn, req.id, status="ok", result={"target": self.me, "already": True})
             return
         if target is None:  # the voter with the longest log, among those connected
             voters = [p for p in raft.membership.voters if p != self.me and not raft.progress[p].diverged]
@@ -287,13 +263,13 @@ class ClientService:
                 raise ValueError("a single-node cluster has nobody to hand leadership to")
             raft.transfer_leadership(target)
         except ValueError as e:
-            self._answer(conn, req.id, status="error", error=str(e))
+            self.replies.answer(conn, req.id, status="error", error=str(e))
             return
-        self._answer(conn, req.id, status="ok", result={"target": target})
+        self.replies.answer(conn, req.id, status="ok", result={"target": target})
 
     def _set_link_faults(self, conn: Connection, req: LinkFaultsRequest) -> None:
         if self.link_faults is None:
-            self._answer(
+            self.replies.answer(
                 conn,
                 req.id,
                 status="error",
@@ -302,165 +278,7 @@ class ClientService:
             return
         self.link_faults.set(req.faults)
         self.log("link_faults_set", **req.faults.to_wire())
-        self._answer(conn, req.id, status="ok", result=req.faults.to_wire())
-
-    def _member(self, conn: Connection, req: MemberRequest) -> None:
-        """`member list | add | remove` (raftproc.runtime.members), on the leader."""
-        raft = self.raft
-        if raft.role != LEADER:
-            self._redirect(conn, req.id)
-            return
-        if req.op == "list":
-            self._answer(conn, req.id, status="ok", result=self._member_list())
-            return
-        if self.member_change is not None:
-            self._answer(conn, req.id, status="error", error=f"node {self.me} is already running a membership change")
-            return
-        node = req.node
-        if req.op == "remove" and node not in raft.membership.members:
-            m = raft.membership
-            self._answer(
-                conn,
-                req.id,
-                status="error",
-                error=(
-                    f"node {node} is not a member (voters {sorted(m.voters)}, learners {sorted(m.learners)}); "
-                    "if an earlier remove of it answered unknown, that remove has finished"
-                ),
-            )
-            return
-        if req.op == "add":
-            assert req.addresses is not None
-            peer, client = req.addresses
-            known = self.peers.book.get(node)
-            if node in raft.membership.members and known is not None and (known.peer, known.client) != (peer, client):
-                self._answer(
-                    conn, req.id, status="error", error=f"node {node} is a member at another address (peer {known.peer[0]}:{known.peer[1]})"
-                )
-                return
-            if node not in raft.membership.members:
-                self.peers.book[node] = NodeAddress(node, peer, client, join=True)
-        request_id = req.id
-        self.member_change = MemberChange(
-            req.op,
-            node,
-            self.clock() + MEMBER_CHANGE_TIMEOUT,
-            answer=lambda **fields: self._answer(conn, request_id, **fields),
-        )
-        self.log("member_change_started", op=req.op, peer_id=node)
-
-    def _member_list(self) -> dict[str, Any]:
-        raft = self.raft
-        nodes = {}
-        for node in raft.membership.members:
-            a = self.peers.book.get(node)
-            pr = raft.progress.get(node)
-            nodes[node] = {
-                "role": "voter" if raft.membership.is_voter(node) else "learner",
-                "peer": f"{a.peer[0]}:{a.peer[1]}" if a else None,
-                "client": f"{a.client[0]}:{a.client[1]}" if a else None,
-                "match_index": raft.log.last_index if node == self.me else (pr.match_index if pr else 0),
-            }
-        return {
-            "leader": self.me,
-            "term": raft.current_term,
-            "last_index": raft.log.last_index,
-            **describe(raft.membership),
-            "nodes": nodes,
-        }
-
-    # --- the Ready driver's state machine ----------------------------------------------
-
-    def apply(self, entries: Sequence[Entry]) -> None:
-        for entry in entries:
-            self._apply(entry)
-
-    def _apply(self, entry: Entry) -> None:
-        if entry.membership is not None:
-            # The configuration took effect when it was appended; to the store it is a no-op.
-            self.kv.apply(entry.index, None)
-            self.log("config_applied", index=entry.index, membership=entry.membership.describe())
-            self.kv.forget_incarnations(entry.membership.members)
-            self.peers.forget_removed(entry.membership.members)
-            return
-        waiting = self.waiting.pop(entry.index, None)
-        proposed = waiting.command if waiting is not None and waiting.term == entry.term else None
-        result = self.kv.apply(entry.index, entry.command, proposed)
-        self.tracer.applied(entry)
-        self.on_applied(entry.command)
-        if waiting is None:
-            return
-        if waiting.term == entry.term and result is not None and result.get("session_expired"):
-            self._answer(waiting.conn, waiting.request_id, status="session_expired", error=result["error"])
-        elif waiting.term == entry.term:
-            if result is OK:
-                waiting.conn.send(codec.encode_ok_answer(waiting.request_id))
-            else:
-                self._answer(waiting.conn, waiting.request_id, status="ok", result=result)
-        else:
-            # Another leader's entry holds this index: ours is gone for good.
-            self.proposals_failed += 1
-            self._answer(waiting.conn, waiting.request_id, status="failed", error="overwritten by a newer leader")
-
-    def serve_reads(self, read_states: Sequence[ReadState]) -> None:
-        """Confirmed reads wait until the store has applied their index."""
-        for rs in read_states:
-            asked = self._reads_asked.pop(rs.request, None)
-            if asked is not None:
-                heapq.heappush(self._reads_confirmed, (rs.index, rs.request, asked))
-        confirmed, applied = self._reads_confirmed, self.kv.last_applied
-        while confirmed and confirmed[0][0] <= applied:
-            _, _, asked = heapq.heappop(confirmed)
-            if asked.scan is not None:
-                result = self.kv.scan(asked.key, *asked.scan)
-            else:
-                result = {"ok": True, "value": self.kv.data.get(asked.key)}
-            self._answer(asked.conn, asked.request_id, status="ok", result=result)
-
-    # --- between passes -------------------------------------------------------------
-
-    def poll_member_change(self) -> None:
-        change = self.member_change
-        if change is not None and change.poll(self.raft, self.clock(), self._addresses_with):
-            self.member_change = None
-
-    def _context_with(self, extra: int | None = None) -> bytes:
-        members = set(self.raft.membership.members) | ({extra} if extra else set())
-        return self.peers.address_book(members)
-
-    def settle_leadership(self) -> None:
-        """After a Ready: a node that no longer leads tells every waiting client."""
-        if self.raft.role == LEADER:
-            return
-        if self.waiting:
-            self._fail_waiting("unknown", "leadership lost before commit")
-        if self._reads_asked:
-            # Reads the core had not confirmed died with the leadership; a read
-            # changes nothing, so the client may simply ask the new leader.
-            asked, self._reads_asked = self._reads_asked, {}
-            for read in asked.values():
-                self._redirect(read.conn, read.request_id)
-
-    def _fail_waiting(self, status: str, why: str) -> None:
-        waiting, self.waiting = self.waiting, {}
-        self.proposals_failed += len(waiting)
-        for w in waiting.values():
-            self._answer(w.conn, w.request_id, status=status, error=why)
-
-    # --- answers --------------------------------------------------------------------
-
-    def _redirect(self, conn: Connection, request_id: int) -> None:
-        leader = self.raft.leader_id
-        address = self.peers.book.get(leader) if leader is not None and leader != self.me else None
-        if address is None:
-            self._answer(conn, request_id, status="no_leader")
-            return
-        host, port = address.client
-        self.log("client_redirected", level="debug", leader=leader)
-        self._answer(conn, request_id, status="redirect", leader=leader, leader_addr=f"{host}:{port}")
-
-    def _answer(self, conn: Connection, request_id: int, **fields: Any) -> None:
-        conn.send(codec.encode({"t": "resp", "id": request_id, **fields}))
+        self.replies.answer(conn, req.id, status="ok", result=req.faults.to_wire())
 
 
 def _needs_admin(req: ClientRequest) -> bool:

@@ -25,6 +25,7 @@ import selectors
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -157,7 +158,7 @@ class MetricsServer:
             return 200, "text/plain; version=0.0.4; charset=utf-8", generate_latest(self.registry)
         if path == "/health":
             r = self.read()
-            body = {"healthy": r.health_problem is None, "node": r.node, "term": r.term, "leader_known": r.has_leader}
+            body: dict[str, Any] = {"healthy": r.health_problem is None, "node": r.node, "term": r.term, "leader_known": r.has_leader}
             if r.health_problem is not None:
                 body["reason"] = r.health_problem
             return (200 if r.health_problem is None else 503), "application/json", (json.dumps(body) + "\n").encode()

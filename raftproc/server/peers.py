@@ -25,12 +25,11 @@ from __future__ import annotations
 import random
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from raftproc.config import NodeAddress
 from raftproc.core.messages import Message
 from raftproc.runtime.codec import (
-    PeerFrame,
     RemoteProtocolError,
     decode_message,
     encode_message,
@@ -40,10 +39,21 @@ from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
 from raftproc.runtime.logging import SparseLog
 from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener, idle
 from raftproc.runtime.tls import TlsContexts, node_identity
+from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.server.links import LinkShaper
 from raftproc.server.watch import EventFeed
 
 Log = Callable[..., None]
+# What a peer may send once it said hello: Raft messages and snapshot streams.
+Delivered = Message | SnapshotChunk | SnapshotAck
+
+
+class PeerReceiver(Protocol):
+    def on_frame(self, frame: Delivered) -> None:
+        """An admitted frame; raises FrameRefused to close its connection."""
+
+    def on_link_down(self, peer: int) -> None:
+        """A link that was up broke."""
 
 
 class FrameRefused(Exception):
@@ -142,7 +152,8 @@ class PeerLink:
         if self.connected:
             self.connected = False
             self.peers.log("peer_disconnected", level="warning", peer=self.peer_id, reason=reason)
-            self.peers.on_link_down(self.peer_id)
+            assert self.peers.receiver is not None
+            self.peers.receiver.on_link_down(self.peer_id)
         if self.peers.running and not self.closed:
             generation = self._generation
             self.peers.loop.call_later(self.backoff.next_delay(), lambda: self._redial(generation))
@@ -165,8 +176,6 @@ class Peers:
         max_frame: int,
         max_buffer: int,
         log: Log,
-        on_frame: Callable[[PeerFrame], None],
-        on_link_down: Callable[[int], None],
         tls: TlsContexts | None = None,
         handshake_timeout: float = 5.0,
         shaper: LinkShaper | None = None,
@@ -175,9 +184,9 @@ class Peers:
     ) -> None:
         """`logged_incarnations()`: members' incarnations as the applied log records them
         (raftproc.kv.state_machine), checked before this node's own record.
-        `tls`: mutual TLS on every link (None: plaintext). `on_frame` gets every admitted frame (Raft messages and snapshot chunks and
-        acknowledgements); `on_link_down(peer)` hears that a link that was up broke. `shaper` drops and
-        delays frames as the injected link faults say; `feed` hears of every frame sent and taken."""
+        `tls`: mutual TLS on every link (None: plaintext). `shaper` drops and delays frames as the
+        injected link faults say; `feed` hears of every frame sent and taken. Admitted frames and
+        broken links go to the receiver named by `deliver_to`, before `listen`."""
         self.me = me
         self.incarnation = incarnation
         self.book = book
@@ -189,8 +198,7 @@ class Peers:
         self.max_buffer = max_buffer
         self.log = log
         self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
-        self.on_frame = on_frame
-        self.on_link_down = on_link_down
+        self.receiver: PeerReceiver | None = None
         self.tls = tls
         self.handshake_timeout = handshake_timeout
         self.shaper = shaper or LinkShaper(loop, max_buffer)
@@ -203,7 +211,13 @@ class Peers:
         self.running = False
         self.listener: Listener | None = None
 
+    def deliver_to(self, receiver: PeerReceiver) -> None:
+        """The one receiver of what peers send (the peer transport, which itself needs
+        these links to send): named once, after both exist."""
+        self.receiver = receiver
+
     def listen(self, address: tuple[str, int]) -> None:
+        assert self.receiver is not None, "deliver_to() names the receiver before listen()"
         self.listener = Listener(self.loop, address, self._accept, log=self.log)
         self.running = True
 
@@ -280,6 +294,10 @@ class Peers:
                 if link is not None:
                     link.close()
 
+    def add_joining(self, node: int, peer: tuple[str, int], client: tuple[str, int]) -> None:
+        """The addresses a `member add` names for a node that is not a member yet."""
+        self.book[node] = NodeAddress(node, peer, client, join=True)
+
     def address_book(self, members) -> bytes:
         """The address book a configuration entry (or snapshot) carries: its members'."""
         return encode_addresses({i: (self.book[i].peer, self.book[i].client) for i in members if i in self.book})
@@ -331,8 +349,9 @@ class Peers:
             return  # an injected cut: as if it never arrived
         if self.feed.watched:
             self.feed.received(msg)
+        assert self.receiver is not None
         try:
-            self.on_frame(msg)
+            self.receiver.on_frame(msg)
         except FrameRefused as e:
             self._reject(conn, f"refused from node {msg.src}: {e}")
 

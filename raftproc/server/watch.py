@@ -202,7 +202,7 @@ def _msg_event(
 
 
 def _bounded(fields: dict[str, Any]) -> dict[str, Any]:
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in fields.items():
         if k in ("level", "t", "kind", "node"):
             continue

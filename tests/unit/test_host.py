@@ -47,7 +47,7 @@ def test_host_in_process_with_an_injected_clock_serves_a_client(tmp_path):
     assert results == {"set": {"ok": True}, "get": "10"}, results
     assert "became_leader" in events and "node_stopped" in events
     assert host.raft.log.stable_index >= 2  # the no-op and the write, synced
-    assert host._last_tick_at > time.monotonic(), "ticks were taken on the injected clock"
+    assert host.rooms.ticker.last_tick_at > time.monotonic(), "ticks were taken on the injected clock"
 
 
 def _serve(host, until, timeout=20.0):

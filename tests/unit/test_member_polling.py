@@ -1,4 +1,4 @@
-"""MemberChange, the host's driver of `member add | remove` (raftproc.runtime.members):
+"""MemberChange, the host's driver of `member add | remove` (raftproc.server.members):
 polled once per loop pass on the leader, it takes the core through learner, catch-up
 and promotion, and answers the client exactly once. Scripted with the harness."""
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 from harness import Cluster
 
 from raftproc.core import RaftOptions
-from raftproc.runtime.members import MemberChange
+from raftproc.server.members import MemberChange
 
 CONFIG = RaftOptions(election_timeout_min=10, election_timeout_max=20, heartbeat_interval=3, pre_vote=True, check_quorum=True)
 
