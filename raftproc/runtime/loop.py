@@ -24,10 +24,11 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from raftproc.runtime.framing import HEADER, FrameDecoder, FrameError
-from raftproc.runtime.tls import Identity, identity_of
+from raftproc.runtime.tls import Identity, TlsContexts, identity_of
 
 RECV_BYTES = 256 * 1024
 
@@ -121,6 +122,71 @@ class EventLoop:
             r.close()
             w.close()
         self.sel.close()
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionSettings:
+    """What every connection of one port shares: its bounds, the log that hears what
+    remote parties do, and TLS (whose contexts a reload may replace, so they are
+    read at each connect)."""
+
+    max_frame: int  # bytes of one frame, either way
+    max_buffer: int  # bytes queued to one connection
+    handshake_timeout: float  # seconds for TLS and a first frame
+    log: Log
+    tls: TlsContexts | None = None
+
+    def accepted(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        *,
+        name: str,
+        on_frame: FrameHandler,
+        on_close: CloseHandler,
+        on_connected: Callable[[Connection], None] | None = None,
+    ) -> Connection:
+        tls = self.tls.server if self.tls else None
+        return Connection(
+            loop,
+            sock,
+            name=name,
+            on_frame=on_frame,
+            on_close=on_close,
+            max_frame=self.max_frame,
+            max_buffer=self.max_buffer,
+            log=self.log,
+            tls=tls,
+            server_side=True,
+            handshake_timeout=self.handshake_timeout,
+            on_connected=on_connected,
+        )
+
+    def dialled(
+        self,
+        loop: EventLoop,
+        sock: socket.socket,
+        *,
+        name: str,
+        on_frame: FrameHandler,
+        on_close: CloseHandler,
+        on_connected: Callable[[Connection], None],
+    ) -> Connection:
+        tls = self.tls.client if self.tls else None
+        return Connection(
+            loop,
+            sock,
+            name=name,
+            on_frame=on_frame,
+            on_close=on_close,
+            max_frame=self.max_frame,
+            max_buffer=self.max_buffer,
+            log=self.log,
+            connecting=True,
+            on_connected=on_connected,
+            tls=tls,
+            handshake_timeout=self.handshake_timeout,
+        )
 
 
 class Connection:
@@ -225,11 +291,7 @@ class Connection:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.loop.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass
-        self.sock.close()
+        _forget(self.loop, self.sock)
         self.on_close(self, reason)
 
     def _wanted_events(self) -> int:
@@ -469,11 +531,7 @@ class Listener:
         if self.closed:
             return
         self.closed = True
-        try:
-            self.loop.sel.unregister(self.sock)
-        except (KeyError, ValueError):
-            pass  # paused: not registered
-        self.sock.close()
+        _forget(self.loop, self.sock)
 
 
 class Backoff:
@@ -494,3 +552,12 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+def _forget(loop: EventLoop, sock: socket.socket) -> None:
+    """Stop watching a socket (if it is watched: a paused listener is not) and close it."""
+    try:
+        loop.sel.unregister(sock)
+    except (KeyError, ValueError):
+        pass
+    sock.close()

@@ -35,8 +35,7 @@ from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER, NotLeader, TransferInProgress, worth_logging
 from raftproc.kv.commands import Command
 from raftproc.runtime.codec import RemoteProtocolError
-from raftproc.runtime.logging import SparseLog
-from raftproc.runtime.loop import Connection, EventLoop, Listener, idle
+from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, Listener, idle
 from raftproc.runtime.requests import (
     ClientRequest,
     KvRequest,
@@ -46,7 +45,7 @@ from raftproc.runtime.requests import (
     TransferRequest,
     decode_request,
 )
-from raftproc.runtime.tls import ADMIN, CLIENT, TlsContexts
+from raftproc.runtime.tls import ADMIN, CLIENT
 from raftproc.server.applier import Applier, AskedRead, Waiting
 from raftproc.server.disk import DiskFreeze
 from raftproc.server.links import LinkShaper
@@ -60,11 +59,8 @@ Log = Callable[..., None]
 
 @dataclass(frozen=True, slots=True)
 class ClientLimits:
-    max_frame: int  # bytes of one frame, either way
-    max_buffer: int  # bytes queued to one connection
     max_request_bytes: int  # bytes of one request's body
     max_clients: int  # connections at once
-    handshake_timeout: float  # seconds for TLS and a first frame
 
 
 class ClientService:
@@ -75,6 +71,7 @@ class ClientService:
         raft: RaftNode,
         loop: EventLoop,
         limits: ClientLimits,
+        connections: ConnectionSettings,
         applier: Applier,
         members: MemberService,
         replies: Replies,
@@ -83,7 +80,6 @@ class ClientService:
         status: Callable[[bool], dict[str, Any]],
         tracer: Tracer,
         log: Log,
-        tls: TlsContexts | None = None,
         link_faults: LinkShaper | None = None,
     ) -> None:
         """`status(state)`: the node's status answer; `link_faults` takes an admin's
@@ -100,8 +96,9 @@ class ClientService:
         self.status = status
         self.tracer = tracer
         self.log = log
-        self.remote_log = SparseLog(log)  # for what any remote party can repeat at will
-        self.tls = tls
+        self.remote_log = connections.log  # for what any remote party can repeat at will
+        self.settings = connections
+        self.tls = connections.tls
         self.link_faults = link_faults
         self.refused_clients = 0  # connections closed at once for want of room, since start
         self.connections: set[Connection] = set()
@@ -141,18 +138,12 @@ class ClientService:
                 )
             sock.close()
             return
-        conn = Connection(
+        conn = self.settings.accepted(
             self.loop,
             sock,
             name=f"client-{addr[0]}:{addr[1]}",
             on_frame=self._on_frame,
             on_close=self._on_close,
-            max_frame=limits.max_frame,
-            max_buffer=limits.max_buffer,
-            log=self.remote_log,
-            tls=self.tls.server if self.tls else None,
-            server_side=True,
-            handshake_timeout=limits.handshake_timeout,
             on_connected=self._check_role,
         )
         if not conn.closed:

@@ -42,7 +42,8 @@ from raftproc.core.membership import Membership
 from raftproc.core.node import RaftNode
 from raftproc.runtime.identity import KnownPeers, load_identity
 from raftproc.runtime.linkfaults import NO_FAULTS, LinkFaults
-from raftproc.runtime.loop import EventLoop
+from raftproc.runtime.logging import SparseLog
+from raftproc.runtime.loop import ConnectionSettings, EventLoop
 from raftproc.runtime.recovery import RecoveredNode, recover_node
 from raftproc.runtime.tls import TlsContexts, TlsError
 from raftproc.runtime.wal import BackgroundSync, SyncFailed, WriteAheadLog
@@ -349,7 +350,8 @@ def _build_rooms(
         me=node_id,
         raft=raft,
         loop=loop,
-        limits=ClientLimits(cfg.max_frame, cfg.peer_buffer, cfg.max_request_bytes, cfg.max_clients, handshake_timeout),
+        limits=ClientLimits(cfg.max_request_bytes, cfg.max_clients),
+        connections=ConnectionSettings(cfg.max_frame, cfg.peer_buffer, handshake_timeout, SparseLog(log), tls),
         applier=applier,
         members=members,
         replies=replies,
@@ -358,7 +360,6 @@ def _build_rooms(
         status=status.status,
         tracer=tracer,
         log=log,
-        tls=tls,
         link_faults=shaper if cfg.link_faults else None,
     )
     incarnations = IncarnationRegistry(node_id, incarnation, raft, kv, peers.known_peers, clock, log)

@@ -37,7 +37,7 @@ from raftproc.runtime.codec import (
 from raftproc.runtime.entries import decode_addresses, encode_addresses
 from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
 from raftproc.runtime.logging import SparseLog
-from raftproc.runtime.loop import Backoff, Connection, EventLoop, Listener, idle
+from raftproc.runtime.loop import Backoff, Connection, ConnectionSettings, EventLoop, Listener, idle
 from raftproc.runtime.tls import TlsContexts, node_identity
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.server.links import LinkShaper
@@ -97,19 +97,8 @@ class PeerLink:
         except OSError:
             pass  # reported through SO_ERROR when the socket turns writable
         p = self.peers
-        self.conn = Connection(
-            p.loop,
-            sock,
-            name=f"peer-out-{self.peer_id}",
-            on_frame=self._on_frame,
-            on_close=self._on_close,
-            max_frame=p.max_frame,
-            max_buffer=p.max_buffer,
-            log=p.remote_log,
-            connecting=True,
-            on_connected=self._on_connected,
-            tls=p.tls.client if p.tls else None,
-            handshake_timeout=p.handshake_timeout,
+        self.conn = p.settings.dialled(
+            p.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close, on_connected=self._on_connected
         )
         # Queued ahead of anything else, so it is the connection's first frame.
         self.conn.send(encode_message(PeerHello(p.me, self.peer_id, p.incarnation)))
@@ -201,6 +190,7 @@ class Peers:
         self.receiver: PeerReceiver | None = None
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.settings = ConnectionSettings(max_frame, max_buffer, handshake_timeout, self.remote_log, tls)
         self.shaper = shaper or LinkShaper(loop, max_buffer)
         self.feed = feed or EventFeed(me, loop.clock)
         self.links: dict[int, PeerLink] = {}
@@ -305,18 +295,8 @@ class Peers:
     # --- inbound ------------------------------------------------------------------
 
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
-        conn = Connection(
-            self.loop,
-            sock,
-            name=f"peer-in-{addr[0]}:{addr[1]}",
-            on_frame=self._on_inbound_frame,
-            on_close=self._on_inbound_close,
-            max_frame=self.max_frame,
-            max_buffer=self.max_buffer,
-            log=self.remote_log,
-            tls=self.tls.server if self.tls else None,
-            server_side=True,
-            handshake_timeout=self.handshake_timeout,
+        conn = self.settings.accepted(
+            self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_inbound_frame, on_close=self._on_inbound_close
         )
         if not conn.closed:
             self.inbound.add(conn)
