@@ -136,7 +136,7 @@ class ConnectionSettings:
     log: Log
     tls: TlsContexts | None = None
 
-    def accepted(
+    def open(
         self,
         loop: EventLoop,
         sock: socket.socket,
@@ -145,8 +145,10 @@ class ConnectionSettings:
         on_frame: FrameHandler,
         on_close: CloseHandler,
         on_connected: Callable[[Connection], None] | None = None,
+        dialled: bool = False,
     ) -> Connection:
-        tls = self.tls.server if self.tls else None
+        """A connection on `sock`: one this node `dialled` (still connecting), or one it accepted."""
+        tls = None if self.tls is None else self.tls.client if dialled else self.tls.server
         return Connection(
             loop,
             sock,
@@ -156,35 +158,10 @@ class ConnectionSettings:
             max_frame=self.max_frame,
             max_buffer=self.max_buffer,
             log=self.log,
-            tls=tls,
-            server_side=True,
-            handshake_timeout=self.handshake_timeout,
-            on_connected=on_connected,
-        )
-
-    def dialled(
-        self,
-        loop: EventLoop,
-        sock: socket.socket,
-        *,
-        name: str,
-        on_frame: FrameHandler,
-        on_close: CloseHandler,
-        on_connected: Callable[[Connection], None],
-    ) -> Connection:
-        tls = self.tls.client if self.tls else None
-        return Connection(
-            loop,
-            sock,
-            name=name,
-            on_frame=on_frame,
-            on_close=on_close,
-            max_frame=self.max_frame,
-            max_buffer=self.max_buffer,
-            log=self.log,
-            connecting=True,
+            connecting=dialled,
             on_connected=on_connected,
             tls=tls,
+            server_side=not dialled,
             handshake_timeout=self.handshake_timeout,
         )
 

@@ -138,7 +138,7 @@ class ClientService:
                 )
             sock.close()
             return
-        conn = self.settings.accepted(
+        conn = self.settings.open(
             self.loop,
             sock,
             name=f"client-{addr[0]}:{addr[1]}",

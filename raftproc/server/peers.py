@@ -97,8 +97,14 @@ class PeerLink:
         except OSError:
             pass  # reported through SO_ERROR when the socket turns writable
         p = self.peers
-        self.conn = p.settings.dialled(
-            p.loop, sock, name=f"peer-out-{self.peer_id}", on_frame=self._on_frame, on_close=self._on_close, on_connected=self._on_connected
+        self.conn = p.settings.open(
+            p.loop,
+            sock,
+            name=f"peer-out-{self.peer_id}",
+            on_frame=self._on_frame,
+            on_close=self._on_close,
+            on_connected=self._on_connected,
+            dialled=True,
         )
         # Queued ahead of anything else, so it is the connection's first frame.
         self.conn.send(encode_message(PeerHello(p.me, self.peer_id, p.incarnation)))
@@ -295,7 +301,7 @@ class Peers:
     # --- inbound ------------------------------------------------------------------
 
     def _accept(self, sock: socket.socket, addr: tuple) -> None:
-        conn = self.settings.accepted(
+        conn = self.settings.open(
             self.loop, sock, name=f"peer-in-{addr[0]}:{addr[1]}", on_frame=self._on_inbound_frame, on_close=self._on_inbound_close
         )
         if not conn.closed:
