@@ -3,7 +3,6 @@ directory per test. Every wait is a condition polled against a deadline."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -11,17 +10,6 @@ import pytest
 
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.layout import local_config
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> object:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # poll interval of this wait-until loop
 
 
 def make_cluster(tmp_path: Path, nodes: int, *, tls: bool = False, **overrides) -> Cluster:

@@ -20,7 +20,7 @@ from raftproc.runtime.wal import POWER_LOSS_ENV
 
 pytestmark = pytest.mark.process
 
-NO_FSYNC = [sys.executable, str(Path(__file__).with_name("no_fsync_node.py"))]
+NO_FSYNC = [sys.executable, str(Path(__file__).parent / "launchers" / "no_fsync_node.py")]
 
 
 def test_chaos_same_seed_same_schedule():

@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
+from support import wait_until
 
 pytestmark = pytest.mark.process
 

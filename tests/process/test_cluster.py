@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import log_events, wait_until
+from conftest import log_events
+from support import wait_until
 
 pytestmark = pytest.mark.process
 

@@ -16,7 +16,7 @@ from raftproc.runtime.framing import FrameDecoder, encode_frame
 
 pytestmark = pytest.mark.process
 
-LAUNCHER = [sys.executable, str(Path(__file__).with_name("crash_after_fsync.py"))]
+LAUNCHER = [sys.executable, str(Path(__file__).parent / "launchers" / "crash_after_fsync.py")]
 
 
 @pytest.mark.parametrize("background_sync", [False, True])

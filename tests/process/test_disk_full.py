@@ -11,7 +11,8 @@ import os
 import subprocess
 
 import pytest
-from conftest import log_events, make_cluster, wait_until
+from conftest import log_events, make_cluster
+from support import wait_until
 
 from raftproc.client import Unknown
 from raftproc.runtime import codec

@@ -7,7 +7,8 @@ from __future__ import annotations
 import os
 
 import pytest
-from conftest import log_events, make_cluster, wait_until
+from conftest import log_events, make_cluster
+from support import wait_until
 
 from raftproc.ops.fuzz import fuzz
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import wait_until
+from support import wait_until
 
 pytestmark = pytest.mark.process
 

@@ -9,7 +9,8 @@ import time
 from dataclasses import replace
 
 import pytest
-from conftest import log_events, wait_until
+from conftest import log_events
+from support import wait_until
 
 from raftproc.client import ClientError
 from raftproc.config import to_toml

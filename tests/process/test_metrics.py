@@ -11,8 +11,9 @@ import urllib.error
 import urllib.request
 
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
 from prometheus_client.parser import text_string_to_metric_families
+from support import wait_until
 
 pytestmark = pytest.mark.process
 

@@ -11,7 +11,8 @@ import sys
 
 import cbor2
 import pytest
-from conftest import log_events, wait_until
+from conftest import log_events
+from support import wait_until
 
 from raftproc.runtime.codec import encode
 from raftproc.runtime.framing import FrameDecoder, encode_frame

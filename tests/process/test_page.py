@@ -17,7 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
+from support import wait_until
 
 from raftproc.ops.browser import FLAGS, find_chromium
 from raftproc.ops.cluster import Cluster

@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from conftest import wait_until
+from support import wait_until
 
 from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.ops.cluster import Cluster

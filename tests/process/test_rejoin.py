@@ -6,7 +6,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import log_events, wait_until
+from conftest import log_events
+from support import wait_until
 
 from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.ops.cluster import Cluster

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import psutil
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
+from support import wait_until
 
 from raftproc.kv.commands import REGISTERED
 from raftproc.kv.state_machine import MAX_SESSIONS

@@ -7,7 +7,8 @@ writes go on."""
 from __future__ import annotations
 
 import pytest
-from conftest import log_events, make_cluster, wait_until
+from conftest import log_events, make_cluster
+from support import wait_until
 
 from raftproc.client import Unknown
 from raftproc.runtime.wal import SLOW_SYNC_ENV

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import log_events, wait_until
+from conftest import log_events
+from support import wait_until
 
 from raftproc.client import Client, ClientError
 from raftproc.ops.cluster import Cluster
@@ -114,7 +115,7 @@ def test_kill_at_each_snapshot_step_loses_nothing(tmp_path, monkeypatch, step):
     fired = tmp_path / "fired"
     monkeypatch.setenv("RAFTPROC_TEST_FAILPOINT", step)
     monkeypatch.setenv("RAFTPROC_TEST_FAILPOINT_FIRED", str(fired))
-    launcher = [sys.executable, str(Path(__file__).with_name("crash_at_failpoint.py"))]
+    launcher = [sys.executable, str(Path(__file__).parent / "launchers" / "crash_at_failpoint.py")]
     cluster = Cluster(tmp_path / "run", launcher=launcher)
     cluster.create(local_config(3, tmp_path / "run" / "data", tmp_path / "run" / "logs", **SNAPSHOTTING))
     try:

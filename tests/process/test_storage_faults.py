@@ -14,7 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
+from support import wait_until
 
 from raftproc.ops.cluster import ClusterError
 from raftproc.ops.corrupt import corrupt_wal

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import wait_until
+from support import wait_until
 
 from raftproc.ops.cluster import Cluster
 

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import log_events, make_cluster, wait_until
+from conftest import log_events, make_cluster
+from support import wait_until
 
 pytestmark = pytest.mark.process
 

@@ -19,7 +19,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import log_events, make_cluster, wait_until
+from conftest import log_events, make_cluster
+from support import wait_until
 
 from raftproc.core.messages import RequestVote
 from raftproc.ops.certs import make_cert

@@ -9,7 +9,8 @@ import threading
 import urllib.request
 
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
+from support import wait_until
 
 from raftproc.ops.links import LinkTable
 from raftproc.ops.replay import LeaderChanges

@@ -10,7 +10,8 @@ import subprocess
 import sys
 
 import pytest
-from conftest import log_events, wait_until
+from conftest import log_events
+from support import wait_until
 
 from raftproc.runtime.identity import IDENTITY_FILE, KnownPeers
 

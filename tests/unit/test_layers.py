@@ -266,7 +266,9 @@ def test_no_room_calls_another_rooms_private_parts():
 
 def test_the_private_reach_check_is_not_vacuous(tmp_path):
     planted = tmp_path / "planted.py"
-    planted.write_text("class A:\n    def _mine(self):\n        other._theirs()\n        self._mine()\n        a = A()\n        a._mine()\n")
+    planted.write_text(
+        "class A:\n    def _mine(self):\n        other._theirs()\n        self._mine()\n        a = A()\n        a._mine()\n"
+    )
     assert _private_reaches(planted) == [(3, "other._theirs")]
 
 

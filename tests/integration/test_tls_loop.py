@@ -9,10 +9,10 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
-import time
 from pathlib import Path
 
 import pytest
+from support import run_loop_until
 
 from raftproc.ops.certs import make_ca, make_cert
 from raftproc.runtime import loop as loop_module
@@ -94,11 +94,7 @@ class Ends:
         )
 
     def run_until(self, condition, timeout: float = 20.0) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not reached within {timeout}s")
-            self.loop.run_once(max_wait=0.05)
+        run_loop_until(self.loop, condition, timeout)
 
 
 def test_frames_of_every_size_cross_tls_in_order_both_ways(pki):

@@ -9,6 +9,8 @@ import random
 import selectors
 import socket
 
+from support import run_loop_until
+
 from raftproc.runtime.framing import encode_frame
 from raftproc.runtime.loop import Backoff, Connection, EventLoop
 
@@ -160,9 +162,7 @@ def test_listener_out_of_descriptors_pauses_instead_of_spinning():
         for fd in hog:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    deadline = time.monotonic() + 5
-    while not accepted and time.monotonic() < deadline:
-        loop.run_once(max_wait=0.05)
+    run_loop_until(loop, lambda: accepted, 5, "the waiting connection to be accepted")
     assert len(accepted) == 1
     for s in accepted + [client]:
         s.close()

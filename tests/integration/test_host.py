@@ -9,6 +9,8 @@ import socket
 import threading
 import time
 
+from support import run_loop_until
+
 from raftproc.client import Client, Failed
 from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.server.host import open_host
@@ -51,10 +53,7 @@ def test_host_in_process_with_an_injected_clock_serves_a_client(tmp_path):
 
 
 def _serve(host, until, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while not until() and time.monotonic() < deadline:
-        host.loop.run_once(max_wait=0.01)
-    return until()
+    return run_loop_until(host.loop, until, timeout)
 
 
 def _one_node(tmp_path, **overrides):
