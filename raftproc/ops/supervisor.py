@@ -1,38 +1,43 @@
-#!/usr/bin/env python3
-"""Run and watch a local raftproc cluster.
+"""Run and watch a local raftproc cluster: `raftproc-supervisor` (or scripts/supervisor.py).
 
-    python scripts/supervisor.py up [-n 5] [--tls] [--slow N] [--link-delay MS]
-                                                  start a cluster (default ports 7101.., 7201..); with
-                                                  --tls, mutual TLS on both ports (certificates in
-                                                  run/tls, named in run/config.toml); --slow N runs
-                                                  every Raft timer N times slower and --link-delay
-                                                  holds back every peer message, to watch it (`web`);
-                                                  once the run directory holds one, `up` starts it
-                                                  again, with the members it has now (--fresh: a new one)
-    python scripts/supervisor.py web [--listen 127.0.0.1:7500] [--replay RUN_DIR|FILE] [--config PATH]
-                                                  the live page: watch the cluster, break it, replay a run
-    python scripts/supervisor.py status           pid, role, term, commit, applied, RSS, CPU
-    python scripts/supervisor.py kill|stop|start|restart|pause|resume ID
-                                                  (stop: a leader hands over leadership first)
-    python scripts/supervisor.py rolling-restart  every node in turn, leader last, while serving
-    python scripts/supervisor.py partition ID     cut a node off from the others, both ways
-    python scripts/supervisor.py split 1,2 3,4,5  cut the cluster into groups
-    python scripts/supervisor.py slow FROM TO MS  hold back what FROM sends TO by MS ms (0: no more)
-    python scripts/supervisor.py heal             every cut and slowed link is whole again
-    python scripts/supervisor.py transfer [ID]    hand leadership to ID (default: the leader picks)
-    python scripts/supervisor.py join             start a new node and add it (learner, then voter)
-    python scripts/supervisor.py add|remove ID    add a node the config lists / remove one and stop it
-    python scripts/supervisor.py rebuild ID       a node whose data is bad (corrupt WAL, diverged): remove it,
-                                                  wipe it, add it back to catch up (docs/storage.md)
-    python scripts/supervisor.py members          voters, learners, addresses, match indexes
-    python scripts/supervisor.py logs [-f] [--node N] [--event E]
-    python scripts/supervisor.py timeline         the leader's election and the newest traced write
-                                                  (python -m raftproc.client set x 10 --trace), from the logs
-    python scripts/supervisor.py down
+    raftproc-supervisor up [-n 5] [--tls] [--slow N] [--link-delay MS]
+                                        start a cluster (default ports 7101.., 7201..); with
+                                        --tls, mutual TLS on both ports (certificates in
+                                        run/tls, named in run/config.toml); --slow N runs
+                                        every Raft timer N times slower and --link-delay
+                                        holds back every peer message, to watch it (`web`);
+                                        once the run directory holds one, `up` starts it
+                                        again, with the members it has now (--fresh: a new one)
+    raftproc-supervisor web [--listen 127.0.0.1:7500] [--replay RUN_DIR|FILE] [--config PATH]
+                                        the live page: watch the cluster, break it, replay a run
+    raftproc-supervisor status          pid, role, term, commit, applied, RSS, CPU
+    raftproc-supervisor kill|stop|start|restart|pause|resume ID
+                                        (stop: a leader hands over leadership first)
+    raftproc-supervisor rolling-restart every node in turn, leader last, while serving
+    raftproc-supervisor partition ID    cut a node off from the others, both ways
+    raftproc-supervisor split 1,2 3,4,5 cut the cluster into groups
+    raftproc-supervisor slow FROM TO MS hold back what FROM sends TO by MS ms (0: no more)
+    raftproc-supervisor heal            every cut and slowed link is whole again
+    raftproc-supervisor transfer [ID]   hand leadership to ID (default: the leader picks)
+    raftproc-supervisor join            start a new node and add it (learner, then voter)
+    raftproc-supervisor add|remove ID   add a node the config lists / remove one and stop it
+    raftproc-supervisor rebuild ID      a node whose data is bad (corrupt WAL, diverged): remove it,
+                                        wipe it, add it back to catch up (docs/storage.md)
+    raftproc-supervisor members         voters, learners, addresses, match indexes
+    raftproc-supervisor logs [-f] [--tail N] [--node N] [--event E]
+                                        the nodes' logs as one stream; -f follows them, from
+                                        the last 10 lines (--tail N: the last N; 0: only new ones)
+    raftproc-supervisor timeline        the leader's election and the newest traced write
+                                        (raftproc set x 10 --trace), from the logs
+    raftproc-supervisor down
 
 State lives in a run directory (--run-dir, default run/), so any later invocation
 finds the cluster again; the cluster's data and logs live in it too (run/data,
 run/logs) unless --data-dir/--log-dir say otherwise.
+
+Exit codes are the client CLI's (raftproc.cli; docs/operations.md, Exit codes): 0 done
+(status, up: healthy), 1 failed, 2 usage, 5 a member does not answer, 6 no leader,
+nodes that disagree on it, or a diverged log, 130 interrupted.
 """
 
 from __future__ import annotations
@@ -40,15 +45,22 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 from raftproc.client import ClientError
 from raftproc.config import ClusterConfig
 from raftproc.ops.cluster import Cluster, ClusterError
 from raftproc.ops.layout import local_config
 from raftproc.ops.links import LinkTable, parse_groups
-from raftproc.ops.logs import follow, format_line, matches, merged
+from raftproc.ops.logs import check_event, merged, show
 from raftproc.ops.timeline import render, story
+
+# The client CLI's exit codes (raftproc.cli), so that a script reads both tools alike;
+# tests/unit/test_exit_codes.py holds them equal.
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NO_LEADER = 0, 1, 2, 5, 6
+EXIT_INTERRUPTED = 130
 
 
 def contradictions(cfg: ClusterConfig, args: argparse.Namespace) -> list[str]:
@@ -91,7 +103,7 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
             + (f"; removed nodes {removed} stay stopped" if removed else "")
             + " (`up --fresh` makes a new cluster)"
         )
-        return cmd_status(cluster, args)
+        return print_status(cluster, settled_rows(cluster, args.wait))
     run_dir = cluster.run_dir
     data_dir = Path(args.data_dir) if args.data_dir else run_dir / "data"
     log_dir = Path(args.log_dir) if args.log_dir else run_dir / "logs"
@@ -109,7 +121,7 @@ def cmd_up(cluster: Cluster, args: argparse.Namespace) -> int:
     print(
         f"cluster of {len(cfg.nodes)} up{' with mutual TLS' if args.tls else ''}{slow_said}{delay}; leader is node {cluster.leader()}; config {cluster.config_path}"
     )
-    return cmd_status(cluster, args)
+    return print_status(cluster, settled_rows(cluster, args.wait * slow))
 
 
 def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
@@ -139,14 +151,40 @@ def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
     print(done)
     for node, why in sorted(missed.items()):
         print(f"  node {node} did not take it now ({why}); it will when it next starts", file=sys.stderr)
-    return 0
+    return EXIT_OK
 
 
-def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
+def verdict(rows: list[dict[str, Any]], removed: set[int]) -> tuple[int, str]:
+    """The exit code and verdict `raftproc status` gives the same cluster (raftproc.cli):
+    5 if a member does not answer, else 6 if those that answer know no leader, name
+    different ones, or a log diverged. The nodes the supervisor removed are no members."""
+    members = [r for r in rows if r["node"] not in removed]
+    down = [r["node"] for r in members if r.get("role") is None]
+    leaders = {r.get("leader") for r in members if r.get("role") is not None}
+    if down:
+        return EXIT_UNREACHABLE, f"unhealthy: nodes {down} do not answer"
+    if any(r.get("diverged") for r in rows):
+        return EXIT_NO_LEADER, "unhealthy: DIVERGED HISTORIES, acknowledged writes may be lost (docs/storage.md)"
+    if len(leaders) != 1 or None in leaders:
+        return EXIT_NO_LEADER, f"unhealthy: leaders seen {sorted(map(str, leaders))}"
+    return EXIT_OK, "healthy"
+
+
+def settled_rows(cluster: Cluster, timeout: float) -> list[dict[str, Any]]:
+    """The status table once every member follows the leader, or as it is at `timeout`:
+    a cluster just elected a leader, and the last nodes to hear of it are on their way."""
+    deadline = time.monotonic() + timeout
+    rows = cluster.status_table()
+    while verdict(rows, cluster.removed())[0] != EXIT_OK and time.monotonic() < deadline:
+        time.sleep(0.1)  # poll interval of a wait-until loop
+        rows = cluster.status_table()
+    return rows
+
+
+def print_status(cluster: Cluster, rows: list[dict[str, Any]]) -> int:
     print(
         f"{'node':>4} {'pid':>7} {'state':<11} {'role':<9} {'term':>5} {'leader':>6} {'commit':>7} {'applied':>7} {'rss MB':>7} {'cpu s':>6}  digest"
     )
-    rows = cluster.status_table()
     for r in rows:
         g = r.get
         print(
@@ -154,10 +192,12 @@ def cmd_status(cluster: Cluster, args: argparse.Namespace) -> int:
             f"{str(g('leader', '-')):>6} {str(g('commit_index', '-')):>7} {str(g('last_applied', '-')):>7} "
             f"{str(g('rss_mb', '-')):>7} {str(g('cpu_s', '-')):>6}  {str(g('log_digest', '-'))[:12]}"
         )
-    alarms = [(r["node"], r["diverged"]) for r in rows if r.get("diverged")]
-    for node, alarm in alarms:
-        print(f"ALARM node {node}: {alarm} (docs/storage.md: what to do)")
-    return 2 if alarms else 0
+    for r in rows:
+        if r.get("diverged"):
+            print(f"ALARM node {r['node']}: {r['diverged']} (docs/storage.md: what to do)")
+    code, said = verdict(rows, cluster.removed())
+    print(said, file=sys.stdout if code == EXIT_OK else sys.stderr)
+    return code
 
 
 def cmd_membership(cluster: Cluster, args: argparse.Namespace) -> int:
@@ -165,36 +205,45 @@ def cmd_membership(cluster: Cluster, args: argparse.Namespace) -> int:
         print("starting a new node and adding it: a learner first, a voter once caught up (up to 60 s)", file=sys.stderr)
         node = cluster.join()
         print(f"node {node} joined: voters {cluster.members()['voters']}")
-        return 0
+        return EXIT_OK
     if args.cmd == "members":
         m = cluster.members()
         print(f"leader {m['leader']} (term {m['term']}), voters {m['voters']}, learners {m['learners']}")
         for node, info in sorted(m["nodes"].items()):
             print(f"  node {node}: {info['role']:7} peer {info['peer']} client {info['client']} match {info['match_index']}")
-        return 0
+        return EXIT_OK
     if args.cmd == "rebuild":
         print(f"rebuilding node {args.id}: remove, wipe, start as a new incarnation, add back (up to 120 s)", file=sys.stderr)
     result = getattr(cluster, args.cmd)(args.id)
     print(f"{args.cmd} node {args.id}: done; voters {result['membership']['voters']}")
-    return 0
+    return EXIT_OK
 
 
 def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
     if args.node is not None and args.node not in cluster.config.nodes:
         raise ClusterError(f"node {args.node} is not in the cluster (nodes {sorted(cluster.config.nodes)})")
-    log_dir = cluster.config.log_dir
-    paths = sorted(log_dir.glob("node-*.jsonl"))
-    events = set(args.event) if args.event else None
-    for record in merged(paths):
-        if matches(record, args.node, events):
-            print(format_line(record))
-    if args.follow:
-        try:
-            for line in follow(paths, args.node, events):
-                print(line, flush=True)
-        except KeyboardInterrupt:
-            return 0
-    return 0
+    paths = sorted(cluster.config.log_dir.glob("node-*.jsonl"))
+    tail = args.tail if args.tail is not None or not args.follow else 10  # as `tail -f`
+    try:
+        for line in show(paths, args.node, set(args.event or ()) or None, tail=tail, follow=args.follow):
+            print(line, flush=args.follow)
+    except KeyboardInterrupt:
+        pass  # how a follow ends
+    return EXIT_OK
+
+
+def _event(text: str) -> str:
+    try:
+        return check_event(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _count(text: str) -> int:
+    n = int(text)
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"--tail counts lines: 0 or more, not {n}")
+    return n
 
 
 def _node_count(text: str) -> int:
@@ -214,7 +263,7 @@ def _slowness(text: str) -> int:
 def cmd_timeline(cluster: Cluster) -> int:
     lines = story(merged(sorted(cluster.config.log_dir.glob("node-*.jsonl"))))
     print(render(lines))
-    return 0 if lines else 1
+    return EXIT_OK if lines else EXIT_FAILED
 
 
 def parser() -> argparse.ArgumentParser:
@@ -263,64 +312,64 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("heal")
     sub.add_parser("transfer").add_argument("id", type=int, nargs="?")
     logs = sub.add_parser("logs")
-    logs.add_argument("-f", "--follow", action="store_true")
+    logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as the nodes write them (Ctrl-C ends)")
+    logs.add_argument("--tail", type=_count, metavar="N", help="start from the last N matching lines (default: all; with -f, 10)")
     logs.add_argument("--node", type=int)
-    logs.add_argument("--event", action="append", help="only these events (repeatable)")
+    logs.add_argument("--event", type=_event, action="append", help="only these events (repeatable); a name no node logs is refused")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)  # `logs | head` ends quietly
-
-    cluster = Cluster(args.run_dir)
     try:
-        if args.cmd == "up":
-            return cmd_up(cluster, args)
-        if args.cmd == "down":
-            stopped = cluster.down()
-            print(f"stopped nodes {stopped}" if stopped else "no node was running")
-            return 0
-        if args.cmd == "status":
-            return cmd_status(cluster, args)
-        if args.cmd == "logs":
-            return cmd_logs(cluster, args)
-        if args.cmd == "timeline":
-            return cmd_timeline(cluster)
-        if args.cmd == "web":
-            from raftproc.ops.web import serve
-
-            return serve(cluster, listen=args.listen, replay=args.replay, config=args.config)
-        if args.cmd in ("partition", "split", "slow", "heal"):
-            return cmd_links(cluster, args)
-        if args.cmd == "transfer":
-            print(f"node {cluster.transfer(args.id)} leads now")
-            return 0
-        if args.cmd == "rolling-restart":
-            result = cluster.rolling_restart(say=print)
-            gaps = ", ".join(f"{g * 1000:.1f} ms" for g in result["handover_gaps_s"]) or "none logged"
-            print(
-                f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
-                f"leaderless time at each handover (TimeoutNow to new leader): {gaps}"
-            )
-            return 0
-        if args.cmd in ("join", "members", "add", "remove", "rebuild"):
-            return cmd_membership(cluster, args)
-        if args.cmd == "stop":
-            new_leader = cluster.graceful_stop(args.id)
-            print(f"stop node {args.id}: done" + (f" (node {new_leader} leads now)" if new_leader else ""))
-            return 0
-        action = getattr(cluster, args.cmd)
-        action(args.id)
-        print(f"{args.cmd} node {args.id}: done")
-        return 0
+        return run(Cluster(args.run_dir), args)
     except (ClusterError, ClientError) as e:
         print(f"supervisor: {e}", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("supervisor: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def run(cluster: Cluster, args: argparse.Namespace) -> int:
+    """Carry out one command; ClusterError (or the client's error) says why it failed."""
+    if args.cmd == "up":
+        return cmd_up(cluster, args)
+    if args.cmd == "status":
+        return print_status(cluster, cluster.status_table())
+    if args.cmd == "logs":
+        return cmd_logs(cluster, args)
+    if args.cmd == "timeline":
+        return cmd_timeline(cluster)
+    if args.cmd == "web":
+        from raftproc.ops.web import serve
+
+        return serve(cluster, listen=args.listen, replay=args.replay, config=args.config)
+    if args.cmd in ("partition", "split", "slow", "heal"):
+        return cmd_links(cluster, args)
+    if args.cmd in ("join", "members", "add", "remove", "rebuild"):
+        return cmd_membership(cluster, args)
+    print(act(cluster, args))
+    return EXIT_OK
+
+
+def act(cluster: Cluster, args: argparse.Namespace) -> str:
+    """The commands that change the cluster and say in one line what they did."""
+    if args.cmd == "down":
+        stopped = cluster.down()
+        return f"stopped nodes {stopped}" if stopped else "no node was running"
+    if args.cmd == "transfer":
+        return f"node {cluster.transfer(args.id)} leads now"
+    if args.cmd == "rolling-restart":
+        result = cluster.rolling_restart(say=print)
+        gaps = ", ".join(f"{g * 1000:.1f} ms" for g in result["handover_gaps_s"]) or "none logged"
+        return (
+            f"rolling restart of nodes {result['order']} in {result['seconds']:.1f} s; "
+            f"leaderless time at each handover (TimeoutNow to new leader): {gaps}"
+        )
+    if args.cmd == "stop":
+        new_leader = cluster.graceful_stop(args.id)
+        return f"stop node {args.id}: done" + (f" (node {new_leader} leads now)" if new_leader else "")
+    getattr(cluster, args.cmd)(args.id)  # kill, start, restart, pause, resume
+    return f"{args.cmd} node {args.id}: done"
