@@ -153,6 +153,15 @@ def started_line(cfg: ClusterConfig, node_id: int) -> str:
     )
 
 
+def say_started(line: str) -> None:
+    # Flushed: under the supervisor stdout is a file, and a node killed later would
+    # lose the line. A courtesy only: a closed stdout must not stop a node.
+    try:
+        print(line, flush=True)
+    except OSError:
+        pass
+
+
 def _address(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
 
@@ -223,8 +232,7 @@ def run(args: argparse.Namespace) -> None:
     log = configure(args.id, cfg.node_log_file(args.id), args.log_level or cfg.log_level, state=raft_state)
     warn_if_insecure(cfg, args.id, log)
     raft_state.host = host = open_node(cfg, args.id, log, link_faults)
-    # flush: under the supervisor stdout is a file, and a node killed later would lose the line.
-    print(started_line(cfg, args.id), flush=True)
+    say_started(started_line(cfg, args.id))
     serve(host, args.id, log)
 
 

@@ -222,7 +222,7 @@ def cmd_membership(cluster: Cluster, args: argparse.Namespace) -> int:
 def cmd_logs(cluster: Cluster, args: argparse.Namespace) -> int:
     if args.node is not None and args.node not in cluster.config.nodes:
         raise ClusterError(f"node {args.node} is not in the cluster (nodes {sorted(cluster.config.nodes)})")
-    paths = sorted(cluster.config.log_dir.glob("node-*.jsonl"))
+    paths = log_files(cluster)
     tail = args.tail if args.tail is not None or not args.follow else 10  # as `tail -f`
     try:
         for line in show(paths, args.node, set(args.event or ()) or None, tail=tail, follow=args.follow):
@@ -239,11 +239,10 @@ def _event(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _count(text: str) -> int:
-    n = int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"--tail counts lines: 0 or more, not {n}")
-    return n
+def _line_count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"--tail counts lines: 0 or more, not {text!r}")
+    return int(text)
 
 
 def _node_count(text: str) -> int:
@@ -260,8 +259,14 @@ def _slowness(text: str) -> int:
     return n
 
 
+def log_files(cluster: Cluster) -> list[Path]:
+    """Every member's log file, also those not written yet (a follow reads them once they are)."""
+    cfg = cluster.config
+    return [cfg.node_log_file(n) for n in sorted(cfg.nodes)]
+
+
 def cmd_timeline(cluster: Cluster) -> int:
-    lines = story(merged(sorted(cluster.config.log_dir.glob("node-*.jsonl"))))
+    lines = story(merged(log_files(cluster)))
     print(render(lines))
     return EXIT_OK if lines else EXIT_FAILED
 
@@ -313,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("transfer").add_argument("id", type=int, nargs="?")
     logs = sub.add_parser("logs")
     logs.add_argument("-f", "--follow", action="store_true", help="then print new lines as the nodes write them (Ctrl-C ends)")
-    logs.add_argument("--tail", type=_count, metavar="N", help="start from the last N matching lines (default: all; with -f, 10)")
+    logs.add_argument("--tail", type=_line_count, metavar="N", help="start from the last N matching lines (default: all; with -f, 10)")
     logs.add_argument("--node", type=int)
     logs.add_argument("--event", type=_event, action="append", help="only these events (repeatable); a name no node logs is refused")
     return p
