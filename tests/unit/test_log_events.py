@@ -46,3 +46,14 @@ def test_check_event_refuses_an_unknown_name_naming_the_close_ones():
     assert "'became_leadr'" in str(e.value)
     with pytest.raises(ValueError, match="without --event"):
         check_event("zzzz")
+
+
+def test_the_events_other_code_looks_for_are_logged():
+    """A name misspelt where logs are read matches nothing, silently: the live page's
+    events and the core's levels must be names a node logs."""
+    from raftproc.runtime.logging import CORE_EVENT_LEVELS
+    from raftproc.server.watch import SHOWN_EVENTS
+
+    names = logged_events().names
+    assert set(SHOWN_EVENTS) - names == set()
+    assert set(CORE_EVENT_LEVELS) - names == set()
