@@ -46,6 +46,7 @@ import argparse
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -154,20 +155,26 @@ def cmd_links(cluster: Cluster, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def verdict(rows: list[dict[str, Any]], removed: set[int]) -> tuple[int, str]:
-    """The exit code and verdict `raftproc status` gives the same cluster (raftproc.cli):
-    5 if a member does not answer, else 6 if those that answer know no leader, name
-    different ones, or a log diverged. The nodes the supervisor removed are no members."""
-    members = [r for r in rows if r["node"] not in removed]
-    down = [r["node"] for r in members if r.get("role") is None]
-    leaders = {r.get("leader") for r in members if r.get("role") is not None}
+def verdict(answers: Mapping[int, Mapping[str, Any] | None]) -> tuple[int, str]:
+    """The exit code and verdict `raftproc status` gives (raftproc.cli), from each
+    member's status (None: it did not answer): 5 if a member does not answer, else 6
+    if those that answer know no leader, name different ones, or a log diverged."""
+    down = sorted(n for n, s in answers.items() if s is None)
+    statuses = [s for s in answers.values() if s is not None]
+    leaders = {s.get("leader") for s in statuses}
     if down:
         return EXIT_UNREACHABLE, f"unhealthy: nodes {down} do not answer"
-    if any(r.get("diverged") for r in rows):
+    if any(s.get("diverged") for s in statuses):
         return EXIT_NO_LEADER, "unhealthy: DIVERGED HISTORIES, acknowledged writes may be lost (docs/storage.md)"
     if len(leaders) != 1 or None in leaders:
         return EXIT_NO_LEADER, f"unhealthy: leaders seen {sorted(map(str, leaders))}"
     return EXIT_OK, "healthy"
+
+
+def members_answers(rows: list[dict[str, Any]], removed: set[int]) -> dict[int, dict[str, Any] | None]:
+    """The status table as `verdict` reads it: a row has a role only if the node
+    answered, and the nodes the supervisor removed (left stopped) are no members."""
+    return {r["node"]: r if r.get("role") is not None else None for r in rows if r["node"] not in removed}
 
 
 def settled_rows(cluster: Cluster, timeout: float) -> list[dict[str, Any]]:
@@ -175,7 +182,7 @@ def settled_rows(cluster: Cluster, timeout: float) -> list[dict[str, Any]]:
     a cluster just elected a leader, and the last nodes to hear of it are on their way."""
     deadline = time.monotonic() + timeout
     rows = cluster.status_table()
-    while verdict(rows, cluster.removed())[0] != EXIT_OK and time.monotonic() < deadline:
+    while verdict(members_answers(rows, cluster.removed()))[0] != EXIT_OK and time.monotonic() < deadline:
         time.sleep(0.1)  # poll interval of a wait-until loop
         rows = cluster.status_table()
     return rows
@@ -195,7 +202,7 @@ def print_status(cluster: Cluster, rows: list[dict[str, Any]]) -> int:
     for r in rows:
         if r.get("diverged"):
             print(f"ALARM node {r['node']}: {r['diverged']} (docs/storage.md: what to do)")
-    code, said = verdict(rows, cluster.removed())
+    code, said = verdict(members_answers(rows, cluster.removed()))
     print(said, file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code
 
