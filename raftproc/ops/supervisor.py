@@ -248,7 +248,7 @@ def _event(text: str) -> str:
 
 def _line_count(text: str) -> int:
     if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"--tail counts lines: 0 or more, not {text!r}")
+        raise argparse.ArgumentTypeError(f"a count of lines, 0 or more, not {text!r}")
     return int(text)
 
 
