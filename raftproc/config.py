@@ -239,11 +239,21 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
     unknown = set(raw) - known
     if unknown:
         raise ConfigError(f"{source}: unknown keys {sorted(unknown)}")
-    nodes_raw = raw.get("node")
-    if not isinstance(nodes_raw, list) or not nodes_raw:
+    cfg = replace(ClusterConfig(nodes=_nodes(raw.get("node"), base, source), source=source), **_settings(raw, base, source))
+    _check_sizes(cfg, source)
+    try:
+        cfg.raft()
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def _nodes(tables: object, base: Path, source: str) -> dict[int, NodeAddress]:
+    """The [[node]] tables, each checked, by id."""
+    if not isinstance(tables, list) or not tables:
         raise ConfigError(f"{source}: needs at least one [[node]] table")
     nodes: dict[int, NodeAddress] = {}
-    for n in nodes_raw:
+    for n in tables:
         if not isinstance(n, dict) or not {"id", "peer", "client"} <= set(n) <= _NODE_KEYS:
             raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join, cert, key and metrics")
         if not isinstance(n.get("join", False), bool):
@@ -263,8 +273,12 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
         )
     if all(n.join for n in nodes.values()):
         raise ConfigError(f"{source}: every node is marked join; the first configuration needs at least one")
-    cfg = ClusterConfig(nodes=nodes, source=source)
-    changes: dict = {}
+    return nodes
+
+
+def _settings(raw: dict, base: Path, source: str) -> dict[str, Any]:
+    """The top-level keys the file sets, each checked; the rest keep their defaults."""
+    changes: dict[str, Any] = {}
     for key in _INT_KEYS:
         if key in raw:
             if not isinstance(raw[key], int) or isinstance(raw[key], bool) or raw[key] < 1:
@@ -288,18 +302,16 @@ def parse_config(raw: dict, *, source: str = "config", base: Path | None = None)
         changes["log_level"] = raw["log_level"]
     if "tls" in raw:
         changes["tls"] = _tls(raw["tls"], base, source)
-    cfg = replace(cfg, **changes)
+    return changes
+
+
+def _check_sizes(cfg: ClusterConfig, source: str) -> None:
     if cfg.snapshot_chunk_bytes > cfg.max_frame - 4096:
         raise ConfigError(f"{source}: snapshot_chunk_bytes must leave room for a frame header under max_frame")
     # One request becomes one entry, and an entry larger than max_message_bytes
     # travels alone in an AppendEntries: both must fit in a frame with room to spare.
     if max(cfg.max_request_bytes, cfg.max_message_bytes) * 2 > cfg.max_frame:
         raise ConfigError(f"{source}: max_request_bytes and max_message_bytes must each be at most half of max_frame")
-    try:
-        cfg.raft()
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    return cfg
 
 
 def _address(text: object, source: str) -> Address:
@@ -312,7 +324,10 @@ def _address(text: object, source: str) -> Address:
 def _tls(raw: object, base: Path, source: str) -> TlsConfig:
     if not isinstance(raw, dict) or "ca" not in raw or not set(raw) <= set(_TLS_KEYS):
         raise ConfigError(f"{source}: [tls] needs ca and may have {', '.join(_TLS_KEYS[1:])}")
-    tls = TlsConfig(**{k: _path(raw.get(k), base, source, f"tls.{k}") for k in _TLS_KEYS})
+    ca = _path(raw["ca"], base, source, "tls.ca")
+    if ca is None:
+        raise ConfigError(f"{source}: [tls] needs ca")
+    tls = TlsConfig(ca, **{k: _path(raw.get(k), base, source, f"tls.{k}") for k in _TLS_KEYS[1:]})
     for role in ("client", "admin"):
         if (getattr(tls, f"{role}_cert") is None) != (getattr(tls, f"{role}_key") is None):
             raise ConfigError(f"{source}: [tls] {role}_cert and {role}_key go together")
