@@ -15,7 +15,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from conftest import make_cluster, wait_until
+from conftest import make_cluster
+from support import wait_until
 
 from raftproc.core.divergence import Divergence
 from raftproc.ops.logs import known_events, read_lines

@@ -124,7 +124,7 @@ def test_a_node_restored_from_an_old_copy_loses_writes_loudly_never_silently(tmp
         sup = subprocess.run(
             [sys.executable, str(SUPERVISOR), "--run-dir", str(cluster.run_dir), "status"], capture_output=True, text=True, timeout=60
         )
-        assert sup.returncode == 2 and "ALARM node" in sup.stdout, sup.stdout
+        assert sup.returncode == 6 and "ALARM node" in sup.stdout, sup.stdout
         cli = subprocess.run(
             [sys.executable, "-m", "raftproc.client", "--config", str(cluster.config_path), "status"],
             capture_output=True,

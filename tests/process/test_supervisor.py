@@ -37,13 +37,15 @@ def test_supervisor_lifecycle(tmp_path):
 
         sup(run, "kill", str(leader))
         assert cluster.process(leader).state == "dead"
-        assert "dead" in sup(run, "status").stdout
+        down = sup(run, "status", check=False)
+        assert down.returncode == 5 and "dead" in down.stdout, "a member that does not answer: exit 5, as the client CLI says"
         cluster.wait_for_leader(other_than=leader)
         sup(run, "start", str(leader))
         follower = next(i for i in (1, 2, 3) if cluster.process(i).state == "running" and i != cluster.wait_for_leader())
         sup(run, "pause", str(follower))
         assert cluster.process(follower).state == "paused"
-        assert "paused" in sup(run, "status").stdout
+        paused = sup(run, "status", check=False)
+        assert paused.returncode == 5 and "paused" in paused.stdout
         sup(run, "resume", str(follower))
         assert cluster.process(follower).state == "running"
         sup(run, "restart", str(follower))
