@@ -149,7 +149,7 @@ def test_listener_out_of_descriptors_pauses_instead_of_spinning():
         except OSError:
             pass
         client.connect(listener.sock.getsockname())  # the server's accept() now has no descriptor
-        cpu = time.process_time()
+        cpu = time.thread_time()  # this thread: the loop runs here, and threads other tests left in this worker do not count
         passes = 0
         deadline = time.monotonic() + 0.5
         while time.monotonic() < deadline:
@@ -157,7 +157,7 @@ def test_listener_out_of_descriptors_pauses_instead_of_spinning():
             passes += 1
         assert events == ["accept_paused"] and not accepted
         assert passes < 200, f"{passes} passes in 0.5 s: the loop spins"
-        assert time.process_time() - cpu < 0.3
+        assert time.thread_time() - cpu < 0.3
     finally:
         for fd in hog:
             os.close(fd)
