@@ -288,91 +288,128 @@ def _build_rooms(
     log: Log,
 ) -> Rooms:
     """Each room from the ones built before it: nothing refers to a room not yet built."""
-    raft, kv, st = node.raft, node.kv, node.state
-    data_dir, sync, clock = cfg.node_data_dir(node_id), st.wal.sync_enabled, loop.clock
-    incarnation = load_identity(data_dir, node_id, sync=sync)
-    tls_files = cfg.node_tls(node_id)
-    tls = TlsContexts(tls_files) if tls_files is not None else None
-    handshake_timeout = cfg.handshake_timeout_ms / 1000
-    alarm = DivergenceAlarm(raft=raft, data_dir=data_dir, sync=sync, log=log)
-    disk = DiskFreeze(clock, log)
-    peers = Peers(
-        me=node_id,
-        incarnation=incarnation,
-        book=dict(cfg.nodes),
-        known_peers=KnownPeers(data_dir, sync=sync),
-        loop=loop,
-        rng=rng,
-        max_frame=cfg.max_frame,
-        max_buffer=cfg.peer_buffer,
-        log=log,
-        tls=tls,
-        handshake_timeout=handshake_timeout,
-        shaper=shaper,
-        feed=feed,
-        logged_incarnations=lambda: kv.incarnations,
-    )
-    for book in node.address_books:
-        peers.learn(book)
-    snapshots = Snapshots(
-        me=node_id,
-        data_dir=data_dir,
-        wal=st.wal,
-        newest=st.snapshot,
-        floor=st.floor,
-        raft=raft,
-        kv=kv,
-        peers=peers,
-        loop=loop,
-        policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes),
-        disk=disk,
-        clock=clock,
-        log=log,
-    )
+    b = _Builder(cfg, node_id, node, loop, log)
+    disk = DiskFreeze(loop.clock, log)
+    alarm = DivergenceAlarm(raft=node.raft, data_dir=b.data_dir, sync=b.sync, log=log)
+    peers = b.peers(rng, shaper, feed)
+    snapshots = b.snapshots(peers, disk)
     tracer = Tracer(node_id, log)
-    transport = PeerTransport(raft=raft, peers=peers, snapshots=snapshots, loop=loop, disk=disk, tracer=tracer)
-    replies = Replies(me=node_id, raft=raft, peers=peers, log=log)
-    members = MemberService(me=node_id, raft=raft, peers=peers, replies=replies, clock=clock, log=log)
-    applier = Applier(raft=raft, kv=kv, members=members, replies=replies, tracer=tracer, on_applied=snapshots.applied, log=log)
+    transport = PeerTransport(raft=node.raft, peers=peers, snapshots=snapshots, loop=loop, disk=disk, tracer=tracer)
+    replies = Replies(me=node_id, raft=node.raft, peers=peers, log=log)
+    members = MemberService(me=node_id, raft=node.raft, peers=peers, replies=replies, clock=loop.clock, log=log)
+    applier = Applier(raft=node.raft, kv=node.kv, members=members, replies=replies, tracer=tracer, on_applied=snapshots.applied, log=log)
     status = NodeStatus(
         me=node_id,
-        raft=raft,
-        kv=kv,
-        wal=st.wal,
+        raft=node.raft,
+        kv=node.kv,
+        wal=node.state.wal,
         snapshots=snapshots,
         transport=transport,
         applier=applier,
         disk=disk,
         alarm=alarm,
-        clock=clock,
+        clock=loop.clock,
     )
-    clients = ClientService(
-        me=node_id,
-        raft=raft,
-        loop=loop,
-        limits=ClientLimits(cfg.max_request_bytes, cfg.max_clients),
-        connections=ConnectionSettings(cfg.max_frame, cfg.peer_buffer, handshake_timeout, SparseLog(log), tls),
-        applier=applier,
-        members=members,
-        replies=replies,
-        peers=peers,
-        disk=disk,
-        status=status.status,
-        tracer=tracer,
-        log=log,
-        link_faults=shaper if cfg.link_faults else None,
+    clients = b.clients(applier, members, replies, peers, disk, status, tracer, shaper)
+    ticker = b.ticker(
+        disk, on_tick=IncarnationRegistry(node_id, b.incarnation, node.raft, node.kv, peers.known_peers, loop.clock, log).settle
     )
-    incarnations = IncarnationRegistry(node_id, incarnation, raft, kv, peers.known_peers, clock, log)
-    ticker = Ticker(
-        raft=raft,
-        loop=loop,
-        wal=st.wal,
-        disk=disk,
-        tick_ms=cfg.tick_ms,
-        election_timeout_max=cfg.election_timeout_max,
-        on_tick=incarnations.settle,
+    return Rooms(
+        loop, node.raft, node.state.wal, disk, peers, transport, snapshots, applier, members, clients, status, alarm, ticker, tracer, b.tls
     )
-    return Rooms(loop, raft, st.wal, disk, peers, transport, snapshots, applier, members, clients, status, alarm, ticker, tracer, tls)
+
+
+class _Builder:
+    """The rooms that take most of the config, one method each."""
+
+    def __init__(self, cfg: ClusterConfig, node_id: int, node: RecoveredNode, loop: EventLoop, log: Log) -> None:
+        self.cfg, self.node_id, self.node, self.loop, self.log = cfg, node_id, node, loop, log
+        self.data_dir = cfg.node_data_dir(node_id)
+        self.sync = node.state.wal.sync_enabled
+        self.incarnation = load_identity(self.data_dir, node_id, sync=self.sync)
+        tls_files = cfg.node_tls(node_id)
+        self.tls = TlsContexts(tls_files) if tls_files is not None else None
+        self.handshake_timeout = cfg.handshake_timeout_ms / 1000
+
+    def peers(self, rng: random.Random, shaper: LinkShaper, feed: EventFeed) -> Peers:
+        cfg, kv = self.cfg, self.node.kv
+        peers = Peers(
+            me=self.node_id,
+            incarnation=self.incarnation,
+            book=dict(cfg.nodes),
+            known_peers=KnownPeers(self.data_dir, sync=self.sync),
+            loop=self.loop,
+            rng=rng,
+            max_frame=cfg.max_frame,
+            max_buffer=cfg.peer_buffer,
+            log=self.log,
+            tls=self.tls,
+            handshake_timeout=self.handshake_timeout,
+            shaper=shaper,
+            feed=feed,
+            logged_incarnations=lambda: kv.incarnations,
+        )
+        for book in self.node.address_books:
+            peers.learn(book)
+        return peers
+
+    def snapshots(self, peers: Peers, disk: DiskFreeze) -> Snapshots:
+        cfg, st = self.cfg, self.node.state
+        return Snapshots(
+            me=self.node_id,
+            data_dir=self.data_dir,
+            wal=st.wal,
+            newest=st.snapshot,
+            floor=st.floor,
+            raft=self.node.raft,
+            kv=self.node.kv,
+            peers=peers,
+            loop=self.loop,
+            policy=SnapshotPolicy(cfg.snapshot_entries, cfg.snapshot_bytes, cfg.snapshot_chunk_bytes),
+            disk=disk,
+            clock=self.loop.clock,
+            log=self.log,
+        )
+
+    def clients(
+        self,
+        applier: Applier,
+        members: MemberService,
+        replies: Replies,
+        peers: Peers,
+        disk: DiskFreeze,
+        status: NodeStatus,
+        tracer: Tracer,
+        shaper: LinkShaper,
+    ) -> ClientService:
+        cfg = self.cfg
+        return ClientService(
+            me=self.node_id,
+            raft=self.node.raft,
+            loop=self.loop,
+            limits=ClientLimits(cfg.max_request_bytes, cfg.max_clients),
+            connections=ConnectionSettings(cfg.max_frame, cfg.peer_buffer, self.handshake_timeout, SparseLog(self.log), self.tls),
+            applier=applier,
+            members=members,
+            replies=replies,
+            peers=peers,
+            disk=disk,
+            status=status.status,
+            tracer=tracer,
+            log=self.log,
+            link_faults=shaper if cfg.link_faults else None,
+        )
+
+    def ticker(self, disk: DiskFreeze, on_tick: Callable[[], None]) -> Ticker:
+        return Ticker(
+            raft=self.node.raft,
+            loop=self.loop,
+            wal=self.node.state.wal,
+            disk=disk,
+            tick_ms=self.cfg.tick_ms,
+            election_timeout_max=self.cfg.election_timeout_max,
+            on_tick=on_tick,
+        )
 
 
 def _reading(rooms: Rooms):
