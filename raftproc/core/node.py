@@ -491,12 +491,7 @@ class RaftNode(MembershipChanges):
         log stay as they are until a majority says it would vote for us."""
         if self.role == LEADER:
             raise RoleError("a leader does not become a pre-candidate")
-        self.role = PRE_CANDIDATE
-        self.leader_id = None
-        self._tick_role = self._tick_election
-        self.votes = {self.id: True}
-        self._reset_election_timer()
-        self._log("pre_vote_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
+        self._open_ballot(PRE_CANDIDATE, "pre_vote_started")
         self._request_votes(self.current_term + 1, pre_vote=True)
 
     def become_candidate(self) -> None:
@@ -504,12 +499,16 @@ class RaftNode(MembershipChanges):
             raise RoleError("a leader does not become a candidate")
         self.current_term += 1
         self.voted_for = self.id  # §5.2: a candidate votes for itself
+        self._open_ballot(CANDIDATE, "election_started")
+
+    def _open_ballot(self, role: Role, event: str) -> None:
+        """Become (pre-)candidate: follow nobody, count our own vote, and time the round."""
+        self.role = role
         self.leader_id = None
-        self.role = CANDIDATE
         self._tick_role = self._tick_election
         self.votes = {self.id: True}
         self._reset_election_timer()
-        self._log("election_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
+        self._log(event, last_log_index=self.log.last_index, last_log_term=self.log.last_term)
 
     def become_leader(self) -> None:
         if self.role != CANDIDATE:
@@ -677,9 +676,10 @@ class RaftNode(MembershipChanges):
             self._reject_append(msg, None, diverged=True)
             return
         if msg.prev_log_index < self.log.snapshot_index:
-            msg = self._skip_compacted(msg)
-            if msg is None:
+            past_snapshot = self._skip_compacted(msg)
+            if past_snapshot is None:
                 return
+            msg = past_snapshot
         prev = msg.prev_log_index
         local_term = self.log.term_at(prev)
         if local_term != msg.prev_log_term:
@@ -719,11 +719,7 @@ class RaftNode(MembershipChanges):
         divergence = self.diverged or check_snapshot(self.log, snap, msg.src, self.commit_index)
         if divergence is not None:
             self._diverge(divergence)
-            self._send(
-                AppendEntriesResponse(
-                    src=self.id, dst=msg.src, term=self.current_term, success=False, rejected_index=snap.index, diverged=True
-                )
-            )
+            self._send(self._append_refused(msg.src, snap.index, diverged=True))
             return
         if snap.index <= self.commit_index:
             self._log("snapshot_ignored", index=snap.index, reason="already committed", commit_index=self.commit_index)
@@ -819,17 +815,38 @@ class RaftNode(MembershipChanges):
             conflict_index=conflict_index,
         )
         self._send(
-            AppendEntriesResponse(
-                src=self.id,
-                dst=msg.src,
-                term=self.current_term,
-                success=False,
-                rejected_index=msg.prev_log_index,
+            self._append_refused(
+                msg.src,
+                msg.prev_log_index,
                 conflict_term=conflict_term,
                 conflict_index=conflict_index,
                 read_round=msg.read_round,
                 diverged=diverged,
             )
+        )
+
+    def _append_refused(
+        self,
+        leader: NodeId,
+        rejected_index: int,
+        *,
+        conflict_term: int | None = None,
+        conflict_index: int = 0,
+        read_round: int = 0,
+        diverged: bool = False,
+    ) -> AppendEntriesResponse:
+        """A refusal of the append (or snapshot) that named `rejected_index`, with the
+        hint that lets the leader skip a term (messages.AppendEntriesResponse)."""
+        return AppendEntriesResponse(
+            src=self.id,
+            dst=leader,
+            term=self.current_term,
+            success=False,
+            rejected_index=rejected_index,
+            conflict_term=conflict_term,
+            conflict_index=conflict_index,
+            read_round=read_round,
+            diverged=diverged,
         )
 
     # --- replication: leader side -------------------------------------------------
@@ -995,25 +1012,9 @@ class RaftNode(MembershipChanges):
             case RequestVote():
                 self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=False, pre_vote=msg.pre_vote))
             case AppendEntries():
-                self._send(
-                    AppendEntriesResponse(
-                        src=self.id,
-                        dst=msg.src,
-                        term=self.current_term,
-                        success=False,
-                        rejected_index=msg.prev_log_index,
-                    )
-                )
+                self._send(self._append_refused(msg.src, msg.prev_log_index))
             case InstallSnapshot():
-                self._send(
-                    AppendEntriesResponse(
-                        src=self.id,
-                        dst=msg.src,
-                        term=self.current_term,
-                        success=False,
-                        rejected_index=msg.snapshot.index,
-                    )
-                )
+                self._send(self._append_refused(msg.src, msg.snapshot.index))
 
     def _send(self, msg: Message) -> None:
         self._outbox.append(msg)
