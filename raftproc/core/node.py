@@ -9,8 +9,9 @@ Everything that happens to a node enters through three calls:
 - `propose(c)` a client wants command `c` replicated (leader only).
 
 Everything the node wants done leaves through `ready()`, a `Ready` that the host
-carries out in the order written on it (persist, send, apply) before handing it
-back with `advance()`. The node never touches a socket, a file, a thread or the
+carries out as the contract in raftproc.core.ready says (what must be durable
+before which message leaves, when it may apply) before handing it back with
+`advance()`. The node never touches a socket, a file, a thread or the
 clock, and its only randomness is the injected `random.Random`, so a seed replays
 a run exactly. Rules are cited where they are enforced (§ numbers refer to the
 Raft paper, "In Search of an Understandable Consensus Algorithm").
@@ -437,7 +438,7 @@ class RaftNode(MembershipChanges):
         return rd
 
     def advance(self, rd: Ready, *, persisted: bool = True) -> None:
-        """The host has written, sent and applied everything in `rd`.
+        """The host has carried out `rd` (the contract in raftproc.core.ready).
 
         `persisted=False`: the host syncs in the background. Its writes are handed
         over (the next Ready will not repeat them) but not yet durable: the host
