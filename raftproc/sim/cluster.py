@@ -161,7 +161,8 @@ class Simulation:
             self._add_node(i)
         # Entries a node applies past its last snapshot before it takes the next one.
         self.snapshot_every = rng.choice((2, 5, 13, 40)) if rng.random() < f.snapshots else 0
-        self.faults = FaultInjector(
+        changes_membership = rng.random() < f.membership
+        self.injector = FaultInjector(
             f,
             rng=rng,
             nodes=self.nodes,
@@ -169,9 +170,9 @@ class Simulation:
             network=self.network,
             stats=self.stats,
             timeline=self.timeline,
-            changes_membership=rng.random() < f.membership,
+            changes_membership=changes_membership,
         )
-        if self.faults.changes_membership:
+        if self.injector.changes_membership:
             for i in range(cfg.nodes + 1, cfg.nodes + 1 + f.spares):
                 self._add_node(i).retired = True
         self._next_command = 0
@@ -186,7 +187,7 @@ class Simulation:
         try:
             for _ in range(self.cfg.steps):
                 self.step(faults=True)
-            self.faults.heal_all()
+            self.injector.heal_all()
             self._await_liveness()
             for sn in self.nodes.values():
                 if sn.node is not None:
@@ -205,7 +206,7 @@ class Simulation:
         self.timeline.now += 1
         self.stats.steps = self.timeline.now
         if faults:
-            self.faults.inject()
+            self.injector.inject()
         self._restart_due()
         self._retry_stalled()
         for sn in self.nodes.values():
@@ -219,7 +220,7 @@ class Simulation:
             self._client_propose()
         if clients and self.rng.random() < self.cfg.faults.read:
             self._client_read()
-        self.faults.retire_removed()
+        self.injector.retire_removed()
         self.checks.check_step()
 
     def _await_liveness(self) -> None:
@@ -281,7 +282,7 @@ class Simulation:
             applied=st.snapshot_index,
             log=self.timeline.node_event,
         )
-        host = SimHost(sn, wire=self.network, checks=self.checks, deaths=self.faults, stats=self.stats, timeline=self.timeline)
+        host = SimHost(sn, wire=self.network, checks=self.checks, deaths=self.injector, stats=self.stats, timeline=self.timeline)
         sn.driver = self.driver_factory(
             sn.node,
             storage=st,
