@@ -693,7 +693,7 @@ class RaftNode(MembershipChanges):
             return
         last_new = self._append_from_leader(msg)
         self._follower_commit(msg.leader_commit, last_new)
-        self._send(self._append_ok(msg.src, last_new, msg.read_round))
+        self._send(self._answer_append(msg.src, success=True, match_index=last_new, read_round=msg.read_round))
 
     def _skip_compacted(self, msg: AppendEntries) -> AppendEntries | None:
         """An append that starts inside our snapshot. Everything the snapshot covers is
@@ -702,7 +702,7 @@ class RaftNode(MembershipChanges):
         nothing past it, acknowledge what we know matches: our commit index."""
         skip = self.log.snapshot_index - msg.prev_log_index
         if len(msg.entries) <= skip:
-            self._send(self._append_ok(msg.src, self.commit_index, msg.read_round))
+            self._send(self._answer_append(msg.src, success=True, match_index=self.commit_index, read_round=msg.read_round))
             return None
         return dataclasses.replace(
             msg,
@@ -720,7 +720,7 @@ class RaftNode(MembershipChanges):
         divergence = self.diverged or check_snapshot(self.log, snap, msg.src, self.commit_index)
         if divergence is not None:
             self._diverge(divergence)
-            self._send(self._append_refused(msg.src, snap.index, diverged=True))
+            self._send(self._answer_append(msg.src, success=False, rejected_index=snap.index, diverged=True))
             return
         if snap.index <= self.commit_index:
             self._log("snapshot_ignored", index=snap.index, reason="already committed", commit_index=self.commit_index)
@@ -733,7 +733,7 @@ class RaftNode(MembershipChanges):
             self._follower_commit(snap.index, snap.index)
         else:
             self._restore(snap)
-        self._send(self._append_ok(msg.src, self.commit_index))
+        self._send(self._answer_append(msg.src, success=True, match_index=self.commit_index))
 
     def _restore(self, snap: SnapshotMeta) -> None:
         """Figure 13 step 7: discard the whole log; the snapshot replaces it."""
@@ -772,16 +772,6 @@ class RaftNode(MembershipChanges):
             self.commit_index = commit
             self._log("commit_advanced", commit_index=commit)
 
-    def _append_ok(self, leader: NodeId, match_index: int, read_round: int = 0) -> AppendEntriesResponse:
-        return AppendEntriesResponse(
-            src=self.id,
-            dst=leader,
-            term=self.current_term,
-            success=True,
-            match_index=match_index,
-            read_round=read_round,
-        )
-
     def mark_diverged(self, divergence: Divergence) -> None:
         """The host found the alarm recorded before a restart: the log still
         contradicts the cluster's, so the node goes on following nobody."""
@@ -816,9 +806,10 @@ class RaftNode(MembershipChanges):
             conflict_index=conflict_index,
         )
         self._send(
-            self._append_refused(
+            self._answer_append(
                 msg.src,
-                msg.prev_log_index,
+                success=False,
+                rejected_index=msg.prev_log_index,
                 conflict_term=conflict_term,
                 conflict_index=conflict_index,
                 read_round=msg.read_round,
@@ -826,23 +817,26 @@ class RaftNode(MembershipChanges):
             )
         )
 
-    def _append_refused(
+    def _answer_append(
         self,
         leader: NodeId,
-        rejected_index: int,
         *,
+        success: bool,
+        match_index: int = 0,
+        rejected_index: int = 0,
         conflict_term: int | None = None,
         conflict_index: int = 0,
         read_round: int = 0,
         diverged: bool = False,
     ) -> AppendEntriesResponse:
-        """A refusal of the append (or snapshot) that named `rejected_index`, with the
-        hint that lets the leader skip a term (messages.AppendEntriesResponse)."""
+        """This node's answer to an append or a snapshot from `leader` (the fields
+        are explained on messages.AppendEntriesResponse)."""
         return AppendEntriesResponse(
             src=self.id,
             dst=leader,
             term=self.current_term,
-            success=False,
+            success=success,
+            match_index=match_index,
             rejected_index=rejected_index,
             conflict_term=conflict_term,
             conflict_index=conflict_index,
@@ -1013,9 +1007,9 @@ class RaftNode(MembershipChanges):
             case RequestVote():
                 self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=False, pre_vote=msg.pre_vote))
             case AppendEntries():
-                self._send(self._append_refused(msg.src, msg.prev_log_index))
+                self._send(self._answer_append(msg.src, success=False, rejected_index=msg.prev_log_index))
             case InstallSnapshot():
-                self._send(self._append_refused(msg.src, msg.snapshot.index))
+                self._send(self._answer_append(msg.src, success=False, rejected_index=msg.snapshot.index))
 
     def _send(self, msg: Message) -> None:
         self._outbox.append(msg)
