@@ -47,9 +47,9 @@ class PropertyChecker:
         # commit_terms[i - 1]: the term of the first node seen applying entry i. A node
         # learns of a commit only in the committing leader's term or later, so this is
         # never below the term in which entry i was committed.
-        self.commit_terms: list[int] = []
+        self._commit_terms: list[int] = []
         # Log Matching: (index, term) -> (command, term of the entry before it).
-        self.entry_identity: dict[tuple[int, int], tuple[bytes | None, int]] = {}
+        self._entry_identity: dict[tuple[int, int], tuple[bytes | None, int]] = {}
         self.leader_of_term: dict[int, NodeId] = {}
         # Reads asked and not yet served: request -> entries committed when it was asked.
         self._reads: dict[int, int] = {}
@@ -106,7 +106,7 @@ class PropertyChecker:
         # Leader Completeness (§5.4): the newest entry committed in this term or
         # before is in the leader's log (by Log Matching, so is everything before it).
         for i in range(len(self.committed) - 1, -1, -1):
-            if self.commit_terms[i] <= term:
+            if self._commit_terms[i] <= term:
                 e = self.committed[i]
                 # Compacted entries were applied here (State Machine Safety checks them).
                 if e.index > node.log.snapshot_index and node.log.term_at(e.index) != e.term:
@@ -137,7 +137,7 @@ class PropertyChecker:
     def _check_log_matching(self, node_id: NodeId, e: Entry, prev_term: int) -> None:
         key = (e.index, e.term)
         identity = (e.command, prev_term)
-        known = self.entry_identity.setdefault(key, identity)
+        known = self._entry_identity.setdefault(key, identity)
         if known != identity:
             raise SafetyViolation(f"Log Matching: node {node_id} stores {e.term}/{e.index} as {identity}, another node as {known}")
 
@@ -174,7 +174,7 @@ class PropertyChecker:
                 )
         else:
             self.committed.append(e)
-            self.commit_terms.append(term)
+            self._commit_terms.append(term)
 
     def read_asked(self, request: int) -> None:
         """A client asked read `request`: it must see everything committed by now."""
