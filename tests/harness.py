@@ -9,9 +9,11 @@ queues messages for the test to deliver.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
-from raftproc.core import LEADER, Message, RaftNode, RaftOptions
+from raftproc.core import LEADER, Entry, Message, RaftNode, RaftOptions
+from raftproc.core.messages import SnapshotMeta
+from raftproc.core.ready import ReadState
 from raftproc.server.driver import Driver
 from raftproc.sim.storage import MemoryStorage
 
@@ -44,7 +46,7 @@ class Cluster:
         self.rng = random.Random(seed)
         self.storage = {i: MemoryStorage() for i in all_ids}
         self.applied: dict[int, list[bytes | None]] = {i: [] for i in all_ids}
-        self.reads: dict[int, list] = {i: [] for i in all_ids}  # ReadStates each node handed out
+        self.reads: dict[int, list[ReadState]] = {i: [] for i in all_ids}  # ReadStates each node handed out
         self.nodes: dict[int, RaftNode | None] = {}
         self.drivers: dict[int, Driver] = {}
         self.queue: list[Message] = []
@@ -134,19 +136,19 @@ class _ScriptHost:
         self.cluster = cluster
         self.i = i
 
-    def send(self, messages) -> None:
+    def send(self, messages: Sequence[Message]) -> None:
         self.cluster.queue.extend(messages)
 
     def flush(self) -> None:
         pass
 
-    def apply(self, entries) -> None:
+    def apply(self, entries: Sequence[Entry]) -> None:
         self.cluster.applied[self.i].extend(e.command for e in entries)
 
-    def serve_reads(self, read_states) -> None:
+    def serve_reads(self, read_states: Sequence[ReadState]) -> None:
         self.cluster.reads[self.i].extend(read_states)
 
-    def install(self, meta) -> None:
+    def install(self, meta: SnapshotMeta) -> None:
         raise AssertionError("scripted clusters exchange no snapshots")
 
 

@@ -16,22 +16,57 @@ change is in flight.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
+from raftproc.core.log import RaftLog
 from raftproc.core.membership import Membership
 from raftproc.core.messages import Entry, NodeId
 from raftproc.core.progress import REPLICATE, Progress
+from raftproc.core.reads import LeaderReads
 from raftproc.core.types import (
     LEADER,
     MembershipChangeBusy,
     MembershipChangeRefused,
     NotLeader,
+    RaftOptions,
+    Role,
     TransferInProgress,
 )
 
 
 class MembershipChanges:
-    """The membership half of RaftNode; the node supplies its state (log, progress,
-    role, commit_index, ...) and helpers (_log, _send_timeout_now, become_follower)."""
+    """The membership half of RaftNode. What it uses of the node is declared here and
+    defined by RaftNode (raftproc.core.node): annotations only, so the node's
+    attributes stay plain instance attributes and its hot path is unchanged."""
+
+    # The node's state this half reads and changes.
+    id: NodeId
+    role: Role
+    leader_id: NodeId | None
+    current_term: int
+    commit_index: int
+    options: RaftOptions
+    log: RaftLog
+    progress: dict[NodeId, Progress]
+    reads: LeaderReads
+    transferee: NodeId | None
+    peer_divergences: dict[NodeId, int]
+    _broadcast_pending: bool
+
+    if TYPE_CHECKING:
+        # The node's helpers this half calls (no definitions at run time).
+        @property
+        def membership(self) -> Membership: ...
+
+        def become_follower(self, term: int, leader_id: NodeId | None) -> None: ...
+
+        def _check_not_in_ready(self) -> None: ...
+
+        def _log(self, event: str, **fields: object) -> None: ...
+
+        def _abort_transfer(self, why: str) -> None: ...
+
+        def _send_timeout_now(self, target: NodeId) -> None: ...
 
     def propose_membership(
         self,

@@ -180,6 +180,7 @@ class RaftLog:
         search finds it: a follower rejecting an append must not walk back through a
         million-entry term."""
         term = self.term_at(index)
+        assert term is not None, f"index {index} is not in the log (compacted, or past its end at {self.last_index})"
         return bisect_left(self._entries, term, hi=index - self.snapshot_index, key=_term) + self.snapshot_index + 1
 
     def last_index_of_term(self, term: int) -> int | None:

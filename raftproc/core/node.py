@@ -9,8 +9,9 @@ Everything that happens to a node enters through three calls:
 - `propose(c)` a client wants command `c` replicated (leader only).
 
 Everything the node wants done leaves through `ready()`, a `Ready` that the host
-carries out in the order written on it (persist, send, apply) before handing it
-back with `advance()`. The node never touches a socket, a file, a thread or the
+carries out as the contract in raftproc.core.ready says (what must be durable
+before which message leaves, when it may apply) before handing it back with
+`advance()`. The node never touches a socket, a file, a thread or the
 clock, and its only randomness is the injected `random.Random`, so a seed replays
 a run exactly. Rules are cited where they are enforced (§ numbers refer to the
 Raft paper, "In Search of an Understandable Consensus Algorithm").
@@ -437,7 +438,7 @@ class RaftNode(MembershipChanges):
         return rd
 
     def advance(self, rd: Ready, *, persisted: bool = True) -> None:
-        """The host has written, sent and applied everything in `rd`.
+        """The host has carried out `rd` (the contract in raftproc.core.ready).
 
         `persisted=False`: the host syncs in the background. Its writes are handed
         over (the next Ready will not repeat them) but not yet durable: the host
@@ -491,12 +492,7 @@ class RaftNode(MembershipChanges):
         log stay as they are until a majority says it would vote for us."""
         if self.role == LEADER:
             raise RoleError("a leader does not become a pre-candidate")
-        self.role = PRE_CANDIDATE
-        self.leader_id = None
-        self._tick_role = self._tick_election
-        self.votes = {self.id: True}
-        self._reset_election_timer()
-        self._log("pre_vote_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
+        self._open_ballot(PRE_CANDIDATE, "pre_vote_started")
         self._request_votes(self.current_term + 1, pre_vote=True)
 
     def become_candidate(self) -> None:
@@ -504,12 +500,16 @@ class RaftNode(MembershipChanges):
             raise RoleError("a leader does not become a candidate")
         self.current_term += 1
         self.voted_for = self.id  # §5.2: a candidate votes for itself
+        self._open_ballot(CANDIDATE, "election_started")
+
+    def _open_ballot(self, role: Role, event: str) -> None:
+        """Become (pre-)candidate: follow nobody, count our own vote, and time the round."""
+        self.role = role
         self.leader_id = None
-        self.role = CANDIDATE
         self._tick_role = self._tick_election
         self.votes = {self.id: True}
         self._reset_election_timer()
-        self._log("election_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
+        self._log(event, last_log_index=self.log.last_index, last_log_term=self.log.last_term)
 
     def become_leader(self) -> None:
         if self.role != CANDIDATE:
@@ -677,9 +677,10 @@ class RaftNode(MembershipChanges):
             self._reject_append(msg, None, diverged=True)
             return
         if msg.prev_log_index < self.log.snapshot_index:
-            msg = self._skip_compacted(msg)
-            if msg is None:
+            past_snapshot = self._skip_compacted(msg)
+            if past_snapshot is None:
                 return
+            msg = past_snapshot
         prev = msg.prev_log_index
         local_term = self.log.term_at(prev)
         if local_term != msg.prev_log_term:
@@ -692,7 +693,7 @@ class RaftNode(MembershipChanges):
             return
         last_new = self._append_from_leader(msg)
         self._follower_commit(msg.leader_commit, last_new)
-        self._send(self._append_ok(msg.src, last_new, msg.read_round))
+        self._send(self._answer_append(msg.src, success=True, match_index=last_new, read_round=msg.read_round))
 
     def _skip_compacted(self, msg: AppendEntries) -> AppendEntries | None:
         """An append that starts inside our snapshot. Everything the snapshot covers is
@@ -701,7 +702,7 @@ class RaftNode(MembershipChanges):
         nothing past it, acknowledge what we know matches: our commit index."""
         skip = self.log.snapshot_index - msg.prev_log_index
         if len(msg.entries) <= skip:
-            self._send(self._append_ok(msg.src, self.commit_index, msg.read_round))
+            self._send(self._answer_append(msg.src, success=True, match_index=self.commit_index, read_round=msg.read_round))
             return None
         return dataclasses.replace(
             msg,
@@ -719,11 +720,7 @@ class RaftNode(MembershipChanges):
         divergence = self.diverged or check_snapshot(self.log, snap, msg.src, self.commit_index)
         if divergence is not None:
             self._diverge(divergence)
-            self._send(
-                AppendEntriesResponse(
-                    src=self.id, dst=msg.src, term=self.current_term, success=False, rejected_index=snap.index, diverged=True
-                )
-            )
+            self._send(self._answer_append(msg.src, success=False, rejected_index=snap.index, diverged=True))
             return
         if snap.index <= self.commit_index:
             self._log("snapshot_ignored", index=snap.index, reason="already committed", commit_index=self.commit_index)
@@ -736,7 +733,7 @@ class RaftNode(MembershipChanges):
             self._follower_commit(snap.index, snap.index)
         else:
             self._restore(snap)
-        self._send(self._append_ok(msg.src, self.commit_index))
+        self._send(self._answer_append(msg.src, success=True, match_index=self.commit_index))
 
     def _restore(self, snap: SnapshotMeta) -> None:
         """Figure 13 step 7: discard the whole log; the snapshot replaces it."""
@@ -775,16 +772,6 @@ class RaftNode(MembershipChanges):
             self.commit_index = commit
             self._log("commit_advanced", commit_index=commit)
 
-    def _append_ok(self, leader: NodeId, match_index: int, read_round: int = 0) -> AppendEntriesResponse:
-        return AppendEntriesResponse(
-            src=self.id,
-            dst=leader,
-            term=self.current_term,
-            success=True,
-            match_index=match_index,
-            read_round=read_round,
-        )
-
     def mark_diverged(self, divergence: Divergence) -> None:
         """The host found the alarm recorded before a restart: the log still
         contradicts the cluster's, so the node goes on following nobody."""
@@ -819,10 +806,8 @@ class RaftNode(MembershipChanges):
             conflict_index=conflict_index,
         )
         self._send(
-            AppendEntriesResponse(
-                src=self.id,
-                dst=msg.src,
-                term=self.current_term,
+            self._answer_append(
+                msg.src,
                 success=False,
                 rejected_index=msg.prev_log_index,
                 conflict_term=conflict_term,
@@ -830,6 +815,33 @@ class RaftNode(MembershipChanges):
                 read_round=msg.read_round,
                 diverged=diverged,
             )
+        )
+
+    def _answer_append(
+        self,
+        leader: NodeId,
+        *,
+        success: bool,
+        match_index: int = 0,
+        rejected_index: int = 0,
+        conflict_term: int | None = None,
+        conflict_index: int = 0,
+        read_round: int = 0,
+        diverged: bool = False,
+    ) -> AppendEntriesResponse:
+        """This node's answer to an append or a snapshot from `leader` (the fields
+        are explained on messages.AppendEntriesResponse)."""
+        return AppendEntriesResponse(
+            src=self.id,
+            dst=leader,
+            term=self.current_term,
+            success=success,
+            match_index=match_index,
+            rejected_index=rejected_index,
+            conflict_term=conflict_term,
+            conflict_index=conflict_index,
+            read_round=read_round,
+            diverged=diverged,
         )
 
     # --- replication: leader side -------------------------------------------------
@@ -995,25 +1007,9 @@ class RaftNode(MembershipChanges):
             case RequestVote():
                 self._send(RequestVoteResponse(src=self.id, dst=msg.src, term=self.current_term, vote_granted=False, pre_vote=msg.pre_vote))
             case AppendEntries():
-                self._send(
-                    AppendEntriesResponse(
-                        src=self.id,
-                        dst=msg.src,
-                        term=self.current_term,
-                        success=False,
-                        rejected_index=msg.prev_log_index,
-                    )
-                )
+                self._send(self._answer_append(msg.src, success=False, rejected_index=msg.prev_log_index))
             case InstallSnapshot():
-                self._send(
-                    AppendEntriesResponse(
-                        src=self.id,
-                        dst=msg.src,
-                        term=self.current_term,
-                        success=False,
-                        rejected_index=msg.snapshot.index,
-                    )
-                )
+                self._send(self._answer_append(msg.src, success=False, rejected_index=msg.snapshot.index))
 
     def _send(self, msg: Message) -> None:
         self._outbox.append(msg)

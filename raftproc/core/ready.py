@@ -1,24 +1,40 @@
-"""Ready: what the host must do for a node, in order, before calling advance().
+"""Ready: what a node asks its host to do, and the order the host must keep.
 
-The host handles a Ready in exactly this order:
+This is the one statement of the contract. The core relies on it, the Ready driver
+(raftproc.server.driver) carries it out for the node and for the simulator, and the
+simulator checks it at every write, send and apply (raftproc.sim).
 
-1. When `snapshot` is set: install the snapshot the host received for it (the
-   InstallSnapshot the host stepped in): it becomes the node's newest durable
-   snapshot, storage forgets every entry it holds (entries written before it must
-   never come back on a restart), and the state machine is restored from it.
-   Then persist `hard_state` (when not None) and `entries`, and fsync. Storage first
-   drops every entry it holds with index >= entries[0].index, then appends `entries`.
-2. Send `messages`. Only now: they may promise (a vote, an append acknowledgement)
-   what step 1 made durable. Raft paper, Figure 2: "respond to RPCs" comes after
-   "updated on stable storage before responding".
-   The one exception: a leader's AppendEntries may be sent before step 1 (Raft
-   thesis §10.2.1), so the leader's fsync and its followers' run in parallel. They
-   promise nothing about the leader's storage: the leader was elected under a term
-   and vote persisted in an earlier Ready, and it counts itself toward a commit only
-   for entries its own storage holds (advance() reports them). `split_messages`
-   separates the two kinds.
-3. Apply `committed_entries` to the state machine, in order.
-4. Call node.advance(ready).
+For one Ready, the host:
+
+1. Installs `snapshot`, when set, before anything else: what earlier Readies wrote
+   is made durable (and the messages waiting for it leave), `hard_state` is made
+   durable (the snapshot's term may be newer than the stored one), then the
+   snapshot the host received for it (the InstallSnapshot it stepped in) becomes
+   the node's newest durable snapshot, storage forgets every entry it holds (none
+   written before it may come back on a restart), and the state machine is
+   restored from it.
+2. Persists `hard_state` (when not None) and `entries`: storage drops every entry it
+   holds with index >= entries[0].index, then appends `entries`. Persisted means
+   fsynced, either now (inline) or by a background sync that the host reports
+   later with `persisted(index, term)` for the last entry.
+3. Sends `messages`, in two kinds (`split_messages`):
+   - a leader's AppendEntries and InstallSnapshot may leave before step 2 completes
+     (Raft thesis §10.2.1), so the leader's fsync and its followers' run in
+     parallel. They promise nothing about the leader's storage: it was elected
+     under a term and vote persisted in an earlier Ready, and it counts itself
+     toward a commit only for entries its storage holds (persisted());
+   - every other message (a vote, an append acknowledgement or refusal) leaves only
+     once step 2 is durable: it may promise what step 2 stored. Raft paper,
+     Figure 2: "updated on stable storage before responding". Messages held for a
+     sync leave in the order they were made.
+4. Applies `committed_entries` to the state machine, in order, then serves
+   `read_states`. This needs nothing from step 2, so it may come before step 2 is
+   durable, or after: an entry is committed only once a majority holds it
+   durably, and a leader counts itself only for entries its own storage holds.
+   (The driver applies before the fsync when no message waits for it, a leader's
+   Ready, so answers to clients do not wait for the fsync.)
+5. Calls node.advance(ready), with persisted=False while step 2 still syncs in
+   the background.
 
 No step(), tick() or propose() may run between ready() and advance().
 """
@@ -62,15 +78,15 @@ class ReadState:
 
 @dataclass(frozen=True, slots=True)
 class Ready:
-    # Installed (and the log dropped) before anything else; None almost always.
+    # Installed (and the log dropped) before anything else (step 1); None almost always.
     snapshot: SnapshotMeta | None = None
-    # Persisted and fsynced BEFORE messages are sent. None: unchanged since last Ready.
+    # Durable before any message but a leader's appends leaves (steps 2-3). None: unchanged since last Ready.
     hard_state: HardState | None = None
-    # Persisted and fsynced BEFORE messages are sent. Replaces stored entries from entries[0].index on.
+    # Durable before any message but a leader's appends leaves. Replaces stored entries from entries[0].index on.
     entries: tuple[Entry, ...] = ()
-    # Sent only after hard_state and entries are durable.
+    # A leader's appends may leave at once; the rest only once hard_state and entries are durable (step 3).
     messages: tuple[Message, ...] = ()
-    # Committed and durable on a majority; apply in order.
+    # Committed and durable on a majority: apply in order, before or after this Ready's own write (step 4).
     committed_entries: tuple[Entry, ...] = field(default=())
     # Reads confirmed by ReadIndex (or a lease): serve each once `index` is applied.
     read_states: tuple[ReadState, ...] = field(default=())
@@ -80,7 +96,7 @@ class Ready:
 
 
 def split_messages(rd: Ready) -> tuple[list[Message], list[Message]]:
-    """(may go before persisting, must wait until persisted): see step 2 above."""
+    """(may go before persisting, must wait until persisted): step 3 of the contract above."""
     early: list[Message] = []
     after: list[Message] = []
     for m in rd.messages:

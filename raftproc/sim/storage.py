@@ -17,8 +17,9 @@ of a compacted entry.
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
-from raftproc.core.messages import Entry, Membership, SnapshotMeta
+from raftproc.core.messages import Entry, Membership, NodeId, SnapshotMeta
 from raftproc.core.ready import HardState, Ready
 
 
@@ -32,8 +33,8 @@ class MemoryStorage:
         self.entries: list[Entry] = []  # entries after the snapshot
         self.unsynced: list[tuple[int, Ready]] = []  # (write number, Ready) handed over, not durable
         self.written = 0  # writes handed over since the process started
-        self._term_vote = (0, None)  # of the newest write, as the WAL tracks it
-        self.on_store = None  # called with each Ready as it becomes durable (the simulator's checks)
+        self._term_vote: tuple[int, NodeId | None] = (0, None)  # of the newest write, as the WAL tracks it
+        self.on_store: Callable[[Ready], None] | None = None  # called with each Ready as it becomes durable (the simulator's checks)
         self.full = False  # the disk is full: writes that store something fail
 
     @property
@@ -123,3 +124,9 @@ class MemoryStorage:
     @property
     def last_index(self) -> int:
         return self.snapshot_index + len(self.entries)
+
+    @property
+    def last_term(self) -> int:
+        term = self.term_at(self.last_index)
+        assert term is not None, "the last index is always held (in the log or the snapshot)"
+        return term

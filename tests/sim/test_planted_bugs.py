@@ -92,7 +92,7 @@ class DiscardsLogOnEverySnapshot(RaftNode):
         self._reset_election_timer()
         if msg.snapshot.index > self.commit_index:
             self._restore(msg.snapshot)
-        self._send(self._append_ok(msg.src, self.commit_index))
+        self._send(self._answer_append(msg.src, success=True, match_index=self.commit_index))
 
 
 class ReadsWithoutHeartbeatRound(RaftNode):

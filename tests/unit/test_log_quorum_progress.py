@@ -112,7 +112,7 @@ def test_appends_to_a_follower_far_behind_are_capped_in_bytes():
     leader = c.elect(1)
     c.deliver()
     c.crash(3)
-    for i in range(40):
+    for _ in range(40):
         c.propose(1, b"v" * 100_000)
         c.deliver()
     c.start(3)
