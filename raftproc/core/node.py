@@ -492,7 +492,8 @@ class RaftNode(MembershipChanges):
         log stay as they are until a majority says it would vote for us."""
         if self.role == LEADER:
             raise RoleError("a leader does not become a pre-candidate")
-        self._open_ballot(PRE_CANDIDATE, "pre_vote_started")
+        self._open_ballot(PRE_CANDIDATE)
+        self._log("pre_vote_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
         self._request_votes(self.current_term + 1, pre_vote=True)
 
     def become_candidate(self) -> None:
@@ -500,16 +501,17 @@ class RaftNode(MembershipChanges):
             raise RoleError("a leader does not become a candidate")
         self.current_term += 1
         self.voted_for = self.id  # §5.2: a candidate votes for itself
-        self._open_ballot(CANDIDATE, "election_started")
+        self._open_ballot(CANDIDATE)
+        self._log("election_started", last_log_index=self.log.last_index, last_log_term=self.log.last_term)
 
-    def _open_ballot(self, role: Role, event: str) -> None:
-        """Become (pre-)candidate: follow nobody, count our own vote, and time the round."""
+    def _open_ballot(self, role: Role) -> None:
+        """Become (pre-)candidate: follow nobody, count our own vote, and time the round.
+        The caller logs the event by name, so `supervisor.py logs --event` knows it."""
         self.role = role
         self.leader_id = None
         self._tick_role = self._tick_election
         self.votes = {self.id: True}
         self._reset_election_timer()
-        self._log(event, last_log_index=self.log.last_index, last_log_term=self.log.last_term)
 
     def become_leader(self) -> None:
         if self.role != CANDIDATE:

@@ -7,39 +7,29 @@ in-memory twins that can lose unsynced writes and check every promise as it
 leaves (hashicorp/raft's InmemStore/InmemTransport pattern). So what the
 simulator's sweep proves about persist-before-send is proven about this code.
 
-The contract (raftproc.core.ready), for one Ready:
+It keeps the Ready contract stated in raftproc.core.ready, and makes these choices
+within it:
 
-1. A snapshot to install: every write made so far becomes durable and the
-   messages waiting for it leave; the Ready's hard state is made durable (the
-   snapshot's term may be newer than the stored one: a crash right after the
-   install must not find a log ahead of its term); then the installer replaces
-   log and state machine by the snapshot, and the rest of this Ready is synced
-   inline, whatever the sync mode.
-2. A leader's AppendEntries (and InstallSnapshot) leave at once: they promise
-   nothing about the leader's own disk (Raft thesis §10.2.1).
-3. When no message waits for this Ready's write (a leader's Ready: its appends
-   left in step 2), committed entries are applied and confirmed reads served now,
-   and what that queued (answers to clients) leaves before the fsync. Applying
-   needs nothing from this write: an entry is committed only once a majority holds
-   it on disk, and a leader counts itself only for entries it has synced
-   (`log.stable_index`). Applying after the fsync made every answer wait for the
-   next batch's fsync under load.
-4. Inline sync: the hard state and entries are written and fsynced; only then do
-   the other messages (votes, acknowledgements) leave, and only then, when they
-   exist, are committed entries applied: a follower's acknowledgement is what the
-   leader waits for, and applying a batch first would delay it.
-   Background sync: the record is written and a sync requested; the messages
-   that promise it wait, in order, until the syncer reports it durable
-   (`on_synced`), and only then does the core hear `persisted()`. A record that
-   needs no sync still waits behind earlier held ones, so messages never overtake.
-5. The core advances (persisted=False under background sync).
+- a snapshot is installed first, and the rest of that Ready is synced inline,
+  whatever the sync mode;
+- a leader's appends are sent at once;
+- when no message waits for the write (a leader's Ready), it applies and serves
+  reads before the write, and `flush()` pushes the answers out before the fsync
+  (applying after the fsync made every answer wait for the next batch's fsync);
+- otherwise it applies after handing the write over: inline, after the fsync and
+  the sends (a follower's acknowledgement is what the leader waits for); in the
+  background, at once, while the messages wait;
+- under background sync the messages that promise a write are held, in order,
+  until `on_synced`, which then reports `persisted()`; a record that needs no sync
+  still waits behind earlier held ones, so messages never overtake;
+- the core advances last (persisted=False under background sync).
 
 Nothing else calls the core's advance() or persisted().
 
 A full disk (ENOSPC or EDQUOT from a write) stalls the Ready instead of ending the
 process: storage leaves no part of the failed record behind, the messages that
-wait on it stay unsent and the core does not advance (what step 3 applied was
-committed, and is not applied again on the retry; step 4's apply waits for it). The core, mid-Ready,
+wait on it stay unsent and the core does not advance (what was applied before the
+write was committed and is not applied again on the retry; an apply after the write waits for it). The core, mid-Ready,
 must not be stepped, ticked or asked anything until `retry()` gets the write
 through (the host holds everything back while `stalled`). A failed sync is
 another matter: storage raises its own error and the process ends (after a failed
@@ -151,8 +141,9 @@ class Driver:
         return self.stalled is None
 
     def _carry_out(self, rd: Ready, *, started: bool) -> None:
-        """Steps 1-5 of the contract. `started`: steps 1-3 are done already (a retry
-        after the persist step found the disk full)."""
+        """One Ready, as the module's docstring says. `started`: the install, the early
+        sends and an apply before the write are done already (a retry after the write
+        found the disk full)."""
         early, after = split_messages(rd)
         inline = self.syncer is None or rd.snapshot is not None
         apply_first = not after  # nothing waits for the write: the answers need not either
