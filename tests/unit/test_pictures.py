@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raftproc.ops.bench import Point
+from raftproc.ops.bench.points import Point
 from raftproc.ops.benchplot import write_plot
 from raftproc.ops.browser import find_chromium, screenshot
 from raftproc.ops.report import COLORS, LEADER_COLOR, leader_spans, per_second, write_report
