@@ -156,8 +156,8 @@ class Nemesis:
         self._record("start", record, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
         return self._healer(heal, record)
 
-    def _pick(self, victims: str, at: Targets) -> list[int]:
-        ids, leader, followers = at.ids, at.leader, at.followers
+    def _pick(self, victims: str, among: Targets) -> list[int]:
+        ids, leader, followers = among.ids, among.leader, among.followers
         if victims == "leader":
             return [leader] if leader else [self.rng.choice(ids)]
         if victims == "follower":
@@ -170,27 +170,27 @@ class Nemesis:
 
     # --- one handler per kind of fault (FAULT_KINDS below): inject it, fill in the record, return its heal
 
-    def _signal_processes(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
+    def _signal_processes(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
         """kill, power, stop, pause: a signal to each running victim."""
-        record.nodes = [n for n in self._pick(fault.victims, at) if self.cluster.process(n).state == "running"]
+        record.nodes = [n for n in self._pick(fault.victims, among) if self.cluster.process(n).state == "running"]
         act = {"pause": self.cluster.pause, "stop": self.cluster.stop}.get(fault.kind, self.cluster.kill)
         for n in record.nodes:
             act(n)
         return self._resume(record.nodes) if fault.kind == "pause" else self._restart(record.nodes)
 
-    def _cut_links(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
+    def _cut_links(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
         lab = self._lab()
-        record.nodes, record.detail = self._partition(fault.victims, at.ids, at.leader)
+        record.nodes, record.detail = self._partition(fault.victims, among.ids, among.leader)
         return lab.heal_cuts
 
-    def _slow_links(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
+    def _slow_links(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
         lab = self._lab()
-        record.nodes = self._pick(fault.victims, at)
+        record.nodes = self._pick(fault.victims, among)
         record.detail = ",".join(sorted({lab.slow(n) for n in record.nodes}))
         return lab.heal_slow
 
-    def _skew_clocks(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
-        nodes = self._pick(fault.victims, at)
+    def _skew_clocks(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        nodes = self._pick(fault.victims, among)
         record.nodes, record.detail = nodes, self._skew(nodes)
 
         def heal() -> None:
@@ -198,20 +198,20 @@ class Nemesis:
 
         return heal
 
-    def _hand_over(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
-        record.nodes, record.detail = self._transfer(at.leader, at.followers)
+    def _hand_over(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._transfer(among.leader, among.followers)
         return _nothing_to_heal
 
-    def _change_members(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
-        record.nodes, record.detail = self._member(fault.victims, at.leader, at.followers)
+    def _change_members(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._member(fault.victims, among.leader, among.followers)
         return self.settle_members
 
-    def _restart_in_turn(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
+    def _restart_in_turn(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
         record.nodes, record.detail = self._rolling()  # every node is back when it returns
         return _nothing_to_heal
 
-    def _corrupt_a_wal(self, fault: PlannedFault, record: FaultRecord, at: Targets) -> Heal:
-        record.nodes, record.detail = self._corrupt(at.leader, at.followers)
+    def _corrupt_a_wal(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._corrupt(among.leader, among.followers)
         return self.rebuild_corrupted
 
     def _lab(self) -> NetnsLab:
