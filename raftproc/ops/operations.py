@@ -46,6 +46,9 @@ class ClusterControl(Protocol):
 
 
 class ClusterOperations:
+    """Each operation asks the leader through a client and waits for its answer;
+    nodes are started and stopped through `cluster`."""
+
     def __init__(self, cluster: ClusterControl) -> None:
         self.cluster = cluster
 
