@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from raftproc.ops.chaos import ChaosOptions, run_chaos
+from raftproc.ops.chaos import ChaosOptions, check_faults, run_chaos
 from raftproc.ops.nemesis import ALL_FAULTS
 
 
@@ -40,9 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--read-mode", choices=("index", "log", "lease"), default="index", help="how clients read (default: ReadIndex)")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
-    bad = set(faults) - set(ALL_FAULTS)
-    if bad:
-        p.error(f"unknown faults {sorted(bad)}; choose from {', '.join(ALL_FAULTS)}")
+    try:
+        check_faults(faults)
+    except ValueError as e:
+        p.error(str(e))
     out = Path(args.out or f"runs/seed-{args.seed}")
     result = run_chaos(
         ChaosOptions(
@@ -58,17 +59,7 @@ def main(argv: list[str] | None = None) -> int:
             tls=args.tls,
         )
     )
-    print()
-    for name, value in result.summary:
-        print(f"  {name:<20} {value}")
-    print()
-    for name, ok, detail in result.verdicts:
-        print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-        if not ok:
-            print("        " + detail.replace("\n", "\n        "))
-    for note in result.notes:
-        print(f"  note: {note}")
-    print(f"\n  history, logs and report: {out}/ (open {out}/report.html)")
+    print(result.text(out))
     return 0 if result.ok else 1
 
 

@@ -183,7 +183,7 @@ def check_key(key: str, ops: list[Operation], max_states: int) -> KeyVerdict | N
     identity = list(range(nd))
     visited: set[tuple[int, str | None]] = set()
     stack: list[tuple[int, str | None, int, int]] = [(0, ABSENT, 0, 0)]
-    best = (0, ABSENT, 0, 0)
+    best: tuple[int, str | None, int, int] = (0, ABSENT, 0, 0)
     while stack:
         mask, value, lo, lo_ret = stack.pop()
         if (mask, value) in visited:

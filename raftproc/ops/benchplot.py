@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from raftproc.ops import plotting
-from raftproc.ops.bench import Point
+from raftproc.ops.bench.points import Point
 
 # Systems that do not fsync before answering: their curves are not like for like.
 NO_FSYNC = {"pysyncobj": "PySyncObj (no fsync)"}

@@ -97,6 +97,10 @@ def make_cert(
         ca_key = serialization.load_pem_private_key((ca_dir / "ca-key.pem").read_bytes(), password=None)
     except FileNotFoundError as e:
         raise SystemExit(f"no CA in {ca_dir} ({e.filename} is missing): run `python -m raftproc.ops.certs ca {ca_dir}` first") from None
+    ca_public = ca_cert.public_key()
+    # make_ca mints elliptic-curve CAs; the builder below signs with nothing else.
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey) or not isinstance(ca_public, ec.EllipticCurvePublicKey):
+        raise SystemExit(f"the CA in {ca_dir} is not an elliptic-curve CA as `python -m raftproc.ops.certs ca` makes")
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(identity.uri())]
@@ -117,7 +121,7 @@ def make_cert(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
     stem = stem or f"{identity.role}-{identity.name}"

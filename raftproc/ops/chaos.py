@@ -33,7 +33,7 @@ from raftproc.config import ClusterConfig, NodeAddress
 from raftproc.ops.cluster import Cluster, ClusterError
 from raftproc.ops.layout import local_config
 from raftproc.ops.logs import read_lines
-from raftproc.ops.nemesis import ALL_FAULTS, Nemesis, plan
+from raftproc.ops.nemesis import ALL_FAULTS, FaultRecord, Nemesis, PlannedFault, plan
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.watch import Collector
@@ -76,147 +76,198 @@ class ChaosResult:
     def ok(self) -> bool:
         return all(ok for _, ok, _ in self.verdicts)
 
+    def text(self, out: Path) -> str:
+        """The summary, each verdict (a failure with its detail) and the notes, as
+        scripts/chaos.py prints them at the end of a run kept in `out`."""
+        lines = [""] + [f"  {name:<20} {value}" for name, value in self.summary] + [""]
+        for name, ok, detail in self.verdicts:
+            lines.append(f"  {'PASS' if ok else 'FAIL'}  {name}")
+            if not ok:
+                lines.append("        " + detail.replace("\n", "\n        "))
+        lines += [f"  note: {note}" for note in self.notes]
+        lines.append(f"\n  history, logs and report: {out}/ (open {out}/report.html)")
+        return "\n".join(lines)
+
+
+@dataclass
+class ChaosRun:
+    """A run under way: what `run_chaos` set up, handed to each step after it."""
+
+    opts: ChaosOptions
+    out: Path  # opts.out, resolved
+    cluster: Cluster
+    faults: list[str]  # the kinds this machine can inject (partition and slow need namespaces)
+    lab: NetnsLab | None
+    notes: list[str]
+    say: Callable[[str], None]
+    # The wall clock and the monotonic clock read together at the start: the nodes'
+    # logs carry wall time, the report draws monotonic time.
+    wall0: float = field(default_factory=time.time)
+    mono0: float = field(default_factory=time.monotonic)
+
 
 def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosResult:
-    out = opts.out.resolve()
+    check_faults(opts.faults)
+    out = _fresh_directory(opts.out)
+    faults, lab, notes = _injectable(opts, say)
+    try:
+        cluster = _create_cluster(opts, out, faults, lab)
+        run = ChaosRun(opts, out, cluster, faults, lab, notes, say)
+        try:
+            return _run(run)
+        finally:
+            cluster.down(timeout=3)
+    finally:
+        if lab is not None:
+            lab.teardown()
+
+
+def check_faults(faults: list[str]) -> None:
+    unknown = set(faults) - set(ALL_FAULTS)
+    if unknown:
+        raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(ALL_FAULTS)}")
+
+
+def _fresh_directory(path: Path) -> Path:
+    out = path.resolve()
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    faults, notes = list(opts.faults), []
-    unknown = set(faults) - set(ALL_FAULTS)
-    if unknown:
-        raise ValueError(f"unknown faults {sorted(unknown)}; choose from {ALL_FAULTS}")
-    lab = None
-    if {"partition", "slow"} & set(faults):
-        ok, why = available()
-        if ok:
-            lab = NetnsLab(opts.nodes + (SPARE_SLOTS if "member" in faults else 0))
-            lab.setup()
-        else:
-            faults = [f for f in faults if f not in ("partition", "slow")]
-            notes.append(f"partition and slow faults unavailable ({why}); running {faults}")
-            say(notes[-1])
+    return out
+
+
+def _injectable(opts: ChaosOptions, say: Callable[[str], None]) -> tuple[list[str], NetnsLab | None, list[str]]:
+    """The faults to run, the network namespaces that link faults need (set up), and
+    a note for each kind this machine cannot inject."""
+    faults = list(opts.faults)
+    notes: list[str] = []
+    if not {"partition", "slow"} & set(faults):
+        return faults, None, notes
+    ok, why = available()
+    if not ok:
+        faults = [f for f in faults if f not in ("partition", "slow")]
+        notes.append(f"partition and slow faults unavailable ({why}); running {faults}")
+        say(notes[-1])
+        return faults, None, notes
+    lab = NetnsLab(opts.nodes + (SPARE_SLOTS if "member" in faults else 0))
+    lab.setup()
+    return faults, lab, notes
+
+
+def _create_cluster(opts: ChaosOptions, out: Path, faults: list[str], lab: NetnsLab | None) -> Cluster:
+    """The cluster's config written (nodes in `lab`'s namespaces when there is one),
+    with the environment the faults need; not started yet."""
     env = {POWER_LOSS_ENV: "1"} if "power" in faults else {}
     if "clock" in faults:
         env[CLOCK_DIR_ENV] = str(out / "run" / "clocks")
     storage: dict[str, Any] = {}
     if opts.snapshot_every:
         storage = dict(snapshot_entries=opts.snapshot_every, segment_bytes=max(4096, opts.snapshot_every * 100))
-    if lab is not None:
-        cfg = ClusterConfig(
-            nodes={
-                i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300)) for i in range(1, opts.nodes + 1)
-            },
-            data_dir=out / "data",
-            log_dir=out / "logs",
-            **storage,
-        )
-        in_namespace = lab.launcher()[:-3]  # ip netns exec <ns of node {id}>
-        launcher = in_namespace + (opts.launcher or [sys.executable, "-m", "raftproc.node"])
-    else:
-        cfg = local_config(opts.nodes, out / "data", out / "logs", **storage)
-        launcher = opts.launcher
-    cluster = Cluster(out / "run", launcher=launcher, env=env)
-    cfg = cluster.create(cfg, tls=opts.tls)
-    wall0, mono0 = time.time(), time.monotonic()
-    try:
-        return _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0)
-    finally:
-        try:
-            cluster.down(timeout=3)
-        finally:
-            if lab is not None:
-                lab.teardown()
-
-
-def _run(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0) -> ChaosResult:
-    out = opts.out.resolve()
-    # The whole run is recorded for `supervisor.py web --replay OUT` (raftproc.ops.watch).
-    recorder = Collector(
-        lambda: cluster.config,
-        processes=cluster.process_states,
-        record_to=out / "watch" / "events.jsonl",
+    if lab is None:
+        cluster = Cluster(out / "run", launcher=opts.launcher, env=env)
+        cluster.create(local_config(opts.nodes, out / "data", out / "logs", **storage), tls=opts.tls)
+        return cluster
+    cfg = ClusterConfig(
+        nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300)) for i in range(1, opts.nodes + 1)},
+        data_dir=out / "data",
+        log_dir=out / "logs",
+        **storage,
     )
+    in_namespace = lab.launcher()[:-3]  # ip netns exec <ns of node {id}>
+    cluster = Cluster(out / "run", launcher=in_namespace + (opts.launcher or [sys.executable, "-m", "raftproc.node"]), env=env)
+    cluster.create(cfg, tls=opts.tls)
+    return cluster
+
+
+def _run(run: ChaosRun) -> ChaosResult:
+    # The whole run is recorded for `supervisor.py web --replay OUT` (raftproc.ops.watch).
+    recorder = Collector(lambda: run.cluster.config, processes=run.cluster.process_states, record_to=run.out / "watch" / "events.jsonl")
     recorder.start()
     try:
-        return _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, recorder)
+        return _run_recorded(run, recorder)
     finally:
         recorder.stop()
 
 
-def _run_recorded(opts, cluster, cfg, faults, lab, notes, say, wall0, mono0, recorder) -> ChaosResult:
-    out = opts.out.resolve()
+def _run_recorded(run: ChaosRun, recorder: Collector) -> ChaosResult:
+    opts, cluster = run.opts, run.cluster
     cluster.up(wait=20)
-    keys = opts.keys or max(2, opts.clients // 2)
-    workload = Workload(
-        cfg.client_addresses(),
-        clients=opts.clients,
-        keys=keys,
-        seed=opts.seed,
-        op_timeout=opts.op_timeout,
-        read_mode=opts.read_mode,
-        tls=client_context_for(cfg.client_tls()),
-        members=lambda: _member_addresses(cluster),
-        history=out / "history.jsonl",
-    )
+    workload = _workload(run)
     # On a terminal the progress line rewrites itself (\r); into a file or a pipe,
     # each line stands alone and the progress comes every 5 s instead of twice a second.
     tty = sys.stdout.isatty()
     back = "\r" if tty else ""
-    nemesis = _nemesis(cluster, cfg, lab, opts.seed, recorder, log=lambda m: say(f"{back}{_clock(mono0)} {m}" + (" " * 20 if tty else "")))
-    stopped = _drive(plan(opts.seed, faults, opts.duration), opts.duration, nemesis, workload, tty, mono0)
-    say(f"{back}{_clock(mono0)} healing everything and checking")
+    nemesis = _nemesis(run, recorder, log=lambda m: run.say(f"{back}{_clock(run.mono0)} {m}" + (" " * 20 if tty else "")))
+    stopped = _drive(plan(opts.seed, run.faults, opts.duration), opts.duration, nemesis, workload, tty, run.mono0)
+    run.say(f"{back}{_clock(run.mono0)} healing everything and checking")
     nemesis.heal_all()
 
-    verdicts = _judge_service(cluster, nemesis, workload, out, opts.clients)
+    verdicts = _judge_service(cluster, nemesis, workload, run.out, opts.clients)
     cluster.down(timeout=5)
     cfg = cluster.config  # with the nodes that joined during the run
     verdicts.append(_judge_storage(cfg))
-    events, counted = _logged(cfg, wall0, mono0)
-    verdicts += _judge_alarms(nemesis, faults, counted)
-    summary = _summary(opts, keys, workload.history, nemesis, events, counted)
-    fault_rows = [
-        {
-            "kind": r.kind,
-            "victims": r.victims,
-            "nodes": r.nodes,
-            "detail": r.detail,
-            "skipped": r.skipped,
-            "start": r.start_ns / 1e9,
-            "end": None if r.end_ns is None else r.end_ns / 1e9,
-        }
-        for r in nemesis.records
-    ]
-    (out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
+    events, counted = _logged(cfg, run.wall0, run.mono0)
+    verdicts += _judge_alarms(nemesis, run.faults, counted)
+    summary = _summary(opts, len(workload.keys), workload.history, nemesis, events, counted)
+    fault_rows = [_fault_row(r) for r in nemesis.records]
+    (run.out / "faults.json").write_text(json.dumps(fault_rows, indent=1))
     write_report(
-        out / "report.html",
+        run.out / "report.html",
         title=f"raftproc chaos, seed {opts.seed}",
         nodes=sorted(cfg.nodes),
-        t0=mono0,
+        t0=run.mono0,
         t1=stopped,
         faults=fault_rows,
         events=events,
         history=workload.history.read(),
         verdicts=verdicts,
         summary=summary,
-        replay=f"python scripts/supervisor.py web --replay {out}",
+        replay=f"python scripts/supervisor.py web --replay {run.out}",
     )
-    return ChaosResult(verdicts, summary, notes)
+    return ChaosResult(verdicts, summary, run.notes)
 
 
-def _nemesis(
-    cluster: Cluster, cfg: ClusterConfig, lab: NetnsLab | None, seed: int, recorder: Collector, log: Callable[[str], None]
-) -> Nemesis:
-    nemesis = Nemesis(cluster, random.Random(seed), lab, log=log, note=recorder.note)
+def _workload(run: ChaosRun) -> Workload:
+    """The clients, their history streamed to history.jsonl; not started yet."""
+    opts, cfg = run.opts, run.cluster.config
+    return Workload(
+        cfg.client_addresses(),
+        clients=opts.clients,
+        keys=opts.keys or max(2, opts.clients // 2),
+        seed=opts.seed,
+        op_timeout=opts.op_timeout,
+        read_mode=opts.read_mode,
+        tls=client_context_for(cfg.client_tls()),
+        members=lambda: _member_addresses(run.cluster),
+        history=run.out / "history.jsonl",
+    )
+
+
+def _fault_row(r: FaultRecord) -> dict[str, Any]:
+    """A fault as faults.json and the report keep it, in seconds."""
+    return {
+        "kind": r.kind,
+        "victims": r.victims,
+        "nodes": r.nodes,
+        "detail": r.detail,
+        "skipped": r.skipped,
+        "start": r.start_ns / 1e9,
+        "end": None if r.end_ns is None else r.end_ns / 1e9,
+    }
+
+
+def _nemesis(run: ChaosRun, recorder: Collector, log: Callable[[str], None]) -> Nemesis:
+    cluster, lab = run.cluster, run.lab
+    nemesis = Nemesis(cluster, random.Random(run.opts.seed), lab, log=log, note=recorder.note)
     if CLOCK_DIR_ENV in cluster.env:
-        nemesis.clock_dir, nemesis.max_clock_drift = Path(cluster.env[CLOCK_DIR_ENV]), cfg.max_clock_drift
+        nemesis.clock_dir, nemesis.max_clock_drift = Path(cluster.env[CLOCK_DIR_ENV]), cluster.config.max_clock_drift
     if lab is not None:
         nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
         nemesis.max_node_id = len(lab.nodes)
     return nemesis
 
 
-def _drive(schedule: list, duration: float, nemesis: Nemesis, workload: Workload, tty: bool, mono0: float) -> float:
+def _drive(schedule: list[PlannedFault], duration: float, nemesis: Nemesis, workload: Workload, tty: bool, mono0: float) -> float:
     """Run the workload and the fault schedule for `duration`; returns when it stopped."""
     start = time.monotonic()
     workload.start(until=start + duration)
@@ -345,7 +396,7 @@ def _member_addresses(cluster: Cluster) -> dict[int, Any]:
     return {n: a.client for n, a in cfg.nodes.items() if n not in removed}
 
 
-def _logged(cfg, wall0: float, mono0: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def _logged(cfg: ClusterConfig, wall0: float, mono0: float) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """From the nodes' JSON logs: the role changes and restarts the report draws (with
     their time on the run's monotonic clock), and how many snapshots were taken and
     installed and divergence alarms raised."""

@@ -19,29 +19,22 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from raftproc.client import Client, ClientError
-from raftproc.config import ClusterConfig, load_config, to_toml
+from raftproc.config import Address, ClusterConfig, load_config, to_toml
 from raftproc.ops.certs import secure_cluster
+from raftproc.ops.control import ClusterError, NodeProcess
 from raftproc.ops.links import LinkTable
-from raftproc.ops.operations import ClusterError, ClusterOperations
+from raftproc.ops.operations import ClusterOperations
 from raftproc.runtime.dirlock import holder_of
 from raftproc.runtime.tls import client_context_for
 
 
-@dataclass
-class NodeProcess:
-    node_id: int
-    pid: int | None
-    state: str  # running | paused | dead | stale-pid | stopped
-
-
-class Cluster(ClusterOperations):
+class Cluster:
     def __init__(
         self,
         run_dir: str | Path = "run",
@@ -60,6 +53,7 @@ class Cluster(ClusterOperations):
         self.env = env or {}  # extra environment for the nodes
         self._tls_context: tuple[Any, Any] | None = None  # (client TLS files, their context)
         self._children: dict[int, subprocess.Popen] = {}  # the last process started per node
+        self.operations = ClusterOperations(self)  # membership, handover, rolling restart: below
 
     # --- set-up -------------------------------------------------------------------
 
@@ -142,6 +136,39 @@ class Cluster(ClusterOperations):
             self._pid_file(p.node_id).unlink(missing_ok=True)
         return [p.node_id for p in alive]
 
+    def removed(self) -> set[int]:
+        """Nodes removed from the cluster: `up` leaves them stopped. They stay in the
+        config file (its first configuration must never change)."""
+        path = self.run_dir / "removed"
+        return {int(x) for x in path.read_text().split()} if path.exists() else set()
+
+    def mark_removed(self, node_id: int, removed: bool) -> None:
+        ids = self.removed() | {node_id} if removed else self.removed() - {node_id}
+        (self.run_dir / "removed").write_text("".join(f"{i}\n" for i in sorted(ids)))
+
+    # --- operations through the leader (raftproc.ops.operations) ---------------------
+
+    def join(self, timeout: float = 60.0, *, place: Callable[[int], tuple[Address, Address]] | None = None) -> int:
+        return self.operations.join(timeout, place=place)
+
+    def add(self, node_id: int, timeout: float = 60.0) -> dict[str, Any]:
+        return self.operations.add(node_id, timeout)
+
+    def remove(self, node_id: int, timeout: float = 30.0) -> dict[str, Any]:
+        return self.operations.remove(node_id, timeout)
+
+    def rebuild(self, node_id: int, timeout: float = 120.0) -> dict[str, Any]:
+        return self.operations.rebuild(node_id, timeout)
+
+    def members(self) -> dict[str, Any]:
+        return self.operations.members()
+
+    def rolling_restart(self, timeout: float = 30.0, say: Callable[[str], None] = lambda m: None) -> dict[str, Any]:
+        return self.operations.rolling_restart(timeout, say)
+
+    def transfer(self, target: int | None = None, timeout: float = 10.0) -> int:
+        return self.operations.transfer(target, timeout)
+
     # --- one node -------------------------------------------------------------------
 
     def start(self, node_id: int, wait: float = 5.0, *, rebuild: bool = False) -> int:
@@ -151,7 +178,7 @@ class Cluster(ClusterOperations):
         a running copy of the node, that copy is what the pid file names again, so
         the supervisor never loses track of a process it started. `rebuild`: the node
         wipes its data first and waits to be added (raftproc.node --rebuild)."""
-        self._known(node_id)
+        self.check_known(node_id)
         current = self.process(node_id)
         if current.state in ("running", "paused"):
             raise ClusterError(f"node {node_id} is already {current.state} (pid {current.pid})")
@@ -283,18 +310,18 @@ class Cluster(ClusterOperations):
 
     def partition(self, node_id: int) -> dict[int, str]:
         """Cut `node_id` off from every other node, both ways."""
-        self._known(node_id)
+        self.check_known(node_id)
         return self.change_links(lambda t: t.cut_off(node_id, self.config.nodes))
 
     def split(self, groups: list[list[int]]) -> dict[int, str]:
         for g in groups:
             for n in g:
-                self._known(n)
+                self.check_known(n)
         return self.change_links(lambda t: t.split(groups))
 
     def slow_link(self, src: int, dst: int, ms: int) -> dict[int, str]:
-        self._known(src)
-        self._known(dst)
+        self.check_known(src)
+        self.check_known(dst)
         return self.change_links(lambda t: t.slow(src, dst, ms))
 
     def heal(self) -> dict[int, str]:
@@ -454,7 +481,7 @@ class Cluster(ClusterOperations):
             return proc
         return None
 
-    def _leader_now(self, what: str, timeout: float = 3.0) -> int:
+    def leader_now(self, what: str, timeout: float = 3.0) -> int:
         """The leader, found within a few seconds, or a clear refusal: commands that need
         a working cluster must not sit silent for a minute when it is down."""
         running = [p.node_id for p in self.processes() if p.state == "running"]
@@ -465,13 +492,13 @@ class Cluster(ClusterOperations):
         except ClusterError as e:
             raise ClusterError(f"{what} needs a leader: {e}") from None
 
-    def _known(self, node_id: int) -> None:
+    def check_known(self, node_id: int) -> None:
         nodes = sorted(self.config.nodes)
         if node_id not in nodes:
             raise ClusterError(f"node {node_id} is not in the cluster (nodes {nodes})")
 
     def _signal(self, node_id: int, sig: signal.Signals) -> None:
-        self._known(node_id)
+        self.check_known(node_id)
         p = self.process(node_id)
         if p.state not in ("running", "paused") or p.pid is None:
             raise ClusterError(f"node {node_id} is not running ({p.state})")

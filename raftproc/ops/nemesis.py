@@ -51,10 +51,7 @@ from raftproc.ops.corrupt import corrupt_wal
 from raftproc.ops.netns import NetnsLab
 from raftproc.runtime.skew import write_rate
 
-ALL_FAULTS = ("kill", "pause", "power", "stop", "partition", "slow", "transfer", "member", "rolling", "corrupt", "clock")
-PROCESS_FAULTS = ("kill", "pause", "power", "stop", "transfer", "member", "rolling", "corrupt", "clock")
 MEMBER_FAULTS = ("remove-leader", "remove-follower", "replace-leader", "replace-follower")
-NEED_A_LEADER = ("transfer", "member", "rolling", "corrupt")
 LEADER_WAIT_S = 10.0
 CORRUPT_START_S = 30.0  # a node on a corrupt WAL exits within this, however loaded the machine
 
@@ -83,28 +80,32 @@ def plan(seed: int, kinds: list[str], duration: float, *, interval: tuple[float,
     out, t = [], rng.uniform(1.0, 2.0)
     while kinds and t < duration - 2.0:
         kind = rng.choice(kinds)
-        if kind == "partition":
-            victims = rng.choice(("isolate-leader", "isolate-follower", "split-leader-minority", "split-leader-majority", "one-way"))
-        elif kind == "power":
-            victims = rng.choice(("leader", "follower", "minority", "all"))
-        elif kind == "slow":
-            victims = rng.choice(("leader", "follower", "minority", "all"))
-        elif kind == "transfer":
-            victims = "leader"
-        elif kind == "member":
-            victims = rng.choice(MEMBER_FAULTS)
-        elif kind == "rolling":
-            victims = "all"
-        elif kind == "corrupt":
-            victims = "follower"
-        elif kind == "clock":
-            victims = rng.choice(("leader", "follower", "minority", "all"))
-        else:
-            victims = rng.choice(("leader", "leader", "follower", "minority", "majority"))
+        choices = FAULT_KINDS[kind].victims
+        # A kind with one choice draws nothing: one seed keeps giving the same schedule.
+        victims = choices[0] if len(choices) == 1 else rng.choice(choices)
         hold = rng.uniform(1.0, 3.0)
         out.append(PlannedFault(round(t, 3), kind, victims, round(hold, 3)))
         t += hold + rng.uniform(*interval)
     return out
+
+
+Heal = Callable[[], None]
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Whom a fault can strike when it starts: the members, and the leader if one is known."""
+
+    ids: list[int]
+    leader: int | None
+
+    @property
+    def followers(self) -> list[int]:
+        return [i for i in self.ids if i != self.leader]
+
+
+def _nothing_to_heal() -> None:
+    """A handover or a rolling restart leaves nothing to undo."""
 
 
 @dataclass
@@ -135,11 +136,12 @@ class Nemesis:
         removed = self.cluster.removed()
         return sorted(n for n in self.cluster.config.nodes if n not in removed)
 
-    def inject(self, fault: PlannedFault) -> Callable[[], None]:
+    def inject(self, fault: PlannedFault) -> Heal:
         """Start a fault; return what heals it."""
         ids = self.members()
         leader = self.cluster.leader()
-        if leader is None and fault.kind in NEED_A_LEADER:
+        kind = FAULT_KINDS[fault.kind]
+        if leader is None and kind.needs_leader:
             # Just after another fault's heal the cluster may be electing: a fault that
             # needs a leader waits for one, briefly, before it is skipped.
             try:
@@ -147,15 +149,15 @@ class Nemesis:
             except ClusterError:
                 leader = None
         record = FaultRecord(fault.kind, fault.victims, [], time.monotonic_ns())
-        heal = self._start(fault, record, ids, leader)
+        heal = kind.start(self, fault, record, Targets(ids, leader))
         record.skipped = not record.nodes
         self.records.append(record)
         self.log(f"fault {fault.kind} {fault.victims} nodes {record.nodes} {record.detail}".rstrip())
         self._record("start", record, detail=f"{fault.victims} {record.nodes} {record.detail}".strip())
         return self._healer(heal, record)
 
-    def _pick(self, victims: str, ids: list[int], leader: int | None) -> list[int]:
-        followers = [i for i in ids if i != leader]
+    def _pick(self, victims: str, among: Targets) -> list[int]:
+        ids, leader, followers = among.ids, among.leader, among.followers
         if victims == "leader":
             return [leader] if leader else [self.rng.choice(ids)]
         if victims == "follower":
@@ -166,44 +168,57 @@ class Nemesis:
             return self.rng.sample(ids, len(ids) // 2 + 1)
         return list(ids)
 
-    def _start(self, fault: PlannedFault, record: FaultRecord, ids: list[int], leader: int | None) -> Callable[[], None]:
-        """Inject `fault`, filling in `record`; return what heals it."""
-        followers = [i for i in ids if i != leader]
-        kind = fault.kind
-        if kind in ("kill", "power", "stop", "pause"):
-            record.nodes = [n for n in self._pick(fault.victims, ids, leader) if self.cluster.process(n).state == "running"]
-            act = {"pause": self.cluster.pause, "stop": self.cluster.stop}.get(kind, self.cluster.kill)
-            for n in record.nodes:
-                act(n)
-            return self._resume(record.nodes) if kind == "pause" else self._restart(record.nodes)
-        if kind == "partition":
-            assert self.lab is not None
-            record.nodes, record.detail = self._partition(fault.victims, ids, leader)
-            return self.lab.heal_cuts
-        if kind == "slow":
-            assert self.lab is not None
-            record.nodes = self._pick(fault.victims, ids, leader)
-            record.detail = ",".join(sorted({self.lab.slow(n) for n in record.nodes}))
-            return self.lab.heal_slow
-        if kind == "clock":
-            nodes = self._pick(fault.victims, ids, leader)
-            record.nodes, record.detail = nodes, self._skew(nodes)
-            return lambda: self._skew(nodes, real=True)
-        if kind == "transfer":
-            record.nodes, record.detail = self._transfer(leader, followers)
-        elif kind == "member":
-            record.nodes, record.detail = self._member(fault.victims, leader, followers)
-            return self.settle_members
-        elif kind == "rolling":
-            record.nodes, record.detail = self._rolling()  # every node is back when it returns
-        elif kind == "corrupt":
-            record.nodes, record.detail = self._corrupt(leader, followers)
-            return self.rebuild_corrupted
-        else:
-            raise ValueError(f"unknown fault {kind!r}")
-        return lambda: None  # a handover or a rolling restart needs no healing
+    # --- one handler per kind of fault (FAULT_KINDS below): inject it, fill in the record, return its heal
 
-    def _healer(self, heal: Callable[[], None], record: FaultRecord) -> Callable[[], None]:
+    def _signal_processes(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        """kill, power, stop, pause: a signal to each running victim."""
+        record.nodes = [n for n in self._pick(fault.victims, among) if self.cluster.process(n).state == "running"]
+        act = {"pause": self.cluster.pause, "stop": self.cluster.stop}.get(fault.kind, self.cluster.kill)
+        for n in record.nodes:
+            act(n)
+        return self._resume(record.nodes) if fault.kind == "pause" else self._restart(record.nodes)
+
+    def _cut_links(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        lab = self._lab()
+        record.nodes, record.detail = self._partition(fault.victims, among.ids, among.leader)
+        return lab.heal_cuts
+
+    def _slow_links(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        lab = self._lab()
+        record.nodes = self._pick(fault.victims, among)
+        record.detail = ",".join(sorted({lab.slow(n) for n in record.nodes}))
+        return lab.heal_slow
+
+    def _skew_clocks(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        nodes = self._pick(fault.victims, among)
+        record.nodes, record.detail = nodes, self._skew(nodes)
+
+        def heal() -> None:
+            self._skew(nodes, real=True)
+
+        return heal
+
+    def _hand_over(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._transfer(among.leader, among.followers)
+        return _nothing_to_heal
+
+    def _change_members(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._member(fault.victims, among.leader, among.followers)
+        return self.settle_members
+
+    def _restart_in_turn(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._rolling()  # every node is back when it returns
+        return _nothing_to_heal
+
+    def _corrupt_a_wal(self, fault: PlannedFault, record: FaultRecord, among: Targets) -> Heal:
+        record.nodes, record.detail = self._corrupt(among.leader, among.followers)
+        return self.rebuild_corrupted
+
+    def _lab(self) -> NetnsLab:
+        assert self.lab is not None, "partition and slow faults need network namespaces (run_chaos drops them without)"
+        return self.lab
+
+    def _healer(self, heal: Heal, record: FaultRecord) -> Heal:
         def heal_and_record() -> None:
             heal()
             record.end_ns = time.monotonic_ns()
@@ -322,7 +337,7 @@ class Nemesis:
             write_rate(self.clock_dir, n, rate)
         return " ".join(f"{n}:x{rate}" for n, rate in rates.items())
 
-    def _restart(self, nodes: list[int]) -> Callable[[], None]:
+    def _restart(self, nodes: list[int]) -> Heal:
         def heal() -> None:
             for n in nodes:
                 if self.cluster.process(n).state not in ("running", "paused"):
@@ -330,7 +345,7 @@ class Nemesis:
 
         return heal
 
-    def _resume(self, nodes: list[int]) -> Callable[[], None]:
+    def _resume(self, nodes: list[int]) -> Heal:
         def heal() -> None:
             for n in nodes:
                 if self.cluster.process(n).state == "paused":
@@ -379,3 +394,31 @@ class Nemesis:
         for r in self.records:
             if r.end_ns is None:
                 r.end_ns = time.monotonic_ns()
+
+
+@dataclass(frozen=True)
+class FaultKind:
+    victims: tuple[str, ...]  # what the plan draws a fault's victims from (a repeat weighs a choice)
+    start: Callable[[Nemesis, PlannedFault, FaultRecord, Targets], Heal]
+    needs_leader: bool = False  # without a leader when its time comes, it waits for one (Nemesis.inject)
+
+
+SOME_NODES = ("leader", "follower", "minority", "all")
+LEADER_MOSTLY = ("leader", "leader", "follower", "minority", "majority")
+# Adding a kind of fault is one entry here (and a paragraph in the module's docstring).
+FAULT_KINDS: dict[str, FaultKind] = {
+    "kill": FaultKind(LEADER_MOSTLY, Nemesis._signal_processes),
+    "pause": FaultKind(LEADER_MOSTLY, Nemesis._signal_processes),
+    "power": FaultKind(SOME_NODES, Nemesis._signal_processes),
+    "stop": FaultKind(LEADER_MOSTLY, Nemesis._signal_processes),
+    "partition": FaultKind(
+        ("isolate-leader", "isolate-follower", "split-leader-minority", "split-leader-majority", "one-way"), Nemesis._cut_links
+    ),
+    "slow": FaultKind(SOME_NODES, Nemesis._slow_links),
+    "transfer": FaultKind(("leader",), Nemesis._hand_over, needs_leader=True),
+    "member": FaultKind(MEMBER_FAULTS, Nemesis._change_members, needs_leader=True),
+    "rolling": FaultKind(("all",), Nemesis._restart_in_turn, needs_leader=True),
+    "corrupt": FaultKind(("follower",), Nemesis._corrupt_a_wal, needs_leader=True),
+    "clock": FaultKind(SOME_NODES, Nemesis._skew_clocks),
+}
+ALL_FAULTS = tuple(FAULT_KINDS)

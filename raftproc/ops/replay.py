@@ -156,32 +156,15 @@ class _Timeline:
     def __init__(self) -> None:
         self.markers: list[dict[str, Any]] = []
         self.leaders = LeaderChanges()
-        self.roles: dict[int, str] = {}
-        self.procs: dict[int, str] = {}
+        self.roles: dict[int, str | None] = {}
+        self.procs: dict[int, str | None] = {}
         self.commit_by_second: dict[int, int] = {}
 
     def apply(self, e: dict[str, Any]) -> None:
         kind, node, t = e.get("kind"), e.get("node"), e["t"]
-        if kind == "state":
-            if self.leaders.apply(e):
-                self.markers.append(
-                    {"t": t, "kind": "leader", "node": node, "term": e["term"], "label": f"node {node} leads term {e['term']}"}
-                )
-            if e.get("role") == "candidate" and self.roles.get(node) != "candidate":
-                self.markers.append(
-                    {
-                        "t": t,
-                        "kind": "election",
-                        "node": node,
-                        "term": e.get("term"),
-                        "label": f"node {node} stands for term {e.get('term')}",
-                    }
-                )
-            self.roles[node] = e.get("role")
-            if isinstance(e.get("commit"), int):
-                second = int(t)
-                self.commit_by_second[second] = max(self.commit_by_second.get(second, 0), e["commit"])
-        elif kind == "proc" and self.procs.get(node) != e.get("state"):
+        if kind == "state" and isinstance(node, int):
+            self._state(e, node, t)
+        elif kind == "proc" and isinstance(node, int) and self.procs.get(node) != e.get("state"):
             if node in self.procs or e.get("state") != "running":
                 self.markers.append({"t": t, "kind": "proc", "node": node, "label": f"node {node} {e.get('state')}"})
             self.procs[node] = e.get("state")
@@ -189,6 +172,24 @@ class _Timeline:
             target = f" node {e['node']}" if e.get("node") is not None else ""
             said = e.get("detail") or _args(e.get("args"))
             self.markers.append({"t": t, "kind": "action", "node": e.get("node"), "label": f"{e.get('action')}{target} {said}".strip()})
+
+    def _state(self, e: dict[str, Any], node: int, t: float) -> None:
+        if self.leaders.apply(e):
+            self.markers.append({"t": t, "kind": "leader", "node": node, "term": e["term"], "label": f"node {node} leads term {e['term']}"})
+        if e.get("role") == "candidate" and self.roles.get(node) != "candidate":
+            self.markers.append(
+                {
+                    "t": t,
+                    "kind": "election",
+                    "node": node,
+                    "term": e.get("term"),
+                    "label": f"node {node} stands for term {e.get('term')}",
+                }
+            )
+        self.roles[node] = e.get("role")
+        if isinstance(e.get("commit"), int):
+            second = int(t)
+            self.commit_by_second[second] = max(self.commit_by_second.get(second, 0), e["commit"])
 
     def commit_series(self) -> list[list[float]]:
         return [[s, c] for s, c in sorted(self.commit_by_second.items())]

@@ -37,6 +37,8 @@ COLORS = {
 ENDS_LEADERSHIP = ("kill", "power", "stop", "pause")
 LEADER_COLOR = "#14213d"  # navy, not black: nothing else on the page has it
 LEADER_ENDS = ("became_follower", "node_stopped", "wal_recovered")
+# Every panel's legend sits to the right of it, outside the plotted area.
+LEGEND_BESIDE: dict[str, Any] = {"loc": "upper left", "bbox_to_anchor": (1.005, 1.0), "fontsize": 8, "frameon": False}
 
 
 def leader_spans(events: list[dict[str, Any]], t1: float, faults: Sequence[dict[str, Any]] = ()) -> list[tuple[int, int, float, float]]:
@@ -119,23 +121,48 @@ def draw_run(
     if not plotting.have_matplotlib():
         return None
     plt = plotting.pyplot()
-    from matplotlib.patches import Patch
-
     span = max(t1 - t0, 1.0)
     fig, (lead, rate, lat) = plt.subplots(
         3, 1, sharex=True, figsize=(12, 2.2 + 0.35 * len(nodes) + 5.0), gridspec_kw={"height_ratios": [0.5 + 0.3 * len(nodes), 2.2, 2.8]}
     )
+    _draw_faults(lead, (rate, lat), nodes=nodes, faults=faults, t0=t0, t1=t1)
+    _draw_leaders(lead, nodes=nodes, spans=leader_spans(events, t1, faults), t0=t0, span=span)
+    sec = per_second(history, t0, t1)
+    _draw_throughput(rate, sec)
+    _draw_latency(lat, sec, span)
+    for ax in (lead, rate, lat):
+        ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    out = io.StringIO()
+    fig.savefig(out, format="svg", metadata={"Date": None})
+    plt.close(fig)
+    svg = out.getvalue()
+    return svg[svg.index("<svg") :]  # drop the XML prolog and doctype: the SVG sits inside HTML
+
+
+def _draw_faults(lead: Any, shaded: tuple[Any, ...], *, nodes: list[int], faults: list[dict[str, Any]], t0: float, t1: float) -> None:
+    """Each fault shaded over its window on the `shaded` panels, and on the rows of
+    the nodes it struck (every node's when it names none) in the leaders' panel."""
+    from matplotlib.patches import Patch
+
+    thin = max(t1 - t0, 1.0) / 1000  # the narrowest a window is drawn, so an instant still shows
     for f in faults:
         start = f["start"] - t0
         end = (f["end"] if f["end"] is not None else t1) - t0
         color = COLORS.get(f["kind"], "#cccccc")
-        for ax in (rate, lat):
-            ax.axvspan(start, max(end, start + span / 1000), color=color, alpha=0.18, linewidth=0)
+        for ax in shaded:
+            ax.axvspan(start, max(end, start + thin), color=color, alpha=0.18, linewidth=0)
         for n in f["nodes"] or nodes:
             if n in nodes:
                 row = nodes.index(n)
-                lead.broken_barh([(start, max(end - start, span / 1000))], (row - 0.4, 0.8), color=color, alpha=0.45)
-    for node, term, start, end in leader_spans(events, t1, faults):
+                lead.broken_barh([(start, max(end - start, thin))], (row - 0.4, 0.8), color=color, alpha=0.45)
+    kinds = sorted({f["kind"] for f in faults})
+    if kinds:
+        lead.legend(handles=[Patch(color=COLORS.get(k, "#cccccc"), alpha=0.6, label=k) for k in kinds], **LEGEND_BESIDE)
+
+
+def _draw_leaders(lead: Any, *, nodes: list[int], spans: list[tuple[int, int, float, float]], t0: float, span: float) -> None:
+    for node, term, start, end in spans:
         if node in nodes:
             row = nodes.index(node)
             lead.broken_barh([(start - t0, max(end - start, span / 1000))], (row - 0.15, 0.3), color=LEADER_COLOR)
@@ -143,17 +170,9 @@ def draw_run(
     lead.set_yticks(range(len(nodes)), [f"node {n}" for n in nodes])
     lead.set_ylim(len(nodes) - 0.5, -0.5)
     lead.set_title("Leaders (dark bars, labelled with the term) and faults per node (shaded)", fontsize=10, loc="left")
-    kinds = sorted({f["kind"] for f in faults})
-    if kinds:
-        lead.legend(
-            handles=[Patch(color=COLORS.get(k, "#cccccc"), alpha=0.6, label=k) for k in kinds],
-            loc="upper left",
-            bbox_to_anchor=(1.005, 1.0),
-            fontsize=8,
-            frameon=False,
-        )
 
-    sec = per_second(history, t0, t1)
+
+def _draw_throughput(rate: Any, sec: Seconds) -> None:
     xs = [i + 0.5 for i in range(len(sec.ok))]
     rate.plot(xs, sec.ok, color="#2a9d8f", linewidth=1.2, label="ok")
     rate.plot(xs, sec.failed, color="#e76f51", linewidth=1.0, label="failed")
@@ -161,27 +180,22 @@ def draw_run(
     rate.set_ylabel("operations/s")
     rate.set_ylim(bottom=0)
     rate.set_title("Throughput: operations answered per second", fontsize=10, loc="left")
-    rate.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    rate.legend(**LEGEND_BESIDE)
+    rate.grid(True, axis="y", alpha=0.3)
 
+
+def _draw_latency(lat: Any, sec: Seconds, span: float) -> None:
+    xs = [i + 0.5 for i in range(len(sec.ok))]
     lat.plot(xs, sec.p50_ms, color="#264653", linewidth=1.2, label="p50")
     lat.plot(xs, sec.p99_ms, color="#e9c46a", linewidth=1.2, label="p99")
-    if any(v == v for v in sec.p50_ms):
+    if any(v == v for v in sec.p50_ms):  # a log axis needs one number that is not NaN
         plotting.log_y_axis(lat)
     lat.set_ylabel("latency, ms (log)")
     lat.set_title("Latency of the operations answered in each second", fontsize=10, loc="left")
-    lat.legend(loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, frameon=False)
+    lat.legend(**LEGEND_BESIDE)
     lat.set_xlabel("seconds since the run started")
     lat.set_xlim(0, span)
-    for ax in (lead, rate, lat):
-        ax.grid(True, axis="x", alpha=0.3)
-    rate.grid(True, axis="y", alpha=0.3)
     lat.grid(True, axis="y", which="major", alpha=0.3)
-    fig.tight_layout()
-    out = io.StringIO()
-    fig.savefig(out, format="svg", metadata={"Date": None})
-    plt.close(fig)
-    svg = out.getvalue()
-    return svg[svg.index("<svg") :]  # drop the XML prolog and doctype: the SVG sits inside HTML
 
 
 def write_report(

@@ -136,6 +136,12 @@ class Page:
         return {"ok": ok, "message": message}
 
     def _do(self, action: str, node: int | None, body: dict[str, Any]) -> str:
+        if action in NODE_ACTIONS:
+            assert node is not None, "act() resolves the node of every node action"
+            return self._do_to_node(action, node)
+        return self._do_to_cluster(action, node, body)
+
+    def _do_to_node(self, action: str, node: int) -> str:
         c = self.cluster
         slow = self.slowness
         if action == "kill":
@@ -150,16 +156,19 @@ class Page:
         if action in ("pause", "resume"):
             getattr(c, action)(node)
             return f"node {node} {action}d ({'SIGSTOP' if action == 'pause' else 'SIGCONT'})"
+        if action in ("add", "remove"):
+            result = getattr(c, action)(node, min(60 * slow, 600))
+            return f"node {node} {'added' if action == 'add' else 'removed'}: voters {result['membership']['voters']}"
+        return _links_said(f"node {node} is cut off from every other node", c.partition(node))
+
+    def _do_to_cluster(self, action: str, node: int | None, body: dict[str, Any]) -> str:
+        c = self.cluster
+        slow = self.slowness
         if action == "transfer":
             return f"node {c.transfer(node, timeout=10 * slow)} leads now"
         if action == "join":
             new = c.join(timeout=min(60 * slow, 600))
             return f"node {new} joined: voters {c.members()['voters']}"
-        if action in ("add", "remove"):
-            result = getattr(c, action)(node, min(60 * slow, 600))
-            return f"node {node} {'added' if action == 'add' else 'removed'}: voters {result['membership']['voters']}"
-        if action == "partition":
-            return _links_said(f"node {node} is cut off from every other node", c.partition(node))
         if action == "split":
             groups = body.get("groups")
             if not (isinstance(groups, list) and 2 <= len(groups) <= 16 and all(isinstance(g, list) and g for g in groups)):
@@ -188,11 +197,12 @@ class Page:
             raise Refused(f"key is 1 to {MAX_KEY_CHARS} characters")
         if op == "set" and not (isinstance(value, str) and len(value) <= MAX_VALUE_CHARS):
             raise Refused(f"set needs a value of at most {MAX_VALUE_CHARS} characters")
+        written = value if op == "set" and isinstance(value, str) else None  # a get's value is its answer
         client = self.cluster.client(timeout=5 * self.slowness, attempt_timeout=1.0 * self.slowness)
-        answer: dict[str, Any] = {"op": op, "key": key, "value": value if op == "set" else None}
+        answer: dict[str, Any] = {"op": op, "key": key, "value": written}
         try:
-            if op == "set":
-                client.set(key, value, trace=True)
+            if written is not None:
+                client.set(key, written, trace=True)
             else:
                 answer["value"] = client.get(key)
             answer.update(ok=True, error=None)

@@ -7,10 +7,11 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from raftproc.ops.bench import Point
+from raftproc.ops.bench.points import Point
 from raftproc.ops.benchplot import write_plot
 from raftproc.ops.browser import find_chromium, screenshot
 from raftproc.ops.report import COLORS, LEADER_COLOR, leader_spans, per_second, write_report
@@ -87,7 +88,7 @@ def test_a_second_term_closes_the_first_when_the_logs_skip_the_restart():
 
 def test_operations_are_binned_per_second():
     ns = 1_000_000_000
-    history = [
+    history: list[dict[str, Any]] = [
         {"call": int(0.2 * ns), "return": int(0.3 * ns), "ok": True},  # 100 ms, second 0
         {"call": int(0.5 * ns), "return": int(1.5 * ns), "ok": False},  # 1 s, answered in second 1
         {"call": int(1.1 * ns), "return": int(1.2 * ns), "ok": True},
@@ -101,7 +102,7 @@ def test_operations_are_binned_per_second():
 
 def test_a_last_partial_second_is_not_drawn_as_a_fall():
     ns = 1_000_000_000
-    history = [{"call": int((t - 0.01) * ns), "return": int(t * ns), "ok": True} for t in (0.5, 1.5, 1.6, 2.1)]
+    history: list[dict[str, Any]] = [{"call": int((t - 0.01) * ns), "return": int(t * ns), "ok": True} for t in (0.5, 1.5, 1.6, 2.1)]
     s = per_second(history, 0.0, 2.3)  # the run ended 0.3 s into its third second
     assert s.ok == [1, 2]
 

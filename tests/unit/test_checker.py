@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from raftproc.checker import check_history
 
@@ -126,7 +127,7 @@ def linearizable_history(n_ops: int, keys: int, clients: int, seed: int) -> list
         planned.append((call + rng.random() * (ret - call), i, call, ret))
     state: dict[str, str | None] = {}
     out = []
-    for at, i, call, ret in sorted(planned):
+    for _at, i, call, ret in sorted(planned):
         key = f"k{rng.randrange(keys)}"
         client = rng.randrange(clients)
         kind = rng.choice(("put", "get", "get", "delete", "cas"))
@@ -183,7 +184,11 @@ def test_a_history_file_is_checked_a_key_at_a_time_with_the_same_verdicts(tmp_pa
         path = tmp_path / f"{ok}.jsonl"
         path.write_text("".join(json.dumps(r) + "\n" for r in reversed(records)))  # any order
         seen: dict[str, int] = {}
-        result = check_history_file(path, tmp_path / f"scratch-{ok}", visit=lambda key, rs: seen.update({key: len(rs)}))
+
+        def count(key: str, records: list[dict[str, Any]], seen: dict[str, int] = seen) -> None:
+            seen[key] = len(records)
+
+        result = check_history_file(path, tmp_path / f"scratch-{ok}", visit=count)
         expected = check_history(records)
         assert result.ok is ok is expected.ok and result.operations == expected.operations == len(records)
         assert result.keys == 3 and sum(seen.values()) == len(records)

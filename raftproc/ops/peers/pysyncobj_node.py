@@ -43,71 +43,87 @@ class KV(SyncObj):
         return True
 
 
-def main():
-    self_addr, client_port, journal, *peers = sys.argv[1:]
-    kv = KV(self_addr, peers, journal)
-    done = queue.SimpleQueue()
-    wake_r, wake_w = socket.socketpair()
-    wake_r.setblocking(False)
-    sel = selectors.DefaultSelector()
-    server = socket.create_server(("127.0.0.1", int(client_port)))
-    server.setblocking(False)
-    sel.register(server, selectors.EVENT_READ, "accept")
-    sel.register(wake_r, selectors.EVENT_READ, "wake")
-    buffers = {}
+class ClientPort:
+    """raftproc's client protocol on one non-blocking socket: frames in, a "set"
+    proposed to PySyncObj, its answer sent when the callback reports it applied.
+    The callback may run on another thread: answers wait in `done`, and the loop
+    sends them."""
 
-    def answer(conn, request_id, status):
-        body = cbor2.dumps({"v": 2, "t": "resp", "id": request_id, "status": status, "result": {"ok": status == "ok"}})
+    def __init__(self, kv: KV, port: int) -> None:
+        self.kv = kv
+        self.done: queue.SimpleQueue[tuple[socket.socket, int, str]] = queue.SimpleQueue()
+        self.sel = selectors.DefaultSelector()
+        self.server = socket.create_server(("127.0.0.1", port))
+        self.server.setblocking(False)
+        self.sel.register(self.server, selectors.EVENT_READ, "accept")
+        self.buffers: dict[socket.socket, bytearray] = {}
+
+    def serve_forever(self) -> None:
+        while True:
+            self.kv.doTick(0.0005)
+            for key, _ in self.sel.select(0):
+                if key.data == "accept":
+                    self.accept()
+                elif isinstance(key.fileobj, socket.socket):  # every other registration is a client's
+                    self.read(key.fileobj)
+            self.send_done()
+
+    def accept(self) -> None:
+        conn, _ = self.server.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buffers[conn] = bytearray()
+        self.sel.register(conn, selectors.EVENT_READ, "client")
+
+    def read(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(1 << 20)
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(conn)
+            self.buffers.pop(conn, None)
+            conn.close()
+            return
+        buf = self.buffers[conn]
+        buf += data
+        while len(buf) >= 4:
+            (size,) = HEADER.unpack_from(buf)
+            if len(buf) < 4 + size:
+                break
+            request = cbor2.loads(bytes(buf[4 : 4 + size]))
+            del buf[: 4 + size]
+            self.handle(conn, request)
+
+    def handle(self, conn: socket.socket, request: dict) -> None:
+        if request.get("t") == "status":
+            self.answer(conn, request["id"], "ok", {"is_leader": self.kv._isLeader()})
+            return
+
+        def applied(result: object, error: int, rid: int = request["id"]) -> None:
+            self.done.put((conn, rid, "ok" if error == 0 else "unknown"))
+
+        self.kv.set(request["key"], request["value"], callback=applied)
+
+    def send_done(self) -> None:
+        while True:
+            try:
+                conn, rid, status = self.done.get_nowait()
+            except queue.Empty:
+                return
+            self.answer(conn, rid, status, {"ok": status == "ok"})
+
+    def answer(self, conn: socket.socket, request_id: int, status: str, result: dict) -> None:
+        body = cbor2.dumps({"v": 2, "t": "resp", "id": request_id, "status": status, "result": result})
         try:
             conn.sendall(HEADER.pack(len(body)) + body)
         except OSError:
             pass
 
-    while True:
-        kv.doTick(0.0005)
-        for key, _ in sel.select(0):
-            if key.data == "accept":
-                conn, _ = server.accept()
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                buffers[conn] = bytearray()
-                sel.register(conn, selectors.EVENT_READ, "client")
-            elif key.data == "wake":
-                wake_r.recv(65536)
-            else:
-                conn = key.fileobj
-                try:
-                    data = conn.recv(1 << 20)
-                except OSError:
-                    data = b""
-                if not data:
-                    sel.unregister(conn)
-                    buffers.pop(conn, None)
-                    conn.close()
-                    continue
-                buf = buffers[conn]
-                buf += data
-                while len(buf) >= 4:
-                    (size,) = HEADER.unpack_from(buf)
-                    if len(buf) < 4 + size:
-                        break
-                    req = cbor2.loads(bytes(buf[4 : 4 + size]))
-                    del buf[: 4 + size]
-                    if req.get("t") == "status":
-                        body = cbor2.dumps({"v": 2, "t": "resp", "id": req["id"], "status": "ok", "result": {"is_leader": kv._isLeader()}})
-                        conn.sendall(HEADER.pack(len(body)) + body)
-                        continue
 
-                    def callback(result, error, conn=conn, rid=req["id"]):
-                        done.put((conn, rid, "ok" if error == 0 else "unknown"))
-
-                    kv.set(req["key"], req["value"], callback=callback)
-        while True:
-            try:
-                conn, rid, status = done.get_nowait()
-            except queue.Empty:
-                break
-            answer(conn, rid, status)
+def main() -> None:
+    self_addr, client_port, journal, *peers = sys.argv[1:]
+    ClientPort(KV(self_addr, peers, journal), int(client_port)).serve_forever()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
