@@ -10,12 +10,17 @@ backoff until its deadline. Each client has a random id and numbers its requests
 a retry reuses the number, so the cluster applies a request at most once even when
 an answer was lost.
 
-Outcomes are definite or not:
+Values are text (str) or, when they are not UTF-8, bytes; a value comes back as
+the type it was set with.
+
+Outcomes are definite or not, and every failure is a `ClientError`:
 - a result: the operation was applied (a cas that found another value is applied
   as a failed comparison: `result["ok"]` is False and `result["mismatch"]` True);
 - `Failed`: it certainly was not applied and never will be (`Unreachable`: no
-  node answered at all);
-- `Unknown`: the deadline passed while it might still have been applied.
+  node answered at all; `Misconfigured`: every node refused how this client talks
+  to it, e.g. plaintext to a TLS cluster);
+- `Unknown`: the deadline passed while a write might still have been applied (a
+  read that fails changed nothing: it is Failed or Unreachable, never Unknown).
 """
 
 from __future__ import annotations
@@ -36,7 +41,9 @@ if __name__ == "__main__":
 import random
 import socket
 import ssl
+import struct
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from raftproc.config import Address, parse_address
@@ -44,11 +51,18 @@ from raftproc.kv.commands import REGISTERED
 from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
+from raftproc.runtime.requests import READ_MODES
 from raftproc.runtime.tls import NODE, identity_of
+
+Value = str | bytes  # bytes only for a value that is not UTF-8 text
+
+# What one exchange with a node can raise below the client's own errors; the client
+# turns every one of them into a ClientError before a caller sees it.
+_WIRE_ERRORS = (OSError, FrameError, RemoteProtocolError, struct.error)
 
 
 class ClientError(Exception):
-    pass
+    """Every failure the client reports: catch this one."""
 
 
 class Failed(ClientError):
@@ -61,6 +75,11 @@ class Unknown(ClientError):
 
 class Unreachable(Failed):
     """No node answered at all before the deadline: the operation did not take effect."""
+
+
+class Misconfigured(Failed):
+    """Every node refused how this client talks to it (plaintext to a TLS cluster, a
+    certificate it does not accept): retrying cannot help."""
 
 
 class _Conn:
@@ -96,9 +115,6 @@ class _Conn:
         self.sock.close()
 
 
-READ_MODES = ("index", "log", "lease")
-
-
 class Client:
     def __init__(
         self,
@@ -111,17 +127,22 @@ class Client:
         max_backoff: float = 0.2,
         read_mode: str = "index",
         tls: ssl.SSLContext | None = None,
+        fail_fast: bool = False,
     ) -> None:
         """`tls`: a client context (raftproc.runtime.tls.client_context) for a cluster
         that runs mutual TLS. `read_mode` picks how get() reads: "index" (default) is ReadIndex, one
         heartbeat round and no log write; "log" commits the read as a log entry;
         "lease" skips the round while the leader holds a lease (it assumes the
         nodes' clock rates stay within max_clock_drift; see raftproc.core.reads). All three are
-        linearizable under that assumption; "index" and "log" without it."""
+        linearizable under that assumption; "index" and "log" without it.
+        `fail_fast`: give up as soon as every node refused a new connection or closed
+        it unanswered (the command line: a person wants the mistake named now; a
+        program riding out a restart wants the retries)."""
         if read_mode not in READ_MODES:
             raise ValueError(f"read_mode must be one of {READ_MODES}")
         self.read_mode = read_mode
         self.tls = tls
+        self.fail_fast = fail_fast
         if not addresses:
             raise ValueError("no node addresses")
         self.addresses = dict(addresses)
@@ -147,18 +168,18 @@ class Client:
 
     # --- operations ---------------------------------------------------------------
 
-    def set(self, key: str, value: str, *, trace: bool = False) -> dict[str, Any]:
+    def set(self, key: str, value: Value, *, trace: bool = False) -> dict[str, Any]:
         """`trace`: every node logs this write's way through Raft (supervisor.py timeline)."""
         return self.request("set", key, value=value, trace=trace)
 
-    def get(self, key: str, *, read: str | None = None) -> str | None:
+    def get(self, key: str, *, read: str | None = None) -> Value | None:
         return self.request("get", key, read=read or self.read_mode)["value"]
 
-    def scan(self, prefix: str, *, page: int = 1000, read: str | None = None) -> list[tuple[str, str]]:
+    def scan(self, prefix: str, *, page: int = 1000, read: str | None = None) -> list[tuple[str, Value]]:
         """Every key that starts with `prefix`, with its value, in order, read a page at
         a time. Each page is linearizable on its own; the whole listing is not one
         snapshot (a write between two pages shows in the later one only)."""
-        items: list[tuple[str, str]] = []
+        items: list[tuple[str, Value]] = []
         after: str | None = None
         mode = read or (self.read_mode if self.read_mode != "log" else "index")
         while True:
@@ -184,7 +205,7 @@ class Client:
     def delete(self, key: str) -> dict[str, Any]:
         return self.request("del", key)
 
-    def cas(self, key: str, expect: str | None, new: str) -> dict[str, Any]:
+    def cas(self, key: str, expect: Value | None, new: Value) -> dict[str, Any]:
         return self.request("cas", key, value=new, expect=expect)
 
     def request(
@@ -192,8 +213,8 @@ class Client:
         op: str,
         key: str,
         *,
-        value: str | None = None,
-        expect: str | None = None,
+        value: Value | None = None,
+        expect: Value | None = None,
         read: str = "log",
         trace: bool = False,
     ) -> dict[str, Any]:
@@ -257,69 +278,85 @@ class Client:
         returned), "error" (Failed), or the deadline passes: Unknown when an
         attempt may have reached a leader's log, else Failed."""
         deadline = deadline if deadline is not None else time.monotonic() + self.timeout
-        maybe_sent = False  # has any attempt possibly reached a leader's log?
+        tries = _Attempts(changes_state=not _is_read(body))
         delay = min(0.01, self.max_backoff)
-        redirects = 0  # in a row: two nodes pointing at each other must not spin
-        last_error = "no attempt made"
-        answered = False  # has any node answered at all?
         self.route = []
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise self._out_of_time(what, maybe_sent, answered, last_error)
+                raise self._out_of_time(what, tries)
             target = self._target
-            if maybe_sent and body.get("t") == "req":
+            if tries.maybe_sent and body.get("t") == "req":
                 body["retry"] = True  # the store must not open a new session for it
+            fresh = target not in self._conns
             try:
                 answer = self._call(target, body, remaining if whole_deadline else min(self.attempt_timeout, remaining))
-            except (OSError, FrameError, RemoteProtocolError) as e:
-                # The request may have reached the node before the connection broke.
-                maybe_sent = maybe_sent or not isinstance(e, ConnectionRefusedError)
-                last_error = f"node {target[0]}:{target[1]}: {e or type(e).__name__}"
-                self._note_attempt(target, f"no answer ({type(e).__name__})")
-                self._drop(target)
-                self._target = self._other_node(target)
-                redirects = 0
+            except _WIRE_ERRORS as e:
+                self._no_answer(target, e, fresh, tries, what)
             else:
-                answered = True
+                tries.answered = True
                 status = answer.get("status")
                 self._note_attempt(target, str(status), answer.get("leader"))
                 if status == "ok":
                     self._answered_by = target
                     return answer["result"]
-                if status == "error":
-                    raise Failed(f"{what}: rejected: {answer.get('error')}")
                 if status == "session_expired":
-                    self._renew_session(body, f"{what}: {answer.get('error')}", deadline)
+                    self._renew_session(body, f"{what}: {answer.get('error')}", deadline, tries)
                     continue
-                if status == "redirect":
-                    self._target = self._redirected(answer, target)
-                    last_error = f"redirected to node {answer.get('leader')}"
-                    redirects += 1
-                    if redirects == 1:
-                        continue
-                else:
-                    redirects = 0
-                    maybe_sent = maybe_sent or status == "unknown"
-                    last_error = f"{status}: {answer.get('error', 'no leader known')}"
-                    if status in ("no_leader", "disk_full"):
-                        self._target = self._other_node(target)
+                if self._follow(answer, target, what, tries):
+                    continue
             time.sleep(min(delay, max(deadline - time.monotonic(), 0)))
             delay = min(delay * 2, self.max_backoff)
 
-    def _out_of_time(self, what: str, maybe_sent: bool, answered: bool, last_error: str) -> ClientError:
-        if maybe_sent:
-            return Unknown(f"{what}: outcome unknown after {self.timeout}s ({last_error})")
-        if not answered:
-            return Unreachable(f"{what}: no node answered within {self.timeout}s ({last_error})")
-        return Failed(f"{what}: no leader accepted it within {self.timeout}s ({last_error})")
+    def _no_answer(self, target: Address, e: BaseException, fresh: bool, tries: _Attempts, what: str) -> None:
+        """An attempt that got no answer: try another node next."""
+        # The request may have reached the node before the connection broke.
+        tries.maybe_sent = tries.maybe_sent or not isinstance(e, ConnectionRefusedError)
+        where = f"{target[0]}:{target[1]}"
+        tries.last_error = f"node {where}: {e or type(e).__name__}"
+        self._note_attempt(target, f"no answer ({type(e).__name__})")
+        self._drop(target)
+        self._target = self._other_node(target)
+        tries.redirects = 0
+        # A connection made before this attempt worked once: the nodes speak our
+        # protocol, and this failure is an ordinary one.
+        tries.spoke = tries.spoke or not fresh
+        if not tries.spoke and not tries.answered:
+            tries.rejected[target] = _rejection(where, e, self.tls is not None)
+            if self.fail_fast and set(self.addresses.values()) <= set(tries.rejected):
+                raise _diagnosis(what, tries.rejected)
 
-    def _renew_session(self, body: dict[str, Any], expired: str, deadline: float) -> None:
+    def _follow(self, answer: dict[str, Any], target: Address, what: str, tries: _Attempts) -> bool:
+        """A status other than ok: raise Failed for an error, or say whether to retry
+        at once (a first redirect) rather than after a backoff."""
+        status = answer.get("status")
+        if status == "error":
+            raise Failed(f"{what}: rejected: {answer.get('error')}")
+        if status == "redirect":
+            self._target = self._redirected(answer, target)
+            tries.last_error = f"redirected to node {answer.get('leader')}"
+            tries.redirects += 1
+            return tries.redirects == 1  # two nodes pointing at each other must not spin
+        tries.redirects = 0
+        tries.maybe_sent = tries.maybe_sent or status == "unknown"
+        tries.last_error = f"{status}: {answer.get('error', 'no leader known')}"
+        if status in ("no_leader", "disk_full"):
+            self._target = self._other_node(target)
+        return False
+
+    def _out_of_time(self, what: str, tries: _Attempts) -> ClientError:
+        if tries.maybe_sent and tries.changes_state:
+            return Unknown(f"{what}: outcome unknown after {self.timeout}s ({tries.last_error})")
+        if not tries.answered:
+            return Unreachable(f"{what}: no node answered within {self.timeout}s ({tries.last_error})")
+        return Failed(f"{what}: no leader accepted it within {self.timeout}s ({tries.last_error})")
+
+    def _renew_session(self, body: dict[str, Any], expired: str, deadline: float, tries: _Attempts) -> None:
         """The cluster forgot this client's session. A retry may have been applied
-        before it did: Unknown. A first attempt was not: a fresh id makes it a first
-        attempt again."""
+        before it did: Unknown (a read changed nothing: Failed). A first attempt was
+        not: a fresh id makes it a first attempt again."""
         if body.get("retry") or not self._registers:
-            raise Unknown(expired)
+            raise Unknown(expired) if tries.changes_state else Failed(expired)
         self.client_id = None
         body["client"] = self._session(deadline)
 
@@ -339,29 +376,40 @@ class Client:
     def _leader_seen_by(self, node_id: int) -> int | None:
         try:
             s = self.status(node_id, timeout=self.attempt_timeout)
-        except (OSError, FrameError, RemoteProtocolError, ClientError):
+        except ClientError:
             return None
         return s.get("leader")
 
     def status(self, node_id: int, timeout: float = 1.0, *, state: bool = False) -> dict[str, Any]:
         """`state`: also the node's state digest (it hashes every key: for tests)."""
-        answer = self._call(self.addresses[node_id], {"t": "status", **({"state": True} if state else {})}, timeout)
-        return answer["result"]
+        return self.status_at(self.addresses[node_id], timeout, state=state)
+
+    def status_at(self, address: Address, timeout: float = 1.0, *, state: bool = False) -> dict[str, Any]:
+        """The status of the node at `address`, which need not be one of `addresses`."""
+        return self._call_once(address, {"t": "status", **({"state": True} if state else {})}, timeout)
 
     def link_faults(self, node_id: int, faults: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
         """Replace node `node_id`'s injected link faults (raftproc.runtime.linkfaults:
         `drop_to`, `drop_from`, `delay_ms`); needs an admin certificate under TLS and
         `link_faults = true` in the node's config."""
-        answer = self._call(self.addresses[node_id], {"t": "links", **faults}, timeout)
-        if answer.get("status") != "ok":
-            raise Failed(f"node {node_id}: {answer.get('error', answer.get('status'))}")
-        return answer["result"]
+        return self._call_once(self.addresses[node_id], {"t": "links", **faults}, timeout)
 
     def close(self) -> None:
         for address in list(self._conns):
             self._drop(address)
 
     # --- plumbing -------------------------------------------------------------------
+
+    def _call_once(self, address: Address, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One exchange with one node, no retry: its result, or a ClientError."""
+        where = f"{address[0]}:{address[1]}"
+        try:
+            answer = self._call(address, body, timeout)
+        except _WIRE_ERRORS as e:
+            raise Unreachable(f"node {where}: {type(e).__name__}: {e}") from e
+        if answer.get("status") != "ok":
+            raise Failed(f"node {where}: {answer.get('error', answer.get('status'))}")
+        return answer["result"]
 
     def _call(self, address: Address, body: dict[str, Any], timeout: float) -> dict[str, Any]:
         self._request_id += 1
@@ -396,6 +444,43 @@ class Client:
     def _other_node(self, current: Address) -> Address:
         others = [a for a in self.addresses.values() if a != current]
         return self.rng.choice(others) if others else current
+
+
+@dataclass(slots=True)
+class _Attempts:
+    """What the attempts of one operation have learnt so far."""
+
+    changes_state: bool  # False for a read: its failure is never "unknown"
+    maybe_sent: bool = False  # has any attempt possibly reached a leader's log?
+    answered: bool = False  # has any node answered at all?
+    spoke: bool = False  # did an attempt go over a connection that had worked before?
+    redirects: int = 0  # in a row
+    last_error: str = "no attempt made"
+    # Nodes that refused a new connection or closed it unanswered: what each said.
+    rejected: dict[Address, str] = field(default_factory=dict)
+
+
+def _is_read(body: dict[str, Any]) -> bool:
+    return body.get("t") in ("req", "member") and body.get("op") in ("get", "scan", "list")
+
+
+def _rejection(where: str, e: BaseException, tls: bool) -> str:
+    if isinstance(e, ConnectionRefusedError):
+        return f"{where}: connection refused"
+    if not tls and isinstance(e, (ConnectionError, FrameError, RemoteProtocolError)):
+        # A TLS node reads our plaintext frame as a broken handshake: it closes at
+        # once or answers with a TLS alert, which is no frame of ours.
+        return f"node {where} closed the connection at once: is it a TLS cluster? pass --config or --cacert/--cert/--key"
+    return f"{where}: {type(e).__name__}: {e}"
+
+
+def _diagnosis(what: str, rejected: dict[Address, str]) -> ClientError:
+    """Every node rejected us at once: name each, without waiting out the deadline."""
+    refused = all(text.endswith("connection refused") for text in rejected.values())
+    detail = "; ".join(rejected.values())
+    if refused:
+        return Unreachable(f"{what}: every node refused the connection ({detail})")
+    return Misconfigured(f"{what}: every node rejected the connection ({detail})")
 
 
 def parse_optional_address(text: str | None) -> Address | None:

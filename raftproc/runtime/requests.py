@@ -4,6 +4,11 @@
 below, or raises RemoteProtocolError: every field present, of its type, in its
 range (integers are non-negative and fit in 64 bits, strings are bounded), tags and
 operations from a closed set. The client service never sees an unchecked value.
+
+Requests: `status`, `transfer`, `member` (list, add, remove), `links`, and `req`, a
+key-value operation: set, get, del, cas, scan (a page of a range read) and
+register (a new client asks for its id). A value is text, or bytes when it is not
+UTF-8 text; the store keeps it as it came.
 """
 
 from __future__ import annotations
@@ -59,8 +64,8 @@ class KvRequest:
     id: int
     op: str  # set | get | del | cas | scan | register (a new client asks for its id)
     key: str
-    value: str | None
-    expect: str | None  # cas: the value expected, None for an absent key
+    value: str | bytes | None
+    expect: str | bytes | None  # cas: the value expected, None for an absent key
     client: int
     seq: int
     read: str  # get: log | index | lease; scan: index | lease; "log" for every write
@@ -118,10 +123,10 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
     if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
         raise RemoteProtocolError(f"key must be a string of at most {MAX_KEY_CHARS} characters")
     value, expect = body.get("value"), body.get("expect")
-    if op in ("set", "cas") and not isinstance(value, str):
-        raise RemoteProtocolError(f"{op} needs a string value")
-    if op == "cas" and not (expect is None or isinstance(expect, str)):
-        raise RemoteProtocolError("cas expect must be a string or null (absent)")
+    if op in ("set", "cas") and not isinstance(value, (str, bytes)):
+        raise RemoteProtocolError(f"{op} needs a string or bytes value")
+    if op == "cas" and not (expect is None or isinstance(expect, (str, bytes))):
+        raise RemoteProtocolError("cas expect must be a string, bytes or null (absent)")
     read = body.get("read", "index" if op == "scan" else "log")
     if not isinstance(read, str) or read not in READ_MODES or ("read" in body and op not in ("get", "scan")):
         raise RemoteProtocolError("read must be log, index or lease, and only on get or scan")
