@@ -43,15 +43,27 @@ import socket
 import ssl
 import struct
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raftproc.config import Address, parse_address
 from raftproc.kv.commands import REGISTERED
-from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
-from raftproc.runtime.requests import READ_MODES
+from raftproc.runtime.linkfaults import LinkFaultsError, parse_link_faults
+from raftproc.runtime.protocol import (
+    READ_MODES,
+    Answer,
+    ClientRequest,
+    KvRequest,
+    LinkFaultsRequest,
+    MemberRequest,
+    Outcome,
+    StatusRequest,
+    TransferRequest,
+    decode_answer,
+    encode_request,
+)
 from raftproc.runtime.tls import NODE, identity_of
 
 Value = str | bytes  # bytes only for a value that is not UTF-8 text
@@ -99,16 +111,16 @@ class _Conn:
         self.sock = sock
         self.decoder = FrameDecoder()
 
-    def call(self, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def call(self, request: ClientRequest, timeout: float) -> Answer:
         self.sock.settimeout(timeout)
-        self.sock.sendall(encode_frame(codec.encode(body)))
+        self.sock.sendall(encode_frame(encode_request(request)))
         while True:
             data = self.sock.recv(65536)
             if not data:
                 raise ConnectionError("node closed the connection")
             for frame in self.decoder.feed(data):
-                answer = codec.decode_answer(frame)
-                if answer["id"] == body["id"]:
+                answer = decode_answer(frame)
+                if answer.id == request.id:
                     return answer
 
     def close(self) -> None:
@@ -184,19 +196,8 @@ class Client:
         mode = read or (self.read_mode if self.read_mode != "log" else "index")
         while True:
             self.seq += 1
-            body = {
-                "t": "req",
-                "op": "scan",
-                "key": prefix,
-                "value": None,
-                "expect": None,
-                "client": self.client_id or 0,
-                "seq": self.seq,
-                "read": mode,
-                "after": after,
-                "limit": page,
-            }
-            result = self._ask(body, f"scan {prefix}")
+            page_request = _kv("scan", prefix, client=self.client_id or 0, seq=self.seq, read=mode, after=after, limit=page)
+            result = self._ask(page_request, f"scan {prefix}")
             items += [(k, v) for k, v in result["items"]]
             if not result["more"] or not result["items"]:
                 return items
@@ -223,18 +224,13 @@ class Client:
         self.seq += 1
         in_log = not (op == "get" and read != "log")
         client = self._session(deadline) if in_log else self.client_id or 0
-        body = {"t": "req", "op": op, "key": key, "value": value, "expect": expect, "client": client, "seq": self.seq}
-        if trace:
-            body["trace"] = True
-        if not in_log:
-            body["read"] = read
-        return self._ask(body, f"{op} {key}", deadline=deadline)
+        req = _kv(op, key, value=value, expect=expect, client=client, seq=self.seq, read=read if op == "get" else "log", trace=trace)
+        return self._ask(req, f"{op} {key}", deadline=deadline)
 
     def _session(self, deadline: float) -> int:
         """This client's id, registering it through the log the first time."""
         if self.client_id is None:
-            body = {"t": "req", "op": "register", "key": "", "value": None, "expect": None, "client": 0, "seq": 0}
-            self.client_id = self._ask(body, "register", deadline=deadline)["client"]
+            self.client_id = self._ask(_kv("register", "", client=0, seq=0), "register", deadline=deadline)["client"]
         return self.client_id
 
     def transfer(self, target: int | None = None, *, ask: int | None = None) -> int:
@@ -244,7 +240,7 @@ class Client:
         if ask is not None:
             self._target = self.addresses[ask]
         deadline = time.monotonic() + self.timeout
-        result = self._ask({"t": "transfer", "target": target}, "transfer", deadline=deadline)
+        result = self._ask(TransferRequest(id=0, target=target), "transfer", deadline=deadline)
         chosen = result["target"]
         if result.get("already"):
             return chosen  # it leads already: nothing to hand over
@@ -262,23 +258,22 @@ class Client:
         returns once the node votes (it joins as a learner and catches up first);
         an answer of "unknown" (leadership moved mid-way) is retried with the same
         command, which goes on from where the change stands."""
-        body: dict[str, Any] = {"t": "member", "op": op}
-        if node is not None:
-            body["node"] = node
+        addresses = None
         if op == "add":
-            body["addresses"] = [peer, client]
+            addresses = (parse_address(peer or ""), parse_address(client or ""))  # ValueError: the caller's mistake
+        req = MemberRequest(id=0, op=op, node=node or 0, addresses=addresses)
         # The leader answers an add only once the learner caught up: one attempt may
         # take the whole deadline.
-        return self._ask(body, f"member {op}", whole_deadline=True)
+        return self._ask(req, f"member {op}", whole_deadline=True)
 
-    def _ask(self, body: dict[str, Any], what: str, *, deadline: float | None = None, whole_deadline: bool = False) -> dict[str, Any]:
+    def _ask(self, request: ClientRequest, what: str, *, deadline: float | None = None, whole_deadline: bool = False) -> dict[str, Any]:
         """The one retry loop: send `body` to the node believed to lead, follow
         redirects, and back off (exponentially, up to max_backoff) before every
         retry that is not a fresh redirect, until the answer is "ok" (its result is
         returned), "error" (Failed), or the deadline passes: Unknown when an
         attempt may have reached a leader's log, else Failed."""
         deadline = deadline if deadline is not None else time.monotonic() + self.timeout
-        tries = _Attempts(changes_state=not _is_read(body))
+        tries = _Attempts(changes_state=not _is_read(request))
         delay = min(0.01, self.max_backoff)
         self.route = []
         while True:
@@ -286,22 +281,21 @@ class Client:
             if remaining <= 0:
                 raise self._out_of_time(what, tries)
             target = self._target
-            if tries.maybe_sent and body.get("t") == "req":
-                body["retry"] = True  # the store must not open a new session for it
+            if tries.maybe_sent and isinstance(request, KvRequest):
+                request.retry = True  # the store must not open a new session for it
             fresh = target not in self._conns
             try:
-                answer = self._call(target, body, remaining if whole_deadline else min(self.attempt_timeout, remaining))
+                answer = self._call(target, request, remaining if whole_deadline else min(self.attempt_timeout, remaining))
             except _WIRE_ERRORS as e:
                 self._no_answer(target, e, fresh, tries, what)
             else:
                 tries.answered = True
-                status = answer.get("status")
-                self._note_attempt(target, str(status), answer.get("leader"))
-                if status == "ok":
+                self._note_attempt(target, answer.status.value, answer.leader)
+                if answer.status is Outcome.OK:
                     self._answered_by = target
-                    return answer["result"]
-                if status == "session_expired":
-                    self._renew_session(body, f"{what}: {answer.get('error')}", deadline, tries)
+                    return answer.result
+                if answer.status is Outcome.SESSION_EXPIRED:
+                    self._renew_session(request, f"{what}: {answer.error}", deadline, tries)
                     continue
                 if self._follow(answer, target, what, tries):
                     continue
@@ -326,21 +320,21 @@ class Client:
             if self.fail_fast and set(self.addresses.values()) <= set(tries.rejected):
                 raise _diagnosis(what, tries.rejected)
 
-    def _follow(self, answer: dict[str, Any], target: Address, what: str, tries: _Attempts) -> bool:
+    def _follow(self, answer: Answer, target: Address, what: str, tries: _Attempts) -> bool:
         """A status other than ok: raise Failed for an error, or say whether to retry
         at once (a first redirect) rather than after a backoff."""
-        status = answer.get("status")
-        if status == "error":
-            raise Failed(f"{what}: rejected: {answer.get('error')}")
-        if status == "redirect":
+        status = answer.status
+        if status is Outcome.ERROR:
+            raise Failed(f"{what}: rejected: {answer.error}")
+        if status is Outcome.REDIRECT:
             self._target = self._redirected(answer, target)
-            tries.last_error = f"redirected to node {answer.get('leader')}"
+            tries.last_error = f"redirected to node {answer.leader}"
             tries.redirects += 1
             return tries.redirects == 1  # two nodes pointing at each other must not spin
         tries.redirects = 0
-        tries.maybe_sent = tries.maybe_sent or status == "unknown"
-        tries.last_error = f"{status}: {answer.get('error', 'no leader known')}"
-        if status in ("no_leader", "disk_full"):
+        tries.maybe_sent = tries.maybe_sent or status is Outcome.UNKNOWN
+        tries.last_error = f"{status.value}: {answer.error or 'no leader known'}"
+        if status in (Outcome.NO_LEADER, Outcome.DISK_FULL):
             self._target = self._other_node(target)
         return False
 
@@ -351,14 +345,15 @@ class Client:
             return Unreachable(f"{what}: no node answered within {self.timeout}s ({tries.last_error})")
         return Failed(f"{what}: no leader accepted it within {self.timeout}s ({tries.last_error})")
 
-    def _renew_session(self, body: dict[str, Any], expired: str, deadline: float, tries: _Attempts) -> None:
+    def _renew_session(self, request: ClientRequest, expired: str, deadline: float, tries: _Attempts) -> None:
         """The cluster forgot this client's session. A retry may have been applied
         before it did: Unknown (a read changed nothing: Failed). A first attempt was
         not: a fresh id makes it a first attempt again."""
-        if body.get("retry") or not self._registers:
+        assert isinstance(request, KvRequest), "only key-value requests have sessions"
+        if request.retry or not self._registers:
             raise Unknown(expired) if tries.changes_state else Failed(expired)
         self.client_id = None
-        body["client"] = self._session(deadline)
+        request.client = self._session(deadline)
 
     def _note_attempt(self, address: Address, status: str, leader: Any = None) -> None:
         node = self.node_at(address)
@@ -386,13 +381,17 @@ class Client:
 
     def status_at(self, address: Address, timeout: float = 1.0, *, state: bool = False) -> dict[str, Any]:
         """The status of the node at `address`, which need not be one of `addresses`."""
-        return self._call_once(address, {"t": "status", **({"state": True} if state else {})}, timeout)
+        return self._call_once(address, StatusRequest(id=0, state=state), timeout)
 
     def link_faults(self, node_id: int, faults: dict[str, Any], timeout: float = 1.0) -> dict[str, Any]:
         """Replace node `node_id`'s injected link faults (raftproc.runtime.linkfaults:
         `drop_to`, `drop_from`, `delay_ms`); needs an admin certificate under TLS and
         `link_faults = true` in the node's config."""
-        return self._call_once(self.addresses[node_id], {"t": "links", **faults}, timeout)
+        try:
+            request = LinkFaultsRequest(id=0, faults=parse_link_faults(faults))
+        except LinkFaultsError as e:
+            raise Failed(f"node {node_id}: {e}") from None
+        return self._call_once(self.addresses[node_id], request, timeout)
 
     def close(self) -> None:
         for address in list(self._conns):
@@ -400,24 +399,25 @@ class Client:
 
     # --- plumbing -------------------------------------------------------------------
 
-    def _call_once(self, address: Address, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _call_once(self, address: Address, request: ClientRequest, timeout: float) -> Any:
         """One exchange with one node, no retry: its result, or a ClientError."""
         where = f"{address[0]}:{address[1]}"
         try:
-            answer = self._call(address, body, timeout)
+            answer = self._call(address, request, timeout)
         except _WIRE_ERRORS as e:
             raise Unreachable(f"node {where}: {type(e).__name__}: {e}") from e
-        if answer.get("status") != "ok":
-            raise Failed(f"node {where}: {answer.get('error', answer.get('status'))}")
-        return answer["result"]
+        if answer.status is not Outcome.OK:
+            raise Failed(f"node {where}: {answer.error or answer.status.value}")
+        return answer.result
 
-    def _call(self, address: Address, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    def _call(self, address: Address, request: ClientRequest, timeout: float) -> Answer:
+        """One attempt, under a request id of its own."""
         self._request_id += 1
         conn = self._conns.get(address)
         if conn is None:
             conn = self._conns[address] = _Conn(address, timeout, self.tls)
         try:
-            return conn.call({**body, "id": self._request_id}, timeout)
+            return conn.call(replace(request, id=self._request_id), timeout)
         except BaseException:
             # A connection that failed mid-call may hold half an answer, or be dead:
             # every caller (status too) reconnects on its next call.
@@ -429,15 +429,15 @@ class Client:
         if conn is not None:
             conn.close()
 
-    def _redirected(self, answer: dict[str, Any], current: Address) -> Address:
+    def _redirected(self, answer: Answer, current: Address) -> Address:
         """Where a redirect points. A leader this client was not told about (a node
         that joined later) is remembered, so it is still reachable when every
         node the client started with has been removed."""
-        address = parse_optional_address(answer.get("leader_addr"))
+        address = parse_optional_address(answer.leader_addr)
         if address is None:
             return self._other_node(current)
-        leader = answer.get("leader")
-        if isinstance(leader, int) and leader not in self.addresses:
+        leader = answer.leader
+        if leader is not None and leader not in self.addresses:
             self.addresses[leader] = address
         return address
 
@@ -460,8 +460,13 @@ class _Attempts:
     rejected: dict[Address, str] = field(default_factory=dict)
 
 
-def _is_read(body: dict[str, Any]) -> bool:
-    return body.get("t") in ("req", "member") and body.get("op") in ("get", "scan", "list")
+def _kv(op: str, key: str, *, client: int, seq: int, value: Value | None = None, expect: Value | None = None, **fields: Any) -> KvRequest:
+    """A key-value request; its id is set per attempt."""
+    return KvRequest(id=0, op=op, key=key, value=value, expect=expect, client=client, seq=seq, **{"read": "log", **fields})
+
+
+def _is_read(request: ClientRequest) -> bool:
+    return isinstance(request, (KvRequest, MemberRequest)) and request.op in ("get", "scan", "list")
 
 
 def _rejection(where: str, e: BaseException, tls: bool) -> str:

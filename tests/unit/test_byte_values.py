@@ -7,7 +7,7 @@ from __future__ import annotations
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime import codec
-from raftproc.runtime.requests import KvRequest, decode_request
+from raftproc.runtime.protocol import KvRequest, decode_request
 
 RAW = b"\xff\xfe\x00 not text"
 
