@@ -21,9 +21,10 @@ import socket
 import ssl
 import sys
 import time
+from typing import Any
 
-from raftproc.runtime import codec
 from raftproc.runtime.framing import FrameDecoder, encode_frame
+from raftproc.runtime.protocol import KvRequest, Outcome, decode_answer, encode_request
 
 TLS_WRITE_BYTES = 256 * 1024
 
@@ -84,7 +85,13 @@ def run(
         if tls is not None:
             s = tls.wrap_socket(s)  # the handshake, blocking, before the load starts
         s.setblocking(False)
-        state = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "client": rng.getrandbits(60) + 1, "seq": 0, "id": 0}
+        # One request per connection, changed in place for each send: the hot loop
+        # builds no object but the frame.
+        req = KvRequest(
+            id=0, op="get" if read else "set", key="", value=None if read else value, expect=None, client=0, seq=0, read=read or "log"
+        )
+        req.client = rng.getrandbits(60) + 1
+        state: dict[str, Any] = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "req": req}
         conns.append(state)
         sel.register(s, selectors.EVENT_READ, state)
 
@@ -95,27 +102,14 @@ def run(
         if count and issued >= count:
             return
         issued += 1
-        st["seq"] += 1
-        st["id"] += 1
+        req = st["req"]
+        req.seq += 1
+        req.id += 1
         if fresh_clients:
-            st["client"], st["seq"] = rng.getrandbits(60) + 1, 1
-        key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
-        body = {
-            "t": "req",
-            "id": st["id"],
-            "op": "set",
-            "key": key,
-            "value": value,
-            "expect": None,
-            "client": st["client"],
-            "seq": st["seq"],
-        }
-        if read:
-            body.update(op="get", value=None)
-            if read != "log":
-                body["read"] = read
-        st["out"] += encode_frame(codec.encode(body))
-        st["sent"][st["id"]] = at or time.perf_counter_ns()
+            req.client, req.seq = rng.getrandbits(60) + 1, 1
+        req.key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
+        st["out"] += encode_frame(encode_request(req))
+        st["sent"][req.id] = at or time.perf_counter_ns()
 
     if not rate:
         for st in conns:
@@ -164,10 +158,10 @@ def run(
             t = time.perf_counter_ns()
             in_window = measure_from <= time.perf_counter() < measure_to
             for frame in st["dec"].feed(data):
-                answer = codec.decode_answer(frame)
-                sent = st["sent"].pop(answer["id"])
+                answer = decode_answer(frame)
+                sent = st["sent"].pop(answer.id)
                 if in_window:
-                    if answer.get("status") == "ok":
+                    if answer.status is Outcome.OK:
                         done += 1
                         latencies.append(t - sent)
                     else:
@@ -201,7 +195,7 @@ def run_etcd(target: tuple[str, int], inflight: int, warmup: float, window: floa
         s = socket.create_connection(target, timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
-        st = {"sock": s, "buf": bytearray(), "sent": 0}
+        st: dict[str, Any] = {"sock": s, "buf": bytearray(), "sent": 0}
         conns.append(st)
         sel.register(s, selectors.EVENT_READ, st)
 
