@@ -45,7 +45,10 @@ class Command:
     @classmethod
     def decode(cls, data: bytes) -> Command:
         fields = cbor2.loads(data)
-        return cls(*fields[:6], retry=len(fields) > 6 and fields[6] is True, trace=len(fields) > 7 and fields[7] is True)
+        op, key, value, expect, client, seq = fields[:6]
+        return cls(
+            op, key, value, expect, client, seq, retry=len(fields) > 6 and fields[6] is True, trace=len(fields) > 7 and fields[7] is True
+        )
 
     def describe(self) -> str:
         """As people write it: SET x=10, GET x, DEL x, CAS x 1->2."""

@@ -145,10 +145,10 @@ class KeyValueStore:
     def _learn_incarnation(self, cmd: Command) -> Result:
         """Only a leader proposes these (clients cannot send the op); still, the
         command is checked here, so every replica reads it the same way."""
-        value = cmd.value or ""
+        value = cmd.value if isinstance(cmd.value, str) else ""
         if not (_decimal(cmd.key) and _decimal(value)):
             return {"ok": False, "error": "malformed incarnation"}
-        self.incarnations.setdefault(int(cmd.key), int(cmd.value))  # type: ignore[arg-type]
+        self.incarnations.setdefault(int(cmd.key), int(value))
         return OK
 
     def forget_incarnations(self, members: tuple[int, ...]) -> None:
