@@ -223,14 +223,17 @@ class Client:
         deadline = time.monotonic() + self.timeout
         self.seq += 1
         in_log = not (op == "get" and read != "log")
-        client = self._session(deadline) if in_log else self.client_id or 0
+        client = self._session(deadline, f"{op} {key}") if in_log else self.client_id or 0
         req = _kv(op, key, value=value, expect=expect, client=client, seq=self.seq, read=read if op == "get" else "log", trace=trace)
         return self._ask(req, f"{op} {key}", deadline=deadline)
 
-    def _session(self, deadline: float) -> int:
-        """This client's id, registering it through the log the first time."""
+    def _session(self, deadline: float, what: str) -> int:
+        """This client's id, registering it through the log the first time (for
+        `what`, which a failure names: the person asked for it, not the register)."""
         if self.client_id is None:
-            self.client_id = self._ask(_kv("register", "", client=0, seq=0), "register", deadline=deadline)["client"]
+            self.client_id = self._ask(_kv("register", "", client=0, seq=0), f"{what} (registering this client)", deadline=deadline)[
+                "client"
+            ]
         return self.client_id
 
     def transfer(self, target: int | None = None, *, ask: int | None = None) -> int:
@@ -353,7 +356,7 @@ class Client:
         if request.retry or not self._registers:
             raise Unknown(expired) if tries.changes_state else Failed(expired)
         self.client_id = None
-        request.client = self._session(deadline)
+        request.client = self._session(deadline, expired)
 
     def _note_attempt(self, address: Address, status: str, leader: Any = None) -> None:
         node = self.node_at(address)
