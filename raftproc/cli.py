@@ -18,10 +18,12 @@ Exit codes (scripts can rely on them):
     0  done (and, for get, the key exists)
     1  failed: the cluster refused it or it certainly did not happen (a cas that
        found another value, a permission denied, no leader accepted it)
-    2  usage or configuration error
+    2  usage or configuration error (every node also refused how we talk: plaintext
+       to a TLS cluster, a certificate it does not accept)
     3  unknown outcome: it may or may not have been applied
     4  get: no such key
-    5  unreachable: no node answered (status, health: some node did not)
+    5  unreachable: no node answered, or every one refused the connection (status,
+       health: some member did not answer)
     6  status, health: the nodes that answered know no leader, or disagree, or a
        node's log diverged from another's (raftproc.core.divergence)
   130  interrupted (Ctrl-C)
