@@ -1,22 +1,29 @@
-"""The command line: `python -m raftproc.client ...` (etcdctl's habits).
+"""The command line: `raftproc ...` or `python -m raftproc.client ...` (etcdctl's and
+redis-cli's habits).
 
-    python -m raftproc.client [--endpoints H:P,...] [--config PATH] [-w table|json] COMMAND
-        set KEY VALUE [--trace] | get KEY | get --prefix PREFIX | del KEY | cas KEY EXPECTED NEW
+    raftproc [--endpoints H:P,...] [--config PATH] [-w table|json] COMMAND
+        set KEY [VALUE] [--trace] | get KEY | get --prefix PREFIX | del KEY | cas KEY EXPECTED NEW
         status | health | transfer [ID]
         member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID
 
-Nodes come from --endpoints (client addresses, no config file needed), else from
---config, else the built-in local cluster. Certificates: the config's [tls], or
+The global options may also follow the command (`get x -w json`). Nodes come from
+--endpoints (client addresses, no config file needed), else from --config, else
+the built-in local cluster. Certificates: the config's [tls], or
 --cacert/--cert/--key.
+
+`set KEY` without a value reads it from stdin, byte for byte; a value that is not
+UTF-8 text is stored as bytes, and `get` writes it back raw (JSON: value_base64).
 
 Exit codes (scripts can rely on them):
     0  done (and, for get, the key exists)
     1  failed: the cluster refused it or it certainly did not happen (a cas that
        found another value, a permission denied, no leader accepted it)
-    2  usage or configuration error
+    2  usage or configuration error (every node also refused how we talk: plaintext
+       to a TLS cluster, a certificate it does not accept)
     3  unknown outcome: it may or may not have been applied
     4  get: no such key
-    5  unreachable: no node answered (status, health: some node did not)
+    5  unreachable: no node answered, or every one refused the connection (status,
+       health: some member did not answer)
     6  status, health: the nodes that answered know no leader, or disagree, or a
        node's log diverged from another's (raftproc.core.divergence)
   130  interrupted (Ctrl-C)
@@ -25,17 +32,15 @@ Exit codes (scripts can rely on them):
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import ssl
-import struct
 import sys
 from pathlib import Path
 from typing import Any
 
-from raftproc.client import Client, ClientError, Failed, Unknown, Unreachable, parse_optional_address
+from raftproc.client import Client, ClientError, Misconfigured, Unknown, Unreachable, Value, parse_optional_address
 from raftproc.config import Address, ConfigError, load_config, parse_address
-from raftproc.runtime.codec import RemoteProtocolError
-from raftproc.runtime.framing import FrameError
 from raftproc.runtime.tls import TlsError, TlsFiles, client_context
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNKNOWN, EXIT_NOT_FOUND, EXIT_UNREACHABLE, EXIT_NO_LEADER = 0, 1, 2, 3, 4, 5, 6
@@ -59,27 +64,33 @@ def main(argv: list[str] | None = None) -> int:
         addresses, tls_files = _nodes(args)
         tls = _tls_context(tls_files, args)
     except (ConfigError, TlsError, ValueError) as e:
-        print(f"raftproc.client: {e}", file=sys.stderr)
+        print(f"raftproc: {e}", file=sys.stderr)
         return EXIT_USAGE
     changes_members = args.cmd == "member" and args.member_cmd != "list"
     timeout = args.timeout if args.timeout is not None else 60.0 if changes_members else 5.0
-    client = Client(addresses, timeout=timeout, tls=tls)
+    client = Client(addresses, timeout=timeout, tls=tls, fail_fast=True)
     try:
         return _run(client, args, out)
-    except Unknown as e:
-        print(f"UNKNOWN: {e}", file=sys.stderr)
-        return EXIT_UNKNOWN
-    except Unreachable as e:
-        print(f"UNREACHABLE: {e}", file=sys.stderr)
-        return EXIT_UNREACHABLE
-    except Failed as e:
-        print(f"FAILED: {e}", file=sys.stderr)
-        return EXIT_FAILED
+    except ClientError as e:
+        label, code = _verdict(e)
+        print(f"{label}: {e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
         client.close()
+
+
+def _verdict(e: ClientError) -> tuple[str, int]:
+    """How the command line names a failure, and its exit code."""
+    if isinstance(e, Unknown):
+        return "UNKNOWN", EXIT_UNKNOWN
+    if isinstance(e, Misconfigured):
+        return "MISCONFIGURED", EXIT_USAGE
+    if isinstance(e, Unreachable):
+        return "UNREACHABLE", EXIT_UNREACHABLE
+    return "FAILED", EXIT_FAILED
 
 
 def _run(client: Client, args: argparse.Namespace, out: Output) -> int:
@@ -93,29 +104,12 @@ def _run(client: Client, args: argparse.Namespace, out: Output) -> int:
     if cmd == "member":
         return _member(client, args, out)
     if cmd == "set":
-        client.set(args.key, args.value, trace=args.trace)
+        client.set(args.key, args.value if args.value is not None else _stdin_value(), trace=args.trace)
         out.emit({"ok": True}, "OK")
     elif cmd == "get" and args.prefix:
-        items = client.scan(args.key)
-        if out.json:
-            out.emit({"prefix": args.key, "items": [{"key": k, "value": v} for k, v in items]}, "")
-        else:
-            for k, v in items:
-                print(k)
-                print(v)
-        if not items:
-            if not out.json:
-                print(f"no key starts with {args.key!r}", file=sys.stderr)
-            return EXIT_NOT_FOUND
+        return _scan(client, args.key, out)
     elif cmd == "get":
-        value = client.get(args.key)
-        if value is None:
-            if out.json:
-                out.emit({"key": args.key, "found": False, "value": None}, "")
-            else:
-                print(f"not found: {args.key}", file=sys.stderr)
-            return EXIT_NOT_FOUND
-        out.emit({"key": args.key, "found": True, "value": value}, value)
+        return _get(client, args.key, out)
     elif cmd == "del":
         result = client.delete(args.key)
         out.emit({"ok": True, "existed": bool(result.get("existed"))}, "OK" if result.get("existed") else "OK (was absent)")
@@ -129,15 +123,106 @@ def _run(client: Client, args: argparse.Namespace, out: Output) -> int:
     return EXIT_OK
 
 
+def _stdin_value() -> Value:
+    """The value piped in (redis-cli's -x, etcdctl's `put k < file`), byte for byte:
+    text when it is UTF-8, else bytes."""
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode()
+    except UnicodeDecodeError:
+        return data
+
+
+def _get(client: Client, key: str, out: Output) -> int:
+    value = client.get(key)
+    if value is None:
+        if out.json:
+            out.emit({"key": key, "found": False, "value": None}, "")
+        else:
+            print(f"not found: {key}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    if isinstance(value, bytes) and not out.json:
+        sys.stdout.flush()
+        sys.stdout.buffer.write(value)  # raw: exactly the bytes that were set
+        sys.stdout.buffer.flush()
+        return EXIT_OK
+    out.emit({"key": key, "found": True, **_json_value(value)}, str(value))
+    return EXIT_OK
+
+
+def _scan(client: Client, prefix: str, out: Output) -> int:
+    items = client.scan(prefix)
+    if out.json:
+        out.emit({"prefix": prefix, "items": [{"key": k, **_json_value(v)} for k, v in items]}, "")
+    else:
+        for k, v in items:
+            print(k)
+            sys.stdout.flush()
+            sys.stdout.buffer.write((v if isinstance(v, bytes) else v.encode()) + b"\n")
+            sys.stdout.buffer.flush()
+    if not items:
+        if not out.json:
+            print(f"no key starts with {prefix!r}", file=sys.stderr)
+        return EXIT_NOT_FOUND
+    return EXIT_OK
+
+
+def _json_value(value: Value) -> dict[str, str]:
+    """JSON holds text only: bytes go as base64, under a name that says so."""
+    if isinstance(value, bytes):
+        return {"value_base64": base64.b64encode(value).decode()}
+    return {"value": value}
+
+
+def _status_rows(client: Client) -> list[dict[str, Any]]:
+    """The status of every endpoint, then of every member they name that none of them
+    is (a node added later): its address comes from the leader's member list."""
+    rows: dict[Address, dict[str, Any]] = {}
+    for node_id, address in sorted(client.addresses.items()):
+        rows[address] = _status_row(client, address, node_id)
+    answered = {r["node"] for r in rows.values() if r["role"] != "down"}
+    members = {n for r in rows.values() if r["role"] != "down" for n in _members_named(r)}
+    missing = sorted(members - answered)
+    if not missing:
+        return list(rows.values())
+    listed = _member_addresses(client)
+    for node in missing:
+        at = listed.get(node)
+        if at is None:
+            rows[("?", node)] = {"node": node, "role": "down", "error": "a member whose address no leader told"}
+        elif at in rows:
+            rows[at]["node"] = node  # an endpoint that did not answer: now we know its id
+        else:
+            rows[at] = _status_row(client, at, node)
+    return list(rows.values())
+
+
+def _status_row(client: Client, address: Address, node_id: int) -> dict[str, Any]:
+    try:
+        return client.status_at(address, client.attempt_timeout)
+    except ClientError as e:
+        return {"node": node_id, "role": "down", "error": str(e)[:200]}
+
+
+def _members_named(status: dict[str, Any]) -> list[int]:
+    membership = status.get("membership") or {}
+    return [*membership.get("voters", ()), *membership.get("learners", ())]
+
+
+def _member_addresses(client: Client) -> dict[int, Address]:
+    """Every member's client address, as the leader's member list gives them."""
+    try:
+        nodes = client.member("list")["nodes"]
+    except ClientError:
+        return {}
+    found = {node: parse_optional_address(info.get("client")) for node, info in nodes.items()}
+    return {node: address for node, address in found.items() if address is not None}
+
+
 def _status(client: Client, out: Output, *, health: bool) -> int:
-    """Every node's status. Exit 5 if one did not answer, 6 if those that did know no
+    """Every member's status. Exit 5 if one did not answer, 6 if those that did know no
     leader or name different ones; `health` prints only the verdict."""
-    rows: list[dict[str, Any]] = []
-    for node_id in sorted(client.addresses):
-        try:
-            rows.append(client.status(node_id))
-        except (OSError, ClientError, RemoteProtocolError, FrameError, struct.error) as e:
-            rows.append({"node": node_id, "role": "down", "error": f"{type(e).__name__}: {e}"[:200]})
+    rows = sorted(_status_rows(client), key=lambda r: r["node"])
     down = [r["node"] for r in rows if r["role"] == "down"]
     leaders = {r.get("leader") for r in rows if r["role"] != "down"}
     diverged = [f"node {r['node']}: {str(r['diverged'])[:300]}" for r in rows if r.get("diverged")]
@@ -185,7 +270,7 @@ def _member(client: Client, args: argparse.Namespace, out: Output) -> int:
     if args.member_cmd == "add":
         for text in (args.peer, args.client):
             if parse_optional_address(text) is None:
-                print(f"raftproc.client: {text!r} is not HOST:PORT", file=sys.stderr)
+                print(f"raftproc: {text!r} is not HOST:PORT", file=sys.stderr)
                 return EXIT_USAGE
         print(
             f"adding node {args.id}: it joins as a learner and votes once caught up; waiting up to {client.timeout:.0f} s", file=sys.stderr
@@ -201,11 +286,7 @@ def _member(client: Client, args: argparse.Namespace, out: Output) -> int:
 def _nodes(args: argparse.Namespace) -> tuple[dict[int, Address], TlsFiles | None]:
     """The nodes' client addresses, and the config's certificates (if a config is used)."""
     if args.endpoints:
-        addresses = {}
-        for i, text in enumerate(t for t in args.endpoints.split(",") if t.strip()):
-            addresses[i + 1] = parse_address(text.strip())  # ValueError: a usage error
-        if not addresses:
-            raise ValueError("--endpoints names no node")
+        addresses = dict(enumerate(args.endpoints, start=1))
         tls_files = load_config(args.config).client_tls() if args.config else None
         return addresses, tls_files
     cfg = load_config(args.config)
@@ -224,48 +305,82 @@ def _tls_context(files: TlsFiles | None, args: argparse.Namespace) -> ssl.SSLCon
     return client_context(TlsFiles(ca, cert, key))
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m raftproc.client", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--endpoints", help="client addresses HOST:PORT,HOST:PORT,... (instead of a config file)")
-    p.add_argument("--config", help="cluster TOML (default: built-in local 5-node cluster)")
-    p.add_argument("-w", "--write-out", choices=("table", "json"), default="table", help="output format")
-    p.add_argument("--cacert", dest="tls_ca", help="CA bundle to verify the nodes with (default: the config's [tls] ca)")
-    p.add_argument("--cert", dest="tls_cert", help="client certificate to present (default: the config's admin_cert, else client_cert)")
-    p.add_argument("--key", dest="tls_key", help="the certificate's private key")
-    p.add_argument(
+def _endpoints(text: str) -> list[Address]:
+    """--endpoints: HOST:PORT,... checked while parsing, so a URL is named at once."""
+    addresses = []
+    for item in (t.strip() for t in text.split(",")):
+        if "://" in item:
+            raise argparse.ArgumentTypeError(f"{item!r} is a URL: give the node's client address as HOST:PORT")
+        if item:
+            try:
+                addresses.append(parse_address(item))
+            except ValueError as e:
+                raise argparse.ArgumentTypeError(str(e)) from None
+    if not addresses:
+        raise argparse.ArgumentTypeError("names no node")
+    return addresses
+
+
+def _global_options(p: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The options every command takes. The top parser holds the defaults; each
+    command's copy has none (SUPPRESS), so a flag after the command counts only
+    when given there, and overrides the same flag given before it."""
+
+    def default(value: Any) -> Any:
+        return value if defaults else argparse.SUPPRESS
+
+    g = p.add_argument_group("global options")
+    g.add_argument("--endpoints", type=_endpoints, default=default(None), help="client addresses HOST:PORT,HOST:PORT,... (no config file)")
+    g.add_argument("--config", default=default(None), help="cluster TOML (default: built-in local 5-node cluster)")
+    g.add_argument("-w", "--write-out", choices=("table", "json"), default=default("table"), help="output format")
+    g.add_argument("--cacert", dest="tls_ca", default=default(None), help="CA bundle to verify the nodes with (default: the config's ca)")
+    g.add_argument(
+        "--cert", dest="tls_cert", default=default(None), help="client certificate (default: the config's admin_cert, else client_cert)"
+    )
+    g.add_argument("--key", dest="tls_key", default=default(None), help="the certificate's private key")
+    g.add_argument(
         "--timeout",
         type=float,
-        default=None,
+        default=default(None),
         help="seconds to reach a definite outcome (default 5; 60 for member add and remove, which wait for a catch-up)",
     )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="raftproc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _global_options(p, defaults=True)
+    shared = argparse.ArgumentParser(add_help=False)
+    _global_options(shared, defaults=False)
     sub = p.add_subparsers(dest="cmd", required=True)
-    s = sub.add_parser("set", help="set KEY VALUE")
+
+    def command(parent: Any, name: str, help: str) -> argparse.ArgumentParser:
+        return parent.add_parser(name, help=help, parents=[shared])
+
+    s = command(sub, "set", "set KEY [VALUE] (no VALUE: read it from stdin, byte for byte)")
     s.add_argument("key")
-    s.add_argument("value")
+    s.add_argument("value", nargs="?", help="the value (default: stdin)")
     s.add_argument("--trace", action="store_true", help="every node logs this write's way (scripts/supervisor.py timeline)")
-    g = sub.add_parser("get", help="get KEY (exit 4 if absent); get --prefix P: every key starting with P, in order")
+    g = command(sub, "get", "get KEY (exit 4 if absent); get --prefix P: every key starting with P, in order")
     g.add_argument("key")
     g.add_argument("--prefix", action="store_true", help="a range read: KEY is a prefix; keys and values alternate, one per line")
-    sub.add_parser("del", help="delete KEY").add_argument("key")
-    c = sub.add_parser("cas", help="cas KEY EXPECTED NEW (EXPECTED '-' means absent)")
+    command(sub, "del", "delete KEY").add_argument("key")
+    c = command(sub, "cas", "cas KEY EXPECTED NEW (EXPECTED '-' means absent)")
     c.add_argument("key")
     c.add_argument("expected")
     c.add_argument("new")
-    sub.add_parser("transfer", help="hand leadership to node ID (default: the most up-to-date follower)").add_argument(
+    command(sub, "transfer", "hand leadership to node ID (default: the most up-to-date follower)").add_argument(
         "id", type=int, nargs="?", default=None
     )
-    m = sub.add_parser("member", help="member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID")
+    m = command(sub, "member", "member list | add ID PEER_HOST:PORT CLIENT_HOST:PORT | remove ID")
     msub = m.add_subparsers(dest="member_cmd", required=True)
-    msub.add_parser("list", help="voters, learners and each member's addresses and match index")
-    ma = msub.add_parser("add", help="add node ID: it joins as a learner, catches up, then votes")
+    command(msub, "list", "voters, learners and each member's addresses and match index")
+    ma = command(msub, "add", "add node ID: it joins as a learner, catches up, then votes")
     ma.add_argument("id", type=int)
     ma.add_argument("peer", help="HOST:PORT where the node listens for peers")
     ma.add_argument("client", help="HOST:PORT where the node listens for clients")
-    msub.add_parser("remove", help="remove node ID (the leader too: it hands over first)").add_argument("id", type=int)
-    sub.add_parser(
-        "status", help="each node's role, term, leader, commit and applied index, snapshot, log, WAL size (exit 5/6 if unhealthy)"
-    )
-    sub.add_parser("health", help="one verdict: every node answers and all name the same leader (exit 0), else 5 or 6")
+    command(msub, "remove", "remove node ID (the leader too: it hands over first)").add_argument("id", type=int)
+    command(sub, "status", "every member's role, term, leader, commit and applied index, snapshot, log, WAL size (exit 5/6 if unhealthy)")
+    command(sub, "health", "one verdict: every member answers and all name the same leader (exit 0), else 5 or 6")
     return p
 
 

@@ -21,10 +21,11 @@ class Command:
     # Not frozen, like KvRequest: every write builds one on the leader and decodes one
     # on each follower, and a frozen __init__ costs a setattr call per field. Treated
     # as immutable all the same.
-    op: str  # "set" | "get" | "del" | "cas"
+    op: str  # "set" | "get" | "del" | "cas" | "register" | "incarnation" (a scan is never logged)
     key: str
-    value: str | None = None
-    expect: str | None = None  # cas: the value required now; None means "absent"
+    # Text, or bytes for a value that is not UTF-8 text (CBOR keeps the two apart).
+    value: str | bytes | None = None
+    expect: str | bytes | None = None  # cas: the value required now; None means "absent"
     client: int = 0
     seq: int = 0
     # The client may have sent this request before (a retry): if its session is gone,
@@ -44,15 +45,23 @@ class Command:
     @classmethod
     def decode(cls, data: bytes) -> Command:
         fields = cbor2.loads(data)
-        return cls(*fields[:6], retry=len(fields) > 6 and fields[6] is True, trace=len(fields) > 7 and fields[7] is True)
+        op, key, value, expect, client, seq = fields[:6]
+        return cls(
+            op, key, value, expect, client, seq, retry=len(fields) > 6 and fields[6] is True, trace=len(fields) > 7 and fields[7] is True
+        )
 
     def describe(self) -> str:
         """As people write it: SET x=10, GET x, DEL x, CAS x 1->2."""
         if self.op == "set":
-            return f"SET {self.key[:40]}={(self.value or '')[:40]}"
+            return f"SET {self.key[:40]}={_shown(self.value, 40)}"
         if self.op == "cas":
-            return f"CAS {self.key[:40]} {str(self.expect)[:20]}->{(self.value or '')[:20]}"
+            return f"CAS {self.key[:40]} {_shown(self.expect, 20) if self.expect is not None else None}->{_shown(self.value, 20)}"
         return f"{self.op.upper()} {self.key[:40]}".rstrip()  # REGISTER has no key
+
+
+def _shown(value: str | bytes | None, width: int) -> str:
+    """A value cut to `width` as a log line shows it; bytes as Python writes them."""
+    return (value if isinstance(value, str) else repr(value) if value is not None else "")[:width]
 
 
 def is_traced(command: bytes | None) -> bool:

@@ -57,6 +57,7 @@ from sortedcontainers import SortedList
 from raftproc.kv.commands import REGISTERED, Command
 
 Result = dict[str, Any]
+Value = str | bytes  # bytes only for a value that is not UTF-8 text
 MAX_SESSIONS = 10_000
 OK: Result = {"ok": True}  # shared: results are never changed, and one per session adds up
 
@@ -65,7 +66,7 @@ OK: Result = {"ok": True}  # shared: results are never changed, and one per sess
 class KvImage:
     """Everything the key-value store needs to continue from a snapshot."""
 
-    data: dict[str, str]
+    data: dict[str, Value]
     sessions: dict[int, tuple[int, Any]]
     digest: str  # the log digest at the snapshot's index
     incarnations: dict[int, int] = field(default_factory=dict)  # member -> incarnation
@@ -74,7 +75,7 @@ class KvImage:
 class KeyValueStore:
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
         """`max_sessions`: only tests change it; every replica must use the same."""
-        self.data: dict[str, str] = {}
+        self.data: dict[str, Value] = {}
         # The keys of `data` in order, for range reads; built by the first scan, so a
         # store nobody scans (or a restart, a snapshot install) never pays for sorting.
         self.keys: SortedList | None = None
@@ -144,10 +145,10 @@ class KeyValueStore:
     def _learn_incarnation(self, cmd: Command) -> Result:
         """Only a leader proposes these (clients cannot send the op); still, the
         command is checked here, so every replica reads it the same way."""
-        value = cmd.value or ""
+        value = cmd.value if isinstance(cmd.value, str) else ""
         if not (_decimal(cmd.key) and _decimal(value)):
             return {"ok": False, "error": "malformed incarnation"}
-        self.incarnations.setdefault(int(cmd.key), int(cmd.value))  # type: ignore[arg-type]
+        self.incarnations.setdefault(int(cmd.key), int(value))
         return OK
 
     def forget_incarnations(self, members: tuple[int, ...]) -> None:
@@ -182,7 +183,7 @@ class KeyValueStore:
             return OK
         return {"ok": False, "error": f"unknown operation {cmd.op!r}"}
 
-    def _put(self, key: str, value: str) -> None:
+    def _put(self, key: str, value: Value) -> None:
         if self.keys is not None and key not in self.data:
             self.keys.add(key)
         self.data[key] = value
@@ -194,7 +195,7 @@ class KeyValueStore:
         if self.keys is None:
             self.keys = SortedList(self.data)  # once: about a second per million keys
         start = prefix if after is None or after < prefix else after
-        items: list[list[str]] = []
+        items: list[list[Value]] = []
         size = 0
         for key in self.keys.irange(minimum=start, inclusive=(after is None or after < prefix, True)):
             if not key.startswith(prefix):
@@ -241,8 +242,9 @@ SESSION_FORGOTTEN = (
 _digest = hashlib.sha256
 
 
-def _pair_hash(key: str, value: str) -> int:
+def _pair_hash(key: str, value: Value) -> int:
     h = _digest(key.encode())
-    h.update(b"\0")
-    h.update(value.encode())
+    # The separator also tells text from bytes: "a" and b"a" are different values.
+    h.update(b"\0" if isinstance(value, str) else b"\1")
+    h.update(value.encode() if isinstance(value, str) else value)
     return int.from_bytes(h.digest()[:16], "big")

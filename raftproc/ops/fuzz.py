@@ -29,6 +29,7 @@ from typing import Any
 import cbor2
 
 from raftproc.runtime.codec import PROTOCOL_VERSION
+from raftproc.runtime.protocol import ClientRequest, KvRequest, MemberRequest, StatusRequest, TransferRequest, request_body
 
 Address = tuple[str, int]
 
@@ -73,16 +74,17 @@ def peer_bodies(me: int, target: int, incarnation: int) -> list[dict[str, Any]]:
 
 
 def client_bodies() -> list[dict[str, Any]]:
-    v = PROTOCOL_VERSION
-    return [
-        {"v": v, "t": "status", "id": 1},
-        {"v": v, "t": "req", "id": 2, "op": "set", "key": "k", "value": "v", "expect": None, "client": 7, "seq": 1},
-        {"v": v, "t": "req", "id": 3, "op": "get", "key": "k", "value": None, "expect": None, "client": 7, "seq": 2, "read": "index"},
-        {"v": v, "t": "req", "id": 4, "op": "cas", "key": "k", "value": "w", "expect": "v", "client": 7, "seq": 3},
-        {"v": v, "t": "transfer", "id": 5, "target": None},
-        {"v": v, "t": "member", "id": 6, "op": "list"},
-        {"v": v, "t": "member", "id": 7, "op": "add", "node": 9, "addresses": ["127.0.0.1:1", "127.0.0.1:2"]},
+    """One valid body of each request type, as a client sends it (runtime.protocol)."""
+    requests: list[ClientRequest] = [
+        StatusRequest(id=1),
+        KvRequest(id=2, op="set", key="k", value="v", expect=None, client=7, seq=1, read="log"),
+        KvRequest(id=3, op="get", key="k", value=None, expect=None, client=7, seq=2, read="index"),
+        KvRequest(id=4, op="cas", key="k", value="w", expect="v", client=7, seq=3, read="log"),
+        TransferRequest(id=5, target=None),
+        MemberRequest(id=6, op="list"),
+        MemberRequest(id=7, op="add", node=9, addresses=(("127.0.0.1", 1), ("127.0.0.1", 2))),
     ]
+    return [{"v": PROTOCOL_VERSION, **request_body(r)} for r in requests]
 
 
 _ODD_VALUES: list[Any] = [

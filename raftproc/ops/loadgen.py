@@ -13,6 +13,7 @@ the config's client certificate.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import random
@@ -21,9 +22,10 @@ import socket
 import ssl
 import sys
 import time
+from typing import Any
 
-from raftproc.runtime import codec
 from raftproc.runtime.framing import FrameDecoder, encode_frame
+from raftproc.runtime.protocol import KvRequest, Outcome, decode_answer, encode_request
 
 TLS_WRITE_BYTES = 256 * 1024
 
@@ -73,87 +75,107 @@ def run(
     client id of its own (each opens a session on the cluster)."""
     if protocol == "etcd":
         return run_etcd(target, inflight, warmup, window, value_size, keys, seed)
-    rng = random.Random(seed)
-    sel = selectors.DefaultSelector()
-    conns = []
-    per_conn = max(1, inflight // connections)
-    value = "v" * value_size
-    for _ in range(min(connections, inflight)):
-        s = socket.create_connection(target, timeout=5)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if tls is not None:
-            s = tls.wrap_socket(s)  # the handshake, blocking, before the load starts
-        s.setblocking(False)
-        state = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "client": rng.getrandbits(60) + 1, "seq": 0, "id": 0}
-        conns.append(state)
-        sel.register(s, selectors.EVENT_READ, state)
-
-    issued = 0
-
-    def send_one(st: dict, at: int | None = None) -> None:
-        nonlocal issued
-        if count and issued >= count:
-            return
-        issued += 1
-        st["seq"] += 1
-        st["id"] += 1
-        if fresh_clients:
-            st["client"], st["seq"] = rng.getrandbits(60) + 1, 1
-        key = f"u{seed}-{issued}" if unique else f"k{rng.randrange(keys)}"
-        body = {
-            "t": "req",
-            "id": st["id"],
-            "op": "set",
-            "key": key,
-            "value": value,
-            "expect": None,
-            "client": st["client"],
-            "seq": st["seq"],
-        }
-        if read:
-            body.update(op="get", value=None)
-            if read != "log":
-                body["read"] = read
-        st["out"] += encode_frame(codec.encode(body))
-        st["sent"][st["id"]] = at or time.perf_counter_ns()
-
+    load = _Load(target, connections=min(connections, inflight), value_size=value_size, read=read, tls=tls, seed=seed)
+    load.count, load.unique, load.keys, load.fresh_clients = count, unique, keys, fresh_clients
     if not rate:
-        for st in conns:
-            for _ in range(per_conn):
-                send_one(st)
+        for st in load.conns:
+            for _ in range(max(1, inflight // connections)):
+                load.send_one(st)
     start = time.perf_counter()
     next_at_ns = time.perf_counter_ns()
     interval_ns = int(1e9 / rate) if rate else 0
     turn = 0
-    measure_from, measure_to = start + warmup, start + warmup + window
-    if count:
-        measure_from, measure_to = start, start + window
-    latencies: list[int] = []
-    done = errors = 0
+    load.measure_from, load.measure_to = (start, start + window) if count else (start + warmup, start + warmup + window)
     cpu0 = None
     while True:
         now = time.perf_counter()
-        if now >= measure_to or (count and done + errors >= count):
+        if now >= load.measure_to or (count and load.done + load.errors >= count):
             break
-        if cpu0 is None and now >= measure_from:
+        if cpu0 is None and now >= load.measure_from:
             cpu0 = sum(os.times()[:2])
         if rate:
             now_ns = time.perf_counter_ns()
-            while next_at_ns <= now_ns and sum(len(st["sent"]) for st in conns) < inflight:
-                send_one(conns[turn % len(conns)], next_at_ns)
+            while next_at_ns <= now_ns and sum(len(st["sent"]) for st in load.conns) < inflight:
+                load.send_one(load.conns[turn % len(load.conns)], next_at_ns)
                 turn += 1
                 next_at_ns += interval_ns
-        for st in conns:
+        load.flush()
+        wait = max(0.0, (next_at_ns - time.perf_counter_ns()) / 1e9) if rate else 0.05
+        load.receive(min(wait, 0.05), resend=not rate)
+    load.close()
+    elapsed = time.perf_counter() - start if count else window
+    return summarize(load.latencies, load.done, load.errors, elapsed, sum(os.times()[:2]) - (cpu0 or 0))
+
+
+class _Load:
+    """The pipelined connections of one run, what each has in flight, and what the
+    measured window saw."""
+
+    def __init__(
+        self, target: tuple[str, int], *, connections: int, value_size: int, read: str, tls: ssl.SSLContext | None, seed: int
+    ) -> None:
+        self.rng = random.Random(seed)
+        self.seed = seed
+        self.tls = tls
+        self.sel = selectors.DefaultSelector()
+        self.count = self.issued = self.keys = 0
+        self.unique = self.fresh_clients = False
+        self.measure_from = self.measure_to = 0.0
+        self.latencies: list[int] = []
+        self.done = self.errors = 0
+        self.conns = [self._connect(target, value_size, read) for _ in range(connections)]
+
+    def _connect(self, target: tuple[str, int], value_size: int, read: str) -> dict[str, Any]:
+        s = socket.create_connection(target, timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            s = self.tls.wrap_socket(s)  # the handshake, blocking, before the load starts
+        s.setblocking(False)
+        # One request per connection, changed in place for each send: the hot loop
+        # builds no object but the frame.
+        req = KvRequest(
+            id=0,
+            op="get" if read else "set",
+            key="",
+            value=None if read else "v" * value_size,
+            expect=None,
+            client=0,
+            seq=0,
+            read=read or "log",
+        )
+        req.client = self.rng.getrandbits(60) + 1
+        state: dict[str, Any] = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "req": req}
+        self.sel.register(s, selectors.EVENT_READ, state)
+        return state
+
+    def send_one(self, st: dict[str, Any], at: int | None = None) -> None:
+        if self.count and self.issued >= self.count:
+            return
+        self.issued += 1
+        req = st["req"]
+        req.seq += 1
+        req.id += 1
+        if self.fresh_clients:
+            req.client, req.seq = self.rng.getrandbits(60) + 1, 1
+        req.key = f"u{self.seed}-{self.issued}" if self.unique else f"k{self.rng.randrange(self.keys)}"
+        st["out"] += encode_frame(encode_request(req))
+        st["sent"][req.id] = at or time.perf_counter_ns()
+
+    def flush(self) -> None:
+        for st in self.conns:
             if st["out"]:
                 try:
                     # Under TLS a retried write must pass at least the bytes it passed
                     # before; `out` only grows until a send succeeds.
-                    n = st["sock"].send(st["out"] if tls is None else st["out"][:TLS_WRITE_BYTES])
+                    n = st["sock"].send(st["out"] if self.tls is None else st["out"][:TLS_WRITE_BYTES])
                     del st["out"][:n]
                 except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                     pass
-        wait = max(0.0, (next_at_ns - time.perf_counter_ns()) / 1e9) if rate else 0.05
-        for key, _ in sel.select(min(wait, 0.05)):
+
+    def receive(self, wait: float, *, resend: bool) -> None:
+        """Take the answers that arrived within `wait`; `resend`: a closed loop sends
+        a new request for each."""
+        for key, _ in self.sel.select(wait):
             st = key.data
             try:
                 data = _recv(st["sock"])
@@ -162,22 +184,22 @@ def run(
             if not data:
                 raise ConnectionError("node closed the connection")
             t = time.perf_counter_ns()
-            in_window = measure_from <= time.perf_counter() < measure_to
+            in_window = self.measure_from <= time.perf_counter() < self.measure_to
             for frame in st["dec"].feed(data):
-                answer = codec.decode_answer(frame)
-                sent = st["sent"].pop(answer["id"])
+                answer = decode_answer(frame)
+                sent = st["sent"].pop(answer.id)
                 if in_window:
-                    if answer.get("status") == "ok":
-                        done += 1
-                        latencies.append(t - sent)
+                    if answer.status is Outcome.OK:
+                        self.done += 1
+                        self.latencies.append(t - sent)
                     else:
-                        errors += 1
-                if not rate:
-                    send_one(st)
-    for st in conns:
-        st["sock"].close()
-    elapsed = time.perf_counter() - start if count else window
-    return summarize(latencies, done, errors, elapsed, sum(os.times()[:2]) - (cpu0 or 0))
+                        self.errors += 1
+                if resend:
+                    self.send_one(st)
+
+    def close(self) -> None:
+        for st in self.conns:
+            st["sock"].close()
 
 
 def _recv(sock: socket.socket) -> bytes:
@@ -191,8 +213,6 @@ def _recv(sock: socket.socket) -> bytes:
 def run_etcd(target: tuple[str, int], inflight: int, warmup: float, window: float, value_size: int, keys: int, seed: int) -> dict:
     """etcd's JSON gateway (POST /v3/kv/put), one request in flight per keep-alive
     connection, `inflight` connections."""
-    import base64
-
     rng = random.Random(seed)
     value = base64.b64encode(b"v" * value_size).decode()
     sel = selectors.DefaultSelector()
@@ -201,7 +221,7 @@ def run_etcd(target: tuple[str, int], inflight: int, warmup: float, window: floa
         s = socket.create_connection(target, timeout=5)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         s.setblocking(False)
-        st = {"sock": s, "buf": bytearray(), "sent": 0}
+        st: dict[str, Any] = {"sock": s, "buf": bytearray(), "sent": 0}
         conns.append(st)
         sel.register(s, selectors.EVENT_READ, st)
 

@@ -10,7 +10,7 @@ never an exception inside the event loop.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypeGuard
 
 import cbor2
 
@@ -184,7 +184,7 @@ def load_map(data: bytes) -> dict[str, Any]:
 MAX_UINT64 = (1 << 64) - 1
 
 
-def is_count(value: Any) -> bool:
+def is_count(value: Any) -> TypeGuard[int]:
     """A non-negative integer that fits in 64 bits: anything larger is hostile (and
     formatting a huge int can itself raise)."""
     # type() is int: excludes bool (a subclass) in one test; CBOR decodes to plain int.

@@ -36,7 +36,7 @@ from raftproc.core.types import LEADER, NotLeader, TransferInProgress, worth_log
 from raftproc.kv.commands import Command
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, Listener, idle
-from raftproc.runtime.requests import (
+from raftproc.runtime.protocol import (
     ClientRequest,
     KvRequest,
     LinkFaultsRequest,

@@ -24,7 +24,7 @@ from raftproc.core.membership import Membership
 from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER, MembershipChangeBusy, MembershipChangeRefused, NotLeader, TransferInProgress
 from raftproc.runtime.loop import Connection
-from raftproc.runtime.requests import MemberRequest
+from raftproc.runtime.protocol import MemberRequest
 from raftproc.server.peers import Peers
 from raftproc.server.replies import Replies
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from raftproc.client import Client, Failed, Unknown
+from raftproc.client import Client, ClientError, Failed, Misconfigured, Unknown, Unreachable
 from raftproc.runtime import codec
 from raftproc.runtime.framing import FrameDecoder, encode_frame
 
@@ -136,16 +136,13 @@ def test_client_follows_a_redirect(fake):
 def test_client_with_every_node_down_backs_off_for_every_operation():
     """Nothing listens: every operation, member and transfer included, waits between
     attempts instead of burning a core until its deadline, then fails."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    address = sock.getsockname()
-    sock.close()  # nothing listens there now
+    address = _closed_port()
     for run in (lambda c: c.set("k", "v"), lambda c: c.member("list"), lambda c: c.transfer()):
         c = Client({1: address}, timeout=0.5, attempt_timeout=0.2, max_backoff=0.05, client_id=7)
         calls = 0
         real_call = c._call
 
-        def counting_call(*args, **kwargs):
+        def counting_call(*args, real_call=real_call, **kwargs):
             nonlocal calls
             calls += 1
             return real_call(*args, **kwargs)
@@ -233,7 +230,56 @@ def test_status_after_the_node_dropped_the_connection_reconnects(fake):
     node = fake(script)
     c = client_for(node)
     assert c.status(1)["id"] == 1
-    with pytest.raises((OSError, ConnectionError)):
+    with pytest.raises(Unreachable):
         c.status(1)
     assert c.status(1)["id"] == 1 and len(calls) == 3
     c.close()
+
+
+def _closed_port() -> tuple[str, int]:
+    """A loopback port nobody listens on (bound, then released)."""
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        return s.getsockname()
+
+
+def test_a_client_failing_fast_names_every_refusing_node_at_once():
+    ports = [_closed_port(), _closed_port()]
+    c = Client(dict(enumerate(ports, start=1)), timeout=30, client_id=7, fail_fast=True)
+    started = time.monotonic()
+    with pytest.raises(Unreachable, match="every node refused") as caught:
+        c.set("k", "v")
+    assert time.monotonic() - started < 5, "named at once, not after the 30 s deadline"
+    assert all(f"{host}:{port}" in str(caught.value) for host, port in ports)
+
+
+def test_a_node_that_closes_a_plaintext_connection_at_once_is_named_as_a_tls_mistake(fake):
+    node = fake(lambda req: None)
+    c = Client({1: node.address}, timeout=30, client_id=7, fail_fast=True)
+    started = time.monotonic()
+    with pytest.raises(Misconfigured, match="is it a TLS cluster"):
+        c.set("k", "v")
+    assert time.monotonic() - started < 5
+
+
+def test_a_read_that_may_have_reached_a_node_fails_and_is_never_unknown(fake):
+    lost = fake(lambda req: None)
+    with pytest.raises(ClientError) as caught:
+        client_for(lost).get("k")
+    assert not isinstance(caught.value, Unknown) and lost.requests
+    uncertain = fake(lambda req: {"status": "unknown", "error": "leadership lost"})
+    with pytest.raises(Failed):
+        client_for(uncertain).get("k", read="log")
+
+
+def test_a_value_that_is_not_text_travels_as_bytes(fake):
+    stored = {}
+
+    def script(req):
+        if req["op"] == "set":
+            stored[req["key"]] = req["value"]
+            return {"status": "ok", "result": {"ok": True}}
+        return {"status": "ok", "result": {"ok": True, "value": stored.get(req["key"])}}
+
+    c = client_for(fake(script))
+    c.set("k", b"\xff\x00raw")
+    assert stored == {"k": b"\xff\x00raw"} and c.get("k") == b"\xff\x00raw"

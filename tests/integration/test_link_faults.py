@@ -14,7 +14,7 @@ from raftproc.runtime import codec
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.linkfaults import ENV, MAX_PEERS, LinkFaults, LinkFaultsError, parse_link_faults
 from raftproc.runtime.loop import EventLoop
-from raftproc.runtime.requests import LinkFaultsRequest, decode_request
+from raftproc.runtime.protocol import LinkFaultsRequest, decode_request
 from raftproc.server.links import LinkShaper
 
 

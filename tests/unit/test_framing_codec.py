@@ -25,7 +25,7 @@ from raftproc.runtime.codec import (
 )
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
 from raftproc.runtime.identity import PeerHello, PeerRefused
-from raftproc.runtime.requests import (
+from raftproc.runtime.protocol import (
     KvRequest,
     MemberRequest,
     StatusRequest,

@@ -1,23 +1,33 @@
-"""What clients ask of a node, as typed requests the client service dispatches on.
+"""The client protocol, both ways: what clients ask of a node as typed requests,
+and the node's answers as typed answers with an `Outcome`.
 
 `decode_request` turns one client frame into exactly one of the request classes
 below, or raises RemoteProtocolError: every field present, of its type, in its
 range (integers are non-negative and fit in 64 bits, strings are bounded), tags and
 operations from a closed set. The client service never sees an unchecked value.
+`encode_request` is its inverse, for clients; `encode_answer` and `decode_answer`
+are the pair for answers.
+
+Requests: `status`, `transfer`, `member` (list, add, remove), `links`, and `req`, a
+key-value operation: set, get, del, cas, scan (a page of a range read) and
+register (a new client asks for its id). A value is text, or bytes when it is not
+UTF-8 text; the store keeps it as it came.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
+from raftproc.runtime import codec
 from raftproc.runtime.addresses import Address, parse_address
-from raftproc.runtime.codec import RemoteProtocolError, is_count, load_map
+from raftproc.runtime.codec import RemoteProtocolError, encode, is_count, load_map
 from raftproc.runtime.linkfaults import LinkFaults, LinkFaultsError, parse_link_faults
 
 KV_OPS = ("set", "get", "del", "cas", "scan", "register")
 MAX_SCAN_LIMIT = 10_000
-READ_MODES = ("log", "index", "lease")
+READ_MODES = ("index", "log", "lease")  # the first is a client's default
 MEMBER_OPS = ("list", "add", "remove")
 MAX_KEY_CHARS = 4096
 
@@ -59,8 +69,8 @@ class KvRequest:
     id: int
     op: str  # set | get | del | cas | scan | register (a new client asks for its id)
     key: str
-    value: str | None
-    expect: str | None  # cas: the value expected, None for an absent key
+    value: str | bytes | None
+    expect: str | bytes | None  # cas: the value expected, None for an absent key
     client: int
     seq: int
     read: str  # get: log | index | lease; scan: index | lease; "log" for every write
@@ -75,6 +85,103 @@ class KvRequest:
 
 
 ClientRequest = StatusRequest | TransferRequest | MemberRequest | KvRequest | LinkFaultsRequest
+
+
+class Outcome(StrEnum):
+    """The `status` of an answer."""
+
+    OK = "ok"  # done: `result` says what it returned
+    REDIRECT = "redirect"  # not the leader: `leader` at `leader_addr` is
+    NO_LEADER = "no_leader"  # this node knows no leader: ask another
+    FAILED = "failed"  # certainly not applied (a newer leader overwrote it); a retry may be
+    ERROR = "error"  # refused: not applied, and asking again will not help
+    UNKNOWN = "unknown"  # may have been applied: retry with the same sequence number
+    SESSION_EXPIRED = "session_expired"  # the cluster forgot this client's session
+    DISK_FULL = "disk_full"  # this node cannot write its log: ask another
+
+
+_OUTCOMES = {o.value: o for o in Outcome}  # a dict lookup: Outcome(text) costs a microsecond
+
+
+@dataclass(slots=True, kw_only=True)
+class Answer:
+    # Not frozen, like KvRequest: a load generator decodes one per request.
+    id: int
+    status: Outcome
+    result: Any = None  # ok: the operation's result
+    error: str | None = None  # why, for every status but ok and redirect
+    leader: int | None = None  # redirect: who leads
+    leader_addr: str | None = None  # redirect: its client address, HOST:PORT
+
+
+def encode_answer(request_id: int, status: Outcome, **fields: Any) -> bytes:
+    """An answer as the server sends it (`codec.encode_ok_answer` is the fast way to
+    say a plain ok)."""
+    return encode({"t": "resp", "id": request_id, "status": status.value, **fields})
+
+
+def decode_answer(data: bytes) -> Answer:
+    body = codec.decode_answer(data)
+    status = body.get("status")
+    outcome = _OUTCOMES.get(status) if isinstance(status, str) else None
+    if outcome is None:
+        raise RemoteProtocolError(f"unknown answer status {str(status)[:40]!r}")
+    if outcome is Outcome.OK:  # most answers: nothing else to check
+        return Answer(id=body["id"], status=outcome, result=body.get("result"))
+    error, leader, leader_addr = body.get("error"), body.get("leader"), body.get("leader_addr")
+    return Answer(
+        id=body["id"],
+        status=outcome,
+        result=body.get("result"),
+        error=error if isinstance(error, str) else None,
+        leader=leader if is_count(leader) else None,
+        leader_addr=leader_addr if isinstance(leader_addr, str) else None,
+    )
+
+
+def encode_request(req: ClientRequest) -> bytes:
+    """The frame body `decode_request` turns back into `req`."""
+    return encode(request_body(req))
+
+
+def request_body(req: ClientRequest) -> dict[str, Any]:
+    """`req` as the map on the wire (fuzzers start from these, then break them)."""
+    if isinstance(req, KvRequest):
+        return _kv_body(req)
+    if isinstance(req, StatusRequest):
+        return {"t": "status", "id": req.id, **({"state": True} if req.state else {})}
+    if isinstance(req, TransferRequest):
+        return {"t": "transfer", "id": req.id, "target": req.target}
+    if isinstance(req, LinkFaultsRequest):
+        return {"t": "links", "id": req.id, **req.faults.to_wire()}
+    body: dict[str, Any] = {"t": "member", "id": req.id, "op": req.op}
+    if req.op != "list":
+        body["node"] = req.node
+    if req.addresses is not None:
+        body["addresses"] = [f"{host}:{port}" for host, port in req.addresses]
+    return body
+
+
+def _kv_body(req: KvRequest) -> dict[str, Any]:
+    body = {
+        "t": "req",
+        "id": req.id,
+        "op": req.op,
+        "key": req.key,
+        "value": req.value,
+        "expect": req.expect,
+        "client": req.client,
+        "seq": req.seq,
+    }
+    if req.op in ("get", "scan"):
+        body["read"] = req.read
+    if req.op == "scan":
+        body["after"], body["limit"] = req.after, req.limit
+    if req.retry:
+        body["retry"] = True
+    if req.trace:
+        body["trace"] = True
+    return body
 
 
 def decode_request(data: bytes) -> ClientRequest:
@@ -118,10 +225,10 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
     if not isinstance(key, str) or len(key) > MAX_KEY_CHARS:
         raise RemoteProtocolError(f"key must be a string of at most {MAX_KEY_CHARS} characters")
     value, expect = body.get("value"), body.get("expect")
-    if op in ("set", "cas") and not isinstance(value, str):
-        raise RemoteProtocolError(f"{op} needs a string value")
-    if op == "cas" and not (expect is None or isinstance(expect, str)):
-        raise RemoteProtocolError("cas expect must be a string or null (absent)")
+    if op in ("set", "cas") and not isinstance(value, (str, bytes)):
+        raise RemoteProtocolError(f"{op} needs a string or bytes value")
+    if op == "cas" and not (expect is None or isinstance(expect, (str, bytes))):
+        raise RemoteProtocolError("cas expect must be a string, bytes or null (absent)")
     read = body.get("read", "index" if op == "scan" else "log")
     if not isinstance(read, str) or read not in READ_MODES or ("read" in body and op not in ("get", "scan")):
         raise RemoteProtocolError("read must be log, index or lease, and only on get or scan")
