@@ -178,7 +178,7 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
         )
     )
     records = 1
-    batch: list[list[str]] = []
+    batch: list[list[Any]] = []
     for key, value in image.data.items():
         batch.append([key, value])
         if len(batch) >= KV_BATCH:
@@ -203,7 +203,7 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
 def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
     """Load and verify a whole snapshot file. Raises SnapshotCorrupt."""
     meta: SnapshotMeta | None = None
-    data: dict[str, str] = {}
+    data: dict[str, str | bytes] = {}
     sessions: dict[int, tuple[int, Any]] = {}
     incarnations: dict[int, int] = {}  # absent from files written before they were kept
     records = 0

@@ -1,6 +1,6 @@
 """The client service: requests from clients in, answers out.
 
-Each frame is decoded into one typed request (raftproc.runtime.requests) and
+Each frame is decoded into one typed request (raftproc.runtime.protocol) and
 dispatched by its type. Writes and log reads are proposed to the core and wait in
 the applier (raftproc.server.applier) until their entry is applied; ReadIndex and
 lease reads wait there until the core confirmed them and the store has applied

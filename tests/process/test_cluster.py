@@ -6,6 +6,8 @@ import pytest
 from conftest import log_events
 from support import wait_until
 
+from raftproc.client import ClientError
+
 pytestmark = pytest.mark.process
 
 
@@ -119,7 +121,7 @@ def test_a_long_lived_client_asks_a_restarted_node_for_status_again(cluster_fact
         def answered():
             try:
                 return client.status(1)
-            except OSError:
+            except ClientError:
                 return None
 
         after = wait_until(answered, 20, "node 1 to answer the same client again")
