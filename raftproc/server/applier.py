@@ -24,6 +24,7 @@ from raftproc.core.types import LEADER
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import OK, KeyValueStore
 from raftproc.runtime.loop import Connection
+from raftproc.runtime.protocol import Outcome
 from raftproc.server.members import MemberService
 from raftproc.server.replies import Replies
 from raftproc.server.trace import Tracer
@@ -104,13 +105,13 @@ class Applier:
         if waiting.term != entry.term:
             # Another leader's entry holds this index: ours is gone for good.
             self.proposals_failed += 1
-            self.replies.answer(waiting.conn, waiting.request_id, status="failed", error="overwritten by a newer leader")
+            self.replies.answer(waiting.conn, waiting.request_id, status=Outcome.FAILED, error="overwritten by a newer leader")
         elif result is OK:
             self.replies.ok(waiting.conn, waiting.request_id)
         elif result is not None and result.get("session_expired"):
-            self.replies.answer(waiting.conn, waiting.request_id, status="session_expired", error=result["error"])
+            self.replies.answer(waiting.conn, waiting.request_id, status=Outcome.SESSION_EXPIRED, error=result["error"])
         else:
-            self.replies.answer(waiting.conn, waiting.request_id, status="ok", result=result)
+            self.replies.answer(waiting.conn, waiting.request_id, status=Outcome.OK, result=result)
 
     def serve_reads(self, read_states: Sequence[ReadState]) -> None:
         """Confirmed reads wait until the store has applied their index."""
@@ -125,7 +126,7 @@ class Applier:
                 result = self.kv.scan(asked.key, *asked.scan)
             else:
                 result = {"ok": True, "value": self.kv.data.get(asked.key)}
-            self.replies.answer(asked.conn, asked.request_id, status="ok", result=result)
+            self.replies.answer(asked.conn, asked.request_id, status=Outcome.OK, result=result)
 
     # --- who waits --------------------------------------------------------------------
 
@@ -137,7 +138,7 @@ class Applier:
         if self.raft.role == LEADER:
             return
         if self.waiting:
-            self.fail_waiting("unknown", "leadership lost before commit")
+            self.fail_waiting(Outcome.UNKNOWN, "leadership lost before commit")
         if self.reads_asked:
             # Reads the core had not confirmed died with the leadership; a read
             # changes nothing, so the client may simply ask the new leader.
@@ -145,7 +146,7 @@ class Applier:
             for read in asked.values():
                 self.replies.redirect(read.conn, read.request_id)
 
-    def fail_waiting(self, status: str, why: str) -> None:
+    def fail_waiting(self, status: Outcome, why: str) -> None:
         waiting, self.waiting = self.waiting, {}
         self.proposals_failed += len(waiting)
         for w in waiting.values():

@@ -41,6 +41,7 @@ from raftproc.runtime.protocol import (
     KvRequest,
     LinkFaultsRequest,
     MemberRequest,
+    Outcome,
     StatusRequest,
     TransferRequest,
     decode_request,
@@ -116,7 +117,7 @@ class ClientService:
         self.listener = Listener(self.loop, address, self._accept, log=self.log)
 
     def close(self) -> None:
-        self.applier.fail_waiting("unknown", "node shutting down")
+        self.applier.fail_waiting(Outcome.UNKNOWN, "node shutting down")
         for conn in list(self.connections):
             conn.close("node shutting down")
         if self.listener is not None:
@@ -170,7 +171,7 @@ class ClientService:
             self.replies.answer(
                 conn,
                 req.id,
-                status="error",
+                status=Outcome.ERROR,
                 error=f"request of {len(body)} bytes is over the limit of {self.limits.max_request_bytes} (max_request_bytes)",
             )
             return
@@ -179,13 +180,13 @@ class ClientService:
             self.replies.answer(
                 conn,
                 req.id,
-                status="error",
+                status=Outcome.ERROR,
                 error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})",
             )
             return
         if self.disk.frozen and not isinstance(req, StatusRequest):
             self.replies.answer(
-                conn, req.id, status="disk_full", error=f"node {self.me} cannot write its log: its disk is full; ask another node"
+                conn, req.id, status=Outcome.DISK_FULL, error=f"node {self.me} cannot write its log: its disk is full; ask another node"
             )
             return
         self._dispatch[type(req)](conn, req)
@@ -200,7 +201,7 @@ class ClientService:
 
     def _status(self, conn: Connection, req: StatusRequest) -> None:
         answer = {**self.status(req.state), "client_connections": len(self.connections), "clients_refused": self.refused_clients}
-        self.replies.answer(conn, req.id, status="ok", result=answer)
+        self.replies.answer(conn, req.id, status=Outcome.OK, result=answer)
 
     def _kv(self, conn: Connection, req: KvRequest) -> None:
         raft = self.raft
@@ -218,7 +219,7 @@ class ClientService:
             return
         except TransferInProgress as e:
             # Never reached the log: the client retries and finds the new leader.
-            self.replies.answer(conn, req.id, status="no_leader", error=str(e))
+            self.replies.answer(conn, req.id, status=Outcome.NO_LEADER, error=str(e))
             return
         self.applier.wait_for(index, Waiting(term, conn, req.id, cmd))
         if req.trace:
@@ -243,7 +244,7 @@ class ClientService:
             return
         target = req.target
         if target == self.me:
-            self.replies.answer(conn, req.id, status="ok", result={"target": self.me, "already": True})
+            self.replies.answer(conn, req.id, status=Outcome.OK, result={"target": self.me, "already": True})
             return
         if target is None:  # the voter with the longest log, among those connected
             voters = [p for p in raft.membership.voters if p != self.me and not raft.progress[p].diverged]
@@ -254,22 +255,22 @@ class ClientService:
                 raise ValueError("a single-node cluster has nobody to hand leadership to")
             raft.transfer_leadership(target)
         except ValueError as e:
-            self.replies.answer(conn, req.id, status="error", error=str(e))
+            self.replies.answer(conn, req.id, status=Outcome.ERROR, error=str(e))
             return
-        self.replies.answer(conn, req.id, status="ok", result={"target": target})
+        self.replies.answer(conn, req.id, status=Outcome.OK, result={"target": target})
 
     def _set_link_faults(self, conn: Connection, req: LinkFaultsRequest) -> None:
         if self.link_faults is None:
             self.replies.answer(
                 conn,
                 req.id,
-                status="error",
+                status=Outcome.ERROR,
                 error=f"node {self.me} does not take injected link faults (its config lacks link_faults = true)",
             )
             return
         self.link_faults.set(req.faults)
         self.log("link_faults_set", **req.faults.to_wire())
-        self.replies.answer(conn, req.id, status="ok", result=req.faults.to_wire())
+        self.replies.answer(conn, req.id, status=Outcome.OK, result=req.faults.to_wire())
 
 
 def _needs_admin(req: ClientRequest) -> bool:

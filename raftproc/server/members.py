@@ -24,7 +24,7 @@ from raftproc.core.membership import Membership
 from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER, MembershipChangeBusy, MembershipChangeRefused, NotLeader, TransferInProgress
 from raftproc.runtime.loop import Connection
-from raftproc.runtime.protocol import MemberRequest
+from raftproc.runtime.protocol import MemberRequest, Outcome
 from raftproc.server.peers import Peers
 from raftproc.server.replies import Replies
 
@@ -49,14 +49,15 @@ class MemberChange:
         m = raft.membership
         settled = not m.is_joint and raft.log.config_index <= raft.commit_index
         if settled and self._done(m):
-            self.answer(status="ok", result={"node": self.node, "op": self.op, "membership": membership_fields(m)})
+            self.answer(status=Outcome.OK, result={"node": self.node, "op": self.op, "membership": membership_fields(m)})
             return True
         if raft.role != LEADER:
-            self.answer(status="unknown", error="leadership moved during the change; run the same command again to go on")
+            self.answer(status=Outcome.UNKNOWN, error="leadership moved during the change; run the same command again to go on")
             return True
         if now > self.deadline:
             self.answer(
-                status="unknown", error=f"timed out ({self.last_refusal or 'waiting for a commit'}); run the same command again to go on"
+                status=Outcome.UNKNOWN,
+                error=f"timed out ({self.last_refusal or 'waiting for a commit'}); run the same command again to go on",
             )
             return True
         if not settled:
@@ -79,7 +80,7 @@ class MemberChange:
         except (MembershipChangeBusy, TransferInProgress) as e:
             self.last_refusal = str(e)  # try again on a later pass
         except (MembershipChangeRefused, NotLeader) as e:
-            self.answer(status="error", error=str(e))
+            self.answer(status=Outcome.ERROR, error=str(e))
             return True
         return False
 
@@ -112,11 +113,11 @@ class MemberService:
             self.replies.redirect(conn, req.id)
             return
         if req.op == "list":
-            self.replies.answer(conn, req.id, status="ok", result=self._list())
+            self.replies.answer(conn, req.id, status=Outcome.OK, result=self._list())
             return
         refusal = self._refusal(req)
         if refusal is not None:
-            self.replies.answer(conn, req.id, status="error", error=refusal)
+            self.replies.answer(conn, req.id, status=Outcome.ERROR, error=refusal)
             return
         if req.op == "add" and req.node not in self.raft.membership.members:
             assert req.addresses is not None

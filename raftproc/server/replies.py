@@ -12,6 +12,7 @@ from typing import Any
 from raftproc.core.node import RaftNode
 from raftproc.runtime import codec
 from raftproc.runtime.loop import Connection
+from raftproc.runtime.protocol import Outcome, encode_answer
 from raftproc.server.peers import Peers
 
 Log = Callable[..., None]
@@ -24,8 +25,8 @@ class Replies:
         self.peers = peers
         self.log = log
 
-    def answer(self, conn: Connection, request_id: int, **fields: Any) -> None:
-        conn.send(codec.encode({"t": "resp", "id": request_id, **fields}))
+    def answer(self, conn: Connection, request_id: int, status: Outcome, **fields: Any) -> None:
+        conn.send(encode_answer(request_id, status, **fields))
 
     def ok(self, conn: Connection, request_id: int) -> None:
         """The answer to most writes, pre-encoded: the leader's hot path."""
@@ -35,8 +36,8 @@ class Replies:
         leader = self.raft.leader_id
         address = self.peers.book.get(leader) if leader is not None and leader != self.me else None
         if address is None:
-            self.answer(conn, request_id, status="no_leader")
+            self.answer(conn, request_id, status=Outcome.NO_LEADER)
             return
         host, port = address.client
         self.log("client_redirected", level="debug", leader=leader)
-        self.answer(conn, request_id, status="redirect", leader=leader, leader_addr=f"{host}:{port}")
+        self.answer(conn, request_id, status=Outcome.REDIRECT, leader=leader, leader_addr=f"{host}:{port}")
