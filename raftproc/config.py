@@ -1,7 +1,8 @@
 """Cluster configuration: built-in defaults for a local 5-node cluster, or a TOML file.
 
 With no file, node N (1..5) listens for peers on 127.0.0.1:710N, for clients on
-127.0.0.1:720N and for metrics scrapes on 127.0.0.1:730N, keeps its WAL in
+127.0.0.1:720N, for metrics scrapes on 127.0.0.1:730N and for Redis clients (RESP)
+on 127.0.0.1:740N, keeps its WAL in
 data/node-N and its JSON log in logs/node-N.jsonl.
 
 A TOML file looks like this (every top-level key is optional):
@@ -25,6 +26,8 @@ A TOML file looks like this (every top-level key is optional):
     check_quorum = true        # a leader that hears no majority steps down (6.2); needed by lease reads
     max_clock_drift = 0.05     # how far a node's clock rate may stray from real time (0.05: 5%);
                                # read leases are shortened to stay safe within it
+    redis_forward = true       # a follower's RESP port forwards commands to the leader; false:
+                               # it answers -MOVED 0 <leader's redis address>, as Redis Cluster does
     link_faults = false        # take injected link faults (cuts, delays) from an admin: for
                                # demos and tests only (supervisor clusters set it; docs/watch.md)
     snapshot_entries = 10000   # snapshot once this many entries applied since the last, and
@@ -40,6 +43,7 @@ A TOML file looks like this (every top-level key is optional):
     # join = true              # not in the first configuration: the node starts as a
                                # non-voter and waits for `client member add` (docs/operations.md)
     # metrics = "127.0.0.1:7301"  # GET /metrics (Prometheus) and /health (docs/operations.md, Metrics)
+    # redis = "127.0.0.1:7401"    # the RESP port: redis-cli and every Redis client (docs/redis.md)
     # cert = "tls/node-1.pem"  # with [tls]: this node's certificate and key
     # key = "tls/node-1-key.pem"
 
@@ -87,6 +91,7 @@ class NodeAddress:
     cert: Path | None = None  # with [tls]: the node's own certificate and key
     key: Path | None = None
     metrics: Address | None = None  # where GET /metrics and /health are served (None: nowhere)
+    redis: Address | None = None  # where the RESP port listens (None: nowhere)
 
 
 @dataclass(frozen=True)
@@ -119,6 +124,7 @@ class ClusterConfig:
     check_quorum: bool = True
     max_clock_drift: float = 0.05
     link_faults: bool = False
+    redis_forward: bool = True  # a follower's RESP port forwards to the leader (else -MOVED)
     snapshot_entries: int = 10_000
     snapshot_bytes: int = 64 * 1024 * 1024
     snapshot_chunk_bytes: int = 512 * 1024
@@ -175,10 +181,12 @@ class ClusterConfig:
         return TlsFiles(t.ca, t.client_cert, t.client_key)
 
 
-def default_config(nodes: int = 5, *, peer_base: int = 7100, client_base: int = 7200, metrics_base: int = 7300) -> ClusterConfig:
+def default_config(nodes: int = 5) -> ClusterConfig:
     return ClusterConfig(
         nodes={
-            i: NodeAddress(i, ("127.0.0.1", peer_base + i), ("127.0.0.1", client_base + i), metrics=("127.0.0.1", metrics_base + i))
+            i: NodeAddress(
+                i, ("127.0.0.1", 7100 + i), ("127.0.0.1", 7200 + i), metrics=("127.0.0.1", 7300 + i), redis=("127.0.0.1", 7400 + i)
+            )
             for i in range(1, nodes + 1)
         }
     )
@@ -203,7 +211,7 @@ _INT_KEYS = (
 )
 
 
-_BOOL_KEYS = ("background_sync", "pre_vote", "check_quorum", "link_faults")
+_BOOL_KEYS = ("background_sync", "pre_vote", "check_quorum", "link_faults", "redis_forward")
 
 
 def _drift(value: Any, source: str) -> float:
@@ -228,7 +236,7 @@ def load_config(path: str | Path | None) -> ClusterConfig:
     return parse_config(raw, source=str(path), base=path.resolve().parent)
 
 
-_NODE_KEYS = {"id", "peer", "client", "join", "cert", "key", "metrics"}
+_NODE_KEYS = {"id", "peer", "client", "join", "cert", "key", "metrics", "redis"}
 _TLS_KEYS = ("ca", "client_cert", "client_key", "admin_cert", "admin_key")
 
 
@@ -255,7 +263,7 @@ def _nodes(tables: object, base: Path, source: str) -> dict[int, NodeAddress]:
     nodes: dict[int, NodeAddress] = {}
     for n in tables:
         if not isinstance(n, dict) or not {"id", "peer", "client"} <= set(n) <= _NODE_KEYS:
-            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join, cert, key and metrics")
+            raise ConfigError(f"{source}: each [[node]] has id, peer and client, and may have join, cert, key, metrics and redis")
         if not isinstance(n.get("join", False), bool):
             raise ConfigError(f"{source}: join must be true or false")
         if not isinstance(n["id"], int) or n["id"] < 1:
@@ -270,6 +278,7 @@ def _nodes(tables: object, base: Path, source: str) -> dict[int, NodeAddress]:
             cert=_path(n.get("cert"), base, source, "cert"),
             key=_path(n.get("key"), base, source, "key"),
             metrics=_address(n["metrics"], source) if "metrics" in n else None,
+            redis=_address(n["redis"], source) if "redis" in n else None,
         )
     if all(n.join for n in nodes.values()):
         raise ConfigError(f"{source}: every node is marked join; the first configuration needs at least one")
@@ -358,8 +367,7 @@ def to_toml(cfg: ClusterConfig) -> str:
         lines += ["", "[[node]]", f"id = {n.id}", f'peer = "{n.peer[0]}:{n.peer[1]}"', f'client = "{n.client[0]}:{n.client[1]}"']
         if n.join:
             lines.append("join = true")
-        if n.metrics is not None:
-            lines.append(f'metrics = "{n.metrics[0]}:{n.metrics[1]}"')
+        lines += [f'{k} = "{a[0]}:{a[1]}"' for k in ("metrics", "redis") if (a := getattr(n, k)) is not None]
         lines += [f'{k} = "{getattr(n, k)}"' for k in ("cert", "key") if getattr(n, k) is not None]
     if cfg.tls is not None:
         lines += ["", "[tls]", *(f'{k} = "{getattr(cfg.tls, k)}"' for k in _TLS_KEYS if getattr(cfg.tls, k) is not None)]

@@ -28,20 +28,22 @@ def local_config(
     nodes: int, data_dir: Path, log_dir: Path, *, ports: list[int] | None = None, base_port: int | None = None, **overrides: Any
 ) -> ClusterConfig:
     """A cluster on 127.0.0.1. With `base_port` B, node N listens for peers on
-    B+100+N, for clients on B+200+N and for metrics scrapes on B+300+N (B=7000
-    gives the documented defaults); without, on free ports the kernel picks.
-    `ports`: peers', then clients', then (optionally) metrics' ports."""
+    B+100+N, for clients on B+200+N, for metrics scrapes on B+300+N and for Redis
+    clients on B+400+N (B=7000 gives the documented defaults); without, on free
+    ports the kernel picks. `ports`: peers', then clients', then (optionally)
+    metrics' and then Redis ports."""
     if ports is None:
         if base_port is None:
-            ports = free_ports(3 * nodes)
+            ports = free_ports(4 * nodes)
         else:
-            ports = [base_port + kind * 100 + i for kind in (1, 2, 3) for i in range(1, nodes + 1)]
+            ports = [base_port + kind * 100 + i for kind in (1, 2, 3, 4) for i in range(1, nodes + 1)]
     addrs = {
         i: NodeAddress(
             i,
             ("127.0.0.1", ports[i - 1]),
             ("127.0.0.1", ports[nodes + i - 1]),
             metrics=("127.0.0.1", ports[2 * nodes + i - 1]) if len(ports) >= 3 * nodes else None,
+            redis=("127.0.0.1", ports[3 * nodes + i - 1]) if len(ports) >= 4 * nodes else None,
         )
         for i in range(1, nodes + 1)
     }

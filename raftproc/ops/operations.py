@@ -59,13 +59,14 @@ class ClusterOperations:
         self.cluster.leader_now("join")  # before anything is written or started
         cfg = self.cluster.config
         node_id = max(cfg.nodes) + 1
-        metrics = None
+        metrics = redis = None
         if place is None:
-            peer_port, client_port, metrics_port = free_ports(3)
-            peer, client, metrics = ("127.0.0.1", peer_port), ("127.0.0.1", client_port), ("127.0.0.1", metrics_port)
+            peer_port, client_port, metrics_port, redis_port = free_ports(4)
+            peer, client = ("127.0.0.1", peer_port), ("127.0.0.1", client_port)
+            metrics, redis = ("127.0.0.1", metrics_port), ("127.0.0.1", redis_port)
         else:
             peer, client = place(node_id)
-        address = NodeAddress(node_id, peer, client, join=True, metrics=metrics)
+        address = NodeAddress(node_id, peer, client, join=True, metrics=metrics, redis=redis)
         if cfg.tls is not None:
             address = node_with_cert(address, self.cluster.tls_dir)
         self.cluster.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))
