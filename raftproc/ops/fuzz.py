@@ -1,9 +1,10 @@
-"""A seeded fuzzer of a node's two ports: mutations of valid frames.
+"""A seeded fuzzer of a node's ports: mutations of valid frames and commands.
 
     python -m raftproc.ops.fuzz --config run/config.toml --node 1 --as 4 --frames 1000000 --seed 1
 
 Each frame starts from a valid body (every peer message type after a valid hello
-on the peer port; every request type on the client port) and is mutated: bit
+on the peer port; every request type on the client port, a forwarded Redis
+command included; a Redis command on the RESP port, `--redis`) and is mutated: bit
 flips, truncations, a field's value swapped for another type, a field deleted,
 integers far past 64 bits, deep nesting, trailing garbage, or a length prefix
 that lies. The node under test must close the offending connection and live on;
@@ -29,7 +30,15 @@ from typing import Any
 import cbor2
 
 from raftproc.runtime.codec import PROTOCOL_VERSION
-from raftproc.runtime.protocol import ClientRequest, KvRequest, MemberRequest, StatusRequest, TransferRequest, request_body
+from raftproc.runtime.protocol import (
+    ClientRequest,
+    KvRequest,
+    MemberRequest,
+    RedisRequest,
+    StatusRequest,
+    TransferRequest,
+    request_body,
+)
 
 Address = tuple[str, int]
 
@@ -83,6 +92,8 @@ def client_bodies() -> list[dict[str, Any]]:
         TransferRequest(id=5, target=None),
         MemberRequest(id=6, op="list"),
         MemberRequest(id=7, op="add", node=9, addresses=(("127.0.0.1", 1), ("127.0.0.1", 2))),
+        RedisRequest(id=8, commands=[[b"SET", b"k", b"v"]]),
+        RedisRequest(id=9, commands=[[b"INCR", b"n"], [b"MGET", b"k", b"n"]], multi=True),
     ]
     return [{"v": PROTOCOL_VERSION, **request_body(r)} for r in requests]
 
@@ -145,6 +156,51 @@ def mutate(rng: random.Random, body: dict[str, Any]) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
+REDIS_COMMANDS: list[list[bytes]] = [
+    [b"SET", b"k", b"v"],
+    [b"GET", b"k"],
+    [b"MSET", b"a", b"1", b"b", b"2"],
+    [b"INCRBY", b"n", b"5"],
+    [b"SCAN", b"0", b"MATCH", b"a*", b"COUNT", b"10"],
+    [b"HELLO", b"3", b"SETNAME", b"fuzz"],
+    [b"CLIENT", b"SETNAME", b"x"],
+    [b"MULTI"],
+    [b"EXEC"],
+    [b"SET", b"k", b"v", b"NX", b"GET"],
+]
+
+
+def encode_command(argv: list[bytes]) -> bytes:
+    return b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in argv)
+
+
+def mutate_command(rng: random.Random, argv: list[bytes]) -> tuple[bytes, bool]:
+    """One mutated RESP command, and whether it is still whole (else the connection
+    is dropped after it: the node may be waiting for the rest)."""
+    data = encode_command(argv)
+    kind = rng.randrange(8)
+    if kind == 0:  # bit flips
+        buf = bytearray(data)
+        for _ in range(rng.randint(1, 8)):
+            buf[rng.randrange(len(buf))] ^= 1 << rng.randrange(8)
+        return bytes(buf), False
+    if kind == 1:  # truncated
+        return data[: rng.randrange(len(data))], False
+    if kind == 2:  # a count or a length that lies, or is absurd
+        lie = rng.choice((b"*2000000000\r\n", b"*-5\r\n", b"$99999999999\r\n", b"*1\r\n$-3\r\n", b"*99999999999999999999999\r\n"))
+        return lie + data, False
+    if kind == 3:  # an inline line that never ends
+        return b"SET " + rng.randbytes(rng.choice((100, 70_000))), False
+    if kind == 4:  # random bytes
+        return rng.randbytes(rng.randint(1, 200)), False
+    if kind == 5:  # an argument of odd bytes (not UTF-8, NULs, CRLF inside)
+        odd = [*argv[:-1], rng.choice((b"\xff\xfe", b"\0" * 10, b"a\r\nb", b"9" * 30))]
+        return encode_command(odd), True
+    if kind == 6:  # an unknown command or a wrong number of arguments
+        return encode_command(rng.choice(([b"FLUSHALL"], argv[:1], [*argv, b"extra"]))), True
+    return data, True  # kind 7: the valid command itself
+
+
 @dataclass
 class FuzzStats:
     frames: int = 0
@@ -198,7 +254,9 @@ class _Port:
             self.sock = None
 
 
-def fuzz(peer: Address | None, client: Address | None, *, me: int, target: int, frames: int, seed: int) -> FuzzStats:
+def fuzz(
+    peer: Address | None, client: Address | None, *, me: int, target: int, frames: int, seed: int, redis: Address | None = None
+) -> FuzzStats:
     """Send `frames` mutated frames, alternating between the ports given."""
     rng = random.Random(seed)
     incarnation = rng.getrandbits(62) + 1
@@ -208,10 +266,18 @@ def fuzz(peer: Address | None, client: Address | None, *, me: int, target: int, 
         ports.append((_Port(peer, struct.pack(">I", len(hello)) + hello), peer_bodies(me, target, incarnation)))
     if client is not None:
         ports.append((_Port(client, b""), client_bodies()))
+    resp = _Port(redis, b"") if redis is not None else None
     stats = FuzzStats()
     started = time.monotonic()
     try:
         for i in range(frames):
+            if resp is not None and i % (len(ports) + 1) == len(ports):
+                data, whole = mutate_command(rng, rng.choice(REDIS_COMMANDS))
+                resp.send(data, stats)
+                if not whole:
+                    resp.close()
+                stats.frames += 1
+                continue
             port, bodies = ports[i % len(ports)]
             frame = mutate(rng, rng.choice(bodies))
             port.send(frame, stats)
@@ -221,6 +287,8 @@ def fuzz(peer: Address | None, client: Address | None, *, me: int, target: int, 
     finally:
         for port, _ in ports:
             port.close()
+        if resp is not None:
+            resp.close()
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -234,10 +302,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--as", dest="me", type=int, required=True, help="the node id to claim on the peer port (one that is not running)")
     p.add_argument("--frames", type=int, default=10_000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--redis", action="store_true", help="the node's RESP port too")
     args = p.parse_args(argv)
     cfg = load_config(args.config)
     node = cfg.node(args.node)
-    stats = fuzz(node.peer, node.client, me=args.me, target=args.node, frames=args.frames, seed=args.seed)
+    redis = node.redis if args.redis else None
+    stats = fuzz(node.peer, node.client, me=args.me, target=args.node, frames=args.frames, seed=args.seed, redis=redis)
     print(
         f"{stats.frames} frames over {stats.connections} connections ({stats.closed_by_node} closed by the node) in {stats.seconds:.1f} s"
     )

@@ -111,7 +111,9 @@ class RequestParser:
         length = self._header(b"$", "bulk")
         if length is None:
             return None
-        if not 0 <= length <= self.max_request_bytes or self._size + length > self.max_request_bytes:
+        if length < 0:
+            raise RespError("Protocol error: invalid bulk length")
+        if length > self.max_request_bytes or self._size + length > self.max_request_bytes:
             raise RespError(f"Protocol error: a command of more than {self.max_request_bytes} bytes (max_request_bytes)")
         buf, pos = self._buf, self._pos
         if len(buf) - pos < length + 2:

@@ -413,7 +413,7 @@ class _Builder:
             raft=self.node.raft,
             loop=self.loop,
             limits=ClientLimits(cfg.max_request_bytes, cfg.max_clients),
-            connections=self.connections(),
+            connections=self.connections,
             applier=applier,
             members=members,
             replies=replies,
@@ -425,14 +425,16 @@ class _Builder:
             link_faults=shaper if cfg.link_faults else None,
         )
 
+    @functools.cached_property
     def connections(self) -> ConnectionSettings:
-        """How the client-facing ports' connections are bounded (and TLS-wrapped)."""
+        """How the client-facing ports' connections are bounded (and TLS-wrapped); one
+        sparse log for them all, so a flood of bad input costs a few lines, whichever port."""
         cfg = self.cfg
         return ConnectionSettings(cfg.max_frame, cfg.peer_buffer, self.handshake_timeout, SparseLog(self.log), self.tls)
 
     def redis(self, clients: ClientService, peers: Peers) -> RedisService:
         cfg = self.cfg
-        connections = self.connections()
+        connections = self.connections
         return RedisService(
             me=self.node_id,
             raft=self.node.raft,

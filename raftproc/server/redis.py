@@ -214,7 +214,9 @@ class RedisService:
 
         def on_answer(answer: Answer) -> None:
             if answer.status is Outcome.REDIRECT and tries < MAX_REDIRECTS:
-                self._submit(session, slot, commands, multi=multi, write=write, tries=tries + 1)
+                # Later, not now: an answer may come while the driver carries out a
+                # Ready, when the core takes no proposal.
+                self.loop.call_later(0, lambda: self._submit(session, slot, commands, multi=multi, write=write, tries=tries + 1))
             else:
                 self._fill(session, slot, _reply(answer, multi))
 
@@ -244,7 +246,15 @@ class RedisService:
         if session.quitting and not slots:
             conn.flush()
             conn.close("client quit")
-        elif session.inbox and not session.taking:
+        elif session.inbox and not session.taking and not session.take_due:
+            # Not from here: answers arrive while the driver carries out a Ready, and
+            # the commands waiting may propose. A timer runs before the next Ready.
+            session.take_due = True
+            self.loop.call_later(0, lambda: self._take_later(session))
+
+    def _take_later(self, session: RespSession) -> None:
+        session.take_due = False
+        if not session.conn.closed:
             self._take(session)
 
 

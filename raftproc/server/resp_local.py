@@ -58,6 +58,7 @@ class RespSession:
         self.slots: deque[Slot] = deque()
         self.inbox: deque[list[bytes]] = deque()  # read, not yet taken (the pipeline was full)
         self.taking = False  # inside _take: answers given meanwhile must not start another
+        self.take_due = False  # a timer will take the commands waiting in the inbox
         self.quitting = False
 
 

@@ -1,5 +1,5 @@
 """No frame ends a node: a seeded fuzzer (raftproc.ops.fuzz) sends mutated frames
-to both ports of a running node; every node lives on and answers, and every fault
+to the peer, client and RESP ports of a running node; every node lives on and answers, and every fault
 cost only its connection. RAFTPROC_FUZZ_FRAMES runs a longer fuzz."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.process
 FRAMES = int(os.environ.get("RAFTPROC_FUZZ_FRAMES", "10000"))
 
 
-def test_fuzzed_frames_on_both_ports_end_no_node(tmp_path):
+def test_fuzzed_frames_on_every_port_end_no_node(tmp_path):
     # Four nodes configured, three started: the fuzzer claims to be node 4 on the
     # peer port, so its hello is admitted and the mutated messages reach the core.
     cluster = make_cluster(tmp_path, 4)
@@ -27,7 +27,7 @@ def test_fuzzed_frames_on_both_ports_end_no_node(tmp_path):
         cluster.wait_for_leader(timeout=20)
         target = cluster.config.node(1)
         pids = {n: cluster.process(n).pid for n in (1, 2, 3)}
-        stats = fuzz(target.peer, target.client, me=4, target=1, frames=FRAMES, seed=1)
+        stats = fuzz(target.peer, target.client, me=4, target=1, frames=FRAMES, seed=1, redis=target.redis)
         print(f"fuzz: {stats}")
         assert stats.frames == FRAMES and stats.closed_by_node > FRAMES // 10, stats
         for n in (1, 2, 3):
