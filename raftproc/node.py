@@ -149,7 +149,7 @@ def started_line(cfg: ClusterConfig, node_id: int) -> str:
     metrics = _address(me.metrics) if me.metrics else "nowhere (no metrics address)"
     return (
         f"raftproc.node: node {node_id} listens for peers on {_address(me.peer)}, clients on {_address(me.client)}, "
-        f"metrics on {metrics}; it logs to {cfg.node_log_file(node_id).resolve()}"
+        f"metrics on {metrics}{f', Redis clients on {_address(me.redis)}' if me.redis else ''}; it logs to {cfg.node_log_file(node_id).resolve()}"
     )
 
 
