@@ -6,6 +6,7 @@ own logs. Or the same cluster in slow motion under the live page."""
 from __future__ import annotations
 
 import shutil
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from raftproc.ops.layout import local_config
 from raftproc.ops.links import LinkTable
 from raftproc.ops.logs import merged
 from raftproc.ops.timeline import render, story
+from raftproc.runtime.resp import encode_command
 
 RUN_DIR = Path("run")
 DATA_DIR = Path("data/demo")
@@ -36,19 +38,21 @@ def fresh_cluster(**overrides: Any) -> Cluster:
 
 def tour() -> None:
     cluster = fresh_cluster()
-    print("starting 5 nodes: python -m raftproc.node --id N (peers on 7101-7105, clients on 7201-7205)")
+    print("starting 5 nodes: python -m raftproc.node --id N (peers on 7101-7105, clients on 7201-7205, Redis on 7401-7405)")
     cluster.up()
     leader = cluster.wait_for_leader()
     print(f"  node {leader} is the leader")
     _write_and_read(cluster)
     _fail_over(cluster, leader)
     _tell_a_traced_write(cluster)
+    _speak_redis(cluster)
     print()
     print("The cluster is still running. Look at it and stop it with:")
     print("    .venv/bin/python scripts/supervisor.py status")
     print("    .venv/bin/python scripts/supervisor.py logs --event became_leader --event election_started")
     print("    .venv/bin/python -m raftproc.client set x 11 --trace && .venv/bin/python scripts/supervisor.py timeline")
     print("    .venv/bin/python -m raftproc.client get y")
+    print("    redis-cli -p 7401 set x 10 && redis-cli -p 7403 get x   # with Debian's redis-tools")
     print("    .venv/bin/python scripts/supervisor.py down")
 
 
@@ -83,6 +87,22 @@ def _fail_over(cluster: Cluster, leader: int) -> None:
     print(f"restarting node {leader}; it replays its WAL and catches up")
     cluster.start(leader)
     _show(cluster.wait_converged())
+
+
+def _speak_redis(cluster: Cluster) -> None:
+    """A SET and a GET in the Redis protocol, to the last node (most likely a follower, which forwards them)."""
+    node = max(cluster.config.nodes)
+    address = cluster.config.node(node).redis
+    assert address is not None
+    with socket.create_connection(address, timeout=10) as s:
+        s.sendall(encode_command([b"SET", b"from-redis", b"hello"]) + encode_command([b"GET", b"from-redis"]))
+        answer = b""
+        while answer.count(b"\r\n") < 3:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    print(f"node {node} speaks Redis too (port {address[1]}): SET from-redis hello, GET from-redis -> {answer!r}")
 
 
 def _show(statuses: list[dict[str, Any]]) -> None:

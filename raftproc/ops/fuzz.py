@@ -39,6 +39,7 @@ from raftproc.runtime.protocol import (
     TransferRequest,
     request_body,
 )
+from raftproc.runtime.resp import encode_command
 
 Address = tuple[str, int]
 
@@ -168,10 +169,6 @@ REDIS_COMMANDS: list[list[bytes]] = [
     [b"EXEC"],
     [b"SET", b"k", b"v", b"NX", b"GET"],
 ]
-
-
-def encode_command(argv: list[bytes]) -> bytes:
-    return b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in argv)
 
 
 def mutate_command(rng: random.Random, argv: list[bytes]) -> tuple[bytes, bool]:

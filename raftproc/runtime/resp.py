@@ -144,6 +144,11 @@ def _is_integer(digits: bytes) -> bool:
     return 0 < len(body) <= 19 and body.isdigit()
 
 
+def encode_command(argv: list[bytes]) -> bytes:
+    """A command as a client sends it: an array of bulk strings."""
+    return b"*%d\r\n" % len(argv) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in argv)
+
+
 class Map(dict):
     """A reply that is a map: `%` under RESP3, a flat array of keys and values under RESP2."""
 

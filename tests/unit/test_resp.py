@@ -8,8 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raftproc.ops.fuzz import encode_command
-from raftproc.runtime.resp import MAX_INLINE_BYTES, Map, RequestParser, RespError, encode_reply
+from raftproc.runtime.resp import MAX_INLINE_BYTES, Map, RequestParser, RespError, encode_command, encode_reply
 
 commands = st.lists(st.lists(st.binary(max_size=40), min_size=1, max_size=6), min_size=1, max_size=8)
 
