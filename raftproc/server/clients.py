@@ -185,13 +185,20 @@ class ClientService:
                 error=f"request of {len(body)} bytes is over the limit of {self.limits.max_request_bytes} (max_request_bytes)",
             )
             return
-        if self.tls is not None and _refused(req, conn.identity.role if conn.identity is not None else None):
+        if self.tls is not None and conn.identity is not None and conn.identity.role == NODE and not isinstance(req, RedisRequest):
+            # Another node's certificate is here only to forward Redis commands.
+            self.remote_log(
+                "client_identity_refused", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__
+            )
+            conn.close("a node certificate only forwards Redis commands")
+            return
+        if self.tls is not None and _needs_admin(req) and (conn.identity is None or conn.identity.role != ADMIN):
             self.remote_log("permission_denied", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__)
             self.replies.answer(
                 conn,
                 req.id,
                 status=Outcome.ERROR,
-                error=f"permission denied: {_describe(req)} needs {_needed(req)} certificate (this connection presented {conn.identity})",
+                error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})",
             )
             return
         self.handle(conn, req)
@@ -312,17 +319,6 @@ class ClientService:
 
 def _needs_admin(req: ClientRequest) -> bool:
     return isinstance(req, (TransferRequest, LinkFaultsRequest)) or (isinstance(req, MemberRequest) and req.op != "list")
-
-
-def _refused(req: ClientRequest, role: str | None) -> bool:
-    """Whether a certificate of `role` may not ask `req` (only checked under TLS)."""
-    if role == NODE:  # another node's RESP port, forwarding to this leader
-        return not isinstance(req, RedisRequest)
-    return _needs_admin(req) and role != ADMIN
-
-
-def _needed(req: ClientRequest) -> str:
-    return "an admin" if _needs_admin(req) else "a client or admin"
 
 
 def _describe(req: ClientRequest) -> str:

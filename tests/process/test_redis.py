@@ -297,3 +297,24 @@ def test_readme_commands_exist(cluster):
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     assert "redis-cli -p 7401 set x 10" in readme and "redis-cli -p 7401 get x" in readme
     assert cli(cluster, 1, "set", "x", "10") == "OK" and cli(cluster, 1, "get", "x") == "10"
+
+
+def test_over_tls_a_follower_forwards_with_its_node_certificate_and_only_clients_are_served(tmp_path):
+    cluster = make_cluster(tmp_path, 3, tls=True)
+    try:
+        cluster.up(wait=20)
+        other = follower(cluster)
+        tls, tls_dir = cluster.config.tls, cluster.tls_dir
+        assert tls is not None
+
+        def over_tls(cert: Path, key: Path) -> redis.Redis:
+            return connect(cluster, other, ssl=True, ssl_ca_certs=str(tls.ca), ssl_certfile=str(cert), ssl_keyfile=str(key))
+
+        c = over_tls(tls.client_cert, tls.client_key)  # type: ignore[arg-type]
+        assert c.set("tls-fwd", "1") is True and c.incr("tls-fwd") == 2
+        assert c.pipeline(transaction=True).incr("tls-fwd").get("tls-fwd").execute() == [3, b"3"]
+        node_cert = over_tls(tls_dir / f"node-{other}.pem", tls_dir / f"node-{other}-key.pem")
+        with pytest.raises(redis.ConnectionError):
+            node_cert.ping()
+    finally:
+        cluster.down(timeout=3)
