@@ -49,6 +49,12 @@ class KeyValueStore(Protocol):
 MAX_KEY_CHARS = 4096
 MAX_KEYS_REPLY = 100_000
 MAX_SCAN_COUNT = 10_000
+# A reply's keys and values, at most (text counted at 4 bytes a character unless
+# ASCII): under the smallest max_frame a forwarded answer must fit in, and small
+# enough that no request can make a node build a reply of gigabytes (MGET of
+# thousands of large values, EXEC of many GETs). Deterministic: every replica
+# refuses the same replies.
+MAX_REPLY_BYTES = 4 * 1024 * 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 READ, WRITE = "read", "write"
 
@@ -69,6 +75,7 @@ OK = status("OK")
 NOT_INTEGER = error("ERR value is not an integer or out of range")
 OVERFLOW = error("ERR increment or decrement would overflow")
 SYNTAX = error("ERR syntax error")
+TOO_LARGE = error(f"ERR the reply would pass {MAX_REPLY_BYTES} bytes: ask for fewer keys at a time")
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,7 +166,29 @@ def execute(store: KeyValueStore, argv: list[bytes]) -> Reply:
 
 
 def execute_all(store: KeyValueStore, commands: list[list[bytes]]) -> list[Reply]:
-    return [execute(store, argv) for argv in commands]
+    """A MULTI block: every command runs; values and lists past MAX_REPLY_BYTES in
+    all are replaced by an error saying so."""
+    replies, size = [], 0
+    for argv in commands:
+        reply = execute(store, argv)
+        size += reply_size(reply)
+        # A write's reply (OK, a count) is never dropped: it says what was done.
+        replies.append(TOO_LARGE if size > MAX_REPLY_BYTES and isinstance(reply, (bytes, str, list)) else reply)
+    return replies
+
+
+def reply_size(reply: Reply) -> int:
+    if isinstance(reply, bytes):
+        return len(reply)
+    if isinstance(reply, str):
+        return len(reply) if reply.isascii() else 4 * len(reply)
+    if isinstance(reply, list):
+        return sum(reply_size(r) for r in reply)
+    return 8
+
+
+def _bounded(reply: list[Any]) -> Reply:
+    return reply if reply_size(reply) <= MAX_REPLY_BYTES else TOO_LARGE
 
 
 def _get(store: KeyValueStore, argv: list[bytes]) -> Reply:
@@ -168,7 +197,7 @@ def _get(store: KeyValueStore, argv: list[bytes]) -> Reply:
 
 def _mget(store: KeyValueStore, argv: list[bytes]) -> Reply:
     data = store.data
-    return [data.get(_key(k)) for k in argv[1:]]
+    return _bounded([data.get(_key(k)) for k in argv[1:]])
 
 
 def _exists(store: KeyValueStore, argv: list[bytes]) -> Reply:
@@ -362,7 +391,7 @@ def _keys(store: KeyValueStore, argv: list[bytes]) -> Reply:
     found = store.keys_with_prefix(prefix, MAX_KEYS_REPLY + 1)
     if len(found) > MAX_KEYS_REPLY:
         return error(f"ERR KEYS matched more than {MAX_KEYS_REPLY} keys: use SCAN, which pages")
-    return found
+    return _bounded(found)
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,7 +452,7 @@ def _scan(store: KeyValueStore, argv: list[bytes]) -> Reply:
         keys = [k for k in keys if k == args.prefix]
     elif args.prefix:
         keys = [k for k in keys if k.startswith(args.prefix)]
-    return [str(next_cursor), keys]
+    return [str(next_cursor), _bounded(keys)]
 
 
 def key_hash(key: str) -> int:

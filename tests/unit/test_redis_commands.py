@@ -92,3 +92,17 @@ def test_checks_answer_as_redis_does_before_anything_runs():
     assert "4096" in redis.check([b"GET", b"k" * 5000])["error"]
     assert "invalid cursor" in redis.check([b"SCAN", b"-1"])["error"]
     assert isinstance(redis.check([b"set", b"k", b"v", b"get"]), redis.Spec)
+
+
+def test_no_request_makes_a_reply_of_gigabytes():
+    store = KeyValueStore()
+    big = b"v" * (1 << 20)
+    for i in range(6):
+        run(store, "SET", f"big{i}", big)
+    text = big.decode()  # kept as text: it is UTF-8
+    assert run(store, "MGET", *[f"big{i}" for i in range(3)]) == [text] * 3
+    assert run(store, "MGET", *[f"big{i}" for i in range(6)]) == redis.TOO_LARGE
+    block = [[b"GET", b"big%d" % i] for i in range(6)] + [[b"SET", b"after", b"1"]]
+    replies = redis.execute_all(store, block)
+    assert replies[:4] == [text] * 4 and replies[4:6] == [redis.TOO_LARGE] * 2
+    assert replies[6] == redis.OK and store.data["after"] == "1"  # a write's reply says what was done
