@@ -187,6 +187,16 @@ def _text(value: str | bytes) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+def test_command_describes_the_commands_for_clients_that_ask(cluster):
+    c = connect(cluster, follower(cluster))
+    table = c.command()  # redis-py reads COMMAND into a dict by name
+    assert c.command_count() == len(table) >= 30
+    assert table["get"]["arity"] == 2 and table["get"]["flags"] == ["readonly"]
+    assert table["mset"]["arity"] == -3 and (table["mset"]["first_key_pos"], table["mset"]["step_count"]) == (1, 2)
+    assert c.command_list() and c.execute_command("COMMAND DOCS") in ([], {})  # no docs: redis-cli uses its own hints
+    c.close()
+
+
 def test_info_tells_the_raft_state(cluster):
     leader = cluster.wait_for_leader(timeout=15)
     info = connect(cluster, follower(cluster)).info()
