@@ -52,8 +52,10 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+import cbor2
 from sortedcontainers import SortedList
 
+from raftproc.kv import redis
 from raftproc.kv.commands import REGISTERED, Command
 
 Result = dict[str, Any]
@@ -79,6 +81,8 @@ class KeyValueStore:
         # The keys of `data` in order, for range reads; built by the first scan, so a
         # store nobody scans (or a restart, a snapshot install) never pays for sorting.
         self.keys: SortedList | None = None
+        # (key_hash(key), key) in order, for SCAN's cursor; built by the first SCAN.
+        self.hashed: SortedList | None = None
         # client id -> (last applied seq, its result), least recently applied first
         self.sessions: OrderedDict[int, tuple[int, Result]] = OrderedDict()
         self.max_sessions = max_sessions
@@ -95,7 +99,7 @@ class KeyValueStore:
     def restore(self, index: int, image: KvImage) -> None:
         """Replace the whole state by a snapshot's, taken at applied index `index`."""
         self.data = image.data
-        self.keys = None
+        self.keys = self.hashed = None
         self.sessions = OrderedDict(image.sessions)
         self._log_digest = bytes.fromhex(image.digest)
         self.incarnations = dict(image.incarnations)
@@ -166,27 +170,75 @@ class KeyValueStore:
 
     def _execute(self, cmd: Command) -> Result:
         if cmd.op == "set":
-            self._put(cmd.key, cmd.value)  # type: ignore[arg-type]
+            self.put(cmd.key, cmd.value)  # type: ignore[arg-type]
             return OK
         if cmd.op == "get":
             return {"ok": True, "value": self.data.get(cmd.key)}
         if cmd.op == "del":
-            old = self.data.pop(cmd.key, None)
-            if old is not None and self.keys is not None:
-                self.keys.remove(cmd.key)
-            return {"ok": True, "existed": old is not None}
+            return {"ok": True, "existed": self.delete(cmd.key)}
         if cmd.op == "cas":
             current = self.data.get(cmd.key)
             if current != cmd.expect:
                 return {"ok": False, "mismatch": True, "value": current}
-            self._put(cmd.key, cmd.value)  # type: ignore[arg-type]
+            self.put(cmd.key, cmd.value)  # type: ignore[arg-type]
             return OK
+        if cmd.op == "redis":
+            return self._redis(cmd.value)
         return {"ok": False, "error": f"unknown operation {cmd.op!r}"}
 
-    def _put(self, key: str, value: Value) -> None:
-        if self.keys is not None and key not in self.data:
-            self.keys.add(key)
+    def _redis(self, encoded: object) -> Result:
+        """Redis commands (raftproc.kv.redis), one or a MULTI block, as one entry."""
+        try:
+            commands = cbor2.loads(encoded) if isinstance(encoded, bytes) else None
+        except Exception:
+            commands = None
+        if not (isinstance(commands, list) and all(isinstance(c, list) and c and all(isinstance(a, bytes) for a in c) for c in commands)):
+            return {"ok": False, "error": "malformed redis command"}
+        return {"ok": True, "redis": redis.execute_all(self, commands)}
+
+    def put(self, key: str, value: Value) -> None:
+        if key not in self.data:
+            if self.keys is not None:
+                self.keys.add(key)
+            if self.hashed is not None:
+                self.hashed.add((redis.key_hash(key), key))
         self.data[key] = value
+
+    def delete(self, key: str) -> bool:
+        """Whether the key was there."""
+        if self.data.pop(key, None) is None:
+            return False
+        if self.keys is not None:
+            self.keys.remove(key)
+        if self.hashed is not None:
+            self.hashed.remove((redis.key_hash(key), key))
+        return True
+
+    def keys_with_prefix(self, prefix: str, limit: int) -> list[str]:
+        """At most `limit` keys starting with `prefix`, in order."""
+        if self.keys is None:
+            self.keys = SortedList(self.data)
+        found: list[str] = []
+        for key in self.keys.irange(minimum=prefix):
+            if not key.startswith(prefix) or len(found) == limit:
+                break
+            found.append(key)
+        return found
+
+    def scan_hashed(self, cursor: int, count: int) -> tuple[list[str], int]:
+        """About `count` keys from position `cursor` of the hash order, and the cursor
+        after them (0: the walk is over). Keys of one hash are never split across
+        pages, or a cursor could not name the place between them."""
+        if self.hashed is None:
+            self.hashed = SortedList((redis.key_hash(k), k) for k in self.data)
+        found: list[str] = []
+        last = -1
+        for h, key in self.hashed.irange(minimum=(cursor, "")):
+            if len(found) >= count and h != last:
+                return found, h
+            found.append(key)
+            last = h
+        return found, 0
 
     def scan(self, prefix: str, after: str | None, limit: int, max_bytes: int = 1 << 20) -> Result:
         """Keys that start with `prefix`, in order, after `after` (a page of a range

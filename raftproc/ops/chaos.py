@@ -168,7 +168,10 @@ def _create_cluster(opts: ChaosOptions, out: Path, faults: list[str], lab: Netns
         cluster.create(local_config(opts.nodes, out / "data", out / "logs", **storage), tls=opts.tls)
         return cluster
     cfg = ClusterConfig(
-        nodes={i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300), redis=(lab.addr(i), 7400)) for i in range(1, opts.nodes + 1)},
+        nodes={
+            i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300), redis=(lab.addr(i), 7400))
+            for i in range(1, opts.nodes + 1)
+        },
         data_dir=out / "data",
         log_dir=out / "logs",
         **storage,

@@ -8,6 +8,7 @@ is refused from the header alone: the claimed size is never allocated.
 from __future__ import annotations
 
 import struct
+from typing import Any, Protocol
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
@@ -15,6 +16,16 @@ DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 class FrameError(Exception):
     """The peer sent something that is not a frame we accept."""
+
+
+class Decoder(Protocol):
+    """What a connection feeds received bytes to: FrameDecoder, or another protocol's
+    parser (raftproc.runtime.resp), which raises FrameError for what it refuses."""
+
+    @property
+    def buffered(self) -> int: ...
+
+    def feed(self, data: bytes) -> list[Any]: ...
 
 
 def encode_frame(body: bytes) -> bytes:

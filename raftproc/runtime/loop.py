@@ -27,12 +27,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from raftproc.runtime.framing import HEADER, FrameDecoder, FrameError
+from raftproc.runtime.framing import HEADER, Decoder, FrameDecoder, FrameError
 from raftproc.runtime.tls import Identity, TlsContexts, identity_of
 
 RECV_BYTES = 256 * 1024
 
-FrameHandler = Callable[["Connection", bytes], None]
+FrameHandler = Callable[["Connection", Any], None]  # a frame's body, or what the connection's decoder makes of the bytes
 CloseHandler = Callable[["Connection", str], None]
 Log = Callable[..., None]
 
@@ -146,8 +146,11 @@ class ConnectionSettings:
         on_close: CloseHandler,
         on_connected: Callable[[Connection], None] | None = None,
         dialled: bool = False,
+        decoder: Decoder | None = None,
+        on_protocol_error: Callable[[Connection, FrameError], None] | None = None,
     ) -> Connection:
-        """A connection on `sock`: one this node `dialled` (still connecting), or one it accepted."""
+        """A connection on `sock`: one this node `dialled` (still connecting), or one it accepted.
+        `decoder`: another protocol than length-prefixed frames (raftproc.runtime.resp)."""
         tls = None if self.tls is None else self.tls.client if dialled else self.tls.server
         return Connection(
             loop,
@@ -163,6 +166,8 @@ class ConnectionSettings:
             tls=tls,
             server_side=not dialled,
             handshake_timeout=self.handshake_timeout,
+            decoder=decoder,
+            on_protocol_error=on_protocol_error,
         )
 
 
@@ -194,15 +199,22 @@ class Connection:
         tls: ssl.SSLContext | None = None,
         server_side: bool = False,
         handshake_timeout: float = 5.0,
+        decoder: Decoder | None = None,
+        on_protocol_error: Callable[[Connection, FrameError], None] | None = None,
     ) -> None:
         """`on_connected(conn)` runs once frames can flow: after the TCP connect, and
-        after the handshake under TLS (`conn.identity` is then the peer's)."""
+        after the handshake under TLS (`conn.identity` is then the peer's).
+        `decoder` turns received bytes into what `on_frame` gets (length-prefixed
+        frames by default); `on_protocol_error` may answer a decoder's error before
+        the connection closes."""
         self.loop = loop
         self.sock: Any = sock  # a plain socket, or an ssl.SSLSocket once TLS wraps it
         self.name = name
         self.on_frame = on_frame
         self.on_close = on_close
-        self.decoder = FrameDecoder(max_frame)
+        self.decoder: Decoder = decoder if decoder is not None else FrameDecoder(max_frame)
+        self.on_protocol_error = on_protocol_error
+        self.paused = False  # not reading: the handler has enough work from this connection
         self.max_buffer = max_buffer
         self.log = log
         self.out = bytearray()
@@ -240,6 +252,29 @@ class Connection:
         self.out += body
         self.loop.mark_dirty(self)
         return True
+
+    def write(self, data: bytes) -> bool:
+        """Queue bytes as they are, for a protocol without frames. False when the queue
+        is full or the connection is gone: the caller decides, since for a stream a
+        dropped reply cannot be resent."""
+        if self.closed or len(self.out) > self.max_buffer:
+            return False
+        self.out += data
+        self.loop.mark_dirty(self)
+        return True
+
+    def pause(self) -> None:
+        """Stop reading until resume(): bytes wait in the kernel, and TCP slows the sender."""
+        if not self.paused:
+            self.paused = True
+            self._update_events()
+
+    def resume(self) -> None:
+        if self.paused and not self.closed:
+            self.paused = False
+            self._update_events()
+            if self._tls is not None:
+                self._read()  # OpenSSL may hold decrypted bytes that select() cannot see
 
     def flush(self) -> None:
         if self.closed or self.connecting or self.handshaking:
@@ -280,7 +315,8 @@ class Connection:
             or (self.handshaking and self._handshake_wants_write)
             or (bool(self.out) and not self._write_wants_read and not self.handshaking)
         )
-        return selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+        read = 0 if self.paused else selectors.EVENT_READ
+        return read | (selectors.EVENT_WRITE if write else 0)
 
     def _update_events(self) -> None:
         events = self._wanted_events()
@@ -389,7 +425,7 @@ class Connection:
         return b"".join(chunks) if chunks else None
 
     def _read(self) -> None:
-        if self.closed or self.connecting or self.handshaking:
+        if self.closed or self.connecting or self.handshaking or self.paused:
             return
         try:
             data = self._recv()
@@ -412,6 +448,8 @@ class Connection:
             bodies = self.decoder.feed(data)
         except FrameError as e:
             self.log("frame_error", level="warning", conn=self.name, error=str(e))
+            if self.on_protocol_error is not None:
+                self.on_protocol_error(self, e)
             self.close("frame error")
             return
         if bodies:

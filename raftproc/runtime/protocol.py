@@ -8,7 +8,8 @@ operations from a closed set. The client service never sees an unchecked value.
 `encode_request` is its inverse, for clients; `encode_answer` and `decode_answer`
 are the pair for answers.
 
-Requests: `status`, `transfer`, `member` (list, add, remove), `links`, and `req`, a
+Requests: `status`, `transfer`, `member` (list, add, remove), `links`, `redis`
+(commands a node's RESP port forwards to the leader), and `req`, a
 key-value operation: set, get, del, cas, scan (a page of a range read) and
 register (a new client asks for its id). A value is text, or bytes when it is not
 UTF-8 text; the store keeps it as it came.
@@ -30,6 +31,7 @@ MAX_SCAN_LIMIT = 10_000
 READ_MODES = ("index", "log", "lease")  # the first is a client's default
 MEMBER_OPS = ("list", "add", "remove")
 MAX_KEY_CHARS = 4096
+MAX_REDIS_COMMANDS = 10_000  # in one MULTI block; its bytes are bounded by max_request_bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,7 +86,18 @@ class KvRequest:
         return self.read == "log"
 
 
-ClientRequest = StatusRequest | TransferRequest | MemberRequest | KvRequest | LinkFaultsRequest
+@dataclass(slots=True, kw_only=True)
+class RedisRequest:
+    """Redis commands a node's RESP port took (raftproc.server.redis), for the leader
+    to run: one command, or a MULTI block's (`multi`), each a list of byte strings.
+    The leader decides from the command table what is a read; nobody's say-so does."""
+
+    id: int
+    commands: list[list[bytes]]
+    multi: bool = False
+
+
+ClientRequest = StatusRequest | TransferRequest | MemberRequest | KvRequest | LinkFaultsRequest | RedisRequest
 
 
 class Outcome(StrEnum):
@@ -154,6 +167,8 @@ def request_body(req: ClientRequest) -> dict[str, Any]:
         return {"t": "transfer", "id": req.id, "target": req.target}
     if isinstance(req, LinkFaultsRequest):
         return {"t": "links", "id": req.id, **req.faults.to_wire()}
+    if isinstance(req, RedisRequest):
+        return {"t": "redis", "id": req.id, "commands": req.commands, **({"multi": True} if req.multi else {})}
     body: dict[str, Any] = {"t": "member", "id": req.id, "op": req.op}
     if req.op != "list":
         body["node"] = req.node
@@ -204,6 +219,8 @@ def decode_request(data: bytes) -> ClientRequest:
         return _member_request(request_id, body)
     if t == "req":
         return _kv_request(request_id, body)
+    if t == "redis":
+        return _redis_request(request_id, body)
     if t == "links":
         try:
             return LinkFaultsRequest(id=request_id, faults=parse_link_faults(body))
@@ -255,6 +272,18 @@ def _kv_request(request_id: int, body: dict[str, Any]) -> KvRequest:
         after=after if op == "scan" else None,
         limit=limit if op == "scan" else 0,
     )
+
+
+def _redis_request(request_id: int, body: dict[str, Any]) -> RedisRequest:
+    commands, multi = body.get("commands"), body.get("multi", False)
+    if not isinstance(multi, bool):
+        raise RemoteProtocolError("redis multi must be true or false")
+    if not isinstance(commands, list) or not 1 <= len(commands) <= (MAX_REDIS_COMMANDS if multi else 1):
+        raise RemoteProtocolError(f"redis commands must be a list of 1 (or, for a MULTI block, up to {MAX_REDIS_COMMANDS}) commands")
+    for argv in commands:
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, bytes) for a in argv):
+            raise RemoteProtocolError("a redis command is a non-empty list of byte strings")
+    return RedisRequest(id=request_id, commands=commands, multi=multi)
 
 
 def _member_request(request_id: int, body: dict[str, Any]) -> MemberRequest:

@@ -21,12 +21,12 @@ from raftproc.core.messages import Entry
 from raftproc.core.node import RaftNode
 from raftproc.core.ready import ReadState
 from raftproc.core.types import LEADER
+from raftproc.kv import redis
 from raftproc.kv.commands import Command
 from raftproc.kv.state_machine import OK, KeyValueStore
-from raftproc.runtime.loop import Connection
 from raftproc.runtime.protocol import Outcome
 from raftproc.server.members import MemberService
-from raftproc.server.replies import Replies
+from raftproc.server.replies import Asker, Replies
 from raftproc.server.trace import Tracer
 
 Log = Callable[..., None]
@@ -35,7 +35,7 @@ Log = Callable[..., None]
 @dataclass(slots=True)
 class Waiting:
     term: int
-    conn: Connection
+    conn: Asker
     request_id: int
     # The command as proposed: the entry at this index and term holds exactly it (Log
     # Matching), so applying it needs no second decode of the bytes just encoded.
@@ -44,10 +44,11 @@ class Waiting:
 
 @dataclass(frozen=True, slots=True)
 class AskedRead:
-    conn: Connection
+    conn: Asker
     request_id: int
     key: str
     scan: tuple[str | None, int] | None = None  # a range read: (after, limit)
+    redis: list[bytes] | None = None  # a Redis read command (raftproc.kv.redis), instead of the key
 
 
 class Applier:
@@ -122,7 +123,9 @@ class Applier:
         confirmed, applied = self._reads_confirmed, self.kv.last_applied
         while confirmed and confirmed[0][0] <= applied:
             _, _, asked = heapq.heappop(confirmed)
-            if asked.scan is not None:
+            if asked.redis is not None:
+                result = {"ok": True, "redis": [redis.execute(self.kv, asked.redis)]}
+            elif asked.scan is not None:
                 result = self.kv.scan(asked.key, *asked.scan)
             else:
                 result = {"ok": True, "value": self.kv.data.get(asked.key)}

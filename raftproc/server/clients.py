@@ -17,9 +17,14 @@ Answers are honest about what is known:
   applied now, and whether the first attempt was is unknown;
 - "disk_full": this node cannot write its log; nothing was done (another node may lead).
 
-Under TLS (raftproc.runtime.tls) only client and admin certificates are served
-here; a client certificate may ask for status, read and write keys and list the
-members; changing membership, transferring leadership and injecting link faults
+Redis commands arrive here too (`redis` requests): from this node's own RESP port
+when it leads, through a LocalAsker, and forwarded by the other nodes' RESP ports
+(raftproc.server.redis). Writes and MULTI blocks are one log entry each; reads go
+through ReadIndex like a `get`.
+
+Under TLS (raftproc.runtime.tls) client and admin certificates are served here, and
+node certificates for forwarded Redis commands only; a client certificate may ask
+for status, read and write keys and list the members; changing membership, transferring leadership and injecting link faults
 need an admin one. Link faults (raftproc.runtime.linkfaults) are refused unless the
 node's config allows them (`link_faults = true`).
 """
@@ -31,8 +36,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import cbor2
+
 from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER, NotLeader, TransferInProgress, worth_logging
+from raftproc.kv import redis
 from raftproc.kv.commands import Command
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, Listener, idle
@@ -42,17 +50,18 @@ from raftproc.runtime.protocol import (
     LinkFaultsRequest,
     MemberRequest,
     Outcome,
+    RedisRequest,
     StatusRequest,
     TransferRequest,
     decode_request,
 )
-from raftproc.runtime.tls import ADMIN, CLIENT
+from raftproc.runtime.tls import ADMIN, CLIENT, NODE
 from raftproc.server.applier import Applier, AskedRead, Waiting
 from raftproc.server.disk import DiskFreeze
 from raftproc.server.links import LinkShaper
 from raftproc.server.members import MemberService
 from raftproc.server.peers import Peers
-from raftproc.server.replies import Replies
+from raftproc.server.replies import Asker, Replies
 from raftproc.server.trace import Tracer
 
 Log = Callable[..., None]
@@ -105,12 +114,13 @@ class ClientService:
         self.connections: set[Connection] = set()
         self.listener: Listener | None = None
         self._read_token = 0
-        self._dispatch: dict[type, Callable[[Connection, Any], None]] = {
+        self._dispatch: dict[type, Callable[[Asker, Any], None]] = {
             StatusRequest: self._status,
             TransferRequest: self._transfer,
             MemberRequest: members.handle,
             KvRequest: self._kv,
             LinkFaultsRequest: self._set_link_faults,
+            RedisRequest: self._redis,
         }
 
     def listen(self, address: tuple[str, int]) -> None:
@@ -151,9 +161,9 @@ class ClientService:
             self.connections.add(conn)
 
     def _check_role(self, conn: Connection) -> None:
-        """After the handshake: a node's certificate (or none we can read) has no
-        business on the client port."""
-        if conn.identity is None or conn.identity.role not in (CLIENT, ADMIN):
+        """After the handshake: a certificate we cannot read has no business on the
+        client port (a node's may forward Redis commands, see _on_frame)."""
+        if conn.identity is None or conn.identity.role not in (CLIENT, ADMIN, NODE):
             self.remote_log("client_identity_refused", level="warning", conn=conn.name, identity=str(conn.identity))
             conn.close("not a client certificate")
 
@@ -175,15 +185,19 @@ class ClientService:
                 error=f"request of {len(body)} bytes is over the limit of {self.limits.max_request_bytes} (max_request_bytes)",
             )
             return
-        if self.tls is not None and _needs_admin(req) and (conn.identity is None or conn.identity.role != ADMIN):
+        if self.tls is not None and _refused(req, conn.identity.role if conn.identity is not None else None):
             self.remote_log("permission_denied", level="warning", conn=conn.name, identity=str(conn.identity), request=type(req).__name__)
             self.replies.answer(
                 conn,
                 req.id,
                 status=Outcome.ERROR,
-                error=f"permission denied: {_describe(req)} needs an admin certificate (this connection presented {conn.identity})",
+                error=f"permission denied: {_describe(req)} needs {_needed(req)} certificate (this connection presented {conn.identity})",
             )
             return
+        self.handle(conn, req)
+
+    def handle(self, conn: Asker, req: ClientRequest) -> None:
+        """A checked request, from a connection or from inside this process."""
         if self.disk.frozen and not isinstance(req, StatusRequest):
             self.replies.answer(
                 conn, req.id, status=Outcome.DISK_FULL, error=f"node {self.me} cannot write its log: its disk is full; ask another node"
@@ -199,11 +213,11 @@ class ClientService:
             self.remote_log("connection_idle_closed", level="info", conn=conn.name)
             conn.close("idle")
 
-    def _status(self, conn: Connection, req: StatusRequest) -> None:
+    def _status(self, conn: Asker, req: StatusRequest) -> None:
         answer = {**self.status(req.state), "client_connections": len(self.connections), "clients_refused": self.refused_clients}
         self.replies.answer(conn, req.id, status=Outcome.OK, result=answer)
 
-    def _kv(self, conn: Connection, req: KvRequest) -> None:
+    def _kv(self, conn: Asker, req: KvRequest) -> None:
         raft = self.raft
         if raft.role != LEADER:
             self.replies.redirect(conn, req.id)
@@ -212,31 +226,54 @@ class ClientService:
             self._read(conn, req)
             return
         cmd = Command(req.op, req.key, req.value, req.expect, req.client, req.seq, req.retry, req.trace)
+        self._propose(conn, req.id, cmd)
+
+    def _propose(self, conn: Asker, request_id: int, cmd: Command) -> None:
         try:
-            index, term = raft.propose(cmd.encode())
+            index, term = self.raft.propose(cmd.encode())
         except NotLeader:
-            self.replies.redirect(conn, req.id)
+            self.replies.redirect(conn, request_id)
             return
         except TransferInProgress as e:
             # Never reached the log: the client retries and finds the new leader.
-            self.replies.answer(conn, req.id, status=Outcome.NO_LEADER, error=str(e))
+            self.replies.answer(conn, request_id, status=Outcome.NO_LEADER, error=str(e))
             return
-        self.applier.wait_for(index, Waiting(term, conn, req.id, cmd))
-        if req.trace:
+        self.applier.wait_for(index, Waiting(term, conn, request_id, cmd))
+        if cmd.trace:
             self.tracer.proposed(index, term, cmd)
 
-    def _read(self, conn: Connection, req: KvRequest) -> None:
+    def _read(self, conn: Asker, req: KvRequest) -> None:
         """A linearizable read without a log entry (ReadIndex or lease, in the core)."""
+        self._ask_read(
+            conn, req.id, AskedRead(conn, req.id, req.key, (req.after, req.limit) if req.op == "scan" else None), lease=req.read == "lease"
+        )
+
+    def _ask_read(self, conn: Asker, request_id: int, asked: AskedRead, lease: bool = False) -> None:
         self._read_token += 1
         token = self._read_token
         try:
-            self.raft.read_index(token, lease=req.read == "lease")
+            self.raft.read_index(token, lease=lease)
         except NotLeader:
+            self.replies.redirect(conn, request_id)
+            return
+        self.applier.reads_asked[token] = asked
+
+    def _redis(self, conn: Asker, req: RedisRequest) -> None:
+        """One Redis command or a MULTI block. A block, and any write, is one log
+        entry; a lone read is a ReadIndex read; a command the table refuses is
+        answered with its error at once (the node that took it checked it too)."""
+        if self.raft.role != LEADER:
             self.replies.redirect(conn, req.id)
             return
-        self.applier.reads_asked[token] = AskedRead(conn, req.id, req.key, (req.after, req.limit) if req.op == "scan" else None)
+        spec = None if req.multi else redis.check(req.commands[0])
+        if isinstance(spec, dict):
+            self.replies.answer(conn, req.id, status=Outcome.OK, result={"ok": True, "redis": [spec]})
+        elif spec is not None and spec.kind == redis.READ:
+            self._ask_read(conn, req.id, AskedRead(conn, req.id, "", redis=req.commands[0]))
+        else:
+            self._propose(conn, req.id, Command("redis", "", cbor2.dumps(req.commands)))
 
-    def _transfer(self, conn: Connection, req: TransferRequest) -> None:
+    def _transfer(self, conn: Asker, req: TransferRequest) -> None:
         """Start handing leadership over; the client watches for the new leader."""
         raft = self.raft
         if raft.role != LEADER:
@@ -259,7 +296,7 @@ class ClientService:
             return
         self.replies.answer(conn, req.id, status=Outcome.OK, result={"target": target})
 
-    def _set_link_faults(self, conn: Connection, req: LinkFaultsRequest) -> None:
+    def _set_link_faults(self, conn: Asker, req: LinkFaultsRequest) -> None:
         if self.link_faults is None:
             self.replies.answer(
                 conn,
@@ -275,6 +312,17 @@ class ClientService:
 
 def _needs_admin(req: ClientRequest) -> bool:
     return isinstance(req, (TransferRequest, LinkFaultsRequest)) or (isinstance(req, MemberRequest) and req.op != "list")
+
+
+def _refused(req: ClientRequest, role: str | None) -> bool:
+    """Whether a certificate of `role` may not ask `req` (only checked under TLS)."""
+    if role == NODE:  # another node's RESP port, forwarding to this leader
+        return not isinstance(req, RedisRequest)
+    return _needs_admin(req) and role != ADMIN
+
+
+def _needed(req: ClientRequest) -> str:
+    return "an admin" if _needs_admin(req) else "a client or admin"
 
 
 def _describe(req: ClientRequest) -> str:

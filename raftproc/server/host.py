@@ -12,6 +12,8 @@ Rooms, each with one job (the host only wires them and runs the pass):
   the clients waiting on what it applies;
 - the client service (raftproc.server.clients): connections and requests;
   membership changes (raftproc.server.members);
+- the RESP port (raftproc.server.redis): Redis clients, their commands run by the
+  client service here or forwarded to the leader's (raftproc.server.forward);
 - the ticker (raftproc.server.ticker), the disk freeze (raftproc.server.disk),
   status and health (raftproc.server.status), the divergence alarm
   (raftproc.server.alarm);
@@ -52,11 +54,13 @@ from raftproc.server.applier import Applier
 from raftproc.server.clients import ClientLimits, ClientService
 from raftproc.server.disk import DISK_RETRY_INTERVAL, DiskFreeze
 from raftproc.server.driver import Driver
+from raftproc.server.forward import Forwarder
 from raftproc.server.incarnations import IncarnationRegistry
 from raftproc.server.links import LinkShaper
 from raftproc.server.members import MemberService
 from raftproc.server.metrics import MetricsServer
 from raftproc.server.peers import Peers
+from raftproc.server.redis import RedisLimits, RedisService
 from raftproc.server.replies import Replies
 from raftproc.server.snapshots import SnapshotPolicy, Snapshots
 from raftproc.server.status import NodeStatus
@@ -85,6 +89,7 @@ class Rooms:
     applier: Applier
     members: MemberService
     clients: ClientService
+    redis: RedisService
     status: NodeStatus
     alarm: DivergenceAlarm
     ticker: Ticker
@@ -140,6 +145,7 @@ class NodeHost:
         if self.metrics is not None:
             self.metrics.close()
         self.clients.close()
+        self.rooms.redis.close()
         self.rooms.peers.close()
         if self.syncer is not None:
             self.syncer.stop()
@@ -183,6 +189,7 @@ class NodeHost:
     def _close_idle(self) -> None:
         idle, first_frame = self.cfg.idle_timeout_ms / 1000, self.cfg.handshake_timeout_ms / 1000
         self.clients.close_idle(idle, first_frame)
+        self.rooms.redis.close_idle(idle, first_frame)
         self.rooms.peers.close_idle(idle, first_frame)
         self.loop.call_later(IDLE_SWEEP_INTERVAL, self._close_idle)
 
@@ -267,6 +274,8 @@ def open_host(
     # Listening first: the host dials its peers as it starts, and links open only while the peers room runs.
     rooms.peers.listen(me.peer)
     rooms.clients.listen(me.client)
+    if me.redis is not None:
+        rooms.redis.listen(me.redis)
     host = NodeHost(rooms, cfg=cfg, log=log)
     if me.metrics is not None:
         watch = Watch(feed, raft=rooms.raft, kv=node.kv, loop=loop, shaper=shaper, tick_ms=cfg.tick_ms, disk_full=lambda: rooms.disk.frozen)
@@ -311,11 +320,27 @@ def _build_rooms(
         clock=loop.clock,
     )
     clients = b.clients(applier, members, replies, peers, disk, status, tracer, shaper)
+    redis = b.redis(clients, peers)
     ticker = b.ticker(
         disk, on_tick=IncarnationRegistry(node_id, b.incarnation, node.raft, node.kv, peers.known_peers, loop.clock, log).settle
     )
     return Rooms(
-        loop, node.raft, node.state.wal, disk, peers, transport, snapshots, applier, members, clients, status, alarm, ticker, tracer, b.tls
+        loop,
+        node.raft,
+        node.state.wal,
+        disk,
+        peers,
+        transport,
+        snapshots,
+        applier,
+        members,
+        clients,
+        redis,
+        status,
+        alarm,
+        ticker,
+        tracer,
+        b.tls,
     )
 
 
@@ -388,7 +413,7 @@ class _Builder:
             raft=self.node.raft,
             loop=self.loop,
             limits=ClientLimits(cfg.max_request_bytes, cfg.max_clients),
-            connections=ConnectionSettings(cfg.max_frame, cfg.peer_buffer, self.handshake_timeout, SparseLog(self.log), self.tls),
+            connections=self.connections(),
             applier=applier,
             members=members,
             replies=replies,
@@ -398,6 +423,27 @@ class _Builder:
             tracer=tracer,
             log=self.log,
             link_faults=shaper if cfg.link_faults else None,
+        )
+
+    def connections(self) -> ConnectionSettings:
+        """How the client-facing ports' connections are bounded (and TLS-wrapped)."""
+        cfg = self.cfg
+        return ConnectionSettings(cfg.max_frame, cfg.peer_buffer, self.handshake_timeout, SparseLog(self.log), self.tls)
+
+    def redis(self, clients: ClientService, peers: Peers) -> RedisService:
+        cfg = self.cfg
+        connections = self.connections()
+        return RedisService(
+            me=self.node_id,
+            raft=self.node.raft,
+            kv=self.node.kv,
+            loop=self.loop,
+            limits=RedisLimits(cfg.max_request_bytes, cfg.max_clients, cfg.redis_forward),
+            connections=connections,
+            clients=clients,
+            forwarder=Forwarder(loop=self.loop, settings=connections, log=self.log),
+            peers=peers,
+            log=self.log,
         )
 
     def ticker(self, disk: DiskFreeze, on_tick: Callable[[], None]) -> Ticker:
@@ -429,4 +475,5 @@ def _log_started(log: Log, cfg: ClusterConfig, node_id: int, rooms: Rooms, link_
         tick_ms=cfg.tick_ms,
         **({"link_faults": link_faults.to_wire()} if link_faults.active else {}),
         metrics=f"{me.metrics[0]}:{me.metrics[1]}" if me.metrics else None,
+        redis=f"{me.redis[0]}:{me.redis[1]}" if me.redis else None,
     )

@@ -23,10 +23,9 @@ from typing import Any
 from raftproc.core.membership import Membership
 from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER, MembershipChangeBusy, MembershipChangeRefused, NotLeader, TransferInProgress
-from raftproc.runtime.loop import Connection
 from raftproc.runtime.protocol import MemberRequest, Outcome
 from raftproc.server.peers import Peers
-from raftproc.server.replies import Replies
+from raftproc.server.replies import Asker, Replies
 
 Address = tuple[str, int]
 Answer = Callable[..., None]
@@ -108,7 +107,7 @@ class MemberService:
         self.log = log
         self.change: MemberChange | None = None
 
-    def handle(self, conn: Connection, req: MemberRequest) -> None:
+    def handle(self, conn: Asker, req: MemberRequest) -> None:
         if self.raft.role != LEADER:
             self.replies.redirect(conn, req.id)
             return
