@@ -27,13 +27,13 @@ def print_resp_table(points: list[RespPoint], *, warmup: float, window: float, r
         f"{warmup}s warm-up, then about {window}s of requests; ops = requests (an MSET of 10 keys is one)"
     )
     print(
-        f"{'system':<24}{'test':<6}{'c x P':>8}{'value':>7}{'keys':>6}  {'ops/s':<34}{'p50 ms':<20}{'p99 ms':<22}"
+        f"{'system':<24}{'test':<6}{'c x P':>8}{'value':>7}{'keys':>6}  {'ops/s':<34}{'p50 ms':<24}{'p99 ms':<26}"
         f"{'server us/op':<20}{'failed':>7}"
     )
     for p in points:
         print(
             f"{p.system:<24}{p.test:<6}{f'{p.clients}x{p.pipeline}':>8}{p.value_size:>7}{p.keys:>6}  {_median_span(p, 'ops_per_s', 0):<34}"
-            f"{_median_span(p, 'p50_ms', 3):<20}{_median_span(p, 'p99_ms', 3):<22}{_median_span(p, 'node_cpu_us_per_op', 0):<20}"
+            f"{_median_span(p, 'p50_ms', 3):<24}{_median_span(p, 'p99_ms', 3):<26}{_median_span(p, 'node_cpu_us_per_op', 0):<20}"
             f"{len(p.failures()):>4}/{len(p.runs)}"
         )
     print()
