@@ -12,6 +12,8 @@
     python scripts/bench.py --reads                          # gets: through the log, ReadIndex, lease
     python scripts/bench.py --snapshots                      # restart and InstallSnapshot catch-up
                                                              # with 1M keys; disk after 5M writes
+    python scripts/bench.py --compare redis                  # raftproc's RESP port vs redis-server (durable,
+                                                             # in memory), all under redis-benchmark
 
 Each point is measured --repeats times (systems interleaved, so machine noise hits
 all alike) over --window seconds after --warmup; the table shows medians with
@@ -29,6 +31,8 @@ from pathlib import Path
 from raftproc.ops.bench.compare import Comparison, run_comparison, systems_to_run
 from raftproc.ops.bench.output import print_headlines, print_table, write_results
 from raftproc.ops.bench.reads import read_figures
+from raftproc.ops.bench.redis import TESTS
+from raftproc.ops.bench.redis_table import print_resp_failures, print_resp_ratios, print_resp_table
 from raftproc.ops.bench.snapshots import snapshot_figures
 from raftproc.ops.benchplot import write_plot
 
@@ -37,6 +41,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x]
+
+
+def redis_tests(text: str) -> tuple[str, ...]:
+    tests = tuple(t for t in text.split(",") if t)
+    unknown = set(tests) - set(TESTS)
+    if unknown or not tests:
+        raise argparse.ArgumentTypeError(f"choose among {','.join(TESTS)}, not {text!r}")
+    return tests
 
 
 def parser() -> argparse.ArgumentParser:
@@ -49,7 +61,10 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--warmup", type=float, default=1.0)
     a.add_argument("--window", type=float, default=3.0)
     a.add_argument("--generators", type=int, default=2, help="load generator processes (1 when one request is in flight)")
-    a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd (or raftproc-bgsync: fsync on a thread)")
+    a.add_argument("--compare", default="", help="peers to run too: pysyncobj,etcd,redis (or raftproc-bgsync: fsync on a thread)")
+    a.add_argument(
+        "--redis-tests", type=redis_tests, default="set,get", help="with --compare redis: redis-benchmark tests (set,get,incr,mset)"
+    )
     a.add_argument("--baseline", help="also run raftproc from this checkout (another commit), interleaved: an A/B in one invocation")
     a.add_argument(
         "--tls", action="store_true", help="also run raftproc with mutual TLS on every connection, interleaved (the cost of TLS)"
@@ -115,16 +130,21 @@ def main(argv: list[str] | None = None) -> int:
         failover_rounds=args.failover,
         half_load=args.half_load,
         large=args.large,
+        redis_tests=args.redis_tests,
     )
     results = run_comparison(comparison)
     print_table(results.points, warmup=args.warmup, window=args.window, repeats=args.repeats)
     print_headlines(results, systems)
+    if results.resp_points:
+        print_resp_table(results.resp_points, warmup=args.warmup, window=args.window, repeats=args.repeats)
+        print_resp_ratios(results.resp_points)
     write_results(Path(args.out), results, command=" ".join(sys.argv))
     if write_plot(Path(args.plot), results.points):
         print(f"wrote {args.out} and {args.plot}")
     else:
         print(f"wrote {args.out}; no plot: matplotlib is not installed (pip install 'raftproc[plots]')")
-    return 0
+    # A failed redis-benchmark run is a failed bench, though every other figure is kept.
+    return 1 if print_resp_failures(results.resp_points) else 0
 
 
 if __name__ == "__main__":

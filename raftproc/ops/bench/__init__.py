@@ -9,4 +9,6 @@ processes (scripts/bench.py is the command).
 - table.py      the comparison's table, its headline figures and its JSON
 - reads.py      gets through the log, by ReadIndex and by lease
 - snapshots.py  restart and catch-up with a large store; disk under churn
+- redis.py      --compare redis: raftproc's RESP port beside redis-server, all under redis-benchmark
+- redis_table.py  its table, the ratios raftproc/Redis, and its failed runs
 """

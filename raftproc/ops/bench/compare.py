@@ -17,9 +17,11 @@ from raftproc.ops.bench.measure import failover, fdatasync_ms, measure
 from raftproc.ops.bench.other_systems import EtcdTarget, PySyncObjTarget, etcd_binary, pysyncobj_python
 from raftproc.ops.bench.output import Results
 from raftproc.ops.bench.points import Point
+from raftproc.ops.bench.redis import RespComparison, missing_tools, resp_comparison
 from raftproc.ops.bench.targets import RaftprocTarget, Target
 
-SYSTEMS = ("raftproc", "raftproc-baseline", "raftproc-tls", "raftproc-bgsync", "pysyncobj", "etcd")
+# "redis": raftproc's RESP port beside redis-server, all under redis-benchmark (redis.py).
+SYSTEMS = ("raftproc", "raftproc-baseline", "raftproc-tls", "raftproc-bgsync", "pysyncobj", "etcd", "redis")
 # --large: (in flight, value bytes, keys). Fewer keys for 1 MiB keeps each node's
 # store (and every snapshot of it) near 64 MiB.
 LARGE = [(128, 16384, 1000), (16, 1048576, 64)]
@@ -43,6 +45,7 @@ class Comparison:
     failover_rounds: int = 0
     half_load: bool = False
     large: bool = False
+    redis_tests: tuple[str, ...] = ("set", "get")  # redis-benchmark's tests, with "redis" in systems
 
 
 def systems_to_run(compare: list[str], *, baseline: bool, tls: bool) -> list[str]:
@@ -52,6 +55,8 @@ def systems_to_run(compare: list[str], *, baseline: bool, tls: bool) -> list[str
     unknown = set(systems) - set(SYSTEMS)
     if unknown:
         raise ValueError(f"unknown systems {sorted(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if "redis" in systems and missing_tools():
+        raise ValueError(f"--compare redis needs {' and '.join(missing_tools())} on PATH (Debian: redis-tools, redis-server)")
     return systems
 
 
@@ -88,7 +93,23 @@ def run_comparison(c: Comparison) -> Results:
             results.points += _half_load(c, makers, list(points.values()), nodes)
         if c.failover_rounds and nodes == c.nodes[0]:
             results.failover_s = _failovers(nodes, c.failover_rounds)
+    if "redis" in c.systems:
+        results.resp_points = resp_comparison(_resp(c))
     return results
+
+
+def _resp(c: Comparison) -> RespComparison:
+    """The first cluster size, value size and key count, at every load."""
+    return RespComparison(
+        nodes=c.nodes[0],
+        inflights=c.inflights,
+        tests=list(c.redis_tests),
+        value_size=c.value_sizes[0],
+        keys=c.keys[0],
+        repeats=c.repeats,
+        warmup=c.warmup,
+        window=c.window,
+    )
 
 
 def _points(c: Comparison, makers: Makers, nodes: int) -> dict[PointKey, Point]:

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from raftproc.ops.bench.points import Point
+from raftproc.ops.bench.redis import RespPoint
+from raftproc.ops.bench.redis_table import resp_ratios
 
 
 @dataclass
@@ -22,6 +24,7 @@ class Results:
     points: list[Point] = field(default_factory=list)
     failover_s: list[float] = field(default_factory=list)  # seconds until a write commits after kill -9 of the leader
     fdatasync_p50_ms: list[float] = field(default_factory=list)  # the disk's fdatasync p50, one per round
+    resp_points: list[RespPoint] = field(default_factory=list)  # --compare redis: measured with redis-benchmark
 
 
 def machine() -> dict[str, Any]:
@@ -33,15 +36,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def write_results(path: Path, results: Results, command: str) -> None:
-    write_json(
-        path,
-        {
-            "points": [p.as_dict() for p in results.points],
-            "failover_s": results.failover_s,
-            "fdatasync_p50_ms": results.fdatasync_p50_ms,
-            "command": command,
-        },
-    )
+    data: dict[str, Any] = {
+        "points": [p.as_dict() for p in results.points],
+        "failover_s": results.failover_s,
+        "fdatasync_p50_ms": results.fdatasync_p50_ms,
+        "command": command,
+    }
+    if results.resp_points:
+        # Apart from "points": another client, other fields (test, clients, pipeline).
+        data["resp"] = {"points": [p.as_dict() for p in results.resp_points], "ratios": resp_ratios(results.resp_points)}
+    write_json(path, data)
 
 
 def _median_span(p: Point, key: str, digits: int = 1) -> str:
