@@ -569,6 +569,21 @@ class Backoff:
         self.attempt = 0
 
 
+def dial(address: tuple[str, int]) -> socket.socket:
+    """A non-blocking socket connecting to `address`: whether it connected is known
+    once it turns writable (Connection reads SO_ERROR then)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setblocking(False)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        sock.connect(address)
+    except (BlockingIOError, InterruptedError):
+        pass
+    except OSError:
+        pass  # reported through SO_ERROR when the socket turns writable
+    return sock
+
+
 def _forget(loop: EventLoop, sock: socket.socket) -> None:
     """Stop watching a socket (if it is watched: a paused listener is not) and close it."""
     try:

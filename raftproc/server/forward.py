@@ -18,13 +18,12 @@ more are answered "failed" (not sent) at once.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from raftproc.runtime.addresses import Address
 from raftproc.runtime.codec import RemoteProtocolError
-from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop
+from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, dial
 from raftproc.runtime.protocol import Answer, Outcome, RedisRequest, decode_answer, encode_request
 
 Log = Callable[..., None]
@@ -46,15 +45,7 @@ class _Upstream:
         self.address = address
         self.waiting: dict[int, _Waiting] = {}
         self.up = False
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.connect(address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            pass  # reported through SO_ERROR when the socket turns writable
+        sock = dial(address)
         f = forwarder
         self.conn: Connection = f.settings.open(
             f.loop,

@@ -37,7 +37,7 @@ from raftproc.runtime.codec import (
 from raftproc.runtime.entries import decode_addresses, encode_addresses
 from raftproc.runtime.identity import KnownPeers, PeerHello, PeerRefused
 from raftproc.runtime.logging import SparseLog
-from raftproc.runtime.loop import Backoff, Connection, ConnectionSettings, EventLoop, Listener, idle
+from raftproc.runtime.loop import Backoff, Connection, ConnectionSettings, EventLoop, Listener, dial, idle
 from raftproc.runtime.tls import TlsContexts, node_identity
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 from raftproc.server.links import LinkShaper
@@ -87,15 +87,7 @@ class PeerLink:
         return self.conn is not None and self.conn.send(body)
 
     def _dial(self) -> None:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        try:
-            sock.connect(self.address)
-        except (BlockingIOError, InterruptedError):
-            pass
-        except OSError:
-            pass  # reported through SO_ERROR when the socket turns writable
+        sock = dial(self.address)
         p = self.peers
         self.conn = p.settings.open(
             p.loop,
