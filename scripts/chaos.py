@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         help="snapshot every N entries (default: the node default, 10000); ~100 makes snapshots and InstallSnapshot happen during faults",
     )
     p.add_argument("--tls", action="store_true", help="mutual TLS on every connection, nodes' and clients'")
+    p.add_argument(
+        "--protocol",
+        choices=("native", "redis"),
+        default="native",
+        help="how the clients talk: raftproc's client protocol, or Redis's through redis-py to the RESP ports",
+    )
     p.add_argument("--read-mode", choices=("index", "log", "lease"), default="index", help="how clients read (default: ReadIndex)")
     args = p.parse_args(argv)
     faults = [f for f in args.faults.split(",") if f]
@@ -57,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             snapshot_every=args.snapshot_every,
             read_mode=args.read_mode,
             tls=args.tls,
+            protocol=args.protocol,
         )
     )
     print(result.text(out))

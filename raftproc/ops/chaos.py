@@ -64,6 +64,7 @@ class ChaosOptions:
     snapshot_every: int | None = None
     read_mode: str = "index"  # how the clients' gets read: index (ReadIndex), log or lease
     tls: bool = False  # mutual TLS on every connection (certificates minted in out/run/tls)
+    protocol: str = "native"  # how the clients talk: raftproc's client protocol, or "redis" (RESP, redis-py)
 
 
 @dataclass
@@ -233,16 +234,19 @@ def _run_recorded(run: ChaosRun, recorder: Collector) -> ChaosResult:
 def _workload(run: ChaosRun) -> Workload:
     """The clients, their history streamed to history.jsonl; not started yet."""
     opts, cfg = run.opts, run.cluster.config
+    redis = opts.protocol == "redis"
     return Workload(
-        cfg.client_addresses(),
+        _member_addresses(run.cluster, redis=redis),
         clients=opts.clients,
         keys=opts.keys or max(2, opts.clients // 2),
         seed=opts.seed,
         op_timeout=opts.op_timeout,
         read_mode=opts.read_mode,
         tls=client_context_for(cfg.client_tls()),
-        members=lambda: _member_addresses(run.cluster),
+        members=lambda: _member_addresses(run.cluster, redis=redis),
         history=run.out / "history.jsonl",
+        protocol=opts.protocol,
+        redis_tls=cfg.client_tls(),
     )
 
 
@@ -376,6 +380,7 @@ def _summary(
         ("nodes", opts.nodes),
         ("reads", opts.read_mode),
         ("transport", "mutual TLS" if opts.tls else "plaintext"),
+        ("clients speak", "Redis (RESP, redis-py)" if opts.protocol == "redis" else "raftproc's client protocol"),
         ("duration s", opts.duration),
         ("clients", opts.clients),
         ("keys", keys),
@@ -393,9 +398,11 @@ def _summary(
     ]
 
 
-def _member_addresses(cluster: Cluster) -> dict[int, Any]:
-    """The client addresses of the nodes the run has not removed (joined ones too)."""
+def _member_addresses(cluster: Cluster, *, redis: bool = False) -> dict[int, Any]:
+    """The client (or RESP) addresses of the nodes the run has not removed (joined ones too)."""
     cfg, removed = cluster.config, cluster.removed()
+    if redis:
+        return {n: a.redis for n, a in cfg.nodes.items() if n not in removed and a.redis is not None}
     return {n: a.client for n, a in cfg.nodes.items() if n not in removed}
 
 

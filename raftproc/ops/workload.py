@@ -24,6 +24,8 @@ from typing import Any
 
 from raftproc.client import Client, Failed, Unknown
 from raftproc.config import Address
+from raftproc.ops.redis_client import RedisKvClient
+from raftproc.runtime.tls import TlsFiles
 
 
 class History:
@@ -74,7 +76,7 @@ class History:
 
 
 def run_one(
-    client: Client, history: History, client_no: int, op: str, key: str, value: str | None = None, expect: str | None = None
+    client: Client | RedisKvClient, history: History, client_no: int, op: str, key: str, value: str | None = None, expect: str | None = None
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"client": client_no, "op": op, "key": key, "value": value, "expect": expect, "call": time.monotonic_ns()}
     try:
@@ -119,12 +121,17 @@ class Workload:
         tls: ssl.SSLContext | None = None,
         members: Callable[[], dict[int, Address]] | None = None,
         history: Path | None = None,
+        redis_tls: TlsFiles | None = None,
+        protocol: str = "native",
     ) -> None:
         """`tls`: the client context every client connects with (None: plaintext).
         `members`: the current members' client addresses, asked again after an
         operation that did not succeed, so clients follow the membership as nodes
         are replaced (a client that knows only removed nodes reaches nobody).
-        `history`: stream the history to this file instead of keeping it."""
+        `history`: stream the history to this file instead of keeping it.
+        `protocol`: "native" (raftproc.client), or "redis": the addresses are RESP
+        ports, spoken to through redis-py (raftproc.ops.redis_client; `redis_tls`:
+        the certificate files it presents), and a cas only ever expects an absent key."""
         self.addresses = addresses
         self.members = members or (lambda: self.addresses)
         self.tls = tls
@@ -134,6 +141,8 @@ class Workload:
         self.seed = seed
         self.op_timeout = op_timeout
         self.history = History(history)
+        self.protocol = protocol
+        self.redis_tls = redis_tls
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -150,7 +159,7 @@ class Workload:
 
     def _client_loop(self, n: int, until: float) -> None:
         rng = random.Random(self.seed * 1000 + n)
-        client = Client(self.addresses, timeout=self.op_timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode, tls=self.tls)
+        client = self._client(self.addresses, rng, self.op_timeout)
         seen: dict[str, str | None] = {}
         counter = 0
         try:
@@ -160,7 +169,7 @@ class Workload:
                 counter += 1
                 value = f"c{n}-{counter}"
                 if kind == "cas":
-                    expect = seen.get(key) if rng.random() < 0.7 else None
+                    expect = seen.get(key) if rng.random() < 0.7 and self.protocol != "redis" else None
                     record = run_one(client, self.history, n, "cas", key, value, expect)
                 elif kind == "get":
                     record = run_one(client, self.history, n, "get", key)
@@ -176,7 +185,12 @@ class Workload:
         finally:
             client.close()
 
-    def _follow_members(self, client: Client) -> None:
+    def _client(self, addresses: dict[int, Address], rng: random.Random, timeout: float) -> Any:
+        if self.protocol == "redis":
+            return RedisKvClient(addresses, timeout=timeout, rng=rng, tls=self.redis_tls)
+        return Client(addresses, timeout=timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode, tls=self.tls)
+
+    def _follow_members(self, client: Client | RedisKvClient) -> None:
         try:
             current = self.members()
         except Exception:  # noqa: BLE001 - the config file mid-write: keep what the client knows
@@ -188,7 +202,7 @@ class Workload:
         """After healing: read every key once, so a lost write shows in the history.
         None when done; otherwise which keys were not read within `within` seconds."""
         deadline = time.monotonic() + within
-        client = Client(self.members(), timeout=10, rng=random.Random(self.seed), tls=self.tls)
+        client = self._client(self.members(), random.Random(self.seed), 10.0)
         try:
             for done, key in enumerate(self.keys):
                 left = deadline - time.monotonic()
