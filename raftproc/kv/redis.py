@@ -55,6 +55,10 @@ MAX_SCAN_COUNT = 10_000
 # thousands of large values, EXEC of many GETs). Deterministic: every replica
 # refuses the same replies.
 MAX_REPLY_BYTES = 4 * 1024 * 1024
+# The longest value APPEND makes (a SET's value is bounded by max_request_bytes): a
+# GET of it must fit in a forwarded answer, and a value must not grow without end.
+MAX_VALUE_BYTES = MAX_REPLY_BYTES
+ARG_OVERHEAD = 16  # what a command's argument counts beyond its bytes (as raftproc.runtime.resp counts)
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 READ, WRITE = "read", "write"
 
@@ -172,9 +176,15 @@ def execute_all(store: KeyValueStore, commands: list[list[bytes]]) -> list[Reply
     for argv in commands:
         reply = execute(store, argv)
         size += reply_size(reply)
-        # A write's reply (OK, a count) is never dropped: it says what was done.
-        replies.append(TOO_LARGE if size > MAX_REPLY_BYTES and isinstance(reply, (bytes, str, list)) else reply)
+        # A write's reply is never dropped: it says what was done.
+        spec = COMMANDS.get(argv[0].lower())
+        replies.append(TOO_LARGE if size > MAX_REPLY_BYTES and spec is not None and spec.kind == READ else reply)
     return replies
+
+
+def request_size(commands: list[list[bytes]]) -> int:
+    """What commands count against max_request_bytes: their bytes and ARG_OVERHEAD each."""
+    return sum(len(a) + ARG_OVERHEAD for argv in commands for a in argv)
 
 
 def reply_size(reply: Reply) -> int:
@@ -301,7 +311,7 @@ def _del(store: KeyValueStore, argv: list[bytes]) -> Reply:
     return sum(1 for k in argv[1:] if store.delete(_key(k)))
 
 
-def _int64(arg: bytes) -> int | None:
+def parse_int64(arg: bytes) -> int | None:
     """Redis's string2ll: an optional minus, digits without a leading zero, in 64 bits."""
     body = arg[1:] if arg[:1] == b"-" else arg
     if not (0 < len(body) <= 19 and body.isdigit()) or (body[:1] == b"0" and (len(body) > 1 or arg[:1] == b"-")):
@@ -311,7 +321,7 @@ def _int64(arg: bytes) -> int | None:
 
 
 def _check_increment(argv: list[bytes]) -> dict[str, str] | None:
-    return None if _int64(argv[2]) is not None else NOT_INTEGER
+    return None if parse_int64(argv[2]) is not None else NOT_INTEGER
 
 
 def _add(store: KeyValueStore, key_arg: bytes, delta: int) -> Reply:
@@ -320,7 +330,7 @@ def _add(store: KeyValueStore, key_arg: bytes, delta: int) -> Reply:
     if current is None:
         n: int | None = 0
     else:
-        n = _int64(_raw(current))
+        n = parse_int64(_raw(current))
     if n is None:
         return NOT_INTEGER
     total = n + delta
@@ -339,12 +349,12 @@ def _decr(store: KeyValueStore, argv: list[bytes]) -> Reply:
 
 
 def _incrby(store: KeyValueStore, argv: list[bytes]) -> Reply:
-    delta = _int64(argv[2])
+    delta = parse_int64(argv[2])
     return NOT_INTEGER if delta is None else _add(store, argv[1], delta)
 
 
 def _decrby(store: KeyValueStore, argv: list[bytes]) -> Reply:
-    delta = _int64(argv[2])
+    delta = parse_int64(argv[2])
     if delta is None or delta == INT64_MIN:  # Redis: its negation does not fit
         return error("ERR decrement would overflow") if delta == INT64_MIN else NOT_INTEGER
     return _add(store, argv[1], -delta)
@@ -354,6 +364,8 @@ def _append(store: KeyValueStore, argv: list[bytes]) -> Reply:
     key = _key(argv[1])
     current = store.data.get(key)
     joined = (b"" if current is None else _raw(current)) + argv[2]
+    if len(joined) > MAX_VALUE_BYTES:
+        return error(f"ERR string exceeds maximum allowed size ({MAX_VALUE_BYTES} bytes)")
     store.put(key, _value(joined))
     return len(joined)
 
@@ -414,7 +426,7 @@ def _scan_args(argv: list[bytes]) -> ScanArgs | dict[str, str]:
     for word, arg in zip(options[::2], options[1::2], strict=True):
         word = word.upper()
         if word == b"COUNT":
-            n = _int64(arg)
+            n = parse_int64(arg)
             if n is None:
                 return NOT_INTEGER
             if n < 1:

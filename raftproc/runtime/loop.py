@@ -147,7 +147,6 @@ class ConnectionSettings:
         on_connected: Callable[[Connection], None] | None = None,
         dialled: bool = False,
         decoder: Decoder | None = None,
-        on_protocol_error: Callable[[Connection, FrameError], None] | None = None,
     ) -> Connection:
         """A connection on `sock`: one this node `dialled` (still connecting), or one it accepted.
         `decoder`: another protocol than length-prefixed frames (raftproc.runtime.resp)."""
@@ -167,7 +166,6 @@ class ConnectionSettings:
             server_side=not dialled,
             handshake_timeout=self.handshake_timeout,
             decoder=decoder,
-            on_protocol_error=on_protocol_error,
         )
 
 
@@ -200,20 +198,17 @@ class Connection:
         server_side: bool = False,
         handshake_timeout: float = 5.0,
         decoder: Decoder | None = None,
-        on_protocol_error: Callable[[Connection, FrameError], None] | None = None,
     ) -> None:
         """`on_connected(conn)` runs once frames can flow: after the TCP connect, and
         after the handshake under TLS (`conn.identity` is then the peer's).
         `decoder` turns received bytes into what `on_frame` gets (length-prefixed
-        frames by default); `on_protocol_error` may answer a decoder's error before
-        the connection closes."""
+        frames by default)."""
         self.loop = loop
         self.sock: Any = sock  # a plain socket, or an ssl.SSLSocket once TLS wraps it
         self.name = name
         self.on_frame = on_frame
         self.on_close = on_close
         self.decoder: Decoder = decoder if decoder is not None else FrameDecoder(max_frame)
-        self.on_protocol_error = on_protocol_error
         self.paused = False  # not reading: the handler has enough work from this connection
         self.max_buffer = max_buffer
         self.log = log
@@ -448,8 +443,6 @@ class Connection:
             bodies = self.decoder.feed(data)
         except FrameError as e:
             self.log("frame_error", level="warning", conn=self.name, error=str(e))
-            if self.on_protocol_error is not None:
-                self.on_protocol_error(self, e)
             self.close("frame error")
             return
         if bodies:
@@ -464,9 +457,8 @@ class Connection:
                 # Whatever a frame provokes costs its connection, never the process.
                 # Handlers turn the faults they expect into a frame_error themselves;
                 # this is for the ones nobody foresaw.
-                self.log(
-                    "bad_frame", level="error", conn=self.name, error=describe_error(e), bytes=len(body), excerpt=body[:EXCERPT_BYTES].hex()
-                )
+                size = len(body) if isinstance(body, bytes) else None
+                self.log("bad_frame", level="error", conn=self.name, error=describe_error(e), bytes=size, excerpt=excerpt(body))
                 self.close("bad frame")
                 return
 
@@ -482,6 +474,17 @@ def idle(connections, now: float, idle_seconds: float, first_frame_seconds: floa
 
 
 EXCERPT_BYTES = 32
+
+
+def excerpt(body: Any) -> str:
+    """What a frame (bytes) or a decoded command (a list of them) began with, bounded."""
+    if isinstance(body, (bytes, bytearray)):
+        return bytes(body[:EXCERPT_BYTES]).hex()
+    if isinstance(body, list):
+        return b" ".join(a[:EXCERPT_BYTES] for a in body[:4] if isinstance(a, bytes)).hex()[: 4 * EXCERPT_BYTES]
+    return type(body).__name__
+
+
 MAX_ERROR_CHARS = 200
 
 

@@ -10,8 +10,11 @@ Every byte is hostile until parsed: counts and lengths are bounded before anythi
 is allocated for them (a `*2000000000` header allocates nothing), a header line
 must end within a few bytes, an inline line within MAX_INLINE_BYTES, and one
 command's bytes within `max_request_bytes`. What breaks a rule raises RespError,
-whose text is what Redis would answer (`Protocol error: ...`) before it closes the
-connection. The parser keeps its place inside a partly received command, so a
+whose text is what Redis would answer (`Protocol error: ...`). `feed` does not raise
+it: it returns the commands that came whole before the fault, then the RespError,
+so the connection can answer those first, then the error, then close; the parser
+takes nothing after it. Each argument also counts ARG_OVERHEAD bytes against the
+limit, for what holding it costs beyond its bytes. The parser keeps its place inside a partly received command, so a
 command that trickles in byte by byte is still read in linear time.
 
 Replies are Python values: None (a null), int, bytes or str (a bulk string), list
@@ -28,6 +31,7 @@ from raftproc.runtime.framing import FrameError
 
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 MAX_HEADER_BYTES = 32  # "*" or "$", up to 20 digits, "\r\n": more is not a header
+ARG_OVERHEAD = 16  # bytes an argument counts beyond its own: a million empty ones are not free
 CRLF = b"\r\n"
 
 
@@ -44,15 +48,19 @@ class RequestParser:
         self._args: list[bytes] | None = None  # the command being read, None between commands
         self._expected = 0  # how many arguments it has
         self._size = 0  # its bytes so far
+        self.failed: RespError | None = None  # once set, nothing more is read
 
     @property
     def buffered(self) -> int:
         """Bytes of a command begun but not finished."""
         return len(self._buf) - self._pos + self._size
 
-    def feed(self, data: bytes) -> list[list[bytes]]:
+    def feed(self, data: bytes) -> list[list[bytes] | RespError]:
+        """The commands `data` completes, in order, and a RespError last if it broke the protocol."""
+        if self.failed is not None:
+            return []
         self._buf += data
-        commands: list[list[bytes]] = []
+        commands: list[list[bytes] | RespError] = []
         try:
             while True:
                 command = self._next()
@@ -60,9 +68,15 @@ class RequestParser:
                     break
                 if command:
                     commands.append(command)
-        finally:
-            del self._buf[: self._pos]
-            self._pos = 0
+        except RespError as e:
+            self.failed = e
+            self._buf.clear()
+            self._args = None
+            self._pos = self._size = 0
+            commands.append(e)
+            return commands
+        del self._buf[: self._pos]
+        self._pos = 0
         return commands
 
     def _next(self) -> list[bytes] | None:
@@ -113,7 +127,7 @@ class RequestParser:
             return None
         if length < 0:
             raise RespError("Protocol error: invalid bulk length")
-        if length > self.max_request_bytes or self._size + length > self.max_request_bytes:
+        if length > self.max_request_bytes or self._size + length + ARG_OVERHEAD > self.max_request_bytes:
             raise RespError(f"Protocol error: a command of more than {self.max_request_bytes} bytes (max_request_bytes)")
         buf, pos = self._buf, self._pos
         if len(buf) - pos < length + 2:
@@ -122,7 +136,7 @@ class RequestParser:
         if buf[pos + length : pos + length + 2] != CRLF:
             raise RespError("Protocol error: a bulk string is not followed by CRLF")
         self._pos = pos + length + 2
-        self._size += length
+        self._size += length + ARG_OVERHEAD
         return bytes(buf[pos : pos + length])
 
     def _inline(self) -> list[bytes] | None:
@@ -134,7 +148,7 @@ class RequestParser:
             return None
         self._pos = end + 1
         args = bytes(buf[pos:end]).split()
-        if len(args) > self.max_args:
+        if len(args) > self.max_args or len(args) * ARG_OVERHEAD > self.max_request_bytes:
             raise RespError(f"Protocol error: {len(args)} arguments is over the limit of {self.max_args}")
         return args
 

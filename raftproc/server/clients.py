@@ -177,7 +177,9 @@ class ClientService:
             self.remote_log("frame_error", level="warning", conn=conn.name, error=str(e))
             conn.close("protocol error")
             return
-        if len(body) > self.limits.max_request_bytes:
+        # A forwarded Redis command is checked by its arguments (in _redis), not by
+        # its envelope, so what one node takes every node takes.
+        if len(body) > self.limits.max_request_bytes + (REDIS_ENVELOPE_BYTES if isinstance(req, RedisRequest) else 0):
             self.replies.answer(
                 conn,
                 req.id,
@@ -272,6 +274,11 @@ class ClientService:
         if self.raft.role != LEADER:
             self.replies.redirect(conn, req.id)
             return
+        size, limit = redis.request_size(req.commands), self.limits.max_request_bytes
+        if size > limit:
+            too_large = redis.error(f"ERR a request of {size} bytes is over the limit of {limit} (max_request_bytes)")
+            self.replies.answer(conn, req.id, status=Outcome.OK, result={"ok": True, "redis": [too_large] * len(req.commands)})
+            return
         spec = None if req.multi else redis.check(req.commands[0])
         if isinstance(spec, dict):
             self.replies.answer(conn, req.id, status=Outcome.OK, result={"ok": True, "redis": [spec]})
@@ -315,6 +322,9 @@ class ClientService:
         self.link_faults.set(req.faults)
         self.log("link_faults_set", **req.faults.to_wire())
         self.replies.answer(conn, req.id, status=Outcome.OK, result=req.faults.to_wire())
+
+
+REDIS_ENVELOPE_BYTES = 64 * 1024  # a forwarded request's CBOR beyond its arguments' counted size
 
 
 def _needs_admin(req: ClientRequest) -> bool:

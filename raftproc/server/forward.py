@@ -13,7 +13,12 @@ left at all: every command on it is answered "no_leader". A change of leader sen
 new commands to the new one; the old connection stays until its answers are in.
 
 In flight at once: at most `max_in_flight` commands, across every connection;
-more are answered "failed" (not sent) at once.
+more are answered "failed" (not sent) at once. Nobody waits forever on a leader
+that stopped answering (paused, or gone without a reset): `sweep`, each second,
+closes a connection whose oldest command has waited ANSWER_TIMEOUT, or a former
+leader's that has drained for DRAIN_TIMEOUT, answering what waited on it as above.
+It also closes a connection idle for half the idle timeout, before the leader's
+idle sweep could close it under a command just sent.
 """
 
 from __future__ import annotations
@@ -28,12 +33,15 @@ from raftproc.runtime.protocol import Answer, Outcome, RedisRequest, decode_answ
 
 Log = Callable[..., None]
 OnAnswer = Callable[[Answer], None]
+ANSWER_TIMEOUT = 10.0  # seconds the current leader may take to answer a command
+DRAIN_TIMEOUT = 2.0  # seconds a former leader may take to answer what it was sent
 
 
 @dataclass(slots=True)
 class _Waiting:
     on_answer: OnAnswer
     write: bool
+    sent_at: float
 
 
 class _Upstream:
@@ -43,8 +51,10 @@ class _Upstream:
         self.forwarder = forwarder
         self.leader = leader
         self.address = address
-        self.waiting: dict[int, _Waiting] = {}
+        self.waiting: dict[int, _Waiting] = {}  # in the order sent: the first waited longest
         self.up = False
+        self.used_at = forwarder.loop.clock()
+        self.draining_since: float | None = None
         sock = dial(address)
         f = forwarder
         self.conn: Connection = f.settings.open(
@@ -109,7 +119,8 @@ class Forwarder:
         if not upstream.conn.send(encode_request(RedisRequest(id=request_id, commands=commands, multi=multi))):
             on_answer(Answer(id=request_id, status=Outcome.FAILED, error=f"the queue to leader {leader} is full; this one was not sent"))
             return
-        upstream.waiting[request_id] = _Waiting(on_answer, write)
+        upstream.waiting[request_id] = _Waiting(on_answer, write, self.loop.clock())
+        upstream.used_at = self.loop.clock()
         self.in_flight += 1
 
     def _upstream(self, leader: int, address: Address) -> _Upstream:
@@ -117,6 +128,7 @@ class Forwarder:
         if current is not None and (current.leader, current.address) == (leader, address) and not current.conn.closed:
             return current
         if current is not None:
+            current.draining_since = self.loop.clock()
             self._draining.add(current)
             self.drop_if_done(current)
         self._current = _Upstream(self, leader, address)
@@ -132,6 +144,22 @@ class Forwarder:
         self._draining.discard(upstream)
         if self._current is upstream:
             self._current = None
+
+    def sweep(self, idle_seconds: float) -> None:
+        now = self.loop.clock()
+        for upstream in list(self._draining):
+            since = upstream.draining_since if upstream.draining_since is not None else now
+            if now - since > DRAIN_TIMEOUT:
+                upstream.conn.close(f"former leader {upstream.leader} did not answer within {DRAIN_TIMEOUT:.0f} s")
+        current = self._current
+        if current is None:
+            return
+        if current.waiting:
+            oldest = next(iter(current.waiting.values()))
+            if now - oldest.sent_at > ANSWER_TIMEOUT:
+                current.conn.close(f"leader {current.leader} did not answer within {ANSWER_TIMEOUT:.0f} s")
+        elif now - current.used_at > idle_seconds / 2:
+            current.conn.close("idle")
 
     def close(self) -> None:
         for upstream in [*self._draining, *([self._current] if self._current else [])]:

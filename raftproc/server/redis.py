@@ -38,10 +38,9 @@ from raftproc.core.types import LEADER, worth_logging
 from raftproc.kv import redis
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.addresses import Address
-from raftproc.runtime.framing import FrameError
-from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, Listener, idle
+from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, Listener, describe_error, idle
 from raftproc.runtime.protocol import Answer, Outcome, RedisRequest
-from raftproc.runtime.resp import RequestParser, encode_reply
+from raftproc.runtime.resp import RequestParser, RespError, encode_reply
 from raftproc.runtime.tls import ADMIN, CLIENT
 from raftproc.server.clients import ClientService
 from raftproc.server.forward import Forwarder
@@ -106,6 +105,8 @@ class RedisService:
             self.listener.close()
 
     def close_idle(self, idle_seconds: float, first_frame_seconds: float) -> None:
+        """Each second: idle connections closed, and the forwarder's connections looked after."""
+        self.forwarder.sweep(idle_seconds)
         for conn in idle(self.sessions, self.loop.clock(), idle_seconds, first_frame_seconds):
             if not self.sessions[conn].slots:  # still owed answers: not idle, waiting on us
                 self.remote_log("connection_idle_closed", level="info", conn=conn.name)
@@ -128,7 +129,6 @@ class RedisService:
             on_close=self._on_close,
             on_connected=self._check_role,
             decoder=RequestParser(self.limits.max_request_bytes, MAX_ARGS),
-            on_protocol_error=self._on_protocol_error,
         )
         if not conn.closed:
             self._next_client_id += 1
@@ -142,57 +142,103 @@ class RedisService:
     def _on_close(self, conn: Connection, reason: str) -> None:
         self.sessions.pop(conn, None)
 
-    def _on_protocol_error(self, conn: Connection, e: FrameError) -> None:
-        """Redis answers a protocol error, then closes."""
-        conn.write(encode_reply(redis.error(f"ERR {e}"[:MAX_ERROR_CHARS])))
-        conn.flush()
+    def _guarded(self, session: RespSession, work: Callable[[], None]) -> None:
+        """Run `work` for `session` from a timer or an answer: a fault in it costs this
+        connection, never the loop (a timer's exception would end the process)."""
+        try:
+            work()
+        except Exception as e:
+            self.log("redis_session_failed", level="error", conn=session.conn.name, error=describe_error(e))
+            session.conn.close("internal error")
 
     # --- commands, in order -----------------------------------------------------------
 
-    def _on_command(self, conn: Connection, argv: list[bytes]) -> None:
+    def _on_command(self, conn: Connection, item: list[bytes] | RespError) -> None:
         session = self.sessions.get(conn)
         if session is None:
             return
-        session.inbox.append(argv)
+        session.inbox.append(item)
         self._take(session)
 
     def _take(self, session: RespSession) -> None:
-        """Run what was read, while the pipeline has room; stop reading when it has none."""
+        """Run what was read, in order, while the pipeline has room and the next
+        command may start; read no more while anything read waits."""
+        inbox, conn = session.inbox, session.conn
         session.taking = True
         try:
-            while session.inbox and len(session.slots) < MAX_PIPELINE and not session.quitting:
-                self._run(session, session.inbox.popleft())
+            while inbox and len(session.slots) < MAX_PIPELINE and not session.quitting and not conn.closed:
+                if not self._may_start(session, inbox[0]):
+                    break
+                self._run(session, inbox.popleft())
         finally:
             session.taking = False
-        if session.inbox and not session.quitting:
-            session.conn.pause()
+        if conn.closed:
+            return
+        if inbox or session.quitting:
+            conn.pause()
         else:
-            session.conn.resume()
+            conn.resume()
 
-    def _run(self, session: RespSession, argv: list[bytes]) -> None:
+    def _may_start(self, session: RespSession, item: list[bytes] | RespError) -> bool:
+        """Whether a command may start while others of its connection are in flight.
+
+        Redis runs a connection's commands in the order sent. Here a read is served
+        by ReadIndex, whenever the leader confirms it, and a write when its entry
+        applies: a read in flight with a write could see the write's effect, or not,
+        whatever their order. So only commands of one kind (reads, or writes) to one
+        leader are in flight at once; writes to one leader keep their order in its log."""
+        if session.in_flight == 0 or isinstance(item, RespError):
+            return True
+        name = item[0].lower()
+        if (session.multi is not None and name not in TRANSACTION_CONTROL) or name in LOCAL_COMMANDS:
+            return True  # queued or answered here: nothing runs against the store
+        if name == b"exec":
+            kind = redis.WRITE
+        else:
+            spec = redis.check(item)
+            if isinstance(spec, dict):
+                return True
+            kind = spec.kind
+        return (kind, self._leader()) == (session.in_flight_kind, session.in_flight_to)
+
+    def _leader(self) -> int | None:
+        return self.me if self.raft.role == LEADER else self.raft.leader_id
+
+    def _run(self, session: RespSession, item: list[bytes] | RespError) -> None:
         slot = Slot()
         session.slots.append(slot)
-        name = argv[0].lower()
+        if isinstance(item, RespError):
+            # Redis answers a protocol error after what came before it, then closes.
+            session.quitting = True
+            self._fill(session, slot, redis.error(f"ERR {item}"[:MAX_ERROR_CHARS]))
+            return
+        name = item[0].lower()
         local = LOCAL_COMMANDS.get(name)
-        if session.multi is not None and name not in (b"exec", b"discard", b"multi", b"quit", b"reset"):
-            self._fill(session, slot, self._queue(session, argv))
+        if session.multi is not None and name not in TRANSACTION_CONTROL:
+            self._fill(session, slot, self._queue(session, item))
         elif name == b"exec":
             self._exec(session, slot)
         elif local is not None:
-            self._fill(session, slot, local(LocalContext(self.facts, session), argv))
+            self._fill(session, slot, local(LocalContext(self.facts, session), item))
         else:
-            spec = redis.check(argv)
+            spec = redis.check(item)
             if isinstance(spec, dict):
                 self._fill(session, slot, spec)
             else:
-                self._submit(session, slot, [argv], multi=False, write=spec.kind == redis.WRITE)
+                self._start(session, slot, [item], multi=False, write=spec.kind == redis.WRITE)
 
     def _queue(self, session: RespSession, argv: list[bytes]) -> Any:
         assert session.multi is not None
         spec = redis.check(argv)
-        if isinstance(spec, dict) or len(session.multi) >= RESP_MAX_QUEUED:
+        session.multi_bytes += redis.request_size([argv])
+        if isinstance(spec, dict):
             session.multi_failed = True
-            return spec if isinstance(spec, dict) else redis.error(f"ERR a MULTI block holds at most {RESP_MAX_QUEUED} commands")
+            return spec
+        if len(session.multi) >= RESP_MAX_QUEUED or session.multi_bytes > self.limits.max_request_bytes:
+            session.multi_failed = True
+            return redis.error(
+                f"ERR a MULTI block holds at most {RESP_MAX_QUEUED} commands of {self.limits.max_request_bytes} bytes (max_request_bytes)"
+            )
         session.multi.append(argv)
         return redis.status("QUEUED")
 
@@ -206,31 +252,40 @@ class RedisService:
         elif not queued:
             self._fill(session, slot, [])
         else:
-            self._submit(session, slot, queued, multi=True, write=True)
+            self._start(session, slot, queued, multi=True, write=True)
 
-    def _submit(self, session: RespSession, slot: Slot, commands: list[list[bytes]], *, multi: bool, write: bool, tries: int = 0) -> None:
+    def _start(self, session: RespSession, slot: Slot, commands: list[list[bytes]], *, multi: bool, write: bool) -> None:
+        session.in_flight += 1
+        session.in_flight_kind = redis.WRITE if write else redis.READ
+        self._submit(session, slot, commands, multi=multi, write=write, tries=0)
+
+    def _submit(self, session: RespSession, slot: Slot, commands: list[list[bytes]], *, multi: bool, write: bool, tries: int) -> None:
         """To the leader: this node, another through the forwarder, or a -MOVED."""
-        raft = self.raft
 
         def on_answer(answer: Answer) -> None:
             if answer.status is Outcome.REDIRECT and tries < MAX_REDIRECTS:
                 # Later, not now: an answer may come while the driver carries out a
                 # Ready, when the core takes no proposal.
-                self.loop.call_later(0, lambda: self._submit(session, slot, commands, multi=multi, write=write, tries=tries + 1))
+                again = lambda: self._submit(session, slot, commands, multi=multi, write=write, tries=tries + 1)  # noqa: E731
+                self.loop.call_later(0, lambda: self._guarded(session, again))
             else:
-                self._fill(session, slot, _reply(answer, multi))
+                self._guarded(session, lambda: self._done(session, slot, _reply(answer, multi)))
 
-        if raft.role == LEADER:
-            self.clients.handle(self.local, RedisRequest(id=self.local.ask(on_answer), commands=commands, multi=multi))
-            return
-        leader = raft.leader_id
+        leader = self._leader()
+        session.in_flight_to = leader
         book = self.peers.book.get(leader) if leader is not None else None
-        if leader is None or book is None:
-            self._fill(session, slot, redis.error("CLUSTERDOWN no leader: no command was run; try again shortly"))
+        if leader == self.me:
+            self.clients.handle(self.local, RedisRequest(id=self.local.ask(on_answer), commands=commands, multi=multi))
+        elif leader is None or book is None:
+            self._done(session, slot, redis.error("CLUSTERDOWN no leader: no command was run; try again shortly"))
         elif not self.limits.forward:
-            self._fill(session, slot, _moved(leader, book.redis))
+            self._done(session, slot, _moved(leader, book.redis))
         else:
             self.forwarder.send(leader, book.client, commands, multi=multi, write=write, on_answer=on_answer)
+
+    def _done(self, session: RespSession, slot: Slot, reply: Any) -> None:
+        session.in_flight -= 1
+        self._fill(session, slot, reply)
 
     def _fill(self, session: RespSession, slot: Slot, reply: Any) -> None:
         """Answer one command; send every answer now due, in order."""
@@ -238,8 +293,17 @@ class RedisService:
         conn, slots = session.conn, session.slots
         if conn.closed:
             return
+        if slots[0] is not slot:
+            slot.size = redis.reply_size(reply)
+            session.held += slot.size
+            if session.held > conn.max_buffer:
+                self.remote_log("redis_output_full", level="warning", conn=conn.name, held=session.held)
+                conn.close("too many answers held behind one not yet given")
+                return
         while slots and slots[0].reply is not PENDING:
-            if not conn.write(encode_reply(slots.popleft().reply, session.resp3)):
+            done = slots.popleft()
+            session.held -= done.size
+            if not conn.write(encode_reply(done.reply, session.resp3)):
                 self.remote_log("redis_output_full", level="warning", conn=conn.name)
                 conn.close("output buffer full")
                 return
@@ -250,7 +314,7 @@ class RedisService:
             # Not from here: answers arrive while the driver carries out a Ready, and
             # the commands waiting may propose. A timer runs before the next Ready.
             session.take_due = True
-            self.loop.call_later(0, lambda: self._take_later(session))
+            self.loop.call_later(0, lambda: self._guarded(session, lambda: self._take_later(session)))
 
     def _take_later(self, session: RespSession) -> None:
         session.take_due = False
@@ -258,6 +322,7 @@ class RedisService:
             self._take(session)
 
 
+TRANSACTION_CONTROL = (b"exec", b"discard", b"multi", b"quit", b"reset")  # not queued inside MULTI
 RESP_MAX_QUEUED = 10_000  # raftproc.runtime.protocol.MAX_REDIS_COMMANDS: a block travels as one request
 
 

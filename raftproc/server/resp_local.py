@@ -24,7 +24,7 @@ from raftproc.kv import redis
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.addresses import Address
 from raftproc.runtime.loop import Connection
-from raftproc.runtime.resp import Map
+from raftproc.runtime.resp import Map, RespError
 from raftproc.server.peers import Peers
 
 REDIS_VERSION = "7.0.0"  # the Redis whose string commands these follow, for clients that ask
@@ -38,10 +38,11 @@ PENDING = object()  # a Slot's reply before the answer came
 class Slot:
     """A place in a connection's answer order."""
 
-    __slots__ = ("reply",)
+    __slots__ = ("reply", "size")
 
     def __init__(self) -> None:
         self.reply: Any = PENDING
+        self.size = 0  # bytes its reply holds while it waits behind an earlier one
 
 
 class RespSession:
@@ -55,8 +56,13 @@ class RespSession:
         self.created = now
         self.multi: list[list[bytes]] | None = None  # commands queued since MULTI
         self.multi_failed = False  # a queued command was refused: EXEC answers EXECABORT
+        self.multi_bytes = 0  # what the queued commands count against max_request_bytes
         self.slots: deque[Slot] = deque()
-        self.inbox: deque[list[bytes]] = deque()  # read, not yet taken (the pipeline was full)
+        self.inbox: deque[list[bytes] | RespError] = deque()  # read, not yet started (the pipeline was full, or must wait)
+        self.in_flight = 0  # commands sent to the leader, not yet answered
+        self.in_flight_kind = ""  # what they are: reads or writes (raftproc.kv.redis.READ, WRITE)
+        self.in_flight_to: int | None = None  # and the leader they went to
+        self.held = 0  # bytes of answers waiting behind an earlier one
         self.taking = False  # inside _take: answers given meanwhile must not start another
         self.take_due = False  # a timer will take the commands waiting in the inbox
         self.quitting = False
@@ -108,9 +114,10 @@ def _select(ctx: LocalContext, argv: list[bytes]) -> Any:
     bad = _arity(argv, 2)
     if bad:
         return bad
-    if not argv[1].lstrip(b"-").isdigit() or len(argv[1]) > 20:
+    db = redis.parse_int64(argv[1])
+    if db is None:
         return redis.NOT_INTEGER
-    return redis.OK if int(argv[1]) == 0 else redis.error("ERR DB index is out of range")
+    return redis.OK if db == 0 else redis.error("ERR DB index is out of range")
 
 
 def _auth(ctx: LocalContext, argv: list[bytes]) -> Any:
@@ -274,7 +281,7 @@ def _multi(ctx: LocalContext, argv: list[bytes]) -> Any:
         return bad
     if ctx.session.multi is not None:
         return redis.error("ERR MULTI calls can not be nested")
-    ctx.session.multi = []
+    ctx.session.multi, ctx.session.multi_bytes = [], 0
     return redis.OK
 
 

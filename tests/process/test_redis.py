@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -326,5 +327,93 @@ def test_over_tls_a_follower_forwards_with_its_node_certificate_and_only_clients
         node_cert = over_tls(tls_dir / f"node-{other}.pem", tls_dir / f"node-{other}-key.pem")
         with pytest.raises(redis.ConnectionError):
             node_cert.ping()
+    finally:
+        cluster.down(timeout=3)
+
+
+def _raw_exchange(address, data: bytes, replies: int, timeout: float = 20.0) -> tuple[list[bytes], bool]:
+    """Send `data`; read until `replies` RESP lines start a reply or the node closes. Returns
+    the first line of each reply and whether the node closed the connection."""
+    import socket
+
+    with socket.create_connection(address, timeout=timeout) as s:
+        s.sendall(data)
+        buf = b""
+        while True:
+            lines = [line for line in buf.split(b"\r\n")[:-1] if line[:1] in (b"+", b"-", b":")]
+            if len(lines) >= replies:
+                return lines, False
+            chunk = s.recv(65536)
+            if not chunk:
+                return [line for line in buf.split(b"\r\n") if line[:1] in (b"+", b"-", b":")], True
+            buf += chunk
+
+
+def test_a_bad_command_costs_nothing_but_an_error(cluster):
+    """SELECT --1 (which once raised in the handler and ended the node), an unknown
+    subcommand, odd numbers: each an error reply; the node and the connection live on."""
+    c = connect(cluster, 1)
+    for args in (("SELECT", "--1"), ("SELECT", "99999999999999999999999"), ("HELLO", "--3"), ("CLIENT", "NOSUCH"), ("COMMAND", "x")):
+        with pytest.raises(redis.ResponseError):
+            c.execute_command(*args)
+    assert c.ping() is True and all(p.state == "running" for p in cluster.processes())
+
+
+def test_a_protocol_error_is_answered_after_what_came_before_it(cluster):
+    """A write, then garbage: the write is answered +OK first, then the error, then the
+    connection closes (a client must never take the error for the write's answer)."""
+    from raftproc.runtime.resp import encode_command
+
+    address = cluster.config.node(follower(cluster)).redis
+    lines, closed = _raw_exchange(address, encode_command([b"SET", b"pe", b"1"]) + b"*x\r\n", 2)
+    assert lines[0] == b"+OK" and lines[1].startswith(b"-ERR Protocol error") and len(lines) == 2, lines
+    assert connect(cluster, 1).get("pe") == b"1"
+
+
+def test_a_multi_block_over_max_request_bytes_is_refused_whole(cluster):
+    big = b"v" * (1 << 20)
+    c = connect(cluster, follower(cluster))
+    pipe = c.pipeline(transaction=True)
+    for i in range(3):
+        pipe.set(f"mb{i}", big)
+    with pytest.raises(redis.ResponseError, match="max_request_bytes"):
+        pipe.execute()
+    assert c.exists("mb0", "mb1", "mb2") == 0
+    leader = cluster.wait_for_leader(timeout=15)
+    assert [s["term"] for s in cluster.status_table() if s.get("term")] and cluster.leader() == leader  # nobody was deposed
+
+
+def test_a_pipeline_runs_in_the_order_sent(r):
+    """Redis runs a connection's commands in order: each GET sees the SET just before
+    it and no later one, each INCR's count is one more than the last."""
+    k = fresh("o")
+    pipe = r.pipeline(transaction=False)
+    for i in range(200):
+        pipe.set(k, i).get(k).incr(k + "n").get(k + "n")
+    replies = pipe.execute()
+    for i in range(200):
+        assert replies[4 * i : 4 * i + 4] == [True, str(i).encode(), i + 1, str(i + 1).encode()], (i, replies[4 * i : 4 * i + 4])
+
+
+def test_a_forwarded_command_to_a_leader_that_stopped_answering_gets_an_honest_answer_in_time(tmp_path):
+    """The leader is paused (SIGSTOP): a write sent through a follower before a new
+    leader is known must not hang; it is answered, at worst as unknown, within seconds."""
+    cluster = make_cluster(tmp_path, 3)
+    try:
+        cluster.up(wait=20)
+        leader = cluster.wait_for_leader(timeout=15)
+        other = next(n for n in cluster.config.nodes if n != leader)
+        c = connect(cluster, other)
+        assert c.set("before-pause", 1) is True
+        cluster.pause(leader)
+        started = time.monotonic()
+        try:
+            answered = c.set("during-pause", 1)
+        except redis.ResponseError as e:
+            answered = str(e)
+        took = time.monotonic() - started
+        assert took < 14, (took, answered)
+        assert answered is True or "outcome unknown" in str(answered) or "no leader" in str(answered), answered
+        cluster.resume(leader)
     finally:
         cluster.down(timeout=3)

@@ -106,3 +106,13 @@ def test_no_request_makes_a_reply_of_gigabytes():
     replies = redis.execute_all(store, block)
     assert replies[:4] == [text] * 4 and replies[4:6] == [redis.TOO_LARGE] * 2
     assert replies[6] == redis.OK and store.data["after"] == "1"  # a write's reply says what was done
+
+
+def test_append_stops_at_the_longest_value_and_a_writes_reply_in_a_block_is_kept():
+    store = KeyValueStore()
+    chunk = b"a" * (1 << 20)
+    assert [run(store, "APPEND", "v", chunk) for _ in range(4)][-1] == 4 << 20
+    assert "exceeds maximum allowed size" in run(store, "APPEND", "v", b"x")["error"]
+    assert len(store.data["v"]) == 4 << 20
+    replies = redis.execute_all(store, [[b"GET", b"v"], [b"GETSET", b"v", b"new"], [b"GET", b"v"]])
+    assert replies[1] == "a" * (4 << 20) and replies[2] == redis.TOO_LARGE  # GETSET wrote: its reply says what it replaced
