@@ -37,7 +37,7 @@ from raftproc.ops.nemesis import ALL_FAULTS, FaultRecord, Nemesis, PlannedFault,
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.watch import Collector
-from raftproc.ops.workload import Workload
+from raftproc.ops.workload import Dialer, Workload
 from raftproc.runtime.recovery import recover_state
 from raftproc.runtime.skew import CLOCK_DIR_ENV
 from raftproc.runtime.tls import client_context_for
@@ -64,6 +64,9 @@ class ChaosOptions:
     snapshot_every: int | None = None
     read_mode: str = "index"  # how the clients' gets read: index (ReadIndex), log or lease
     tls: bool = False  # mutual TLS on every connection (certificates minted in out/run/tls)
+    # What the workload's clients speak: "native" (raftproc's client) or "redis" (the
+    # nodes' RESP ports through redis-py). The final reads are native either way.
+    protocol: str = "native"
 
 
 @dataclass
@@ -108,6 +111,7 @@ class ChaosRun:
 
 def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosResult:
     check_faults(opts.faults)
+    check_protocol(opts.protocol, opts.read_mode)
     out = _fresh_directory(opts.out)
     faults, lab, notes = _injectable(opts, say)
     try:
@@ -126,6 +130,17 @@ def check_faults(faults: list[str]) -> None:
     unknown = set(faults) - set(ALL_FAULTS)
     if unknown:
         raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(ALL_FAULTS)}")
+
+
+PROTOCOLS = ("native", "redis")
+
+
+def check_protocol(protocol: str, read_mode: str) -> None:
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if protocol == "redis" and read_mode != "index":
+        # The RESP port reads one way (GET through ReadIndex); a run must not claim another.
+        raise ValueError(f"over the Redis protocol every GET is a ReadIndex read: --read-mode {read_mode} needs --protocol native")
 
 
 def _fresh_directory(path: Path) -> Path:
@@ -243,7 +258,15 @@ def _workload(run: ChaosRun) -> Workload:
         tls=client_context_for(cfg.client_tls()),
         members=lambda: _member_addresses(run.cluster),
         history=run.out / "history.jsonl",
+        dialer=_redis_dialer(run) if opts.protocol == "redis" else None,
     )
+
+
+def _redis_dialer(run: ChaosRun) -> Dialer:
+    # Imported here: redis-py is needed only when the clients speak Redis.
+    from raftproc.ops.redis_workload import RedisDialer
+
+    return RedisDialer(lambda: _member_addresses(run.cluster, redis=True), timeout=run.opts.op_timeout, tls=run.cluster.config.client_tls())
 
 
 def _fault_row(r: FaultRecord) -> dict[str, Any]:
@@ -374,6 +397,7 @@ def _summary(
     return [
         ("seed", opts.seed),
         ("nodes", opts.nodes),
+        ("clients speak", "Redis (RESP, redis-py)" if opts.protocol == "redis" else "raftproc's protocol"),
         ("reads", opts.read_mode),
         ("transport", "mutual TLS" if opts.tls else "plaintext"),
         ("duration s", opts.duration),
@@ -393,9 +417,12 @@ def _summary(
     ]
 
 
-def _member_addresses(cluster: Cluster) -> dict[int, Any]:
-    """The client addresses of the nodes the run has not removed (joined ones too)."""
+def _member_addresses(cluster: Cluster, *, redis: bool = False) -> dict[int, Any]:
+    """The client addresses (`redis`: the RESP addresses) of the nodes the run has not
+    removed (joined ones too; one without a RESP port is left out of the RESP ones)."""
     cfg, removed = cluster.config, cluster.removed()
+    if redis:
+        return {n: a.redis for n, a in cfg.nodes.items() if n not in removed and a.redis is not None}
     return {n: a.client for n, a in cfg.nodes.items() if n not in removed}
 
 
