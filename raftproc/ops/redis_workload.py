@@ -28,6 +28,7 @@ value (`compares_values`).
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +46,11 @@ NOT_RUN = ("CLUSTERDOWN", "TRYAGAIN", "MISCONF", "ERR")
 # Error replies after which another node may serve us better: no leader known from
 # here, this node's disk is full, or its way to the leader broke.
 MOVE_ON = ("CLUSTERDOWN", "MISCONF", "UNKNOWN")
+# The most a client waits, at random, before its next command after moving on.
+# A refusal comes at once (nothing listening, no leader): without a pause the
+# clients would spin through thousands of failed commands a second, on the cores
+# the recovering nodes need. raftproc's own client backs off as much (max_backoff).
+BACKOFF_S = 0.2
 
 
 def error_code(e: Exception) -> str | None:
@@ -141,6 +147,7 @@ class RedisKV:
             code = error_code(e)
             if code is None or code in MOVE_ON:
                 self._move_on()
+                time.sleep(self.rng.uniform(0, BACKOFF_S))  # see BACKOFF_S
             raise outcome_error(e, write=write, sent=sent) from None
 
     def _connected(self) -> redis.Redis:
