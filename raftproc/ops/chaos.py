@@ -37,7 +37,7 @@ from raftproc.ops.nemesis import ALL_FAULTS, FaultRecord, Nemesis, PlannedFault,
 from raftproc.ops.netns import NetnsLab, available
 from raftproc.ops.report import write_report
 from raftproc.ops.watch import Collector
-from raftproc.ops.workload import Dialer, Workload
+from raftproc.ops.workload import Workload
 from raftproc.runtime.recovery import recover_state
 from raftproc.runtime.skew import CLOCK_DIR_ENV
 from raftproc.runtime.tls import client_context_for
@@ -64,9 +64,7 @@ class ChaosOptions:
     snapshot_every: int | None = None
     read_mode: str = "index"  # how the clients' gets read: index (ReadIndex), log or lease
     tls: bool = False  # mutual TLS on every connection (certificates minted in out/run/tls)
-    # What the workload's clients speak: "native" (raftproc's client) or "redis" (the
-    # nodes' RESP ports through redis-py). The final reads are native either way.
-    protocol: str = "native"
+    protocol: str = "native"  # how the clients talk: raftproc's client protocol, or "redis" (RESP, redis-py)
 
 
 @dataclass
@@ -132,14 +130,12 @@ def check_faults(faults: list[str]) -> None:
         raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(ALL_FAULTS)}")
 
 
-PROTOCOLS = ("native", "redis")
-
-
 def check_protocol(protocol: str, read_mode: str) -> None:
-    if protocol not in PROTOCOLS:
-        raise ValueError(f"unknown protocol {protocol!r}; choose from {', '.join(PROTOCOLS)}")
+    if protocol not in ("native", "redis"):
+        raise ValueError(f"unknown protocol {protocol!r}; choose native or redis")
     if protocol == "redis" and read_mode != "index":
-        # The RESP port reads one way (GET through ReadIndex); a run must not claim another.
+        # The RESP port reads one way (every GET through ReadIndex): a run must not
+        # report lease or log reads it never made.
         raise ValueError(f"over the Redis protocol every GET is a ReadIndex read: --read-mode {read_mode} needs --protocol native")
 
 
@@ -251,25 +247,20 @@ def _run_recorded(run: ChaosRun, recorder: Collector) -> ChaosResult:
 def _workload(run: ChaosRun) -> Workload:
     """The clients, their history streamed to history.jsonl; not started yet."""
     opts, cfg = run.opts, run.cluster.config
+    redis = opts.protocol == "redis"
     return Workload(
-        cfg.client_addresses(),
+        _member_addresses(run.cluster, redis=redis),
         clients=opts.clients,
         keys=opts.keys or max(2, opts.clients // 2),
         seed=opts.seed,
         op_timeout=opts.op_timeout,
         read_mode=opts.read_mode,
         tls=client_context_for(cfg.client_tls()),
-        members=lambda: _member_addresses(run.cluster),
+        members=lambda: _member_addresses(run.cluster, redis=redis),
         history=run.out / "history.jsonl",
-        dialer=_redis_dialer(run) if opts.protocol == "redis" else None,
+        protocol=opts.protocol,
+        redis_tls=cfg.client_tls(),
     )
-
-
-def _redis_dialer(run: ChaosRun) -> Dialer:
-    # Imported here: redis-py is needed only when the clients speak Redis.
-    from raftproc.ops.redis_workload import RedisDialer
-
-    return RedisDialer(lambda: _member_addresses(run.cluster, redis=True), timeout=run.opts.op_timeout, tls=run.cluster.config.client_tls())
 
 
 def _fault_row(r: FaultRecord) -> dict[str, Any]:
@@ -400,9 +391,9 @@ def _summary(
     return [
         ("seed", opts.seed),
         ("nodes", opts.nodes),
-        ("clients speak", "Redis (RESP, redis-py)" if opts.protocol == "redis" else "raftproc's protocol"),
         ("reads", opts.read_mode),
         ("transport", "mutual TLS" if opts.tls else "plaintext"),
+        ("clients speak", "Redis (RESP, redis-py)" if opts.protocol == "redis" else "raftproc's client protocol"),
         ("duration s", opts.duration),
         ("clients", opts.clients),
         ("keys", keys),
@@ -421,8 +412,7 @@ def _summary(
 
 
 def _member_addresses(cluster: Cluster, *, redis: bool = False) -> dict[int, Any]:
-    """The client addresses (`redis`: the RESP addresses) of the nodes the run has not
-    removed (joined ones too; one without a RESP port is left out of the RESP ones)."""
+    """The client (or RESP) addresses of the nodes the run has not removed (joined ones too)."""
     cfg, removed = cluster.config, cluster.removed()
     if redis:
         return {n: a.redis for n, a in cfg.nodes.items() if n not in removed and a.redis is not None}

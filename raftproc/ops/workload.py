@@ -8,10 +8,6 @@ ok (true: happened; false: did not; null: unknown), output (the value read; null
 for absent), and for a cas that ran and found another value, ok false with
 "mismatch": true. Every written value is unique, so a read names its write. A
 request the client library retried is one operation.
-
-The clients speak raftproc's own protocol by default; a `Dialer` gives them
-another (raftproc.ops.redis_workload: Redis's RESP through redis-py). The final
-reads always use raftproc's client, which retries a read until its deadline.
 """
 
 from __future__ import annotations
@@ -24,56 +20,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from raftproc.client import Client, Failed, Unknown
 from raftproc.config import Address
-
-
-class KV(Protocol):
-    """What run_one needs of a client: raftproc.client.Client's operations, each
-    returning a result or raising Failed (certainly not applied) or Unknown."""
-
-    addresses: dict[int, Address]  # the nodes it may talk to; the workload updates them
-
-    def set(self, key: str, value: str) -> object: ...
-    def get(self, key: str) -> str | bytes | None: ...
-    def delete(self, key: str) -> object: ...
-    def cas(self, key: str, expect: str | None, new: str) -> dict[str, Any]: ...
-    def close(self) -> None: ...
-
-
-class Dialer(Protocol):
-    """Makes the workload's clients, and names the addresses they talk to."""
-
-    name: str  # the protocol, for the run's summary
-    # False: a cas can only expect the key absent (the protocol has no comparison
-    # against a value), so the workload's cas never expects one.
-    compares_values: bool
-
-    def dial(self, rng: random.Random) -> KV: ...
-    def addresses(self) -> dict[int, Address]: ...
-
-
-class NativeDialer:
-    """raftproc's own client: it follows redirects and retries within `op_timeout`."""
-
-    name = "native"
-    compares_values = True
-
-    def __init__(
-        self, addresses: Callable[[], dict[int, Address]], *, op_timeout: float, read_mode: str, tls: ssl.SSLContext | None
-    ) -> None:
-        self._addresses = addresses
-        self.op_timeout = op_timeout
-        self.read_mode = read_mode
-        self.tls = tls
-
-    def addresses(self) -> dict[int, Address]:
-        return self._addresses()
-
-    def dial(self, rng: random.Random) -> Client:
-        return Client(self.addresses(), timeout=self.op_timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode, tls=self.tls)
+from raftproc.ops.redis_client import RedisKvClient
+from raftproc.runtime.tls import TlsFiles
 
 
 class History:
@@ -124,7 +76,7 @@ class History:
 
 
 def run_one(
-    client: KV, history: History, client_no: int, op: str, key: str, value: str | None = None, expect: str | None = None
+    client: Client | RedisKvClient, history: History, client_no: int, op: str, key: str, value: str | None = None, expect: str | None = None
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"client": client_no, "op": op, "key": key, "value": value, "expect": expect, "call": time.monotonic_ns()}
     try:
@@ -155,7 +107,7 @@ FINAL_READS_S = 120.0  # the final reads end within this, or say they did not
 
 
 class Workload:
-    """`clients` threads, each with its own client, until stop() or `until` passes."""
+    """`clients` threads, each with its own Client, until stop() or `until` passes."""
 
     def __init__(
         self,
@@ -169,25 +121,28 @@ class Workload:
         tls: ssl.SSLContext | None = None,
         members: Callable[[], dict[int, Address]] | None = None,
         history: Path | None = None,
-        dialer: Dialer | None = None,
+        redis_tls: TlsFiles | None = None,
+        protocol: str = "native",
     ) -> None:
         """`tls`: the client context every client connects with (None: plaintext).
         `members`: the current members' client addresses, asked again after an
         operation that did not succeed, so clients follow the membership as nodes
         are replaced (a client that knows only removed nodes reaches nobody).
         `history`: stream the history to this file instead of keeping it.
-        `dialer`: makes the clients (default: raftproc's own, over `members`, with
-        `op_timeout`, `read_mode` and `tls`); the final reads use raftproc's own."""
+        `protocol`: "native" (raftproc.client), or "redis": the addresses are RESP
+        ports, spoken to through redis-py (raftproc.ops.redis_client; `redis_tls`:
+        the certificate files it presents), and a cas only ever expects an absent key."""
         self.addresses = addresses
         self.members = members or (lambda: self.addresses)
         self.tls = tls
         self.read_mode = read_mode
-        self.dialer = dialer or NativeDialer(self.members, op_timeout=op_timeout, read_mode=read_mode, tls=tls)
         self.clients = clients
         self.keys = [f"k{i}" for i in range(keys)]
         self.seed = seed
         self.op_timeout = op_timeout
         self.history = History(history)
+        self.protocol = protocol
+        self.redis_tls = redis_tls
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
@@ -204,7 +159,7 @@ class Workload:
 
     def _client_loop(self, n: int, until: float) -> None:
         rng = random.Random(self.seed * 1000 + n)
-        client = self.dialer.dial(rng)
+        client = self._client(self.addresses, rng, self.op_timeout)
         seen: dict[str, str | None] = {}
         counter = 0
         try:
@@ -214,7 +169,7 @@ class Workload:
                 counter += 1
                 value = f"c{n}-{counter}"
                 if kind == "cas":
-                    expect = seen.get(key) if self.dialer.compares_values and rng.random() < 0.7 else None
+                    expect = seen.get(key) if rng.random() < 0.7 and self.protocol != "redis" else None
                     record = run_one(client, self.history, n, "cas", key, value, expect)
                 elif kind == "get":
                     record = run_one(client, self.history, n, "get", key)
@@ -226,13 +181,18 @@ class Workload:
                 else:
                     record = run_one(client, self.history, n, "delete", key)
                 if record["ok"] is None or (record["ok"] is False and not record.get("mismatch")):
-                    self._follow_members(client, self.dialer.addresses)
+                    self._follow_members(client)
         finally:
             client.close()
 
-    def _follow_members(self, client: KV, members: Callable[[], dict[int, Address]]) -> None:
+    def _client(self, addresses: dict[int, Address], rng: random.Random, timeout: float) -> Any:
+        if self.protocol == "redis":
+            return RedisKvClient(addresses, timeout=timeout, rng=rng, tls=self.redis_tls)
+        return Client(addresses, timeout=timeout, attempt_timeout=0.5, rng=rng, read_mode=self.read_mode, tls=self.tls)
+
+    def _follow_members(self, client: Client | RedisKvClient) -> None:
         try:
-            current = members()
+            current = self.members()
         except Exception:  # noqa: BLE001 - the config file mid-write: keep what the client knows
             return
         if current:
@@ -242,7 +202,7 @@ class Workload:
         """After healing: read every key once, so a lost write shows in the history.
         None when done; otherwise which keys were not read within `within` seconds."""
         deadline = time.monotonic() + within
-        client = Client(self.members(), timeout=10, rng=random.Random(self.seed), tls=self.tls)
+        client = self._client(self.members(), random.Random(self.seed), 10.0)
         try:
             for done, key in enumerate(self.keys):
                 left = deadline - time.monotonic()
@@ -250,7 +210,7 @@ class Workload:
                     return f"final reads did not finish within {within:.0f} s: {len(self.keys) - done} of {len(self.keys)} keys not read"
                 client.timeout = min(10.0, left)
                 if not run_one(client, self.history, self.clients, "get", key)["ok"]:
-                    self._follow_members(client, self.members)
+                    self._follow_members(client)
             return None
         finally:
             client.close()
