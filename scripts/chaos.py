@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from raftproc.ops.chaos import ChaosOptions, check_faults, run_chaos
+from raftproc.ops.chaos import ChaosOptions, check_faults, check_protocol, run_chaos
 from raftproc.ops.nemesis import ALL_FAULTS
 
 
@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     faults = [f for f in args.faults.split(",") if f]
     try:
         check_faults(faults)
+        check_protocol(args.protocol, args.read_mode)
     except ValueError as e:
         p.error(str(e))
     out = Path(args.out or f"runs/seed-{args.seed}")

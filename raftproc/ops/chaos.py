@@ -109,6 +109,7 @@ class ChaosRun:
 
 def run_chaos(opts: ChaosOptions, say: Callable[[str], None] = print) -> ChaosResult:
     check_faults(opts.faults)
+    check_protocol(opts.protocol, opts.read_mode)
     out = _fresh_directory(opts.out)
     faults, lab, notes = _injectable(opts, say)
     try:
@@ -127,6 +128,15 @@ def check_faults(faults: list[str]) -> None:
     unknown = set(faults) - set(ALL_FAULTS)
     if unknown:
         raise ValueError(f"unknown faults {sorted(unknown)}; choose from {', '.join(ALL_FAULTS)}")
+
+
+def check_protocol(protocol: str, read_mode: str) -> None:
+    if protocol not in ("native", "redis"):
+        raise ValueError(f"unknown protocol {protocol!r}; choose native or redis")
+    if protocol == "redis" and read_mode != "index":
+        # The RESP port reads one way (every GET through ReadIndex): a run must not
+        # report lease or log reads it never made.
+        raise ValueError(f"over the Redis protocol every GET is a ReadIndex read: --read-mode {read_mode} needs --protocol native")
 
 
 def _fresh_directory(path: Path) -> Path:
@@ -169,10 +179,7 @@ def _create_cluster(opts: ChaosOptions, out: Path, faults: list[str], lab: Netns
         cluster.create(local_config(opts.nodes, out / "data", out / "logs", **storage), tls=opts.tls)
         return cluster
     cfg = ClusterConfig(
-        nodes={
-            i: NodeAddress(i, (lab.addr(i), 7100), (lab.addr(i), 7200), metrics=(lab.addr(i), 7300), redis=(lab.addr(i), 7400))
-            for i in range(1, opts.nodes + 1)
-        },
+        nodes={i: _lab_node(lab, i) for i in range(1, opts.nodes + 1)},
         data_dir=out / "data",
         log_dir=out / "logs",
         **storage,
@@ -181,6 +188,12 @@ def _create_cluster(opts: ChaosOptions, out: Path, faults: list[str], lab: Netns
     cluster = Cluster(out / "run", launcher=in_namespace + (opts.launcher or [sys.executable, "-m", "raftproc.node"]), env=env)
     cluster.create(cfg, tls=opts.tls)
     return cluster
+
+
+def _lab_node(lab: NetnsLab, i: int) -> NodeAddress:
+    """Node `i`'s addresses in its network namespace: the same ports on every node."""
+    host = lab.addr(i)
+    return NodeAddress(i, (host, 7100), (host, 7200), metrics=(host, 7300), redis=(host, 7400))
 
 
 def _run(run: ChaosRun) -> ChaosResult:
@@ -269,7 +282,7 @@ def _nemesis(run: ChaosRun, recorder: Collector, log: Callable[[str], None]) -> 
     if CLOCK_DIR_ENV in cluster.env:
         nemesis.clock_dir, nemesis.max_clock_drift = Path(cluster.env[CLOCK_DIR_ENV]), cluster.config.max_clock_drift
     if lab is not None:
-        nemesis.place = lambda n: ((lab.addr(n), 7100), (lab.addr(n), 7200))
+        nemesis.place = lambda n: _lab_node(lab, n)  # a joining node serves Redis (and metrics) too
         nemesis.max_node_id = len(lab.nodes)
     return nemesis
 

@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from raftproc.client import Client, ClientError
-from raftproc.config import Address, ClusterConfig, load_config, to_toml
+from raftproc.config import ClusterConfig, NodeAddress, load_config, to_toml
 from raftproc.ops.certs import secure_cluster
 from raftproc.ops.control import ClusterError, NodeProcess
 from raftproc.ops.links import LinkTable
@@ -148,7 +148,7 @@ class Cluster:
 
     # --- operations through the leader (raftproc.ops.operations) ---------------------
 
-    def join(self, timeout: float = 60.0, *, place: Callable[[int], tuple[Address, Address]] | None = None) -> int:
+    def join(self, timeout: float = 60.0, *, place: Callable[[int], NodeAddress] | None = None) -> int:
         return self.operations.join(timeout, place=place)
 
     def add(self, node_id: int, timeout: float = 60.0) -> dict[str, Any]:

@@ -45,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raftproc.config import Address
+from raftproc.config import NodeAddress
 from raftproc.ops.cluster import Cluster, ClusterError
 from raftproc.ops.corrupt import corrupt_wal
 from raftproc.ops.netns import NetnsLab
@@ -117,7 +117,7 @@ class Nemesis:
     records: list[FaultRecord] = field(default_factory=list)
     # Where a node that joins lives (None: free loopback ports), and the highest id
     # there is room for (network namespaces are made before the run).
-    place: Callable[[int], tuple[Address, Address]] | None = None
+    place: Callable[[int], NodeAddress] | None = None
     max_node_id: int | None = None
     member_timeout: float = 20.0
     want_in: set[int] = field(default_factory=set)  # nodes to (re-)add at the heal

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from raftproc.client import Client
-from raftproc.config import Address, ClusterConfig, NodeAddress, to_toml
+from raftproc.config import ClusterConfig, NodeAddress, to_toml
 from raftproc.ops.certs import node_with_cert
 from raftproc.ops.control import ClusterError, NodeProcess
 from raftproc.ops.layout import free_ports
@@ -52,21 +52,18 @@ class ClusterOperations:
     def __init__(self, cluster: ClusterControl) -> None:
         self.cluster = cluster
 
-    def join(self, timeout: float = 60.0, *, place: Callable[[int], tuple[Address, Address]] | None = None) -> int:
-        """Start a new node (the next free id; `place(id)` gives its peer and client
-        addresses, free loopback ports by default) and add it: it joins as a
-        learner, catches up, then votes. Returns its id."""
+    def join(self, timeout: float = 60.0, *, place: Callable[[int], NodeAddress] | None = None) -> int:
+        """Start a new node (the next free id; `place(id)` gives its addresses, free
+        loopback ports by default) and add it: it joins as a learner, catches up,
+        then votes. Returns its id."""
         self.cluster.leader_now("join")  # before anything is written or started
         cfg = self.cluster.config
         node_id = max(cfg.nodes) + 1
-        metrics = redis = None
         if place is None:
-            peer_port, client_port, metrics_port, redis_port = free_ports(4)
-            peer, client = ("127.0.0.1", peer_port), ("127.0.0.1", client_port)
-            metrics, redis = ("127.0.0.1", metrics_port), ("127.0.0.1", redis_port)
+            peer, client, metrics, redis = (("127.0.0.1", port) for port in free_ports(4))
+            address = NodeAddress(node_id, peer, client, join=True, metrics=metrics, redis=redis)
         else:
-            peer, client = place(node_id)
-        address = NodeAddress(node_id, peer, client, join=True, metrics=metrics, redis=redis)
+            address = replace(place(node_id), join=True)
         if cfg.tls is not None:
             address = node_with_cert(address, self.cluster.tls_dir)
         self.cluster.config_path.write_text(to_toml(replace(cfg, nodes={**cfg.nodes, node_id: address})))
