@@ -30,6 +30,7 @@ from raftproc.runtime.addresses import Address
 from raftproc.runtime.codec import RemoteProtocolError
 from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, dial
 from raftproc.runtime.protocol import Answer, Outcome, RedisRequest, decode_answer, encode_request
+from raftproc.runtime.tls import node_identity
 
 Log = Callable[..., None]
 OnAnswer = Callable[[Answer], None]
@@ -68,6 +69,11 @@ class _Upstream:
         )
 
     def _on_connected(self, conn: Connection) -> None:
+        if self.forwarder.settings.tls is not None and conn.identity != node_identity(self.leader):
+            # Commands go to the leader, not to whoever answers at its address.
+            self.forwarder.log("forward_identity_refused", level="error", leader=self.leader, identity=str(conn.identity))
+            conn.close("the certificate there is not the leader's")
+            return
         self.up = True
 
     def _on_frame(self, conn: Connection, body: bytes) -> None:
