@@ -58,7 +58,7 @@ MAX_REPLY_BYTES = 4 * 1024 * 1024
 # The longest value APPEND makes (a SET's value is bounded by max_request_bytes): a
 # GET of it must fit in a forwarded answer, and a value must not grow without end.
 MAX_VALUE_BYTES = MAX_REPLY_BYTES
-ARG_OVERHEAD = 16  # what a command's argument counts beyond its bytes (as raftproc.runtime.resp counts)
+ARG_OVERHEAD = 16  # bytes an argument counts beyond its own: a million empty ones are not free
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 READ, WRITE = "read", "write"
 

@@ -27,11 +27,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from raftproc.kv.redis import ARG_OVERHEAD  # one count for the parser and the leader's check
 from raftproc.runtime.framing import FrameError
 
 MAX_INLINE_BYTES = 64 * 1024  # Redis's PROTO_INLINE_MAX_SIZE
 MAX_HEADER_BYTES = 32  # "*" or "$", up to 20 digits, "\r\n": more is not a header
-ARG_OVERHEAD = 16  # bytes an argument counts beyond its own: a million empty ones are not free
 CRLF = b"\r\n"
 
 

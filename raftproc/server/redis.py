@@ -39,7 +39,7 @@ from raftproc.kv import redis
 from raftproc.kv.state_machine import KeyValueStore
 from raftproc.runtime.addresses import Address
 from raftproc.runtime.loop import Connection, ConnectionSettings, EventLoop, Listener, describe_error, idle
-from raftproc.runtime.protocol import Answer, Outcome, RedisRequest
+from raftproc.runtime.protocol import MAX_REDIS_COMMANDS, Answer, Outcome, RedisRequest
 from raftproc.runtime.resp import RequestParser, RespError, encode_reply
 from raftproc.runtime.tls import ADMIN, CLIENT
 from raftproc.server.clients import ClientService
@@ -167,9 +167,10 @@ class RedisService:
         session.taking = True
         try:
             while inbox and len(session.slots) < MAX_PIPELINE and not session.quitting and not conn.closed:
-                if not self._may_start(session, inbox[0]):
+                spec = self._data_command(session, inbox[0])
+                if not self._may_start(session, inbox[0], spec):
                     break
-                self._run(session, inbox.popleft())
+                self._run(session, inbox.popleft(), spec)
         finally:
             session.taking = False
         if conn.closed:
@@ -179,7 +180,17 @@ class RedisService:
         else:
             conn.resume()
 
-    def _may_start(self, session: RespSession, item: list[bytes] | RespError) -> bool:
+    def _data_command(self, session: RespSession, item: list[bytes] | RespError) -> redis.Spec | dict[str, str] | None:
+        """A command for the store, checked (its Spec, or the error it earns); None for
+        what is answered or queued here. Checked once, here, for both uses below."""
+        if isinstance(item, RespError):
+            return None
+        name = item[0].lower()
+        if (session.multi is not None and name not in TRANSACTION_CONTROL) or name in LOCAL_COMMANDS or name == b"exec":
+            return None
+        return redis.check(item)
+
+    def _may_start(self, session: RespSession, item: list[bytes] | RespError, spec: redis.Spec | dict[str, str] | None) -> bool:
         """Whether a command may start while others of its connection are in flight.
 
         Redis runs a connection's commands in the order sent. Here a read is served
@@ -187,24 +198,20 @@ class RedisService:
         applies: a read in flight with a write could see the write's effect, or not,
         whatever their order. So only commands of one kind (reads, or writes) to one
         leader are in flight at once; writes to one leader keep their order in its log."""
-        if session.in_flight == 0 or isinstance(item, RespError):
+        if session.in_flight == 0 or isinstance(item, RespError) or isinstance(spec, dict):
             return True
-        name = item[0].lower()
-        if (session.multi is not None and name not in TRANSACTION_CONTROL) or name in LOCAL_COMMANDS:
-            return True  # queued or answered here: nothing runs against the store
-        if name == b"exec":
+        if spec is None:
+            if item[0].lower() != b"exec" or session.multi is None:
+                return True  # queued or answered here: nothing runs against the store
             kind = redis.WRITE
         else:
-            spec = redis.check(item)
-            if isinstance(spec, dict):
-                return True
             kind = spec.kind
         return (kind, self._leader()) == (session.in_flight_kind, session.in_flight_to)
 
     def _leader(self) -> int | None:
         return self.me if self.raft.role == LEADER else self.raft.leader_id
 
-    def _run(self, session: RespSession, item: list[bytes] | RespError) -> None:
+    def _run(self, session: RespSession, item: list[bytes] | RespError, spec: redis.Spec | dict[str, str] | None) -> None:
         slot = Slot()
         session.slots.append(slot)
         if isinstance(item, RespError):
@@ -220,12 +227,12 @@ class RedisService:
             self._exec(session, slot)
         elif local is not None:
             self._fill(session, slot, local(LocalContext(self.facts, session), item))
+        elif isinstance(spec, dict):
+            self._fill(session, slot, spec)
+        elif spec is not None:
+            self._start(session, slot, [item], multi=False, write=spec.kind == redis.WRITE)
         else:
-            spec = redis.check(item)
-            if isinstance(spec, dict):
-                self._fill(session, slot, spec)
-            else:
-                self._start(session, slot, [item], multi=False, write=spec.kind == redis.WRITE)
+            self._fill(session, slot, redis.unknown_command(item))
 
     def _queue(self, session: RespSession, argv: list[bytes]) -> Any:
         assert session.multi is not None
@@ -234,10 +241,10 @@ class RedisService:
         if isinstance(spec, dict):
             session.multi_failed = True
             return spec
-        if len(session.multi) >= RESP_MAX_QUEUED or session.multi_bytes > self.limits.max_request_bytes:
+        if len(session.multi) >= MAX_REDIS_COMMANDS or session.multi_bytes > self.limits.max_request_bytes:
             session.multi_failed = True
             return redis.error(
-                f"ERR a MULTI block holds at most {RESP_MAX_QUEUED} commands of {self.limits.max_request_bytes} bytes (max_request_bytes)"
+                f"ERR a MULTI block holds at most {MAX_REDIS_COMMANDS} commands of {self.limits.max_request_bytes} bytes (max_request_bytes)"
             )
         session.multi.append(argv)
         return redis.status("QUEUED")
@@ -323,7 +330,6 @@ class RedisService:
 
 
 TRANSACTION_CONTROL = (b"exec", b"discard", b"multi", b"quit", b"reset")  # not queued inside MULTI
-RESP_MAX_QUEUED = 10_000  # raftproc.runtime.protocol.MAX_REDIS_COMMANDS: a block travels as one request
 
 
 def _moved(leader: int, address: Address | None) -> Any:

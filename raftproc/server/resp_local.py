@@ -257,7 +257,8 @@ def _info(ctx: LocalContext, argv: list[bytes]) -> Any:
 def _info_sections(service: NodeFacts) -> list[tuple[str, str]]:
     raft, kv = service.raft, service.kv
     leader = raft.leader_id
-    address = service.peers.book.get(leader).redis if leader is not None and leader in service.peers.book else None  # type: ignore[union-attr]
+    entry = service.peers.book.get(leader) if leader is not None else None
+    address = entry.redis if entry is not None else None
     port = service.address[1] if service.address else 0
     server = f"redis_version:{REDIS_VERSION}\r\nraftproc_version:{__version__}\r\nredis_mode:standalone\r\nprocess_id:{os.getpid()}\r\n"
     server += f"tcp_port:{port}\r\nuptime_in_seconds:{int(time.monotonic() - STARTED)}\r\nnode_id:{service.me}"

@@ -48,11 +48,6 @@ def write_results(path: Path, results: Results, command: str) -> None:
     write_json(path, data)
 
 
-def _median_span(p: Point, key: str, digits: int = 1) -> str:
-    lo, hi = p.span(key)
-    return f"{p.median(key):.{digits}f} [{lo:.{digits}f}-{hi:.{digits}f}]"
-
-
 def print_table(points: list[Point], *, warmup: float, window: float, repeats: int) -> None:
     print()
     print(
@@ -66,9 +61,9 @@ def print_table(points: list[Point], *, warmup: float, window: float, repeats: i
     for p in points:
         load = f"{p.rate:.0f}/s" if p.rate else str(p.inflight)
         print(
-            f"{p.system:<18}{p.nodes:>5}{load:>9}{p.value_size:>8}{p.keys:>6}  {_median_span(p, 'ops_per_s', 0):<24}"
-            f"{_median_span(p, 'p50_ms', 2):<20}{_median_span(p, 'p99_ms', 2):<20}{_median_span(p, 'p999_ms', 2):<20}"
-            f"{_median_span(p, 'node_cpu_us_per_op', 0):<20}{p.median('loadgen_cpu_s'):<10.2f}"
+            f"{p.system:<18}{p.nodes:>5}{load:>9}{p.value_size:>8}{p.keys:>6}  {p.shown('ops_per_s', 0):<24}"
+            f"{p.shown('p50_ms', 2):<20}{p.shown('p99_ms', 2):<20}{p.shown('p999_ms', 2):<20}"
+            f"{p.shown('node_cpu_us_per_op', 0):<20}{p.median('loadgen_cpu_s'):<10.2f}"
             f"{max(r['rss_mb'] for r in p.runs):>7.1f}{p.median('leader_changes'):>11.0f}"
         )
     print()

@@ -26,8 +26,17 @@ class Point:
         return statistics.median(values) if values else float("nan")
 
     def span(self, key: str) -> tuple[float, float]:
-        values = [r[key] for r in self.runs]
+        values = [r[key] for r in self.runs if r.get(key) == r.get(key)]  # drop NaN
         return (min(values), max(values)) if values else (float("nan"), float("nan"))
+
+    def shown(self, key: str, digits: int = 1, grouped: bool = False) -> str:
+        """ "median [min-max]" as the tables print it ("-" with no run to show)."""
+        median = self.median(key)
+        if median != median:
+            return "-"
+        lo, hi = self.span(key)
+        f = f"{',' if grouped else ''}.{digits}f"
+        return f"{median:{f}} [{lo:{f}}-{hi:{f}}]"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)

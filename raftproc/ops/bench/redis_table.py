@@ -13,13 +13,6 @@ RAFTPROC = "raftproc-resp"
 PEERS = ("redis-durable", "redis-memory")
 
 
-def _median_span(p: RespPoint, key: str, digits: int) -> str:
-    if math.isnan(p.median(key)):
-        return "-"
-    lo, hi = p.span(key)
-    return f"{p.median(key):,.{digits}f} [{lo:,.{digits}f}-{hi:,.{digits}f}]"
-
-
 def print_resp_table(points: list[RespPoint], *, warmup: float, window: float, repeats: int) -> None:
     print()
     print(
@@ -32,8 +25,8 @@ def print_resp_table(points: list[RespPoint], *, warmup: float, window: float, r
     )
     for p in points:
         print(
-            f"{p.system:<24}{p.test:<6}{f'{p.clients}x{p.pipeline}':>8}{p.value_size:>7}{p.keys:>6}  {_median_span(p, 'ops_per_s', 0):<34}"
-            f"{_median_span(p, 'p50_ms', 3):<24}{_median_span(p, 'p99_ms', 3):<26}{_median_span(p, 'node_cpu_us_per_op', 0):<20}"
+            f"{p.system:<24}{p.test:<6}{f'{p.clients}x{p.pipeline}':>8}{p.value_size:>7}{p.keys:>6}  {p.shown('ops_per_s', 0, grouped=True):<34}"
+            f"{p.shown('p50_ms', 3, grouped=True):<24}{p.shown('p99_ms', 3, grouped=True):<26}{p.shown('node_cpu_us_per_op', 0, grouped=True):<20}"
             f"{len(p.failures()):>4}/{len(p.runs)}"
         )
     print()
