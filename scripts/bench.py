@@ -3,6 +3,7 @@
 
     python scripts/bench.py                                  # 3 nodes, 1/16/128/512 in flight
     python scripts/bench.py --compare pysyncobj,etcd --repeats 3
+    python scripts/bench.py --compare raftproc-pure          # the compiled build beside the pure one (RAFTPROC_PURE=1)
     python scripts/bench.py --failover 15                    # kill -9 of the leader, 15 rounds
     python scripts/bench.py --baseline ../other-checkout     # A/B against another commit
     python scripts/bench.py --tls                            # also with mutual TLS, interleaved: its cost
@@ -28,6 +29,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from raftproc import build
 from raftproc.ops.bench.compare import Comparison, run_comparison, systems_to_run
 from raftproc.ops.bench.output import print_headlines, print_table, write_results
 from raftproc.ops.bench.reads import read_figures
@@ -132,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         large=args.large,
         redis_tests=args.redis_tests,
     )
+    print(f"# raftproc runs the {build.BUILD} build ({build.WHY})", flush=True)
     results = run_comparison(comparison)
     print_table(results.points, warmup=args.warmup, window=args.window, repeats=args.repeats)
     print_headlines(results, systems)

@@ -16,7 +16,8 @@ change is in flight.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+
+from mypy_extensions import mypyc_attr
 
 from raftproc.core.log import RaftLog
 from raftproc.core.membership import Membership
@@ -34,10 +35,12 @@ from raftproc.core.types import (
 )
 
 
+# RaftNode takes Python subclasses when compiled (see there), so its base must too.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class MembershipChanges:
-    """The membership half of RaftNode. What it uses of the node is declared here and
-    defined by RaftNode (raftproc.core.node): annotations only, so the node's
-    attributes stay plain instance attributes and its hot path is unchanged."""
+    """The membership half of RaftNode. The node's state it reads and changes is
+    declared here (annotations only, so they stay plain instance attributes); the
+    node's helpers it calls are defined by RaftNode (raftproc.core.node)."""
 
     # The node's state this half reads and changes.
     id: NodeId
@@ -53,20 +56,27 @@ class MembershipChanges:
     peer_divergences: dict[NodeId, int]
     _broadcast_pending: bool
 
-    if TYPE_CHECKING:
-        # The node's helpers this half calls (no definitions at run time).
-        @property
-        def membership(self) -> Membership: ...
+    @property
+    def membership(self) -> Membership:
+        return self.log.membership
 
-        def become_follower(self, term: int, leader_id: NodeId | None) -> None: ...
+    # The node's helpers this half calls, defined by RaftNode. Real methods rather than
+    # annotations under TYPE_CHECKING: the compiled build (mypyc) dispatches them
+    # through the class's method table, which needs them declared here.
+    def become_follower(self, term: int, leader_id: NodeId | None) -> None:
+        raise NotImplementedError
 
-        def _check_not_in_ready(self) -> None: ...
+    def _check_not_in_ready(self) -> None:
+        raise NotImplementedError
 
-        def _log(self, event: str, **fields: object) -> None: ...
+    def _log(self, event: str, **fields: object) -> None:
+        raise NotImplementedError
 
-        def _abort_transfer(self, why: str) -> None: ...
+    def _abort_transfer(self, why: str) -> None:
+        raise NotImplementedError
 
-        def _send_timeout_now(self, target: NodeId) -> None: ...
+    def _send_timeout_now(self, target: NodeId) -> None:
+        raise NotImplementedError
 
     def propose_membership(
         self,

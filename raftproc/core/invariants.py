@@ -14,7 +14,7 @@ from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER
 
 
-class InvariantViolation(AssertionError):
+class InvariantViolation(Exception):
     pass
 
 

@@ -67,7 +67,7 @@ def chain(prev: bytes, entry: Entry) -> bytes:
     return h.digest()[:16]
 
 
-class LogInvariantError(AssertionError):
+class LogInvariantError(Exception):
     """The core was asked to do something that would break a log invariant."""
 
 

@@ -94,7 +94,7 @@ class RaftOptions:
             raise ValueError("max_clock_drift must be at least 0 and below 0.5")
 
 
-class RoleError(RuntimeError):
+class RoleError(Exception):
     """A role transition the caller must never ask for (a leader becoming a
     candidate, say): a bug in the caller, not bad input."""
 

@@ -452,8 +452,8 @@ class BackgroundSync:
         self._requested = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
-        self._thread.start()
+        self._syncer_thread = threading.Thread(target=self._run, name="wal-sync", daemon=True)
+        self._syncer_thread.start()
 
     def request(self, seq: int) -> None:
         with self._cond:
@@ -465,7 +465,7 @@ class BackgroundSync:
         with self._cond:
             self._stopping = True
             self._cond.notify()
-        self._thread.join(5)
+        self._syncer_thread.join(5)
 
     def _run(self) -> None:
         while True:

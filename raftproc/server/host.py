@@ -39,6 +39,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from raftproc import build
 from raftproc.config import ClusterConfig
 from raftproc.core.membership import Membership
 from raftproc.core.node import RaftNode
@@ -473,6 +474,8 @@ def _log_started(log: Log, cfg: ClusterConfig, node_id: int, rooms: Rooms, link_
         peer=f"{me.peer[0]}:{me.peer[1]}",
         client=f"{me.client[0]}:{me.client[1]}",
         pid=os.getpid(),
+        build=build.running(),
+        build_why=build.WHY,
         transport="tls" if rooms.tls else "plaintext",
         tick_ms=cfg.tick_ms,
         **({"link_faults": link_faults.to_wire()} if link_faults.active else {}),

@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from raftproc import build
 from raftproc.core.node import RaftNode
 from raftproc.core.types import LEADER
 from raftproc.kv.state_machine import KeyValueStore
@@ -104,6 +105,7 @@ class NodeStatus:
         return {
             "node": self.me,
             "pid": os.getpid(),
+            "build": build.running(),
             "role": r.role,
             "term": r.current_term,
             "leader": r.leader_id,

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from conftest import log_events
 from support import wait_until
 
+from raftproc import build
 from raftproc.client import ClientError
 
 pytestmark = pytest.mark.process
@@ -41,6 +44,18 @@ def test_cluster_survives_leader_kill_and_converges(cluster_factory, nodes, back
     client.close()
     events = {e["event"] for n in cluster.config.nodes for e in log_events(cluster, n)}
     assert {"became_leader", "election_started", "vote_granted", "wal_recovered", "peer_connected"} <= events
+
+
+def test_every_node_runs_the_build_this_checkout_has(cluster_factory):
+    """Compiled where scripts/compile.py compiled the checkout (scripts/test says which
+    it expects), pure under RAFTPROC_PURE=1; status and node_started both tell."""
+    expected = os.environ.get("RAFTPROC_EXPECT_BUILD") or build.BUILD
+    cluster = cluster_factory(3)
+    cluster.wait_for_leader()
+    for n in cluster.config.nodes:
+        assert cluster.node_status(n)["build"] == expected
+        started = [e for e in log_events(cluster, n) if e["event"] == "node_started"]
+        assert started and started[-1]["build"] == expected, started
 
 
 def test_every_log_line_carries_the_raft_fields(cluster_factory):

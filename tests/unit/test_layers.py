@@ -20,14 +20,17 @@ ALLOWED: dict[str, set[str]] = {
     "kv": {"core", "kv"},
     "runtime": {"core", "kv", "runtime"},
     "config": {"core", "runtime.addresses", "runtime.tls"},
-    "server": {"core", "kv", "runtime", "server", "config"},
+    "server": {"core", "kv", "runtime", "server", "config", "build"},
     # The simulator runs the node's own Ready driver and nothing else of the server.
     "sim": {"core", "sim", "server.driver"},
     "checker": {"checker"},
-    "node": {"core", "runtime", "server", "config"},
+    "node": {"core", "runtime", "server", "config", "build"},
     "client": {"core", "kv", "runtime", "config"},
     "cli": {"core", "runtime", "config", "client"},
-    "ops": {"core", "kv", "runtime", "config", "client", "checker", "ops"},
+    "ops": {"core", "kv", "runtime", "config", "client", "checker", "ops", "build"},
+    # Which build runs (compiled or pure): chosen before anything else is imported;
+    # it names the core's node module only to tell which one was loaded.
+    "build": {"core.node"},
     # The live page: static files and a docstring.
     "web": set(),
 }

@@ -21,7 +21,8 @@ from raftproc.ops.bench.redis import RespComparison, missing_tools, resp_compari
 from raftproc.ops.bench.targets import RaftprocTarget, Target
 
 # "redis": raftproc's RESP port beside redis-server, all under redis-benchmark (redis.py).
-SYSTEMS = ("raftproc", "raftproc-baseline", "raftproc-tls", "raftproc-bgsync", "pysyncobj", "etcd", "redis")
+# "raftproc-pure": this checkout with RAFTPROC_PURE=1, beside its compiled build.
+SYSTEMS = ("raftproc", "raftproc-baseline", "raftproc-pure", "raftproc-tls", "raftproc-bgsync", "pysyncobj", "etcd", "redis")
 # --large: (in flight, value bytes, keys). Fewer keys for 1 MiB keeps each node's
 # store (and every snapshot of it) near 64 MiB.
 LARGE = [(128, 16384, 1000), (16, 1048576, 64)]
@@ -65,6 +66,8 @@ def make_targets(c: Comparison, nodes: int) -> Makers:
     makers: Makers = {"raftproc": partial(RaftprocTarget, nodes)}
     if c.baseline is not None:
         makers["raftproc-baseline"] = partial(RaftprocTarget, nodes, source=c.baseline.resolve())
+    if "raftproc-pure" in c.systems:
+        makers["raftproc-pure"] = partial(RaftprocTarget, nodes, pure=True)
     if "raftproc-tls" in c.systems:
         makers["raftproc-tls"] = partial(RaftprocTarget, nodes, tls=True)
     if "raftproc-bgsync" in c.systems:

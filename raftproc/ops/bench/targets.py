@@ -11,6 +11,7 @@ from typing import Protocol
 
 import psutil
 
+from raftproc.build import PURE_ENV
 from raftproc.config import Address
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.layout import free_ports, local_config
@@ -45,10 +46,14 @@ class RaftprocTarget:
 
     protocol = "raftproc"
 
-    def __init__(self, nodes: int, *, background_sync: bool = False, source: Path | None = None, tls: bool = False) -> None:
+    def __init__(
+        self, nodes: int, *, background_sync: bool = False, source: Path | None = None, tls: bool = False, pure: bool = False
+    ) -> None:
         """`source`: run the nodes from another checkout of raftproc (a baseline for an
         A/B measured in one invocation). `tls`: mutual TLS on every connection, the
-        load generators' too."""
+        load generators' too. `pure`: this checkout's pure-Python build, where
+        `raftproc` runs whichever build the checkout has (compiled when
+        scripts/compile.py has compiled it)."""
         self.system = "raftproc"
         if background_sync:
             self.system = "raftproc-bgsync"
@@ -56,8 +61,11 @@ class RaftprocTarget:
             self.system = "raftproc-baseline"
         if tls:
             self.system = "raftproc-tls"
+        if pure:
+            self.system = "raftproc-pure"
         self.tmp = Path(tempfile.mkdtemp(prefix="raftproc-bench-"))
-        self.cluster = Cluster(self.tmp / "run", env={"PYTHONPATH": str(source)} if source is not None else None)
+        env = {"PYTHONPATH": str(source)} if source is not None else {PURE_ENV: "1" if pure else "0"}
+        self.cluster = Cluster(self.tmp / "run", env=env)
         # An older checkout may not know the metrics address: its config leaves it out.
         ports = free_ports(2 * nodes) if source is not None else None
         self.cluster.create(
@@ -66,6 +74,11 @@ class RaftprocTarget:
         )
         self.config = self.cluster.config_path if tls else None
         self.cluster.up(wait=20)
+        # None from a baseline checkout older than the compiled build
+        self.build = (self.cluster.node_status(1) or {}).get("build")
+        if pure and self.build != "pure":
+            self.close()
+            raise RuntimeError(f"{PURE_ENV}=1 did not give the pure build (status says {self.build})")
 
     def leader_address(self) -> Address:
         leader = self.cluster.wait_for_leader(timeout=20)

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+"""Compile raftproc's hot modules with mypyc, in place, beside their sources.
+
+    python scripts/compile.py              # compile (about a minute on two cores)
+    python scripts/compile.py --if-stale   # only when a source changed since the last compile
+    python scripts/compile.py --clean      # remove the compiled modules: the pure build
+
+The compiled modules are the same annotated source as the pure ones (raftproc/build.py
+says how a process chooses between them). Where there is no C compiler, no Python
+headers or no mypyc (it comes with mypy, in the test extra), this says so and leaves the
+pure build; a compile that fails where they are all present is an error (exit 1).
+Prints one line: the build the checkout now runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import json
+import os
+import shutil
+import sys
+import sysconfig
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from raftproc import build  # noqa: E402
+
+# What runs for every write, on the leader and on the followers: profiled in
+# docs/results.md (issue 25). The rest (ops, sim, checker, config) stays pure.
+COMPILED = [
+    "raftproc.core.changes",
+    "raftproc.core.divergence",
+    "raftproc.core.invariants",
+    "raftproc.core.log",
+    "raftproc.core.membership",
+    "raftproc.core.messages",
+    "raftproc.core.node",
+    "raftproc.core.progress",
+    "raftproc.core.quorum",
+    "raftproc.core.reads",
+    "raftproc.core.ready",
+    "raftproc.core.types",
+    "raftproc.kv.commands",
+    "raftproc.kv.redis",
+    "raftproc.kv.state_machine",
+    "raftproc.runtime.codec",
+    "raftproc.runtime.entries",
+    "raftproc.runtime.framing",
+    "raftproc.runtime.loop",
+    "raftproc.runtime.protocol",
+    "raftproc.runtime.resp",
+    "raftproc.runtime.wal",
+    "raftproc.server.applier",
+    "raftproc.server.clients",
+    "raftproc.server.driver",
+    "raftproc.server.peers",
+    "raftproc.server.redis",
+    "raftproc.server.replies",
+    "raftproc.server.transport",
+]
+# One shared library for the group, inside the package so that it imports from any
+# working directory (mypyc names it <group>__mypyc).
+GROUP = "raftproc._compiled"
+
+
+def compiled_files() -> list[Path]:
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    return [p for p in build.PACKAGE_DIR.rglob("*") if p.name.endswith(suffixes)]
+
+
+def clean() -> None:
+    build.STAMP.unlink(missing_ok=True)
+    for path in compiled_files():
+        path.unlink()
+
+
+def why_cannot_compile() -> str | None:
+    if not (shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")):
+        return "no C compiler"
+    if not Path(sysconfig.get_paths()["include"], "Python.h").exists():
+        return "no Python headers (Python.h)"
+    try:
+        import mypyc.build  # noqa: F401
+    except ImportError:
+        return "no mypyc (pip install mypy)"
+    return None
+
+
+def compile_in_place() -> None:
+    from mypyc.build import mypycify
+    from setuptools import Distribution
+
+    sources = [str(build.module_source(m).relative_to(ROOT)) for m in COMPILED]
+    with tempfile.TemporaryDirectory(prefix="raftproc-mypyc-") as scratch:
+        os.chdir(ROOT)
+        c_dir = Path(scratch, "c")
+        # One C file per module, so the C compiler runs on both cores.
+        extensions = mypycify(sources, group_name=GROUP, opt_level="3", multi_file=True, target_dir=str(c_dir))
+        for ext in extensions:
+            # the group's header lands in the package's folder
+            ext.include_dirs.append(str(c_dir / "raftproc"))
+        dist = Distribution({"name": "raftproc", "ext_modules": extensions})
+        cmd = dist.get_command_obj("build_ext")
+        cmd.inplace = True
+        cmd.build_temp = str(Path(scratch, "obj"))
+        cmd.parallel = os.cpu_count() or 1
+        cmd.ensure_finalized()
+        cmd.run()
+    stamp = {
+        "ext_suffix": importlib.machinery.EXTENSION_SUFFIXES[0],
+        "modules": {m: build.source_digest(build.module_source(m)) for m in COMPILED},
+    }
+    build.STAMP.write_text(json.dumps(stamp, indent=1) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--if-stale", action="store_true", help="compile only when the compiled build is missing or stale")
+    ap.add_argument("--clean", action="store_true", help="remove the compiled modules and their stamp")
+    args = ap.parse_args()
+    if args.clean:
+        clean()
+        print("build: pure (compiled modules removed)")
+        return 0
+    if os.environ.get(build.PURE_ENV) == "1":
+        print(f"build: pure ({build.PURE_ENV}=1: not compiling)")
+        return 0
+    if args.if_stale and build.why_not_compiled() is None:
+        print("build: compiled (up to date)")
+        return 0
+    missing = why_cannot_compile()
+    if missing:
+        clean()
+        print(f"build: pure ({missing})")
+        return 0
+    clean()
+    started = time.monotonic()
+    print(f"compiling {len(COMPILED)} modules with mypyc ...", file=sys.stderr, flush=True)
+    try:
+        compile_in_place()
+    except BaseException as e:
+        clean()
+        print(f"build: pure (the compile failed: {e})", file=sys.stderr)
+        return 1
+    print(f"build: compiled ({len(COMPILED)} modules in {time.monotonic() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
