@@ -30,8 +30,12 @@ sys.path.insert(0, str(ROOT))
 
 from raftproc import build  # noqa: E402
 
-# What runs for every write, on the leader and on the followers: profiled in
-# docs/results.md (issue 25). The rest (ops, sim, checker, config) stays pure.
+# Everything a node runs: the core, the state machine, the runtime rooms and the
+# server's (docs/results.md, issue 25, has the profiles). The entry points (node.py,
+# cli.py), the simulator, the checker, ops and config stay pure: they run once or in
+# tests, and `python -m` cannot run a compiled module. runtime/logging.py stays pure
+# too: structlog keeps a weak reference to its log file, which a compiled class
+# cannot take.
 COMPILED = [
     "raftproc.core.changes",
     "raftproc.core.divergence",
@@ -48,20 +52,44 @@ COMPILED = [
     "raftproc.kv.commands",
     "raftproc.kv.redis",
     "raftproc.kv.state_machine",
+    "raftproc.runtime.addresses",
     "raftproc.runtime.codec",
+    "raftproc.runtime.dirlock",
     "raftproc.runtime.entries",
     "raftproc.runtime.framing",
+    "raftproc.runtime.histogram",
+    "raftproc.runtime.identity",
+    "raftproc.runtime.linkfaults",
     "raftproc.runtime.loop",
     "raftproc.runtime.protocol",
+    "raftproc.runtime.recovery",
     "raftproc.runtime.resp",
+    "raftproc.runtime.skew",
+    "raftproc.runtime.snapshot",
+    "raftproc.runtime.tls",
+    "raftproc.runtime.transfer",
     "raftproc.runtime.wal",
+    "raftproc.server.alarm",
     "raftproc.server.applier",
     "raftproc.server.clients",
+    "raftproc.server.disk",
     "raftproc.server.driver",
+    "raftproc.server.forward",
+    "raftproc.server.host",
+    "raftproc.server.incarnations",
+    "raftproc.server.links",
+    "raftproc.server.members",
+    "raftproc.server.metrics",
     "raftproc.server.peers",
     "raftproc.server.redis",
     "raftproc.server.replies",
+    "raftproc.server.resp_local",
+    "raftproc.server.snapshots",
+    "raftproc.server.status",
+    "raftproc.server.ticker",
+    "raftproc.server.trace",
     "raftproc.server.transport",
+    "raftproc.server.watch",
 ]
 # One shared library for the group, inside the package so that it imports from any
 # working directory (mypyc names it <group>__mypyc).

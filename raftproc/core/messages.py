@@ -8,12 +8,12 @@ text form used in logs, test failures and simulator traces.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from raftproc.core.membership import Membership, NodeId
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Entry:
     """One log entry. `command` is None for the no-op a new leader appends (§8).
 
@@ -22,10 +22,19 @@ class Entry:
     the core and never applied to the state machine.
     """
 
+    # Built by hand (init=False), not frozen: under mypyc a dataclass's generated
+    # __init__ stays interpreted Python (a frozen one a setattr call per field), and
+    # every write makes one on every node. Treated as immutable all the same.
     term: int
     index: int
-    command: bytes | None = None
-    membership: Membership | None = None
+    command: bytes | None
+    membership: Membership | None
+
+    def __init__(self, term: int, index: int, command: bytes | None = None, membership: Membership | None = None) -> None:
+        self.term = term
+        self.index = index
+        self.command = command
+        self.membership = membership
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,25 +74,51 @@ class RequestVoteResponse:
     pre_vote: bool = False
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class AppendEntries:
+    # Built by hand (init=False), not frozen: under mypyc a dataclass's generated
+    # __init__ stays interpreted Python (a frozen one a setattr call per field), and
+    # the leader sends one to each follower in every round. Treated as immutable all the same.
     src: NodeId
     dst: NodeId
     term: int
     prev_log_index: int
     prev_log_term: int
-    entries: tuple[Entry, ...] = field(default=())
+    entries: tuple[Entry, ...]
     leader_commit: int
     # The leader's read round when it sent this (ReadIndex, raftproc.core.node):
     # echoed in the answer, it proves the follower still took this node for its
     # leader after every read of that round or earlier arrived.
-    read_round: int = 0
+    read_round: int
     # The leader's chain link at prev_log_index (raftproc.core.log): the same term
     # there must also mean the same history (raftproc.core.divergence). None: unknown.
-    prev_log_hash: bytes | None = None
+    prev_log_hash: bytes | None
+
+    def __init__(
+        self,
+        *,
+        src: NodeId,
+        dst: NodeId,
+        term: int,
+        prev_log_index: int,
+        prev_log_term: int,
+        entries: tuple[Entry, ...] = (),
+        leader_commit: int,
+        read_round: int = 0,
+        prev_log_hash: bytes | None = None,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.term = term
+        self.prev_log_index = prev_log_index
+        self.prev_log_term = prev_log_term
+        self.entries = entries
+        self.leader_commit = leader_commit
+        self.read_round = read_round
+        self.prev_log_hash = prev_log_hash
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class AppendEntriesResponse:
     """A follower's answer to AppendEntries.
 
@@ -98,18 +133,46 @@ class AppendEntriesResponse:
     index + 1.
     """
 
+    # Built by hand (init=False), not frozen: under mypyc a dataclass's generated
+    # __init__ stays interpreted Python (a frozen one a setattr call per field), and
+    # each follower answers every round with one. Treated as immutable all the same.
     src: NodeId
     dst: NodeId
     term: int
     success: bool
-    match_index: int = 0
-    rejected_index: int = 0
-    conflict_term: int | None = None
-    conflict_index: int = 0
-    read_round: int = 0  # the request's read round, echoed
+    match_index: int
+    rejected_index: int
+    conflict_term: int | None
+    conflict_index: int
+    read_round: int  # the request's read round, echoed
     # The follower found its history differs from the leader's where Raft says they
     # agree (raftproc.core.divergence): it follows nobody until an operator acts.
-    diverged: bool = False
+    diverged: bool
+
+    def __init__(
+        self,
+        *,
+        src: NodeId,
+        dst: NodeId,
+        term: int,
+        success: bool,
+        match_index: int = 0,
+        rejected_index: int = 0,
+        conflict_term: int | None = None,
+        conflict_index: int = 0,
+        read_round: int = 0,
+        diverged: bool = False,
+    ) -> None:
+        self.src = src
+        self.dst = dst
+        self.term = term
+        self.success = success
+        self.match_index = match_index
+        self.rejected_index = rejected_index
+        self.conflict_term = conflict_term
+        self.conflict_index = conflict_index
+        self.read_round = read_round
+        self.diverged = diverged
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

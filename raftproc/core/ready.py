@@ -41,7 +41,7 @@ No step(), tick() or propose() may run between ready() and advance().
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from raftproc.core.messages import (
     AppendEntries,
@@ -76,20 +76,39 @@ class ReadState:
     index: int
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, init=False)
 class Ready:
+    # Built by hand (init=False), not frozen: under mypyc a dataclass's generated
+    # __init__ stays interpreted Python (a frozen one a setattr call per field), and
+    # every loop pass with work makes one. Treated as immutable all the same.
     # Installed (and the log dropped) before anything else (step 1); None almost always.
-    snapshot: SnapshotMeta | None = None
+    snapshot: SnapshotMeta | None
     # Durable before any message but a leader's appends leaves (steps 2-3). None: unchanged since last Ready.
-    hard_state: HardState | None = None
+    hard_state: HardState | None
     # Durable before any message but a leader's appends leaves. Replaces stored entries from entries[0].index on.
-    entries: tuple[Entry, ...] = ()
+    entries: tuple[Entry, ...]
     # A leader's appends may leave at once; the rest only once hard_state and entries are durable (step 3).
-    messages: tuple[Message, ...] = ()
+    messages: tuple[Message, ...]
     # Committed and durable on a majority: apply in order, before or after this Ready's own write (step 4).
-    committed_entries: tuple[Entry, ...] = field(default=())
+    committed_entries: tuple[Entry, ...]
     # Reads confirmed by ReadIndex (or a lease): serve each once `index` is applied.
-    read_states: tuple[ReadState, ...] = field(default=())
+    read_states: tuple[ReadState, ...]
+
+    def __init__(
+        self,
+        snapshot: SnapshotMeta | None = None,
+        hard_state: HardState | None = None,
+        entries: tuple[Entry, ...] = (),
+        messages: tuple[Message, ...] = (),
+        committed_entries: tuple[Entry, ...] = (),
+        read_states: tuple[ReadState, ...] = (),
+    ) -> None:
+        self.snapshot = snapshot
+        self.hard_state = hard_state
+        self.entries = entries
+        self.messages = messages
+        self.committed_entries = committed_entries
+        self.read_states = read_states
 
     def is_empty(self) -> bool:
         return not (self.snapshot or self.hard_state or self.entries or self.messages or self.committed_entries or self.read_states)

@@ -16,23 +16,44 @@ import cbor2
 REGISTERED = 1 << 62
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Command:
-    # Not frozen, like KvRequest: every write builds one on the leader and decodes one
-    # on each follower, and a frozen __init__ costs a setattr call per field. Treated
-    # as immutable all the same.
+    # Not frozen, and its __init__ written by hand, like KvRequest: every write builds
+    # one on the leader and decodes one on each follower; a frozen __init__ costs a
+    # setattr call per field, and under mypyc a generated one stays interpreted.
+    # Treated as immutable all the same.
     op: str  # "set" | "get" | "del" | "cas" | "register" | "incarnation" (a scan is never logged)
     key: str
     # Text, or bytes for a value that is not UTF-8 text (CBOR keeps the two apart).
-    value: str | bytes | None = None
-    expect: str | bytes | None = None  # cas: the value required now; None means "absent"
-    client: int = 0
-    seq: int = 0
+    value: str | bytes | None
+    expect: str | bytes | None  # cas: the value required now; None means "absent"
+    client: int
+    seq: int
     # The client may have sent this request before (a retry): if its session is gone,
     # the request may already have been applied, so it must not be applied now.
-    retry: bool = False
+    retry: bool
     # Every node logs this command's way through Raft (`supervisor.py timeline`).
-    trace: bool = False
+    trace: bool
+
+    def __init__(
+        self,
+        op: str,
+        key: str,
+        value: str | bytes | None = None,
+        expect: str | bytes | None = None,
+        client: int = 0,
+        seq: int = 0,
+        retry: bool = False,
+        trace: bool = False,
+    ) -> None:
+        self.op = op
+        self.key = key
+        self.value = value
+        self.expect = expect
+        self.client = client
+        self.seq = seq
+        self.retry = retry
+        self.trace = trace
 
     def encode(self) -> bytes:
         fields = [self.op, self.key, self.value, self.expect, self.client, self.seq]

@@ -64,10 +64,11 @@ class LinkFaultsRequest:
     faults: LinkFaults
 
 
-@dataclass(slots=True, kw_only=True)
+@dataclass(slots=True, kw_only=True, init=False)
 class KvRequest:
     # Not frozen: a frozen dataclass's __init__ goes through object.__setattr__ per
-    # field, which cost about a microsecond per write on the leader's hot path.
+    # field, which cost about a microsecond per write on the leader's hot path. The
+    # __init__ is written by hand: under mypyc a generated one stays interpreted.
     id: int
     op: str  # set | get | del | cas | scan | register (a new client asks for its id)
     key: str
@@ -76,10 +77,39 @@ class KvRequest:
     client: int
     seq: int
     read: str  # get: log | index | lease; scan: index | lease; "log" for every write
-    retry: bool = False  # an earlier attempt of this request may have reached a log
-    trace: bool = False  # every node logs this write's way (`supervisor.py timeline`)
-    after: str | None = None  # scan: the page starts after this key
-    limit: int = 0  # scan: at most this many keys in the page
+    retry: bool  # an earlier attempt of this request may have reached a log
+    trace: bool  # every node logs this write's way (`supervisor.py timeline`)
+    after: str | None  # scan: the page starts after this key
+    limit: int  # scan: at most this many keys in the page
+
+    def __init__(
+        self,
+        *,
+        id: int,
+        op: str,
+        key: str,
+        value: str | bytes | None,
+        expect: str | bytes | None,
+        client: int,
+        seq: int,
+        read: str,
+        retry: bool = False,
+        trace: bool = False,
+        after: str | None = None,
+        limit: int = 0,
+    ) -> None:
+        self.id = id
+        self.op = op
+        self.key = key
+        self.value = value
+        self.expect = expect
+        self.client = client
+        self.seq = seq
+        self.read = read
+        self.retry = retry
+        self.trace = trace
+        self.after = after
+        self.limit = limit
 
     @property
     def through_log(self) -> bool:

@@ -32,14 +32,22 @@ from raftproc.server.trace import Tracer
 Log = Callable[..., None]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Waiting:
     term: int
     conn: Asker
     request_id: int
     # The command as proposed: the entry at this index and term holds exactly it (Log
     # Matching), so applying it needs no second decode of the bytes just encoded.
-    command: Command | None = None
+    command: Command | None
+
+    def __init__(self, term: int, conn: Asker, request_id: int, command: Command | None = None) -> None:
+        # By hand: one per write, and under mypyc a dataclass's generated __init__
+        # stays interpreted.
+        self.term = term
+        self.conn = conn
+        self.request_id = request_id
+        self.command = command
 
 
 @dataclass(frozen=True, slots=True)

@@ -138,16 +138,18 @@ class Driver:
             return True
         rd, started = self.stalled
         self.stalled = None
-        self._carry_out(rd, started=started)
-        if self.held and self.stalled is None:
+        # _carry_out may stall it again, so its answer says: the type checker (and so
+        # the compiled build, which trusts it) keeps self.stalled narrowed to None.
+        went_through = self._carry_out(rd, started=started)
+        if went_through and self.held:
             assert self.syncer is not None
             self.syncer.request(self.written)
-        return self.stalled is None
+        return went_through
 
-    def _carry_out(self, rd: Ready, *, started: bool) -> None:
+    def _carry_out(self, rd: Ready, *, started: bool) -> bool:
         """One Ready, as the module's docstring says. `started`: the install, the early
         sends and an apply before the write are done already (a retry after the write
-        found the disk full)."""
+        found the disk full). False: the write found the disk full and it is stalled."""
         early, after = split_messages(rd)
         inline = self.syncer is None or rd.snapshot is not None
         apply_first = not after  # nothing waits for the write: the answers need not either
@@ -170,10 +172,11 @@ class Driver:
                 raise
             self.stalled = (rd, started)
             self.disk_full_error = f"{errno.errorcode[e.errno]}: {e.strerror}"
-            return
+            return False
         if not apply_first:
             self._apply(rd)
         self.raft.advance(rd, persisted=inline)
+        return True
 
     def _apply(self, rd: Ready) -> None:
         self.state_machine.apply(rd.committed_entries)

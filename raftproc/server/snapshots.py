@@ -100,6 +100,9 @@ class Snapshots:
         self._started = 0.0
         self._copy_ms = 0.0  # how long the loop stood still copying the store
         self._written = loop.make_waker(self._on_written)
+        # What the writer thread calls (a test holds it back; a compiled module's
+        # functions cannot be patched from outside).
+        self.write_file: Callable[..., SnapshotFile] = snapshot.write_snapshot
         # Sending: one stream per follower; followers the core asked for while unreachable.
         self.senders: dict[int, SnapshotSender] = {}
         self._unreachable: set[int] = set()
@@ -155,7 +158,7 @@ class Snapshots:
 
         def write() -> None:
             try:
-                self._result = snapshot.write_snapshot(self.data_dir, meta, image, floor=floor, sync=sync)
+                self._result = self.write_file(self.data_dir, meta, image, floor=floor, sync=sync)
             except BaseException as e:  # reported on the loop thread
                 self._result = e
             self._written()

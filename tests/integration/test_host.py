@@ -125,21 +125,19 @@ def test_a_connection_that_never_completes_a_first_frame_is_closed_before_the_id
     silent.close()
 
 
-def test_a_snapshot_that_finishes_while_the_disk_is_full_waits_for_the_thaw(tmp_path, monkeypatch):
+def test_a_snapshot_that_finishes_while_the_disk_is_full_waits_for_the_thaw(tmp_path):
     """The snapshot thread may finish while the driver holds a Ready stalled on a full
     disk. Compacting the core then would step it mid-Ready (a RuntimeError that ends
     the node); the compaction waits until the write went through."""
-    from raftproc.runtime import snapshot as snapshot_files
-
     release = threading.Event()
-    real_write_snapshot = snapshot_files.write_snapshot
+    host, address, events = _one_node(tmp_path, snapshot_entries=5, snapshot_bytes=1)
+    real_write_snapshot = host.snapshots.write_file
 
     def held_write_snapshot(*args, **kwargs):
         assert release.wait(30), "the test never released the snapshot writer"
         return real_write_snapshot(*args, **kwargs)
 
-    monkeypatch.setattr(snapshot_files, "write_snapshot", held_write_snapshot)
-    host, address, events = _one_node(tmp_path, snapshot_entries=5, snapshot_bytes=1)
+    host.snapshots.write_file = held_write_snapshot
     client = Client({1: address}, timeout=30)
     done: dict[str, object] = {}
     writer = threading.Thread(target=lambda: done.update(first=[client.set(f"k{i}", "v") for i in range(6)]))
@@ -147,12 +145,20 @@ def test_a_snapshot_that_finishes_while_the_disk_is_full_waits_for_the_thaw(tmp_
     assert _serve(host, lambda: host.snapshots._job is not None), "no snapshot was started"
     assert _serve(host, lambda: not writer.is_alive())
 
-    real_wal_write = host.wal.write
+    class FullDisk:
+        """The WAL with a full disk under it (the driver's storage, swapped: a
+        compiled WAL's methods cannot be patched)."""
 
-    def full(rd):
-        raise OSError(errno.ENOSPC, "No space left on device")
+        def __init__(self, wal):
+            self.wal = wal
 
-    host.wal.write = full
+        def write(self, rd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.wal, name)
+
+    host.driver.storage = FullDisk(host.wal)
     blocked = threading.Thread(target=lambda: done.update(blocked=client.set("during", "v")))
     blocked.start()
     assert _serve(host, lambda: host.driver.stalled is not None), "the disk never filled"
@@ -161,7 +167,7 @@ def test_a_snapshot_that_finishes_while_the_disk_is_full_waits_for_the_thaw(tmp_
     for _ in range(20):
         host.loop.run_once(max_wait=0.01)  # the waker fires here: it must not compact mid-Ready
     assert host.raft.log.snapshot_index == 0, "compacted while the core was mid-Ready"
-    host.wal.write = real_wal_write
+    host.driver.storage = host.wal
     assert _serve(host, lambda: not blocked.is_alive()), "the write did not go through after the disk had room"
     assert _serve(host, lambda: host.raft.log.snapshot_index > 0), "the snapshot was never taken into account"
     client.close()
