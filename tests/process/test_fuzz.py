@@ -11,6 +11,7 @@ from conftest import log_events, make_cluster
 from support import wait_until
 
 from raftproc.ops.fuzz import fuzz
+from raftproc.runtime.logging import SparseLog
 
 pytestmark = pytest.mark.process
 
@@ -37,8 +38,10 @@ def test_fuzzed_frames_on_every_port_end_no_node(tmp_path):
             wait_until(lambda: cluster.node_status(n) is not None, 10, f"node {n} to answer")
         events = [e["event"] for e in log_events(cluster, 1)]
         assert "frame_error" in events
-        # A flood of bad frames costs a few log lines, not the disk.
-        assert events.count("frame_error") <= 60, events.count("frame_error")
+        # A flood of bad frames costs a few log lines, not the disk: on each of the
+        # three ports (peer, client, Redis) the first SparseLog.FIRST, then the 100th,
+        # 1,000th, ... (a faster node reaches more of them).
+        assert events.count("frame_error") <= 3 * (SparseLog.FIRST + 4), events.count("frame_error")
         assert "node_stopped" not in events
     finally:
         cluster.down(timeout=3)

@@ -4,7 +4,13 @@ answers anything, if its id is the one written in the file RAFTPROC_TEST_CRASH_F
 names (the test writes the leader's id there once it knows it). Used by
 test_crash_points.py; never shipped."""
 
+# These launchers plant their failure by replacing functions and methods, which a
+# compiled module does not allow: the node runs the pure build (the same source; the
+# compiled build's own tests run everything else).
 import os
+
+os.environ["RAFTPROC_PURE"] = "1"
+
 import signal
 import sys
 
