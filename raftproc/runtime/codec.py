@@ -23,7 +23,7 @@ from raftproc.core.messages import (
     RequestVoteResponse,
     TimeoutNow,
 )
-from raftproc.runtime.entries import decode_entry, encode_entry
+from raftproc.runtime.entries import decode_entry, with_entries
 from raftproc.runtime.identity import PeerHello, PeerRefused
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
@@ -68,15 +68,22 @@ _STRS = ("reason",)
 _WIRE_NAMES = {"read_round": "context"}
 
 
+_ENTRIES_KEY = cbor2.dumps("entries")
+
+
 def encode_message(msg: PeerFrame) -> bytes:
     cls = type(msg)
     body: dict[str, Any] = {"v": PROTOCOL_VERSION, "t": _TAGS[cls]}
+    entries = None
     for name in _FIELDS[cls]:
         value = getattr(msg, name)
         if name == "entries":
-            value = [encode_entry(e) for e in value]
+            entries = value  # last, from bytes made once for every follower and the WAL
+            continue
         body[_WIRE_NAMES.get(name, name)] = value
-    return cbor2.dumps(body)
+    if entries is None:
+        return cbor2.dumps(body)
+    return with_entries(cbor2.dumps(body), _ENTRIES_KEY, entries)
 
 
 def decode_message(data: bytes) -> PeerFrame:

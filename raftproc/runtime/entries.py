@@ -6,6 +6,7 @@ configuration entry (and of a snapshot) is the address book of its members:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import cbor2
@@ -18,6 +19,38 @@ def encode_entry(e: Entry) -> list[Any]:
     if e.membership is None:
         return [e.term, e.index, e.command]
     return [e.term, e.index, e.command, encode_membership(e.membership)]
+
+
+# The entries encoded last, and their CBOR array: a leader's AppendEntries to every
+# follower and its own WAL record usually carry the same run of new entries, and
+# this encodes it once. A run is a contiguous piece of one log, which only ever
+# changes by cutting a suffix and appending: the same first and last entry objects
+# and the same length mean the same entries (the references held here keep those
+# objects' identities from being reused). One batch, dropped at the next.
+_last_run: tuple[Entry, Entry, int, bytes] | None = None
+
+
+def entries_cbor(entries: Sequence[Entry]) -> bytes:
+    """cbor2.dumps([encode_entry(e) for e in entries]), for a run of one log's entries."""
+    global _last_run
+    if not entries:
+        return b"\x80"
+    first, last = entries[0], entries[-1]
+    kept = _last_run
+    if kept is not None and kept[0] is first and kept[1] is last and kept[2] == len(entries):
+        return kept[3]
+    # The plain shape inline: this runs for every entry written or sent.
+    data = cbor2.dumps([[e.term, e.index, e.command] if e.membership is None else encode_entry(e) for e in entries])
+    _last_run = (first, last, len(entries), data)
+    return data
+
+
+def with_entries(head: bytes, key: bytes, entries: Sequence[Entry]) -> bytes:
+    """`head`, the CBOR of a map of fewer than 23 pairs, with one more pair: the
+    encoded `key` and these entries' array. A small map keeps its pair count in its
+    first byte (0xa0 + n), so the pair is appended and the count raised by one."""
+    assert 0xA0 <= head[0] < 0xA0 + 23, "not a small CBOR map"
+    return bytes((head[0] + 1,)) + head[1:] + key + entries_cbor(entries)
 
 
 def decode_entry(item: Any) -> Entry:

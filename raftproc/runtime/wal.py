@@ -75,7 +75,7 @@ import cbor2
 
 from raftproc.core.messages import Entry
 from raftproc.core.ready import HardState, Ready
-from raftproc.runtime.entries import decode_entry, encode_entry
+from raftproc.runtime.entries import decode_entry, with_entries
 from raftproc.runtime.histogram import Histogram
 
 HEADER = struct.Struct(">II")
@@ -117,17 +117,15 @@ def frame_record(body: bytes) -> bytes:
     return length + struct.pack(">I", crc) + body
 
 
+_ENTRIES_KEY = cbor2.dumps("e")
+
+
 def encode_record(rd: Ready) -> bytes:
+    """{"hs": hard state or None, "e": entries}. A leader's entries were encoded for
+    its followers already (raftproc.runtime.entries keeps the bytes)."""
     hs = rd.hard_state
-    return frame_record(
-        cbor2.dumps(
-            {
-                "hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index],
-                # The plain shape inline: this runs for every entry written.
-                "e": [[e.term, e.index, e.command] if e.membership is None else encode_entry(e) for e in rd.entries],
-            }
-        )
-    )
+    head = cbor2.dumps({"hs": None if hs is None else [hs.current_term, hs.voted_for, hs.commit_index]})
+    return frame_record(with_entries(head, _ENTRIES_KEY, rd.entries))
 
 
 class WriteAheadLog:

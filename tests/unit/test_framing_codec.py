@@ -14,6 +14,7 @@ from raftproc.core import (
     RequestVoteResponse,
 )
 from raftproc.core.messages import TimeoutNow
+from raftproc.core.ready import HardState, Ready
 from raftproc.runtime import codec
 from raftproc.runtime.codec import (
     RemoteProtocolError,
@@ -23,6 +24,7 @@ from raftproc.runtime.codec import (
     encode_message,
     encode_ok_answer,
 )
+from raftproc.runtime.entries import encode_entry, entries_cbor
 from raftproc.runtime.framing import FrameDecoder, FrameError, encode_frame
 from raftproc.runtime.identity import PeerHello, PeerRefused
 from raftproc.runtime.protocol import (
@@ -33,6 +35,7 @@ from raftproc.runtime.protocol import (
     decode_request,
 )
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
+from raftproc.runtime.wal import encode_record
 
 MESSAGES = [
     RequestVote(src=1, dst=2, term=3, last_log_index=9, last_log_term=2),
@@ -299,3 +302,32 @@ def test_a_peer_from_before_the_chain_sends_no_link_and_no_divergence_flag():
     for bad in (b"short", 7, "text"):
         with pytest.raises(RemoteProtocolError, match="16-byte hash"):
             decode_message(cbor2.dumps({**ae, "prev_log_hash": bad}))
+
+
+@pytest.mark.parametrize("count", [0, 1, 24, 300])
+def test_entries_encoded_once_are_the_bytes_cbor2_would_make(count):
+    """AppendEntries and WAL records splice in the entries' array, made once for the
+    WAL and every follower: the result must be what encoding the whole map gives."""
+    entries = tuple(
+        Entry(3, 10 + i, None if i % 7 == 0 else b"x" * (i % 5), Membership((1, 2, 3), (), ()) if i == 5 else None)
+        for i in range(count)
+    )
+    msg = AppendEntries(src=1, dst=2, term=3, prev_log_index=9, prev_log_term=3, entries=entries, leader_commit=8, prev_log_hash=b"h" * 16)
+    wire = encode_message(msg)
+    assert cbor2.loads(wire)["entries"] == [encode_entry(e) for e in entries]
+    assert decode_message(wire) == msg
+    assert encode_message(msg) == wire, "a second encoding (from the kept bytes) differs"
+    record = encode_record(Ready(hard_state=HardState(3, 1, 8), entries=entries))
+    assert cbor2.loads(record[8:]) == {"hs": [3, 1, 8], "e": [encode_entry(e) for e in entries]}
+
+
+def test_a_run_is_encoded_afresh_unless_it_is_the_same_run():
+    """The kept run is reused only for the same first and last entry objects and the
+    same length: a run cut shorter, or new entries at the same indexes after a
+    truncation, are encoded afresh."""
+    a, b, c = Entry(2, 7, b"a"), Entry(2, 8, b"b"), Entry(2, 9, b"c")
+    assert cbor2.loads(entries_cbor((a, b, c))) == [[2, 7, b"a"], [2, 8, b"b"], [2, 9, b"c"]]
+    assert cbor2.loads(entries_cbor((a, b))) == [[2, 7, b"a"], [2, 8, b"b"]]
+    b2, c2 = Entry(3, 8, b"B"), Entry(3, 9, b"C")
+    assert cbor2.loads(entries_cbor((a, b2, c2))) == [[2, 7, b"a"], [3, 8, b"B"], [3, 9, b"C"]]
+    assert cbor2.loads(entries_cbor((a, b2, c2))) == [[2, 7, b"a"], [3, 8, b"B"], [3, 9, b"C"]]
