@@ -19,6 +19,7 @@ import importlib.machinery
 import json
 import os
 import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -150,6 +151,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--if-stale", action="store_true", help="compile only when the compiled build is missing or stale")
     ap.add_argument("--clean", action="store_true", help="remove the compiled modules and their stamp")
+    ap.add_argument("--verbose", action="store_true", help="show mypyc's and the C compiler's output as they run")
     args = ap.parse_args()
     if args.clean:
         clean()
@@ -169,12 +171,20 @@ def main() -> int:
     clean()
     started = time.monotonic()
     print(f"compiling {len(COMPILED)} modules with mypyc ...", file=sys.stderr, flush=True)
-    try:
-        compile_in_place()
-    except BaseException as e:
-        clean()
-        print(f"build: pure (the compile failed: {e})", file=sys.stderr)
-        return 1
+    if args.verbose:
+        try:
+            compile_in_place()
+        except BaseException:
+            clean()  # never half a build
+            raise
+    else:
+        # mypyc's notes and gcc's lines only when the compile fails
+        done = subprocess.run([sys.executable, __file__, "--verbose"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            clean()
+            print(done.stdout[-20_000:] + done.stderr[-20_000:], file=sys.stderr)
+            print("build: pure (the compile failed; its output is above)", file=sys.stderr)
+            return 1
     print(f"build: compiled ({len(COMPILED)} modules in {time.monotonic() - started:.0f} s)")
     return 0
 

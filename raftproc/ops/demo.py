@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from raftproc import build
 from raftproc.ops.cluster import Cluster
 from raftproc.ops.layout import local_config
 from raftproc.ops.links import LinkTable
@@ -39,6 +40,7 @@ def fresh_cluster(**overrides: Any) -> Cluster:
 def tour() -> None:
     cluster = fresh_cluster()
     print("starting 5 nodes: python -m raftproc.node --id N (peers on 7101-7105, clients on 7201-7205, Redis on 7401-7405)")
+    print(f"  the {build.BUILD} build ({build.WHY})")
     cluster.up()
     leader = cluster.wait_for_leader()
     print(f"  node {leader} is the leader")
