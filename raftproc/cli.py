@@ -240,7 +240,7 @@ def _status(client: Client, out: Output, *, health: bool) -> int:
     if not health:
         print(
             f"{'node':>4} {'role':<9} {'term':>5} {'leader':>6} {'commit':>8} {'applied':>8} {'snapshot':>8} "
-            f"{'log':>7} {'wal MiB':>8}  log digest"
+            f"{'log':>7} {'wal MiB':>8} {'build':<8} log digest"
         )
         for s in rows:
             if s["role"] == "down":
@@ -249,7 +249,7 @@ def _status(client: Client, out: Output, *, health: bool) -> int:
             print(
                 f"{s['node']:>4} {s['role']:<9} {s['term']:>5} {str(s['leader']):>6} "
                 f"{s['commit_index']:>8} {s['last_applied']:>8} {s.get('snapshot_index', 0):>8} "
-                f"{s.get('log_entries', 0):>7} {s.get('wal_bytes', 0) / 2**20:>8.1f}  {s['log_digest'][:12]}"
+                f"{s.get('log_entries', 0):>7} {s.get('wal_bytes', 0) / 2**20:>8.1f} {s.get('build', '?'):<8} {s['log_digest'][:12]}"
             )
     print(verdict, file=sys.stdout if code == EXIT_OK else sys.stderr)
     return code

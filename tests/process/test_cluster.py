@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 
 import pytest
 from conftest import log_events
@@ -56,6 +58,12 @@ def test_every_node_runs_the_build_this_checkout_has(cluster_factory):
         assert cluster.node_status(n)["build"] == expected
         started = [e for e in log_events(cluster, n) if e["event"] == "node_started"]
         assert started and started[-1]["build"] == expected, started
+    endpoints = ",".join(f"{a.client[0]}:{a.client[1]}" for a in cluster.config.nodes.values())
+    shown = subprocess.run(
+        [sys.executable, "-m", "raftproc.client", "--endpoints", endpoints, "status"], capture_output=True, text=True, timeout=60
+    )
+    rows = [line.split() for line in shown.stdout.splitlines()[1:] if line.split() and line.split()[0].isdigit()]
+    assert shown.returncode == 0 and len(rows) == 3 and all(expected in row for row in rows), shown.stdout
 
 
 def test_every_log_line_carries_the_raft_fields(cluster_factory):
