@@ -2,7 +2,7 @@
 """Compile raftproc's hot modules with mypyc, in place, beside their sources.
 
     python scripts/compile.py              # compile (about a minute on two cores)
-    python scripts/compile.py --if-stale   # only when a source changed since the last compile
+    python scripts/compile.py --if-stale   # only when a source, the module list or mypyc changed
     python scripts/compile.py --clean      # remove the compiled modules: the pure build
 
 The compiled modules are the same annotated source as the pure ones (raftproc/build.py
@@ -125,6 +125,10 @@ def compile_in_place() -> None:
     from setuptools import Distribution
 
     sources = [str(build.module_source(m).relative_to(ROOT)) for m in COMPILED]
+    # Digests taken before the compile and checked after it: a source edited while
+    # gcc ran would otherwise be stamped as compiled while the extension holds the
+    # older text.
+    digests = source_digests()
     with tempfile.TemporaryDirectory(prefix="raftproc-mypyc-") as scratch:
         os.chdir(ROOT)
         c_dir = Path(scratch, "c")
@@ -140,11 +144,33 @@ def compile_in_place() -> None:
         cmd.parallel = os.cpu_count() or 1
         cmd.ensure_finalized()
         cmd.run()
-    stamp = {
-        "ext_suffix": importlib.machinery.EXTENSION_SUFFIXES[0],
-        "modules": {m: build.source_digest(build.module_source(m)) for m in COMPILED},
-    }
+    if source_digests() != digests:
+        clean()
+        raise RuntimeError("a source changed during the compile; compile again")
+    stamp = {"ext_suffix": importlib.machinery.EXTENSION_SUFFIXES[0], "mypyc": mypyc_version(), "modules": digests}
     build.STAMP.write_text(json.dumps(stamp, indent=1) + "\n")
+
+
+def source_digests() -> dict[str, str]:
+    return {m: build.source_digest(build.module_source(m)) for m in COMPILED}
+
+
+def mypyc_version() -> str:
+    try:
+        from mypy.version import __version__
+    except ImportError:
+        return "none"
+    return __version__
+
+
+def stamp_matches_this_compile() -> bool:
+    """The stamp names the modules this script compiles and the mypyc it would use
+    (raftproc.build checks the sources; a process cannot know the list)."""
+    try:
+        stamp = json.loads(build.STAMP.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(stamp, dict) and sorted(stamp.get("modules") or {}) == sorted(COMPILED) and stamp.get("mypyc") == mypyc_version()
 
 
 def main() -> int:
@@ -160,7 +186,7 @@ def main() -> int:
     if os.environ.get(build.PURE_ENV) == "1":
         print(f"build: pure ({build.PURE_ENV}=1: not compiling)")
         return 0
-    if args.if_stale and build.why_not_compiled() is None:
+    if args.if_stale and build.why_not_compiled() is None and stamp_matches_this_compile():
         print("build: compiled (up to date)")
         return 0
     missing = why_cannot_compile()

@@ -1,7 +1,10 @@
 """The messages Raft servers exchange, and the entries they replicate.
 
-Every message is a frozen, slotted dataclass that names its sender (`src`) and
-receiver (`dst`), so the simulator and the TCP transport route them the same way.
+Every message is a slotted dataclass that names its sender (`src`) and receiver
+(`dst`), so the simulator and the TCP transport route them the same way. Messages
+and entries are never changed once made: most are frozen, and the few made for
+every write (Entry, AppendEntries and its response) are immutable by convention,
+since a frozen __init__ costs a setattr call per field.
 Field names follow the Raft paper (Figure 2). `describe()` gives the one compact
 text form used in logs, test failures and simulator traces.
 """

@@ -87,6 +87,11 @@ SEGMENT_BYTES = 64 * 1024 * 1024
 MAX_RECORD = 1 << 30
 
 Warn = Callable[..., None]
+# Crash tests set this to kill the process at a step: ("wal_written", the Ready) once
+# a record is written, ("wal_syncing", None) as an fdatasync starts (it covers every
+# record written before), ("wal_synced", None) once it returned. A variable
+# rather than methods they replace: a compiled class's methods cannot be replaced.
+failpoint_hook: Callable[[str, Ready | None], None] | None = None
 
 
 class WalCorruption(Exception):
@@ -182,6 +187,9 @@ class WriteAheadLog:
             self.cut()
         assert self._fd is not None
         self._write(record)
+        hook = failpoint_hook
+        if hook is not None:
+            hook("wal_written", rd)
         hs = rd.hard_state
         promises = bool(rd.entries) or (hs is not None and (hs.current_term, hs.voted_for) != self._written_term_vote)
         if hs is not None:
@@ -255,6 +263,9 @@ class WriteAheadLog:
             if pending:
                 write_all(self._fd, pending)
         if self.sync_enabled:
+            hook = failpoint_hook
+            if hook is not None:
+                hook("wal_syncing", None)
             self._sync_started = started = time.monotonic()
             try:
                 if self.slow_sync_file:
@@ -267,6 +278,8 @@ class WriteAheadLog:
             took = time.monotonic() - started
             self._slowest_sync = max(self._slowest_sync, took)
             self.sync_latency.observe(took)
+            if hook is not None:
+                hook("wal_synced", None)
 
     def _stall_for_test(self) -> None:
         assert self.slow_sync_file is not None

@@ -126,7 +126,7 @@ class NodeHost:
         # the default 700-allocation trigger ran a young collection every few writes
         # at peak. Fewer, larger ones scan about the same survivors, and
         # _freeze_heap keeps the old objects out of every collection's way.
-        gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)
+        gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
         self.loop.call_later(GC_FREEZE_INTERVAL, self._freeze_heap)
         self.loop.call_later(IDLE_SWEEP_INTERVAL, self._close_idle)
 

@@ -3,13 +3,7 @@ named by RAFTPROC_TEST_FAILPOINT SIGKILLs itself there, after writing its id to
 the file RAFTPROC_TEST_FAILPOINT_FIRED (which also keeps it from firing twice).
 Used by test_snapshots.py; never shipped."""
 
-# These launchers plant their failure by replacing functions and methods, which a
-# compiled module does not allow: the node runs the pure build (the same source; the
-# compiled build's own tests run everything else).
 import os
-
-os.environ["RAFTPROC_PURE"] = "1"
-
 import signal
 import sys
 
@@ -37,7 +31,7 @@ def die_at(step: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-snapshot.failpoint = die_at
+snapshot.failpoint_hook = die_at
 
 from raftproc.node import main  # noqa: E402
 

@@ -1,9 +1,10 @@
 """A node launcher for tests: the WAL's sync is planted out, so (in power-loss mode)
 nothing it writes ever reaches the disk. Used by test_chaos.py; never shipped."""
 
-# These launchers plant their failure by replacing functions and methods, which a
-# compiled module does not allow: the node runs the pure build (the same source; the
-# compiled build's own tests run everything else).
+# The planted bug replaces a method, which a compiled class does not allow: this
+# node runs the pure build (the same source). It plants a bug for the chaos checker
+# to find; the crash tests (crash_after_fsync.py, crash_at_failpoint.py) run
+# whichever build the checkout has.
 import os
 
 os.environ["RAFTPROC_PURE"] = "1"
