@@ -104,7 +104,9 @@ def run(
         load.receive(min(wait, 0.05), resend=not rate)
     load.close()
     elapsed = time.perf_counter() - start if count else window
-    return summarize(load.latencies, load.done, load.errors, elapsed, sum(os.times()[:2]) - (cpu0 or 0))
+    result = summarize(load.latencies, load.done, load.errors, elapsed, sum(os.times()[:2]) - (cpu0 or 0))
+    result["redirects"] = load.redirects
+    return result
 
 
 class _Load:
@@ -123,14 +125,11 @@ class _Load:
         self.measure_from = self.measure_to = 0.0
         self.latencies: list[int] = []
         self.done = self.errors = 0
+        self.redirects = 0  # connections moved to the leader a redirect named
         self.conns = [self._connect(target, value_size, read) for _ in range(connections)]
 
     def _connect(self, target: tuple[str, int], value_size: int, read: str) -> dict[str, Any]:
-        s = socket.create_connection(target, timeout=5)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.tls is not None:
-            s = self.tls.wrap_socket(s)  # the handshake, blocking, before the load starts
-        s.setblocking(False)
+        s = self._dial(target)
         # One request per connection, changed in place for each send: the hot loop
         # builds no object but the frame.
         req = KvRequest(
@@ -147,6 +146,30 @@ class _Load:
         state: dict[str, Any] = {"sock": s, "dec": FrameDecoder(), "out": bytearray(), "sent": {}, "req": req}
         self.sel.register(s, selectors.EVENT_READ, state)
         return state
+
+    def _dial(self, target: tuple[str, int]) -> socket.socket:
+        s = socket.create_connection(target, timeout=5)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            s = self.tls.wrap_socket(s)  # the handshake, blocking
+        s.setblocking(False)
+        return s
+
+    def _follow(self, st: dict[str, Any], leader_addr: str) -> int:
+        """Move a connection to the leader a redirect named (a run aimed at a node that
+        lost leadership would otherwise measure nothing but redirects). Returns how many
+        requests were outstanding on the old connection: their answers are not waited
+        for, and a closed loop sends as many anew."""
+        host, _, port = leader_addr.rpartition(":")
+        self.sel.unregister(st["sock"])
+        st["sock"].close()
+        st["sock"] = self._dial((host, int(port)))
+        st["dec"], st["out"] = FrameDecoder(), bytearray()
+        dropped = len(st["sent"])
+        st["sent"] = {}
+        self.sel.register(st["sock"], selectors.EVENT_READ, st)
+        self.redirects += 1
+        return dropped
 
     def send_one(self, st: dict[str, Any], at: int | None = None) -> None:
         if self.count and self.issued >= self.count:
@@ -187,6 +210,13 @@ class _Load:
             in_window = self.measure_from <= time.perf_counter() < self.measure_to
             for frame in st["dec"].feed(data):
                 answer = decode_answer(frame)
+                if answer.status is Outcome.REDIRECT and answer.leader_addr:
+                    # Not applied (a redirect says so): this request and the rest in
+                    # flight here go again, to the leader.
+                    again = self._follow(st, answer.leader_addr)
+                    for _ in range(again if resend else 0):
+                        self.send_one(st)
+                    break
                 sent = st["sent"].pop(answer.id)
                 if in_window:
                     if answer.status is Outcome.OK:

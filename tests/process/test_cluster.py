@@ -98,6 +98,19 @@ def test_follower_redirects_and_client_status(cluster_factory):
     c.close()
 
 
+def test_the_load_generator_aimed_at_a_follower_follows_its_redirect(cluster_factory):
+    """A benchmark aimed at a node that is not (or no longer) the leader measures the
+    leader, not a window of redirects: each connection moves where it is sent."""
+    from raftproc.ops.loadgen import run as load
+
+    cluster = cluster_factory(3)
+    leader = cluster.wait_for_leader()
+    follower = next(i for i in cluster.config.nodes if i != leader)
+    result = load(cluster.config.nodes[follower].client, 16, 0.3, 1.0, 16, 100, 4, 1)
+    assert result["redirects"] == 4, result  # every connection moved once
+    assert result["ops"] > 0 and result["errors"] == 0, result
+
+
 def test_paused_leader_is_replaced_and_rejoins_as_follower(cluster_factory):
     cluster = cluster_factory(3)
     client = cluster.client(timeout=15)
