@@ -107,7 +107,7 @@ def test_the_load_generator_aimed_at_a_follower_follows_its_redirect(cluster_fac
     leader = cluster.wait_for_leader()
     follower = next(i for i in cluster.config.nodes if i != leader)
     result = load(cluster.config.nodes[follower].client, 16, 0.3, 1.0, 16, 100, 4, 1)
-    assert result["redirects"] == 4, result  # every connection moved once
+    assert result["redirects"] >= 4, result  # every connection moved (again if leadership moved meanwhile)
     assert result["ops"] > 0 and result["errors"] == 0, result
 
 
