@@ -3,6 +3,7 @@ one it was compiled from, never a mix; RAFTPROC_PURE=1 forces the pure one."""
 
 from __future__ import annotations
 
+import importlib.machinery
 import json
 import os
 import subprocess
@@ -24,8 +25,6 @@ def _stamped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sources: dict[str,
     monkeypatch.setattr(build, "STAMP", package / "compiled.json")
     monkeypatch.delenv(build.PURE_ENV, raising=False)
     digests = {m: build.source_digest(build.module_source(m)) for m in sources}
-    import importlib.machinery
-
     build.STAMP.write_text(json.dumps({"ext_suffix": importlib.machinery.EXTENSION_SUFFIXES[0], "modules": digests}))
 
 

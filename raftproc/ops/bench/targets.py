@@ -74,11 +74,10 @@ class RaftprocTarget:
         )
         self.config = self.cluster.config_path if tls else None
         self.cluster.up(wait=20)
-        # None from a baseline checkout older than the compiled build
-        self.build = (self.cluster.node_status(1) or {}).get("build")
-        if pure and self.build != "pure":
+        running = (self.cluster.node_status(1) or {}).get("build")
+        if pure and running != "pure":
             self.close()
-            raise RuntimeError(f"{PURE_ENV}=1 did not give the pure build (status says {self.build})")
+            raise RuntimeError(f"{PURE_ENV}=1 did not give the pure build (status says {running})")
 
     def leader_address(self) -> Address:
         leader = self.cluster.wait_for_leader(timeout=20)
