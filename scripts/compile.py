@@ -50,6 +50,7 @@ COMPILED = [
     "raftproc.core.reads",
     "raftproc.core.ready",
     "raftproc.core.types",
+    "raftproc.kv.cbor",
     "raftproc.kv.commands",
     "raftproc.kv.redis",
     "raftproc.kv.state_machine",

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import cbor2
 
+from raftproc.kv import cbor
+from raftproc.kv.cbor import COMPILED, Unhandled
+
 # Client ids above this were issued by a `register` entry (this + its index); ids up
 # to it are chosen by clients (raftproc.kv.state_machine says why both exist).
 REGISTERED = 1 << 62
@@ -56,6 +59,11 @@ class Command:
         self.trace = trace
 
     def encode(self) -> bytes:
+        if COMPILED and not (self.retry or self.trace):
+            try:
+                return _encode_plain(self)
+            except Unhandled:
+                pass
         fields = [self.op, self.key, self.value, self.expect, self.client, self.seq]
         if self.retry or self.trace:
             fields.append(self.retry)  # absent when false: first attempts keep the older, shorter form
@@ -65,6 +73,11 @@ class Command:
 
     @classmethod
     def decode(cls, data: bytes) -> Command:
+        if COMPILED:
+            try:
+                return _decode_plain(data)
+            except Unhandled:
+                pass
         fields = cbor2.loads(data)
         op, key, value, expect, client, seq = fields[:6]
         return cls(
@@ -78,6 +91,32 @@ class Command:
         if self.op == "cas":
             return f"CAS {self.key[:40]} {_shown(self.expect, 20) if self.expect is not None else None}->{_shown(self.value, 20)}"
         return f"{self.op.upper()} {self.key[:40]}".rstrip()  # REGISTER has no key
+
+
+def _encode_plain(cmd: Command) -> bytes:
+    """Command.encode of a first attempt, untraced (nearly every write), without cbor2."""
+    return b"".join(
+        (
+            b"\x86",  # an array of six
+            cbor.text(cmd.op),
+            cbor.text(cmd.key),
+            cbor.text_bytes_or_null(cmd.value),
+            cbor.text_bytes_or_null(cmd.expect),
+            cbor.uint(cmd.client),
+            cbor.uint(cmd.seq),
+        )
+    )
+
+
+def _decode_plain(data: bytes) -> Command:
+    """Command.decode of the six-element form, without cbor2; Unhandled for any other."""
+    r = cbor.Reader(data)
+    if r.initial() != 0x86:
+        raise Unhandled
+    cmd = Command(r.text(), r.text(), r.text_bytes_or_null(), r.text_bytes_or_null(), r.uint(), r.uint())
+    if r.pos != len(data):
+        raise Unhandled
+    return cmd
 
 
 def _shown(value: str | bytes | None, width: int) -> str:

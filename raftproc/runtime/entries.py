@@ -45,6 +45,14 @@ def entries_cbor(entries: Sequence[Entry]) -> bytes:
     return data
 
 
+def remember_run(entries: tuple[Entry, ...], data: bytes) -> None:
+    """`data` is entries_cbor(entries), as read off the wire: a follower writes to its
+    WAL the run it received, and this spares encoding it again."""
+    global _last_run
+    if entries:
+        _last_run = (entries[0], entries[-1], len(entries), data)
+
+
 def with_entries(head: bytes, key: bytes, entries: Sequence[Entry]) -> bytes:
     """`head`, the CBOR of a map of fewer than 23 pairs, with one more pair: the
     encoded `key` and these entries' array. A small map keeps its pair count in its

@@ -1,0 +1,200 @@
+"""The few CBOR shapes every write crosses, read and written by our own code when
+this module runs compiled: a command (an array of six), and the entries that end
+an AppendEntries.
+
+cbor2 reads a command into a list that then becomes a Command, and entries into a
+list of lists that then become Entry objects; compiled by mypyc, a reader with a
+position makes the objects straight from the bytes, with half the allocations
+(which are most of the cost). Run by the interpreter the same reader is several
+times slower than cbor2. So, as aiohttp ships its C parser beside a pure one, the
+write path asks `COMPILED` and takes these functions only in the compiled build;
+the pure build keeps cbor2. (A flat map, a client's request, is no faster read
+this way: each key would be a byte slice and then a string, where cbor2 makes the
+string at once.)
+
+The contract that makes two ways safe: a function here either returns exactly
+what cbor2 gives for the same bytes (or the bytes cbor2.dumps makes for the same
+value), or raises Unhandled, and the caller then asks cbor2. So anything unusual
+(tags, floats, indefinite lengths, nesting beyond the expected shape, invalid
+UTF-8, truncation) reaches cbor2, whose verdict stands. tests/unit/test_cbor.py
+holds both to that, on valid and on broken input, in either build.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+# True when this module is the compiled extension: its file is then the group's
+# shim library, not this source.
+COMPILED: Final = not __file__.endswith(".py")
+
+
+class Unhandled(Exception):
+    """Not a shape this module reads or writes: ask cbor2."""
+
+
+TEXT: Final = 3
+BYTES: Final = 2
+
+
+class Reader:
+    """Items read one by one from the front of `data`."""
+
+    def __init__(self, data: bytes, pos: int = 0) -> None:
+        self.data = data
+        self.pos = pos
+
+    def initial(self) -> int:
+        if self.pos >= len(self.data):
+            raise Unhandled
+        byte = self.data[self.pos]
+        self.pos += 1
+        return byte
+
+    def argument(self, info: int) -> int:
+        """The count or value that follows an initial byte's low five bits. Only its
+        shortest form: cbor2 reads the others, and what this reader accepts it also
+        writes byte for byte (a follower's log keeps the entry bytes it received)."""
+        if info < 24:
+            return info
+        if info == 24:
+            size, least = 1, 24
+        elif info == 25:
+            size, least = 2, 0x100
+        elif info == 26:
+            size, least = 4, 0x10000
+        elif info == 27:
+            size, least = 8, 0x100000000
+        else:
+            raise Unhandled  # indefinite length, or reserved
+        start = self.pos
+        if start + size > len(self.data):
+            raise Unhandled
+        self.pos = start + size
+        n = self.data[start] if size == 1 else int.from_bytes(self.data[start : start + size], "big")
+        if n < least:
+            raise Unhandled
+        return n
+
+    def head(self, major: int) -> int:
+        """The argument of an item that must be of `major` type."""
+        initial = self.initial()
+        if initial >> 5 != major:
+            raise Unhandled
+        return self.argument(initial & 31)
+
+    def _string(self, n: int) -> bytes:
+        start = self.pos
+        if n > len(self.data) - start:
+            raise Unhandled
+        self.pos = start + n
+        return self.data[start : start + n]
+
+    def text(self) -> str:
+        try:
+            return self._string(self.head(TEXT)).decode()
+        except UnicodeDecodeError:
+            raise Unhandled from None
+
+    def uint(self) -> int:
+        return self.head(0)
+
+    def bytes_or_null(self) -> bytes | None:
+        if self.pos < len(self.data) and self.data[self.pos] == 0xF6:
+            self.pos += 1
+            return None
+        return self._string(self.head(BYTES))
+
+    def scalar(self) -> Any:
+        """An unsigned or negative integer, a text or byte string, true, false or null."""
+        initial = self.initial()
+        major = initial >> 5
+        if major == 7:
+            if initial == 0xF6:
+                return None
+            if initial == 0xF5:
+                return True
+            if initial == 0xF4:
+                return False
+            raise Unhandled  # floats, undefined, other simple values
+        if major > 3:
+            raise Unhandled  # arrays, maps, tags
+        n = self.argument(initial & 31)
+        if major == 0:
+            return n
+        if major == 1:
+            return -1 - n
+        data = self._string(n)
+        if major == BYTES:
+            return data
+        try:
+            return data.decode()
+        except UnicodeDecodeError:
+            raise Unhandled from None
+
+    def text_bytes_or_null(self) -> str | bytes | None:
+        value = self.scalar()
+        if value is None or isinstance(value, (str, bytes)):
+            return value
+        raise Unhandled
+
+    def count(self, major: int) -> int:
+        """An array's or a map's number of items, each of which takes a byte at least
+        (so a claimed count beyond the bytes left is no reason to allocate)."""
+        n = self.head(major)
+        if n > len(self.data) - self.pos:
+            raise Unhandled
+        return n
+
+
+def map_prefix(r: Reader) -> tuple[dict[str, Any], str | None, int]:
+    """A map of text keys, read while its values are scalars: the pairs read, the key
+    of the first value that is an array or a map (None if none was; the reader is
+    left at that value) and the number of pairs after that one."""
+    n = r.count(5)
+    body: dict[str, Any] = {}
+    data = r.data
+    for i in range(n):
+        key = r.text()
+        if r.pos < len(data) and data[r.pos] >> 5 in (4, 5):
+            return body, key, n - i - 1
+        body[key] = r.scalar()
+    return body, None, 0
+
+
+# --- writing ------------------------------------------------------------------------
+
+
+def head(major: int, n: int) -> bytes:
+    """An initial byte of major type `major` (shifted: 0x00, 0x20, ... 0xe0) and its
+    argument `n`, in the shortest form, as cbor2 writes it."""
+    if n < 24:
+        return bytes((major | n,))
+    if n < 0x100:
+        return bytes((major | 24, n))
+    if n < 0x10000:
+        return bytes((major | 25, n >> 8, n & 0xFF))
+    if n < 0x100000000:
+        return bytes((major | 26,)) + n.to_bytes(4, "big")
+    if n < 0x10000000000000000:
+        return bytes((major | 27,)) + n.to_bytes(8, "big")
+    raise Unhandled  # a bignum: cbor2 writes a tag
+
+
+def uint(n: int) -> bytes:
+    if n < 0:
+        raise Unhandled
+    return head(0x00, n)
+
+
+def text(s: str) -> bytes:
+    data = s.encode()
+    return head(0x60, len(data)) + data
+
+
+def text_bytes_or_null(value: str | bytes | None) -> bytes:
+    if value is None:
+        return b"\xf6"
+    if isinstance(value, str):
+        return text(value)
+    return head(0x40, len(value)) + value
