@@ -12,11 +12,11 @@ records (4-byte length, CRC32 over length and body, CBOR body):
     {"kv": [[key, value], ...]}                      (any number, bounded size)
     {"sessions": [[client, seq, result], ...]}
     {"incarnations": [[node, incarnation], ...]}      (absent in older files)
-    {"end": {"records": N, "keys": K, "digest": D}}
+    {"end": {"records": N, "keys": K}}                (older files: also "digest")
 
 The `end` record makes a complete file recognisable: a file without it, or with a
-record that fails its CRC, is corrupt. `digest` is the state machine's log digest
-at I, so nodes that compare digests still agree after compaction.
+record that fails its CRC, is corrupt. Which log the snapshot's state came from is
+the chain link in its metadata (`hash`).
 
 `floor` (the `w` part of the name) is the first WAL segment whose entries count
 together with this snapshot. A follower that installs a leader's snapshot drops
@@ -201,7 +201,7 @@ def _encode(meta: SnapshotMeta, image: KvImage) -> Iterator[bytes]:
     records += 1
     yield frame_record(cbor2.dumps({"incarnations": sorted(image.incarnations.items())}))
     records += 1
-    end = {"records": records, "keys": len(image.data), "digest": image.digest}
+    end = {"records": records, "keys": len(image.data)}
     yield frame_record(cbor2.dumps({"end": end}))
 
 
@@ -233,9 +233,10 @@ def read_snapshot(path: Path) -> tuple[SnapshotMeta, KvImage]:
             end = body["end"]
             if end.get("records") != records - 1 or end.get("keys") != len(data):
                 raise SnapshotCorrupt(f"{path}: end record counts {end} do not match what precedes it")
-            # (Snapshots written before the state digest was computed on demand also
-            # carry "state_sum"; it is not needed.)
-            return meta, KvImage(data, sessions, end.get("digest", ""), incarnations)
+            # (Older snapshots also carry the store's own log digest, "digest", and
+            # "state_sum"; neither is needed: the chain link in the metadata says
+            # which log was applied, and the state digest is computed when asked.)
+            return meta, KvImage(data, sessions, incarnations)
         else:
             raise SnapshotCorrupt(f"{path}: unknown record {sorted(body)}")
     raise SnapshotCorrupt(f"{path}: no end record (incomplete file)")

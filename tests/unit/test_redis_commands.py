@@ -37,7 +37,7 @@ def test_replicas_applying_the_same_entries_agree_on_state_and_replies():
     stores = [KeyValueStore(), KeyValueStore()]
     replies = [[s.apply(i + 1, entry) for i, entry in enumerate(log)] for s in stores]
     assert replies[0] == replies[1]
-    assert stores[0].state_digest() == stores[1].state_digest() and stores[0].log_digest() == stores[1].log_digest()
+    assert stores[0].state_digest() == stores[1].state_digest()
     assert any(redis.is_error(r) for result in replies[0] if result for r in result["redis"])
 
 
