@@ -67,11 +67,14 @@ class Reader:
             size, least = 8, 0x100000000
         else:
             raise Unhandled  # indefinite length, or reserved
-        start = self.pos
-        if start + size > len(self.data):
+        data, start = self.data, self.pos
+        if start + size > len(data):
             raise Unhandled
         self.pos = start + size
-        n = self.data[start] if size == 1 else int.from_bytes(self.data[start : start + size], "big")
+        # By the byte, not int.from_bytes: compiled, this makes no slice and no object.
+        n = 0
+        for i in range(start, start + size):
+            n = (n << 8) | data[i]
         if n < least:
             raise Unhandled
         return n
@@ -163,38 +166,55 @@ def map_prefix(r: Reader) -> tuple[dict[str, Any], str | None, int]:
 
 
 # --- writing ------------------------------------------------------------------------
+# Items are written as pieces appended to a list, joined once at the end: no piece is
+# copied twice, and every one-byte piece is one of _BYTE's, made once.
+
+_BYTE: Final = [bytes((i,)) for i in range(256)]
 
 
-def head(major: int, n: int) -> bytes:
+def put_head(out: list[bytes], major: int, n: int) -> None:
     """An initial byte of major type `major` (shifted: 0x00, 0x20, ... 0xe0) and its
     argument `n`, in the shortest form, as cbor2 writes it."""
     if n < 24:
-        return bytes((major | n,))
-    if n < 0x100:
-        return bytes((major | 24, n))
-    if n < 0x10000:
-        return bytes((major | 25, n >> 8, n & 0xFF))
-    if n < 0x100000000:
-        return bytes((major | 26,)) + n.to_bytes(4, "big")
-    if n < 0x10000000000000000:
-        return bytes((major | 27,)) + n.to_bytes(8, "big")
-    raise Unhandled  # a bignum: cbor2 writes a tag
+        out.append(_BYTE[major | n])
+    elif n < 0x100:
+        out.append(_BYTE[major | 24])
+        out.append(_BYTE[n])
+    elif n < 0x10000:
+        out.append(_BYTE[major | 25])
+        out.append(n.to_bytes(2, "big"))
+    elif n < 0x100000000:
+        out.append(_BYTE[major | 26])
+        out.append(n.to_bytes(4, "big"))
+    elif n < 0x10000000000000000:
+        out.append(_BYTE[major | 27])
+        out.append(n.to_bytes(8, "big"))
+    else:
+        raise Unhandled  # a bignum: cbor2 writes a tag
 
 
-def uint(n: int) -> bytes:
+def put_uint(out: list[bytes], n: int) -> None:
     if n < 0:
         raise Unhandled
-    return head(0x00, n)
+    put_head(out, 0x00, n)
 
 
-def text(s: str) -> bytes:
+def put_text(out: list[bytes], s: str) -> None:
     data = s.encode()
-    return head(0x60, len(data)) + data
+    put_head(out, 0x60, len(data))
+    out.append(data)
 
 
-def text_bytes_or_null(value: str | bytes | None) -> bytes:
-    if value is None:
-        return b"\xf6"
+def put_text_bytes_or_null(out: list[bytes], value: str | bytes | None) -> None:
     if isinstance(value, str):
-        return text(value)
-    return head(0x40, len(value)) + value
+        put_text(out, value)
+    else:
+        put_bytes_or_null(out, value)
+
+
+def put_bytes_or_null(out: list[bytes], value: bytes | None) -> None:
+    if value is None:
+        out.append(b"\xf6")
+    else:
+        put_head(out, 0x40, len(value))
+        out.append(value)

@@ -95,17 +95,14 @@ class Command:
 
 def _encode_plain(cmd: Command) -> bytes:
     """Command.encode of a first attempt, untraced (nearly every write), without cbor2."""
-    return b"".join(
-        (
-            b"\x86",  # an array of six
-            cbor.text(cmd.op),
-            cbor.text(cmd.key),
-            cbor.text_bytes_or_null(cmd.value),
-            cbor.text_bytes_or_null(cmd.expect),
-            cbor.uint(cmd.client),
-            cbor.uint(cmd.seq),
-        )
-    )
+    out = [b"\x86"]  # an array of six
+    cbor.put_text(out, cmd.op)
+    cbor.put_text(out, cmd.key)
+    cbor.put_text_bytes_or_null(out, cmd.value)
+    cbor.put_text_bytes_or_null(out, cmd.expect)
+    cbor.put_uint(out, cmd.client)
+    cbor.put_uint(out, cmd.seq)
+    return b"".join(out)
 
 
 def _decode_plain(data: bytes) -> Command:

@@ -12,6 +12,8 @@ from typing import Any
 import cbor2
 
 from raftproc.core.messages import Entry, Membership
+from raftproc.kv import cbor
+from raftproc.kv.cbor import COMPILED
 from raftproc.runtime.addresses import parse_address
 
 
@@ -39,10 +41,30 @@ def entries_cbor(entries: Sequence[Entry]) -> bytes:
     kept = _last_run
     if kept is not None and kept[0] is first and kept[1] is last and kept[2] == len(entries):
         return kept[3]
-    # The plain shape inline: this runs for every entry written or sent.
-    data = cbor2.dumps([[e.term, e.index, e.command] if e.membership is None else encode_entry(e) for e in entries])
+    data = _plain_run(entries) if COMPILED else None
+    if data is None:
+        # The plain shape inline: this runs for every entry written or sent.
+        data = cbor2.dumps([[e.term, e.index, e.command] if e.membership is None else encode_entry(e) for e in entries])
     _last_run = (first, last, len(entries), data)
     return data
+
+
+def _plain_run(entries: Sequence[Entry]) -> bytes | None:
+    """entries_cbor of a run without configuration entries, written piece by piece
+    (compiled, a third of cbor2's cost: no list per entry); None for any other run."""
+    out: list[bytes] = []
+    try:
+        cbor.put_head(out, 0x80, len(entries))
+        for e in entries:
+            if e.membership is not None:
+                return None
+            out.append(b"\x83")  # an array of three
+            cbor.put_uint(out, e.term)
+            cbor.put_uint(out, e.index)
+            cbor.put_bytes_or_null(out, e.command)
+    except cbor.Unhandled:
+        return None
+    return b"".join(out)
 
 
 def remember_run(entries: tuple[Entry, ...], data: bytes) -> None:
