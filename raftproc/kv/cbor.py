@@ -99,6 +99,19 @@ class Reader:
         except UnicodeDecodeError:
             raise Unhandled from None
 
+    def short_text(self) -> int:
+        """A text of at most seven bytes as a number (see short_text_code), compared
+        with a constant to name a key or a tag without making a string."""
+        n = self.head(TEXT)
+        data, start = self.data, self.pos
+        if n > 7 or n > len(data) - start:
+            raise Unhandled
+        self.pos = start + n
+        code = n
+        for i in range(start, start + n):
+            code = (code << 8) | data[i]
+        return code
+
     def uint(self) -> int:
         return self.head(0)
 
@@ -148,6 +161,14 @@ class Reader:
         if n > len(self.data) - self.pos:
             raise Unhandled
         return n
+
+
+def short_text_code(text: str) -> int:
+    """What Reader.short_text reads for `text`: its length, then its UTF-8 bytes,
+    as one number (the length tells "a" from "\\0a")."""
+    data = text.encode()
+    assert len(data) <= 7, "seven bytes at most"
+    return int.from_bytes(bytes([len(data)]) + data, "big")
 
 
 def map_prefix(r: Reader) -> tuple[dict[str, Any], str | None, int]:

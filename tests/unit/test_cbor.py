@@ -17,8 +17,9 @@ from raftproc.core.messages import AppendEntries, Entry
 from raftproc.kv import cbor, commands
 from raftproc.kv.cbor import Unhandled
 from raftproc.kv.commands import Command
-from raftproc.runtime import codec, entries
-from raftproc.runtime.codec import encode_message
+from raftproc.runtime import codec, entries, protocol
+from raftproc.runtime.codec import RemoteProtocolError, encode_message
+from raftproc.runtime.protocol import KvRequest, encode_request
 
 EDGES = [0, 1, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1]
 ints = st.one_of(st.sampled_from(EDGES), st.integers(0, 2**64 - 1), st.integers(-(2**64), -1))
@@ -215,3 +216,111 @@ def test_configuration_entries_are_read_and_written_by_cbor2():
     wire = encode_message(AppendEntries(src=1, dst=2, term=5, prev_log_index=99, prev_log_term=5, entries=run, leader_commit=7))
     assert codec._load_append(wire) is None
     assert codec.decode_message(wire).entries == run  # type: ignore[union-attr]
+
+
+anything = st.one_of(scalars, st.lists(st.integers(), max_size=2))
+valid_requests = st.builds(
+    lambda op, key, value, expect, client, seq, read, request_id: {
+        "v": 2,
+        "t": "req",
+        "id": request_id,
+        "op": op,
+        "key": key,
+        "value": value,
+        "expect": expect,
+        "client": client,
+        "seq": seq,
+        **({"read": read} if op == "get" and read else {}),
+    },
+    st.sampled_from(["set", "get", "del", "cas"]),
+    st.text(max_size=20),
+    st.one_of(st.text(max_size=20), st.binary(max_size=20)),
+    st.one_of(st.text(max_size=20), st.binary(max_size=20), st.none()),
+    st.integers(0, 2**64 - 1),
+    st.integers(0, 2**64 - 1),
+    st.sampled_from([None, "log", "index", "lease"]),
+    st.integers(0, 2**64 - 1),
+)
+OPTIONAL = ["read", "retry", "trace", "after", "limit", "vv"]
+
+
+@st.composite
+def requests(draw: Any) -> dict[str, Any]:
+    """A valid request, then maybe a field or two changed, dropped or added."""
+    body = draw(valid_requests)
+    for _ in range(draw(st.integers(0, 2))):
+        name = draw(st.sampled_from(sorted(body) + OPTIONAL))
+        if draw(st.booleans()) and name in body:
+            del body[name]
+        else:
+            body[name] = draw(st.one_of(anything, st.sampled_from(["set", "register", "log", "index", "req", 2, "k" * 4097])))
+    return body
+
+
+def read_generally(data: bytes) -> Any:
+    try:
+        return protocol._decode_any(data)
+    except RemoteProtocolError:
+        return None
+
+
+@given(valid_requests)
+def test_a_plain_write_is_read_as_the_general_way_reads_it(body):
+    data = cbor2.dumps(body)
+    assert protocol._plain_write(data) == read_generally(data) is not None
+
+
+@settings(max_examples=500)
+@given(requests())
+def test_a_changed_write_is_read_as_the_general_way_reads_it_or_left_to_it(body):
+    data = cbor2.dumps(body)
+    fast = protocol._plain_write(data)
+    if fast is not None:
+        assert fast == read_generally(data), body
+
+
+@settings(max_examples=300)
+@given(requests(), st.data())
+def test_broken_writes_are_read_as_the_general_way_reads_them_or_left_to_it(body, data):
+    for broken in mutations(cbor2.dumps(body), data):
+        fast = protocol._plain_write(broken)
+        if fast is not None:
+            assert fast == read_generally(broken), broken.hex()
+
+
+def test_the_requests_clients_send_take_the_plain_way():
+    for req in (
+        KvRequest(id=7, op="set", key="k", value="v" * 64, expect=None, client=3, seq=1, read="log"),
+        KvRequest(id=2**64 - 1, op="cas", key="k", value=b"\xff", expect="old", client=2**40, seq=2**33, read="log"),
+        KvRequest(id=8, op="del", key="k", value=None, expect=None, client=3, seq=2, read="log"),
+        KvRequest(id=9, op="get", key="k", value=None, expect=None, client=3, seq=3, read="log"),
+        KvRequest(id=9, op="get", key="k", value=None, expect=None, client=3, seq=3, read="lease"),
+    ):
+        assert protocol._plain_write(encode_request(req)) == req == protocol._decode_any(encode_request(req))
+    retry = KvRequest(id=7, op="set", key="k", value="v", expect=None, client=3, seq=1, read="log", retry=True)
+    assert protocol._plain_write(encode_request(retry)) is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"key": "k" * 4097},  # one character over MAX_KEY_CHARS
+        {"key": "é" * 4097},
+        {"value": None},
+        {"op": "register"},
+        {"read": "index"},  # only a get says how it reads
+        {"t": "reqs"},
+        {"v": 1},
+        {"seq": -1},
+        {"client": True},
+    ],
+)
+def test_what_the_general_way_refuses_the_plain_way_leaves_to_it(change):
+    body = {"v": 2, "t": "req", "id": 1, "op": "set", "key": "k", "value": "v", "expect": None, "client": 1, "seq": 1, **change}
+    assert protocol._plain_write(cbor2.dumps(body)) is None
+    assert read_generally(cbor2.dumps(body)) is None
+
+
+def test_the_longest_key_takes_the_plain_way():
+    body = {"v": 2, "t": "req", "id": 1, "op": "set", "key": "é" * 4096, "value": "v", "expect": None, "client": 1, "seq": 1}
+    assert protocol._plain_write(cbor2.dumps(body)) == read_generally(cbor2.dumps(body)) is not None
