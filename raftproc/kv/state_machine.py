@@ -125,8 +125,9 @@ class KeyValueStore:
             return self._learn_incarnation(cmd)
         if cmd.op == "register":
             client = REGISTERED + index
-            self._remember(client, 0, OK)
+            self._remember(client, 0, OK, known=False)  # its index makes the id new
             return {"ok": True, "client": client}
+        seen = None
         if cmd.client:
             seen = self.sessions.get(cmd.client)
             if seen is None and cmd.client > REGISTERED:
@@ -139,7 +140,7 @@ class KeyValueStore:
                 return {"ok": False, "error": f"request {cmd.seq} is older than {seen[0]}, already answered"}
         result = self._execute(cmd)
         if cmd.client:
-            self._remember(cmd.client, cmd.seq, result)
+            self._remember(cmd.client, cmd.seq, result, known=seen is not None)
         return result
 
     def _learn_incarnation(self, cmd: Command) -> Result:
@@ -156,9 +157,10 @@ class KeyValueStore:
         for node in [n for n in self.incarnations if n not in members]:
             del self.incarnations[node]
 
-    def _remember(self, client: int, seq: int, result: Result) -> None:
+    def _remember(self, client: int, seq: int, result: Result, *, known: bool) -> None:
+        """`known`: the client has a session (the caller looked it up already)."""
         sessions = self.sessions
-        if client in sessions:
+        if known:
             sessions.move_to_end(client)
         sessions[client] = (seq, result)
         if len(sessions) > self.max_sessions:
