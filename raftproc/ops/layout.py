@@ -3,16 +3,72 @@ demo can use, and the config that names them."""
 
 from __future__ import annotations
 
+import fcntl
+import os
+import random
 import socket
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from raftproc.config import ClusterConfig, NodeAddress
 
+# Listeners' ports come from below the kernel's ephemeral range (Linux's default
+# starts at 32768): a port from that range can be taken, while its node is down, as
+# the source port of any outgoing connection (a peer reconnecting to another node),
+# and the node then cannot listen on it again when it restarts.
+LISTEN_PORTS = (20000, 32768)
+_EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+
 
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out now; they stay free long enough for a test cluster
-    to bind them (the kernel does not reuse an ephemeral port at once)."""
+    """Ports a local cluster can listen on: free now, outside the range the kernel
+    picks source ports from, and handed out in turn by a counter every process of
+    this user shares (a file in the temp directory, locked while it is read and
+    moved on), so that clusters started side by side (tests run in parallel) never
+    get the same port."""
+    lo, hi = LISTEN_PORTS
+    hi = min(hi, _ephemeral_low())
+    if hi - lo < 4 * count:  # an unusual kernel setting: let the kernel pick
+        return _kernel_picked(count)
+    path = Path(tempfile.gettempdir()) / f"raftproc-ports-{os.getuid()}"
+    with open(path, "a+") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        f.seek(0)
+        text = f.read().strip()
+        port = int(text) if text.isdecimal() and lo <= int(text) < hi else random.randrange(lo, hi)
+        ports: list[int] = []
+        for _ in range(hi - lo):
+            if len(ports) == count:
+                break
+            if _bindable(port):
+                ports.append(port)
+            port = port + 1 if port + 1 < hi else lo
+        f.seek(0)
+        f.truncate()
+        f.write(str(port))
+    if len(ports) < count:
+        raise OSError(f"no {count} free ports in {lo}-{hi - 1}")
+    return ports
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(_EPHEMERAL_RANGE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return LISTEN_PORTS[1]
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _kernel_picked(count: int) -> list[int]:
     socks, ports = [], []
     for _ in range(count):
         s = socket.socket()
