@@ -86,7 +86,7 @@ def local_config(
     """A cluster on 127.0.0.1. With `base_port` B, node N listens for peers on
     B+100+N, for clients on B+200+N, for metrics scrapes on B+300+N and for Redis
     clients on B+400+N (B=7000 gives the documented defaults); without, on free
-    ports the kernel picks. `ports`: peers', then clients', then (optionally)
+    ports (free_ports). `ports`: peers', then clients', then (optionally)
     metrics' and then Redis ports."""
     if ports is None:
         if base_port is None:

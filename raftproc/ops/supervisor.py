@@ -288,7 +288,7 @@ def parser() -> argparse.ArgumentParser:
         "--base-port",
         type=int,
         default=None,
-        help="peers on BASE+100+N, clients on BASE+200+N (default 7000); 0: free ports the kernel picks",
+        help="peers on BASE+100+N, clients on BASE+200+N (default 7000); 0: free ports, picked for you",
     )
     up.add_argument("--data-dir", default=None, help="default: RUN_DIR/data")
     up.add_argument("--log-dir", default=None, help="default: RUN_DIR/logs")
