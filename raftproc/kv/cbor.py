@@ -93,11 +93,21 @@ class Reader:
         self.pos = start + n
         return self.data[start : start + n]
 
-    def text(self) -> str:
+    def _text(self, n: int) -> str:
+        start = self.pos
+        if n > len(self.data) - start:
+            raise Unhandled
+        self.pos = start + n
         try:
-            return self._string(self.head(TEXT)).decode()
+            if n <= 256:
+                return self.data[start : start + n].decode()
+            # Decoded where it lies: a slice would copy a large value once more.
+            return str(memoryview(self.data)[start : start + n], "utf-8")
         except UnicodeDecodeError:
             raise Unhandled from None
+
+    def text(self) -> str:
+        return self._text(self.head(TEXT))
 
     def short_text(self) -> int:
         """A text of at most seven bytes as a number (see short_text_code), compared
@@ -140,13 +150,7 @@ class Reader:
             return n
         if major == 1:
             return -1 - n
-        data = self._string(n)
-        if major == BYTES:
-            return data
-        try:
-            return data.decode()
-        except UnicodeDecodeError:
-            raise Unhandled from None
+        return self._string(n) if major == BYTES else self._text(n)
 
     def text_bytes_or_null(self) -> str | bytes | None:
         value = self.scalar()

@@ -77,10 +77,16 @@ def remember_run(entries: tuple[Entry, ...], data: bytes) -> None:
 
 def with_entries(head: bytes, key: bytes, entries: Sequence[Entry]) -> bytes:
     """`head`, the CBOR of a map of fewer than 23 pairs, with one more pair: the
-    encoded `key` and these entries' array. A small map keeps its pair count in its
+    encoded `key` and these entries' array."""
+    return b"".join(pieces_with_entries(head, key, entries))
+
+
+def pieces_with_entries(head: bytes, key: bytes, entries: Sequence[Entry]) -> tuple[bytes, bytes, bytes, bytes]:
+    """with_entries in pieces, for a caller that joins them with others (one copy of
+    the entries, not one per concatenation). A small map keeps its pair count in its
     first byte (0xa0 + n), so the pair is appended and the count raised by one."""
     assert 0xA0 <= head[0] < 0xA0 + 23, "not a small CBOR map"
-    return bytes((head[0] + 1,)) + head[1:] + key + entries_cbor(entries)
+    return bytes((head[0] + 1,)), head[1:], key, entries_cbor(entries)
 
 
 def decode_entry(item: Any) -> Entry:
