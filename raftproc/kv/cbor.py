@@ -1,16 +1,16 @@
 """The few CBOR shapes every write crosses, read and written by our own code when
-this module runs compiled: a command (an array of six), and the entries that end
-an AppendEntries.
+this module runs compiled: a client's plain write request, a command (an array of
+six), the answer "ok", and the run of entries that ends an AppendEntries.
 
-cbor2 reads a command into a list that then becomes a Command, and entries into a
-list of lists that then become Entry objects; compiled by mypyc, a reader with a
-position makes the objects straight from the bytes, with half the allocations
-(which are most of the cost). Run by the interpreter the same reader is several
-times slower than cbor2. So, as aiohttp ships its C parser beside a pure one, the
-write path asks `COMPILED` and takes these functions only in the compiled build;
-the pure build keeps cbor2. (A flat map, a client's request, is no faster read
-this way: each key would be a byte slice and then a string, where cbor2 makes the
-string at once.)
+cbor2 reads a request into a map of fresh key strings that a dozen lookups then
+check, a command into a list that then becomes a Command, entries into a list of
+lists that then become Entry objects. Compiled by mypyc, a reader with a position
+makes the objects straight from the bytes (a key is compared as a number made of
+its bytes, never made into a string), with a fraction of the allocations, which
+are most of the cost. Run by the interpreter the same reader is several times
+slower than cbor2. So, as aiohttp ships its C parser beside a pure one, the write
+path asks `COMPILED` and takes these functions only in the compiled build; the
+pure build keeps cbor2.
 
 The contract that makes two ways safe: a function here either returns exactly
 what cbor2 gives for the same bytes (or the bytes cbor2.dumps makes for the same
@@ -22,19 +22,24 @@ holds both to that, on valid and on broken input, in either build.
 
 from __future__ import annotations
 
+from importlib.machinery import EXTENSION_SUFFIXES
 from typing import Any, Final
 
-# True when this module is the compiled extension: its file is then the group's
-# shim library, not this source.
-COMPILED: Final = not __file__.endswith(".py")
+# True when this module is the compiled extension (the test raftproc.build makes).
+COMPILED: Final = __file__.endswith(tuple(EXTENSION_SUFFIXES))
 
 
 class Unhandled(Exception):
     """Not a shape this module reads or writes: ask cbor2."""
 
 
-TEXT: Final = 3
+# Major types, as Reader.head and put_head take them (the top three bits of an item).
+UINT: Final = 0
+NEGINT: Final = 1
 BYTES: Final = 2
+TEXT: Final = 3
+ARRAY: Final = 4
+MAP: Final = 5
 
 
 class Reader:
@@ -123,7 +128,7 @@ class Reader:
         return code
 
     def uint(self) -> int:
-        return self.head(0)
+        return self.head(UINT)
 
     def bytes_or_null(self) -> bytes | None:
         if self.pos < len(self.data) and self.data[self.pos] == 0xF6:
@@ -143,12 +148,12 @@ class Reader:
             if initial == 0xF4:
                 return False
             raise Unhandled  # floats, undefined, other simple values
-        if major > 3:
+        if major > TEXT:
             raise Unhandled  # arrays, maps, tags
         n = self.argument(initial & 31)
-        if major == 0:
+        if major == UINT:
             return n
-        if major == 1:
+        if major == NEGINT:
             return -1 - n
         return self._string(n) if major == BYTES else self._text(n)
 
@@ -179,12 +184,12 @@ def map_prefix(r: Reader) -> tuple[dict[str, Any], str | None, int]:
     """A map of text keys, read while its values are scalars: the pairs read, the key
     of the first value that is an array or a map (None if none was; the reader is
     left at that value) and the number of pairs after that one."""
-    n = r.count(5)
+    n = r.count(MAP)
     body: dict[str, Any] = {}
     data = r.data
     for i in range(n):
         key = r.text()
-        if r.pos < len(data) and data[r.pos] >> 5 in (4, 5):
+        if r.pos < len(data) and data[r.pos] >> 5 in (ARRAY, MAP):
             return body, key, n - i - 1
         body[key] = r.scalar()
     return body, None, 0
@@ -198,35 +203,39 @@ _BYTE: Final = [bytes((i,)) for i in range(256)]
 
 
 def put_head(out: list[bytes], major: int, n: int) -> None:
-    """An initial byte of major type `major` (shifted: 0x00, 0x20, ... 0xe0) and its
-    argument `n`, in the shortest form, as cbor2 writes it."""
+    """An item's head: its major type and its argument `n`, in the shortest form, as
+    cbor2 writes it."""
+    top = major << 5
     if n < 24:
-        out.append(_BYTE[major | n])
+        out.append(_BYTE[top | n])
     elif n < 0x100:
-        out.append(_BYTE[major | 24])
+        out.append(_BYTE[top | 24])
         out.append(_BYTE[n])
     elif n < 0x10000:
-        out.append(_BYTE[major | 25])
+        out.append(_BYTE[top | 25])
         out.append(n.to_bytes(2, "big"))
     elif n < 0x100000000:
-        out.append(_BYTE[major | 26])
+        out.append(_BYTE[top | 26])
         out.append(n.to_bytes(4, "big"))
     elif n < 0x10000000000000000:
-        out.append(_BYTE[major | 27])
+        out.append(_BYTE[top | 27])
         out.append(n.to_bytes(8, "big"))
     else:
         raise Unhandled  # a bignum: cbor2 writes a tag
 
 
 def put_uint(out: list[bytes], n: int) -> None:
+    """Never given a bool (cbor2 writes those as simple values): compiled code would
+    receive True as 1. Every caller passes a count (codec.is_count refuses bools)
+    or a term or index."""
     if n < 0:
         raise Unhandled
-    put_head(out, 0x00, n)
+    put_head(out, UINT, n)
 
 
 def put_text(out: list[bytes], s: str) -> None:
     data = s.encode()
-    put_head(out, 0x60, len(data))
+    put_head(out, TEXT, len(data))
     out.append(data)
 
 
@@ -241,5 +250,5 @@ def put_bytes_or_null(out: list[bytes], value: bytes | None) -> None:
     if value is None:
         out.append(b"\xf6")
     else:
-        put_head(out, 0x40, len(value))
+        put_head(out, BYTES, len(value))
         out.append(value)

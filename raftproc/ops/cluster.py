@@ -438,15 +438,19 @@ class Cluster:
     def wait_converged(self, timeout: float = 10.0, *, state: bool = False) -> list[dict[str, Any]]:
         """Wait until every running node has applied the same log (same last_applied
         and digest, at the leader's commit index); return their statuses (with the
-        state digest if `state`)."""
+        state digest if `state`). Where a node cannot name its log (a snapshot from
+        before the chain links left `log_digest` empty) the state digests must agree."""
         deadline = time.monotonic() + timeout
         statuses: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
             running = [p.node_id for p in self.processes() if p.state == "running"]
             statuses = [s for s in (self.node_status(i, state=state) for i in running) if s]
+            if not state and any(not s["log_digest"] for s in statuses):
+                state = True
+                continue
             if len(statuses) == len(running) and statuses:
                 leader = [s for s in statuses if s["role"] == "leader"]
-                digests = {(s["last_applied"], s["log_digest"]) for s in statuses}
+                digests = {(s["last_applied"], s["log_digest"], s.get("state_digest")) for s in statuses}
                 if leader and len(digests) == 1 and statuses[0]["last_applied"] == leader[0]["commit_index"]:
                     return statuses
             time.sleep(0.05)  # poll interval of a wait-until loop

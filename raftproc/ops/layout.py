@@ -7,16 +7,17 @@ import fcntl
 import os
 import random
 import socket
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from raftproc.config import ClusterConfig, NodeAddress
 
-# Listeners' ports come from below the kernel's ephemeral range (Linux's default
-# starts at 32768): a port from that range can be taken, while its node is down, as
-# the source port of any outgoing connection (a peer reconnecting to another node),
-# and the node then cannot listen on it again when it restarts.
+# Listeners' ports come from outside the kernel's ephemeral range (Linux's default is
+# 32768-60999): a port from that range can be taken, while its node is down, as the
+# source port of any outgoing connection (a peer reconnecting to another node), and
+# the node then cannot listen on it again when it restarts.
 LISTEN_PORTS = (20000, 32768)
 _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
@@ -24,15 +25,15 @@ _EPHEMERAL_RANGE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 def free_ports(count: int) -> list[int]:
     """Ports a local cluster can listen on: free now, outside the range the kernel
     picks source ports from, and handed out in turn by a counter every process of
-    this user shares (a file in the temp directory, locked while it is read and
-    moved on), so that clusters started side by side (tests run in parallel) never
-    get the same port."""
-    lo, hi = LISTEN_PORTS
-    hi = min(hi, _ephemeral_low())
-    if hi - lo < 4 * count:  # an unusual kernel setting: let the kernel pick
+    this user shares (a file in a private directory under the temp directory, locked
+    while it is read and moved on), so that clusters started side by side (tests
+    run in parallel) never get the same port. After about 12,000 ports the counter
+    wraps around; a port still in use is skipped."""
+    lo, hi = listen_range()
+    counter = _counter_file()
+    if hi - lo < 4 * count or counter is None:
         return _kernel_picked(count)
-    path = Path(tempfile.gettempdir()) / f"raftproc-ports-{os.getuid()}"
-    with open(path, "a+") as f:
+    with open(counter, "a+") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         text = f.read().strip()
@@ -52,11 +53,33 @@ def free_ports(count: int) -> list[int]:
     return ports
 
 
-def _ephemeral_low() -> int:
+def listen_range() -> tuple[int, int]:
+    """LISTEN_PORTS, or where the kernel's ephemeral range overlaps it, the larger
+    part of it outside that range, or failing that the ports above that range."""
+    lo, hi = LISTEN_PORTS
     try:
-        return int(_EPHEMERAL_RANGE.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return LISTEN_PORTS[1]
+        first, last = (int(n) for n in _EPHEMERAL_RANGE.read_text().split()[:2])
+    except (OSError, ValueError):
+        return lo, hi
+    if last < lo or first >= hi:
+        return lo, hi
+    below, above = (lo, min(hi, first)), (max(lo, last + 1), hi)
+    best = max(below, above, key=lambda r: r[1] - r[0])
+    return best if best[1] - best[0] >= 1000 else (last + 1, 65536)
+
+
+def _counter_file() -> Path | None:
+    """The counter, in a directory only this user can write (None if one exists that
+    is not ours: then the kernel picks)."""
+    directory = Path(tempfile.gettempdir()) / f"raftproc-{os.getuid()}"
+    try:
+        directory.mkdir(mode=0o700, exist_ok=True)
+        st = os.lstat(directory)
+    except OSError:
+        return None
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
+        return None
+    return directory / "ports"
 
 
 def _bindable(port: int) -> bool:

@@ -25,7 +25,7 @@ from raftproc.core.messages import (
 )
 from raftproc.kv import cbor
 from raftproc.kv.cbor import COMPILED, Unhandled
-from raftproc.runtime.entries import decode_entry, remember_run, with_entries
+from raftproc.runtime.entries import decode_entry, read_plain_run, remember_run, with_entries
 from raftproc.runtime.identity import PeerHello, PeerRefused
 from raftproc.runtime.transfer import SnapshotAck, SnapshotChunk
 
@@ -105,6 +105,8 @@ def decode_message(data: bytes) -> PeerFrame:
             raise RemoteProtocolError(f"{cls.__name__} without field {wire_name!r}")
         value = body[wire_name]
         if name == "entries":
+            # A tuple of Entry objects already when _load_append read the frame (cbor2
+            # gives a list).
             value = value if type(value) is tuple else _decode_entries(value)
         elif name in _BOOLS:
             if not isinstance(value, bool):
@@ -142,7 +144,7 @@ def _check_append_shape(msg: AppendEntries) -> None:
 
 
 # How encode_message begins an AppendEntries, after the map's first byte: v 2, t "ae".
-_APPEND_HEAD = b"".join(map(cbor2.dumps, ("v", PROTOCOL_VERSION, "t", "ae")))
+_APPEND_HEAD: Final = b"".join(map(cbor2.dumps, ("v", PROTOCOL_VERSION, "t", "ae")))
 
 
 def _load_append(data: bytes) -> dict[str, Any] | None:
@@ -158,16 +160,11 @@ def _load_append(data: bytes) -> dict[str, Any] | None:
         if rest != "entries" or after or "entries" in body or body.get("v") != PROTOCOL_VERSION:
             return None  # not entries that end the frame
         start = r.pos
-        entries = []
-        for _ in range(r.count(4)):
-            if r.initial() != 0x83:
-                return None  # a configuration entry: four elements
-            entries.append(Entry(r.uint(), r.uint(), r.bytes_or_null()))
+        run = read_plain_run(r)
     except Unhandled:
         return None
-    if r.pos != len(data):
+    if run is None or r.pos != len(data):
         return None
-    run = tuple(entries)
     body["entries"] = run
     remember_run(run, data[start:])
     return body
@@ -199,11 +196,14 @@ _OK_AFTER_ID: Final = cbor2.dumps("status") + cbor2.dumps("ok") + cbor2.dumps("r
 
 def encode_ok_answer(request_id: int) -> bytes:
     """encode({"t": "resp", "id": request_id, "status": "ok", "result": {"ok": True}}), faster."""
-    if COMPILED:  # a request's id is a count (decode_request checked it), which put_uint writes
+    if COMPILED:
         out = [_OK_BEFORE_ID]
-        cbor.put_uint(out, request_id)
-        out.append(_OK_AFTER_ID)
-        return b"".join(out)
+        try:
+            cbor.put_uint(out, request_id)
+            out.append(_OK_AFTER_ID)
+            return b"".join(out)
+        except Unhandled:
+            pass  # not a count: decode_request lets none through, and cbor2 writes any
     return _OK_BEFORE_ID + cbor2.dumps(request_id) + _OK_AFTER_ID
 
 

@@ -25,10 +25,14 @@ def encode_entry(e: Entry) -> list[Any]:
 
 # The entries encoded last, and their CBOR array: a leader's AppendEntries to every
 # follower and its own WAL record usually carry the same run of new entries, and
-# this encodes it once. A run is a contiguous piece of one log, which only ever
-# changes by cutting a suffix and appending: the same first and last entry objects
-# and the same length mean the same entries (the references held here keep those
-# objects' identities from being reused). One batch, dropped at the next.
+# this encodes it once; a follower keeps here the run it just read off the wire
+# (remember_run), which its WAL record then writes. A run is a contiguous piece of
+# one log, which only ever changes by cutting a suffix and appending: the same
+# first and last entry objects and the same length mean the same entries (the
+# references held here keep those objects' identities from being reused). A run
+# read off the wire is kept before it is checked; if the check refuses it, its
+# freshly made entries never join a log, so nothing can ever ask for them. One
+# batch, dropped at the next.
 _last_run: tuple[Entry, Entry, int, bytes] | None = None
 
 
@@ -54,7 +58,7 @@ def _plain_run(entries: Sequence[Entry]) -> bytes | None:
     (compiled, a third of cbor2's cost: no list per entry); None for any other run."""
     out: list[bytes] = []
     try:
-        cbor.put_head(out, 0x80, len(entries))
+        cbor.put_head(out, cbor.ARRAY, len(entries))
         for e in entries:
             if e.membership is not None:
                 return None
@@ -65,6 +69,19 @@ def _plain_run(entries: Sequence[Entry]) -> bytes | None:
     except cbor.Unhandled:
         return None
     return b"".join(out)
+
+
+def read_plain_run(r: cbor.Reader) -> tuple[Entry, ...] | None:
+    """The inverse of _plain_run, from the reader's position: a run without
+    configuration entries (None for one with any, which cbor2 then reads). Only
+    shortest forms are read (cbor.Reader), so the bytes read are what _plain_run
+    writes for these entries, byte for byte."""
+    entries = []
+    for _ in range(r.count(cbor.ARRAY)):
+        if r.initial() != 0x83:
+            return None  # a configuration entry: four elements
+        entries.append(Entry(r.uint(), r.uint(), r.bytes_or_null()))
+    return tuple(entries)
 
 
 def remember_run(entries: tuple[Entry, ...], data: bytes) -> None:

@@ -343,7 +343,7 @@ def _plain_write(data: bytes) -> KvRequest | None:
     value: str | bytes | None = None
     expect: str | bytes | None = None
     try:
-        for _ in range(r.count(5)):
+        for _ in range(r.count(cbor.MAP)):
             name = r.short_text()
             if name == _V:
                 version = r.uint()
@@ -372,7 +372,10 @@ def _plain_write(data: bytes) -> KvRequest | None:
     if not (r.pos == len(data) and version == codec.PROTOCOL_VERSION and tag == _REQ and min(request_id, client, seq) >= 0):
         return None
     name_of_op = _WRITE_OPS.get(op)
-    read_mode = "log" if read == -1 else _READ_MODES.get(read) if name_of_op == "get" else None
+    if read == -1:
+        read_mode: str | None = "log"
+    else:  # only a get says how it reads
+        read_mode = _READ_MODES.get(read) if name_of_op == "get" else None
     writes = name_of_op == "set" or name_of_op == "cas"
     if name_of_op is None or read_mode is None or key is None or len(key) > MAX_KEY_CHARS or (writes and value is None):
         return None

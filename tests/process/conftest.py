@@ -1,5 +1,6 @@
-"""Real node processes on loopback, on ports the kernel picks, in a temporary run
-directory per test. Every wait is a condition polled against a deadline."""
+"""Real node processes on loopback, on free ports (raftproc.ops.layout.free_ports),
+in a temporary run directory per test. Every wait is a condition polled against a
+deadline."""
 
 from __future__ import annotations
 

@@ -11,6 +11,7 @@ from raftproc.core.log import ZERO_HASH, RaftLog, chain
 from raftproc.core.membership import Membership
 from raftproc.core.messages import AppendEntriesResponse, InstallSnapshot, RequestVote, RequestVoteResponse, SnapshotMeta
 from raftproc.core.ready import HardState
+from raftproc.server.status import log_digest
 
 VOTERS = (1, 2, 3)
 
@@ -257,3 +258,18 @@ def test_a_diverged_node_takes_no_timeout_now_and_is_never_a_transfer_target():
 
     with pytest.raises(ValueError, match="cannot lead"):
         leader.transfer_leadership(2)
+
+
+def test_status_names_the_applied_log_by_its_chain_link():
+    """log_digest, which convergence checks compare, is the link at the applied index:
+    equal for equal logs, different for logs that differ anywhere up to it, and
+    empty where a snapshot from before the chain left the link unknown."""
+    ours = [Entry(1, 1, b"a"), Entry(2, 2, b"b"), Entry(2, 3, b"c")]
+    theirs = [Entry(1, 1, b"a"), Entry(2, 2, b"B"), Entry(2, 3, b"c")]
+    a, b = follower(ours), follower(theirs)
+    assert log_digest(a, 1) == log_digest(b, 1) and len(log_digest(a, 1)) == 32
+    assert log_digest(a, 3) != log_digest(b, 3)
+    assert log_digest(a, 3) == log_digest(follower(list(ours)), 3)
+    unknown = follower([])
+    unknown.log.restore(5, 2, Membership(VOTERS), snapshot_hash=None)
+    assert log_digest(unknown, 5) == ""

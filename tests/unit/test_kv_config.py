@@ -95,15 +95,6 @@ def test_commands_keep_the_shorter_form_unless_a_retry():
     assert Command.decode(retry.encode()) == retry
 
 
-def test_the_state_digest_ignores_the_order_that_made_the_state():
-    a, b = KeyValueStore(), KeyValueStore()
-    apply_all(a, Command("set", "x", "1"), Command("set", "y", "2"))
-    apply_all(b, Command("set", "y", "2"), Command("set", "x", "1"))
-    assert a.state_digest() == b.state_digest()
-    apply_all(b, Command("set", "x", "2"))
-    assert a.state_digest() != b.state_digest()
-
-
 def test_kv_applies_in_order_only():
     kv = KeyValueStore()
     with pytest.raises(ValueError):

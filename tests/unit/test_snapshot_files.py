@@ -58,6 +58,25 @@ def test_snapshot_written_before_membership_changes_still_reads(tmp_path):
     assert restored.data == kv.data
 
 
+def test_snapshot_with_the_stores_old_digest_still_reads(tmp_path):
+    """Files written while the store kept a log digest of its own end with it (and,
+    older still, with a state sum); neither is needed now."""
+    kv = store_with(20)
+    snap = write_snapshot(tmp_path, SnapshotMeta(20, 2, META), kv.image(), floor=0)
+    data = snap.path.read_bytes()
+    pos, last = len(MAGIC), len(MAGIC)
+    while pos < len(data):
+        last, pos = pos, pos + HEADER.size + HEADER.unpack_from(data, pos)[0]
+    end = cbor2.loads(data[last + HEADER.size :])["end"]
+    old_end = frame_record(cbor2.dumps({"end": {**end, "digest": "ab" * 16, "state_sum": 12345}}))
+    snap.path.write_bytes(data[:last] + old_end)
+    meta, image = read_snapshot(snap.path)
+    assert meta == SnapshotMeta(20, 2, META)
+    restored = KeyValueStore()
+    restored.restore(20, image)
+    assert restored.data == kv.data and restored.sessions == kv.sessions
+
+
 def test_every_flipped_byte_is_detected(tmp_path):
     snap = write_snapshot(tmp_path, SnapshotMeta(10, 1, META), store_with(10).image(), floor=0)
     good = snap.path.read_bytes()
