@@ -49,6 +49,15 @@ class Reader:
         self.data = data
         self.pos = pos
 
+    def _take(self, n: int) -> int:
+        """Where the next `n` bytes start; the reader moves past them. Every length
+        read from the bytes is checked here, before anything is made from it."""
+        start = self.pos
+        if n > len(self.data) - start:
+            raise Unhandled  # cut short
+        self.pos = start + n
+        return start
+
     def initial(self) -> int:
         if self.pos >= len(self.data):
             raise Unhandled
@@ -72,10 +81,7 @@ class Reader:
             size, least = 8, 0x100000000
         else:
             raise Unhandled  # indefinite length, or reserved
-        data, start = self.data, self.pos
-        if start + size > len(data):
-            raise Unhandled
-        self.pos = start + size
+        data, start = self.data, self._take(size)
         # By the byte, not int.from_bytes: compiled, this makes no slice and no object.
         n = 0
         for i in range(start, start + size):
@@ -92,17 +98,11 @@ class Reader:
         return self.argument(initial & 31)
 
     def _string(self, n: int) -> bytes:
-        start = self.pos
-        if n > len(self.data) - start:
-            raise Unhandled
-        self.pos = start + n
+        start = self._take(n)
         return self.data[start : start + n]
 
     def _text(self, n: int) -> str:
-        start = self.pos
-        if n > len(self.data) - start:
-            raise Unhandled
-        self.pos = start + n
+        start = self._take(n)
         try:
             if n <= 256:
                 return self.data[start : start + n].decode()
@@ -118,10 +118,9 @@ class Reader:
         """A text of at most seven bytes as a number (see short_text_code), compared
         with a constant to name a key or a tag without making a string."""
         n = self.head(TEXT)
-        data, start = self.data, self.pos
-        if n > 7 or n > len(data) - start:
+        if n > 7:
             raise Unhandled
-        self.pos = start + n
+        data, start = self.data, self._take(n)
         code = n
         for i in range(start, start + n):
             code = (code << 8) | data[i]
